@@ -1,0 +1,1 @@
+"""DecFlow: facial optical flow decomposed into head and expression motion."""

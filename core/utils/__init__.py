@@ -1,0 +1,1 @@
+"""Flow/frame I/O, visualisation, augmentation and padding helpers."""
