@@ -1,0 +1,209 @@
+"""DecFlow: a GMA optical-flow network with a facial-flow and a head-flow decoder.
+
+The facial decoder (`update_block`) estimates the full motion of the face, the head
+decoder (`update_block_head`) its rigid head motion; expression flow is their difference.
+Both decoders share the correlation pyramid, the context features and the attention.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.corr import CorrBlock, coords_grid
+from core.encoders import BasicEncoder, FusionBlock
+from core.gma import Attention
+from core.semantic import SemanticEncoder
+from core.update import GMAUpdateBlock
+
+
+@dataclass(frozen=True)
+class DecFlowConfig:
+    """Architecture options of DecFlow (the paper's configuration by default)."""
+
+    num_heads: int = 1
+    position_only: bool = False
+    position_and_content: bool = False
+    dropout: float = 0.0
+
+
+# Fixed sizes of the published architecture (the checkpoints depend on all of them).
+FEATURE_DIM = 256  # fnet output channels, correlated pairwise
+HIDDEN_DIM = 128  # GRU hidden state: first half of the fused context
+CONTEXT_DIM = 128  # GRU context input: second half of the fused context
+SEMANTIC_PROJECTION_DIM = 256  # change_dim output, concatenated with the cnet output
+CORR_LEVELS = 4  # correlation pyramid levels (coarsest = 1/64 of the image)
+CORR_RADIUS = 4  # lookup window 9x9 at every level
+MAX_RELATIVE_POSITIONS = 160  # rows/columns covered by the relative-position tables
+UPSAMPLE_FACTOR = 8  # recurrent work happens at 1/8 resolution
+MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
+
+
+@dataclass
+class DecFlowOutput:
+    """Test-mode result; every flow is `[B, 2, H, W]` except the `*_low` ones (`[B, 2, H/8, W/8]`)."""
+
+    facial: torch.Tensor
+    head: torch.Tensor
+    expression: torch.Tensor
+    facial_low: torch.Tensor
+    head_low: torch.Tensor
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """Mixed-precision dtype: float16 on CUDA, bfloat16 elsewhere (CPU autocast)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMPLE_FACTOR) -> torch.Tensor:
+    """Upsample `[B, 2, h, w]` flow to `[B, 2, f*h, f*w]` as a convex combination of 3x3 neighbours.
+
+    `mask` holds `[B, 9*f*f, h, w]` logits ordered (neighbour k, sub-row i, sub-col j);
+    neighbour k = 3 * (dy + 1) + (dx + 1). Flow values are scaled by f.
+    """
+    batch, _, height, width = flow.shape
+    weights = mask.float().reshape(batch, 1, 9, factor, factor, height, width).softmax(dim=2)
+    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1)  # [B, 2*9, h*w]
+    neighbours = neighbours.reshape(batch, 2, 9, 1, 1, height, width)
+    up = (weights * neighbours).sum(dim=2)  # [B, 2, f(i), f(j), h, w]
+    up = up.permute(0, 1, 4, 2, 5, 3)  # [B, 2, h, i, w, j]
+    return up.reshape(batch, 2, factor * height, factor * width)
+
+
+class DecFlow(nn.Module):
+    """DecFlow network. Images are `[B, 3, H, W]` RGB floats in 0..255, H and W multiples
+    of 8 and at least 128 px."""
+
+    def __init__(self, *, num_heads: int = 1, position_only: bool = False,
+                 position_and_content: bool = False, dropout: float = 0.0,
+                 mixed_precision: bool = False, frozen: bool = False) -> None:
+        super().__init__()
+        self.config = DecFlowConfig(num_heads=num_heads, position_only=position_only,
+                                    position_and_content=position_and_content, dropout=dropout)
+        self.mixed_precision = mixed_precision
+
+        # Registration order follows the authors' state dict.
+        self.fnet = BasicEncoder(out_channels=FEATURE_DIM, norm="instance", dropout=dropout)
+        self.cnet = BasicEncoder(out_channels=HIDDEN_DIM + CONTEXT_DIM, norm="batch", dropout=dropout)
+        corr_channels = CORR_LEVELS * (2 * CORR_RADIUS + 1) ** 2
+        decoder = dict(corr_channels=corr_channels, hidden_dim=HIDDEN_DIM, context_dim=CONTEXT_DIM,
+                       heads=num_heads, upsample_factor=UPSAMPLE_FACTOR)
+        self.update_block_head = GMAUpdateBlock(**decoder)
+        self.update_block = GMAUpdateBlock(**decoder)
+        self.att = Attention(dim=CONTEXT_DIM, heads=num_heads, dim_head=CONTEXT_DIM,
+                             max_positions=MAX_RELATIVE_POSITIONS, position_only=position_only,
+                             position_and_content=position_and_content)
+        self.dad_encoder = SemanticEncoder()
+        self.change_dim = nn.Conv2d(SemanticEncoder.out_channels, SEMANTIC_PROJECTION_DIM, 1)
+        self.res1 = FusionBlock(in_channels=self.cnet.out_channels + SEMANTIC_PROJECTION_DIM,
+                                out_channels=HIDDEN_DIM + CONTEXT_DIM)
+        self.set_frozen(frozen)
+
+    # ------------------------------------------------------------------ training stages
+    def set_frozen(self, frozen: bool) -> None:
+        """Stage 1 (`frozen=False`) or stage 2 (`frozen=True`) trainable parameters.
+
+        The semantic encoder and the fusion block never train. Stage 2 trains only the
+        head decoder and the semantic projection `change_dim`.
+        """
+        self.frozen = frozen
+        stage2 = {"update_block_head", "change_dim"}
+        stage1 = stage2 | {"fnet", "cnet", "att", "update_block"}
+        trainable = stage2 if frozen else stage1
+        for name, module in self.named_children():
+            module.requires_grad_(name in trainable)
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=self.mixed_precision)
+
+    # ------------------------------------------------------------------ input checks
+    @staticmethod
+    def check_inputs(image1: torch.Tensor, image2: torch.Tensor) -> None:
+        """Raise ValueError unless both images are `[B, 3, H, W]` of one shape, H, W % 8 == 0, >= 128."""
+        for name, image in (("image1", image1), ("image2", image2)):
+            if image.dim() != 4 or image.shape[1] != 3:
+                raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
+        if image1.shape != image2.shape:
+            raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
+        height, width = image1.shape[-2:]
+        if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
+            raise ValueError(f"image sides must be multiples of {UPSAMPLE_FACTOR} (pad with "
+                             f"core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise ValueError(f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level "
+                             f"correlation pyramid, got shape {tuple(image1.shape)}")
+
+    # ------------------------------------------------------------------ forward
+    def encode_context(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised image 1 -> (hidden state, context input, attention)."""
+        context = self.cnet(image1)  # [B, 256, h, w]
+        semantic = self.change_dim(self.dad_encoder(image1))  # [B, 256, h, w]
+        fused = self.res1(torch.cat([context, semantic], dim=1))  # [B, 256, h, w]
+        net, inp = fused.split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
+        net, inp = torch.tanh(net), torch.relu(inp)
+        attention = self.att(inp)  # [B, heads, h*w, h*w]
+        return net, inp, attention
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
+                flow_init: torch.Tensor | None = None, test_mode: bool = False
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
+        """Estimate facial and head flow from image1 to image2.
+
+        Training mode returns `(facial_predictions, head_predictions)`, each a list of
+        `iters` upsampled flows `[B, 2, H, W]`. `test_mode=True` returns a DecFlowOutput
+        with only the final flows upsampled. `flow_init` (`[B, 2, H/8, W/8]`) initialises
+        both decoders.
+        """
+        self.check_inputs(image1, image2)
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        device = image1.device
+        batch, _, height, width = image1.shape
+        low_h, low_w = height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR
+        image1 = 2 * (image1 / 255.0) - 1.0
+        image2 = 2 * (image2 / 255.0) - 1.0
+
+        with self._autocast(device):
+            fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)
+        corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS)
+        with self._autocast(device):
+            net, inp, attention = self.encode_context(image1)
+
+        coords0 = coords_grid(batch, low_h, low_w, device=device)  # [B, 2, h, w], x first
+        coords_facial, coords_head = coords0, coords0
+        if flow_init is not None:
+            if flow_init.shape != coords0.shape:
+                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
+                                 f"got {tuple(flow_init.shape)}")
+            coords_facial = coords_head = coords0 + flow_init
+
+        decoders = (self.update_block, self.update_block_head)
+        state = [[net, coords_facial], [net, coords_head]]  # per decoder: hidden, coords1
+        predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for itr in range(iters):
+            upsample = not test_mode or itr == iters - 1  # test mode: only the result
+            for entry in state:
+                entry[1] = entry[1].detach()
+            corrs = corr_fn([entry[1] for entry in state])
+            for decoder, entry, corr, preds in zip(decoders, state, corrs, predictions):
+                hidden, coords1 = entry
+                with self._autocast(device):
+                    hidden, mask, delta = decoder(hidden, inp, corr, coords1 - coords0, attention,
+                                                  with_mask=upsample)
+                coords1 = coords1 + delta.float()
+                entry[0], entry[1] = hidden, coords1
+                if upsample:
+                    preds.append(convex_upsample(coords1 - coords0, mask))
+
+        if not test_mode:
+            return predictions
+        facial, head = predictions[0][-1], predictions[1][-1]
+        return DecFlowOutput(facial=facial, head=head, expression=facial - head,
+                             facial_low=state[0][1] - coords0, head_low=state[1][1] - coords0)
+
+    def config_dict(self) -> dict:
+        """Constructor arguments, for checkpoints that describe themselves."""
+        return {**asdict(self.config), "mixed_precision": self.mixed_precision, "frozen": self.frozen}

@@ -1,0 +1,87 @@
+"""Facial semantic-aware encoder (`dad_encoder`): a ResNet-50 trunk in pytorchcv layout.
+
+Only the stem and the first two stages run (512 channels at 1/8 resolution); the third
+stage (`model.3`) is kept so that the authors' checkpoints load key for key, but it is
+never evaluated. This is ResNet v1: a downsampling unit strides in its first 1x1 conv.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) + BatchNorm, optionally followed by ReLU (pytorchcv `ConvBlock`)."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 relu: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                              padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return torch.relu(x) if self.relu else x
+
+
+class Stem(nn.Module):
+    """conv7x7 stride 2 + BN + ReLU, then 3x3 max-pool stride 2: 1/4 resolution."""
+
+    def __init__(self, *, out_channels: int = 64) -> None:
+        super().__init__()
+        self.conv = ConvBN(in_channels=3, out_channels=out_channels, kernel_size=7, stride=2)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, *, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        mid = out_channels // 4  # ResNet bottleneck expansion
+        self.body = nn.Sequential()
+        self.body.add_module("conv1", ConvBN(in_channels=in_channels, out_channels=mid, kernel_size=1, stride=stride))
+        self.body.add_module("conv2", ConvBN(in_channels=mid, out_channels=mid, kernel_size=3))
+        self.body.add_module("conv3", ConvBN(in_channels=mid, out_channels=out_channels, kernel_size=1, relu=False))
+        self.identity_conv: ConvBN | None = None
+        if in_channels != out_channels or stride != 1:
+            self.identity_conv = ConvBN(in_channels=in_channels, out_channels=out_channels,
+                                        kernel_size=1, stride=stride, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.identity_conv is None else self.identity_conv(x)
+        return torch.relu(self.body(x) + identity)
+
+
+def _stage(*, in_channels: int, out_channels: int, units: int, stride: int) -> nn.Sequential:
+    stage = nn.Sequential()
+    for index in range(units):
+        stage.add_module(f"unit{index + 1}", Bottleneck(
+            in_channels=in_channels if index == 0 else out_channels,
+            out_channels=out_channels, stride=stride if index == 0 else 1))
+    return stage
+
+
+class SemanticEncoder(nn.Module):
+    """ResNet-50 stem + stages 1-2 on the [-1, 1] image: [B, 3, H, W] -> [B, 512, H/8, W/8]."""
+
+    out_channels = 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = nn.Sequential(
+            Stem(out_channels=64),
+            _stage(in_channels=64, out_channels=256, units=3, stride=1),
+            _stage(in_channels=256, out_channels=512, units=4, stride=2),
+            # Stage 3 exists only for checkpoint compatibility; forward never runs it.
+            _stage(in_channels=512, out_channels=1024, units=6, stride=2),
+        )
+        self.num_used_stages = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.model[: self.num_used_stages]:
+            x = stage(x)
+        return x

@@ -1,0 +1,108 @@
+"""The GMA update block: motion encoder, aggregation, separable ConvGRU, flow and mask heads.
+
+DecFlow runs two of these with separate weights: `update_block` for the full facial flow
+and `update_block_head` for the rigid head flow.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.gma import Aggregate
+
+
+class MotionEncoder(nn.Module):
+    """Correlation features + current flow -> motion features (`encoder`)."""
+
+    def __init__(self, *, corr_channels: int, out_channels: int = 128) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.convc1 = nn.Conv2d(corr_channels, 256, 1)
+        self.convc2 = nn.Conv2d(256, 192, 3, padding=1)
+        self.convf1 = nn.Conv2d(2, 128, 7, padding=3)
+        self.convf2 = nn.Conv2d(128, 64, 3, padding=1)
+        # The flow itself is appended to the output, hence 2 channels fewer here.
+        self.conv = nn.Conv2d(192 + 64, out_channels - 2, 3, padding=1)
+
+    def forward(self, flow: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+        # flow: [B, 2, h, w], corr: [B, corr_channels, h, w] -> [B, out_channels, h, w]
+        cor = F.relu(self.convc2(F.relu(self.convc1(corr))))
+        flo = F.relu(self.convf2(F.relu(self.convf1(flow))))
+        out = F.relu(self.conv(torch.cat([cor, flo], dim=1)))
+        return torch.cat([out, flow], dim=1)
+
+
+class SepConvGRU(nn.Module):
+    """ConvGRU run twice: with 1x5 kernels, then with 5x1 kernels (`gru`)."""
+
+    def __init__(self, *, hidden_dim: int, input_dim: int) -> None:
+        super().__init__()
+        channels = hidden_dim + input_dim
+        for suffix, kernel, padding in (("1", (1, 5), (0, 2)), ("2", (5, 1), (2, 0))):
+            for gate in ("z", "r", "q"):
+                self.add_module(f"conv{gate}{suffix}", nn.Conv2d(channels, hidden_dim, kernel, padding=padding))
+
+    @staticmethod
+    def _step(h: torch.Tensor, x: torch.Tensor, convz: nn.Module, convr: nn.Module, convq: nn.Module) -> torch.Tensor:
+        hx = torch.cat([h, x], dim=1)
+        z = torch.sigmoid(convz(hx))
+        r = torch.sigmoid(convr(hx))
+        q = torch.tanh(convq(torch.cat([r * h, x], dim=1)))
+        return (1 - z) * h + z * q
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self._step(h, x, self.convz1, self.convr1, self.convq1)
+        return self._step(h, x, self.convz2, self.convr2, self.convq2)
+
+
+class FlowHead(nn.Module):
+    """Hidden state -> flow update `[B, 2, h, w]`."""
+
+    def __init__(self, *, in_channels: int, hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden_dim, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden_dim, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.relu(self.conv1(x)))
+
+
+class UpsampleMaskHead(nn.Sequential):
+    """Hidden state -> convex-upsampling logits `[B, 9*f*f, h, w]` (`mask`), already x0.25."""
+
+    def __init__(self, *, in_channels: int, factor: int = 8, hidden_dim: int = 256) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, hidden_dim, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_dim, 9 * factor * factor, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.25 * super().forward(x)  # the authors scale the logits by 1/4
+
+
+class GMAUpdateBlock(nn.Module):
+    """One recurrent refinement step of a decoder head."""
+
+    def __init__(self, *, corr_channels: int, hidden_dim: int = 128, context_dim: int = 128,
+                 heads: int = 1, upsample_factor: int = 8) -> None:
+        super().__init__()
+        self.encoder = MotionEncoder(corr_channels=corr_channels, out_channels=128)
+        motion = self.encoder.out_channels
+        # GRU input: context + motion + globally aggregated motion.
+        self.gru = SepConvGRU(hidden_dim=hidden_dim, input_dim=context_dim + 2 * motion)
+        self.flow_head = FlowHead(in_channels=hidden_dim, hidden_dim=256)
+        self.mask = UpsampleMaskHead(in_channels=hidden_dim, factor=upsample_factor)
+        self.aggregator = Aggregate(dim=motion, heads=heads, dim_head=motion)
+
+    def forward(self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor,
+                attention: torch.Tensor, *, with_mask: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Returns (new hidden state, upsampling mask logits or None, delta flow)."""
+        motion = self.encoder(flow, corr)
+        motion_global = self.aggregator(attention, motion)
+        net = self.gru(net, torch.cat([inp, motion, motion_global], dim=1))
+        delta_flow = self.flow_head(net)
+        mask = self.mask(net) if with_mask else None
+        return net, mask, delta_flow
