@@ -1,0 +1,48 @@
+"""Shared helpers for the model tests: the spec's key lists and deterministic weights."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).parent / "data"
+SPEC_TSV = DATA / "decflow_state_dict.tsv"
+GMA_TSV = DATA / "gma_state_dict.tsv"
+# The project's shared specification folder sits next to the repository in development
+# and CI; users of the project do not have it.
+SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+
+
+def read_spec(path: Path = SPEC_TSV) -> list[tuple[str, tuple[int, ...], str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype))
+    return rows
+
+
+def deterministic_tensor(key: str, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    """Small, key-dependent values (same on every machine): weights of a plausible network."""
+    if dtype.startswith("int"):
+        if key.endswith("rel_ind"):
+            index = torch.arange(shape[0])
+            return index[None, :] - index[:, None] + shape[0] - 1
+        return torch.zeros(shape, dtype=torch.int64)
+    # `downsample.1` is the same module as `norm3` (two names, one tensor in real files).
+    generator = torch.Generator().manual_seed(zlib.crc32(key.replace("downsample.1.", "norm3.").encode()))
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        return 1.0 + 0.1 * torch.rand(shape, generator=generator)
+    if leaf == "gamma":
+        return torch.full(shape, 0.3)
+    fan_in = max(1, int(torch.tensor(shape[1:]).prod())) if len(shape) > 1 else 1
+    values = torch.randn(shape, generator=generator)
+    if len(shape) == 1:
+        return (1.0 if leaf == "weight" else 0.0) + 0.05 * values
+    return values / fan_in ** 0.5
+
+
+def authors_state_dict(*, prefix: str = "module.", tsv: Path = SPEC_TSV) -> dict[str, torch.Tensor]:
+    """A state dict in the authors' key format, built from the spec's key list."""
+    return {prefix + key: deterministic_tensor(key, shape, dtype) for key, shape, dtype in read_spec(tsv)}

@@ -1,0 +1,187 @@
+"""DecFlow architecture: state dict, trainable sets, lookup order, upsampling, inputs, outputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.corr import CorrBlock, coords_grid
+from core.network import DecFlow, DecFlowOutput, convex_upsample
+from tests.model_helpers import authors_state_dict, read_spec
+
+
+@pytest.fixture(scope="module")
+def model() -> DecFlow:
+    net = DecFlow()
+    net.load_state_dict({k[len("module."):]: v for k, v in authors_state_dict().items()})
+    return net.eval()
+
+
+def images(height: int = 128, width: int = 160, batch: int = 1, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    image1 = torch.rand(batch, 3, height, width, generator=generator) * 255
+    # image 2: image 1 shifted by 3 px to the right, so the flow is not trivial
+    image2 = torch.roll(image1, shifts=3, dims=-1)
+    return image1, image2
+
+
+def test_state_dict_matches_spec_keys_shapes_and_dtypes():
+    state = DecFlow().state_dict()
+    spec = read_spec()
+    assert list(state) == [key for key, _, _ in spec]
+    for key, shape, dtype in spec:
+        assert tuple(state[key].shape) == shape, key
+        assert str(state[key].dtype) == f"torch.{dtype}", key
+
+
+@pytest.mark.parametrize("frozen, expected", [(False, 9_640_066), (True, 3_760_193)])
+def test_trainable_parameter_counts(frozen, expected):
+    net = DecFlow(frozen=frozen)
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == expected
+
+
+def test_set_frozen_switches_between_stages():
+    net = DecFlow()
+    net.set_frozen(True)
+    trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"update_block_head", "change_dim"}
+    net.set_frozen(False)
+    trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"fnet", "cnet", "att", "update_block", "update_block_head", "change_dim"}
+
+
+def test_correlation_lookup_channel_order():
+    # One hot feature in image 2 at (x=7, y=5); every pixel of image 1 matches it.
+    fmap1 = torch.ones(1, 1, 16, 16)
+    fmap2 = torch.zeros(1, 1, 16, 16)
+    fmap2[0, 0, 5, 7] = 1.0
+    corr = CorrBlock(fmap1, fmap2, num_levels=4, radius=4)
+    assert corr.out_channels == 324
+    coords = coords_grid(1, 16, 16)  # identity: pixel (x, y) looks around (x, y)
+    out = corr(coords)
+    assert out.shape == (1, 324, 16, 16) and out.dtype == torch.float32
+    # Query pixel (x=5, y=4): the hot pixel is at offset dx=+2, dy=+1, i.e. a=6, b=5.
+    level0 = out[0, :81, 4, 5]
+    assert level0.argmax().item() == 6 * 9 + 5
+    assert level0[6 * 9 + 5].item() == pytest.approx(1.0)
+    assert level0.sum().item() == pytest.approx(1.0)
+
+
+def test_correlation_lookup_of_several_fields_equals_separate_lookups():
+    generator = torch.Generator().manual_seed(1)
+    fmap1, fmap2 = torch.randn(2, 2, 8, 16, 20, generator=generator)
+    corr = CorrBlock(fmap1, fmap2)
+    coords_a = coords_grid(2, 16, 20) + 3 * torch.randn(2, 2, 16, 20, generator=generator)
+    coords_b = coords_grid(2, 16, 20) - 2 * torch.rand(2, 2, 16, 20, generator=generator)
+    joint = corr([coords_a, coords_b])
+    assert torch.allclose(joint[0], corr(coords_a), atol=1e-6)
+    assert torch.allclose(joint[1], corr(coords_b), atol=1e-6)
+
+
+def test_convex_upsampling_of_constant_flow():
+    generator = torch.Generator().manual_seed(2)
+    flow = torch.empty(1, 2, 6, 7)
+    flow[:, 0], flow[:, 1] = 1.25, -0.5
+    mask = torch.randn(1, 576, 6, 7, generator=generator)
+    up = convex_upsample(flow, mask)
+    assert up.shape == (1, 2, 48, 56)
+    # Away from the zero-padded border every output is a convex combination of equal values.
+    interior = up[:, :, 8:-8, 8:-8]
+    assert torch.allclose(interior[:, 0], torch.full_like(interior[:, 0], 8 * 1.25), atol=1e-5)
+    assert torch.allclose(interior[:, 1], torch.full_like(interior[:, 1], 8 * -0.5), atol=1e-5)
+    # All weight on the centre neighbour (k = 4): the whole image, border included.
+    centred = torch.full((1, 9, 64, 6, 7), -1e4)
+    centred[:, 4] = 0
+    up = convex_upsample(flow, centred.reshape(1, 576, 6, 7))
+    assert torch.allclose(up[:, 0], torch.full_like(up[:, 0], 10.0))
+    assert torch.allclose(up[:, 1], torch.full_like(up[:, 1], -4.0))
+
+
+def test_convex_upsampling_neighbour_and_subpixel_order():
+    # Neighbour k = 3*(dy+1) + (dx+1); sub-pixel (i, j) of coarse pixel (y, x) lands at (8y+i, 8x+j).
+    flow = torch.zeros(1, 2, 3, 3)
+    flow[0, 0, 1, 2] = 1.0  # right neighbour of the centre pixel (dy=0, dx=+1 -> k=5)
+    logits = torch.full((1, 9, 8, 8, 3, 3), -1e4)
+    logits[0, 5, 2, 3, 1, 1] = 0  # sub-pixel (i=2, j=3) of centre pixel takes its right neighbour
+    logits[0, 4] = torch.where(logits[0, 5] == 0, -1e4, 0.0)
+    up = convex_upsample(flow, logits.reshape(1, 576, 3, 3))
+    assert up[0, 0, 8 + 2, 8 + 3].item() == pytest.approx(8.0)
+    assert up[0, 0, 8 + 2, 8 + 4].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("shape1, shape2, fragment", [
+    ((1, 3, 130, 160), (1, 3, 130, 160), "multiples of 8"),
+    ((1, 3, 120, 160), (1, 3, 120, 160), "at least 128"),
+    ((1, 3, 128, 160), (1, 3, 128, 168), "differ in shape"),
+    ((1, 1, 128, 160), (1, 1, 128, 160), "[B, 3, H, W]"),
+    ((3, 128, 160), (3, 128, 160), "[B, 3, H, W]"),
+])
+def test_invalid_inputs_raise_with_shape(model, shape1, shape2, fragment):
+    with pytest.raises(ValueError) as error:
+        model(torch.zeros(shape1), torch.zeros(shape2), iters=1)
+    assert fragment in str(error.value)
+    assert str(tuple(shape1)) in str(error.value) or str(tuple(shape2)) in str(error.value)
+
+
+def test_flow_init_shape_is_checked(model):
+    image1, image2 = images()
+    with pytest.raises(ValueError, match="flow_init"):
+        model(image1, image2, iters=1, flow_init=torch.zeros(1, 2, 8, 8))
+
+
+@torch.no_grad()
+def test_test_mode_fields_are_consistent(model):
+    image1, image2 = images(batch=2)
+    out = model(image1, image2, iters=3, test_mode=True)
+    assert isinstance(out, DecFlowOutput)
+    for name in ("facial", "head", "expression"):
+        assert getattr(out, name).shape == (2, 2, 128, 160)
+        assert torch.isfinite(getattr(out, name)).all()
+    assert out.facial_low.shape == out.head_low.shape == (2, 2, 16, 20)
+    assert torch.equal(out.expression, out.facial - out.head)
+    facial_preds, head_preds = model(image1, image2, iters=3)
+    assert len(facial_preds) == len(head_preds) == 3
+    assert torch.allclose(out.facial, facial_preds[-1], atol=1e-5)
+    assert torch.allclose(out.head, head_preds[-1], atol=1e-5)
+    # The low-resolution result is the final flow (the reference returned the initial one).
+    assert out.facial_low.abs().max() > 0
+    coarse = torch.nn.functional.avg_pool2d(out.facial, 8) / 8
+    assert (coarse - out.facial_low).abs().mean() < (coarse.abs().mean() + 1e-3)
+    # ... and it warm-starts the next call.
+    warm = model(image1, image2, iters=1, flow_init=out.facial_low, test_mode=True)
+    assert torch.isfinite(warm.facial).all()
+
+
+def _grad_names(net: DecFlow) -> set[str]:
+    image1, image2 = images(seed=3)
+    net.train()
+    facial, head = net(image1, image2, iters=2)
+    (sum(p.abs().mean() for p in facial) + sum(p.abs().mean() for p in head)).backward()
+    return {name for name, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_gradients_reach_exactly_the_trainable_parameters(frozen):
+    torch.manual_seed(0)
+    # Relative-position tables only take part with position attention switched on.
+    net = DecFlow(frozen=frozen, position_and_content=True)
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    assert _grad_names(net) == trainable
+    frozen_names = {name for name, p in net.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("dad_encoder.") for n in frozen_names)
+    assert any(n.startswith("res1.") for n in frozen_names)
+
+
+@torch.no_grad()
+def test_mixed_precision_runs_in_bfloat16_on_cpu(model):
+    image1, image2 = images()
+    reference = model(image1, image2, iters=2, test_mode=True)
+    model.mixed_precision = True
+    try:
+        mixed = model(image1, image2, iters=2, test_mode=True)
+    finally:
+        model.mixed_precision = False
+    assert mixed.facial.dtype == torch.float32
+    assert torch.isfinite(mixed.facial).all() and torch.isfinite(mixed.head).all()
+    scale = reference.facial.abs().mean().item() + 1.0
+    assert (mixed.facial - reference.facial).abs().mean().item() < 0.1 * scale
+    assert not torch.equal(mixed.facial, reference.facial)  # bf16 really ran
