@@ -1,0 +1,208 @@
+"""Reading and writing optical flow files and video frames.
+
+Supported formats:
+
+* Middlebury ``.flo``: float32 magic 202021.25, int32 width, int32 height, then
+  ``height * width * 2`` float32 values (x, y interleaved), all little-endian.
+  Unlike the reference reader, malformed files (truncated, wrong magic number,
+  impossible dimensions, trailing bytes) raise :class:`ValueError` naming the file.
+* PFM (``.pfm``): greyscale (``Pf``) or colour (``PF``) float maps as used by
+  FlyingThings3D; flow is stored in the first two channels.
+* KITTI 16-bit PNG flow: ``value = flow * 64 + 2**15`` in the R and G channels and a
+  validity flag in B.
+* Frames (JPEG/PNG/...): read with Pillow, like the reference, and always returned
+  as ``uint8`` ``HxWx3`` RGB arrays.
+
+All flows are ``float32`` arrays of shape ``[H, W, 2]`` (channel 0 = x).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+PathLike = Union[str, os.PathLike]
+
+FLO_MAGIC = 202021.25
+_FLO_HEADER_BYTES = 12
+_KITTI_SCALE = 64.0
+_KITTI_OFFSET = 2.0**15
+
+
+def _check_flow_array(flow: np.ndarray, path: PathLike) -> np.ndarray:
+    """Return ``flow`` as a float32 ``[H, W, 2]`` array or raise naming ``path``."""
+    flow = np.asarray(flow)
+    if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] == 0 or flow.shape[1] == 0:
+        raise ValueError(f"{path}: flow must have shape [H, W, 2] with H, W > 0, got {flow.shape}")
+    return flow.astype(np.float32, copy=False)
+
+
+def read_flo(path: PathLike) -> np.ndarray:
+    """Read a Middlebury ``.flo`` file into a float32 ``[H, W, 2]`` array.
+
+    Raises:
+        ValueError: if the file is shorter than its header or than the size the
+            header announces, has a wrong magic number, non-positive dimensions, or
+            bytes after the flow data.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < _FLO_HEADER_BYTES:
+        raise ValueError(
+            f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs "
+            f"{_FLO_HEADER_BYTES})"
+        )
+    magic = np.frombuffer(data, dtype="<f4", count=1, offset=0)[0]
+    if magic != np.float32(FLO_MAGIC):
+        raise ValueError(f"{path}: not a .flo file (magic number {magic!r}, expected {FLO_MAGIC})")
+    width, height = (int(v) for v in np.frombuffer(data, dtype="<i4", count=2, offset=4))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"{path}: invalid .flo dimensions {width}x{height}")
+    expected = _FLO_HEADER_BYTES + width * height * 2 * 4
+    if len(data) < expected:
+        raise ValueError(
+            f"{path}: truncated .flo file: header says {width}x{height} "
+            f"({expected} bytes) but the file has {len(data)} bytes"
+        )
+    if len(data) > expected:
+        raise ValueError(
+            f"{path}: {len(data) - expected} unexpected trailing bytes after "
+            f"{width}x{height} flow data"
+        )
+    flow = np.frombuffer(data, dtype="<f4", count=width * height * 2, offset=_FLO_HEADER_BYTES)
+    return flow.reshape(height, width, 2).astype(np.float32)
+
+
+def write_flo(path: PathLike, flow: np.ndarray) -> None:
+    """Write a ``[H, W, 2]`` flow to a Middlebury ``.flo`` file (little-endian)."""
+    flow = _check_flow_array(flow, path)
+    height, width = flow.shape[:2]
+    with open(path, "wb") as f:
+        f.write(np.array([FLO_MAGIC], dtype="<f4").tobytes())
+        f.write(np.array([width, height], dtype="<i4").tobytes())
+        f.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
+
+
+def read_pfm(path: PathLike) -> np.ndarray:
+    """Read a PFM file: ``[H, W]`` for greyscale (``Pf``), ``[H, W, 3]`` for colour (``PF``).
+
+    Rows are returned top to bottom (PFM stores them bottom to top).
+    """
+    with open(path, "rb") as f:
+        kind = f.readline().strip()
+        if kind not in (b"PF", b"Pf"):
+            raise ValueError(f"{path}: not a PFM file (header {kind[:16]!r})")
+        dims = re.fullmatch(rb"\s*(\d+)\s+(\d+)\s*", f.readline())
+        if dims is None:
+            raise ValueError(f"{path}: malformed PFM dimension line")
+        width, height = int(dims.group(1)), int(dims.group(2))
+        try:
+            scale = float(f.readline().strip())
+        except ValueError as err:
+            raise ValueError(f"{path}: malformed PFM scale line") from err
+        payload = f.read()
+    if width <= 0 or height <= 0 or scale == 0:
+        raise ValueError(f"{path}: invalid PFM header ({width}x{height}, scale {scale})")
+    channels = 3 if kind == b"PF" else 1
+    count = width * height * channels
+    if len(payload) != count * 4:
+        raise ValueError(
+            f"{path}: PFM data has {len(payload)} bytes, expected {count * 4} for "
+            f"{width}x{height}x{channels}"
+        )
+    dtype = "<f4" if scale < 0 else ">f4"
+    data = np.frombuffer(payload, dtype=dtype).astype(np.float32)
+    shape = (height, width, 3) if channels == 3 else (height, width)
+    return np.ascontiguousarray(np.flipud(data.reshape(shape)))
+
+
+def write_pfm(path: PathLike, data: np.ndarray) -> None:
+    """Write ``[H, W]``, ``[H, W, 2]`` (flow, padded with a zero channel) or ``[H, W, 3]`` to PFM."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 3 and data.shape[2] == 2:
+        data = np.concatenate([data, np.zeros_like(data[..., :1])], axis=2)
+    if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 3)):
+        raise ValueError(f"{path}: PFM data must be [H, W], [H, W, 2] or [H, W, 3], got {data.shape}")
+    height, width = data.shape[:2]
+    kind = b"PF" if data.ndim == 3 else b"Pf"
+    with open(path, "wb") as f:
+        f.write(kind + b"\n" + f"{width} {height}\n".encode() + b"-1.0\n")
+        f.write(np.ascontiguousarray(np.flipud(data), dtype="<f4").tobytes())
+
+
+def read_kitti_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a KITTI 16-bit PNG flow file.
+
+    Returns:
+        ``(flow, valid)``: float32 ``[H, W, 2]`` flow and float32 ``[H, W]`` validity (0/1).
+    """
+    raw = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+    if raw is None:
+        raise ValueError(f"{path}: cannot read KITTI flow PNG (missing or not an image)")
+    if raw.dtype != np.uint16:
+        raise ValueError(f"{path}: KITTI flow PNG must be 16-bit, got {raw.dtype}")
+    rgb = raw[:, :, ::-1].astype(np.float32)  # OpenCV decodes to BGR
+    flow = (rgb[:, :, :2] - _KITTI_OFFSET) / _KITTI_SCALE
+    valid = (rgb[:, :, 2] > 0).astype(np.float32)
+    return flow, valid
+
+
+def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: np.ndarray | None = None) -> None:
+    """Write a flow (and optional validity mask, default all valid) as a KITTI 16-bit PNG.
+
+    Values are quantised to 1/64 px and must lie within about +-512 px.
+    """
+    flow = _check_flow_array(flow, path)
+    encoded = np.round(flow * _KITTI_SCALE + _KITTI_OFFSET)
+    if encoded.min() < 0 or encoded.max() > 65535:
+        raise ValueError(f"{path}: flow exceeds the KITTI PNG range of +-512 px")
+    valid_channel = np.ones(flow.shape[:2]) if valid is None else (np.asarray(valid) > 0)
+    rgb = np.dstack([encoded, valid_channel]).astype(np.uint16)
+    if not cv2.imwrite(os.fspath(path), rgb[:, :, ::-1]):
+        raise ValueError(f"{path}: could not write KITTI flow PNG")
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read a frame as a ``uint8`` ``[H, W, 3]`` RGB array.
+
+    Greyscale images are replicated to three channels and the alpha channel of RGBA
+    images is dropped, as the reference does; 16-bit greyscale is scaled to 8 bits.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                grey = np.asarray(img, dtype=np.float64)
+                grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: cannot read image ({err})") from err
+
+
+def read_gen(path: PathLike) -> np.ndarray:
+    """Read a file according to its extension.
+
+    ``.flo`` -> flow; ``.pfm`` -> flow (first two channels) or greyscale map;
+    ``.npy`` -> the stored array; images (``.png``, ``.jpg``, ``.jpeg``, ``.ppm``,
+    ``.bmp``) -> RGB ``uint8`` frame. KITTI PNG flow is not dispatched here because
+    its extension is ambiguous; use :func:`read_kitti_flow`.
+    """
+    ext = Path(path).suffix.lower()
+    if ext == ".flo":
+        return read_flo(path)
+    if ext == ".pfm":
+        data = read_pfm(path)
+        return data[:, :, :2] if data.ndim == 3 else data
+    if ext == ".npy":
+        return np.load(path)
+    if ext in (".png", ".jpg", ".jpeg", ".ppm", ".bmp"):
+        return read_image(path)
+    raise ValueError(f"{path}: unsupported file extension {ext!r}")
