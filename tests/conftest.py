@@ -1,0 +1,20 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+from core import synthetic
+
+#: Geometry of the session's synthetic FacialFlowNet copy (small, to keep tests fast).
+SYNTHETIC_SUBJECTS = 2
+SYNTHETIC_FRAMES = 3
+SYNTHETIC_SIZE = (128, 128)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic FacialFlowNet dataset (train/val/test, 2 subjects x 3 frames, 128x128), read-only."""
+    root = tmp_path_factory.mktemp("synthetic") / "FacialFlowNet"
+    synthetic.generate(root, SYNTHETIC_SUBJECTS, SYNTHETIC_FRAMES, SYNTHETIC_SIZE, seed=0)
+    return root
