@@ -1,0 +1,189 @@
+"""FacialFlow dataset: pairing, verification errors, augmentation consistency, loader."""
+
+import random
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import synthetic
+from core.datasets import FacialFlow, SampleInfo, fetch_dataloader, seed_worker
+from core.utils import frame_utils
+from core.utils.augmentor import FacialFlowAugmentor
+
+SEQ = Path("train") / "angry" / "subject001"
+
+
+@pytest.fixture
+def damaged_root(synthetic_root: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the synthetic dataset."""
+    return Path(shutil.copytree(synthetic_root, tmp_path / "FacialFlowNet"))
+
+
+def test_pairs_are_indexed_per_sequence(synthetic_root: Path) -> None:
+    ds = FacialFlow(split="train", dataset_root=synthetic_root)
+    assert len(ds) == 2 * (3 - 1)
+    assert ds.extra_info[0] == SampleInfo("angry", "subject001", 0)
+    assert [info.emotion for info in ds.extra_info] == ["angry", "angry", "happy", "happy"]
+    first, second = ds.image_list[1]
+    assert (first.name, second.name) == ("0002.jpg", "0003.jpg")
+    assert ds.flow_facial_list[1].name == ds.flow_head_list[1].name == "0002.flo"
+    assert ds.mask_list[1].name == "0002.npy"
+
+
+def test_sample_equals_files_read_directly(synthetic_root: Path) -> None:
+    ds = FacialFlow(split="val", dataset_root=synthetic_root)
+    img1, img2, flow_f, flow_h, valid_f, valid_h, mask = ds[1]
+    assert img1.shape == img2.shape == (3, 128, 128) and img1.dtype == torch.float32
+    assert flow_f.shape == flow_h.shape == (2, 128, 128) and flow_f.dtype == torch.float32
+    assert valid_f.shape == valid_h.shape == mask.shape == (128, 128)
+    assert valid_f.dtype == valid_h.dtype == mask.dtype == torch.float32
+
+    seq = synthetic_root / "image" / "facial" / "val" / "angry" / "subject001"
+    labels = Path("val") / "angry" / "subject001"
+    np.testing.assert_array_equal(img1.permute(1, 2, 0).numpy(), frame_utils.read_image(seq / "0002.jpg"))
+    np.testing.assert_array_equal(img2.permute(1, 2, 0).numpy(), frame_utils.read_image(seq / "0003.jpg"))
+    np.testing.assert_array_equal(
+        flow_f.permute(1, 2, 0).numpy(), frame_utils.read_flo(synthetic_root / "flow" / "facial" / labels / "0002.flo")
+    )
+    np.testing.assert_array_equal(
+        flow_h.permute(1, 2, 0).numpy(), frame_utils.read_flo(synthetic_root / "flow" / "head" / labels / "0002.flo")
+    )
+    np.testing.assert_array_equal(mask.numpy(), np.load(synthetic_root / "mask" / labels / "0002.npy").astype(np.float32))
+    assert valid_f.min() == 1 and valid_h.min() == 1
+
+
+def test_valid_marks_huge_flow_values(damaged_root: Path) -> None:
+    path = damaged_root / "flow" / "head" / SEQ / "0001.flo"
+    flow = frame_utils.read_flo(path)
+    flow[5, 7, 1] = -1000.0
+    frame_utils.write_flo(path, flow)
+    _, _, _, _, valid_f, valid_h, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
+    assert valid_h[5, 7] == 0 and valid_h.sum() == 128 * 128 - 1
+    assert valid_f.min() == 1
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").unlink(), "missing 0002.flo"),
+        (lambda r: (r / "flow" / "head" / SEQ / "0001.flo").unlink(), "missing 0001.flo"),
+        (lambda r: (r / "mask" / SEQ / "0001.npy").unlink(), "missing 0001.npy"),
+        (lambda r: shutil.copy(r / "flow" / "facial" / SEQ / "0001.flo", r / "flow" / "facial" / SEQ / "0003.flo"), "unexpected 0003.flo"),
+        (lambda r: (r / "flow" / "head" / SEQ / "0002.flo").rename(r / "flow" / "head" / SEQ / "0002b.flo"), "missing 0002.flo; unexpected 0002b.flo"),
+        (lambda r: (r / "image" / "facial" / SEQ / "0003.jpg").unlink(), "unexpected 0002.flo"),
+        (lambda r: shutil.rmtree(r / "mask" / SEQ), "mask folder"),
+    ],
+    ids=["facial-flow", "head-flow", "mask", "extra-flow", "renamed-flow", "missing-frame", "mask-folder"],
+)
+def test_damaged_sequence_is_named(damaged_root: Path, damage, message: str) -> None:
+    damage(damaged_root)
+    with pytest.raises(ValueError, match=message) as info:
+        FacialFlow(split="train", dataset_root=damaged_root)
+    assert str(damaged_root / "image" / "facial" / SEQ) in str(info.value)
+
+
+def test_mask_for_last_frame_is_optional(damaged_root: Path) -> None:
+    (damaged_root / "mask" / SEQ / "0003.npy").unlink()
+    assert len(FacialFlow(split="train", dataset_root=damaged_root)) == 4
+
+
+def test_labels_without_frames_are_reported(damaged_root: Path) -> None:
+    shutil.rmtree(damaged_root / "image" / "facial" / SEQ)
+    with pytest.raises(ValueError, match="no frame folder"):
+        FacialFlow(split="train", dataset_root=damaged_root)
+
+
+def test_missing_or_empty_split_shows_layout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist(.|\n)*expected FacialFlowNet layout"):
+        FacialFlow(split="train", dataset_root=tmp_path)
+    (tmp_path / "image" / "facial" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no <emotion>/<subject> sequences(.|\n)*mask/train"):
+        FacialFlow(split="train", dataset_root=tmp_path)
+
+
+def test_mask_shape_mismatch_names_the_file(damaged_root: Path) -> None:
+    np.save(damaged_root / "mask" / SEQ / "0001.npy", np.zeros((64, 64), bool))
+    ds = FacialFlow(split="train", dataset_root=damaged_root)
+    with pytest.raises(ValueError, match="0001.npy"):
+        ds[0]
+
+
+def _seeded(fn, seed: int):
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return fn()
+
+
+def test_augmentation_keeps_facial_and_head_samples_self_consistent(synthetic_root: Path) -> None:
+    """Augmented frame 2 warped by the augmented flow matches augmented frame 1 on the augmented mask."""
+    aug = FacialFlowAugmentor((96, 96), min_scale=-0.2, max_scale=0.6, eraser_prob=0.0, asymmetric_color_prob=0.0)
+    rel = Path("train") / "happy" / "subject002"
+    read = frame_utils.read_image
+    facial = [read(synthetic_root / "image" / "facial" / rel / n) for n in ("0001.jpg", "0002.jpg")]
+    head = [read(synthetic_root / "image" / "head" / rel / n) for n in ("0001.jpg", "0002.jpg")]
+    flow_f = frame_utils.read_flo(synthetic_root / "flow" / "facial" / rel / "0001.flo")
+    flow_h = frame_utils.read_flo(synthetic_root / "flow" / "head" / rel / "0001.flo")
+    mask = np.load(synthetic_root / "mask" / rel / "0001.npy").astype(np.uint8)
+
+    ratios = []
+    for seed in range(6):
+        f1, f2, af, ah, am = _seeded(lambda: aug(facial[0], facial[1], flow_f, flow_h, mask), seed)
+        h1, h2, af2, ah2, am2 = _seeded(lambda: aug(head[0], head[1], flow_f, flow_h, mask), seed)
+        np.testing.assert_array_equal(af, af2)  # same seed, same geometry
+        assert f1.shape == (96, 96, 3) and af.shape == ah.shape == (96, 96, 2) and am.shape == (96, 96)
+        assert set(np.unique(am)) <= {0, 1}
+        face = synthetic.erode(am.astype(bool), 2)
+        assert face.sum() > 200
+        for a, b, flow in ((f1, f2, af), (h1, h2, ah)):
+            err = synthetic.warp_error(a, b, flow, face)
+            zero = synthetic.warp_error(a, b, np.zeros_like(flow), face)
+            assert err < 3.0 and err < zero, (seed, err, zero)
+            ratios.append(err / zero)
+    assert np.mean(ratios) < 0.4
+
+
+def test_augmentation_negates_flow_on_flips() -> None:
+    flow = np.zeros((120, 120, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 2.0, 3.0
+    img = np.zeros((120, 120, 3), np.uint8)
+    aug = FacialFlowAugmentor((64, 64), spatial_prob=0.0, eraser_prob=0.0)
+    aug.h_flip_prob, aug.v_flip_prob = 1.0, 1.0
+    _, _, out, _, _ = aug(img, img, flow, flow, np.zeros((120, 120), np.uint8))
+    np.testing.assert_array_equal(out[..., 0], -2.0)
+    np.testing.assert_array_equal(out[..., 1], -3.0)
+
+
+def test_dataset_augmentation_returns_crops(synthetic_root: Path) -> None:
+    params = {"crop_size": [96, 80], "min_scale": -0.2, "max_scale": 0.6, "do_flip": True}
+    ds = FacialFlow(params, split="train", dataset_root=synthetic_root)
+    sample = _seeded(lambda: ds[2], 0)
+    assert [tuple(t.shape) for t in sample] == [(3, 96, 80)] * 2 + [(2, 96, 80)] * 2 + [(96, 80)] * 3
+    assert set(sample[6].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_fetch_dataloader(synthetic_root: Path) -> None:
+    args = Namespace(stage="facialflow", image_size=[96, 96], batch_size=2, root=str(synthetic_root), num_workers=0)
+    loader = fetch_dataloader(args)
+    assert loader.drop_last and len(loader) == 2
+    batch = next(iter(loader))
+    assert tuple(batch[0].shape) == (2, 3, 96, 96) and tuple(batch[6].shape) == (2, 96, 96)
+
+    default = fetch_dataloader(Namespace(stage="facialflow", image_size=[96, 96], batch_size=2, root=str(synthetic_root)))
+    assert default.num_workers == min(torch.multiprocessing.cpu_count(), 8)
+    with pytest.raises(ValueError, match="unknown training stage"):
+        fetch_dataloader(Namespace(stage="chairs", image_size=[96, 96], batch_size=2))
+    with pytest.raises(ValueError, match="fewer than the batch size"):
+        fetch_dataloader(Namespace(stage="facialflow", image_size=[96, 96], batch_size=64, root=str(synthetic_root)))
+
+
+def test_seed_worker_derives_numpy_and_random_seeds_from_torch() -> None:
+    draws = []
+    for torch_seed in (5, 5, 6):  # DataLoader gives each worker torch seed base_seed + worker_id
+        torch.manual_seed(torch_seed)
+        seed_worker(0)
+        draws.append((np.random.rand(), random.random()))
+    assert draws[0] == draws[1] and draws[0] != draws[2]
