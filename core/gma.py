@@ -26,18 +26,63 @@ class RelativePositionEmbedding(nn.Module):
         self.rel_height = nn.Embedding(2 * max_positions - 1, dim_head)
         self.rel_width = nn.Embedding(2 * max_positions - 1, dim_head)
 
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        # q: [B, heads, h, w, d] (already scaled) -> logits [B, heads, h, w, h, w]
-        height, width = q.shape[2:4]
+    def forward(self, q: torch.Tensor, *, key_height: int | None = None, row_offset: int = 0) -> torch.Tensor:
+        """Position logits `[B, heads, rows, w, key_height, w]` for queries `q` `[B, heads, rows, w, d]`
+        (already scaled) that sit at rows `row_offset...` of a map with `key_height` rows."""
+        rows, width = q.shape[2:4]
+        height = rows if key_height is None else key_height
         if max(height, width) > self.max_positions:
             raise ValueError(
                 f"relative position attention supports at most {self.max_positions} positions per side "
                 f"at 1/8 resolution ({8 * self.max_positions} px); got {height}x{width}")
-        emb_h = self.rel_height(self.rel_ind[:height, :height])  # [h(x), h(u), d]
+        emb_h = self.rel_height(self.rel_ind[row_offset:row_offset + rows, :height])  # [rows(x), h(u), d]
         emb_w = self.rel_width(self.rel_ind[:width, :width])  # [w(y), w(v), d]
         score_h = torch.einsum("bnxyd,xud->bnxyu", q, emb_h)
         score_w = torch.einsum("bnxyd,yvd->bnxyv", q, emb_w)
         return score_h[..., :, None] + score_w[..., None, :]
+
+
+class AttentionLogits:
+    """Query/key pair of GMA attention; produces softmax rows a block of query rows at a time."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, *, content: bool,
+                 position: RelativePositionEmbedding | None, chunk_elements: int) -> None:
+        # q, k: [B, heads, h, w, d], q already scaled
+        self.q, self.k = q, k
+        self.content, self.position = content, position
+        self.height, self.width = q.shape[2:4]
+        # image rows of queries per block, so that one block of logits holds ~chunk_elements
+        self.rows_per_block = max(1, chunk_elements // (q.shape[0] * q.shape[1] * self.width * self.height * self.width))
+
+    def blocks(self):
+        """Yield (query slice in flattened h*w order, softmax block `[B, heads, n, h*w]`)."""
+        keys = self.k.flatten(2, 3)  # [B, heads, h*w, d]
+        for row in range(0, self.height, self.rows_per_block):
+            q = self.q[:, :, row:row + self.rows_per_block]  # [B, heads, rows, w, d]
+            logits = None
+            if self.content:
+                logits = torch.matmul(q.flatten(2, 3), keys.transpose(-1, -2))
+            if self.position is not None:
+                pos = self.position(q, key_height=self.height, row_offset=row).flatten(4, 5).flatten(2, 3)
+                logits = pos if logits is None else logits + pos
+            yield slice(row * self.width, (row + q.shape[2]) * self.width), logits.softmax(dim=-1)
+
+
+class ChunkedAttention:
+    """GMA attention applied without ever holding the `[h*w, h*w]` matrix (memory-bounded mode)."""
+
+    def __init__(self, logits: AttentionLogits) -> None:
+        self.logits = logits
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        # v: [B, heads, h*w, d] -> [B, heads, h*w, d]
+        out = None
+        for rows, block in self.logits.blocks():
+            product = torch.matmul(block, v)
+            if out is None:
+                out = product.new_empty(*v.shape[:-1], product.shape[-1])
+            out[:, :, rows] = product
+        return out
 
 
 class Attention(nn.Module):
@@ -55,19 +100,33 @@ class Attention(nn.Module):
         self.to_qk = nn.Conv2d(dim, 2 * heads * dim_head, 1, bias=False)
         self.pos_emb = RelativePositionEmbedding(max_positions=max_positions, dim_head=dim_head)
 
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        # fmap: [B, dim, h, w] -> attention [B, heads, h*w, h*w], softmax over keys
-        height, width = fmap.shape[-2:]
+    def logits(self, fmap: torch.Tensor, *, chunk_elements: int = 2 ** 24) -> AttentionLogits:
         q, k = self.to_qk(fmap).chunk(2, dim=1)
         q = rearrange(q, "b (n d) x y -> b n x y d", n=self.heads) * self.scale
         k = rearrange(k, "b (n d) x y -> b n x y d", n=self.heads)
-        if self.position_only:
-            sim = self.pos_emb(q).reshape(*q.shape[:2], height * width, height * width)
-        else:
-            sim = torch.einsum("bnid,bnjd->bnij", q.flatten(2, 3), k.flatten(2, 3))
-            if self.position_and_content:
-                sim = sim + self.pos_emb(q).reshape(sim.shape)
-        return sim.softmax(dim=-1)
+        position = self.pos_emb if (self.position_only or self.position_and_content) else None
+        return AttentionLogits(q, k, content=not self.position_only, position=position,
+                               chunk_elements=chunk_elements)
+
+    def forward(self, fmap: torch.Tensor, *, materialise: bool = True) -> torch.Tensor | ChunkedAttention:
+        """fmap `[B, dim, h, w]` -> attention `[B, heads, h*w, h*w]` (softmax over keys).
+
+        Built a block of query rows at a time into one preallocated matrix, so the peak is
+        the matrix plus one block. With `materialise=False`, returns a ChunkedAttention that
+        recomputes blocks whenever it is applied (memory-bounded mode).
+        """
+        logits = self.logits(fmap)
+        if not materialise:
+            return ChunkedAttention(logits)
+        height, width = fmap.shape[-2:]
+        attention = None
+        for rows, block in logits.blocks():
+            if attention is None:
+                # under autocast the matrix is kept in the autocast dtype it is used in
+                dtype = torch.get_autocast_dtype(fmap.device.type) if torch.is_autocast_enabled(fmap.device.type) else block.dtype
+                attention = block.new_empty(*block.shape[:2], height * width, height * width, dtype=dtype)
+            attention[:, :, rows] = block
+        return attention
 
 
 class Aggregate(nn.Module):
@@ -81,12 +140,18 @@ class Aggregate(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
         self.project = nn.Conv2d(inner, dim, 1, bias=False) if inner != dim else None
 
-    def forward(self, attention: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
-        # attention: [B, heads, h*w, h*w]; fmap: [B, dim, h, w]
+    def values(self, fmap: torch.Tensor) -> torch.Tensor:
+        """fmap `[B, dim, h, w]` -> values `[B, heads, h*w, d]`."""
+        return rearrange(self.to_v(fmap), "b (n d) x y -> b n (x y) d", n=self.heads)
+
+    def combine(self, fmap: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """fmap + gamma * (attention @ values) reshaped back to `[B, dim, h, w]`."""
         height, width = fmap.shape[-2:]
-        v = rearrange(self.to_v(fmap), "b (n d) x y -> b n (x y) d", n=self.heads)
-        out = torch.matmul(attention, v)  # [B, heads, h*w, d]
-        out = rearrange(out, "b n (x y) d -> b (n d) x y", x=height, y=width)
+        out = rearrange(attended, "b n (x y) d -> b (n d) x y", x=height, y=width)
         if self.project is not None:
             out = self.project(out)
         return fmap + self.gamma * out
+
+    def forward(self, attention: torch.Tensor | ChunkedAttention, fmap: torch.Tensor) -> torch.Tensor:
+        # attention: [B, heads, h*w, h*w]; fmap: [B, dim, h, w]
+        return self.combine(fmap, attention @ self.values(fmap))

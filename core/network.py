@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.corr import CorrBlock, coords_grid
+from core.corr import AlternateCorrBlock, CorrBlock, coords_grid
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
 from core.semantic import SemanticEncoder
@@ -79,11 +79,13 @@ class DecFlow(nn.Module):
 
     def __init__(self, *, num_heads: int = 1, position_only: bool = False,
                  position_and_content: bool = False, dropout: float = 0.0,
-                 mixed_precision: bool = False, frozen: bool = False) -> None:
+                 mixed_precision: bool = False, frozen: bool = False, alternate_corr: bool = False) -> None:
         super().__init__()
         self.config = DecFlowConfig(num_heads=num_heads, position_only=position_only,
                                     position_and_content=position_and_content, dropout=dropout)
         self.mixed_precision = mixed_precision
+        # Memory-bounded mode: correlation and attention computed in chunks, on the fly.
+        self.alternate_corr = alternate_corr
 
         # Registration order follows the authors' state dict.
         self.fnet = BasicEncoder(out_channels=FEATURE_DIM, norm="instance", dropout=dropout)
@@ -137,14 +139,18 @@ class DecFlow(nn.Module):
                              f"correlation pyramid, got shape {tuple(image1.shape)}")
 
     # ------------------------------------------------------------------ forward
-    def encode_context(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised image 1 -> (hidden state, context input, attention)."""
+    def encode_context(self, image1: torch.Tensor):
+        """Normalised image 1 -> (hidden state, context input, attention).
+
+        The attention is a `[B, heads, h*w, h*w]` matrix, or in memory-bounded mode a
+        ChunkedAttention that supports the same `attention @ values`.
+        """
         context = self.cnet(image1)  # [B, 256, h, w]
         semantic = self.change_dim(self.dad_encoder(image1))  # [B, 256, h, w]
         fused = self.res1(torch.cat([context, semantic], dim=1))  # [B, 256, h, w]
         net, inp = fused.split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
         net, inp = torch.tanh(net), torch.relu(inp)
-        attention = self.att(inp)  # [B, heads, h*w, h*w]
+        attention = self.att(inp, materialise=not self.alternate_corr)  # [B, heads, h*w, h*w]
         return net, inp, attention
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
@@ -168,42 +174,45 @@ class DecFlow(nn.Module):
 
         with self._autocast(device):
             fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)
-        corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS)
+        corr_block = AlternateCorrBlock if self.alternate_corr else CorrBlock
+        corr_fn = corr_block(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS)
+        decoders = (self.update_block, self.update_block_head)  # facial, head
         with self._autocast(device):
             net, inp, attention = self.encode_context(image1)
+            prepared = [decoder.prepare(inp) for decoder in decoders]
 
         coords0 = coords_grid(batch, low_h, low_w, device=device)  # [B, 2, h, w], x first
-        coords_facial, coords_head = coords0, coords0
-        if flow_init is not None:
-            if flow_init.shape != coords0.shape:
-                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
-                                 f"got {tuple(flow_init.shape)}")
-            coords_facial = coords_head = coords0 + flow_init
-
-        decoders = (self.update_block, self.update_block_head)
-        state = [[net, coords_facial], [net, coords_head]]  # per decoder: hidden, coords1
+        if flow_init is not None and flow_init.shape != coords0.shape:
+            raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
+                             f"got {tuple(flow_init.shape)}")
+        start = coords0 if flow_init is None else coords0 + flow_init
+        coords = [start, start]  # per decoder, float32 throughout
+        hidden = [net, net]
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         for itr in range(iters):
             upsample = not test_mode or itr == iters - 1  # test mode: only the result
-            for entry in state:
-                entry[1] = entry[1].detach()
-            corrs = corr_fn([entry[1] for entry in state])
-            for decoder, entry, corr, preds in zip(decoders, state, corrs, predictions):
-                hidden, coords1 = entry
-                with self._autocast(device):
-                    hidden, mask, delta = decoder(hidden, inp, corr, coords1 - coords0, attention,
-                                                  with_mask=upsample)
-                coords1 = coords1 + delta.float()
-                entry[0], entry[1] = hidden, coords1
+            coords = [c.detach() for c in coords]
+            corrs = corr_fn(coords)  # both decoders' windows in one lookup
+            with self._autocast(device):
+                motion = [decoder.encoder(c - coords0, corr) for decoder, c, corr in zip(decoders, coords, corrs)]
+                # One pass over the attention matrix aggregates both decoders' values.
+                values = [decoder.aggregator.values(m) for decoder, m in zip(decoders, motion)]
+                attended = (attention @ torch.cat(values, dim=-1)).chunk(len(decoders), dim=-1)
+                steps = [decoder.step(h, prep, m, decoder.aggregator.combine(m, att), with_mask=upsample)
+                         for decoder, h, prep, m, att in zip(decoders, hidden, prepared, motion, attended)]
+            for i, (new_hidden, mask, delta) in enumerate(steps):
+                hidden[i] = new_hidden
+                coords[i] = coords[i] + delta.float()
                 if upsample:
-                    preds.append(convex_upsample(coords1 - coords0, mask))
+                    predictions[i].append(convex_upsample(coords[i] - coords0, mask))
 
         if not test_mode:
             return predictions
         facial, head = predictions[0][-1], predictions[1][-1]
         return DecFlowOutput(facial=facial, head=head, expression=facial - head,
-                             facial_low=state[0][1] - coords0, head_low=state[1][1] - coords0)
+                             facial_low=coords[0] - coords0, head_low=coords[1] - coords0)
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints that describe themselves."""
-        return {**asdict(self.config), "mixed_precision": self.mixed_precision, "frozen": self.frozen}
+        return {**asdict(self.config), "mixed_precision": self.mixed_precision, "frozen": self.frozen,
+                "alternate_corr": self.alternate_corr}

@@ -5,6 +5,8 @@ and `update_block_head` for the rigid head flow.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,13 +35,35 @@ class MotionEncoder(nn.Module):
         return torch.cat([out, flow], dim=1)
 
 
+@dataclass
+class GRUPass:
+    """One gate pass of SepConvGRU with the constant context input already applied.
+
+    Gate pre-activations are `conv([h, x]) = conv_h(h) + conv_motion(motion) + conv_context(inp)`;
+    the context part does not change across iterations, so it is computed once.
+    """
+
+    weight_zr: torch.Tensor  # [2*hidden, hidden + motion, kh, kw]: z and r gates, one conv
+    weight_q: torch.Tensor  # [hidden, hidden + motion, kh, kw]
+    context_zr: torch.Tensor  # [B, 2*hidden, h, w] context part + biases
+    context_q: torch.Tensor  # [B, hidden, h, w]
+    padding: tuple[int, int]
+
+
 class SepConvGRU(nn.Module):
-    """ConvGRU run twice: with 1x5 kernels, then with 5x1 kernels (`gru`)."""
+    """ConvGRU run twice: with 1x5 kernels, then with 5x1 kernels (`gru`).
+
+    Its input is `cat([context, motion])`; `forward` is the plain formulation,
+    `prepare` + `step` the equivalent one that convolves the constant context once.
+    """
+
+    PASSES = (("1", (1, 5), (0, 2)), ("2", (5, 1), (2, 0)))  # suffix, kernel, padding
 
     def __init__(self, *, hidden_dim: int, input_dim: int) -> None:
         super().__init__()
+        self.hidden_dim = hidden_dim
         channels = hidden_dim + input_dim
-        for suffix, kernel, padding in (("1", (1, 5), (0, 2)), ("2", (5, 1), (2, 0))):
+        for suffix, kernel, padding in self.PASSES:
             for gate in ("z", "r", "q"):
                 self.add_module(f"conv{gate}{suffix}", nn.Conv2d(channels, hidden_dim, kernel, padding=padding))
 
@@ -54,6 +78,32 @@ class SepConvGRU(nn.Module):
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         h = self._step(h, x, self.convz1, self.convr1, self.convq1)
         return self._step(h, x, self.convz2, self.convr2, self.convq2)
+
+    def prepare(self, context: torch.Tensor) -> list[GRUPass]:
+        """Split the gate weights for `step` and convolve the context `[B, C, h, w]` once
+        (C = the leading input channels). Differentiable with respect to the weights."""
+        hidden, split = self.hidden_dim, self.hidden_dim + context.shape[1]
+        passes = []
+        for suffix, _, padding in self.PASSES:
+            convs = [getattr(self, f"conv{gate}{suffix}") for gate in ("z", "r", "q")]
+            weight = torch.cat([c.weight for c in convs])  # [3*hidden, channels, kh, kw]
+            bias = torch.cat([c.bias for c in convs])
+            recurrent = torch.cat([weight[:, :hidden], weight[:, split:]], dim=1)
+            context_terms = F.conv2d(context, weight[:, hidden:split], bias, padding=padding)
+            passes.append(GRUPass(weight_zr=recurrent[: 2 * hidden].contiguous(),
+                                  weight_q=recurrent[2 * hidden:].contiguous(),
+                                  context_zr=context_terms[:, : 2 * hidden], context_q=context_terms[:, 2 * hidden:],
+                                  padding=padding))
+        return passes
+
+    def step(self, h: torch.Tensor, motion: torch.Tensor, passes: list[GRUPass]) -> torch.Tensor:
+        """Same as `forward(h, cat([context, motion]))` for the context given to `prepare`."""
+        for p in passes:
+            zr = torch.sigmoid(F.conv2d(torch.cat([h, motion], dim=1), p.weight_zr, padding=p.padding) + p.context_zr)
+            z, r = zr.split(self.hidden_dim, dim=1)
+            q = torch.tanh(F.conv2d(torch.cat([r * h, motion], dim=1), p.weight_q, padding=p.padding) + p.context_q)
+            h = (1 - z) * h + z * q
+        return h
 
 
 class FlowHead(nn.Module):
@@ -97,12 +147,21 @@ class GMAUpdateBlock(nn.Module):
         self.aggregator = Aggregate(dim=motion, heads=heads, dim_head=motion)
 
     def forward(self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor,
-                attention: torch.Tensor, *, with_mask: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Returns (new hidden state, upsampling mask logits or None, delta flow)."""
+                attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Plain formulation of one step: (new hidden state, upsampling mask logits, delta flow)."""
         motion = self.encoder(flow, corr)
         motion_global = self.aggregator(attention, motion)
         net = self.gru(net, torch.cat([inp, motion, motion_global], dim=1))
+        return net, self.mask(net), self.flow_head(net)
+
+    def prepare(self, inp: torch.Tensor) -> list[GRUPass]:
+        """Per-forward work for `step`: the context part of the GRU gates."""
+        return self.gru.prepare(inp)
+
+    def step(self, net: torch.Tensor, prepared: list[GRUPass], motion: torch.Tensor, motion_global: torch.Tensor,
+             *, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`forward` split for speed: motion features come from `encoder`/`aggregator`
+        (so that both decoders can aggregate in one pass), the mask only when asked for."""
+        net = self.gru.step(net, torch.cat([motion, motion_global], dim=1), prepared)
         delta_flow = self.flow_head(net)
-        mask = self.mask(net) if with_mask else None
-        return net, mask, delta_flow
+        return net, self.mask(net) if with_mask else None, delta_flow
