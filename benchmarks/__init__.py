@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks, and the straightforward forward they compare against."""

@@ -1,0 +1,82 @@
+"""The fast inference path, mixed precision and the memory-bounded mode agree with the
+straightforward per-spec forward (benchmarks/yardstick.py). No timing here: see benchmarks/."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.yardstick import straightforward_forward
+from core.network import DecFlow
+from tests.model_helpers import authors_state_dict
+
+STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
+
+
+def _model(**options) -> DecFlow:
+    model = DecFlow(**options)
+    model.load_state_dict(STATE)
+    return model.eval()
+
+
+def _pair(height=136, width=176, batch=1):
+    generator = torch.Generator().manual_seed(5)
+    image1 = torch.rand(batch, 3, height, width, generator=generator) * 255
+    image2 = torch.roll(image1, shifts=(2, -3), dims=(-2, -1))
+    return image1, image2
+
+
+@pytest.mark.parametrize("options", [{}, {"position_and_content": True}, {"position_only": True}])
+@torch.no_grad()
+def test_fast_path_matches_straightforward_forward(options):
+    model = _model(**options)
+    image1, image2 = _pair(batch=2)
+    flow_init = torch.full((2, 2, 17, 22), 0.7)
+    expected = straightforward_forward(model, image1, image2, iters=4, flow_init=flow_init, test_mode=True)
+    got = model(image1, image2, iters=4, flow_init=flow_init, test_mode=True)
+    for name in ("facial", "head", "expression", "facial_low", "head_low"):
+        assert (getattr(got, name) - getattr(expected, name)).abs().max() <= 1e-3, name
+    # training mode: every prediction of both decoders
+    facial, head = model(image1, image2, iters=3)
+    facial_ref, head_ref = straightforward_forward(model, image1, image2, iters=3)
+    for a, b in zip(facial + head, facial_ref + head_ref):
+        assert (a - b).abs().max() <= 1e-3
+
+
+def test_fast_path_gradients_match_straightforward_forward():
+    model = _model()
+    model.train()
+    image1, image2 = _pair()
+    grads = []
+    for forward in (model.forward, lambda *a, **k: straightforward_forward(model, *a, **k)):
+        model.zero_grad()
+        facial, head = forward(image1, image2, iters=2)
+        (facial[-1].abs().mean() + head[-1].abs().mean() + 0.5 * facial[0].abs().mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        # (biases before instance norm get only rounding noise, hence the absolute floor)
+        difference = (grads[0][name] - grads[1][name]).norm().item()
+        assert difference <= 1e-3 * grads[1][name].norm().item() + 1e-6, name
+
+
+@pytest.mark.parametrize("options", [{}, {"position_and_content": True}])
+@torch.no_grad()
+def test_alternate_corr_matches_default_mode(options):
+    image1, image2 = _pair(height=144, width=160)
+    default = _model(**options)(image1, image2, iters=3, test_mode=True)
+    bounded = _model(alternate_corr=True, **options)(image1, image2, iters=3, test_mode=True)
+    for name in ("facial", "head", "facial_low", "head_low"):
+        assert (getattr(bounded, name) - getattr(default, name)).abs().max() <= 1e-3, name
+
+
+@torch.no_grad()
+def test_mixed_precision_stays_close_to_fp32_straightforward_forward():
+    model = _model()
+    image1, image2 = _pair()
+    expected = straightforward_forward(model, image1, image2, iters=4, test_mode=True)
+    model.mixed_precision = True
+    got = model(image1, image2, iters=4, test_mode=True)
+    deviation = (got.facial - expected.facial).abs()
+    magnitude = expected.facial.abs().mean().item()
+    assert torch.isfinite(got.facial).all()
+    assert deviation.mean().item() <= 0.05 * magnitude + 0.05, (deviation.mean().item(), magnitude)
