@@ -1,0 +1,201 @@
+"""train.py: the seed README commands scaled down, stage semantics, resume, safety, torchrun.
+
+Everything runs on CPU with a tiny synthetic dataset (160x160 frames, 128x128 crops),
+batch 1-2, 2-3 steps and 2 recurrent iterations.
+"""
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
+    subprocess_env, train
+
+SEED_PART1 = ("--name decflow-facialflownet-part1 --stage facialflow --validation facialflow --output checkpoints "
+              "--restore_ckpt checkpoints/gma-sintel.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
+              "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
+              "--mixed_precision")
+SEED_PART2 = ("--name decflow --stage facialflow --validation facialflow  --output checkpoints --restore_ckpt "
+              "checkpoints/decflow-facialflownet-part1.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
+              "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
+              "--mixed_precision --frozen")
+SMALL = dict(image_size="128 128", batch_size="1", iters="2", val_iters="2", val_max_pairs="1", num_workers="0",
+             print_freq="1")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    return {"root": make_dataset(base / "FacialFlowNet"), "gma": make_gma_checkpoint(base / "gma-sintel.pth"),
+            "base": base}
+
+
+@pytest.fixture(scope="module")
+def stage1(files):
+    out = files["base"] / "stage1"
+    argv = scaled(SEED_PART1, output=str(out), restore_ckpt=str(files["gma"]), root=str(files["root"]),
+                  num_steps="2", val_freq="1", **SMALL)
+    metrics = run(argv)
+    return out, metrics
+
+
+def test_seed_commands_parse_as_written():
+    parser = train.get_args_parser()
+    a1 = parser.parse_args(SEED_PART1.split())
+    a2 = parser.parse_args(SEED_PART2.split())
+    assert (a1.num_steps, a1.lr, a1.image_size, a1.wdecay, a1.gamma, a1.batch_size) == \
+        (10000, 0.000125, [480, 480], 0.00001, 0.85, 6)
+    assert (a1.val_freq, a1.print_freq, a1.mixed_precision, a1.frozen, a1.gpus) == (1000, 100, True, False, [0])
+    assert a1.validation == ["facialflow"] and a2.frozen and a2.name == "decflow"
+    assert (a1.iters, a1.clip, a1.epsilon, a1.seed, a1.val_iters, a1.val_split) == (12, 1.0, 1e-8, 1234, 32, "test")
+
+
+def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
+    out, metrics = stage1
+    name = "decflow-facialflownet-part1"
+    for filename in (f"1_{name}.pth", f"2_{name}.pth", f"{name}.pth", f"{name}_state.pth", f"{name}.log",
+                     f"{name}_loss.png", f"{name}_epe.png"):
+        assert (out / filename).is_file(), filename
+    assert list((out / "runs" / name).glob("events.out.tfevents.*"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    log = (out / f"{name}.log").read_text()
+    assert "warning: running on cpu: --gpus 0 is ignored" in log
+    assert "non-strict load of" in log and "left at initialisation: update_block_head" in log
+    assert "validation facialflow/test at step 1" in log and "done:" in log
+    assert all(k in metrics for k in ("loss", "facial_epe", "head_epe", "expression_epe", "val_facial_epe"))
+
+    # 2 warm-up steps (lr <= 7e-5) move no weight by more than ~1.5e-4: the trained GMA
+    # groups must still sit on the GMA values; freshly initialised weights would be far off.
+    gma = {k[len("module."):]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
+    final = load_weights(out / f"{name}.pth")
+    params = {n for n, _ in train.DecFlow().named_parameters()}
+    for key, value in gma.items():
+        if key in params:
+            assert (final[key] - value).abs().max() < 1e-3, key
+    step1 = load_weights(out / f"1_{name}.pth")
+    assert not torch.equal(step1["fnet.conv1.weight"], gma["fnet.conv1.weight"])  # but it trained
+
+
+def test_stage2_trains_exactly_the_frozen_set(files, stage1):
+    stage1_out, _ = stage1
+    out = files["base"] / "stage2"
+    start = stage1_out / "decflow-facialflownet-part1.pth"
+    run(scaled(SEED_PART2, output=str(out), restore_ckpt=str(start), root=str(files["root"]),
+               num_steps="2", val_freq="2", **SMALL))
+    before, after = load_weights(start), load_weights(out / "decflow.pth")
+    model = train.DecFlow(frozen=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == 3_760_193
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), f"frozen parameter {key} changed"
+    changed = [k for k in trainable if not torch.equal(before[k], after[k])]
+    assert {k.split(".")[0] for k in changed} == {"update_block_head", "change_dim"}
+    assert len(changed) == len(trainable), sorted(trainable - set(changed))
+    assert "stage 2, strict load of" in (out / "decflow.log").read_text()
+
+
+def test_resume_reproduces_an_uninterrupted_run(files):
+    common = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
+              "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
+              "--num_steps", "2", "--val_freq", "2", "--print_freq", "1", "--lr", "0.001"]
+    out_a, out_b = files["base"] / "resume_a", files["base"] / "resume_b"
+    run(common + ["--name", "a", "--output", str(out_a)])
+    # slot 1: stop after step 1 (as a time-limited job would)
+    run(common + ["--name", "b", "--output", str(out_b), "--stop_at", "1"])
+    assert torch.load(out_b / "b_state.pth", weights_only=True)["step"] == 1
+    assert not (out_b / "b.pth").exists()
+    # slot 2: --resume (auto: {output}/{name}_state.pth) finishes
+    run(common + ["--name", "b", "--output", str(out_b), "--resume"])
+    a, b = load_weights(out_a / "a.pth"), load_weights(out_b / "b.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
+    state_a = torch.load(out_a / "a_state.pth", weights_only=True)
+    state_b = torch.load(out_b / "b_state.pth", weights_only=True)
+    assert state_a["step"] == state_b["step"] == 2
+    assert state_a["scheduler"]["last_epoch"] == state_b["scheduler"]["last_epoch"] == 2
+    log = (out_b / "b.log").read_text()
+    assert "stopped by --stop_at after step 1" in log and "resuming" in log and log.count("done:") == 1
+
+
+def test_sigint_saves_state_and_exits(files, monkeypatch):
+    original = train.train_step
+
+    def interrupted_step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "train_step", interrupted_step)
+    out = files["base"] / "sigint"
+    with pytest.raises(SystemExit) as exc:  # stage 2 from random weights: cheap steps
+        run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
+             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "3"])
+    assert exc.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert torch.load(out / "s_state.pth", weights_only=True)["step"] == 1
+    assert "interrupted by a signal after step 1" in (out / "s.log").read_text()
+    assert not (out / "s.pth").exists()
+
+
+def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
+    original = train.sequence_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, metrics = original(*args, **kwargs)
+        return loss * float("nan"), {**metrics, "loss": float("nan")}
+
+    monkeypatch.setattr(train, "sequence_loss", nan_loss)
+    out = files["base"] / "nan"
+    with pytest.raises(SystemExit) as exc:
+        run(["--name", "n", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
+             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "5",
+             "--max_nonfinite", "2"])
+    assert "aborting at step 2" in str(exc.value.code)
+    assert "step 1: non-finite loss" in (out / "n.log").read_text()
+    assert not (out / "n.pth").exists()
+
+
+def test_missing_restore_ckpt_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["--restore_ckpt", str(tmp_path / "nope.pth"), "--output", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--restore_ckpt: file not found" in err and "Traceback" not in err
+
+
+def test_sampler_resumes_and_shards():
+    full = train.ResumableSampler(7, 2, seed=3)
+    stream = list(itertools.islice(iter(full), 30))
+    resumed = list(itertools.islice(iter(train.ResumableSampler(7, 2, seed=3, start_batch=5)), 20))
+    assert resumed == stream[10:30]
+    assert len(full) == 6  # 3 whole batches of 2 per epoch, the 7th pair dropped
+    epoch0 = [i for i, _ in stream[:6]]
+    assert len(set(epoch0)) == 6
+    ranks = [[i for i, _ in itertools.islice(iter(train.ResumableSampler(7, 1, seed=3, rank=r, world_size=2)), 3)]
+             for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1])
+
+
+def test_torchrun_two_processes_gloo(files):
+    out = files["base"] / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "train.py"),
+           *scaled(SEED_PART1, name="ddp", output=str(out), restore_ckpt=str(files["gma"]),
+                   root=str(files["root"]), num_steps="2", val_freq="2", gpus="", mixed_precision="",
+                   **{**SMALL, "batch_size": "2", "val_max_pairs": "2"})]
+    cmd.remove("--gpus")
+    cmd.remove("--mixed_precision")
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for filename in ("2_ddp.pth", "ddp.pth", "ddp_state.pth", "ddp.log"):
+        assert (out / filename).is_file(), filename
+    log = (out / "ddp.log").read_text()
+    assert "2 processes (DistributedDataParallel)" in log and log.count("done:") == 1
+    assert set(load_weights(out / "ddp.pth")) == set(train.DecFlow().state_dict())
