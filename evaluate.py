@@ -1,0 +1,490 @@
+"""Evaluate DecFlow or a classical baseline on FacialFlowNet.
+
+    python evaluate.py --model checkpoints/decflow-facialflownet.pth --dataset facialflow
+    python evaluate.py --method dis --dataset facialflow --split test --output_json dis.json
+
+Two protocols are reported:
+
+* **masked** (facial, head and expression flow): per pair, the end-point error (EPE)
+  and the fraction of pixels with EPE under 1, 3 and 5 px, over the face mask pixels
+  whose ground truth is valid; then the mean over pairs. Expression flow is
+  facial - head, compared with gt facial - gt head.
+* **ffn_protocol** (facial flow only): the reference `validate_facialflow` of the
+  authors, so numbers compare with the paper: per pair, the sum of the per-pixel EPE over
+  the *whole* image divided by the number of mask pixels, and the number of pixels
+  (whole image) under 1/3/5 px divided by the number of mask pixels (these can exceed
+  1); network inputs padded in mode "exp"; then the mean over pairs.
+
+The evaluation core is importable (e.g. for validation during training)::
+
+    from evaluate import evaluate_facialflow
+    results = evaluate_facialflow(model, dataset, iters=32, device=device)
+    results["facial"]["epe"], results["ffn_protocol"]["epe"]
+
+Pieces: `masked_metrics`, `ffn_protocol_metrics` (one pair, torch tensors),
+`DecFlowPredictor`, `ZeroFlowPredictor`, `OpenCVFlowPredictor` (callables mapping a pair
+to flows), `evaluate_predictor` (the loop over a dataset), `format_results` (table).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import platform
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+METRIC_KEYS = ("epe", "1px", "3px", "5px")
+THRESHOLDS = (("1px", 1.0), ("3px", 3.0), ("5px", 5.0))
+FLOW_KINDS = ("facial", "head", "expression")
+METHODS = ("decflow", "zero", "dis", "farneback")
+DATASETS = ("facialflow",)
+SPLITS = ("train", "val", "test")
+DEFAULT_ROOT = "datasets/FacialFlowNet"
+DEFAULT_ITERS = 12  # the reference evaluate.py
+
+# A prediction: facial flow [2, H, W] and head flow [2, H, W] (None: not estimated).
+Prediction = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+class UserError(Exception):
+    """A mistake in the command line or the inputs: reported as one line, no traceback."""
+
+
+# --------------------------------------------------------------------------- metrics
+def endpoint_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-pixel end-point error `[H, W]` of flows `[2, H, W]` (computed in float32)."""
+    if pred.shape != gt.shape or pred.dim() != 3 or pred.shape[0] != 2:
+        raise ValueError(f"flows must both be [2, H, W], got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    return (pred.float() - gt.float()).square().sum(dim=0).sqrt()
+
+
+def masked_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
+    """EPE and fractions of pixels under 1/3/5 px over the pixels where `mask` is nonzero.
+
+    `pred`, `gt`: `[2, H, W]`; `mask`: `[H, W]` (bool or numbers; nonzero = counted).
+    Returns None when the mask is empty (the pair has no pixel to score).
+    """
+    selected = mask.to(pred.device) != 0
+    if not bool(selected.any()):
+        return None
+    epe = endpoint_error(pred, gt)[selected]
+    metrics = {"epe": float(epe.mean())}
+    for name, threshold in THRESHOLDS:
+        metrics[name] = float((epe < threshold).float().mean())
+    return metrics
+
+
+def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
+    """The reference's per-pair facial-flow numbers (see the module doc).
+
+    EPE summed over the whole image, and counts of whole-image pixels under 1/3/5 px, all
+    divided by the number of nonzero mask pixels. Returns None when the mask is empty (the
+    reference would divide by zero).
+    """
+    count = int((mask != 0).sum())
+    if count == 0:
+        return None
+    epe = endpoint_error(pred, gt)
+    metrics = {"epe": float(epe.sum()) / count}
+    for name, threshold in THRESHOLDS:
+        metrics[name] = float((epe < threshold).sum()) / count
+    return metrics
+
+
+def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
+    """Mean of each metric over pairs (None when there is no pair)."""
+    if not per_pair:
+        return None
+    return {key: float(np.mean([m[key] for m in per_pair])) for key in METRIC_KEYS}
+
+
+# --------------------------------------------------------------------------- predictors
+def resolve_device(name: str | None = None) -> torch.device:
+    """`name` as a torch.device (default: cuda when available, else cpu); UserError if unusable."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"invalid --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
+def resolve_mixed_precision(flag: bool | None, device: torch.device) -> bool:
+    """Mixed precision default: on for CUDA (as the reference), off elsewhere."""
+    return device.type == "cuda" if flag is None else bool(flag)
+
+
+def precision_name(mixed_precision: bool, device: torch.device) -> str:
+    if not mixed_precision:
+        return "float32"
+    return "float16 autocast" if device.type == "cuda" else "bfloat16 autocast"
+
+
+class DecFlowPredictor:
+    """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad.
+
+    The model must already be on `device` and in eval mode. `mixed_precision` (if not
+    None) overrides the model's own setting for the duration of each call.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, iters: int = DEFAULT_ITERS, device: torch.device | str = "cpu",
+                 mixed_precision: bool | None = None, pad_mode: str = "exp") -> None:
+        from core.checkpoint import unwrap
+
+        self.model = model
+        self.core = unwrap(model)
+        self.iters = iters
+        self.device = torch.device(device)
+        self.mixed_precision = mixed_precision
+        self.pad_mode = pad_mode
+
+    @torch.inference_mode()
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        from core.utils.padder import InputPadder
+
+        padder = InputPadder(image1.shape, mode=self.pad_mode)
+        image1, image2 = padder.pad(image1[None].to(self.device), image2[None].to(self.device))
+        saved = self.core.mixed_precision
+        if self.mixed_precision is not None:
+            self.core.mixed_precision = self.mixed_precision
+        try:
+            output = self.model(image1, image2, iters=self.iters, test_mode=True)
+        finally:
+            self.core.mixed_precision = saved
+        return padder.unpad(output.facial[0]).float(), padder.unpad(output.head[0]).float()
+
+
+class ZeroFlowPredictor:
+    """Baseline: zero flow for the face and for the head (so expression flow is zero too)."""
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        zero = torch.zeros(2, *image1.shape[-2:])
+        return zero, zero
+
+
+class OpenCVFlowPredictor:
+    """Baseline: OpenCV's DIS ("medium" preset) or Farneback flow between the grayscale
+    frames, as facial flow; no head flow."""
+
+    FARNEBACK = dict(pyr_scale=0.5, levels=4, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+
+    def __init__(self, method: str) -> None:
+        import cv2
+
+        if method not in ("dis", "farneback"):
+            raise ValueError(f"unknown OpenCV method {method!r}")
+        self.method = method
+        self._cv2 = cv2
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
+
+    @property
+    def description(self) -> str:
+        if self.method == "dis":
+            return "cv2.DISOpticalFlow preset MEDIUM on grayscale frames"
+        return "cv2.calcOpticalFlowFarneback(" + ", ".join(f"{k}={v}" for k, v in self.FARNEBACK.items()) + ")"
+
+    def _gray(self, image: torch.Tensor) -> np.ndarray:
+        rgb = image.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        return self._cv2.cvtColor(np.ascontiguousarray(rgb), self._cv2.COLOR_RGB2GRAY)
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        gray1, gray2 = self._gray(image1), self._gray(image2)
+        if self._dis is not None:
+            flow = self._dis.calc(gray1, gray2, None)
+        else:
+            flow = self._cv2.calcOpticalFlowFarneback(gray1, gray2, None, **self.FARNEBACK)
+        return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1), None
+
+
+# --------------------------------------------------------------------------- evaluation loop
+def _emotion_of(dataset: Any, index: int) -> str:
+    info = getattr(dataset, "extra_info", None)
+    if info is None:
+        return "all"
+    entry = info[index]
+    return str(getattr(entry, "emotion", entry[0] if isinstance(entry, (tuple, list)) else entry))
+
+
+def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]
+                  ) -> dict[str, dict[str, float] | None]:
+    _, _, gt_facial, gt_head, valid_facial, valid_head, mask = sample
+    device = facial.device
+    gt_facial, gt_head = gt_facial.to(device), gt_head.to(device)
+    face = mask.to(device) != 0
+    valid_f = face & (valid_facial.to(device) >= 0.5)
+    valid_h = face & (valid_head.to(device) >= 0.5)
+    out: dict[str, dict[str, float] | None] = {
+        "facial": masked_metrics(facial, gt_facial, valid_f),
+        "ffn_protocol": ffn_protocol_metrics(facial, gt_facial, mask),
+        "head": None,
+        "expression": None,
+    }
+    if head is not None:
+        out["head"] = masked_metrics(head, gt_head, valid_h)
+        out["expression"] = masked_metrics(facial - head, gt_facial - gt_head, valid_f & valid_h)
+    return out
+
+
+def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {"pairs": len(per_pair)}
+    for kind in (*FLOW_KINDS, "ffn_protocol"):
+        if kind in ("head", "expression") and not has_head:
+            summary[kind] = None  # not applicable to this method
+            continue
+        scored = [p[kind] for p in per_pair if p[kind] is not None]
+        summary[kind] = mean_metrics(scored)
+    summary["pairs_without_mask"] = sum(p["ffn_protocol"] is None for p in per_pair)
+    return summary
+
+
+def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Prediction], dataset: Any, *,
+                       max_pairs: int | None = None, progress: bool = False, has_head: bool = True
+                       ) -> dict[str, Any]:
+    """Score `predictor` on the pairs of a FacialFlow-like dataset.
+
+    `dataset[i]` must give `(img1, img2, flow_facial, flow_head, valid_facial, valid_head,
+    mask)` as core.datasets.FacialFlow does (images `[3, H, W]` 0..255); the emotion of a
+    pair comes from `dataset.extra_info[i].emotion` when present. `predictor(img1, img2)`
+    returns `(facial [2, H, W], head [2, H, W] or None)`.
+
+    Returns `{"pairs", "facial", "head", "expression", "ffn_protocol", "pairs_without_mask",
+    "per_emotion": {emotion: same keys}}`; each metric block is `{"epe", "1px", "3px",
+    "5px"}` averaged over pairs, or None (not applicable / no scored pair). Pairs whose mask
+    is empty are counted in `pairs_without_mask` and left out of the means.
+    """
+    count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
+    indices: Any = range(count)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
+    per_pair, emotions = [], []
+    for index in indices:
+        sample = dataset[index]
+        facial, head = predictor(sample[0], sample[1])
+        per_pair.append(_pair_metrics(facial, head, sample))
+        emotions.append(_emotion_of(dataset, index))
+    results = _summarise(per_pair, has_head)
+    groups: dict[str, list] = defaultdict(list)
+    for emotion, pair in zip(emotions, per_pair):
+        groups[emotion].append(pair)
+    results["per_emotion"] = {emotion: _summarise(groups[emotion], has_head) for emotion in sorted(groups)}
+    return results
+
+
+def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = DEFAULT_ITERS,
+                        device: torch.device | str | None = None, mixed_precision: bool | None = None,
+                        pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
+                        ) -> dict[str, Any]:
+    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.
+
+    Puts the model in eval mode for the evaluation and restores its previous mode
+    afterwards. `device` defaults to the device of the model's parameters;
+    `mixed_precision=None` keeps the model's own setting. See `evaluate_predictor` for the
+    returned dict.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        predictor = DecFlowPredictor(model, iters=iters, device=device, mixed_precision=mixed_precision,
+                                     pad_mode=pad_mode)
+        return evaluate_predictor(predictor, dataset, max_pairs=max_pairs, progress=progress)
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- reporting
+def _fmt(value: float | None, width: int = 9) -> str:
+    return f"{'n/a':>{width}}" if value is None or not math.isfinite(value) else f"{value:>{width}.4f}"
+
+
+def format_results(results: Mapping[str, Any], title: str = "") -> str:
+    """A readable table of `results` (as returned by `evaluate_predictor`)."""
+    lines = [title] if title else []
+    lines.append(f"{'':<15}{'EPE':>9}{'<1px':>9}{'<3px':>9}{'<5px':>9}")
+    for kind in (*FLOW_KINDS, "ffn_protocol"):
+        block = results.get(kind)
+        label = "ffn_protocol*" if kind == "ffn_protocol" else kind
+        if block is None:
+            lines.append(f"{label:<15}{'not applicable' if kind in ('head', 'expression') else 'no scored pair':>36}")
+        else:
+            lines.append(f"{label:<15}" + "".join(_fmt(block[k]) for k in METRIC_KEYS))
+    lines.append(f"{results['pairs']} pairs; facial/head/expression: over the face mask (valid gt), "
+                 "mean over pairs")
+    lines.append("* reference protocol: whole-image sums / mask pixels, facial flow (values can exceed 1)")
+    if results.get("pairs_without_mask"):
+        lines.append(f"{results['pairs_without_mask']} pairs with an empty mask left out")
+    per_emotion = results.get("per_emotion") or {}
+    if per_emotion:
+        lines.append("")
+        lines.append(f"{'emotion':<15}{'pairs':>6}{'facial':>9}{'head':>9}{'expr.':>9}{'ffn':>9}   (EPE)")
+        for emotion, block in per_emotion.items():
+            epes = [None if block[k] is None else block[k]["epe"] for k in (*FLOW_KINDS, "ffn_protocol")]
+            lines.append(f"{emotion:<15}{block['pairs']:>6}" + "".join(_fmt(e) for e in epes))
+    return "\n".join(lines)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- model loading (shared with get_flow.py)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that build the network and choose where/how it runs (shared with get_flow.py)."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--num_heads", type=int, default=1, help="attention heads of GMA (default 1)")
+    group.add_argument("--position_only", action="store_true", help="GMA: position-only attention")
+    group.add_argument("--position_and_content", action="store_true", help="GMA: position and content attention")
+    group.add_argument("--alternate_corr", action="store_true",
+                       help="memory-bounded correlation (same results, slower; for large images)")
+    group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
+                       help="autocast (fp16 on CUDA, bf16 on CPU); default: on for CUDA, off otherwise")
+    group.add_argument("--device", default=None,
+                       help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+
+
+def load_model(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device,
+               mixed_precision: bool, *, missing_hint: str = "") -> torch.nn.Module:
+    """DecFlow with the options in `args`, weights from `checkpoint` (strict), on `device`,
+    in eval mode. Problems become UserError (one line)."""
+    from core.checkpoint import load_checkpoint
+    from core.network import DecFlow
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found" + (f": {missing_hint}" if missing_hint else ""))
+    if args.num_heads < 1:
+        raise UserError(f"--num_heads must be >= 1, got {args.num_heads}")
+    if args.position_only and args.position_and_content:
+        raise UserError("--position_only and --position_and_content are mutually exclusive")
+    model = DecFlow(num_heads=args.num_heads, position_only=args.position_only,
+                    position_and_content=args.position_and_content, mixed_precision=mixed_precision,
+                    alternate_corr=args.alternate_corr)
+    try:
+        load_checkpoint(model, path, strict=True, verbose=False)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error).replace("\n", " ")) from None
+    return model.to(device).eval()
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"num_heads": args.num_heads, "position_only": args.position_only,
+            "position_and_content": args.position_and_content, "alternate_corr": args.alternate_corr}
+
+
+# --------------------------------------------------------------------------- command line
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
+                    "of facial, head and expression flow over the face mask, plus the reference protocol.")
+    parser.add_argument("--model", default=None, help="DecFlow checkpoint (required for --method decflow)")
+    parser.add_argument("--method", choices=METHODS, default="decflow",
+                        help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback")
+    parser.add_argument("--dataset", choices=DATASETS, default="facialflow")
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--root", default=DEFAULT_ROOT, help=f"FacialFlowNet folder (default {DEFAULT_ROOT})")
+    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS,
+                        help=f"refinement iterations (default {DEFAULT_ITERS}, as the reference)")
+    parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
+    parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate as the command line asks; returns the JSON document. Raises UserError."""
+    from core.datasets import FacialFlow
+
+    if args.iters < 1:
+        raise UserError(f"--iters must be >= 1, got {args.iters}")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
+    decflow = args.method == "decflow"
+    if decflow and not args.model:
+        raise UserError("--model CHECKPOINT is required for --method decflow")
+    device = resolve_device(args.device)
+    mixed = resolve_mixed_precision(args.mixed_precision, device) if decflow else False
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise UserError(f"dataset folder {root} not found (pass the FacialFlowNet folder with --root)")
+    split_dir = root / "image" / "facial" / args.split
+    if not split_dir.is_dir():
+        raise UserError(f"split '{args.split}' not found: {split_dir} does not exist")
+    try:
+        dataset = FacialFlow(None, split=args.split, dataset_root=root)
+    except ValueError as error:
+        raise UserError(str(error).splitlines()[0]) from None
+
+    meta: dict[str, Any] = {"method": args.method, "checkpoint": None, "checkpoint_sha256": None,
+                            "iters": None, "padding_mode": None, "precision": "float32",
+                            "device": str(device), "torch_version": torch.__version__,
+                            "numpy_version": np.__version__, "python_version": platform.python_version(),
+                            "dataset_root": str(root), "max_pairs": args.max_pairs}
+    if decflow:
+        model = load_model(args, args.model, device, mixed)
+        predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, pad_mode="exp")
+        meta.update(checkpoint=str(args.model), checkpoint_sha256=sha256_of(args.model), iters=args.iters,
+                    padding_mode="exp", precision=precision_name(mixed, device), model_options=model_options(args))
+    elif args.method == "zero":
+        predictor = ZeroFlowPredictor()
+        meta["device"] = "cpu"
+    else:
+        import cv2
+
+        predictor = OpenCVFlowPredictor(args.method)
+        meta.update(device="cpu", opencv_version=cv2.__version__, baseline=predictor.description)
+    meta["mask"] = ("masked metrics: face-mask pixels (mask != 0) with valid ground truth (|u|,|v| < 1000; "
+                    "expression: facial and head valid); ffn_protocol: mask != 0 pixel count as denominator")
+
+    results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
+                                 has_head=args.method in ("decflow", "zero"))
+    meta["pairs_without_mask"] = results.pop("pairs_without_mask")
+    for block in results["per_emotion"].values():
+        block.pop("pairs_without_mask")
+    return {"dataset": args.dataset, "split": args.split, "pairs": results["pairs"],
+            "iters": args.iters if decflow else None,
+            "facial": results["facial"], "head": results["head"], "expression": results["expression"],
+            "ffn_protocol": results["ffn_protocol"], "per_emotion": results["per_emotion"], "meta": meta}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        document = run(args)
+    except UserError as error:
+        raise SystemExit(f"evaluate.py: error: {error}") from None
+    method = args.method if args.method != "decflow" else f"DecFlow {args.model}, {args.iters} iterations"
+    print(format_results({**document, "pairs_without_mask": document["meta"]["pairs_without_mask"]},
+                         title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
+                               f"on {document['meta']['device']}"))
+    if args.output_json:
+        import json
+
+        out = Path(args.output_json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"results written to {out}")
+    return document
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,227 @@
+"""evaluate.py: metrics, JSON schema, baselines and errors on a generated dataset.
+
+The masked metrics are checked against an independent numpy computation from the .flo
+files that get_flow.py writes for the same pairs (128x128 frames: no padding, so the
+"exp" padding of evaluate.py and the "symmetric" one of get_flow.py agree).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import get_flow
+from core.datasets import FacialFlow
+from core.utils.frame_utils import read_flo
+
+REPO = Path(__file__).resolve().parents[1]
+ITERS = 2
+TOP_KEYS = {"dataset", "split", "pairs", "iters", "facial", "head", "expression", "ffn_protocol", "per_emotion", "meta"}
+META_KEYS = {"checkpoint", "checkpoint_sha256", "iters", "padding_mode", "precision", "device", "torch_version"}
+
+
+@pytest.fixture(scope="session")
+def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random DecFlow in the authors' format (shared by the test modules of a session)."""
+    from core.checkpoint import save_checkpoint
+    from core.network import DecFlow
+
+    path = tmp_path_factory.getbasetemp() / "decflow_seeded.pth"
+    if not path.is_file():
+        torch.manual_seed(1234)
+        save_checkpoint(DecFlow(), path)
+    return path
+
+
+def run_evaluate(*argv: str) -> dict:
+    args = evaluate.get_args_parser().parse_args([*argv, "--no_progress", "--device", "cpu"])
+    return evaluate.main(args)
+
+
+def numpy_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    epe = np.sqrt(((pred.astype(np.float64) - gt) ** 2).sum(axis=2))[mask]
+    return {"epe": epe.mean(), "1px": (epe < 1).mean(), "3px": (epe < 3).mean(), "5px": (epe < 5).mean()}
+
+
+def numpy_ffn(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    epe = np.sqrt(((pred.astype(np.float64) - gt) ** 2).sum(axis=2))
+    n = mask.sum()
+    return {"epe": epe.sum() / n, "1px": (epe < 1).sum() / n, "3px": (epe < 3).sum() / n, "5px": (epe < 5).sum() / n}
+
+
+def mean_of(blocks: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([b[k] for b in blocks])) for k in evaluate.METRIC_KEYS}
+
+
+def assert_block_close(actual: dict, expected: dict, tol: float = 1e-4) -> None:
+    assert set(actual) == set(evaluate.METRIC_KEYS)
+    for key in evaluate.METRIC_KEYS:
+        assert actual[key] == pytest.approx(expected[key], rel=tol, abs=tol), key
+
+
+# ------------------------------------------------------------------ unit: metric definitions
+def test_metric_definitions_by_hand() -> None:
+    gt = torch.zeros(2, 2, 3)
+    pred = torch.zeros(2, 2, 3)
+    pred[0] = torch.tensor([[0.5, 2.0, 4.0], [6.0, 0.0, 10.0]])  # EPE = |x error|
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.uint8)
+    masked = evaluate.masked_metrics(pred, gt, mask)
+    assert masked == pytest.approx({"epe": 6.5 / 3, "1px": 1 / 3, "3px": 2 / 3, "5px": 1.0})
+    ffn = evaluate.ffn_protocol_metrics(pred, gt, mask)
+    # whole image: EPE sum 22.5, pixels under 1/3/5 px: 2/3/4, over 3 mask pixels
+    assert ffn == pytest.approx({"epe": 22.5 / 3, "1px": 2 / 3, "3px": 1.0, "5px": 4 / 3})
+    empty = torch.zeros(2, 3)
+    assert evaluate.masked_metrics(pred, gt, empty) is None
+    assert evaluate.ffn_protocol_metrics(pred, gt, empty) is None
+
+
+def test_empty_masks_are_counted_and_skipped() -> None:
+    zeros = torch.zeros(2, 8, 8)
+    full, empty = torch.ones(8, 8), torch.zeros(8, 8)
+    gt = torch.ones(2, 8, 8)
+    dataset = [(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), gt, gt, full, full, mask) for mask in (full, empty)]
+    results = evaluate.evaluate_predictor(lambda a, b: (zeros, zeros), dataset)
+    assert results["pairs"] == 2 and results["pairs_without_mask"] == 1
+    assert results["facial"]["epe"] == pytest.approx(math.sqrt(2))
+    assert results["per_emotion"]["all"]["pairs"] == 2
+
+
+# ------------------------------------------------------------------ the script
+def test_cli_json_schema(synthetic_root: Path, decflow_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results" / "decflow.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "--model", str(decflow_checkpoint), "--dataset", "facialflow",
+         "--root", str(synthetic_root), "--iters", str(ITERS), "--device", "cpu", "--output_json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ffn_protocol" in proc.stdout and "expression" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert set(doc) == TOP_KEYS
+    assert (doc["dataset"], doc["split"], doc["pairs"], doc["iters"]) == ("facialflow", "test", 4, ITERS)
+    for kind in ("facial", "head", "expression", "ffn_protocol"):
+        assert set(doc[kind]) == set(evaluate.METRIC_KEYS)
+        assert all(math.isfinite(v) for v in doc[kind].values())
+        assert 0.0 <= doc[kind]["1px"] <= doc[kind]["3px"] <= doc[kind]["5px"]
+    assert set(doc["per_emotion"]) == {"angry", "happy"}  # subjects 0, 1 of the generator
+    for block in doc["per_emotion"].values():
+        assert block["pairs"] == 2
+        assert set(block) == {"pairs", "facial", "head", "expression", "ffn_protocol"}
+    meta = doc["meta"]
+    assert META_KEYS <= set(meta)
+    assert meta["checkpoint_sha256"] == hashlib.sha256(decflow_checkpoint.read_bytes()).hexdigest()
+    assert (meta["iters"], meta["padding_mode"], meta["precision"], meta["device"]) == (ITERS, "exp", "float32", "cpu")
+    assert meta["torch_version"] == torch.__version__
+
+
+def test_masked_metrics_match_numpy_from_get_flow(synthetic_root: Path, decflow_checkpoint: Path,
+                                                  tmp_path: Path) -> None:
+    doc = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
+                       "--no-mixed_precision")
+    dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
+    blocks: dict[str, dict[str, list]] = {}
+    for frames, flow_facial, flow_head, mask_path, info in zip(dataset.image_list, dataset.flow_facial_list,
+                                                              dataset.flow_head_list, dataset.mask_list,
+                                                              dataset.extra_info):
+        out = tmp_path / info.emotion / info.subject
+        get_flow.main(get_flow.get_args_parser().parse_args(
+            ["--model", str(decflow_checkpoint), "--image1", str(frames[0]), "--image2", str(frames[1]),
+             "--iters", str(ITERS), "--device", "cpu", "--no-mixed_precision", "--save_flo", "--output", str(out)]))
+        stem = frames[0].stem
+        facial, head = read_flo(out / f"{stem}_facial.flo"), read_flo(out / f"{stem}_head.flo")
+        np.testing.assert_allclose(read_flo(out / f"{stem}_expression.flo"), facial - head, atol=1e-5)
+        gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
+        mask = np.load(mask_path).astype(bool)
+        pair = {"facial": numpy_metrics(facial, gt_f, mask), "head": numpy_metrics(head, gt_h, mask),
+                "expression": numpy_metrics(facial - head, gt_f - gt_h, mask), "ffn_protocol": numpy_ffn(facial, gt_f, mask)}
+        for group in ("all", info.emotion):
+            for kind, value in pair.items():
+                blocks.setdefault(group, {}).setdefault(kind, []).append(value)
+    for kind in ("facial", "head", "expression", "ffn_protocol"):
+        assert_block_close(doc[kind], mean_of(blocks["all"][kind]))
+        for emotion in ("angry", "happy"):
+            assert_block_close(doc["per_emotion"][emotion][kind], mean_of(blocks[emotion][kind]))
+
+
+def test_baselines(synthetic_root: Path, tmp_path: Path) -> None:
+    dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
+    magnitude = {"facial": [], "head": [], "expression": []}
+    for flow_facial, flow_head, mask_path in zip(dataset.flow_facial_list, dataset.flow_head_list, dataset.mask_list):
+        mask = np.load(mask_path).astype(bool)
+        gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
+        for kind, flow in (("facial", gt_f), ("head", gt_h), ("expression", gt_f - gt_h)):
+            magnitude[kind].append(np.sqrt((flow ** 2).sum(axis=2))[mask].mean())
+
+    zero = run_evaluate("--method", "zero", "--root", str(synthetic_root), "--output_json", str(tmp_path / "z.json"))
+    assert json.loads((tmp_path / "z.json").read_text()) == json.loads(json.dumps(zero))
+    for kind in ("facial", "head", "expression"):
+        assert zero[kind]["epe"] == pytest.approx(np.mean(magnitude[kind]), rel=1e-5)
+    assert zero["iters"] is None and zero["meta"]["checkpoint"] is None
+
+    for method in ("dis", "farneback"):
+        doc = run_evaluate("--method", method, "--root", str(synthetic_root), "--split", "val", "--max_pairs", "3")
+        assert set(doc) == TOP_KEYS and doc["pairs"] == 3 and doc["split"] == "val"
+        assert doc["head"] is None and doc["expression"] is None  # not applicable
+        assert all(block["head"] is None for block in doc["per_emotion"].values())
+        assert all(math.isfinite(v) for v in doc["facial"].values())
+        assert math.isfinite(doc["ffn_protocol"]["epe"])
+    dis = run_evaluate("--method", "dis", "--root", str(synthetic_root))
+    assert dis["facial"]["epe"] < zero["facial"]["epe"]  # the synthetic motion is recoverable
+
+
+def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint: Path) -> None:
+    """The function train.py calls: restores the training mode, agrees with the script."""
+    from core.checkpoint import load_checkpoint
+    from core.network import DecFlow
+
+    model = DecFlow()
+    load_checkpoint(model, decflow_checkpoint, verbose=False)
+    model.train()
+    dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
+    results = evaluate.evaluate_facialflow(model, dataset, iters=ITERS, max_pairs=1)
+    assert model.training and results["pairs"] == 1
+    assert results["facial"]["epe"] > 0 and results["ffn_protocol"]["epe"] > 0
+    script = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
+                          "--max_pairs", "1")
+    assert_block_close(results["facial"], script["facial"], tol=1e-5)
+
+
+# ------------------------------------------------------------------ user errors: one line, no traceback
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "missing.pth"], "checkpoint missing.pth not found"),
+    ([], "--model CHECKPOINT is required"),
+    (["--method", "zero", "--root", "{tmp}/nowhere"], "dataset folder"),
+    (["--method", "zero", "--root", "{tmp}", "--split", "val"], "split 'val' not found"),
+    (["--method", "zero", "--iters", "0"], "--iters must be >= 1"),
+])
+def test_user_errors(argv: list[str], message: str, synthetic_root: Path, tmp_path: Path) -> None:
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--root" not in argv:
+        argv += ["--root", str(synthetic_root)]
+    with pytest.raises(SystemExit) as error:
+        run_evaluate(*argv)
+    text = str(error.value)
+    assert message in text and "\n" not in text and text.startswith("evaluate.py: error:")
+
+
+def test_user_error_from_the_script(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model", "nope.pth", "--root", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "evaluate.py: error:" in proc.stderr
+
+
+def test_bad_checkpoint_is_one_line(synthetic_root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    torch.save({"module.nothing": torch.zeros(1)}, bad)
+    with pytest.raises(SystemExit) as error:
+        run_evaluate("--model", str(bad), "--root", str(synthetic_root))
+    assert "bad.pth" in str(error.value) and "\n" not in str(error.value)
