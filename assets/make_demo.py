@@ -1,0 +1,38 @@
+"""Regenerate the demo assets: python assets/make_demo.py
+
+assets/demo/frame1.jpg, frame2.jpg: a synthetic pair from core.synthetic (subject seed 1,
+"surprise", 256x256), the default input of get_flow.py.
+assets/demo_gt_flow.png: its ground-truth facial, head and expression flow drawn by
+get_flow.render_flow_panels (the visualisation get_flow.py writes for predictions).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+
+ASSETS = Path(__file__).resolve().parent
+sys.path.insert(0, str(ASSETS.parent))
+
+from core.synthetic import JPEG_QUALITY, render_sequence  # noqa: E402
+from get_flow import render_flow_panels, write_png  # noqa: E402
+
+SIZE, SEED, EMOTION = (256, 256), 1, "surprise"
+
+
+def main() -> None:
+    seq = render_sequence(SIZE, 2, SEED, EMOTION)
+    demo = ASSETS / "demo"
+    demo.mkdir(exist_ok=True)
+    for i, frame in enumerate(seq.facial_frames[:2]):
+        cv2.imwrite(str(demo / f"frame{i + 1}.jpg"), frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    facial, head = seq.flows_facial[0], seq.flows_head[0]
+    canvas, scale = render_flow_panels(seq.facial_frames[0], facial, head, facial - head,
+                                       titles=("frame 1", "facial (gt)", "head (gt)", "expression (gt)"))
+    write_png(ASSETS / "demo_gt_flow.png", canvas)
+    print(f"wrote {demo}/frame1.jpg, frame2.jpg and {ASSETS / 'demo_gt_flow.png'} (scale {scale:.2f} px)")
+
+
+if __name__ == "__main__":
+    main()
