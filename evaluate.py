@@ -210,6 +210,8 @@ class OpenCVFlowPredictor:
 
 # --------------------------------------------------------------------------- evaluation loop
 def _emotion_of(dataset: Any, index: int) -> str:
+    while isinstance(dataset, torch.utils.data.Subset):  # e.g. a validation subset during training
+        dataset, index = dataset.dataset, dataset.indices[index]
     info = getattr(dataset, "extra_info", None)
     if info is None:
         return "all"
@@ -239,13 +241,17 @@ def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Seque
 
 def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {"pairs": len(per_pair)}
+    scored_pairs: dict[str, int] = {}
     for kind in (*FLOW_KINDS, "ffn_protocol"):
         if kind in ("head", "expression") and not has_head:
             summary[kind] = None  # not applicable to this method
+            scored_pairs[kind] = 0
             continue
         scored = [p[kind] for p in per_pair if p[kind] is not None]
         summary[kind] = mean_metrics(scored)
+        scored_pairs[kind] = len(scored)
     summary["pairs_without_mask"] = sum(p["ffn_protocol"] is None for p in per_pair)
+    summary["scored_pairs"] = scored_pairs
     return summary
 
 
@@ -260,9 +266,11 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     returns `(facial [2, H, W], head [2, H, W] or None)`.
 
     Returns `{"pairs", "facial", "head", "expression", "ffn_protocol", "pairs_without_mask",
-    "per_emotion": {emotion: same keys}}`; each metric block is `{"epe", "1px", "3px",
-    "5px"}` averaged over pairs, or None (not applicable / no scored pair). Pairs whose mask
-    is empty are counted in `pairs_without_mask` and left out of the means.
+    "scored_pairs", "per_emotion": {emotion: same keys}}`; each metric block is `{"epe",
+    "1px", "3px", "5px"}` averaged over pairs, or None (not applicable / no scored pair).
+    Pairs whose mask is empty are counted in `pairs_without_mask` and left out of the means;
+    `scored_pairs[kind]` is the number of pairs each mean is over (to combine partial
+    results, e.g. across processes, weight each block by it).
     """
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
@@ -459,8 +467,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
                                  has_head=args.method in ("decflow", "zero"))
     meta["pairs_without_mask"] = results.pop("pairs_without_mask")
+    meta["scored_pairs"] = results.pop("scored_pairs")
     for block in results["per_emotion"].values():
         block.pop("pairs_without_mask")
+        block.pop("scored_pairs")
     return {"dataset": args.dataset, "split": args.split, "pairs": results["pairs"],
             "iters": args.iters if decflow else None,
             "facial": results["facial"], "head": results["head"], "expression": results["expression"],

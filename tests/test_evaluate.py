@@ -225,3 +225,26 @@ def test_bad_checkpoint_is_one_line(synthetic_root: Path, tmp_path: Path) -> Non
     with pytest.raises(SystemExit) as error:
         run_evaluate("--model", str(bad), "--root", str(synthetic_root))
     assert "bad.pth" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_model_options_mixed_precision_and_alternate_corr(synthetic_root: Path, decflow_checkpoint: Path) -> None:
+    """bf16 autocast on CPU and the memory-bounded correlation: recorded in meta, close to float32."""
+    reference = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
+                             "--max_pairs", "1")
+    doc = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
+                       "--max_pairs", "1", "--mixed_precision", "--alternate_corr")
+    assert doc["meta"]["precision"] == "bfloat16 autocast"
+    assert doc["meta"]["model_options"]["alternate_corr"] is True
+    assert doc["facial"]["epe"] == pytest.approx(reference["facial"]["epe"], rel=0.05)
+
+
+def test_subset_keeps_emotions_and_counts(synthetic_root: Path) -> None:
+    """train.py validates on torch Subsets: emotions still come from the underlying dataset."""
+    dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
+    subset = torch.utils.data.Subset(dataset, [3, 0])
+    results = evaluate.evaluate_predictor(evaluate.ZeroFlowPredictor(), subset)
+    assert set(results["per_emotion"]) == {dataset.extra_info[3].emotion, dataset.extra_info[0].emotion}
+    assert results["scored_pairs"] == {"facial": 2, "head": 2, "expression": 2, "ffn_protocol": 2}
+    baseline = evaluate.evaluate_predictor(evaluate.OpenCVFlowPredictor("dis"), subset, has_head=False)
+    assert baseline["head"] is None
+    assert baseline["scored_pairs"] == {"facial": 2, "head": 0, "expression": 0, "ffn_protocol": 2}
