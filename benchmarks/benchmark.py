@@ -1,0 +1,210 @@
+"""Speed and memory of DecFlow on this machine, fast paths against the straightforward forward.
+
+    python -m benchmarks.benchmark all                 # every figure of the performance issue
+    python -m benchmarks.benchmark inference --size 480 480 --iters 12
+    python -m benchmarks.benchmark train --size 256 256 --batch 2 --iters 12
+    python -m benchmarks.benchmark memory --size 1024 1024 --mode default alternate
+
+Timings are taken side by side in one run (modes interleaved, best of `--repeats` after
+`--warmup` runs) and reported as ratios to the straightforward fp32 forward of
+benchmarks/yardstick.py. Peak memory is the peak resident set size of a fresh
+subprocess that builds the model and runs one pair.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.yardstick import straightforward_forward
+from core.loss import sequence_loss
+from core.network import DecFlow
+
+INFERENCE_MODES = ("straightforward", "fast", "fast-bf16", "alternate")
+TRAIN_MODES = ("straightforward", "fast", "fast-bf16")
+
+
+def build_model(seed: int = 0, **options) -> DecFlow:
+    torch.manual_seed(seed)
+    model = DecFlow(**options)
+    with torch.no_grad():  # gamma starts at 0; give the aggregation real work to do
+        model.update_block.aggregator.gamma.fill_(0.5)
+        model.update_block_head.aggregator.gamma.fill_(0.5)
+    return model
+
+
+def make_pair(batch: int, height: int, width: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    image1 = torch.rand(batch, 3, height, width, generator=generator) * 255
+    return image1, torch.roll(image1, shifts=(3, -4), dims=(-2, -1))
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _flops(fn: Callable[[], object]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            best[name] = min(best[name], _time(fn))
+    return best
+
+
+def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int) -> list[dict]:
+    model = build_model().eval()
+    alternate = build_model(alternate_corr=True).eval()
+    image1, image2 = make_pair(batch, *size)
+
+    def fast(mixed: bool, net: DecFlow = model):
+        net.mixed_precision = mixed
+        try:
+            return net(image1, image2, iters=iters, test_mode=True)
+        finally:
+            net.mixed_precision = False
+
+    runs = {
+        "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
+        "fast": lambda: fast(False),
+        "fast-bf16": lambda: fast(True),
+        "alternate": lambda: fast(False, alternate),
+    }
+    with torch.no_grad():
+        outputs = {name: fn() for name, fn in runs.items()}
+        flops = {name: _flops(fn) for name, fn in runs.items()}
+        seconds = _interleaved(runs, warmup, repeats)
+    reference = outputs["straightforward"]
+    rows = []
+    for name in runs:
+        out = outputs[name]
+        diff = torch.cat([(out.facial - reference.facial).abs().flatten(), (out.head - reference.head).abs().flatten()])
+        rows.append({"mode": name, "pairs_per_s": batch / seconds[name],
+                     "speedup": seconds["straightforward"] / seconds[name], "gflop": flops[name] / 1e9,
+                     "gflop_per_s": flops[name] / 1e9 / seconds[name],
+                     "max_diff_px": diff.max().item(), "mean_diff_px": diff.mean().item()})
+    return rows
+
+
+def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int) -> list[dict]:
+    model = build_model().train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    image1, image2 = make_pair(batch, *size)
+    generator = torch.Generator().manual_seed(2)
+    flow_facial = 3 * torch.randn(batch, 2, *size, generator=generator)
+    flow_head = 2 * torch.randn(batch, 2, *size, generator=generator)
+    valid = torch.ones(batch, *size)
+
+    def step(forward: Callable, mixed: bool) -> None:
+        model.mixed_precision = mixed
+        try:
+            facial, head = forward(image1, image2, iters=iters)
+            loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        finally:
+            model.mixed_precision = False
+
+    def straightforward(*args, **kwargs):
+        return straightforward_forward(model, *args, **kwargs)
+
+    runs = {"straightforward": lambda: step(straightforward, False), "fast": lambda: step(model, False),
+            "fast-bf16": lambda: step(model, True)}
+    seconds = _interleaved(runs, warmup, repeats)
+    return [{"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
+            for name in runs]
+
+
+def peak_memory_gb(size: tuple[int, int], mode: str, iters: int) -> float:
+    """Peak RSS of a fresh process running one pair (the model and libraries included)."""
+    command = [sys.executable, "-m", "benchmarks.benchmark", "_peak", "--size", *map(str, size),
+               "--iters", str(iters), "--mode", mode]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_gb"]
+
+
+def _peak(size: tuple[int, int], mode: str, iters: int) -> None:
+    model = build_model(alternate_corr=mode == "alternate").eval()
+    image1, image2 = make_pair(1, *size)
+    with torch.no_grad():
+        out = model(image1, image2, iters=iters, test_mode=True)
+    assert torch.isfinite(out.facial).all()
+    print(json.dumps({"peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+
+
+def _table(title: str, rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = [title, "  ".join(f"{c:>14}" for c in columns)]
+    for row in rows:
+        lines.append("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v:>14}" for v in row.values()))
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("all", "inference", "train", "memory", "_peak"),
+                        help="which benchmark (_peak: internal, one memory measurement)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="image size (default: 480 480 inference, 256 256 train, 1024 1024 memory)")
+    parser.add_argument("--iters", type=int, default=12, help="refinement iterations")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 1 inference, 2 train)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per mode")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (best is kept)")
+    parser.add_argument("--mode", nargs="+", default=["default", "alternate"], choices=("default", "alternate"),
+                        help="memory benchmark modes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.what == "_peak":
+        _peak(tuple(args.size), args.mode[0], args.iters)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}", flush=True)
+    if args.what in ("all", "inference"):
+        size = tuple(args.size or (480, 480))
+        rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats)
+        print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
+              flush=True)
+    if args.what in ("all", "train"):
+        size = tuple(args.size or (256, 256))
+        rows = bench_train(size, args.iters, args.batch or 2, args.warmup, args.repeats)
+        print(_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 2}", rows), flush=True)
+    if args.what in ("all", "memory"):
+        sizes = [tuple(args.size)] if args.size else [(1024, 1024), (1080, 1920)]
+        rows = []
+        for size in sizes:
+            for mode in args.mode:
+                if mode == "default" and size == (1080, 1920) and not args.size:
+                    continue  # the dense matrices alone exceed the machine's budget here
+                start = time.perf_counter()
+                rows.append({"size": f"{size[0]}x{size[1]}", "mode": mode,
+                             "peak_gb": peak_memory_gb(size, mode, args.iters),
+                             "seconds": time.perf_counter() - start})
+        print(_table("\npeak memory, one pair (fresh process)", rows), flush=True)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
