@@ -552,7 +552,12 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
     resume_path = resolve_resume(args, output)
     state = None
     if resume_path is not None:
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(resume_path, map_location="cpu", weights_only=True)
+            state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
+        except Exception as error:  # unreadable, truncated or not a state file
+            raise SystemExit(f"error: --resume {resume_path} is not a readable training-state file: {error}") \
+                from None
         mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {getattr(args, k)}" for k in RESUME_MUST_MATCH
                       if state["args"].get(k) != getattr(args, k)
                       and not (isinstance(state["args"].get(k), list) and list(getattr(args, k)) == state["args"][k])]

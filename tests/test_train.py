@@ -61,7 +61,12 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     for filename in (f"1_{name}.pth", f"2_{name}.pth", f"{name}.pth", f"{name}_state.pth", f"{name}.log",
                      f"{name}_loss.png", f"{name}_epe.png"):
         assert (out / filename).is_file(), filename
-    assert list((out / "runs" / name).glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "runs" / name)).Reload().Tags()
+    assert {"train/loss", "train/facial_epe", "train/lr", "val/facial_epe", "val/ffn_epe"} <= set(events["scalars"])
+    assert {f"flow/{kind} (prediction | ground truth)" for kind in ("facial", "head", "expression")} \
+        <= set(events["images"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     log = (out / f"{name}.log").read_text()
     assert "warning: running on cpu: --gpus 0 is ignored" in log
