@@ -307,7 +307,8 @@ def validate(model: nn.Module, *, root: str, split: str = "test", iters: int = 3
         for k, kind in enumerate(kinds):
             block = results.get(kind)
             if block:  # None: no pair with a face mask
-                pairs = results["pairs"] - results.get("pairs_without_mask", 0)
+                pairs = results.get("scored_pairs", {}).get(kind,
+                                                            results["pairs"] - results.get("pairs_without_mask", 0))
                 base = k * (len(metrics) + 1)
                 sums[base:base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
                 sums[base + len(metrics)] = pairs
@@ -594,6 +595,9 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
     elif device.type == "cuda" and args.gpus is not None and len(args.gpus) > 1:
+        if device != torch.device(f"cuda:{args.gpus[0]}"):
+            raise SystemExit(f"error: with --gpus {' '.join(map(str, args.gpus))} the model lives on "
+                             f"cuda:{args.gpus[0]}; drop --device {device} or make it cuda:{args.gpus[0]}")
         wrapped = nn.DataParallel(model, device_ids=args.gpus)
     else:
         wrapped = model
