@@ -644,7 +644,16 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
 
     try:
         while step < args.num_steps:
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except Exception:
+                # Ctrl-C also reaches the loader workers, which then die: save and stop, don't crash
+                if stop.signum is None:
+                    raise
+                checkpoint_state()
+                log(f"interrupted by a signal after step {step}: training state saved to {state_path}; "
+                    f"continue with --resume {state_path}")
+                raise SystemExit(128 + stop.signum) from None
             noise = (torch.Generator().manual_seed(sample_seed(args.seed, -1, step * world_size + rank))
                      if args.add_noise else None)
             metrics, facial_preds, head_preds, skipped = train_step(
