@@ -1,4 +1,4 @@
-"""Regenerate the demo assets: python assets/make_demo.py
+"""Regenerate the demo assets, from the repository root: python -m assets.make_demo
 
 assets/demo/frame1.jpg, frame2.jpg: a synthetic pair from core.synthetic (subject seed 1,
 "surprise", 256x256), the default input of get_flow.py.
@@ -7,16 +7,14 @@ get_flow.render_flow_panels (the visualisation get_flow.py writes for prediction
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 
-ASSETS = Path(__file__).resolve().parent
-sys.path.insert(0, str(ASSETS.parent))
+from core.synthetic import JPEG_QUALITY, render_sequence
+from get_flow import render_flow_panels, write_png
 
-from core.synthetic import JPEG_QUALITY, render_sequence  # noqa: E402
-from get_flow import render_flow_panels, write_png  # noqa: E402
+ASSETS = Path(__file__).resolve().parent
 
 SIZE, SEED, EMOTION = (256, 256), 1, "surprise"
 

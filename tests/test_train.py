@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
+from tests.train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
     subprocess_env, train
 
 SEED_PART1 = ("--name decflow-facialflownet-part1 --stage facialflow --validation facialflow --output checkpoints "

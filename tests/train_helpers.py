@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import train
+from tests.model_helpers import GMA_TSV, authors_state_dict
 
-import train  # noqa: E402
-from model_helpers import GMA_TSV, authors_state_dict  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GMA_GROUPS = ("fnet.", "cnet.", "update_block.", "att.")
 
