@@ -1,4 +1,4 @@
-"""All-pairs correlation pyramid and its windowed lookup.
+"""All-pairs correlation pyramid and its windowed lookup (dense, on the fly, or both).
 
 For every pixel of image 1 (at 1/8 resolution) the volume holds the dot product with
 every pixel of image 2, divided by sqrt(channels); coarser levels average-pool the
@@ -71,26 +71,97 @@ def _as_fields(lookup: torch.Tensor, batch: int, height: int, width: int) -> lis
     return list(lookup.unbind(0))
 
 
-class CorrBlock:
-    """Correlation pyramid of two feature maps, looked up around coordinate fields."""
+def window_correlation(fmap1: torch.Tensor, features: torch.Tensor, centres: torch.Tensor, radius: int,
+                       height: int, width: int) -> torch.Tensor:
+    """Correlation windows computed on the fly from image-2 features (no volume needed).
 
-    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, *, num_levels: int = 4, radius: int = 4) -> None:
+    fmap1:    `[n, D]` image-1 features of n query pixels (already divided by sqrt(D))
+    features: `[height * width + 1, D]` image-2 features of one level, row-major, plus a
+              final zero row that stands for everything outside the image
+    centres:  `[n, K, 2]` window centres (x, y) in pixels of this level
+    returns   `[n, K, (2r+1)**2]`, the same values and order as bilinearly sampling the
+              correlation volume (`sample_windows`)
+
+    The window offsets are integers, so every sample of a window shares the fractional
+    part of its centre: correlating with the (2r+2)^2 integer pixels around it and
+    interpolating those correlations bilinearly gives the sampled values.
+    """
+    n, k, _ = centres.shape
+    side = 2 * radius + 1
+    corner = torch.floor(centres)
+    frac = centres - corner  # [n, K, 2]
+    steps = torch.arange(side + 1, device=centres.device)
+    start = corner.long() - radius
+    xs = start[..., 0:1] + steps  # [n, K, side+1]
+    ys = start[..., 1:2] + steps
+    inside = ((ys >= 0) & (ys < height))[..., :, None] & ((xs >= 0) & (xs < width))[..., None, :]
+    index = torch.where(inside, ys[..., :, None] * width + xs[..., None, :], height * width)  # [n, K, y, x]
+    gathered = features[index.reshape(-1)].reshape(n, -1, features.shape[-1])  # [n, K*(side+1)^2, D]
+    grid = torch.bmm(gathered, fmap1[:, :, None]).reshape(n, k, side + 1, side + 1)  # [n, K, y, x]
+    fx, fy = frac[..., 0, None, None], frac[..., 1, None, None]
+    top = (1 - fx) * grid[..., :-1, :-1] + fx * grid[..., :-1, 1:]
+    bottom = (1 - fx) * grid[..., 1:, :-1] + fx * grid[..., 1:, 1:]
+    window = (1 - fy) * top + fy * bottom  # [n, K, side (y offset b), side (x offset a)]
+    return window.transpose(-1, -2).reshape(n, k, side * side)  # channel a * side + b
+
+
+class CorrBlock:
+    """Correlation pyramid of two feature maps, looked up around coordinate fields.
+
+    Levels from `dense_from_level` on are precomputed volumes `[B*h*w, 1, h_l, w_l]`; finer
+    levels are computed on the fly from average-pooled image-2 features (pooling commutes
+    with the dot product, so the values are the same), `chunk_elements` bounding the
+    memory this takes. `dense_from_level=0` is the reference pyramid; 1 drops its largest
+    volume (for high resolutions); `num_levels` keeps no volume at all (memory-bounded mode).
+    """
+
+    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, *, num_levels: int = 4, radius: int = 4,
+                 dense_from_level: int = 0, chunk_elements: int = 2 ** 24) -> None:
         # fmap1, fmap2: [B, D, h, w] float32
         batch, dim, height, width = fmap1.shape
         check_pyramid_size(height, width, num_levels)
+        if not 0 <= dense_from_level <= num_levels:
+            raise ValueError(f"dense_from_level must be in 0..{num_levels}, got {dense_from_level}")
         self.num_levels = num_levels
         self.radius = radius
         self.shape = (batch, height, width)
-        volume = torch.matmul(fmap1.flatten(2).transpose(1, 2), fmap2.flatten(2))  # [B, h*w, h*w]
-        volume = volume.reshape(batch * height * width, 1, height, width).div_(math.sqrt(dim))  # in place: no copy
-        self.pyramid = [volume]
+        self.chunk_elements = chunk_elements
+        pooled = [fmap2]
         for _ in range(num_levels - 1):
-            volume = F.avg_pool2d(volume, 2, stride=2)
-            self.pyramid.append(volume)
+            pooled.append(F.avg_pool2d(pooled[-1], 2, stride=2))
+        rows1 = fmap1.flatten(2).transpose(1, 2)  # [B, h*w, D]
+        # On-the-fly levels: image-2 features as rows, plus a zero row for "outside".
+        self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1)
+                         for p in pooled[:dense_from_level]]
+        self.fmap1 = rows1 / math.sqrt(dim) if self.features else None
+        self.volumes = []
+        if dense_from_level < num_levels:
+            first = pooled[dense_from_level]
+            volume = torch.matmul(rows1, first.flatten(2))  # [B, h*w, h_l*w_l]
+            # in place: no second copy of the largest tensor
+            volume = volume.reshape(batch * height * width, 1, *first.shape[-2:]).div_(math.sqrt(dim))
+            self.volumes.append(volume)
+            for _ in range(dense_from_level + 1, num_levels):
+                self.volumes.append(F.avg_pool2d(self.volumes[-1], 2, stride=2))
 
     @property
     def out_channels(self) -> int:
         return self.num_levels * (2 * self.radius + 1) ** 2
+
+    def _on_the_fly(self, level: int, centres: torch.Tensor) -> torch.Tensor:
+        """`[B, h*w, K, 2]` centres at level 0 -> `[B, h*w, K, S]` windows of `level`."""
+        batch, queries, k, _ = centres.shape
+        features = self.features[level]
+        height, width = self.shape[1] // 2 ** level, self.shape[2] // 2 ** level
+        window = (2 * self.radius + 1) ** 2
+        chunk = max(1, self.chunk_elements // (k * (2 * self.radius + 2) ** 2 * features.shape[-1]))
+        out = centres.new_empty(batch, queries, k, window)
+        for b in range(batch):
+            for start in range(0, queries, chunk):
+                rows = slice(start, start + chunk)
+                out[b, rows] = window_correlation(self.fmap1[b, rows], features[b], centres[b, rows] / 2 ** level,
+                                                  self.radius, height, width)
+        return out
 
     def __call__(self, coords: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Look up `[B, 2, h, w]` coordinates -> `[B, out_channels, h, w]` float32.
@@ -100,56 +171,12 @@ class CorrBlock:
         """
         fields = [coords] if isinstance(coords, torch.Tensor) else list(coords)
         batch, height, width = self.shape
-        centres = _centres(fields).flatten(0, 1)  # [B*h*w, K, 2]: one volume per query pixel
-        levels = [sample_windows(volume, centres / 2 ** level, self.radius)[:, 0]  # [B*h*w, K, S]
-                  for level, volume in enumerate(self.pyramid)]
-        out = torch.cat(levels, dim=-1).float().reshape(batch, height * width, len(fields), -1)
-        results = _as_fields(out, batch, height, width)
-        return results[0] if isinstance(coords, torch.Tensor) else results
-
-
-class AlternateCorrBlock:
-    """Memory-bounded correlation: the same values as CorrBlock, computed on the fly.
-
-    Pooling the correlation volume over image-2 axes equals correlating with pooled image-2
-    features, and bilinear sampling commutes with the dot product; so each lookup samples
-    the pooled feature maps of image 2 and correlates them with image-1 features, a chunk
-    of query pixels at a time. Nothing of size (h*w)^2 is ever allocated.
-    """
-
-    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, *, num_levels: int = 4, radius: int = 4,
-                 chunk_elements: int = 2 ** 24) -> None:
-        batch, dim, height, width = fmap1.shape
-        check_pyramid_size(height, width, num_levels)
-        self.num_levels = num_levels
-        self.radius = radius
-        self.shape = (batch, height, width)
-        self.chunk_elements = chunk_elements  # bound on sampled feature values held at once
-        self.fmap1 = fmap1.flatten(2).transpose(1, 2) / math.sqrt(dim)  # [B, h*w, D]
-        self.pyramid = [fmap2]
-        for _ in range(num_levels - 1):
-            self.pyramid.append(F.avg_pool2d(self.pyramid[-1], 2, stride=2))
-
-    out_channels = CorrBlock.out_channels
-
-    def __call__(self, coords: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        fields = [coords] if isinstance(coords, torch.Tensor) else list(coords)
-        batch, height, width = self.shape
         centres = _centres(fields)  # [B, h*w, K, 2]
-        dim = self.fmap1.shape[-1]
-        window = (2 * self.radius + 1) ** 2
-        chunk = max(1, self.chunk_elements // (dim * len(fields) * window))
-        out = centres.new_empty(batch, height * width, len(fields), self.num_levels * window)
-        for b in range(batch):
-            for start in range(0, height * width, chunk):
-                rows = slice(start, start + chunk)
-                query = centres[b, rows]  # [n, K, 2]
-                n = query.shape[0]
-                for level, fmap in enumerate(self.pyramid):
-                    # image-2 features around every centre: [1, D, n*K, S] -> [n, K*S, D]
-                    sampled = sample_windows(fmap[b:b + 1], query.reshape(1, -1, 2) / 2 ** level, self.radius)
-                    sampled = sampled[0].permute(1, 2, 0).reshape(n, len(fields) * window, dim)
-                    corr = torch.bmm(sampled, self.fmap1[b, rows, :, None])  # [n, K*S, 1]
-                    out[b, rows, :, level * window:(level + 1) * window] = corr.reshape(n, len(fields), window)
+        levels = [self._on_the_fly(level, centres) for level in range(len(self.features))]
+        first_dense = len(self.features)
+        for offset, volume in enumerate(self.volumes):  # one volume per query pixel
+            windows = sample_windows(volume, centres.flatten(0, 1) / 2 ** (first_dense + offset), self.radius)
+            levels.append(windows[:, 0].reshape(batch, height * width, len(fields), -1))
+        out = torch.cat(levels, dim=-1).float()  # [B, h*w, K, out_channels]
         results = _as_fields(out, batch, height, width)
         return results[0] if isinstance(coords, torch.Tensor) else results

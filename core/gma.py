@@ -100,7 +100,7 @@ class Attention(nn.Module):
         self.to_qk = nn.Conv2d(dim, 2 * heads * dim_head, 1, bias=False)
         self.pos_emb = RelativePositionEmbedding(max_positions=max_positions, dim_head=dim_head)
 
-    def logits(self, fmap: torch.Tensor, *, chunk_elements: int = 2 ** 24) -> AttentionLogits:
+    def logits(self, fmap: torch.Tensor, *, chunk_elements: int = 2 ** 22) -> AttentionLogits:
         q, k = self.to_qk(fmap).chunk(2, dim=1)
         q = rearrange(q, "b (n d) x y -> b n x y d", n=self.heads) * self.scale
         k = rearrange(k, "b (n d) x y -> b n x y d", n=self.heads)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.corr import AlternateCorrBlock, CorrBlock, coords_grid
+from core.corr import CorrBlock, coords_grid
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
 from core.semantic import SemanticEncoder
@@ -40,6 +40,9 @@ CORR_RADIUS = 4  # lookup window 9x9 at every level
 MAX_RELATIVE_POSITIONS = 160  # rows/columns covered by the relative-position tables
 UPSAMPLE_FACTOR = 8  # recurrent work happens at 1/8 resolution
 MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
+# Beyond this many float32 values (512 MiB), the finest correlation level is computed on the fly
+# instead of stored (same values; at batch 1 from about 860x860 px up).
+MAX_DENSE_CORRELATION = 2 ** 27
 
 
 @dataclass
@@ -62,13 +65,17 @@ def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMP
     """Upsample `[B, 2, h, w]` flow to `[B, 2, f*h, f*w]` as a convex combination of 3x3 neighbours.
 
     `mask` holds `[B, 9*f*f, h, w]` logits ordered (neighbour k, sub-row i, sub-col j);
-    neighbour k = 3 * (dy + 1) + (dx + 1). Flow values are scaled by f.
+    neighbour k = 3 * (dy + 1) + (dx + 1), zero padding at the border. Flow values are
+    scaled by f. Accumulates neighbour by neighbour, so no 9x intermediate is held.
     """
     batch, _, height, width = flow.shape
-    weights = mask.float().reshape(batch, 1, 9, factor, factor, height, width).softmax(dim=2)
-    neighbours = F.unfold(factor * flow, kernel_size=3, padding=1)  # [B, 2*9, h*w]
-    neighbours = neighbours.reshape(batch, 2, 9, 1, 1, height, width)
-    up = (weights * neighbours).sum(dim=2)  # [B, 2, f(i), f(j), h, w]
+    weights = mask.float().reshape(batch, 9, factor, factor, height, width).softmax(dim=1)
+    padded = F.pad(factor * flow, (1, 1, 1, 1))  # [B, 2, h+2, w+2]
+    up = flow.new_zeros(batch, 2, factor, factor, height, width)
+    for k in range(9):
+        dy, dx = divmod(k, 3)
+        neighbour = padded[:, :, dy:dy + height, dx:dx + width]  # [B, 2, h, w] at offset (dy-1, dx-1)
+        up += weights[:, None, k] * neighbour[:, :, None, None]
     up = up.permute(0, 1, 4, 2, 5, 3)  # [B, 2, h, i, w, j]
     return up.reshape(batch, 2, factor * height, factor * width)
 
@@ -120,6 +127,12 @@ class DecFlow(nn.Module):
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=self.mixed_precision)
+
+    def _dense_from_level(self, batch: int, pixels: int) -> int:
+        """First correlation level kept as a volume (finer levels are computed on the fly)."""
+        if self.alternate_corr:
+            return CORR_LEVELS  # memory-bounded: no volume at all
+        return 0 if batch * pixels * pixels <= MAX_DENSE_CORRELATION else 1
 
     # ------------------------------------------------------------------ input checks
     @staticmethod
@@ -176,8 +189,8 @@ class DecFlow(nn.Module):
 
         with self._autocast(device):
             fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)
-        corr_block = AlternateCorrBlock if self.alternate_corr else CorrBlock
-        corr_fn = corr_block(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS)
+        corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
+                            dense_from_level=self._dense_from_level(batch, low_h * low_w))
         decoders = (self.update_block, self.update_block_head)  # facial, head
         with self._autocast(device):
             net, inp, attention = self.encode_context(image1)

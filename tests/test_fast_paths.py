@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmarks.yardstick import straightforward_forward
+from core import network
 from core.network import DecFlow
 from tests.model_helpers import authors_state_dict
 
@@ -68,6 +69,18 @@ def test_alternate_corr_matches_default_mode(options):
     bounded = _model(alternate_corr=True, **options)(image1, image2, iters=3, test_mode=True)
     for name in ("facial", "head", "facial_low", "head_low"):
         assert (getattr(bounded, name) - getattr(default, name)).abs().max() <= 1e-3, name
+
+
+@torch.no_grad()
+def test_large_frames_compute_the_finest_correlation_level_on_the_fly(monkeypatch):
+    image1, image2 = _pair(height=136, width=160)
+    model = _model()
+    dense = model(image1, image2, iters=3, test_mode=True)
+    monkeypatch.setattr(network, "MAX_DENSE_CORRELATION", 0)  # as if the frames were large
+    assert model._dense_from_level(1, 17 * 20) == 1
+    on_the_fly = model(image1, image2, iters=3, test_mode=True)
+    for name in ("facial", "head"):
+        assert (getattr(on_the_fly, name) - getattr(dense, name)).abs().max() <= 1e-3, name
 
 
 @torch.no_grad()

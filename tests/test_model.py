@@ -77,6 +77,18 @@ def test_correlation_lookup_of_several_fields_equals_separate_lookups():
     assert torch.allclose(joint[1], corr(coords_b), atol=1e-6)
 
 
+@pytest.mark.parametrize("dense_from_level", [1, 2, 4])
+def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level):
+    generator = torch.Generator().manual_seed(4)
+    fmap1, fmap2 = torch.randn(2, 2, 32, 17, 23, generator=generator)
+    coords = [coords_grid(2, 17, 23) + 6 * torch.randn(2, 2, 17, 23, generator=generator),
+              coords_grid(2, 17, 23).round() - 2.0]  # integer centres, some windows outside
+    dense = CorrBlock(fmap1, fmap2)(coords)
+    mixed = CorrBlock(fmap1, fmap2, dense_from_level=dense_from_level, chunk_elements=40_000)(coords)
+    for a, b in zip(dense, mixed):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_convex_upsampling_of_constant_flow():
     generator = torch.Generator().manual_seed(2)
     flow = torch.empty(1, 2, 6, 7)
