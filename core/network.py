@@ -192,34 +192,34 @@ class DecFlow(nn.Module):
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
                             dense_from_level=self._dense_from_level(batch, low_h * low_w))
         decoders = (self.update_block, self.update_block_head)  # facial, head
-        with self._autocast(device):
-            net, inp, attention = self.encode_context(image1)
-            prepared = [decoder.prepare(inp) for decoder in decoders]
-
         coords0 = coords_grid(batch, low_h, low_w, device=device)  # [B, 2, h, w], x first
         if flow_init is not None and flow_init.shape != coords0.shape:
             raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
                              f"got {tuple(flow_init.shape)}")
         start = coords0 if flow_init is None else coords0 + flow_init
         coords = [start, start]  # per decoder, float32 throughout
-        hidden = [net, net]
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        for itr in range(iters):
-            upsample = not test_mode or itr == iters - 1  # test mode: only the result
-            coords = [c.detach() for c in coords]
-            corrs = corr_fn(coords)  # both decoders' windows in one lookup
-            with self._autocast(device):
+        # One autocast region for the whole recurrence: weights are cast once per forward.
+        with self._autocast(device):
+            net, inp, attention = self.encode_context(image1)
+            prepared = [decoder.prepare(inp) for decoder in decoders]
+            hidden = [net, net]
+            for itr in range(iters):
+                upsample = not test_mode or itr == iters - 1  # test mode: only the result
+                coords = [c.detach() for c in coords]
+                with torch.autocast(device_type=device.type, enabled=False):
+                    corrs = corr_fn(coords)  # float32; both decoders' windows in one lookup
                 motion = [decoder.encoder(c - coords0, corr) for decoder, c, corr in zip(decoders, coords, corrs)]
                 # One pass over the attention matrix aggregates both decoders' values.
                 values = [decoder.aggregator.values(m) for decoder, m in zip(decoders, motion)]
                 attended = (attention @ torch.cat(values, dim=-1)).chunk(len(decoders), dim=-1)
-                steps = [decoder.step(h, prep, m, decoder.aggregator.combine(m, att), with_mask=upsample)
-                         for decoder, h, prep, m, att in zip(decoders, hidden, prepared, motion, attended)]
-            for i, (new_hidden, mask, delta) in enumerate(steps):
-                hidden[i] = new_hidden
-                coords[i] = coords[i] + delta.float()
-                if upsample:
-                    predictions[i].append(convex_upsample(coords[i] - coords0, mask))
+                for i, decoder in enumerate(decoders):
+                    hidden[i], mask, delta = decoder.step(hidden[i], prepared[i], motion[i],
+                                                          decoder.aggregator.combine(motion[i], attended[i]),
+                                                          with_mask=upsample)
+                    coords[i] = coords[i] + delta.float()
+                    if upsample:
+                        predictions[i].append(convex_upsample(coords[i] - coords0, mask))
 
         if not test_mode:
             return predictions

@@ -29,9 +29,9 @@ class MotionEncoder(nn.Module):
 
     def forward(self, flow: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
         # flow: [B, 2, h, w], corr: [B, corr_channels, h, w] -> [B, out_channels, h, w]
-        cor = F.relu(self.convc2(F.relu(self.convc1(corr))))
-        flo = F.relu(self.convf2(F.relu(self.convf1(flow))))
-        out = F.relu(self.conv(torch.cat([cor, flo], dim=1)))
+        cor = F.relu_(self.convc2(F.relu_(self.convc1(corr))))
+        flo = F.relu_(self.convf2(F.relu_(self.convf1(flow))))
+        out = F.relu_(self.conv(torch.cat([cor, flo], dim=1)))
         return torch.cat([out, flow], dim=1)
 
 
@@ -89,6 +89,8 @@ class SepConvGRU(nn.Module):
             weight = torch.cat([c.weight for c in convs])  # [3*hidden, channels, kh, kw]
             bias = torch.cat([c.bias for c in convs])
             recurrent = torch.cat([weight[:, :hidden], weight[:, split:]], dim=1)
+            if torch.is_autocast_enabled(context.device.type):  # cast once, not at every step
+                recurrent = recurrent.to(torch.get_autocast_dtype(context.device.type))
             context_terms = F.conv2d(context, weight[:, hidden:split], bias, padding=padding)
             passes.append(GRUPass(weight_zr=recurrent[: 2 * hidden].contiguous(),
                                   weight_q=recurrent[2 * hidden:].contiguous(),
@@ -98,11 +100,11 @@ class SepConvGRU(nn.Module):
 
     def step(self, h: torch.Tensor, motion: torch.Tensor, passes: list[GRUPass]) -> torch.Tensor:
         """Same as `forward(h, cat([context, motion]))` for the context given to `prepare`."""
-        for p in passes:
-            zr = torch.sigmoid(F.conv2d(torch.cat([h, motion], dim=1), p.weight_zr, padding=p.padding) + p.context_zr)
+        for p in passes:  # in-place activations on fresh conv outputs: fewer passes over memory
+            zr = F.conv2d(torch.cat([h, motion], dim=1), p.weight_zr, padding=p.padding).add_(p.context_zr).sigmoid_()
             z, r = zr.split(self.hidden_dim, dim=1)
-            q = torch.tanh(F.conv2d(torch.cat([r * h, motion], dim=1), p.weight_q, padding=p.padding) + p.context_q)
-            h = (1 - z) * h + z * q
+            q = F.conv2d(torch.cat([r * h, motion], dim=1), p.weight_q, padding=p.padding).add_(p.context_q).tanh_()
+            h = torch.lerp(h, q, z)  # (1 - z) * h + z * q
         return h
 
 
@@ -115,7 +117,7 @@ class FlowHead(nn.Module):
         self.conv2 = nn.Conv2d(hidden_dim, 2, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(x)))
+        return self.conv2(F.relu_(self.conv1(x)))
 
 
 class UpsampleMaskHead(nn.Sequential):
