@@ -568,7 +568,7 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
     log = RunLog(output, args.name, enabled=is_main, start_step=start_step, history=state and state["history"])
     if distributed:
         if args.gpus is not None and is_main:
-            log(f"warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
+            log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
     else:
         device = choose_device(device, args.gpus, log)
     log(f"DecFlow training '{args.name}' on {device}"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from core import synthetic
 
@@ -18,3 +19,16 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "FacialFlowNet"
     synthetic.generate(root, SYNTHETIC_SUBJECTS, SYNTHETIC_FRAMES, SYNTHETIC_SIZE, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random DecFlow in the authors' format (shared by the test modules of a session)."""
+    from core.checkpoint import save_checkpoint
+    from core.network import DecFlow
+
+    path = tmp_path_factory.getbasetemp() / "decflow_seeded.pth"
+    if not path.is_file():
+        torch.manual_seed(1234)
+        save_checkpoint(DecFlow(), path)
+    return path

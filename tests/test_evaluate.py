@@ -28,19 +28,6 @@ TOP_KEYS = {"dataset", "split", "pairs", "iters", "facial", "head", "expression"
 META_KEYS = {"checkpoint", "checkpoint_sha256", "iters", "padding_mode", "precision", "device", "torch_version"}
 
 
-@pytest.fixture(scope="session")
-def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random DecFlow in the authors' format (shared by the test modules of a session)."""
-    from core.checkpoint import save_checkpoint
-    from core.network import DecFlow
-
-    path = tmp_path_factory.getbasetemp() / "decflow_seeded.pth"
-    if not path.is_file():
-        torch.manual_seed(1234)
-        save_checkpoint(DecFlow(), path)
-    return path
-
-
 def run_evaluate(*argv: str) -> dict:
     args = evaluate.get_args_parser().parse_args([*argv, "--no_progress", "--device", "cpu"])
     return evaluate.main(args)

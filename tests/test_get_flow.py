@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import get_flow
@@ -18,19 +17,6 @@ from core.utils.frame_utils import read_flo
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 2
 HEADER = 22  # title strip above the panels
-
-
-@pytest.fixture(scope="session")
-def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random DecFlow in the authors' format (shared by the test modules of a session)."""
-    from core.checkpoint import save_checkpoint
-    from core.network import DecFlow
-
-    path = tmp_path_factory.getbasetemp() / "decflow_seeded.pth"
-    if not path.is_file():
-        torch.manual_seed(1234)
-        save_checkpoint(DecFlow(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
