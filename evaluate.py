@@ -154,7 +154,9 @@ class DecFlowPredictor:
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
         from core.utils.padder import InputPadder
 
-        padder = InputPadder(image1.shape, mode=self.pad_mode)
+        # at least 128 px per side (the pyramid's minimum); FacialFlowNet frames are larger,
+        # so the reference's "exp" padding is unchanged for them
+        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=128)
         image1, image2 = padder.pad(image1[None].to(self.device), image2[None].to(self.device))
         saved = self.core.mixed_precision
         if self.mixed_precision is not None:
@@ -399,6 +401,17 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- command line
+def _finite_or_null(value: Any) -> Any:
+    """NaN/inf (e.g. from a diverged model) become null: the JSON stays valid."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
@@ -491,7 +504,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         out = Path(args.output_json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(document, indent=2) + "\n")
+        out.write_text(json.dumps(_finite_or_null(document), indent=2, allow_nan=False) + "\n")
         print(f"results written to {out}")
     return document
 

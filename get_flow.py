@@ -233,11 +233,11 @@ def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray
 
 # --------------------------------------------------------------------------- inference
 class FlowRunner:
-    """Pad (symmetric, >= 128 px), run DecFlow, unpad; keeps the low-res facial flow for warm starts."""
+    """Pad (symmetric, >= 128 px), run DecFlow, unpad; keeps the low-res flows for warm starts."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, iters: int, warm_start: bool) -> None:
         self.model, self.device, self.iters, self.warm_start = model, device, iters, warm_start
-        self.previous_low: torch.Tensor | None = None
+        self.previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(self.device)
@@ -251,7 +251,7 @@ class FlowRunner:
         image1, image2 = padder.pad(image1, image2)
         flow_init = self.previous_low if self.warm_start else None
         output = self.model(image1, image2, iters=self.iters, flow_init=flow_init, test_mode=True)
-        self.previous_low = output.facial_low
+        self.previous_low = (output.facial_low, output.head_low)  # each decoder from its own flow
         flows = [padder.unpad(f[0]).float().permute(1, 2, 0).cpu().numpy() for f in
                  (output.facial, output.head, output.expression)]
         return flows[0], flows[1], flows[2]

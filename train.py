@@ -43,7 +43,8 @@ from core.network import DecFlow
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
 RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "position_only",
-                     "position_and_content", "dropout", "stage", "image_size")
+                     "position_and_content", "dropout", "stage", "image_size", "seed", "iters", "gamma",
+                     "wdecay", "clip", "epsilon", "mixed_precision", "add_noise", "freeze_bn")
 
 
 # ============================================================================ arguments
@@ -282,7 +283,14 @@ def build_train_loader(args: argparse.Namespace, *, per_process_batch: int, rank
 
 
 # ============================================================================ validation
-def validate(model: nn.Module, *, root: str, split: str = "test", iters: int = 32, device: torch.device,
+def build_val_dataset(args: argparse.Namespace):
+    """The validation split (None without --validation facialflow)."""
+    from core.datasets import FacialFlow
+
+    return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
+
+
+def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device: torch.device,
              max_pairs: int | None = None, rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """Validation during training with evaluate.py's metrics: facial, head and expression EPE
     and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference
@@ -291,10 +299,8 @@ def validate(model: nn.Module, *, root: str, split: str = "test", iters: int = 3
     `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
     processes of a distributed run and the means combined, so every rank must call this.
     """
-    from core.datasets import FacialFlow
     from evaluate import evaluate_facialflow
 
-    dataset = FacialFlow(None, split=split, dataset_root=root)
     indices = list(range(len(dataset)))
     if max_pairs is not None and max_pairs < len(indices):
         indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, max_pairs).round()})
@@ -617,6 +623,8 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
     try:
         loader = build_train_loader(args, per_process_batch=per_process_batch, rank=rank, world_size=world_size,
                                     start_step=start_step)
+        # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
+        args.val_dataset = build_val_dataset(args)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     batches = iter(loader)
@@ -732,7 +740,7 @@ def run_validation(model, args, *, step: int, device, rank: int, world_size: int
     for name in args.validation:
         if name == "facialflow":
             started = time.time()
-            results = validate(model, root=args.root, split=args.val_split, iters=args.val_iters, device=device,
+            results = validate(model, args.val_dataset, iters=args.val_iters, device=device,
                                max_pairs=args.val_max_pairs, rank=rank, world_size=world_size)
             log.scalars("val", step, results)
             log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "

@@ -61,32 +61,44 @@ class _Sequence(NamedTuple):
 
 
 def _list_files(folder: Path, suffix: str) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix == suffix)
+    """Sorted files with this suffix (any case), hidden files (e.g. macOS `._*`) excluded."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() == suffix and not p.name.startswith("."))
 
 
 def _list_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _match_stems(
-    sequence: Path, folder: Path, files: list[Path], stems: list[str], suffix: str, optional_last: str | None
-) -> list[Path]:
-    """Return ``files`` ordered by ``stems`` or raise naming what is missing or extra."""
+def _match_labels(sequence: Path, folder: Path, files: list[Path], stems: list[str], suffix: str,
+                  allow_one_more: bool) -> list[Path]:
+    """Pair `files` with the frames whose stems are `stems` (frames 1..n-1 of the sequence).
+
+    The counts must agree (n-1 files; one more allowed when `allow_one_more`), otherwise a
+    ValueError names the sequence and, where the names tell, what is missing or extra. With
+    the right count, files pair by sorted order as in the reference; names that differ from
+    the frames' only earn a warning, since the dataset may name its labels its own way.
+    """
     by_stem = {p.stem: p for p in files}
-    missing = [s + suffix for s in stems if s not in by_stem]
-    allowed = set(stems) | ({optional_last} if optional_last else set())
-    extra = sorted(p.name for p in files if p.stem not in allowed)
-    if missing or extra:
-        problems = []
+    counts = (len(stems), len(stems) + 1) if allow_one_more else (len(stems),)
+    if len(files) not in counts:
+        problems = [f"expected {' or '.join(map(str, counts))}, found {len(files)}"]
+        missing = [s + suffix for s in stems if s not in by_stem]
+        extra = sorted(p.name for p in files if p.stem not in stems)
+        if allow_one_more and len(files) == len(stems) + 1 and extra:
+            extra = extra[:-1]
         if missing:
             problems.append(f"missing {', '.join(missing)}")
         if extra:
             problems.append(f"unexpected {', '.join(extra)}")
-        raise ValueError(
-            f"sequence {sequence}: {len(files)} {suffix} files in {folder} do not match "
-            f"{len(stems) + 1} frames ({'; '.join(problems)})"
-        )
-    return [by_stem[s] for s in stems]
+        raise ValueError(f"sequence {sequence}: {suffix} files in {folder} do not match its "
+                         f"{len(stems) + 1} frames ({'; '.join(problems)})")
+    paired = files[: len(stems)]
+    renamed = [(p.name, s) for p, s in zip(paired, stems) if p.stem != s]
+    if renamed:
+        logger.warning("sequence %s: %s files in %s are named unlike the frames (e.g. %s for frame %s); "
+                       "pairing by sorted order", sequence, suffix, folder, *renamed[0])
+    return paired
 
 
 class FacialFlow(data.Dataset):
@@ -161,15 +173,12 @@ class FacialFlow(data.Dataset):
         stems = [p.stem for p in frames[:-1]]
         return _Sequence(
             frames=frames,
-            flows_facial=_match_stems(
-                seq_dir, dirs["flow/facial"], _list_files(dirs["flow/facial"], ".flo"), stems, ".flo", None
-            ),
-            flows_head=_match_stems(
-                seq_dir, dirs["flow/head"], _list_files(dirs["flow/head"], ".flo"), stems, ".flo", None
-            ),
-            masks=_match_stems(
-                seq_dir, dirs["mask"], _list_files(dirs["mask"], ".npy"), stems, ".npy", frames[-1].stem
-            ),
+            flows_facial=_match_labels(seq_dir, dirs["flow/facial"], _list_files(dirs["flow/facial"], ".flo"),
+                                       stems, ".flo", allow_one_more=False),
+            flows_head=_match_labels(seq_dir, dirs["flow/head"], _list_files(dirs["flow/head"], ".flo"),
+                                     stems, ".flo", allow_one_more=False),
+            masks=_match_labels(seq_dir, dirs["mask"], _list_files(dirs["mask"], ".npy"), stems, ".npy",
+                                allow_one_more=True),
         )
 
     def _check_no_orphan_sequences(self) -> None:
@@ -225,6 +234,10 @@ class FacialFlow(data.Dataset):
         flow_head_t = torch.from_numpy(flow_head).permute(2, 0, 1).float()
         valid_facial = (flow_facial_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
         valid_head = (flow_head_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
+        # Non-finite values are invalid pixels already; zeroing them keeps 0 * NaN out of
+        # losses and whole-image sums (finite values are left exactly as the reference has them).
+        flow_facial_t = torch.nan_to_num(flow_facial_t, nan=0.0, posinf=0.0, neginf=0.0)
+        flow_head_t = torch.nan_to_num(flow_head_t, nan=0.0, posinf=0.0, neginf=0.0)
         mask_t = torch.from_numpy(mask).float()
         return img1_t, img2_t, flow_facial_t, flow_head_t, valid_facial, valid_head, mask_t
 
@@ -259,7 +272,8 @@ def fetch_dataloader(args: Any) -> data.DataLoader:
     num_workers = getattr(args, "num_workers", None)
     if num_workers is None:
         num_workers = min(os.cpu_count() or 1, 8)
-    sampler = data.DistributedSampler(dataset, shuffle=True) if getattr(args, "distributed", False) else None
+    sampler = (data.DistributedSampler(dataset, shuffle=True, seed=getattr(args, "seed", 0), drop_last=True)
+               if getattr(args, "distributed", False) else None)
     loader = data.DataLoader(
         dataset,
         batch_size=args.batch_size,

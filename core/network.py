@@ -167,14 +167,15 @@ class DecFlow(nn.Module):
         return net, inp, attention
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
-                flow_init: torch.Tensor | None = None, test_mode: bool = False
+                flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """Estimate facial and head flow from image1 to image2.
 
         Training mode returns `(facial_predictions, head_predictions)`, each a list of
         `iters` upsampled flows `[B, 2, H, W]`. `test_mode=True` returns a DecFlowOutput
         with only the final flows upsampled. `flow_init` (`[B, 2, H/8, W/8]`) initialises
-        both decoders.
+        both decoders (as the reference does), or give one per decoder as a pair
+        `(facial_init, head_init)`, e.g. a previous result's `(facial_low, head_low)`.
         """
         self.check_inputs(image1, image2)
         if iters < 1:
@@ -193,11 +194,13 @@ class DecFlow(nn.Module):
                             dense_from_level=self._dense_from_level(batch, low_h * low_w))
         decoders = (self.update_block, self.update_block_head)  # facial, head
         coords0 = coords_grid(batch, low_h, low_w, device=device)  # [B, 2, h, w], x first
-        if flow_init is not None and flow_init.shape != coords0.shape:
-            raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
-                             f"got {tuple(flow_init.shape)}")
-        start = coords0 if flow_init is None else coords0 + flow_init
-        coords = [start, start]  # per decoder, float32 throughout
+        for init in (flow_init if isinstance(flow_init, (tuple, list)) else [flow_init]):
+            if init is not None and init.shape != coords0.shape:
+                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
+                                 f"got {tuple(init.shape)}")
+        inits = [None, None] if flow_init is None else (
+            list(flow_init) if isinstance(flow_init, (tuple, list)) else [flow_init, flow_init])
+        coords = [coords0 if init is None else coords0 + init for init in inits]  # per decoder, float32
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence: weights are cast once per forward.
         with self._autocast(device):

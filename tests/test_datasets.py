@@ -69,21 +69,44 @@ def test_valid_marks_huge_flow_values(damaged_root: Path) -> None:
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").unlink(), "missing 0002.flo"),
+        (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").unlink(), "found 1; missing 0002.flo"),
         (lambda r: (r / "flow" / "head" / SEQ / "0001.flo").unlink(), "missing 0001.flo"),
-        (lambda r: (r / "mask" / SEQ / "0001.npy").unlink(), "missing 0001.npy"),
+        (lambda r: [(r / "mask" / SEQ / f"000{i}.npy").unlink() for i in (1, 3)], "missing 0001.npy"),
         (lambda r: shutil.copy(r / "flow" / "facial" / SEQ / "0001.flo", r / "flow" / "facial" / SEQ / "0003.flo"), "unexpected 0003.flo"),
-        (lambda r: (r / "flow" / "head" / SEQ / "0002.flo").rename(r / "flow" / "head" / SEQ / "0002b.flo"), "missing 0002.flo; unexpected 0002b.flo"),
         (lambda r: (r / "image" / "facial" / SEQ / "0003.jpg").unlink(), "unexpected 0002.flo"),
         (lambda r: shutil.rmtree(r / "mask" / SEQ), "mask folder"),
     ],
-    ids=["facial-flow", "head-flow", "mask", "extra-flow", "renamed-flow", "missing-frame", "mask-folder"],
+    ids=["facial-flow", "head-flow", "mask", "extra-flow", "missing-frame", "mask-folder"],
 )
 def test_damaged_sequence_is_named(damaged_root: Path, damage, message: str) -> None:
     damage(damaged_root)
     with pytest.raises(ValueError, match=message) as info:
         FacialFlow(split="train", dataset_root=damaged_root)
     assert str(damaged_root / "image" / "facial" / SEQ) in str(info.value)
+
+
+def test_labels_named_unlike_frames_pair_by_order_with_a_warning(damaged_root: Path, caplog) -> None:
+    folder = damaged_root / "flow" / "head" / SEQ
+    original = FacialFlow(split="train", dataset_root=damaged_root)
+    index = [p.name for p in original.flow_head_list].index("0002.flo")
+    expected = original[index][3]
+    (folder / "0002.flo").rename(folder / "0002b.flo")  # sorts where 0002.flo did
+    with caplog.at_level("WARNING"):
+        renamed = FacialFlow(split="train", dataset_root=damaged_root)
+    assert "0002b.flo" in caplog.text and "pairing by sorted order" in caplog.text
+    assert renamed.flow_head_list[index].name == "0002b.flo"
+    assert torch.equal(renamed[index][3], expected)  # same tensors, same pairing
+
+
+def test_non_finite_ground_truth_is_invalid_and_zeroed(damaged_root: Path) -> None:
+    path = damaged_root / "flow" / "facial" / SEQ / "0001.flo"
+    flow = frame_utils.read_flo(path)
+    flow[3, 4, 0] = np.nan
+    flow[6, 2, 1] = np.inf
+    frame_utils.write_flo(path, flow)
+    _, _, flow_f, _, valid_f, _, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
+    assert valid_f[3, 4] == 0 and valid_f[6, 2] == 0
+    assert torch.isfinite(flow_f).all() and flow_f[0, 3, 4] == 0 and flow_f[1, 6, 2] == 0
 
 
 def test_mask_for_last_frame_is_optional(damaged_root: Path) -> None:

@@ -197,3 +197,16 @@ def test_mixed_precision_runs_in_bfloat16_on_cpu(model):
     scale = reference.facial.abs().mean().item() + 1.0
     assert (mixed.facial - reference.facial).abs().mean().item() < 0.1 * scale
     assert not torch.equal(mixed.facial, reference.facial)  # bf16 really ran
+
+
+@torch.no_grad()
+def test_flow_init_per_decoder(model):
+    image1, image2 = images()
+    facial_init = torch.full((1, 2, 16, 20), 1.0)
+    head_init = torch.full((1, 2, 16, 20), -2.0)
+    both = model(image1, image2, iters=2, flow_init=(facial_init, head_init), test_mode=True)
+    facial_only = model(image1, image2, iters=2, flow_init=facial_init, test_mode=True)
+    head_only = model(image1, image2, iters=2, flow_init=head_init, test_mode=True)
+    assert torch.equal(both.facial, facial_only.facial)
+    assert torch.equal(both.head, head_only.head)
+    assert not torch.equal(both.head, facial_only.head)

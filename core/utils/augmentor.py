@@ -43,7 +43,7 @@ class FacialFlowAugmentor:
         self,
         crop_size: Sequence[int],
         min_scale: float = -0.2,
-        max_scale: float = 0.5,
+        max_scale: float = 0.6,
         do_flip: bool = True,
         eraser_prob: float = 0.5,
         asymmetric_color_prob: float = 0.2,
@@ -123,7 +123,7 @@ class FacialFlowAugmentor:
             factors = np.array([scale_x, scale_y], dtype=np.float32)
             flow_facial = resize(flow_facial, cv2.INTER_LINEAR) * factors
             flow_head = resize(flow_head, cv2.INTER_LINEAR) * factors
-            mask = resize(mask, cv2.INTER_NEAREST)
+            mask = resize(mask, cv2.INTER_NEAREST_EXACT)  # pixel-centre aligned, like the images
 
         if self.do_flip:
             if np.random.rand() < self.h_flip_prob:

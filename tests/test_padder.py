@@ -1,0 +1,39 @@
+"""InputPadder: padding amounts of both modes, the 128 px minimum, and exact unpadding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.utils.padder import InputPadder
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("symmetric", (1, 2, 3, 3)),  # 250x333 -> 256x336: width 1+2, height 3+3
+    ("exp", (1, 2, 0, 6)),  # the reference evaluation: height padded at the bottom only
+])
+def test_padding_amounts_and_round_trip(mode, expected):
+    padder = InputPadder((1, 3, 250, 333), mode=mode)
+    assert padder.padding == expected and padder.padded_shape == (256, 336)
+    image = torch.rand(1, 3, 250, 333)
+    padded = padder.pad(image)[0]
+    assert padded.shape == (1, 3, 256, 336)
+    assert torch.equal(padder.unpad(padded), image)
+    # replicate padding: the border rows/columns repeat the image's edge
+    left, _, top, _ = padder.padding
+    assert torch.equal(padded[..., top, left:left + 333], image[..., 0, :])
+
+
+def test_multiples_of_eight_are_left_alone():
+    assert InputPadder((2, 3, 128, 160)).padding == (0, 0, 0, 0)
+
+
+def test_min_side_pads_small_images_up():
+    padder = InputPadder((100, 90), min_side=128)
+    assert padder.padded_shape == (128, 128)
+    flow = torch.rand(2, 100, 90)
+    assert torch.equal(padder.unpad(padder.pad(flow[None])[0]), flow[None])
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="pad mode"):
+        InputPadder((128, 128), mode="sintel")
