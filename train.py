@@ -528,7 +528,7 @@ def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> No
         log("no --restore_ckpt: training from initialisation")
         return
     report = load_checkpoint(model, args.restore_ckpt, strict=args.frozen, verbose=False)
-    log(("stage 2, strict load of " if args.frozen else "stage 1, non-strict load of ") + report.summary())
+    log(("stage 2 (strict): " if args.frozen else "stage 1 (non-strict): ") + report.summary())
 
 
 def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args, history: dict) -> None:
