@@ -70,7 +70,7 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     log = (out / f"{name}.log").read_text()
     assert "warning: running on cpu: --gpus 0 is ignored" in log
-    assert "non-strict load of" in log and "left at initialisation: update_block_head" in log
+    assert "stage 1 (non-strict): loaded" in log and "left at initialisation: update_block_head" in log
     assert "validation facialflow/test at step 1" in log and "done:" in log
     assert all(k in metrics for k in ("loss", "facial_epe", "head_epe", "expression_epe", "val_facial_epe"))
 
@@ -102,7 +102,7 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
     changed = [k for k in trainable if not torch.equal(before[k], after[k])]
     assert {k.split(".")[0] for k in changed} == {"update_block_head", "change_dim"}
     assert len(changed) == len(trainable), sorted(trainable - set(changed))
-    assert "stage 2, strict load of" in (out / "decflow.log").read_text()
+    assert "stage 2 (strict): loaded" in (out / "decflow.log").read_text()
 
 
 def test_resume_reproduces_an_uninterrupted_run(files):
