@@ -51,6 +51,15 @@ def sample_windows(volume: torch.Tensor, centres: torch.Tensor, radius: int) -> 
     return sampled.reshape(n, volume.shape[1], k, side * side)
 
 
+# Per coordinate field: levels with at most this many pixels correlate whole rows by one matrix
+# product (cheap there) instead of gathering each window's 100 feature vectors.
+SMALL_LEVEL_PIXELS = 8192
+
+
+def _correlates_whole_rows(pixels: int, fields: int) -> bool:
+    return pixels <= SMALL_LEVEL_PIXELS * fields
+
+
 def check_pyramid_size(height: int, width: int, num_levels: int) -> None:
     """The coarsest level must be at least 2x2: the sampling grid divides by (side - 1)."""
     min_side = 2 ** (num_levels - 1) * 2
@@ -84,7 +93,9 @@ def window_correlation(fmap1: torch.Tensor, features: torch.Tensor, centres: tor
 
     The window offsets are integers, so every sample of a window shares the fractional
     part of its centre: correlating with the (2r+2)^2 integer pixels around it and
-    interpolating those correlations bilinearly gives the sampled values.
+    interpolating those correlations bilinearly gives the sampled values. On small levels
+    the query rows are correlated with the whole level by one matrix product and the
+    windows gathered from it; on large ones only the window pixels' features are gathered.
     """
     n, k, _ = centres.shape
     side = 2 * radius + 1
@@ -96,8 +107,13 @@ def window_correlation(fmap1: torch.Tensor, features: torch.Tensor, centres: tor
     ys = start[..., 1:2] + steps
     inside = ((ys >= 0) & (ys < height))[..., :, None] & ((xs >= 0) & (xs < width))[..., None, :]
     index = torch.where(inside, ys[..., :, None] * width + xs[..., None, :], height * width)  # [n, K, y, x]
-    gathered = features[index.reshape(-1)].reshape(n, -1, features.shape[-1])  # [n, K*(side+1)^2, D]
-    grid = torch.bmm(gathered, fmap1[:, :, None]).reshape(n, k, side + 1, side + 1)  # [n, K, y, x]
+    if _correlates_whole_rows(height * width, k):
+        rows = fmap1 @ features.T  # [n, h*w + 1]; the last column is 0 (outside)
+        grid = torch.gather(rows, 1, index.reshape(n, -1))
+    else:
+        gathered = features[index.reshape(-1)].reshape(n, -1, features.shape[-1])  # [n, K*(side+1)^2, D]
+        grid = torch.bmm(gathered, fmap1[:, :, None])
+    grid = grid.reshape(n, k, side + 1, side + 1)  # [n, K, y, x]
     fx, fy = frac[..., 0, None, None], frac[..., 1, None, None]
     top = (1 - fx) * grid[..., :-1, :-1] + fx * grid[..., :-1, 1:]
     bottom = (1 - fx) * grid[..., 1:, :-1] + fx * grid[..., 1:, 1:]
@@ -154,7 +170,11 @@ class CorrBlock:
         features = self.features[level]
         height, width = self.shape[1] // 2 ** level, self.shape[2] // 2 ** level
         window = (2 * self.radius + 1) ** 2
-        chunk = max(1, self.chunk_elements // (k * (2 * self.radius + 2) ** 2 * features.shape[-1]))
+        if _correlates_whole_rows(height * width, k):
+            per_query = height * width + 1 + k * (2 * self.radius + 2) ** 2  # a row and its windows
+        else:
+            per_query = k * (2 * self.radius + 2) ** 2 * features.shape[-1]  # window features
+        chunk = max(1, self.chunk_elements // per_query)
         out = centres.new_empty(batch, queries, k, window)
         for b in range(batch):
             for start in range(0, queries, chunk):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
 from core.network import DecFlow, DecFlowOutput, convex_upsample
 from tests.model_helpers import authors_state_dict, read_spec
@@ -77,8 +78,10 @@ def test_correlation_lookup_of_several_fields_equals_separate_lookups():
     assert torch.allclose(joint[1], corr(coords_b), atol=1e-6)
 
 
+@pytest.mark.parametrize("whole_rows_up_to", [0, 8192], ids=["gather-windows", "whole-rows"])
 @pytest.mark.parametrize("dense_from_level", [1, 2, 4])
-def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level):
+def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, whole_rows_up_to, monkeypatch):
+    monkeypatch.setattr(corr_module, "SMALL_LEVEL_PIXELS", whole_rows_up_to)
     generator = torch.Generator().manual_seed(4)
     fmap1, fmap2 = torch.randn(2, 2, 32, 17, 23, generator=generator)
     coords = [coords_grid(2, 17, 23) + 6 * torch.randn(2, 2, 17, 23, generator=generator),
