@@ -235,5 +235,11 @@ def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = 
     missing = [k for k in required if k not in converted]
     if missing:
         raise ValueError(f"{source} lacks {len(missing)} semantic-encoder weights, e.g. {missing[0]}")
-    load_state_dict_checked(encoder, {k: v for k, v in converted.items() if k in own}, strict=False, source=source)
+    # Non-strict only for what the check above allows to be absent: the unused stage 3 and
+    # batch counters. Whatever stayed at initialisation is said, never skipped silently.
+    report = load_state_dict_checked(encoder, {k: v for k, v in converted.items() if k in own}, strict=False,
+                                     source=source)
+    if report.initialised:
+        print(f"semantic encoder from {source}; left at initialisation: "
+              + ", ".join(f"{group} ({n})" for group, n in report.initialised.items()), flush=True)
     return source
