@@ -27,8 +27,6 @@ from benchmarks.yardstick import straightforward_forward
 from core.loss import sequence_loss
 from core.network import DecFlow
 
-INFERENCE_MODES = ("straightforward", "fast", "fast-bf16", "alternate")
-TRAIN_MODES = ("straightforward", "fast", "fast-bf16")
 
 
 def build_model(seed: int = 0, **options) -> DecFlow:

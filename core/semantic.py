@@ -69,6 +69,7 @@ class SemanticEncoder(nn.Module):
     """ResNet-50 stem + stages 1-2 on the [-1, 1] image: [B, 3, H, W] -> [B, 512, H/8, W/8]."""
 
     out_channels = 512
+    used_stages = 3  # stem, stage 1, stage 2: 1/8 resolution
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,9 +80,8 @@ class SemanticEncoder(nn.Module):
             # Stage 3 exists only for checkpoint compatibility; forward never runs it.
             _stage(in_channels=512, out_channels=1024, units=6, stride=2),
         )
-        self.num_used_stages = 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.model[: self.num_used_stages]:
+        for stage in self.model[: self.used_stages]:
             x = stage(x)
         return x
