@@ -28,7 +28,6 @@ from core.loss import sequence_loss
 from core.network import DecFlow
 
 
-
 def build_model(seed: int = 0, **options) -> DecFlow:
     torch.manual_seed(seed)
     model = DecFlow(**options)
