@@ -204,3 +204,43 @@ def test_torchrun_two_processes_gloo(files):
     log = (out / "ddp.log").read_text()
     assert "2 processes (DistributedDataParallel)" in log and log.count("done:") == 1
     assert set(load_weights(out / "ddp.pth")) == set(train.DecFlow().state_dict())
+
+
+def _bn_stats(weights: dict) -> dict:
+    return {k: v for k, v in weights.items() if k.startswith("cnet.") and k.endswith("running_mean")}
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
+    out = files["base"] / f"bn_{freeze_bn}"
+    argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
+            "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
+            "--num_steps", "1", "--val_freq", "10", "--name", "bn", "--output", str(out)]
+    run(argv + (["--freeze_bn"] if freeze_bn else []))
+    before, after = _bn_stats(load_weights(files["gma"])), _bn_stats(load_weights(out / "bn.pth"))
+    assert before and before.keys() == after.keys()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    # the reference keeps BatchNorm in training mode (statistics update); --freeze_bn keeps them fixed
+    assert unchanged == freeze_bn
+
+
+def test_optimiser_and_schedule_follow_the_recipe(files):
+    out = files["base"] / "recipe"
+    argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
+            "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
+            "--num_steps", "3", "--val_freq", "10", "--name", "recipe", "--output", str(out),
+            "--lr", "0.000125", "--wdecay", "0.00001"]
+    run(argv)
+    state = torch.load(out / "recipe_state.pth", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["eps"] == 1e-8 and group["weight_decay"] == 1e-5
+    # the reference schedule, rebuilt by hand: OneCycle over num_steps + 100, 5 % warm-up, linear
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=0.000125, weight_decay=1e-5, eps=1e-8)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.000125, total_steps=3 + 100, pct_start=0.05,
+                                                   cycle_momentum=False, anneal_strategy="linear")
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    assert state["scheduler"]["total_steps"] == 103
+    assert group["lr"] == pytest.approx(schedule.get_last_lr()[0], rel=1e-12)
