@@ -152,11 +152,12 @@ class DecFlowPredictor:
 
     @torch.inference_mode()
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        from core.network import MIN_IMAGE_SIDE
         from core.utils.padder import InputPadder
 
-        # at least 128 px per side (the pyramid's minimum); FacialFlowNet frames are larger,
-        # so the reference's "exp" padding is unchanged for them
-        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=128)
+        # at least the network's minimum side; FacialFlowNet frames are larger, so the
+        # reference's "exp" padding is unchanged for them
+        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1[None].to(self.device), image2[None].to(self.device))
         saved = self.core.mixed_precision
         if self.mixed_precision is not None:

@@ -36,7 +36,6 @@ DEFAULT_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 DEFAULT_ITERS = 24  # the reference demo
-MIN_SIDE = 128  # DecFlow's smallest input side; smaller images are padded up to it
 PANEL_TITLES = ("input", "facial", "head", "expression")
 
 
@@ -244,10 +243,11 @@ class FlowRunner:
 
     @torch.inference_mode()
     def __call__(self, rgb1: np.ndarray, rgb2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from core.network import MIN_IMAGE_SIDE
         from core.utils.padder import InputPadder
 
         image1, image2 = self.to_tensor(rgb1), self.to_tensor(rgb2)
-        padder = InputPadder(image1.shape, mode="symmetric", min_side=MIN_SIDE)
+        padder = InputPadder(image1.shape, mode="symmetric", min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1, image2)
         flow_init = self.previous_low if self.warm_start else None
         output = self.model(image1, image2, iters=self.iters, flow_init=flow_init, test_mode=True)
