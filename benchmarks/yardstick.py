@@ -1,18 +1,48 @@
 """The straightforward DecFlow forward: the spec's steps one by one, no shortcuts.
 
 It runs the same modules (and weights) as `DecFlow.forward` but as the reference does:
-the attention matrix as one einsum + softmax, a separate correlation lookup for each
-decoder, the plain update block (whole GRU input convolved every iteration, mask head every
+the correlation pyramid sampled with `grid_sample`, the attention matrix as one einsum +
+softmax, a separate correlation lookup for each decoder, the plain update block (whole GRU input convolved every iteration, mask head every
 iteration) and convex upsampling of both decoders at every iteration, in fp32. The fast path
 must agree with it (tests) and beat it (benchmarks).
 """
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
-from core.corr import CorrBlock, coords_grid
+from core.corr import coords_grid
 from core.network import (CONTEXT_DIM, CORR_LEVELS, CORR_RADIUS, HIDDEN_DIM, UPSAMPLE_FACTOR, DecFlow,
                           DecFlowOutput, convex_upsample)
+
+
+def straightforward_pyramid(fmap1: torch.Tensor, fmap2: torch.Tensor) -> list[torch.Tensor]:
+    """All-pairs correlation `[B*h*w, 1, h, w]` / sqrt(D) and its average-pooled levels."""
+    batch, dim, height, width = fmap1.shape
+    corr = torch.matmul(fmap1.flatten(2).transpose(1, 2), fmap2.flatten(2)) / dim ** 0.5
+    pyramid = [corr.reshape(batch * height * width, 1, height, width)]
+    for _ in range(CORR_LEVELS - 1):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2, stride=2))
+    return pyramid
+
+
+def straightforward_lookup(pyramid: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample a (2r+1)^2 window of every level around `coords` `[B, 2, h, w]`.
+
+    As in the reference, the first window axis is added to x (channel `a * (2r+1) + b`,
+    a: x offset) and sampling uses `grid_sample(align_corners=True)` with zero padding.
+    """
+    batch, _, height, width = coords.shape
+    steps = torch.linspace(-CORR_RADIUS, CORR_RADIUS, 2 * CORR_RADIUS + 1, device=coords.device)
+    delta = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), dim=-1)  # [s, s, 2]
+    centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 1, 2)
+    levels = []
+    for level, volume in enumerate(pyramid):
+        points = centres / 2 ** level + delta  # [B*h*w, s, s, 2] (x, y)
+        size = torch.tensor([volume.shape[-1] - 1, volume.shape[-2] - 1], device=coords.device)
+        sampled = F.grid_sample(volume, 2 * points / size - 1, align_corners=True)  # [B*h*w, 1, s, s]
+        levels.append(sampled.reshape(batch, height, width, -1))
+    return torch.cat(levels, dim=-1).permute(0, 3, 1, 2).contiguous()  # [B, 324, h, w]
 
 
 def straightforward_attention(model: DecFlow, inp: torch.Tensor) -> torch.Tensor:
@@ -35,7 +65,7 @@ def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.
     image1 = 2 * (image1 / 255.0) - 1.0
     image2 = 2 * (image2 / 255.0) - 1.0
     fmap1, fmap2 = model.fnet(torch.cat([image1, image2])).chunk(2)
-    corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS)
+    pyramid = straightforward_pyramid(fmap1.float(), fmap2.float())
     context = model.cnet(image1)
     semantic = model.change_dim(model.dad_encoder(image1))
     net, inp = model.res1(torch.cat([context, semantic], dim=1)).split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
@@ -49,11 +79,11 @@ def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.
     facial_preds, head_preds = [], []
     for _ in range(iters):
         coords1, coords1_head = coords1.detach(), coords1_head.detach()
-        corr = corr_fn(coords1)
+        corr = straightforward_lookup(pyramid, coords1)
         net, mask, delta = model.update_block(net, inp, corr, coords1 - coords0, attention)
         coords1 = coords1 + delta
         facial_preds.append(convex_upsample(coords1 - coords0, mask))
-        corr = corr_fn(coords1_head)
+        corr = straightforward_lookup(pyramid, coords1_head)
         net_head, mask, delta = model.update_block_head(net_head, inp, corr, coords1_head - coords0, attention)
         coords1_head = coords1_head + delta
         head_preds.append(convex_upsample(coords1_head - coords0, mask))

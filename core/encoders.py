@@ -13,9 +13,29 @@ from torch.nn import functional as F
 NORM_LAYERS = ("instance", "batch", "none")
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """`nn.InstanceNorm2d` without affine parameters; keeps float32 channels-last input
+    channels-last at inference.
+
+    PyTorch's kernel returns channels-last input as NCHW, which sends every later layer of
+    the encoder down the slower NCHW convolution path. At inference in float32 the
+    statistics are computed here instead (two passes, same values). Under autograd and in
+    reduced precision PyTorch's kernel is faster overall (measured), so it is used there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() or x.dtype != torch.float32 or x.dim() != 4 or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        mean = x.mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
+        centred = x - mean
+        variance = (centred * centred).mean(dim=(2, 3), keepdim=True)
+        return centred.mul_(torch.rsqrt(variance + self.eps))  # channels-last
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels)  # no affine parameters, as in the checkpoints
+        return InstanceNorm2d(channels)  # no affine parameters, as in the checkpoints
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":
@@ -42,11 +62,12 @@ class ResidualBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.norm1(self.conv1(x)))
-        y = F.relu(self.norm2(self.conv2(y)))
+        # In-place ReLUs on fresh tensors: large activations are not allocated twice.
+        y = F.relu_(self.norm1(self.conv1(x)))
+        y = F.relu_(self.norm2(self.conv2(y)))
         if self.downsample is not None:
             x = self.downsample(x)
-        return F.relu(x + y)
+        return F.relu_(x + y)
 
 
 class BasicEncoder(nn.Module):
@@ -82,7 +103,7 @@ class BasicEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, 3, H, W] -> [B, out_channels, H/8, W/8]
-        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu_(self.norm1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         x = self.conv2(x)
         if self.training and self.dropout is not None:
@@ -105,6 +126,6 @@ class FusionBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu_(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return F.relu(y + self.adjustment(x))
+        return F.relu_(y + self.adjustment(x))

@@ -150,7 +150,7 @@ class Aggregate(nn.Module):
         out = rearrange(attended, "b n (x y) d -> b (n d) x y", x=height, y=width)
         if self.project is not None:
             out = self.project(out)
-        return fmap + self.gamma * out
+        return fmap + (self.gamma * out).to(fmap.dtype)  # stays in the autocast dtype
 
     def forward(self, attention: torch.Tensor | ChunkedAttention, fmap: torch.Tensor) -> torch.Tensor:
         # attention: [B, heads, h*w, h*w]; fmap: [B, dim, h, w]

@@ -66,16 +66,12 @@ def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMP
 
     `mask` holds `[B, 9*f*f, h, w]` logits ordered (neighbour k, sub-row i, sub-col j);
     neighbour k = 3 * (dy + 1) + (dx + 1), zero padding at the border. Flow values are
-    scaled by f. Accumulates neighbour by neighbour, so no 9x intermediate is held.
+    scaled by f.
     """
     batch, _, height, width = flow.shape
-    weights = mask.float().reshape(batch, 9, factor, factor, height, width).softmax(dim=1)
-    padded = F.pad(factor * flow, (1, 1, 1, 1))  # [B, 2, h+2, w+2]
-    up = flow.new_zeros(batch, 2, factor, factor, height, width)
-    for k in range(9):
-        dy, dx = divmod(k, 3)
-        neighbour = padded[:, :, dy:dy + height, dx:dx + width]  # [B, 2, h, w] at offset (dy-1, dx-1)
-        up += weights[:, None, k] * neighbour[:, :, None, None]
+    weights = mask.float().reshape(batch, 1, 9, factor * factor, height * width).softmax(dim=2)
+    neighbours = F.unfold(factor * flow, 3, padding=1).reshape(batch, 2, 9, 1, height * width)  # k = 3 dy + dx
+    up = (weights * neighbours).sum(dim=2).reshape(batch, 2, factor, factor, height, width)  # [B, 2, i, j, h, w]
     up = up.permute(0, 1, 4, 2, 5, 3)  # [B, 2, h, i, w, j]
     return up.reshape(batch, 2, factor * height, factor * width)
 
@@ -193,14 +189,17 @@ class DecFlow(nn.Module):
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
                             dense_from_level=self._dense_from_level(batch, low_h * low_w))
         decoders = (self.update_block, self.update_block_head)  # facial, head
-        coords0 = coords_grid(batch, low_h, low_w, device=device)  # [B, 2, h, w], x first
+        # [B, 2, h, w], x first; channels-last like everything fed to the convolutions
+        coords0 = coords_grid(batch, low_h, low_w, device=device).contiguous(memory_format=torch.channels_last)
         for init in (flow_init if isinstance(flow_init, (tuple, list)) else [flow_init]):
             if init is not None and init.shape != coords0.shape:
                 raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
                                  f"got {tuple(init.shape)}")
         inits = [None, None] if flow_init is None else (
             list(flow_init) if isinstance(flow_init, (tuple, list)) else [flow_init, flow_init])
-        coords = [coords0 if init is None else coords0 + init for init in inits]  # per decoder, float32
+        start = [coords0 if init is None else (coords0 + init).contiguous(memory_format=torch.channels_last)
+                 for init in {id(init): init for init in inits}.values()]  # one per distinct init
+        coords = [start[0], start[-1]]  # per decoder, float32
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence: weights are cast once per forward.
         with self._autocast(device):
@@ -209,9 +208,11 @@ class DecFlow(nn.Module):
             hidden = [net, net]
             for itr in range(iters):
                 upsample = not test_mode or itr == iters - 1  # test mode: only the result
+                shared = coords[0] is coords[1]  # same start: one lookup serves both decoders
                 coords = [c.detach() for c in coords]
                 with torch.autocast(device_type=device.type, enabled=False):
-                    corrs = corr_fn(coords)  # float32; both decoders' windows in one lookup
+                    # float32; both decoders' windows in one lookup
+                    corrs = corr_fn(coords[:1]) * 2 if shared else corr_fn(coords)
                 motion = [decoder.encoder(c - coords0, corr) for decoder, c, corr in zip(decoders, coords, corrs)]
                 # One pass over the attention matrix aggregates both decoders' values.
                 values = [decoder.aggregator.values(m) for decoder, m in zip(decoders, motion)]

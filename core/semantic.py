@@ -23,7 +23,7 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
-        return torch.relu(x) if self.relu else x
+        return torch.relu_(x) if self.relu else x  # in place: a fresh BatchNorm output
 
 
 class Stem(nn.Module):
@@ -53,7 +53,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.identity_conv is None else self.identity_conv(x)
-        return torch.relu(self.body(x) + identity)
+        return torch.relu_(self.body(x) + identity)
 
 
 def _stage(*, in_channels: int, out_channels: int, units: int, stride: int) -> nn.Sequential:

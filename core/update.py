@@ -32,7 +32,8 @@ class MotionEncoder(nn.Module):
         cor = F.relu_(self.convc2(F.relu_(self.convc1(corr))))
         flo = F.relu_(self.convf2(F.relu_(self.convf1(flow))))
         out = F.relu_(self.conv(torch.cat([cor, flo], dim=1)))
-        return torch.cat([out, flow], dim=1)
+        # under autocast the float32 flow joins in the convolutions' dtype (they would cast it anyway)
+        return torch.cat([out, flow.to(out.dtype)], dim=1)
 
 
 @dataclass

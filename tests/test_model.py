@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.yardstick import straightforward_lookup, straightforward_pyramid
 from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
 from core.network import DecFlow, DecFlowOutput, convex_upsample
@@ -78,6 +79,23 @@ def test_correlation_lookup_of_several_fields_equals_separate_lookups():
     assert torch.allclose(joint[1], corr(coords_b), atol=1e-6)
 
 
+@pytest.mark.parametrize("dense_from_level", [0, 4])
+def test_correlation_lookup_equals_bilinear_sampling_of_the_pyramid(dense_from_level):
+    # The gathered-and-interpolated windows against the reference's grid_sample lookup,
+    # with centres inside, on integer pixels, on the border and far outside.
+    generator = torch.Generator().manual_seed(6)
+    fmap1, fmap2 = torch.randn(2, 2, 16, 16, 24, generator=generator)
+    base = coords_grid(2, 16, 24)
+    coords = [base + 5 * torch.randn(2, 2, 16, 24, generator=generator), base.round() + 1.0,
+              torch.full_like(base, 23.0), base + 40.0 * torch.randn(2, 2, 16, 24, generator=generator)]
+    pyramid = straightforward_pyramid(fmap1, fmap2)
+    lookups = CorrBlock(fmap1, fmap2, dense_from_level=dense_from_level)(coords)
+    for field, got in zip(coords, lookups):
+        expected = straightforward_lookup(pyramid, field)
+        assert got.shape == expected.shape == (2, 324, 16, 24)
+        assert (got - expected).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("whole_rows_up_to", [0, 8192], ids=["gather-windows", "whole-rows"])
 @pytest.mark.parametrize("dense_from_level", [1, 2, 4])
 def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, whole_rows_up_to, monkeypatch):
@@ -90,6 +108,20 @@ def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, wh
     mixed = CorrBlock(fmap1, fmap2, dense_from_level=dense_from_level, chunk_elements=40_000)(coords)
     for a, b in zip(dense, mixed):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_instance_norm_keeps_channels_last_and_matches_pytorch(grad):
+    from core.encoders import InstanceNorm2d
+
+    generator = torch.Generator().manual_seed(7)
+    x = (3 * torch.randn(2, 16, 12, 20, generator=generator) + 5).contiguous(memory_format=torch.channels_last)
+    with torch.set_grad_enabled(grad):
+        out = InstanceNorm2d(16)(x)
+    expected = torch.nn.functional.instance_norm(x.contiguous())
+    assert torch.allclose(out, expected, atol=1e-5)
+    if not grad:  # inference: stays channels-last for the convolutions that follow
+        assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_convex_upsampling_of_constant_flow():
