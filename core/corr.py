@@ -77,8 +77,10 @@ class WindowGrid:
         start = corner.long() - self.radius
         xs = start[..., 0, None] + steps  # [n, K, 2r+2]
         ys = start[..., 1, None] + steps
-        inside = ((xs >= 0) & (xs < self.width))[..., :, None] & ((ys >= 0) & (ys < self.height))[..., None, :]
-        index = torch.where(inside, xs[..., :, None] + ys[..., None, :] * self.width, self.pixels)
+        # a column or row outside the level adds `pixels`, so its whole line clamps to the zero entry
+        xs = torch.where((xs >= 0) & (xs < self.width), xs, self.pixels)
+        ys = torch.where((ys >= 0) & (ys < self.height), ys * self.width, self.pixels)
+        index = (xs[..., :, None] + ys[..., None, :]).clamp_max_(self.pixels)
         return index.flatten(2), centres - corner
 
     def interpolate(self, grid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
