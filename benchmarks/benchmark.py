@@ -101,6 +101,18 @@ def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, 
     return rows
 
 
+def conv_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
+    """GFLOP/s of one large channels-last 3x3 convolution (256 -> 256 channels at 60x60, the
+    decoder's working size): about the most this machine's convolutions deliver, hence the
+    ceiling of any forward made of convolutions."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 256, 60, 60).contiguous(memory_format=torch.channels_last)
+    flop = 2 * 256 * 256 * 9 * 60 * 60
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        seconds = _interleaved({"conv": lambda: conv(x)}, warmup=3, repeats=repeats)["conv"]
+    return flop / seconds / 1e9
+
+
 def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int) -> list[dict]:
     model = build_model().train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -194,6 +206,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}", flush=True)
     if args.what in ("all", "inference"):
         size = tuple(args.size or (480, 480))
+        print(f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "
+              f"{conv_peak_gflops(torch.bfloat16):.0f} GFLOP/s bf16", flush=True)
         rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats)
         print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
               flush=True)

@@ -94,3 +94,21 @@ def test_mixed_precision_stays_close_to_fp32_straightforward_forward():
     magnitude = expected.facial.abs().mean().item()
     assert torch.isfinite(got.facial).all()
     assert deviation.mean().item() <= 0.05 * magnitude + 0.05, (deviation.mean().item(), magnitude)
+
+
+def test_benchmark_script_prints_every_table(capsys):
+    # The benchmark itself (tiny sizes, one run each): its tables and their columns, not its times.
+    from benchmarks import benchmark
+
+    args = benchmark.get_args_parser().parse_args(
+        ["inference", "--size", "128", "128", "--iters", "1", "--warmup", "0", "--repeats", "1"])
+    benchmark.main(args)
+    out = capsys.readouterr().out
+    assert "convolution peak on this CPU" in out
+    for column in ("pairs_per_s", "speedup", "gflop_per_s", "max_diff_px"):
+        assert column in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in ("straightforward", "fast", "fast-bf16", "alternate")}
+    assert set(rows) == {"straightforward", "fast", "fast-bf16", "alternate"}
+    assert float(rows["fast"][-2]) <= 1e-3  # max deviation of the exact fast path, px
+    assert float(rows["straightforward"][2]) == 1.0  # the yardstick's own speedup
