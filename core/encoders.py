@@ -15,17 +15,18 @@ NORM_LAYERS = ("instance", "batch", "none")
 
 class InstanceNorm2d(nn.InstanceNorm2d):
     """`nn.InstanceNorm2d` without affine parameters; keeps channels-last input channels-last
-    at inference.
+    at inference on CPU.
 
-    PyTorch's instance-norm kernel returns channels-last input as NCHW, which sends every
+    PyTorch's CPU instance-norm kernel returns channels-last input as NCHW, which sends every
     later layer of the encoder down the slower NCHW convolution path. Group norm with one
     group per channel is the same normalisation and has a channels-last kernel (several
     times faster here, float32 and bfloat16). Under autograd the instance-norm kernel's
-    backward is the faster one (measured), so training keeps it.
+    backward is the faster one (measured), so training keeps it, as does CUDA.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4
+                or not x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
