@@ -55,53 +55,69 @@ def _as_fields(lookup: torch.Tensor, batch: int, height: int, width: int) -> lis
 
 
 class WindowGrid:
-    """Where the integer pixels under a lookup window sit in a level.
+    """Where the integer pixels under lookup windows sit, for one or several pyramid levels.
 
     The window offsets are integers, so every sample of a window shares the fractional part
     of its centre, and the (2r+2)^2 integer pixels from `floor(centre) - r` on cover the
     whole window: gathering their correlations and interpolating gives exactly the values
-    of bilinear sampling. Levels are stored row-major with one extra zero entry at index
-    `pixels`, which every pixel outside the level points to (zeros outside).
+    of bilinear sampling. Each level is stored row-major followed by one zero entry, which
+    every pixel outside the level points to (zeros outside); several levels are stored side
+    by side in one row, so one gather serves them all.
     """
 
-    def __init__(self, *, radius: int, height: int, width: int) -> None:
+    def __init__(self, *, radius: int, sizes: Sequence[tuple[int, int]], scales: Sequence[int],
+                 device: torch.device | None = None) -> None:
         self.radius = radius
-        self.height, self.width = height, width
-        self.pixels = height * width
+        pixels = [height * width for height, width in sizes]
+        starts = [sum(p + 1 for p in pixels[:i]) for i in range(len(sizes))]
+        self.row_length = sum(p + 1 for p in pixels)  # of a row holding every level
+        as_tensor = lambda values: torch.tensor(values, device=device)  # noqa: E731
+        self.scale = as_tensor([float(s) for s in scales])[:, None]  # [L, 1]
+        # [L, 1] each, to broadcast over the (2r+2) pixel steps
+        self.height, self.width = as_tensor([h for h, _ in sizes])[:, None], as_tensor([w for _, w in sizes])[:, None]
+        self.pixels, self.start = as_tensor(pixels)[:, None], as_tensor(starts)[:, None, None]
+        self.steps = torch.arange(2 * radius + 2, device=device)
+
+    @property
+    def levels(self) -> int:
+        return self.scale.shape[0]
 
     def index(self, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """centres `[n, K, 2]` (x, y) in pixels of the level -> (index `[n, K, (2r+2)^2]` of the
-        window pixels, x-major, `pixels` where outside; fractional parts `[n, K, 2]`)."""
-        corner = torch.floor(centres)
-        steps = torch.arange(2 * self.radius + 2, device=centres.device)
+        """centres `[n, K, 2]` (x, y) in level-0 pixels -> (index `[n, K, L, (2r+2)^2]` of the
+        window pixels in a row of all levels, x-major; fractional parts `[n, K, L, 2]`)."""
+        scaled = centres[:, :, None, :] / self.scale  # [n, K, L, 2]
+        corner = torch.floor(scaled)
         start = corner.long() - self.radius
-        xs = start[..., 0, None] + steps  # [n, K, 2r+2]
-        ys = start[..., 1, None] + steps
-        # a column or row outside the level adds `pixels`, so its whole line clamps to the zero entry
-        xs = torch.where((xs >= 0) & (xs < self.width), xs, self.pixels)
+        xs = start[..., 0, None] + self.steps  # [n, K, L, 2r+2]
+        ys = start[..., 1, None] + self.steps
+        # a column or row outside its level adds `pixels`, so its whole line clamps to the zero entry
+        zero_entry = self.start[..., 0] + self.pixels  # [L, 1]
+        xs = torch.where((xs >= 0) & (xs < self.width), xs + self.start[..., 0], zero_entry)
         ys = torch.where((ys >= 0) & (ys < self.height), ys * self.width, self.pixels)
-        index = (xs[..., :, None] + ys[..., None, :]).clamp_max_(self.pixels)
-        return index.flatten(2), centres - corner
+        index = xs[..., :, None] + ys[..., None, :]  # [n, K, L, x, y]
+        index = torch.minimum(index, zero_entry[..., None], out=index)
+        return index.flatten(3), scaled - corner
 
     def interpolate(self, grid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-        """Correlations `[n, K, (2r+2)^2]` at `index` -> windows `[n, K, (2r+1)^2]`, channel
-        `a * (2r+1) + b` (a: x offset, b: y offset)."""
-        n, k = grid.shape[:2]
+        """Correlations `[n, K, L, (2r+2)^2]` at `index` -> windows `[n, K, L * (2r+1)^2]`, levels
+        in order, channel `a * (2r+1) + b` within a level (a: x offset, b: y offset)."""
+        n, k, levels = grid.shape[:3]
         side = 2 * self.radius + 1
-        grid = grid.reshape(n, k, side + 1, side + 1)  # [n, K, x, y]
+        grid = grid.reshape(n, k, levels, side + 1, side + 1)  # [n, K, L, x, y]
         fx, fy = frac[..., 0, None, None], frac[..., 1, None, None]
-        along_y = torch.lerp(grid[..., :-1], grid[..., 1:], fy)  # [n, K, side+1, side]
-        return torch.lerp(along_y[:, :, :-1], along_y[:, :, 1:], fx).reshape(n, k, side * side)
+        along_y = torch.lerp(grid[..., :-1], grid[..., 1:], fy)  # [n, K, L, side+1, side]
+        window = torch.lerp(along_y[..., :-1, :], along_y[..., 1:, :], fx)  # [n, K, L, side, side]
+        return window.reshape(n, k, levels * side * side)
 
 
 class CorrBlock:
     """Correlation pyramid of two feature maps, looked up around coordinate fields.
 
-    Levels from `dense_from_level` on are precomputed volumes, one row per query pixel;
-    finer levels are computed on the fly from average-pooled image-2 features (pooling
-    commutes with the dot product, so the values are the same), `chunk_elements` bounding
-    the memory a lookup takes. `dense_from_level=0` is the reference pyramid; 1 drops its
-    largest volume (for high resolutions); `num_levels` keeps no volume at all
+    Levels from `dense_from_level` on are precomputed, one row per query pixel holding all
+    of them; finer levels are computed on the fly from average-pooled image-2 features
+    (pooling commutes with the dot product, so the values are the same), `chunk_elements`
+    bounding the memory a lookup takes. `dense_from_level=0` is the reference pyramid; 1
+    drops its largest volume (for high resolutions); `num_levels` keeps no volume at all
     (memory-bounded mode). Lookups gather the integer pixels around each window and
     interpolate them (`WindowGrid`).
     """
@@ -118,8 +134,7 @@ class CorrBlock:
         self.shape = (batch, height, width)
         self.chunk_elements = chunk_elements
         self.dense_from_level = dense_from_level
-        self.grids = [WindowGrid(radius=radius, height=height // 2 ** level, width=width // 2 ** level)
-                      for level in range(num_levels)]
+        sizes = [(height // 2 ** level, width // 2 ** level) for level in range(num_levels)]
         pooled = [fmap2]
         for _ in range(num_levels - 1):
             pooled.append(F.avg_pool2d(pooled[-1], 2, stride=2))
@@ -127,39 +142,46 @@ class CorrBlock:
         # On-the-fly levels: image-2 features as rows [B, h_l*w_l + 1, D], the last one zero.
         self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1)
                          for p in pooled[:dense_from_level]]
-        # Dense levels [B, h*w, h_l*w_l + 1] (last column zero), filled a block of query pixels
-        # at a time: the extra column never costs a second copy of a volume.
-        self.volumes = [fmap1.new_empty(batch, height * width, self.grids[level].pixels + 1)
-                        for level in range(dense_from_level, num_levels)]
-        if self.volumes:
+        self.level_grids = [WindowGrid(radius=radius, sizes=[sizes[level]], scales=[2 ** level], device=fmap1.device)
+                            for level in range(dense_from_level)]
+        self.dense_grid = None
+        if dense_from_level < num_levels:
+            levels = range(dense_from_level, num_levels)
+            self.dense_grid = WindowGrid(radius=radius, sizes=[sizes[level] for level in levels],
+                                         scales=[2 ** level for level in levels], device=fmap1.device)
+            # [B, h*w, row_length]: every dense level of a query pixel side by side, each followed
+            # by its zero entry; filled a block of query pixels at a time (no second copy).
+            self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length)
             first = pooled[dense_from_level]
-            chunk = max(1, chunk_elements // self.grids[dense_from_level].pixels)
-            for start in range(0, height * width, chunk):
-                rows = slice(start, start + chunk)
+            starts = self.dense_grid.start.flatten().tolist()
+            chunk = max(1, chunk_elements // (first.shape[-2] * first.shape[-1]))
+            for begin in range(0, height * width, chunk):
+                rows = slice(begin, begin + chunk)
                 corr = torch.matmul(self.fmap1[:, rows], first.flatten(2))  # [B, n, h_l*w_l]
                 level_map = corr.view(-1, 1, *first.shape[-2:])  # [B*n, 1, h_l, w_l]
-                for offset, volume in enumerate(self.volumes):
+                for offset, level in enumerate(levels):
                     if offset:
                         level_map = F.avg_pool2d(level_map, 2, stride=2)
-                    volume[:, rows, :-1] = level_map.view(batch, -1, volume.shape[-1] - 1)
-            for volume in self.volumes:
-                volume[:, :, -1] = 0.0
+                    pixels = sizes[level][0] * sizes[level][1]
+                    self.volume[:, rows, starts[offset]:starts[offset] + pixels] = level_map.view(batch, -1, pixels)
+            for offset, level in enumerate(levels):
+                self.volume[:, :, starts[offset] + sizes[level][0] * sizes[level][1]] = 0.0
 
     @property
     def out_channels(self) -> int:
         return self.num_levels * (2 * self.radius + 1) ** 2
 
-    def _level_windows(self, level: int, centres: torch.Tensor) -> torch.Tensor:
-        """`[B, h*w, K, 2]` centres at level 0 -> `[B, h*w, K, (2r+1)**2]` windows of `level`."""
+    def _windows(self, centres: torch.Tensor, level: int | None) -> torch.Tensor:
+        """`[B, h*w, K, 2]` centres at level 0 -> `[B, h*w, K, C]` windows of one on-the-fly
+        `level`, or of all dense levels (`level=None`)."""
         batch, queries, k, _ = centres.shape
-        grid = self.grids[level]
-        corners = k * (2 * self.radius + 2) ** 2  # integer pixels gathered per query
-        dense = level >= self.dense_from_level
-        whole_rows = not dense and _correlates_whole_rows(grid.height * grid.width, k)
-        if dense:
+        grid = self.dense_grid if level is None else self.level_grids[level]
+        corners = k * grid.levels * (2 * self.radius + 2) ** 2  # integer pixels gathered per query
+        whole_rows = level is not None and _correlates_whole_rows(grid.row_length - 1, k)
+        if level is None:
             per_query = corners
         elif whole_rows:
-            per_query = grid.pixels + 1 + corners  # a row of correlations and its windows
+            per_query = grid.row_length + corners  # a row of correlations and its windows
         else:
             per_query = corners * self.fmap1.shape[-1]  # the window pixels' features
         chunk = max(1, self.chunk_elements // per_query)
@@ -167,28 +189,31 @@ class CorrBlock:
         for b in range(batch):
             for start in range(0, queries, chunk):
                 rows = slice(start, start + chunk)
-                index, frac = grid.index(centres[b, rows] / 2 ** level)  # [n, K, corners/K]
+                index, frac = grid.index(centres[b, rows])  # [n, K, L, (2r+2)^2]
                 n = index.shape[0]
-                if dense:
-                    values = torch.gather(self.volumes[level - self.dense_from_level][b, rows], 1, index.reshape(n, -1))
+                if level is None:
+                    values = torch.gather(self.volume[b, rows], 1, index.reshape(n, -1))
                 elif whole_rows:
                     values = torch.gather(self.fmap1[b, rows] @ self.features[level][b].T, 1, index.reshape(n, -1))
                 else:
                     gathered = self.features[level][b][index.reshape(-1)].reshape(n, corners, -1)  # [n, corners, D]
                     values = torch.bmm(gathered, self.fmap1[b, rows, :, None])
-                windows.append(grid.interpolate(values.reshape(n, k, -1), frac))
-        return torch.cat(windows).reshape(batch, queries, k, -1)
+                windows.append(grid.interpolate(values.reshape(index.shape), frac))
+        windows = windows[0] if len(windows) == 1 else torch.cat(windows)
+        return windows.reshape(batch, queries, k, -1)
 
     def __call__(self, coords: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Look up `[B, 2, h, w]` coordinates -> `[B, out_channels, h, w]` float32.
 
-        Given a list of coordinate fields, looks them all up in one pass per level and
-        returns a list (the decoder heads share the pyramid).
+        Given a list of coordinate fields, looks them all up in one pass and returns a list
+        (the decoder heads share the pyramid).
         """
         fields = [coords] if isinstance(coords, torch.Tensor) else list(coords)
         batch, height, width = self.shape
         centres = _centres(fields).float()  # [B, h*w, K, 2]
-        levels = [self._level_windows(level, centres) for level in range(self.num_levels)]
-        out = torch.cat(levels, dim=-1)  # [B, h*w, K, out_channels]
+        levels = [self._windows(centres, level) for level in range(self.dense_from_level)]
+        if self.dense_grid is not None:
+            levels.append(self._windows(centres, None))
+        out = levels[0] if len(levels) == 1 else torch.cat(levels, dim=-1)  # [B, h*w, K, out_channels]
         results = _as_fields(out, batch, height, width)
         return results[0] if isinstance(coords, torch.Tensor) else results
