@@ -195,11 +195,14 @@ class DecFlow(nn.Module):
             if init is not None and init.shape != coords0.shape:
                 raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
                                  f"got {tuple(init.shape)}")
-        inits = [None, None] if flow_init is None else (
-            list(flow_init) if isinstance(flow_init, (tuple, list)) else [flow_init, flow_init])
-        start = [coords0 if init is None else (coords0 + init).contiguous(memory_format=torch.channels_last)
-                 for init in {id(init): init for init in inits}.values()]  # one per distinct init
-        coords = [start[0], start[-1]]  # per decoder, float32
+        facial_init, head_init = flow_init if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
+
+        def start_from(init: torch.Tensor | None) -> torch.Tensor:
+            return coords0 if init is None else (coords0 + init).contiguous(memory_format=torch.channels_last)
+
+        # per decoder, float32; a shared start is one tensor (one lookup serves both decoders)
+        coords = [start_from(facial_init)]
+        coords.append(coords[0] if head_init is facial_init else start_from(head_init))
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence: weights are cast once per forward.
         with self._autocast(device):
