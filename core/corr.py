@@ -68,34 +68,33 @@ class WindowGrid:
     def __init__(self, *, radius: int, sizes: Sequence[tuple[int, int]], scales: Sequence[int],
                  device: torch.device | None = None) -> None:
         self.radius = radius
-        pixels = [height * width for height, width in sizes]
-        starts = [sum(p + 1 for p in pixels[:i]) for i in range(len(sizes))]
-        self.row_length = sum(p + 1 for p in pixels)  # of a row holding every level
-        as_tensor = lambda values: torch.tensor(values, device=device)  # noqa: E731
-        self.scale = as_tensor([float(s) for s in scales])[:, None]  # [L, 1]
-        # [L, 1] each, to broadcast over the (2r+2) pixel steps
-        self.height, self.width = as_tensor([h for h, _ in sizes])[:, None], as_tensor([w for _, w in sizes])[:, None]
-        self.pixels, self.start = as_tensor(pixels)[:, None], as_tensor(starts)[:, None, None]
-        self.steps = torch.arange(2 * radius + 2, device=device)
+        self.pixels = [height * width for height, width in sizes]  # per level
+        self.starts = [sum(p + 1 for p in self.pixels[:i]) for i in range(len(sizes))]  # of each level in a row
+        self.zero_entries = [start + p for start, p in zip(self.starts, self.pixels)]
+        self.row_length = self.zero_entries[-1] + 1  # of a row holding every level
+        as_column = lambda values: torch.tensor(values, device=device)[:, None]  # noqa: E731  [L, 1]
+        self._scale = as_column([float(s) for s in scales])
+        self._height, self._width = as_column([h for h, _ in sizes]), as_column([w for _, w in sizes])
+        self._pixels, self._start, self._zero_entry = map(as_column, (self.pixels, self.starts, self.zero_entries))
+        self._steps = torch.arange(2 * radius + 2, device=device)
 
     @property
     def levels(self) -> int:
-        return self.scale.shape[0]
+        return len(self.pixels)
 
     def index(self, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """centres `[n, K, 2]` (x, y) in level-0 pixels -> (index `[n, K, L, (2r+2)^2]` of the
         window pixels in a row of all levels, x-major; fractional parts `[n, K, L, 2]`)."""
-        scaled = centres[:, :, None, :] / self.scale  # [n, K, L, 2]
+        scaled = centres[:, :, None, :] / self._scale  # [n, K, L, 2]
         corner = torch.floor(scaled)
         start = corner.long() - self.radius
-        xs = start[..., 0, None] + self.steps  # [n, K, L, 2r+2]
-        ys = start[..., 1, None] + self.steps
+        xs = start[..., 0, None] + self._steps  # [n, K, L, 2r+2]
+        ys = start[..., 1, None] + self._steps
         # a column or row outside its level adds `pixels`, so its whole line clamps to the zero entry
-        zero_entry = self.start[..., 0] + self.pixels  # [L, 1]
-        xs = torch.where((xs >= 0) & (xs < self.width), xs + self.start[..., 0], zero_entry)
-        ys = torch.where((ys >= 0) & (ys < self.height), ys * self.width, self.pixels)
+        xs = torch.where((xs >= 0) & (xs < self._width), xs + self._start, self._zero_entry)
+        ys = torch.where((ys >= 0) & (ys < self._height), ys * self._width, self._pixels)
         index = xs[..., :, None] + ys[..., None, :]  # [n, K, L, x, y]
-        index = torch.minimum(index, zero_entry[..., None], out=index)
+        index = torch.minimum(index, self._zero_entry[..., None], out=index)
         return index.flatten(3), scaled - corner
 
     def interpolate(self, grid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -153,19 +152,17 @@ class CorrBlock:
             # by its zero entry; filled a block of query pixels at a time (no second copy).
             self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length)
             first = pooled[dense_from_level]
-            starts = self.dense_grid.start.flatten().tolist()
-            chunk = max(1, chunk_elements // (first.shape[-2] * first.shape[-1]))
+            grid = self.dense_grid
+            chunk = max(1, chunk_elements // grid.pixels[0])
             for begin in range(0, height * width, chunk):
                 rows = slice(begin, begin + chunk)
                 corr = torch.matmul(self.fmap1[:, rows], first.flatten(2))  # [B, n, h_l*w_l]
                 level_map = corr.view(-1, 1, *first.shape[-2:])  # [B*n, 1, h_l, w_l]
-                for offset, level in enumerate(levels):
+                for offset, (start, pixels) in enumerate(zip(grid.starts, grid.pixels)):
                     if offset:
                         level_map = F.avg_pool2d(level_map, 2, stride=2)
-                    pixels = sizes[level][0] * sizes[level][1]
-                    self.volume[:, rows, starts[offset]:starts[offset] + pixels] = level_map.view(batch, -1, pixels)
-            for offset, level in enumerate(levels):
-                self.volume[:, :, starts[offset] + sizes[level][0] * sizes[level][1]] = 0.0
+                    self.volume[:, rows, start:start + pixels] = level_map.view(batch, -1, pixels)
+            self.volume[:, :, grid.zero_entries] = 0.0
 
     @property
     def out_channels(self) -> int:
@@ -177,7 +174,7 @@ class CorrBlock:
         batch, queries, k, _ = centres.shape
         grid = self.dense_grid if level is None else self.level_grids[level]
         corners = k * grid.levels * (2 * self.radius + 2) ** 2  # integer pixels gathered per query
-        whole_rows = level is not None and _correlates_whole_rows(grid.row_length - 1, k)
+        whole_rows = level is not None and _correlates_whole_rows(grid.pixels[0], k)
         if level is None:
             per_query = corners
         elif whole_rows:
