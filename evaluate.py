@@ -135,19 +135,14 @@ def precision_name(mixed_precision: bool, device: torch.device) -> str:
 class DecFlowPredictor:
     """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad.
 
-    The model must already be on `device` and in eval mode. `mixed_precision` (if not
-    None) overrides the model's own setting for the duration of each call.
+    The model must already be on `device` and in eval mode; it runs in its own precision.
     """
 
     def __init__(self, model: torch.nn.Module, *, iters: int = DEFAULT_ITERS, device: torch.device | str = "cpu",
-                 mixed_precision: bool | None = None, pad_mode: str = "exp") -> None:
-        from core.checkpoint import unwrap
-
+                 pad_mode: str = "exp") -> None:
         self.model = model
-        self.core = unwrap(model)
         self.iters = iters
         self.device = torch.device(device)
-        self.mixed_precision = mixed_precision
         self.pad_mode = pad_mode
 
     @torch.inference_mode()
@@ -159,13 +154,7 @@ class DecFlowPredictor:
         # reference's "exp" padding is unchanged for them
         padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1[None].to(self.device), image2[None].to(self.device))
-        saved = self.core.mixed_precision
-        if self.mixed_precision is not None:
-            self.core.mixed_precision = self.mixed_precision
-        try:
-            output = self.model(image1, image2, iters=self.iters, test_mode=True)
-        finally:
-            self.core.mixed_precision = saved
+        output = self.model(image1, image2, iters=self.iters, test_mode=True)
         return padder.unpad(output.facial[0]).float(), padder.unpad(output.head[0]).float()
 
 
@@ -296,26 +285,24 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
 
 
 def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = DEFAULT_ITERS,
-                        device: torch.device | str | None = None, mixed_precision: bool | None = None,
-                        pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
+                        device: torch.device | str | None = None, pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
                         ) -> dict[str, Any]:
     """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.
 
-    Puts the model in eval mode for the evaluation and restores its previous mode
-    afterwards. `device` defaults to the device of the model's parameters;
-    `mixed_precision=None` keeps the model's own setting. See `evaluate_predictor` for the
-    returned dict.
+    Puts the model in eval mode for the evaluation and restores every module's previous
+    mode afterwards (so BatchNorm layers frozen in training stay frozen). `device` defaults
+    to the device of the model's parameters. See `evaluate_predictor` for the returned dict.
     """
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        predictor = DecFlowPredictor(model, iters=iters, device=device, mixed_precision=mixed_precision,
-                                     pad_mode=pad_mode)
+        predictor = DecFlowPredictor(model, iters=iters, device=device, pad_mode=pad_mode)
         return evaluate_predictor(predictor, dataset, max_pairs=max_pairs, progress=progress)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 # --------------------------------------------------------------------------- reporting

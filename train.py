@@ -35,8 +35,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils import data
 
-from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, read_state_dict,
-                             reference_state_dict, save_checkpoint, unwrap)
+from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, reference_state_dict,
+                             save_checkpoint, strip_data_parallel_prefix, unwrap)
 from core.loss import sequence_loss
 from core.network import DecFlow
 
@@ -304,17 +304,16 @@ def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device
     indices = list(range(len(dataset)))
     if max_pairs is not None and max_pairs < len(indices):
         indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, max_pairs).round()})
-    kinds = {"facial": "facial", "head": "head", "expression": "expression", "ffn_protocol": "ffn"}
+    kinds = (("facial", "facial"), ("head", "head"), ("expression", "expression"), ("ffn_protocol", "ffn"))
     metrics = ("epe", "1px", "3px", "5px")
     sums = torch.zeros(len(kinds) * (len(metrics) + 1), dtype=torch.float64)
     mine = indices[rank::world_size]
     if mine:
         results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device)
-        for k, kind in enumerate(kinds):
+        for k, (kind, _) in enumerate(kinds):
             block = results.get(kind)
             if block:  # None: no pair with a face mask
-                pairs = results.get("scored_pairs", {}).get(kind,
-                                                            results["pairs"] - results.get("pairs_without_mask", 0))
+                pairs = results["scored_pairs"][kind]
                 base = k * (len(metrics) + 1)
                 sums[base:base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
                 sums[base + len(metrics)] = pairs
@@ -323,7 +322,7 @@ def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device
         dist.all_reduce(sums)
         sums = sums.cpu()
     out = {}
-    for k, prefix in enumerate(kinds.values()):
+    for k, (_, prefix) in enumerate(kinds):
         base = k * (len(metrics) + 1)
         count = sums[base + len(metrics)].item()
         for m, name in enumerate(metrics):
@@ -584,7 +583,7 @@ def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int,
     seed_everything(args.seed)
     model = build_model(args)
     if state is not None:
-        model.load_state_dict(read_state_dict(resume_path), strict=True)
+        model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
         log(f"resuming {resume_path} at step {start_step}")
     else:
         if args.resume == "auto":
@@ -745,8 +744,6 @@ def run_validation(model, args, *, step: int, device, rank: int, world_size: int
             log.scalars("val", step, results)
             log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
                 + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-    if args.freeze_bn:
-        set_bn_eval(unwrap(model))
     return results
 
 

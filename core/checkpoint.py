@@ -69,7 +69,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj["model"]  # a training-state file written by train.py
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    return {k[len(DATA_PARALLEL_PREFIX):] if k.startswith(DATA_PARALLEL_PREFIX) else k: v for k, v in obj.items()}
+    return strip_data_parallel_prefix(obj)
+
+
+def strip_data_parallel_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys without the `module.` prefix that (Distributed)DataParallel checkpoints carry."""
+    return {k[len(DATA_PARALLEL_PREFIX):] if k.startswith(DATA_PARALLEL_PREFIX) else k: v for k, v in state.items()}
 
 
 def _count_by_group(keys) -> dict[str, int]:
@@ -181,7 +186,7 @@ def _semantic_key_from_pytorchcv(key: str) -> str | None:
 def semantic_state_from_resnet50(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Convert ResNet-50 ImageNet weights (torchvision, pytorchcv or DecFlow naming) to
     `dad_encoder` keys (without the `dad_encoder.` prefix)."""
-    state = {k[len(DATA_PARALLEL_PREFIX):] if k.startswith(DATA_PARALLEL_PREFIX) else k: v for k, v in state.items()}
+    state = strip_data_parallel_prefix(state)
     if "conv1.weight" in state:
         convert = _semantic_key_from_torchvision
     elif "features.init_block.conv.conv.weight" in state:
