@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,7 @@ def strip_data_parallel_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, t
 
 
 def _count_by_group(keys) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for key in keys:
-        counts[key_group(key)] = counts.get(key_group(key), 0) + 1
-    return counts
+    return dict(Counter(map(key_group, keys)))  # groups in first-seen order
 
 
 def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True,
@@ -217,7 +215,7 @@ def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = 
     encoder = unwrap(model).dad_encoder
     if weights is not None:
         source = str(weights)
-        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
+        state = read_state_dict(weights)
     else:
         from torchvision.models import ResNet50_Weights
 
@@ -225,7 +223,7 @@ def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = 
         cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url)
         if cached.is_file():
             source = str(cached)
-            state = torch.load(cached, map_location="cpu", weights_only=True)
+            state = read_state_dict(cached)
         elif allow_download:
             source = entry.url
             state = entry.get_state_dict(progress=True)
