@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-METRIC_KEYS = ("epe", "1px", "3px", "5px")
-THRESHOLDS = (("1px", 1.0), ("3px", 3.0), ("5px", 5.0))
+from core.loss import THRESHOLDS, endpoint_metrics
+
+METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
 METHODS = ("decflow", "zero", "dis", "farneback")
 DATASETS = ("facialflow",)
@@ -74,11 +75,7 @@ def masked_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> 
     selected = mask.to(pred.device) != 0
     if not bool(selected.any()):
         return None
-    epe = endpoint_error(pred, gt)[selected]
-    metrics = {"epe": float(epe.mean())}
-    for name, threshold in THRESHOLDS:
-        metrics[name] = float((epe < threshold).float().mean())
-    return metrics
+    return endpoint_metrics(endpoint_error(pred, gt)[selected])
 
 
 def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
@@ -92,10 +89,7 @@ def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tenso
     if count == 0:
         return None
     epe = endpoint_error(pred, gt)
-    metrics = {"epe": float(epe.sum()) / count}
-    for name, threshold in THRESHOLDS:
-        metrics[name] = float((epe < threshold).sum()) / count
-    return metrics
+    return {"epe": float(epe.sum()) / count, **{f"{t}px": float((epe < t).sum()) / count for t in THRESHOLDS}}
 
 
 def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | None:

@@ -47,10 +47,13 @@ def epe_metrics(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, p
     epe = (pred - target).square().sum(dim=1).sqrt()[valid]
     if epe.numel() == 0:
         return {f"{prefix}_epe": float("nan"), **{f"{prefix}_{t}px": float("nan") for t in THRESHOLDS}}
-    metrics = {f"{prefix}_epe": epe.mean().item()}
-    for threshold in THRESHOLDS:
-        metrics[f"{prefix}_{threshold}px"] = (epe < threshold).float().mean().item()
-    return metrics
+    return {f"{prefix}_{name}": value for name, value in endpoint_metrics(epe).items()}
+
+
+def endpoint_metrics(epe: torch.Tensor) -> dict[str, float]:
+    """Mean of per-pixel end-point errors `epe` (non-empty) and the shares under 1/3/5 px
+    (keys `epe`, `1px`, `3px`, `5px`)."""
+    return {"epe": epe.mean().item(), **{f"{t}px": (epe < t).float().mean().item() for t in THRESHOLDS}}
 
 
 def sequence_loss(facial_preds: Sequence[torch.Tensor], head_preds: Sequence[torch.Tensor],
