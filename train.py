@@ -27,7 +27,6 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -268,13 +267,10 @@ class SeededSamples(data.Dataset):
 
 def build_train_loader(args: argparse.Namespace, *, per_process_batch: int, rank: int, world_size: int,
                        start_step: int) -> data.DataLoader:
-    from core.datasets import fetch_dataloader, seed_worker
+    from core.datasets import default_num_workers, seed_worker, training_dataset
 
-    # fetch_dataloader builds the augmented dataset (and checks it); the sampling is ours.
-    config = SimpleNamespace(stage=args.stage, image_size=list(args.image_size), root=args.root,
-                             batch_size=per_process_batch, num_workers=0, distributed=False)
-    dataset = fetch_dataloader(config).dataset
-    num_workers = args.num_workers if args.num_workers is not None else min(os.cpu_count() or 1, 8)
+    dataset = training_dataset(args.stage, args.image_size, batch_size=per_process_batch, root=args.root)
+    num_workers = args.num_workers if args.num_workers is not None else default_num_workers()
     sampler = ResumableSampler(len(dataset), per_process_batch, seed=args.seed, rank=rank,
                                world_size=world_size, start_batch=start_step)
     return data.DataLoader(SeededSamples(dataset), batch_size=per_process_batch, sampler=sampler,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -249,6 +250,29 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def default_num_workers() -> int:
+    """Loader worker processes when none are asked for: one per CPU, at most 8."""
+    return min(os.cpu_count() or 1, 8)
+
+
+def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int,
+                     root: str | None = None) -> FacialFlow:
+    """The augmented training split of ``stage`` (only ``"facialflow"``) with ``image_size``
+    crops ``[H, W]``; an error unless it holds at least one full batch."""
+    if stage != "facialflow":
+        raise ValueError(f"unknown training stage {stage!r} (supported: 'facialflow')")
+    aug_params = {"crop_size": list(image_size), "min_scale": -0.2, "max_scale": 0.6, "do_flip": True}
+    root = root or "datasets/FacialFlowNet"
+    dataset = FacialFlow(aug_params, split="train", dataset_root=root)
+    if len(dataset) < batch_size:
+        raise ValueError(
+            f"{root}: {len(dataset)} training pairs, fewer than the batch size {batch_size} "
+            "(batches are dropped when incomplete)"
+        )
+    logger.info("Training with %d image pairs from %s", len(dataset), root)
+    return dataset
+
+
 def fetch_dataloader(args: Any) -> data.DataLoader:
     """Build the training loader for ``args.stage``.
 
@@ -258,20 +282,11 @@ def fetch_dataloader(args: Any) -> data.DataLoader:
     and ``args.distributed`` (use a ``DistributedSampler``; the process group must be
     initialised and the caller should call ``loader.sampler.set_epoch``).
     """
-    if args.stage != "facialflow":
-        raise ValueError(f"unknown training stage {args.stage!r} (supported: 'facialflow')")
-    aug_params = {"crop_size": args.image_size, "min_scale": -0.2, "max_scale": 0.6, "do_flip": True}
-    root = getattr(args, "root", None) or "datasets/FacialFlowNet"
-    dataset = FacialFlow(aug_params, split="train", dataset_root=root)
-    if len(dataset) < args.batch_size:
-        raise ValueError(
-            f"{root}: {len(dataset)} training pairs, fewer than the batch size {args.batch_size} "
-            "(batches are dropped when incomplete)"
-        )
-
+    dataset = training_dataset(args.stage, args.image_size, batch_size=args.batch_size,
+                               root=getattr(args, "root", None))
     num_workers = getattr(args, "num_workers", None)
     if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, 8)
+        num_workers = default_num_workers()
     sampler = (data.DistributedSampler(dataset, shuffle=True, seed=getattr(args, "seed", 0), drop_last=True)
                if getattr(args, "distributed", False) else None)
     loader = data.DataLoader(
@@ -285,5 +300,4 @@ def fetch_dataloader(args: Any) -> data.DataLoader:
         persistent_workers=num_workers > 0,
         worker_init_fn=seed_worker,
     )
-    logger.info("Training with %d image pairs from %s", len(dataset), root)
     return loader
