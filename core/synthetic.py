@@ -558,17 +558,18 @@ class SyntheticSubject:
         image = head[..., None] * rgb + (1.0 - head[..., None]) * bg
         return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8), head, face
 
-    def flows(self, t: int) -> tuple[Array, Array]:
+    def flows(self, t: int, on_head: Array | None = None) -> tuple[Array, Array]:
         """Exact facial and head flow from frame ``t`` to ``t + 1`` (float32 ``[H, W, 2]``).
 
         Head pixels of frame ``t`` (head coverage >= 0.5) follow their texture point
         (facial) or their deformed canonical point (head); other pixels move with the
-        background.
+        background. ``on_head``: that coverage test if the caller has rendered frame ``t``.
         """
         px, py = self.pixel_grid()
         dx, dy = self.canonical_point(t, px, py)
         tx, ty = self.expression.backward(dx, dy, t)
-        on_head = self.texture.sample(tx, ty)[1] >= 0.5
+        if on_head is None:
+            on_head = self.texture.sample(tx, ty)[1] >= 0.5
         sx0, sy0 = self.background_shift(t)
         sx1, sy1 = self.background_shift(t + 1)
         flow_f = np.empty((*self.size, 2), np.float64)
@@ -592,12 +593,12 @@ def render_sequence(size: tuple[int, int], frames: int, seed: int | Sequence[int
     subject = SyntheticSubject.random(size, seed, emotion)
     seq = SyntheticSequence([], [], [], [], [])
     for t in range(frames):
-        image, _, face = subject.render(t)
+        image, head, face = subject.render(t)
         seq.facial_frames.append(image)
         seq.head_frames.append(subject.render(t, expression_frame=0)[0])
         seq.masks.append(face >= 0.5)
         if t + 1 < frames:
-            flow_f, flow_h = subject.flows(t)
+            flow_f, flow_h = subject.flows(t, on_head=head >= 0.5)
             seq.flows_facial.append(flow_f)
             seq.flows_head.append(flow_h)
     return seq
