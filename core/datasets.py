@@ -34,6 +34,8 @@ from core.utils import frame_utils
 from core.utils.augmentor import FacialFlowAugmentor
 
 logger = logging.getLogger(__name__)
+# Label folders of a split, by name: <root>/<folder>/<split>/<emotion>/<subject>/
+LABEL_FOLDERS = {"flow/facial": Path("flow", "facial"), "flow/head": Path("flow", "head"), "mask": Path("mask")}
 
 #: Flow magnitude (per component) at or above which a pixel is invalid, as in the reference.
 VALID_FLOW_LIMIT = 1000.0
@@ -136,7 +138,7 @@ class FacialFlow(data.Dataset):
         self.mask_list: list[Path] = []
         self.extra_info: list[SampleInfo] = []
 
-        image_root = self.root / "image" / "facial" / split
+        self.image_root = image_root = self.root / "image" / "facial" / split
         layout = EXPECTED_LAYOUT.format(root=self.root, split=split)
         if not image_root.is_dir():
             raise ValueError(f"split folder {image_root} does not exist\n{layout}")
@@ -154,16 +156,11 @@ class FacialFlow(data.Dataset):
             raise ValueError(f"split folder {image_root} contains no <emotion>/<subject> sequences\n{layout}")
 
     def _label_dirs(self, emotion: str, subject: str) -> dict[str, Path]:
-        rel = Path(self.split) / emotion / subject
-        return {
-            "flow/facial": self.root / "flow" / "facial" / rel,
-            "flow/head": self.root / "flow" / "head" / rel,
-            "mask": self.root / "mask" / rel,
-        }
+        return {name: self.root / folder / self.split / emotion / subject for name, folder in LABEL_FOLDERS.items()}
 
     def _scan_sequence(self, emotion: str, subject: str) -> _Sequence:
         """List and verify the frames, flows and masks of one sequence."""
-        seq_dir = self.root / "image" / "facial" / self.split / emotion / subject
+        seq_dir = self.image_root / emotion / subject
         frames = _list_files(seq_dir, ".jpg")
         if len(frames) < 2:
             raise ValueError(f"sequence {seq_dir}: needs at least 2 .jpg frames, found {len(frames)}")
@@ -184,12 +181,8 @@ class FacialFlow(data.Dataset):
 
     def _check_no_orphan_sequences(self) -> None:
         """Raise if a label folder has a sequence without frames (e.g. a deleted image folder)."""
-        image_root = self.root / "image" / "facial" / self.split
-        for label_root in (
-            self.root / "flow" / "facial" / self.split,
-            self.root / "flow" / "head" / self.split,
-            self.root / "mask" / self.split,
-        ):
+        image_root = self.image_root
+        for label_root in (self.root / folder / self.split for folder in LABEL_FOLDERS.values()):
             if not label_root.is_dir():
                 continue
             for emotion in _list_dirs(label_root):
@@ -231,16 +224,20 @@ class FacialFlow(data.Dataset):
 
         img1_t = torch.from_numpy(img1).permute(2, 0, 1).float()
         img2_t = torch.from_numpy(img2).permute(2, 0, 1).float()
-        flow_facial_t = torch.from_numpy(flow_facial).permute(2, 0, 1).float()
-        flow_head_t = torch.from_numpy(flow_head).permute(2, 0, 1).float()
-        valid_facial = (flow_facial_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
-        valid_head = (flow_head_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
-        # Non-finite values are invalid pixels already; zeroing them keeps 0 * NaN out of
-        # losses and whole-image sums (finite values are left exactly as the reference has them).
-        flow_facial_t = torch.nan_to_num(flow_facial_t, nan=0.0, posinf=0.0, neginf=0.0)
-        flow_head_t = torch.nan_to_num(flow_head_t, nan=0.0, posinf=0.0, neginf=0.0)
+        flow_facial_t, valid_facial = _flow_and_valid(flow_facial)
+        flow_head_t, valid_head = _flow_and_valid(flow_head)
         mask_t = torch.from_numpy(mask).float()
         return img1_t, img2_t, flow_facial_t, flow_head_t, valid_facial, valid_head, mask_t
+
+
+def _flow_and_valid(flow: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[H, W, 2]` flow -> (`[2, H, W]` float tensor, `[H, W]` validity: both components
+    below VALID_FLOW_LIMIT)."""
+    flow_t = torch.from_numpy(flow).permute(2, 0, 1).float()
+    valid = (flow_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
+    # Non-finite values are invalid pixels already; zeroing them keeps 0 * NaN out of
+    # losses and whole-image sums (finite values are left exactly as the reference has them).
+    return torch.nan_to_num(flow_t, nan=0.0, posinf=0.0, neginf=0.0), valid
 
 
 def seed_worker(worker_id: int) -> None:

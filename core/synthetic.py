@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from core.datasets import LABEL_FOLDERS
 from core.utils import frame_utils
 
 EMOTIONS = ("angry", "happy", "neutral", "sad", "surprise")
@@ -655,28 +656,20 @@ def subject_folder(subject: int) -> tuple[str, str]:
 def write_sequence(seq: SyntheticSequence, root: Path, split: str, emotion: str, subject: str) -> None:
     """Write one sequence into the FacialFlowNet layout under ``root``."""
     rel = Path(split) / emotion / subject
-    dirs = {
-        key: root / sub / rel
-        for key, sub in (
-            ("img_f", Path("image/facial")),
-            ("img_h", Path("image/head")),
-            ("flow_f", Path("flow/facial")),
-            ("flow_h", Path("flow/head")),
-            ("mask", Path("mask")),
-        )
-    }
+    folders = {"image/facial": Path("image", "facial"), "image/head": Path("image", "head"), **LABEL_FOLDERS}
+    dirs = {name: root / folder / rel for name, folder in folders.items()}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
     for i, (facial, head, mask) in enumerate(zip(seq.facial_frames, seq.head_frames, seq.masks)):
         stem = f"{i + 1:04d}"
-        for key, image in (("img_f", facial), ("img_h", head)):
+        for key, image in (("image/facial", facial), ("image/head", head)):
             if not cv2.imwrite(str(dirs[key] / f"{stem}.jpg"), image[:, :, ::-1], jpeg):
                 raise OSError(f"could not write {dirs[key] / f'{stem}.jpg'}")
         np.save(dirs["mask"] / f"{stem}.npy", mask)
         if i < len(seq.flows_facial):
-            frame_utils.write_flo(dirs["flow_f"] / f"{stem}.flo", seq.flows_facial[i])
-            frame_utils.write_flo(dirs["flow_h"] / f"{stem}.flo", seq.flows_head[i])
+            frame_utils.write_flo(dirs["flow/facial"] / f"{stem}.flo", seq.flows_facial[i])
+            frame_utils.write_flo(dirs["flow/head"] / f"{stem}.flo", seq.flows_head[i])
 
 
 def generate(
