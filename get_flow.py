@@ -44,17 +44,6 @@ def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: flo
     cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def shared_max_flow(*flows: np.ndarray) -> float:
-    """The largest finite flow magnitude among `[H, W, 2]` flows (1.0 if all are zero)."""
-    largest = 0.0
-    for flow in flows:
-        magnitude = np.sqrt(np.square(flow.astype(np.float64)).sum(axis=-1))
-        magnitude = magnitude[np.isfinite(magnitude)]
-        if magnitude.size:
-            largest = max(largest, float(magnitude.max()))
-    return largest if largest > 0 else 1.0
-
-
 def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, expression: np.ndarray, *,
                        max_flow: float | None = None, titles: tuple[str, ...] = PANEL_TITLES
                        ) -> tuple[np.ndarray, float]:
@@ -65,7 +54,7 @@ def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, 
     Returns the canvas (uint8 RGB, even height and width so it can go into an MP4) and the
     scale used.
     """
-    from core.utils.flow_viz import colour_wheel_legend, flow_to_image
+    from core.utils.flow_viz import colour_wheel_legend, flow_to_image, shared_max_flow
 
     height, width = image.shape[:2]
     scale = shared_max_flow(facial, head, expression) if max_flow is None else float(max_flow)

@@ -365,7 +365,7 @@ class RunLog:
     def flow_images(self, step: int, batch: tuple, facial_pred: torch.Tensor, head_pred: torch.Tensor) -> None:
         if not self.enabled:
             return
-        from core.utils.flow_viz import flow_to_image
+        from core.utils.flow_viz import flow_to_image, shared_max_flow
 
         _, _, flow_f, flow_h, *_ = batch
         pairs = {"facial": (facial_pred[0], flow_f[0]), "head": (head_pred[0], flow_h[0]),
@@ -373,7 +373,7 @@ class RunLog:
         for kind, (pred, gt) in pairs.items():
             pred = pred.detach().float().cpu().permute(1, 2, 0).numpy()
             gt = gt.detach().float().cpu().permute(1, 2, 0).numpy()
-            scale = float(np.sqrt((gt ** 2).sum(-1)).max()) or 1.0
+            scale = shared_max_flow(gt)
             image = np.concatenate([flow_to_image(pred, max_flow=scale), flow_to_image(gt, max_flow=scale)], axis=1)
             self.writer.add_image(f"flow/{kind} (prediction | ground truth)", image, step, dataformats="HWC")
 

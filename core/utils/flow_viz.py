@@ -46,6 +46,18 @@ def _flow_to_colour(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.floor(255.0 * colour).astype(np.uint8)
 
 
+def shared_max_flow(*flows: np.ndarray) -> float:
+    """The largest finite flow magnitude among `[H, W, 2]` flows (1.0 if all are zero): one
+    `max_flow` so that several flows are drawn on the same scale."""
+    largest = 0.0
+    for flow in flows:
+        magnitude = np.sqrt(np.square(flow.astype(np.float64)).sum(axis=-1))
+        magnitude = magnitude[np.isfinite(magnitude)]
+        if magnitude.size:
+            largest = max(largest, float(magnitude.max()))
+    return largest if largest > 0 else 1.0
+
+
 def flow_to_image(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
     """Convert a ``[H, W, 2]`` flow to a ``uint8`` ``[H, W, 3]`` RGB image.
 
