@@ -114,11 +114,12 @@ class Frame:
 
 
 class ImageFiles:
-    """Frames from a list of image files (a pair, or a sorted folder), read lazily."""
+    """Frames from a list of image files (a pair, or a sorted folder), read lazily unless given decoded."""
 
-    def __init__(self, paths: list[Path], role: str = "frame") -> None:
+    def __init__(self, paths: list[Path], role: str = "frame", decoded: list[np.ndarray] | None = None) -> None:
         self.paths = paths
         self.role = role
+        self.decoded = decoded  # images already read (and checked), in `paths` order
         self.pairs = len(paths) - 1
         self.fps = None
         self.video_name = None
@@ -126,7 +127,7 @@ class ImageFiles:
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
             role = f"image{i + 1}" if self.role == "pair" else self.role
-            yield Frame(path.stem, str(path), read_rgb(path, role))
+            yield Frame(path.stem, str(path), self.decoded[i] if self.decoded else read_rgb(path, role))
 
 
 class VideoFrames:
@@ -210,7 +211,7 @@ def select_source(args: argparse.Namespace):
             raise UserError(f"demo pair {paths[0]} / {paths[1]} missing: pass --image1/--image2, --frames or --video")
     first, second = (read_rgb(path, role) for path, role in zip(paths, ("image1", "image2")))
     check_same_size(str(paths[0]), first, str(paths[1]), second)  # before the model loads
-    return ImageFiles(paths, role="pair")
+    return ImageFiles(paths, role="pair", decoded=[first, second])
 
 
 def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray) -> None:
