@@ -3,12 +3,19 @@
 Weight files keep the authors' key layout (every key prefixed with `module.`, as their
 `nn.DataParallel` scripts save it), so files move freely between their code and ours.
 Everything is loaded with `torch.load(..., weights_only=True)`.
+
+The default weights file of the scripts is the first of DEFAULT_CHECKPOINTS that exists
+(`default_checkpoint()`): the authors' release, then stage 2 of the seed training.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -22,6 +29,12 @@ DATA_PARALLEL_PREFIX = "module."
 # Keys a checkpoint may lack without harm: the semantic encoder's stage 3 is never run,
 # `rel_ind` is a constant index table, and `num_batches_tracked` only counts batches.
 OPTIONAL_KEY_PATTERNS = (r"^dad_encoder\.model\.3\.", r"\.rel_ind$", r"\.num_batches_tracked$")
+
+# Default weights, relative to the current folder, in order of preference.
+RELEASE_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"  # the FacialFlowNet authors' release
+SEED_CHECKPOINT = "checkpoints/decflow.pth"  # stage 2 of the README's seed training commands
+DEFAULT_CHECKPOINTS = (RELEASE_CHECKPOINT, SEED_CHECKPOINT)
+CHECKPOINTS_README = "checkpoints/README.md"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -56,16 +69,74 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def default_checkpoint() -> Path:
+    """The first of DEFAULT_CHECKPOINTS that is a file (relative to the current folder).
+
+    FileNotFoundError, naming every candidate, when there is none.
+    """
+    for candidate in DEFAULT_CHECKPOINTS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError(f"no default checkpoint: neither {RELEASE_CHECKPOINT} (the authors' release) nor "
+                            f"{SEED_CHECKPOINT} (stage 2 of the seed training) exists; see {CHECKPOINTS_README}")
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: the legacy torch.save format
+
+
+def _format_problem(path: Path) -> str | None:
+    """Why `path` cannot be a torch.save file, judged from its bytes (None: it may be one)."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    if not head:
+        return f"{path}: not a PyTorch checkpoint (empty file)"
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            return f"{path}: damaged PyTorch checkpoint (truncated zip archive; incomplete download or copy?)"
+        return None
+    if head.startswith(PICKLE_MAGIC):
+        return None
+    return f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+def _load_problem(path: Path, error: Exception) -> str:
+    """One line on why torch.load(weights_only=True) failed (never advice to turn it off)."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = detail.split(" Please use ", 1)[0].strip()  # drop the allow-listing advice
+        if detail.startswith("Unsupported global"):
+            return (f"{path}: holds objects other than tensors and plain containers, which are not loaded "
+                    f"for safety ({detail})")
+        return f"{path}: not a PyTorch checkpoint (unreadable pickle data: {detail})"
+    if isinstance(error, EOFError):
+        return f"{path}: damaged PyTorch checkpoint (the data ends too early; incomplete download or copy?)"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    first = re.sub(r"^\[enforce fail at [^]]*\]\s*\.?\s*", "", lines[0]) if lines else ""
+    first = first.split(". ", 1)[0].rstrip(".") or type(error).__name__
+    if "archive is corrupted" in first:
+        return f"{path}: damaged PyTorch checkpoint ({first})"
+    return f"cannot read checkpoint {path}: {first}"
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a weights file (authors' format, ours, or a training-state file) as a plain
-    state dict without the `module.` prefix."""
+    state dict without the `module.` prefix.
+
+    FileNotFoundError when missing; ValueError (one line, naming the file) when it is not
+    a PyTorch checkpoint, is damaged, or holds something other than tensors.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = _format_problem(path)
+    if problem:
+        raise ValueError(problem)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        raise ValueError(_load_problem(path, error)) from error
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]  # a training-state file written by train.py
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -124,11 +195,42 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     return report
 
 
+class NoSpaceError(OSError):
+    """The disk filled up while a file was saved; the previous file (if any) is untouched."""
+
+    def __init__(self, path: Path, had_previous: bool) -> None:
+        kept = f"the previous {path} is intact" if had_previous else f"nothing was written to {path}"
+        super().__init__(f"no space left while writing {path}; {kept}")
+        self.errno = errno.ENOSPC
+        self.path = path
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """Whether `error` (or what it was raised from) says the disk is full.
+
+    torch.save's zip writer reports a short write as `RuntimeError: ... unexpected pos`.
+    """
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False
+
+
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the target folder, then rename: a crash never
-    leaves a half-written file under the final name."""
+    leaves a half-written file under the final name.
+
+    A full disk raises NoSpaceError (an OSError) after removing the temporary file; a
+    killed process may leave `.{name}.XXXXXXXX.tmp`, see `remove_stale_temporaries`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    had_previous = path.exists()
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -136,10 +238,32 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, (OSError, RuntimeError)) and _out_of_space(error):
+            raise NoSpaceError(path, had_previous) from error
         raise
+
+
+def stale_temporary_pattern(path: str | os.PathLike) -> re.Pattern:
+    """Names of the temporary files `atomic_save(obj, path)` creates (tempfile.mkstemp: 8 random characters)."""
+    return re.compile(rf"^\.{re.escape(Path(path).name)}\.[a-z0-9_]{{8}}\.tmp$")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the `.{name}.XXXXXXXX.tmp` files a killed `atomic_save(obj, path)` left next
+    to `path`; returns the files removed. Call it at start-up, when no save of `path` runs."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = stale_temporary_pattern(path)
+    removed = []
+    for candidate in sorted(path.parent.iterdir()):
+        if pattern.match(candidate.name) and candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
 
 
 def reference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,14 +1,19 @@
 """Checkpoint I/O: the authors' format both ways, GMA initialisation, ImageNet weights."""
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from core.checkpoint import (init_semantic_encoder, load_checkpoint, read_state_dict, save_checkpoint,
-                             semantic_state_from_resnet50)
+from core.checkpoint import (DEFAULT_CHECKPOINTS, NoSpaceError, atomic_save, default_checkpoint,
+                             init_semantic_encoder, load_checkpoint, read_state_dict, remove_stale_temporaries,
+                             save_checkpoint, semantic_state_from_resnet50)
 from core.network import DecFlow
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
@@ -21,8 +26,9 @@ def authors_file(tmp_path_factory):
 
 
 def _equal_to_authors(model: DecFlow) -> bool:
+    """Compared on the CPU: DataParallel moves its module to cuda:0 where CUDA is available."""
     expected = authors_state_dict(prefix="")
-    return all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    return all(torch.equal(v.cpu(), expected[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("prefix", ["module.", ""])
@@ -64,6 +70,108 @@ def test_missing_file_and_garbage_are_clear_errors(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pth"):
         load_checkpoint(DecFlow(), tmp_path / "garbage.pth")
+
+
+class NotATensor:
+    """A class torch.load(weights_only=True) refuses to unpickle."""
+
+
+def test_unreadable_files_say_what_they_are_without_unsafe_advice(tmp_path):
+    """Random bytes, a cut download, an empty file, a foreign pickle: one line naming the file,
+    never torch's advice to set weights_only=False."""
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.arange(5000.0)}, good)
+    data = good.read_bytes()
+    cases = {
+        "random.pth": (bytes(range(1, 256)) * 8, "random.pth: not a PyTorch checkpoint (neither a zip archive nor"),
+        "cut.pth": (data[:len(data) // 2], "cut.pth: damaged PyTorch checkpoint (truncated zip archive"),
+        "empty.pth": (b"", "empty.pth: not a PyTorch checkpoint (empty file)"),
+        "object.pth": (pickle.dumps({"w": NotATensor()}, protocol=2), "object.pth: holds objects other than tensors"),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError) as error:
+            read_state_dict(tmp_path / name)
+        message = str(error.value)
+        assert message.startswith(str(tmp_path / expected)), message
+        assert "weights_only" not in message and "\n" not in message
+    assert "NotATensor" in message  # the last case names what was refused
+
+
+def test_default_checkpoint_prefers_the_release_then_the_seed_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_CHECKPOINTS == ("checkpoints/decflow-facialflownet.pth", "checkpoints/decflow.pth")
+    with pytest.raises(FileNotFoundError) as error:
+        default_checkpoint()
+    assert all(name in str(error.value) for name in (*DEFAULT_CHECKPOINTS, "checkpoints/README.md"))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "decflow.pth").write_bytes(b"seed stage 2")
+    assert default_checkpoint() == Path("checkpoints/decflow.pth")
+    (tmp_path / "checkpoints" / "decflow-facialflownet.pth").write_bytes(b"release")
+    assert default_checkpoint() == Path("checkpoints/decflow-facialflownet.pth")
+
+
+def _fail_after_some_bytes(error: BaseException):
+    def save(obj, stream, *args, **kwargs):
+        stream.write(b"PK\x03\x04 partial data")
+        raise error
+    return save
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),  # torch's zip writer
+    OSError(errno.ENOSPC, "No space left on device"),
+])
+def test_disk_full_during_save_keeps_the_previous_file(tmp_path, monkeypatch, error):
+    target = tmp_path / "decflow.pth"
+    target.write_bytes(b"previous weights")
+    monkeypatch.setattr(torch, "save", _fail_after_some_bytes(error))
+    with pytest.raises(NoSpaceError) as raised:
+        atomic_save({"w": torch.zeros(3)}, target)
+    assert isinstance(raised.value, OSError) and raised.value.errno == errno.ENOSPC
+    assert str(raised.value) == f"no space left while writing {target}; the previous {target} is intact"
+    assert target.read_bytes() == b"previous weights"
+    assert os.listdir(tmp_path) == ["decflow.pth"]  # no temporary left behind
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_disk_full_with_the_real_writer(tmp_path, monkeypatch):
+    """torch.save itself writing to a full device (/dev/full) in place of the temporary file."""
+    real_fdopen = os.fdopen
+
+    def full_device(handle, mode):
+        os.close(handle)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
+
+    monkeypatch.setattr(os, "fdopen", full_device)
+    target = tmp_path / "new.pth"
+    with pytest.raises(NoSpaceError, match=f"no space left while writing {target}; nothing was written"):
+        atomic_save({"w": torch.zeros(100_000)}, target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_save_errors_pass_through_and_clean_up(tmp_path, monkeypatch):
+    target = tmp_path / "decflow.pth"
+    monkeypatch.setattr(torch, "save", _fail_after_some_bytes(RuntimeError("cannot pickle 'generator' object")))
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"w": torch.zeros(3)}, target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_remove_stale_temporaries_removes_only_the_leftovers_of_that_file(tmp_path):
+    target = tmp_path / "decflow.pth"
+    target.write_bytes(b"weights")
+    # what a save killed between mkstemp and os.replace leaves (same call as atomic_save)
+    handle, left = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=tmp_path)
+    os.close(handle)
+    keep = [".decflow.pth.x.tmp", ".decflow.pth.bak.pth.abcd1234.tmp", ".other.pth.abcd1234.tmp",
+            "decflow.pth.abcd1234.tmp", "decflow_state.pth"]
+    for name in keep:
+        (tmp_path / name).write_bytes(b"")
+    assert remove_stale_temporaries(target) == [Path(left)]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + ["decflow.pth"])
+    assert remove_stale_temporaries(target) == []
+    assert remove_stale_temporaries(tmp_path / "missing" / "decflow.pth") == []
 
 
 def test_gma_checkpoint_initialises_stage_one_non_strictly(tmp_path, capsys):
