@@ -11,10 +11,17 @@ Pair ``i`` of a sequence is (frame ``i``, frame ``i+1``) in sorted order, as in 
 reference; its facial flow, head flow and mask are the files with the stem of frame
 ``i`` (``0001.flo`` and ``0001.npy`` go with ``0001.jpg -> 0002.jpg``). A mask for the
 last frame is allowed and unused. Unlike the reference, which pairs files by sorted
-position only, every sequence is verified when the dataset is built: a missing
-folder, a missing or extra flow/mask, or a count mismatch raises ``ValueError``
-naming the sequence folder. ``image/head`` is not read (the reference does not use it
-for training).
+position only (so one missing file shifts every later label), every sequence is
+verified when the dataset is built; a missing folder, or a label file missing or
+named after no pair's first frame (e.g. ``0005.flo`` beside frames ``0001..0005``),
+raises ``ValueError`` naming the sequence and the file. Only a label folder in which
+no file is named after a frame (another naming scheme) is paired by sorted order,
+after checking its count; one warning per split says so. ``image/head`` is not read
+(the reference does not use it for training).
+
+Unlike the reference, a mask is binarised by value (``> 0.5`` for floats, ``!= 0``
+for integers), not cast to uint8, and non-finite ground truth is marked invalid and
+set to 0 (see :func:`nonfinite_ground_truth`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from core.utils.augmentor import FacialFlowAugmentor
 logger = logging.getLogger(__name__)
 # Label folders of a split, by name: <root>/<folder>/<split>/<emotion>/<subject>/
 LABEL_FOLDERS = {"flow/facial": Path("flow", "facial"), "flow/head": Path("flow", "head"), "mask": Path("mask")}
+LABEL_SUFFIXES = {"flow/facial": ".flo", "flow/head": ".flo", "mask": ".npy"}
 
 #: Flow magnitude (per component) at or above which a pixel is invalid, as in the reference.
 VALID_FLOW_LIMIT = 1000.0
@@ -61,6 +69,7 @@ class _Sequence(NamedTuple):
     flows_facial: list[Path]
     flows_head: list[Path]
     masks: list[Path]
+    renamed: list[tuple[Path, str]]  # (a label file, its frame) per folder paired by sorted order
 
 
 def _list_files(folder: Path, suffix: str) -> list[Path]:
@@ -73,35 +82,54 @@ def _list_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _match_labels(sequence: Path, folder: Path, files: list[Path], stems: list[str], suffix: str,
-                  allow_one_more: bool) -> list[Path]:
-    """Pair `files` with the frames whose stems are `stems` (frames 1..n-1 of the sequence).
+class _Pairing(NamedTuple):
+    """Label files of one folder in pair order; `renamed` gives an example (file, frame stem)
+    when they were paired by sorted order because no file is named after a frame."""
 
-    The counts must agree (n-1 files; one more allowed when `allow_one_more`), otherwise a
-    ValueError names the sequence and, where the names tell, what is missing or extra. With
-    the right count, files pair by sorted order as in the reference; names that differ from
-    the frames' only earn a warning, since the dataset may name its labels its own way.
+    files: list[Path]
+    renamed: tuple[str, str] | None
+
+
+def _label_mismatch(sequence: Path, folder: Path, suffix: str, frames: int, problems: list[str]) -> ValueError:
+    return ValueError(f"sequence {sequence}: {suffix} files in {folder} do not match its {frames} frames "
+                      f"({'; '.join(problems)})")
+
+
+def _match_labels(sequence: Path, folder: Path, files: list[Path], frame_stems: list[str], suffix: str,
+                  allow_one_more: bool) -> _Pairing:
+    """Pair `files` with frames 1..n-1 of a sequence whose frames have `frame_stems` (n stems).
+
+    When any file is named after a frame, every file must be: each of frames 1..n-1 needs
+    its file and no other name is allowed (except the last frame's when `allow_one_more`),
+    otherwise a ValueError names the sequence and the missing or stray files. When no file
+    is named after a frame (another naming scheme), files pair by sorted order as in the
+    reference, after checking their count (n-1, or n when `allow_one_more`).
     """
-    by_stem = {p.stem: p for p in files}
+    stems = frame_stems[:-1]
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:
+            raise _label_mismatch(sequence, folder, suffix, len(frame_stems),
+                                  [f"{by_stem[path.stem].name} and {path.name} both name frame {path.stem}"])
+        by_stem[path.stem] = path
+    allowed = set(frame_stems) if allow_one_more else set(stems)
+    if any(stem in frame_stems for stem in by_stem):
+        missing = [stem + suffix for stem in stems if stem not in by_stem]
+        stray = [path.name for path in files if path.stem not in allowed]
+        if missing or stray:
+            problems = [f"found {len(files)}"]
+            if missing:
+                problems.append(f"missing {', '.join(missing)}")
+            if stray:
+                problems.append(f"unexpected {', '.join(stray)} (no pair starts at a frame of that name)")
+            raise _label_mismatch(sequence, folder, suffix, len(frame_stems), problems)
+        return _Pairing([by_stem[stem] for stem in stems], None)
     counts = (len(stems), len(stems) + 1) if allow_one_more else (len(stems),)
     if len(files) not in counts:
-        problems = [f"expected {' or '.join(map(str, counts))}, found {len(files)}"]
-        missing = [s + suffix for s in stems if s not in by_stem]
-        extra = sorted(p.name for p in files if p.stem not in stems)
-        if allow_one_more and len(files) == len(stems) + 1 and extra:
-            extra = extra[:-1]
-        if missing:
-            problems.append(f"missing {', '.join(missing)}")
-        if extra:
-            problems.append(f"unexpected {', '.join(extra)}")
-        raise ValueError(f"sequence {sequence}: {suffix} files in {folder} do not match its "
-                         f"{len(stems) + 1} frames ({'; '.join(problems)})")
-    paired = files[: len(stems)]
-    renamed = [(p.name, s) for p, s in zip(paired, stems) if p.stem != s]
-    if renamed:
-        logger.warning("sequence %s: %s files in %s are named unlike the frames (e.g. %s for frame %s); "
-                       "pairing by sorted order", sequence, suffix, folder, *renamed[0])
-    return paired
+        raise _label_mismatch(sequence, folder, suffix, len(frame_stems),
+                              [f"expected {' or '.join(map(str, counts))}, found {len(files)}; "
+                               "none is named after a frame"])
+    return _Pairing(files[: len(stems)], (files[0].name, stems[0]))
 
 
 class FacialFlow(data.Dataset):
@@ -109,7 +137,9 @@ class FacialFlow(data.Dataset):
 
     Tensors: images ``[3, H, W]`` float 0..255 RGB, flows ``[2, H, W]`` float32 (x first),
     valid ``[H, W]`` float (1 where both components of that flow are below 1000 in
-    magnitude), mask ``[H, W]`` float (the ``.npy`` mask cast to uint8, as the reference).
+    magnitude), mask ``[H, W]`` float 0/1 (see :func:`binary_mask`). Ground-truth pixels
+    with a NaN or inf component are invalid and set to 0 in both components
+    (:func:`nonfinite_ground_truth` finds them).
 
     Args:
         aug_params: keyword arguments of :class:`FacialFlowAugmentor`, or ``None`` for
@@ -142,9 +172,11 @@ class FacialFlow(data.Dataset):
         layout = EXPECTED_LAYOUT.format(root=self.root, split=split)
         if not image_root.is_dir():
             raise ValueError(f"split folder {image_root} does not exist\n{layout}")
+        renamed: list[tuple[Path, str]] = []
         for emotion in _list_dirs(image_root):
             for subject in _list_dirs(image_root / emotion):
                 seq = self._scan_sequence(emotion, subject)
+                renamed.extend(seq.renamed)
                 for i in range(len(seq.frames) - 1):
                     self.image_list.append([seq.frames[i], seq.frames[i + 1]])
                     self.flow_facial_list.append(seq.flows_facial[i])
@@ -154,6 +186,10 @@ class FacialFlow(data.Dataset):
         self._check_no_orphan_sequences()
         if not self.image_list:
             raise ValueError(f"split folder {image_root} contains no <emotion>/<subject> sequences\n{layout}")
+        if renamed:
+            logger.warning("split %s of %s: %d label folders name no file after a frame (e.g. %s for frame %s); "
+                           "their files are paired with the frames by sorted order", split, self.root,
+                           len(renamed), *renamed[0])
 
     def _label_dirs(self, emotion: str, subject: str) -> dict[str, Path]:
         return {name: self.root / folder / self.split / emotion / subject for name, folder in LABEL_FOLDERS.items()}
@@ -168,16 +204,14 @@ class FacialFlow(data.Dataset):
         for name, folder in dirs.items():
             if not folder.is_dir():
                 raise ValueError(f"sequence {seq_dir}: {name} folder {folder} is missing")
-        stems = [p.stem for p in frames[:-1]]
-        return _Sequence(
-            frames=frames,
-            flows_facial=_match_labels(seq_dir, dirs["flow/facial"], _list_files(dirs["flow/facial"], ".flo"),
-                                       stems, ".flo", allow_one_more=False),
-            flows_head=_match_labels(seq_dir, dirs["flow/head"], _list_files(dirs["flow/head"], ".flo"),
-                                     stems, ".flo", allow_one_more=False),
-            masks=_match_labels(seq_dir, dirs["mask"], _list_files(dirs["mask"], ".npy"), stems, ".npy",
-                                allow_one_more=True),
-        )
+        stems = [p.stem for p in frames]
+        pairings = {name: _match_labels(seq_dir, folder, _list_files(folder, LABEL_SUFFIXES[name]), stems,
+                                        LABEL_SUFFIXES[name], allow_one_more=name == "mask")
+                    for name, folder in dirs.items()}
+        renamed = [(dirs[name] / pairing.renamed[0], pairing.renamed[1])
+                   for name, pairing in pairings.items() if pairing.renamed]
+        return _Sequence(frames, pairings["flow/facial"].files, pairings["flow/head"].files,
+                         pairings["mask"].files, renamed)
 
     def _check_no_orphan_sequences(self) -> None:
         """Raise if a label folder has a sequence without frames (e.g. a deleted image folder)."""
@@ -202,7 +236,7 @@ class FacialFlow(data.Dataset):
         img2 = frame_utils.read_image(self.image_list[index][1])
         flow_facial = frame_utils.read_flo(self.flow_facial_list[index])
         flow_head = frame_utils.read_flo(self.flow_head_list[index])
-        mask = np.load(self.mask_list[index])
+        mask = frame_utils.read_npy(self.mask_list[index])
         shape = img1.shape[:2]
         for path, arr in (
             (self.image_list[index][1], img2),
@@ -215,7 +249,7 @@ class FacialFlow(data.Dataset):
                     f"{path}: shape {arr.shape} does not match frame {self.image_list[index][0]} "
                     f"of size {shape[0]}x{shape[1]}"
                 )
-        return img1, img2, flow_facial, flow_head, mask.astype(np.uint8)
+        return img1, img2, flow_facial, flow_head, binary_mask(mask, self.mask_list[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         img1, img2, flow_facial, flow_head, mask = self._load(index)
@@ -230,14 +264,41 @@ class FacialFlow(data.Dataset):
         return img1_t, img2_t, flow_facial_t, flow_head_t, valid_facial, valid_head, mask_t
 
 
+def binary_mask(mask: np.ndarray, path: str | os.PathLike = "mask") -> np.ndarray:
+    """A face mask as ``uint8`` 0/1: ``mask > 0.5`` for floats, ``mask != 0`` for integers and bools.
+
+    The reference casts to uint8, which turns a soft mask of 0.99 or a 16-bit 256 into 0.
+    Other dtypes raise a ValueError naming `path`.
+    """
+    if mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer):
+        return (mask != 0).astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.floating):
+        return (mask > 0.5).astype(np.uint8)
+    raise ValueError(f"{path}: mask dtype {mask.dtype} is not bool, integer or float")
+
+
 def _flow_and_valid(flow: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """`[H, W, 2]` flow -> (`[2, H, W]` float tensor, `[H, W]` validity: both components
     below VALID_FLOW_LIMIT)."""
     flow_t = torch.from_numpy(flow).permute(2, 0, 1).float()
     valid = (flow_t.abs() < VALID_FLOW_LIMIT).all(dim=0).float()
-    # Non-finite values are invalid pixels already; zeroing them keeps 0 * NaN out of
-    # losses and whole-image sums (finite values are left exactly as the reference has them).
-    return torch.nan_to_num(flow_t, nan=0.0, posinf=0.0, neginf=0.0), valid
+    # Non-finite pixels are invalid already; setting both components to 0 keeps 0 * NaN
+    # out of losses and sums, and marks them for `nonfinite_ground_truth` (finite values
+    # are left exactly as the reference has them).
+    nonfinite = ~torch.isfinite(flow_t).all(dim=0)
+    return flow_t.masked_fill(nonfinite, 0.0), valid
+
+
+def nonfinite_ground_truth(flow: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Bool ``[..., H, W]``: pixels of a FacialFlow ground-truth flow ``[..., 2, H, W]`` whose
+    file values were not finite (NaN or inf), or that are not finite in ``flow`` itself.
+
+    FacialFlow marks such pixels invalid and sets both components to 0; no other invalid
+    pixel is 0, since a finite pixel is invalid only when a component reaches
+    VALID_FLOW_LIMIT in magnitude.
+    """
+    zeroed = (valid < 0.5) & (flow == 0).all(dim=-3)
+    return zeroed | ~torch.isfinite(flow).all(dim=-3)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core import synthetic
-from core.datasets import FacialFlow, SampleInfo, fetch_dataloader, seed_worker
+from core.datasets import FacialFlow, SampleInfo, fetch_dataloader, nonfinite_ground_truth, seed_worker
 from core.utils import frame_utils
 from core.utils.augmentor import FacialFlowAugmentor
 
@@ -75,8 +75,17 @@ def test_valid_marks_huge_flow_values(damaged_root: Path) -> None:
         (lambda r: shutil.copy(r / "flow" / "facial" / SEQ / "0001.flo", r / "flow" / "facial" / SEQ / "0003.flo"), "unexpected 0003.flo"),
         (lambda r: (r / "image" / "facial" / SEQ / "0003.jpg").unlink(), "unexpected 0002.flo"),
         (lambda r: shutil.rmtree(r / "mask" / SEQ), "mask folder"),
+        # a gap: a count check alone accepts masks 0001, 0003 and pairs frame 0002 with mask 0003
+        (lambda r: (r / "mask" / SEQ / "0002.npy").unlink(), "found 2; missing 0002.npy"),
+        (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").rename(r / "flow" / "facial" / SEQ / "0005.flo"),
+         "found 2; missing 0002.flo; unexpected 0005.flo"),
+        (lambda r: (r / "flow" / "head" / SEQ / "0002.flo").rename(r / "flow" / "head" / SEQ / "0002b.flo"),
+         "missing 0002.flo; unexpected 0002b.flo"),
+        (lambda r: shutil.copy(r / "mask" / SEQ / "0001.npy", r / "mask" / SEQ / "0001.NPY"),
+         "0001.NPY and 0001.npy both name frame 0001"),
     ],
-    ids=["facial-flow", "head-flow", "mask", "extra-flow", "missing-frame", "mask-folder"],
+    ids=["facial-flow", "head-flow", "mask", "extra-flow", "missing-frame", "mask-folder", "mask-gap",
+         "renumbered-flow", "misnamed-flow", "duplicate-mask"],
 )
 def test_damaged_sequence_is_named(damaged_root: Path, damage, message: str) -> None:
     damage(damaged_root)
@@ -85,28 +94,89 @@ def test_damaged_sequence_is_named(damaged_root: Path, damage, message: str) -> 
     assert str(damaged_root / "image" / "facial" / SEQ) in str(info.value)
 
 
-def test_labels_named_unlike_frames_pair_by_order_with_a_warning(damaged_root: Path, caplog) -> None:
-    folder = damaged_root / "flow" / "head" / SEQ
+def _rename_labels(root: Path, seq: Path, pattern: str) -> None:
+    """Rename every label file of `seq` to another naming scheme (sorted order kept)."""
+    for folder in (root / "flow" / "facial" / seq, root / "flow" / "head" / seq, root / "mask" / seq):
+        for i, path in enumerate(sorted(folder.iterdir())):
+            path.rename(folder / pattern.format(i=i, suffix=path.suffix))
+
+
+def test_labels_of_another_naming_scheme_pair_by_order_with_one_warning(damaged_root: Path, caplog) -> None:
     original = FacialFlow(split="train", dataset_root=damaged_root)
-    index = [p.name for p in original.flow_head_list].index("0002.flo")
-    expected = original[index][3]
-    (folder / "0002.flo").rename(folder / "0002b.flo")  # sorts where 0002.flo did
+    expected = [original[i] for i in range(len(original))]
+    for seq in (SEQ, Path("train") / "happy" / "subject002"):
+        _rename_labels(damaged_root, seq, "label_{i:02d}{suffix}")
     with caplog.at_level("WARNING"):
         renamed = FacialFlow(split="train", dataset_root=damaged_root)
-    assert "0002b.flo" in caplog.text and "pairing by sorted order" in caplog.text
-    assert renamed.flow_head_list[index].name == "0002b.flo"
-    assert torch.equal(renamed[index][3], expected)  # same tensors, same pairing
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # one per split, not one per sequence or folder
+    assert "split train" in warnings[0] and "6 label folders" in warnings[0] and "label_00.flo" in warnings[0]
+    assert [p.name for p in renamed.flow_head_list[:2]] == ["label_00.flo", "label_01.flo"]
+    assert [p.name for p in renamed.mask_list[:2]] == ["label_00.npy", "label_01.npy"]
+    for index, sample in enumerate(expected):  # same tensors: same pairing
+        assert all(torch.equal(a, b) for a, b in zip(renamed[index], sample))
 
 
-def test_non_finite_ground_truth_is_invalid_and_zeroed(damaged_root: Path) -> None:
+def test_labels_of_another_naming_scheme_still_need_the_right_count(damaged_root: Path) -> None:
+    _rename_labels(damaged_root, SEQ, "label_{i:02d}{suffix}")
+    (damaged_root / "flow" / "facial" / SEQ / "label_01.flo").unlink()
+    with pytest.raises(ValueError, match="expected 2, found 1; none is named after a frame") as info:
+        FacialFlow(split="train", dataset_root=damaged_root)
+    assert str(damaged_root / "flow" / "facial" / SEQ) in str(info.value)
+
+
+def test_named_labels_pair_by_name_without_warning(synthetic_root: Path, caplog) -> None:
+    with caplog.at_level("WARNING"):
+        FacialFlow(split="train", dataset_root=synthetic_root)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_non_finite_ground_truth_is_invalid_zeroed_and_found(damaged_root: Path) -> None:
     path = damaged_root / "flow" / "facial" / SEQ / "0001.flo"
     flow = frame_utils.read_flo(path)
     flow[3, 4, 0] = np.nan
     flow[6, 2, 1] = np.inf
+    flow[7, 7, 0] = -2000.0  # finite but invalid: not a non-finite pixel
     frame_utils.write_flo(path, flow)
-    _, _, flow_f, _, valid_f, _, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
-    assert valid_f[3, 4] == 0 and valid_f[6, 2] == 0
-    assert torch.isfinite(flow_f).all() and flow_f[0, 3, 4] == 0 and flow_f[1, 6, 2] == 0
+    _, _, flow_f, flow_h, valid_f, valid_h, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
+    assert valid_f[3, 4] == 0 and valid_f[6, 2] == 0 and valid_f[7, 7] == 0 and valid_f.sum() == 128 * 128 - 3
+    assert torch.isfinite(flow_f).all()
+    assert (flow_f[:, 3, 4] == 0).all() and (flow_f[:, 6, 2] == 0).all()  # both components zeroed
+    assert flow_f[0, 7, 7] == -2000.0 and flow[3, 4, 1] != 0
+    found = nonfinite_ground_truth(flow_f, valid_f)
+    assert found.dtype == torch.bool and found.nonzero().tolist() == [[3, 4], [6, 2]]
+    assert not nonfinite_ground_truth(flow_h, valid_h).any()
+    batched = nonfinite_ground_truth(torch.stack([flow_f, flow_h]), torch.stack([valid_f, valid_h]))
+    assert torch.equal(batched[0], found) and not batched[1].any()
+    raw = torch.from_numpy(flow).permute(2, 0, 1)  # NaN still in the tensor: found too
+    assert nonfinite_ground_truth(raw, valid_f).nonzero().tolist() == [[3, 4], [6, 2]]
+
+
+@pytest.mark.parametrize("stored, face", [
+    (np.float32(0.99), True), (np.float64(0.2), False), (np.float32(0.5), False), (np.uint16(256), True),
+    (np.int32(-1), True), (np.uint8(0), False), (True, True),
+], ids=["soft-0.99", "soft-0.2", "soft-0.5", "uint16-256", "int-negative", "uint8-0", "bool"])
+def test_mask_values_are_binarised_by_dtype(damaged_root: Path, stored, face: bool) -> None:
+    mask = np.zeros((128, 128), np.asarray(stored).dtype)
+    mask[10:20, 30:50] = stored
+    np.save(damaged_root / "mask" / SEQ / "0001.npy", mask)
+    loaded = FacialFlow(split="train", dataset_root=damaged_root)[0][6]
+    assert loaded.dtype == torch.float32 and set(loaded.unique().tolist()) <= {0.0, 1.0}
+    assert loaded.sum() == (200 if face else 0)
+    assert loaded[10:20, 30:50].eq(1.0 if face else 0.0).all()
+
+
+def test_unreadable_masks_name_the_file(damaged_root: Path) -> None:
+    path = damaged_root / "mask" / SEQ / "0001.npy"
+    np.save(path, np.array([{"face": 1}], dtype=object), allow_pickle=True)
+    ds = FacialFlow(split="train", dataset_root=damaged_root)
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded") as info:
+        ds[0]
+    assert str(path) in str(info.value)
+    np.save(path, np.zeros((128, 128), complex))
+    with pytest.raises(ValueError, match="mask dtype complex128 is not bool, integer or float") as info:
+        ds[0]
+    assert str(path) in str(info.value)
 
 
 def test_mask_for_last_frame_is_optional(damaged_root: Path) -> None:

@@ -132,6 +132,24 @@ def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
         frame_utils.read_image(tmp_path / "missing.jpg")
 
 
+def test_read_npy_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:
+    mask = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    np.save(tmp_path / "mask.npy", mask)
+    for read in (frame_utils.read_npy, frame_utils.read_gen):
+        back = read(tmp_path / "mask.npy")
+        assert back.dtype == np.uint16 and np.array_equal(back, mask)
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"face": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "text.npy").write_text("not an array")
+    for path, message in ((pickled, "Object arrays cannot be loaded"), (tmp_path / "text.npy", "cannot read .npy")):
+        for read in (frame_utils.read_npy, frame_utils.read_gen):
+            with pytest.raises(ValueError, match=message) as info:
+                read(path)
+            assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        frame_utils.read_npy(tmp_path / "missing.npy")
+
+
 def test_flow_to_image_basic_properties() -> None:
     flow = np.zeros((4, 5, 2), np.float32)
     white = flow_viz.flow_to_image(flow)

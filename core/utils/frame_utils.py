@@ -12,6 +12,8 @@ Supported formats:
   validity flag in B.
 * Frames (JPEG/PNG/...): read with Pillow, like the reference, and always returned
   as ``uint8`` ``HxWx3`` RGB arrays.
+* NumPy ``.npy`` arrays (masks): read without unpickling; an unreadable file raises
+  :class:`ValueError` naming it.
 
 All flows are ``float32`` arrays of shape ``[H, W, 2]`` (channel 0 = x).
 """
@@ -187,6 +189,22 @@ def read_image(path: PathLike) -> np.ndarray:
         raise ValueError(f"{path}: cannot read image ({err})") from err
 
 
+def read_npy(path: PathLike) -> np.ndarray:
+    """Read a ``.npy`` array without unpickling anything (object arrays are refused).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: naming the file, if it is not a readable ``.npy`` array (e.g. pickled
+            objects, a truncated file, another format).
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read .npy array ({err})") from err
+
+
 def read_gen(path: PathLike) -> np.ndarray:
     """Read a file according to its extension.
 
@@ -202,7 +220,7 @@ def read_gen(path: PathLike) -> np.ndarray:
         data = read_pfm(path)
         return data[:, :, :2] if data.ndim == 3 else data
     if ext == ".npy":
-        return np.load(path)
+        return read_npy(path)
     if ext in (".png", ".jpg", ".jpeg", ".ppm", ".bmp"):
         return read_image(path)
     raise ValueError(f"{path}: unsupported file extension {ext!r}")
