@@ -15,6 +15,13 @@ Two protocols are reported:
   (whole image) under 1/3/5 px divided by the number of mask pixels (these can exceed
   1); network inputs padded in mode "exp"; then the mean over pairs.
 
+Ground-truth pixels that are NaN or inf in the files (the dataset marks them, see
+`core.datasets.nonfinite_ground_truth`) are left out of every metric: of the masked
+ones as invalid pixels, of ffn_protocol's whole-image sums and counts and of its mask
+pixel count (the denominator stays "mask pixels", those with finite ground truth). A
+pair left with no pixel to score drops out of that mean; the report says how many
+pairs each mean is over and how many ground-truth pixels were not finite.
+
 The evaluation core is importable (e.g. for validation during training)::
 
     from evaluate import evaluate_facialflow
@@ -78,17 +85,21 @@ def masked_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> 
     return endpoint_metrics(endpoint_error(pred, gt)[selected])
 
 
-def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
+def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
+                         scored: torch.Tensor | None = None) -> dict[str, float] | None:
     """The reference's per-pair facial-flow numbers (see the module doc).
 
     EPE summed over the whole image, and counts of whole-image pixels under 1/3/5 px, all
-    divided by the number of nonzero mask pixels. Returns None when the mask is empty (the
-    reference would divide by zero).
+    divided by the number of nonzero mask pixels. `scored` (bool `[H, W]`, default all)
+    restricts the whole image and the mask to those pixels (e.g. finite ground truth).
+    Returns None when no mask pixel is scored (the reference would divide by zero).
     """
-    count = int((mask != 0).sum())
+    selected = torch.ones(pred.shape[-2:], dtype=torch.bool, device=pred.device) if scored is None \
+        else scored.to(pred.device)
+    count = int(((mask.to(pred.device) != 0) & selected).sum())
     if count == 0:
         return None
-    epe = endpoint_error(pred, gt)
+    epe = endpoint_error(pred, gt)[selected]
     return {"epe": float(epe.sum()) / count, **{f"{t}px": float((epe < t).sum()) / count for t in THRESHOLDS}}
 
 
@@ -206,18 +217,27 @@ def _emotion_of(dataset: Any, index: int) -> str:
 
 
 def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]
-                  ) -> dict[str, dict[str, float] | None]:
+                  ) -> dict[str, Any]:
+    """Metric blocks of one pair by kind (None: nothing scored), `empty_mask`, and
+    `nonfinite`: the number of non-finite ground-truth pixels of each flow."""
+    from core.datasets import nonfinite_ground_truth
+
     _, _, gt_facial, gt_head, valid_facial, valid_head, mask = sample
     device = facial.device
     gt_facial, gt_head = gt_facial.to(device), gt_head.to(device)
+    finite_f = ~nonfinite_ground_truth(gt_facial, valid_facial.to(device))
+    finite_h = ~nonfinite_ground_truth(gt_head, valid_head.to(device))
+    gt_facial, gt_head = gt_facial.nan_to_num(0.0, 0.0, 0.0), gt_head.nan_to_num(0.0, 0.0, 0.0)
     face = mask.to(device) != 0
-    valid_f = face & (valid_facial.to(device) >= 0.5)
-    valid_h = face & (valid_head.to(device) >= 0.5)
-    out: dict[str, dict[str, float] | None] = {
+    valid_f = face & (valid_facial.to(device) >= 0.5) & finite_f
+    valid_h = face & (valid_head.to(device) >= 0.5) & finite_h
+    out: dict[str, Any] = {
         "facial": masked_metrics(facial, gt_facial, valid_f),
-        "ffn_protocol": ffn_protocol_metrics(facial, gt_facial, mask),
+        "ffn_protocol": ffn_protocol_metrics(facial, gt_facial, mask, scored=finite_f),
         "head": None,
         "expression": None,
+        "empty_mask": not bool(face.any()),
+        "nonfinite": {"facial": int((~finite_f).sum()), "head": int((~finite_h).sum())},
     }
     if head is not None:
         out["head"] = masked_metrics(head, gt_head, valid_h)
@@ -236,8 +256,9 @@ def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[st
         scored = [p[kind] for p in per_pair if p[kind] is not None]
         summary[kind] = mean_metrics(scored)
         scored_pairs[kind] = len(scored)
-    summary["pairs_without_mask"] = sum(p["ffn_protocol"] is None for p in per_pair)
+    summary["pairs_without_mask"] = sum(p["empty_mask"] for p in per_pair)
     summary["scored_pairs"] = scored_pairs
+    summary["nonfinite_gt_pixels"] = {flow: sum(p["nonfinite"][flow] for p in per_pair) for flow in ("facial", "head")}
     return summary
 
 
@@ -252,11 +273,13 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     returns `(facial [2, H, W], head [2, H, W] or None)`.
 
     Returns `{"pairs", "facial", "head", "expression", "ffn_protocol", "pairs_without_mask",
-    "scored_pairs", "per_emotion": {emotion: same keys}}`; each metric block is `{"epe",
-    "1px", "3px", "5px"}` averaged over pairs, or None (not applicable / no scored pair).
-    Pairs whose mask is empty are counted in `pairs_without_mask` and left out of the means;
-    `scored_pairs[kind]` is the number of pairs each mean is over (to combine partial
-    results, e.g. across processes, weight each block by it).
+    "scored_pairs", "nonfinite_gt_pixels", "per_emotion": {emotion: same keys}}`; each
+    metric block is `{"epe", "1px", "3px", "5px"}` averaged over pairs, or None (not
+    applicable / no scored pair). Pairs whose mask is empty are counted in
+    `pairs_without_mask` and left out of the means; `scored_pairs[kind]` is the number of
+    pairs each mean is over (to combine partial results, e.g. across processes, weight each
+    block by it). `nonfinite_gt_pixels` (`{"facial", "head"}`) counts the ground-truth
+    pixels that were NaN or inf, which no metric uses.
     """
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
@@ -304,6 +327,14 @@ def _fmt(value: float | None, width: int = 9) -> str:
     return f"{'n/a':>{width}}" if value is None or not math.isfinite(value) else f"{value:>{width}.4f}"
 
 
+def _pair_count(results: Mapping[str, Any]) -> str:
+    """"N pairs", with the number of pairs each mean is over where that is fewer."""
+    pairs = results["pairs"]
+    fewer = [f"{kind} {count}" for kind, count in (results.get("scored_pairs") or {}).items()
+             if count != pairs and (results.get(kind) is not None or kind in ("facial", "ffn_protocol"))]
+    return f"{pairs} pairs" + (f" (scored: {', '.join(fewer)})" if fewer else "")
+
+
 def format_results(results: Mapping[str, Any], title: str = "") -> str:
     """A readable table of `results` (as returned by `evaluate_predictor`)."""
     lines = [title] if title else []
@@ -315,11 +346,15 @@ def format_results(results: Mapping[str, Any], title: str = "") -> str:
             lines.append(f"{label:<15}{'not applicable' if kind in ('head', 'expression') else 'no scored pair':>36}")
         else:
             lines.append(f"{label:<15}" + "".join(_fmt(block[k]) for k in METRIC_KEYS))
-    lines.append(f"{results['pairs']} pairs; facial/head/expression: over the face mask (valid gt), "
+    lines.append(f"{_pair_count(results)}; facial/head/expression: over the face mask (valid gt), "
                  "mean over pairs")
     lines.append("* reference protocol: whole-image sums / mask pixels, facial flow (values can exceed 1)")
     if results.get("pairs_without_mask"):
         lines.append(f"{results['pairs_without_mask']} pairs with an empty mask left out")
+    nonfinite = results.get("nonfinite_gt_pixels") or {}
+    if any(nonfinite.values()):
+        lines.append(f"ground truth not finite (NaN/inf) at {nonfinite['facial']} facial and {nonfinite['head']} "
+                     "head flow pixels: left out of every metric")
     per_emotion = results.get("per_emotion") or {}
     if per_emotion:
         lines.append("")
@@ -394,6 +429,22 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """`path` as a Path if a file can be written there (missing folders are created later);
+    otherwise a UserError naming `flag` and the path."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{flag} {out} is a directory (give a file name, e.g. {out / 'results.json'})")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"{flag} {out}: the file is not writable")
+    folder = next(parent for parent in out.absolute().parents if parent.exists())
+    if not folder.is_dir():
+        raise UserError(f"{flag} {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: folder {folder} is not writable")
+    return out
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
@@ -408,7 +459,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"refinement iterations (default {DEFAULT_ITERS}, as the reference)")
     parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
     parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
     return parser
 
@@ -421,6 +472,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
+    if args.output_json:  # before any work, so that no result is lost to a bad path
+        check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
     if decflow and not args.model:
         raise UserError("--model CHECKPOINT is required for --method decflow")
@@ -456,16 +509,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         predictor = OpenCVFlowPredictor(args.method)
         meta.update(device="cpu", opencv_version=cv2.__version__, baseline=predictor.description)
-    meta["mask"] = ("masked metrics: face-mask pixels (mask != 0) with valid ground truth (|u|,|v| < 1000; "
-                    "expression: facial and head valid); ffn_protocol: mask != 0 pixel count as denominator")
+    meta["mask"] = ("masked metrics: face-mask pixels (mask != 0) with valid ground truth (finite and "
+                    "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
+                    "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator")
 
     results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
                                  has_head=args.method in ("decflow", "zero"))
     meta["pairs_without_mask"] = results.pop("pairs_without_mask")
     meta["scored_pairs"] = results.pop("scored_pairs")
+    meta["nonfinite_gt_pixels"] = results.pop("nonfinite_gt_pixels")
     for block in results["per_emotion"].values():
-        block.pop("pairs_without_mask")
-        block.pop("scored_pairs")
+        for key in ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels"):
+            block.pop(key)
     return {"dataset": args.dataset, "split": args.split, "pairs": results["pairs"],
             "iters": args.iters if decflow else None,
             "facial": results["facial"], "head": results["head"], "expression": results["expression"],
@@ -478,15 +533,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     except UserError as error:
         raise SystemExit(f"evaluate.py: error: {error}") from None
     method = args.method if args.method != "decflow" else f"DecFlow {args.model}, {args.iters} iterations"
-    print(format_results({**document, "pairs_without_mask": document["meta"]["pairs_without_mask"]},
+    meta = document["meta"]
+    print(format_results({**document, **{key: meta[key] for key in ("pairs_without_mask", "scored_pairs",
+                                                                     "nonfinite_gt_pixels")}},
                          title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
                                f"on {document['meta']['device']}"))
     if args.output_json:
         import json
 
         out = Path(args.output_json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_finite_or_null(document), indent=2, allow_nan=False) + "\n")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(_finite_or_null(document), indent=2, allow_nan=False) + "\n")
+        except OSError as error:
+            raise SystemExit(f"evaluate.py: error: --output_json {out}: {error.strerror or error}") from None
         print(f"results written to {out}")
     return document
 

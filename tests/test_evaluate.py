@@ -117,13 +117,14 @@ def test_masked_metrics_match_numpy_from_get_flow(synthetic_root: Path, decflow_
     for frames, flow_facial, flow_head, mask_path, info in zip(dataset.image_list, dataset.flow_facial_list,
                                                               dataset.flow_head_list, dataset.mask_list,
                                                               dataset.extra_info):
-        out = tmp_path / info.emotion / info.subject
+        out = tmp_path / info.emotion / info.subject / frames[0].stem  # one folder per pair
         get_flow.main(get_flow.get_args_parser().parse_args(
             ["--model", str(decflow_checkpoint), "--image1", str(frames[0]), "--image2", str(frames[1]),
              "--iters", str(ITERS), "--device", "cpu", "--no-mixed_precision", "--save_flo", "--output", str(out)]))
-        stem = frames[0].stem
-        facial, head = read_flo(out / f"{stem}_facial.flo"), read_flo(out / f"{stem}_head.flo")
-        np.testing.assert_allclose(read_flo(out / f"{stem}_expression.flo"), facial - head, atol=1e-5)
+        written = {kind: sorted(out.glob(f"*_{kind}.flo")) for kind in ("facial", "head", "expression")}
+        assert all(len(paths) == 1 for paths in written.values()), written
+        facial, head = read_flo(written["facial"][0]), read_flo(written["head"][0])
+        np.testing.assert_allclose(read_flo(written["expression"][0]), facial - head, atol=1e-5)
         gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
         mask = np.load(mask_path).astype(bool)
         pair = {"facial": numpy_metrics(facial, gt_f, mask), "head": numpy_metrics(head, gt_h, mask),
@@ -235,3 +236,101 @@ def test_subset_keeps_emotions_and_counts(synthetic_root: Path) -> None:
     baseline = evaluate.evaluate_predictor(evaluate.OpenCVFlowPredictor("dis"), subset, has_head=False)
     assert baseline["head"] is None
     assert baseline["scored_pairs"] == {"facial": 2, "head": 0, "expression": 0, "ffn_protocol": 2}
+
+
+# ------------------------------------------------------------------ bad ground truth, bad output paths
+def test_ffn_protocol_leaves_out_unscored_pixels_by_hand() -> None:
+    gt = torch.zeros(2, 2, 3)
+    pred = torch.zeros(2, 2, 3)
+    pred[0] = torch.tensor([[0.5, 2.0, 4.0], [6.0, 0.0, 10.0]])
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.uint8)
+    scored = torch.tensor([[True, False, True], [True, True, False]])
+    # scored whole-image EPE: 0.5 + 4 + 6 + 0 = 10.5; under 1/3/5 px: 2/2/3; scored mask pixels: 2
+    ffn = evaluate.ffn_protocol_metrics(pred, gt, mask, scored=scored)
+    assert ffn == pytest.approx({"epe": 10.5 / 2, "1px": 1.0, "3px": 1.0, "5px": 1.5})
+    assert evaluate.ffn_protocol_metrics(pred, gt, mask, scored=torch.tensor([[False] * 3, [True] * 3])) is None
+
+
+def test_raw_non_finite_ground_truth_is_left_out() -> None:
+    """A FacialFlow-like dataset that hands over NaN itself: left out too, nothing becomes NaN."""
+    gt = torch.ones(2, 4, 4)
+    gt[:, 0, 0] = float("nan")
+    gt[1, 3, 3] = float("inf")
+    ones = torch.ones(4, 4)
+    sample = (torch.zeros(3, 4, 4), torch.zeros(3, 4, 4), gt, torch.ones(2, 4, 4), ones, ones, ones)
+    results = evaluate.evaluate_predictor(evaluate.ZeroFlowPredictor(), [sample])
+    assert results["nonfinite_gt_pixels"] == {"facial": 2, "head": 0}
+    assert results["facial"]["epe"] == pytest.approx(math.sqrt(2))
+    assert results["ffn_protocol"]["epe"] == pytest.approx(math.sqrt(2))  # 14 pixels / 14 mask pixels
+    assert results["expression"]["epe"] == pytest.approx(0.0)
+
+
+def _poison(path: Path, rows: slice, cols: slice, value: float) -> None:
+    from core.utils.frame_utils import write_flo
+
+    flow = read_flo(path)
+    flow[rows, cols, 0] = value
+    write_flo(path, flow)
+
+
+def test_non_finite_ground_truth_is_counted_reported_and_left_out(tmp_path: Path, capsys) -> None:
+    from core import synthetic
+
+    root = tmp_path / "FacialFlowNet"
+    synthetic.generate(root, 2, 3, (64, 64), seed=5, splits=("test",))
+    dataset = FacialFlow(None, split="test", dataset_root=root)
+    patch = dataset.flow_facial_list[0]
+    _poison(patch, slice(20, 30), slice(10, 40), float("nan"))  # a NaN patch over part of the face
+    _poison(patch, slice(0, 2), slice(0, 3), float("inf"))  # and inf outside it
+    _poison(dataset.flow_facial_list[2], slice(None), slice(None), float("nan"))  # a pair with no finite gt
+    out = tmp_path / "zero.json"
+    doc = run_evaluate("--method", "zero", "--root", str(root), "--output_json", str(out))
+    printed = capsys.readouterr().out
+
+    per_pair: dict[str, list] = {"facial": [], "head": [], "expression": [], "ffn_protocol": []}
+    for flow_facial, flow_head, mask_path in zip(dataset.flow_facial_list, dataset.flow_head_list, dataset.mask_list):
+        gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
+        finite = np.isfinite(gt_f).all(axis=2)
+        mask = np.load(mask_path).astype(bool)
+        zero = np.zeros_like(gt_f)
+        per_pair["head"].append(numpy_metrics(zero, gt_h, mask))
+        if (mask & finite).any():
+            per_pair["facial"].append(numpy_metrics(zero, gt_f, mask & finite))
+            per_pair["expression"].append(numpy_metrics(zero, gt_f - gt_h, mask & finite))
+            ffn = numpy_ffn(zero[finite][None], gt_f[finite][None], (mask & finite)[finite][None])
+            per_pair["ffn_protocol"].append(ffn)
+    assert len(per_pair["facial"]) == 3 and len(per_pair["head"]) == 4
+    for kind, blocks in per_pair.items():
+        assert_block_close(doc[kind], mean_of(blocks))
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["nonfinite_gt_pixels"] == {"facial": 10 * 30 + 2 * 3 + 64 * 64, "head": 0}
+    assert meta["scored_pairs"] == {"facial": 3, "head": 4, "expression": 3, "ffn_protocol": 3}
+    assert "4 pairs (scored: facial 3, expression 3, ffn_protocol 3)" in printed
+    assert printed.count("not finite") == 1 and f"at {10 * 30 + 2 * 3 + 64 * 64} facial and 0 head" in printed
+
+
+@pytest.mark.parametrize("target, message", [
+    ("{tmp}", "--output_json {tmp} is a directory"),
+    ("{tmp}/file.txt/results.json", "--output_json {tmp}/file.txt/results.json: {tmp}/file.txt is a file"),
+    ("{tmp}/file.txt/more/results.json", "{tmp}/file.txt is a file, not a folder"),
+])
+def test_bad_output_json_fails_before_any_work(tmp_path: Path, target: str, message: str) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    # the dataset folder does not exist: only a check made before reading it can name --output_json
+    with pytest.raises(SystemExit) as error:
+        run_evaluate("--method", "zero", "--root", str(tmp_path / "nowhere"), "--output_json", target.format(tmp=tmp_path))
+    text = str(error.value)
+    assert text.startswith("evaluate.py: error:") and "\n" not in text
+    assert message.format(tmp=tmp_path) in text
+
+
+def test_output_json_folders_are_created(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "zero.json"
+    run_evaluate("--method", "zero", "--root", str(synthetic_root), "--max_pairs", "1", "--output_json", str(out))
+    assert json.loads(out.read_text())["pairs"] == 1
+
+
+def test_no_progress_has_both_spellings() -> None:
+    parser = evaluate.get_args_parser()
+    assert parser.parse_args(["--no-progress"]).no_progress and parser.parse_args(["--no_progress"]).no_progress
+    assert not parser.parse_args([]).no_progress
