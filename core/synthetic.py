@@ -737,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give identical data (default: 0)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to write (default: train val test)")
     parser.add_argument("--verify", action="store_true", help="after writing, report the warp error of the ground truth on face pixels")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

@@ -130,3 +130,13 @@ def test_cli_writes_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "wrote 1 sequences (1 pairs, 64x64)" in out and "warp error" in out
     assert (tmp_path / "flow" / "head" / "val" / "angry" / "subject001" / "0001.flo").is_file()
+
+
+@pytest.mark.parametrize("flags, bar", [([], True), (["--no-progress"], False), (["--no_progress"], False)])
+def test_cli_accepts_both_spellings_of_no_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   flags: list[str], bar: bool) -> None:
+    synthetic.main(["--root", str(tmp_path), "--subjects", "1", "--frames", "2", "--size", "32", "32", "--splits", "val",
+                    *flags])
+    captured = capsys.readouterr()
+    assert "wrote 1 sequences" in captured.out
+    assert ("synthetic FacialFlowNet" in captured.err) == bar  # the progress bar
