@@ -8,18 +8,29 @@
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
 on ONE shared scale (the largest magnitude of the three flows, or `--max_flow`), and a
-legend (colour wheel + the scale in pixels). `<name>` is the stem of the first frame
-(`<video>_<frame index>` for videos). `--save_flo` adds `<name>_facial.flo`,
+legend (colour wheel + the scale in pixels). `--save_flo` adds `<name>_facial.flo`,
 `<name>_head.flo` and `<name>_expression.flo`; videos also give `<video>_flow.mp4`.
-Images of any size work (replicate padding, symmetric as the reference, and at least
-128 px per side); grayscale and RGBA frames are converted to RGB. Frames are streamed:
-only two are in memory at a time.
+
+`<name>` names the pair: `<folder>_<stem1>-<stem2>` for an image pair and for frames
+(`<folder>`: the folder of the first image; a stem shared by two frames of the folder,
+e.g. `0001.jpg` and `0001.png`, becomes `0001_jpg` / `0001_png`), `<video>_<frame index>`
+for videos (index of the pair's first frame). A name is never used twice in one run
+(a repeat gets `_2`, `_3`, ...); a new run overwrites the files of an earlier one.
+
+The checkpoint is `--model`, else the first of `checkpoints/decflow-facialflownet.pth`
+(the authors' release) and `checkpoints/decflow.pth` (stage 2 of the seed training) that
+exists. Images of any size work (replicate padding, symmetric as the reference, and at
+least 128 px per side; tiny images get a white margin in the visualisation); grayscale
+and RGBA frames are converted to RGB. Frames are streamed: only two are in memory at a
+time. A video that decodes fewer frames than its container announces gives a warning.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +39,18 @@ import cv2
 import numpy as np
 import torch
 
+from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
 from evaluate import UserError, add_model_arguments, load_model, precision_name, resolve_device, \
     resolve_mixed_precision
 
 REPO = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 DEFAULT_ITERS = 24  # the reference demo
 PANEL_TITLES = ("input", "facial", "head", "expression")
+TITLE_FONT = 0.5
+LEGEND_TEXT_HEIGHT = 44  # below the wheel: margin, two lines of text
+FLOW_KINDS = ("facial", "head", "expression")
 
 
 # --------------------------------------------------------------------------- visualisation
@@ -44,40 +58,61 @@ def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: flo
     cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, expression: np.ndarray, *,
-                       max_flow: float | None = None, titles: tuple[str, ...] = PANEL_TITLES
-                       ) -> tuple[np.ndarray, float]:
-    """Side-by-side RGB image `image | facial | head | expression | legend`.
+def _title_width(titles: tuple[str, ...]) -> int:
+    """Width of a panel column that fits every title."""
+    return max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, TITLE_FONT, 1)[0][0] for t in titles) + 12
 
-    `image`: uint8 `[H, W, 3]` RGB; flows: `[H, W, 2]` (x first). All three flows use one
-    colour scale: `max_flow` px (default: their largest magnitude) is full saturation.
-    Returns the canvas (uint8 RGB, even height and width so it can go into an MP4) and the
-    scale used.
-    """
-    from core.utils.flow_viz import colour_wheel_legend, flow_to_image, shared_max_flow
 
-    height, width = image.shape[:2]
-    scale = shared_max_flow(facial, head, expression) if max_flow is None else float(max_flow)
-    panels = [image] + [flow_to_image(flow, max_flow=scale) for flow in (facial, head, expression)]
+def _legend(height: int, scale: float) -> np.ndarray:
+    """Colour wheel + scale, white, at least `height` px high (taller for small images)."""
+    from core.utils.flow_viz import colour_wheel_legend
 
     legend_width = int(np.clip(height * 0.6, 96, 200))
     wheel = colour_wheel_legend(min(legend_width - 16, max(height - 48, 32)))
-    legend = np.full((height, legend_width, 3), 255, np.uint8)
+    legend_height = max(height, wheel.shape[0] + LEGEND_TEXT_HEIGHT)
+    legend = np.full((legend_height, legend_width, 3), 255, np.uint8)
     top = 4
     left = (legend_width - wheel.shape[1]) // 2
     legend[top:top + wheel.shape[0], left:left + wheel.shape[1]] = wheel
     font = 0.4 if legend_width < 140 else 0.5
-    text_y = min(top + wheel.shape[0] + 16, height - 20)
+    text_y = min(top + wheel.shape[0] + 16, legend_height - 20)
     _put_text(legend, "rim = max flow", (6, text_y), font * 0.9)
-    _put_text(legend, f"{scale:.3g} px", (6, min(text_y + 18, height - 4)), font)
+    _put_text(legend, f"{scale:.3g} px", (6, min(text_y + 18, legend_height - 4)), font)
+    return legend
 
+
+def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, expression: np.ndarray, *,
+                       max_flow: float | None = None, titles: tuple[str, ...] = PANEL_TITLES
+                       ) -> tuple[np.ndarray, float]:
+    """Side-by-side RGB image `image | facial | head | expression | legend` under a title strip.
+
+    `image`: uint8 `[H, W, 3]` RGB; flows: `[H, W, 2]` (x first). All three flows use one
+    colour scale: `max_flow` px (default: their largest magnitude) is full saturation.
+    Panels sit at the top left of their cells; images too small for the titles or the
+    legend get a white margin (right, bottom). Returns the canvas (uint8 RGB, even height
+    and width so it can go into an MP4) and the scale used.
+    """
+    from core.utils.flow_viz import flow_to_image, shared_max_flow
+
+    height, width = image.shape[:2]
+    scale = shared_max_flow(facial, head, expression) if max_flow is None else float(max_flow)
+    panels = [image] + [flow_to_image(flow, max_flow=scale) for flow in (facial, head, expression)]
+    legend = _legend(height, scale)
+    column = max(width, _title_width(titles))
     header = 22
-    body = np.concatenate(panels + [legend], axis=1)
-    canvas = np.full((height + header, body.shape[1], 3), 255, np.uint8)
-    canvas[header:] = body
+    body_height = legend.shape[0]
+    canvas = np.full((header + body_height, len(panels) * column + legend.shape[1], 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        left = i * column
+        canvas[header:header + height, left:left + width] = panel
+        if column > width:  # a grey edge where a small panel ends, so the margin does not look like flow
+            canvas[header:header + height + 1, left + width] = 192
+        if body_height > height:
+            canvas[header + height, left:left + width + 1] = 192
+    canvas[header:, len(panels) * column:] = legend
     for i, title in enumerate(titles):
-        _put_text(canvas, title, (i * width + 6, 16), 0.5)
-    _put_text(canvas, "legend", (len(panels) * width + 6, 16), 0.5)
+        _put_text(canvas, title, (i * column + 6, 16), TITLE_FONT)
+    _put_text(canvas, "legend", (len(panels) * column + 6, 16), TITLE_FONT)
     pad_h, pad_w = canvas.shape[0] % 2, canvas.shape[1] % 2
     if pad_h or pad_w:
         canvas = np.pad(canvas, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
@@ -98,6 +133,9 @@ def natural_key(path: Path) -> list:
 def read_rgb(path: Path, role: str) -> np.ndarray:
     from core.utils.frame_utils import read_image
 
+    if path.is_dir():
+        hint = " (use --frames for a folder of frames)" if role.startswith("image") else ""
+        raise UserError(f"{role} {path} is a directory, not an image file{hint}")
     if not path.is_file():
         raise UserError(f"{role} {path} not found")
     try:
@@ -108,9 +146,19 @@ def read_rgb(path: Path, role: str) -> np.ndarray:
 
 @dataclass
 class Frame:
-    name: str  # output name of the pair that starts at this frame
+    name: str  # this frame's part of a pair's output name
     label: str  # for messages (file name, or video + index)
     rgb: np.ndarray
+
+
+def frame_tokens(paths: list[Path]) -> list[str]:
+    """Per file: its stem, or `<stem>_<extension>` where two files of one folder share a
+    stem (0001.jpg, 0001.png)."""
+    def key(path: Path) -> tuple[Path, str]:
+        return path.parent, path.stem.casefold()
+
+    shared = Counter(map(key, paths))
+    return [f"{path.stem}_{path.suffix.lstrip('.')}" if shared[key(path)] > 1 else path.stem for path in paths]
 
 
 class ImageFiles:
@@ -123,17 +171,28 @@ class ImageFiles:
         self.pairs = len(paths) - 1
         self.fps = None
         self.video_name = None
+        self.folder = paths[0].resolve().parent.name or "root"
+        self.tokens = frame_tokens(paths)
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
             role = f"image{i + 1}" if self.role == "pair" else self.role
-            yield Frame(path.stem, str(path), self.decoded[i] if self.decoded else read_rgb(path, role))
+            yield Frame(self.tokens[i], str(path), self.decoded[i] if self.decoded else read_rgb(path, role))
+
+    def pair_name(self, first: Frame, second: Frame) -> str:
+        return f"{self.folder}_{first.name}-{second.name}"
 
 
 class VideoFrames:
-    """Frames decoded one at a time from a video file (every `stride`-th, at most `max_frames`)."""
+    """Frames decoded one at a time from a video file (every `stride`-th, at most `max_frames`).
+
+    After iterating, `shortfall()` says whether fewer frames were decoded than the
+    container announces (CAP_PROP_FRAME_COUNT, where it gives one).
+    """
 
     def __init__(self, path: Path, stride: int, max_frames: int | None) -> None:
+        if path.is_dir():
+            raise UserError(f"video {path} is a directory, not a video file")
         if not path.is_file():
             raise UserError(f"video {path} not found")
         capture = cv2.VideoCapture(str(path))
@@ -146,32 +205,53 @@ class VideoFrames:
         if not readable:
             raise UserError(f"cannot open video {path} (OpenCV decodes no frame from it)")
         self.path, self.stride, self.max_frames = path, stride, max_frames
-        used = -(-count // stride) if count > 0 else 0
+        self.announced = max(count, 0)  # frames in the container (0: unknown)
+        expected = -(-count // stride) if count > 0 else 0
         if max_frames is not None:
-            used = min(used, max_frames)
-        self.pairs = max(used - 1, 0) if count > 0 else None
+            expected = min(expected, max_frames)
+        self.expected = expected if count > 0 else None  # frames the options select from them
+        self.pairs = max(expected - 1, 0) if count > 0 else None
         self.fps = fps / stride if fps and fps > 0 else 25.0 / stride
         self.video_name = path.stem
+        self.used = 0  # frames yielded by the last iteration
+        self.failed_at: int | None = None  # index of the frame it could not decode
 
     def __iter__(self) -> Iterator[Frame]:
         capture = cv2.VideoCapture(str(self.path))
+        self.used, self.failed_at = 0, None
         try:
-            index = used = 0
-            while self.max_frames is None or used < self.max_frames:
+            index = 0
+            while self.max_frames is None or self.used < self.max_frames:
                 if index % self.stride:
                     if not capture.grab():
+                        self.failed_at = index
                         break
                     index += 1
                     continue
                 ok, bgr = capture.read()
                 if not ok:
+                    self.failed_at = index
                     break
                 yield Frame(f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}",
                             cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 index += 1
-                used += 1
+                self.used += 1
         finally:
             capture.release()
+
+    def pair_name(self, first: Frame, second: Frame) -> str:
+        return first.name
+
+    def shortfall(self) -> str | None:
+        """One line when the last iteration decoded fewer frames than the container announces."""
+        if self.expected is None or self.failed_at is None or self.used >= self.expected:
+            return None
+        options = (("--stride", self.stride if self.stride > 1 else None), ("--max_frames", self.max_frames))
+        selection = " ".join(f"{flag} {value}" for flag, value in options if value)
+        wanted = f"{self.expected}" + (f" ({selection})" if selection else "")
+        return (f"video {self.path}: decoding failed at frame {self.failed_at} of the {self.announced} frames its "
+                f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
+                f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}")
 
 
 def select_source(args: argparse.Namespace):
@@ -191,6 +271,8 @@ def select_source(args: argparse.Namespace):
         return source
     if args.frames:
         folder = Path(args.frames)
+        if folder.is_file():
+            raise UserError(f"frames folder {folder} is a file, not a folder (use --video for a video file)")
         if not folder.is_dir():
             raise UserError(f"frames folder {folder} not found")
         paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
@@ -251,7 +333,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
                     "Without an input option it runs on the demo pair in assets/demo/.")
-    parser.add_argument("--model", default=DEFAULT_CHECKPOINT, help=f"checkpoint (default {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--model", default=None,
+                        help=f"checkpoint (default: the first of {', '.join(DEFAULT_CHECKPOINTS)} that exists)")
     inputs = parser.add_argument_group("inputs (one of)")
     inputs.add_argument("--image1", default=None, help="first image of a pair")
     inputs.add_argument("--image2", default=None, help="second image of a pair")
@@ -281,6 +364,64 @@ def main(args: argparse.Namespace) -> list[Path]:
         raise SystemExit(f"get_flow.py: error: {error}") from None
 
 
+def check_output_folder(output: Path) -> None:
+    """UserError unless `output` is a folder or can be made one (checked before any work)."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file, not a folder")
+    existing = output
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing != output and not existing.is_dir():
+        raise UserError(f"--output {output}: cannot create the folder, {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output {output}: no permission to write in {existing}")
+
+
+def resolve_checkpoint(model: str | None) -> str:
+    """`--model`, else the default checkpoint (said on one line)."""
+    if model:
+        return model
+    try:
+        path = default_checkpoint()
+    except FileNotFoundError as error:
+        raise UserError(f"{error}, or pass a checkpoint with --model PATH") from None
+    print(f"checkpoint: {path} (default; --model PATH chooses another)", flush=True)
+    return str(path)
+
+
+class OutputNames:
+    """Pair names of one run, never the same twice (case-insensitively): a repeat gets `_2`, `_3`, ..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def unique(self, name: str) -> str:
+        candidate, n = name, 1
+        while candidate.casefold() in self.used:
+            n += 1
+            candidate = f"{name}_{n}"
+        self.used.add(candidate.casefold())
+        return candidate
+
+
+def _file_list(folder: Path, names: list[str]) -> str:
+    """`folder/: first, second` or `folder/: first ... last`."""
+    return f"{folder}/: {names[0]}" + (f", {names[1]}" if len(names) == 2 else f" ... {names[-1]}")
+
+
+def report(output: Path, pairs: list[str], save_flo: bool, details: str) -> None:
+    """The files written, one or two lines."""
+    if len(pairs) == 1:
+        print(f"wrote {output / (pairs[0] + '_flow.png')} ({details})")
+        if save_flo:
+            print("wrote " + ", ".join(str(output / f"{pairs[0]}_{kind}.flo") for kind in FLOW_KINDS))
+        return
+    print(f"wrote {len(pairs)} visualisations to {_file_list(output, [p + '_flow.png' for p in pairs])} ({details})")
+    if save_flo:
+        print(f"wrote {3 * len(pairs)} flow files to "
+              + _file_list(output, [p + "_{" + ",".join(FLOW_KINDS) + "}.flo" for p in pairs]))
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     from core.utils.frame_utils import write_flo
 
@@ -288,17 +429,18 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
         raise UserError(f"--max_flow must be a positive number, got {args.max_flow}")
+    output = Path(args.output)
+    check_output_folder(output)
     source = select_source(args)
+    checkpoint = resolve_checkpoint(args.model)
     device = resolve_device(args.device)
     mixed = resolve_mixed_precision(args.mixed_precision, device)
-    hint = ""
-    if os.path.normpath(args.model) == os.path.normpath(DEFAULT_CHECKPOINT):
-        hint = (f"download the authors' released DecFlow weights (see checkpoints/README.md) to {DEFAULT_CHECKPOINT}, "
-                "or pass another checkpoint with --model PATH")
-    model = load_model(args, args.model, device, mixed, missing_hint=hint)
+    model = load_model(args, checkpoint, device, mixed)
     runner = FlowRunner(model, device, args.iters, args.warm_start)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
 
     frames: Iterator[Frame] = iter(source)
     bar = None
@@ -308,19 +450,20 @@ def run(args: argparse.Namespace) -> list[Path]:
         bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True)
     writer = None
     video_path = output / f"{source.video_name}_flow.mp4" if source.video_name else None
-    written: list[Path] = []
+    names = OutputNames()
+    pairs: list[str] = []
     try:
         previous = next(frames)
         for current in frames:
             check_same_size(previous.label, previous.rgb, current.label, current.rgb)
             facial, head, expression = runner(previous.rgb, current.rgb)
             canvas, _ = render_flow_panels(previous.rgb, facial, head, expression, max_flow=args.max_flow)
-            path = output / f"{previous.name}_flow.png"
-            write_png(path, canvas)
-            written.append(path)
+            name = names.unique(source.pair_name(previous, current))
+            write_png(output / f"{name}_flow.png", canvas)
+            pairs.append(name)
             if args.save_flo:
-                for kind, flow in (("facial", facial), ("head", head), ("expression", expression)):
-                    write_flo(output / f"{previous.name}_{kind}.flo", flow)
+                for kind, flow in zip(FLOW_KINDS, (facial, head, expression)):
+                    write_flo(output / f"{name}_{kind}.flo", flow)
             if video_path is not None:
                 if writer is None:
                     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
@@ -336,16 +479,16 @@ def run(args: argparse.Namespace) -> list[Path]:
             bar.close()
         if writer is not None:
             writer.release()
-    if not written:
-        raise UserError("no pair to process: the input has fewer than 2 frames")
-    details = f"{args.iters} iterations, {precision_name(mixed, device)} on {device}"
-    if len(written) == 1:
-        print(f"wrote {written[0]} ({details})")
-    else:
-        print(f"wrote {len(written)} visualisations to {output}/ ({details})")
+    shortfall = source.shortfall() if isinstance(source, VideoFrames) else None
+    if not pairs:
+        raise UserError(shortfall if shortfall
+                        else "no pair to process: the input has fewer than 2 frames")
+    if shortfall:
+        print(f"get_flow.py: warning: {shortfall}", file=sys.stderr, flush=True)
+    report(output, pairs, args.save_flo, f"{args.iters} iterations, {precision_name(mixed, device)} on {device}")
     if writer is not None:
         print(f"wrote {video_path}")
-    return written
+    return [output / f"{name}_flow.png" for name in pairs]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""get_flow.py: demo pair, odd sizes, grayscale/RGBA, frames folders, videos, errors."""
+"""get_flow.py: demo pair, odd and tiny sizes, grayscale/RGBA, frames folders, videos, output
+names, default checkpoints, damaged videos, errors."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import evaluate
 import get_flow
 from core.synthetic import render_sequence
 from core.utils.frame_utils import read_flo
@@ -31,8 +34,10 @@ def run(*argv: str) -> list[Path]:
 
 
 def canvas_shape(height: int, width: int) -> tuple[int, int, int]:
-    """Title strip + four panels + legend, rounded up to even sides (for MP4)."""
-    h, w = height + HEADER, 4 * width + int(np.clip(height * 0.6, 96, 200))
+    """Title strip + four panels + legend, rounded up to even sides (for MP4). Panels are at
+    least 84 px wide (the widest title) and the legend at least 76 px high (a 32 px wheel
+    and two lines of text)."""
+    h, w = max(height, 76) + HEADER, 4 * max(width, 84) + int(np.clip(height * 0.6, 96, 200))
     return h + h % 2, w + w % 2, 3
 
 
@@ -49,26 +54,31 @@ def test_demo_and_missing_default_checkpoint(decflow_checkpoint: Path, tmp_path:
     assert proc.returncode != 0
     message = proc.stderr.strip()
     assert "Traceback" not in message and "\n" not in message
-    assert "checkpoints/decflow-facialflownet.pth" in message and "checkpoints/README.md" in message
-    assert "--model" in message
+    for name in ("checkpoints/decflow-facialflownet.pth", "checkpoints/decflow.pth", "checkpoints/README.md",
+                 "--model"):
+        assert name in message
 
     proc = subprocess.run([sys.executable, script, "--model", str(decflow_checkpoint), "--iters", str(ITERS),
                            "--device", "cpu", "--output", "out"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    vis = read_rgb(tmp_path / "out" / "frame1_flow.png")  # the demo pair is 256x256
+    vis = read_rgb(tmp_path / "out" / "demo_frame1-frame2_flow.png")  # the demo pair is 256x256
     assert vis.shape == canvas_shape(256, 256)
 
 
 def test_odd_size_grayscale_and_rgba(odd_frames: list[np.ndarray], decflow_checkpoint: Path,
-                                     tmp_path: Path) -> None:
+                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     first, second = tmp_path / "first.png", tmp_path / "second.png"
     Image.fromarray(odd_frames[0]).convert("L").save(first)
     Image.fromarray(odd_frames[1]).convert("RGBA").save(second)
     written = run("--model", str(decflow_checkpoint), "--image1", str(first), "--image2", str(second),
                   "--iters", str(ITERS), "--save_flo", "--output", str(tmp_path / "out"))
-    assert written == [tmp_path / "out" / "first_flow.png"]
-    flows = {kind: read_flo(tmp_path / "out" / f"first_{kind}.flo") for kind in ("facial", "head", "expression")}
+    name = f"{tmp_path.name}_first-second"  # <folder>_<stem1>-<stem2>
+    assert written == [tmp_path / "out" / f"{name}_flow.png"]
+    printed = capsys.readouterr().out
+    flos = [tmp_path / "out" / f"{name}_{kind}.flo" for kind in ("facial", "head", "expression")]
+    assert f"wrote {written[0]} (" in printed and f"wrote {', '.join(map(str, flos))}\n" in printed
+    flows = {kind: read_flo(tmp_path / "out" / f"{name}_{kind}.flo") for kind in ("facial", "head", "expression")}
     for flow in flows.values():
         assert flow.shape == (250, 333, 2) and np.isfinite(flow).all()
     np.testing.assert_allclose(flows["expression"], flows["facial"] - flows["head"], atol=1e-5)
@@ -89,8 +99,8 @@ def test_frames_folder_natural_order_warm_start(decflow_checkpoint: Path, tmp_pa
     out = tmp_path / "out"
     written = run("--model", str(decflow_checkpoint), "--frames", str(folder), "--iters", str(ITERS),
                   "--warm_start", "--max_flow", "4", "--save_flo", "--output", str(out))
-    assert written == [out / "f1_flow.png", out / "f2_flow.png"]
-    assert read_flo(out / "f2_facial.flo").shape == (128, 160, 2)
+    assert written == [out / "frames_f1-f2_flow.png", out / "frames_f2-f10_flow.png"]
+    assert read_flo(out / "frames_f2-f10_facial.flo").shape == (128, 160, 2)
 
 
 def test_video_stride_max_frames_and_mp4(decflow_checkpoint: Path, tmp_path: Path) -> None:
@@ -165,7 +175,181 @@ def test_user_errors(odd_frames: list[np.ndarray], decflow_checkpoint: Path, tmp
     Image.fromarray(odd_frames[1][:128, :128]).save(mixed / "a2.png")
     assert "a1.png" in (text := _error(*model, "--frames", str(mixed), "--iters", "1")) and "a2.png" in text
 
+    text = _error(*model, "--image1", str(tmp_path), "--image2", str(large))
+    assert f"image1 {tmp_path} is a directory" in text and "--frames" in text
+    assert f"video {tmp_path} is a directory" in _error(*model, "--video", str(tmp_path))
+    assert "is a file, not a folder" in _error(*model, "--frames", str(large))
     assert "video" in _error(*model, "--video", str(tmp_path / "none.mp4"))
     assert "cannot open video" in _error(*model, "--video", str(tmp_path / "broken.png"))
     assert "--max_flow" in _error(*model, "--max_flow", "0")
     assert "--stride" in _error(*model, "--frames", str(mixed), "--stride", "0")
+
+
+def test_output_is_checked_before_any_work(tmp_path: Path) -> None:
+    """A bad --output is reported before the model (here: a missing one) is even looked at."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    pair = ("--model", str(tmp_path / "missing.pth"), "--image1", str(image), "--image2", str(image))
+    assert _error(*pair, "--output", str(image)) == f"get_flow.py: error: --output {image} is a file, not a folder"
+    text = _error(*pair, "--output", str(image / "sub"))
+    assert text.startswith(f"get_flow.py: error: --output {image / 'sub'}: cannot create") and str(image) in text
+    assert "missing.pth" in _error(*pair, "--output", str(tmp_path / "new"))  # a good --output gets further
+    assert not (tmp_path / "new").exists()  # and is not created for a run that fails
+
+
+# ------------------------------------------------------------------ tiny images
+def _random_pair(folder: Path, size: tuple[int, int], names: tuple[str, str] = ("a.png", "b.png"),
+                 seed: int = 0) -> tuple[Path, Path, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in names]
+    for name, image in zip(names, images):
+        Image.fromarray(image).save(folder / name)
+    return folder / names[0], folder / names[1], images[0]
+
+
+@pytest.mark.parametrize("size", [(20, 30), (32, 32)])
+def test_tiny_images_work(size: tuple[int, int], decflow_checkpoint: Path, tmp_path: Path) -> None:
+    first, second, image = _random_pair(tmp_path / "tiny", size)
+    written = run("--model", str(decflow_checkpoint), "--image1", str(first), "--image2", str(second),
+                  "--iters", "1", "--save_flo", "--output", str(tmp_path / "out"))
+    assert written == [tmp_path / "out" / "tiny_a-b_flow.png"]
+    assert read_flo(tmp_path / "out" / "tiny_a-b_facial.flo").shape == (*size, 2)
+    vis = read_rgb(written[0])
+    assert vis.shape == canvas_shape(*size)
+    height, width = size
+    np.testing.assert_array_equal(vis[HEADER:HEADER + height, :width], image)  # the input panel, lossless PNG
+    assert (vis[HEADER + height + 1:, :width] == 255).all()  # white margin below it
+
+
+# ------------------------------------------------------------------ output names
+def test_output_names_are_unique_per_pair(decflow_checkpoint: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    model = ("--model", str(decflow_checkpoint), "--iters", "1", "--output", str(tmp_path / "out"))
+    # two pairs with the same file names in different folders: no overwriting
+    for folder in ("seq1", "seq2"):
+        first, second, _ = _random_pair(tmp_path / folder, (24, 24), ("0001.png", "0002.png"))
+        run(*model, "--image1", str(first), "--image2", str(second))
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"seq1_0001-0002_flow.png", "seq2_0001-0002_flow.png"}
+    # one folder, a stem shared by a .jpg and a .png: the extension tells them apart
+    _random_pair(tmp_path / "frames", (24, 24), ("0001.jpg", "0001.png"))
+    _random_pair(tmp_path / "frames", (24, 24), ("0002.png", "0003.png"), seed=1)
+    capsys.readouterr()
+    written = run(*model, "--frames", str(tmp_path / "frames"), "--save_flo")
+    names = ["frames_0001_jpg-0001_png", "frames_0001_png-0002", "frames_0002-0003"]
+    assert written == [tmp_path / "out" / f"{name}_flow.png" for name in names]
+    printed = capsys.readouterr().out
+    assert f"wrote 3 visualisations to {tmp_path / 'out'}/: {names[0]}_flow.png ... {names[-1]}_flow.png (" in printed
+    assert (f"wrote 9 flow files to {tmp_path / 'out'}/: {names[0]}_{{facial,head,expression}}.flo ... "
+            f"{names[-1]}_{{facial,head,expression}}.flo") in printed
+    assert all((tmp_path / "out" / f"{name}_{kind}.flo").is_file()
+               for name in names for kind in ("facial", "head", "expression"))
+
+
+def test_a_name_repeated_within_a_run_is_disambiguated(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    """a.jpg, a.png, a_jpg.png, a_png.jpg: pairs 1 and 3 both read `a_jpg-a_png`."""
+    folder = tmp_path / "f"
+    _random_pair(folder, (24, 24), ("a.jpg", "a.png"))
+    _random_pair(folder, (24, 24), ("a_jpg.png", "a_png.jpg"), seed=1)
+    out = tmp_path / "out"
+    written = run("--model", str(decflow_checkpoint), "--iters", "1", "--frames", str(folder), "--output", str(out))
+    assert written == [out / "f_a_jpg-a_png_flow.png", out / "f_a_png-a_jpg_flow.png", out / "f_a_jpg-a_png_2_flow.png"]
+    assert all(path.is_file() for path in written)
+
+
+# ------------------------------------------------------------------ default checkpoint
+def test_default_checkpoint_release_first_then_seed_training(decflow_checkpoint: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    first, second, _ = _random_pair(tmp_path / "pair", (24, 24))
+    argv = ("--image1", str(first), "--image2", str(second), "--iters", "1", "--output", "out")
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(decflow_checkpoint, tmp_path / "checkpoints" / "decflow.pth")  # after the seed training
+    assert run(*argv) == [Path("out") / "pair_a-b_flow.png"]
+    assert "checkpoint: checkpoints/decflow.pth (default" in capsys.readouterr().out
+    # the authors' release comes first (a broken one here, so the message says which file was taken)
+    (tmp_path / "checkpoints" / "decflow-facialflownet.pth").write_bytes(b"<html>not found</html>")
+    text = _error(*argv)
+    assert text == ("get_flow.py: error: checkpoints/decflow-facialflownet.pth: not a PyTorch checkpoint "
+                    "(neither a zip archive nor a pickle)")
+    assert "checkpoint: checkpoints/decflow-facialflownet.pth (default" in capsys.readouterr().out
+
+
+def test_evaluate_uses_the_default_checkpoint(decflow_checkpoint: Path, synthetic_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1", "--device", "cpu", "--no_progress"]
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    assert "checkpoints/decflow-facialflownet.pth" in str(error.value) and "checkpoints/decflow.pth" in str(error.value)
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(decflow_checkpoint, tmp_path / "checkpoints" / "decflow.pth")
+    capsys.readouterr()
+    document = evaluate.main(evaluate.get_args_parser().parse_args(argv))
+    assert document["meta"]["checkpoint"] == "checkpoints/decflow.pth" and document["pairs"] == 1
+    assert "checkpoint: checkpoints/decflow.pth (default" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ damaged videos
+def _write_video(path: Path, fourcc: str, frames: int, size: int = 64) -> None:
+    """Noisy frames: the encoded frames, not the container's headers, make most of the file."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (size, size))
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    for i in range(frames):
+        frame = np.full((size, size, 3), 20 * i, np.uint8)
+        frame[::4] = rng.integers(0, 256, (size // 4, size, 3), dtype=np.uint8)
+        writer.write(frame)
+    writer.release()
+
+
+def _decodable_frames(path: Path) -> tuple[int, int]:
+    capture = cv2.VideoCapture(str(path))
+    announced, decoded = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
+    while capture.read()[0]:
+        decoded += 1
+    capture.release()
+    return announced, decoded
+
+
+def test_truncated_video_warns_with_both_numbers(decflow_checkpoint: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    whole = tmp_path / "whole.avi"
+    _write_video(whole, "MJPG", 10)
+    cut = tmp_path / "cut.avi"
+    data = whole.read_bytes()
+    cut.write_bytes(data[:int(len(data) * 0.55)])
+    assert _decodable_frames(cut) == (10, 5), "OpenCV reads a cut AVI differently here"
+    out = tmp_path / "out"
+    written = run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out))
+    assert len(written) == 4
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"get_flow.py: warning: video {cut}: decoding failed at frame 5 of the 10 frames its "
+                       "container announces (truncated or damaged file?): used 5 frames instead of 10, "
+                       "4 pairs instead of 9"]
+    assert "wrote 4 visualisations" in captured.out
+    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out),
+        "--stride", "2", "--max_frames", "4")  # frames 0, 2, 4 of the 0, 2, 4, 6 asked for
+    assert "used 3 frames instead of 4 (--stride 2 --max_frames 4), 2 pairs instead of 3" in capsys.readouterr().err
+    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out),
+        "--max_frames", "3")  # all the frames asked for decode: nothing to say
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_undecodable_video_says_where_decoding_failed(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    video = tmp_path / "garbled.mp4"
+    _write_video(video, "mp4v", 4)
+    data = bytearray(video.read_bytes())
+    start, end = data.find(b"mdat"), data.find(b"moov")
+    assert 0 < start < end, "expected the mp4 index (moov) after the frames (mdat)"
+    cut_from = start + (end - start) // 5  # garble from inside the first frame's data to the index
+    data[cut_from:end - 4] = b"\xff" * (end - 4 - cut_from)
+    video.write_bytes(bytes(data))
+    assert _decodable_frames(video) == (4, 1), "OpenCV reads this garbled mp4 differently here"
+    text = _error("--model", str(decflow_checkpoint), "--video", str(video), "--iters", "1",
+                  "--output", str(tmp_path / "out"))
+    assert text == (f"get_flow.py: error: video {video}: decoding failed at frame 1 of the 4 frames its container "
+                    "announces (truncated or damaged file?): used 1 frames instead of 4, 0 pairs instead of 3")
