@@ -37,3 +37,14 @@ def test_min_side_pads_small_images_up():
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match="pad mode"):
         InputPadder((128, 128), mode="sintel")
+
+
+@pytest.mark.parametrize("size, padding", [((20, 30), (49, 49, 54, 54)), ((1, 1), (63, 64, 63, 64))])
+def test_tiny_images_pad_up_to_the_minimum_and_back(size, padding):
+    """get_flow.py pads images of a few pixels to DecFlow's 128 px by replicating the border."""
+    padder = InputPadder((1, 3, *size), mode="symmetric", min_side=128)
+    assert padder.padding == padding and padder.padded_shape == (128, 128)
+    image = torch.rand(1, 3, *size)
+    padded = padder.pad(image)[0]
+    assert torch.equal(padder.unpad(padded), image)
+    assert torch.equal(padded[..., 0, 0], image[..., 0, 0]) and torch.equal(padded[..., -1, -1], image[..., -1, -1])
