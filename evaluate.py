@@ -449,7 +449,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
                     "of facial, head and expression flow over the face mask, plus the reference protocol.")
-    parser.add_argument("--model", default=None, help="DecFlow checkpoint (required for --method decflow)")
+    parser.add_argument("--model", default=None,
+                        help="DecFlow checkpoint (default: the authors' release, else stage 2 of the seed training, "
+                             "in checkpoints/; see checkpoints/README.md)")
     parser.add_argument("--method", choices=METHODS, default="decflow",
                         help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback")
     parser.add_argument("--dataset", choices=DATASETS, default="facialflow")
@@ -476,7 +478,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
     if decflow and not args.model:
-        raise UserError("--model CHECKPOINT is required for --method decflow")
+        from core.checkpoint import default_checkpoint
+
+        try:
+            args.model = str(default_checkpoint())
+        except FileNotFoundError as error:
+            raise UserError(f"--model CHECKPOINT is required for --method decflow: {error}") from None
+        print(f"checkpoint: {args.model} (default; --model PATH chooses another)", flush=True)
     device = resolve_device(args.device)
     mixed = resolve_mixed_precision(args.mixed_precision, device) if decflow else False
 
