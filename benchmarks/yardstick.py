@@ -5,8 +5,14 @@ the correlation pyramid sampled with `grid_sample`, the attention matrix as one 
 softmax, a separate correlation lookup for each decoder, the plain update block (whole GRU input convolved every iteration, mask head every
 iteration) and convex upsampling of both decoders at every iteration, in fp32. The fast path
 must agree with it (tests) and beat it (benchmarks).
+
+With `amp_dtype` it autocasts as the reference's `--mixed_precision` does: one region for
+fnet, one for the context, one per iteration for each update block; the correlation and
+the coordinates stay in float32. Mixed-precision gradients are compared with this layout.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch.nn import functional as F
@@ -59,18 +65,25 @@ def straightforward_attention(model: DecFlow, inp: torch.Tensor) -> torch.Tensor
 
 
 def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
-                            flow_init: torch.Tensor | None = None, test_mode: bool = False):
-    """Same contract as `DecFlow.forward` (fp32 only)."""
+                            flow_init: torch.Tensor | None = None, test_mode: bool = False,
+                            amp_dtype: torch.dtype | None = None):
+    """Same contract as `DecFlow.forward`; float32, or the reference's autocast regions in `amp_dtype`."""
     model.check_inputs(image1, image2)
+
+    def region() -> contextlib.AbstractContextManager:
+        return torch.autocast(image1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
     image1 = 2 * (image1 / 255.0) - 1.0
     image2 = 2 * (image2 / 255.0) - 1.0
-    fmap1, fmap2 = model.fnet(torch.cat([image1, image2])).chunk(2)
+    with region():
+        fmap1, fmap2 = model.fnet(torch.cat([image1, image2])).chunk(2)
     pyramid = straightforward_pyramid(fmap1.float(), fmap2.float())
-    context = model.cnet(image1)
-    semantic = model.change_dim(model.dad_encoder(image1))
-    net, inp = model.res1(torch.cat([context, semantic], dim=1)).split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
-    net, inp = torch.tanh(net), torch.relu(inp)
-    attention = straightforward_attention(model, inp)
+    with region():
+        context = model.cnet(image1)
+        semantic = model.change_dim(model.dad_encoder(image1))
+        net, inp = model.res1(torch.cat([context, semantic], dim=1)).split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
+        net, inp = torch.tanh(net), torch.relu(inp)
+        attention = straightforward_attention(model, inp)
 
     batch, _, height, width = image1.shape
     coords0 = coords_grid(batch, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR, device=image1.device)
@@ -80,12 +93,14 @@ def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.
     for _ in range(iters):
         coords1, coords1_head = coords1.detach(), coords1_head.detach()
         corr = straightforward_lookup(pyramid, coords1)
-        net, mask, delta = model.update_block(net, inp, corr, coords1 - coords0, attention)
-        coords1 = coords1 + delta
+        with region():
+            net, mask, delta = model.update_block(net, inp, corr, coords1 - coords0, attention)
+        coords1 = coords1 + delta.float()
         facial_preds.append(convex_upsample(coords1 - coords0, mask))
         corr = straightforward_lookup(pyramid, coords1_head)
-        net_head, mask, delta = model.update_block_head(net_head, inp, corr, coords1_head - coords0, attention)
-        coords1_head = coords1_head + delta
+        with region():
+            net_head, mask, delta = model.update_block_head(net_head, inp, corr, coords1_head - coords0, attention)
+        coords1_head = coords1_head + delta.float()
         head_preds.append(convex_upsample(coords1_head - coords0, mask))
     if not test_mode:
         return facial_preds, head_preds

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from core.corr import CorrBlock, coords_grid
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
+from core.precision import amp_dtype_name, default_amp_dtype
 from core.semantic import SemanticEncoder
 from core.update import GMAUpdateBlock
 
@@ -56,11 +57,6 @@ class DecFlowOutput:
     head_low: torch.Tensor
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype:
-    """Mixed-precision dtype: float16 on CUDA, bfloat16 elsewhere (CPU autocast)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
 def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMPLE_FACTOR) -> torch.Tensor:
     """Upsample `[B, 2, h, w]` flow to `[B, 2, f*h, f*w]` as a convex combination of 3x3 neighbours.
 
@@ -82,11 +78,14 @@ class DecFlow(nn.Module):
 
     def __init__(self, *, num_heads: int = 1, position_only: bool = False,
                  position_and_content: bool = False, dropout: float = 0.0,
-                 mixed_precision: bool = False, frozen: bool = False, alternate_corr: bool = False) -> None:
+                 mixed_precision: bool = False, amp_dtype: torch.dtype | None = None, frozen: bool = False,
+                 alternate_corr: bool = False) -> None:
         super().__init__()
         self.config = DecFlowConfig(num_heads=num_heads, position_only=position_only,
                                     position_and_content=position_and_content, dropout=dropout)
         self.mixed_precision = mixed_precision
+        # autocast dtype; None: float16 on CUDA (the paper's recipe), bfloat16 on CPU
+        self.amp_dtype = amp_dtype
         # Memory-bounded mode: correlation and attention computed in chunks, on the fly.
         self.alternate_corr = alternate_corr
 
@@ -122,7 +121,12 @@ class DecFlow(nn.Module):
             module.requires_grad_(name in trainable)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        return torch.autocast(device_type=device.type, dtype=autocast_dtype(device), enabled=self.mixed_precision)
+        # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
+        # per iteration: one cached float16 copy shared by all iterations would sum their gradients
+        # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
+        # only saves work.
+        return torch.autocast(device_type=device.type, dtype=self.amp_dtype or default_amp_dtype(device),
+                              enabled=self.mixed_precision, cache_enabled=not torch.is_grad_enabled())
 
     def _dense_from_level(self, batch: int, pixels: int) -> int:
         """First correlation level kept as a volume (finer levels are computed on the fly)."""
@@ -204,7 +208,7 @@ class DecFlow(nn.Module):
         coords = [start_from(facial_init)]
         coords.append(coords[0] if head_init is facial_init else start_from(head_init))
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-        # One autocast region for the whole recurrence: weights are cast once per forward.
+        # One autocast region for the whole recurrence (weights cast once per forward at inference).
         with self._autocast(device):
             net, inp, attention = self.encode_context(image1)
             prepared = [decoder.prepare(inp) for decoder in decoders]
@@ -236,5 +240,6 @@ class DecFlow(nn.Module):
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints that describe themselves."""
-        return {**asdict(self.config), "mixed_precision": self.mixed_precision, "frozen": self.frozen,
-                "alternate_corr": self.alternate_corr}
+        return {**asdict(self.config), "mixed_precision": self.mixed_precision,
+                "amp_dtype": None if self.amp_dtype is None else amp_dtype_name(self.amp_dtype),
+                "frozen": self.frozen, "alternate_corr": self.alternate_corr}

@@ -90,7 +90,9 @@ class SepConvGRU(nn.Module):
             weight = torch.cat([c.weight for c in convs])  # [3*hidden, channels, kh, kw]
             bias = torch.cat([c.bias for c in convs])
             recurrent = torch.cat([weight[:, :hidden], weight[:, split:]], dim=1)
-            if torch.is_autocast_enabled(context.device.type):  # cast once, not at every step
+            # inference: cast once, not at every step. Under autograd a shared low-precision copy
+            # would sum every step's gradient in that precision, so each step casts its own.
+            if torch.is_autocast_enabled(context.device.type) and not torch.is_grad_enabled():
                 recurrent = recurrent.to(torch.get_autocast_dtype(context.device.type))
             context_terms = F.conv2d(context, weight[:, hidden:split], bias, padding=padding)
             passes.append(GRUPass(weight_zr=recurrent[: 2 * hidden].contiguous(),
