@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils import data
+from tqdm import tqdm
 
 from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, reference_state_dict,
                              save_checkpoint, strip_data_parallel_prefix, unwrap)
+from core.datasets import FacialFlow, default_num_workers, seed_worker, training_dataset
 from core.loss import sequence_loss
 from core.network import DecFlow
+from core.precision import AMP_DTYPES, amp_dtype_name, needs_grad_scaler, parse_amp_dtype, resolve_amp_dtype
+from core.utils.flow_viz import flow_to_image, shared_max_flow
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
 RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "position_only",
                      "position_and_content", "dropout", "stage", "image_size", "seed", "iters", "gamma",
-                     "wdecay", "clip", "epsilon", "mixed_precision", "add_noise", "freeze_bn")
+                     "wdecay", "clip", "epsilon", "mixed_precision", "amp_dtype", "add_noise", "freeze_bn")
+# Warn when the GradScaler skips more than this share of the steps of a print window.
+SKIPPED_STEPS_WARNING = 0.05
 
 
 # ============================================================================ arguments
@@ -95,7 +102,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
     optim_group.add_argument("--iters", type=int, default=12, help="recurrent iterations in training")
     optim_group.add_argument("--mixed_precision", action="store_true",
-                             help="autocast: float16 with GradScaler on CUDA, bfloat16 on CPU")
+                             help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
+                                  "bfloat16 where the CPU has it natively, else float32 with a warning")
+    optim_group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
+                             help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU); "
+                                  "float16 trains with a GradScaler, bfloat16 without")
     optim_group.add_argument("--max_nonfinite", type=int, default=5,
                              help="abort after this many consecutive steps with a non-finite loss or gradient "
                                   "(such steps are skipped)")
@@ -267,8 +278,6 @@ class SeededSamples(data.Dataset):
 
 def build_train_loader(args: argparse.Namespace, *, per_process_batch: int, rank: int, world_size: int,
                        start_step: int) -> data.DataLoader:
-    from core.datasets import default_num_workers, seed_worker, training_dataset
-
     dataset = training_dataset(args.stage, args.image_size, batch_size=per_process_batch, root=args.root)
     num_workers = args.num_workers if args.num_workers is not None else default_num_workers()
     sampler = ResumableSampler(len(dataset), per_process_batch, seed=args.seed, rank=rank,
@@ -281,8 +290,6 @@ def build_train_loader(args: argparse.Namespace, *, per_process_batch: int, rank
 # ============================================================================ validation
 def build_val_dataset(args: argparse.Namespace):
     """The validation split (None without --validation facialflow)."""
-    from core.datasets import FacialFlow
-
     return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
 
 
@@ -346,8 +353,6 @@ class RunLog:
     def __call__(self, message: str) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self.file.write(f"{stamp} {message}\n")
         self.file.flush()
@@ -365,8 +370,6 @@ class RunLog:
     def flow_images(self, step: int, batch: tuple, facial_pred: torch.Tensor, head_pred: torch.Tensor) -> None:
         if not self.enabled:
             return
-        from core.utils.flow_viz import flow_to_image, shared_max_flow
-
         _, _, flow_f, flow_h, *_ = batch
         pairs = {"facial": (facial_pred[0], flow_f[0]), "head": (head_pred[0], flow_h[0]),
                  "expression": (facial_pred[0] - head_pred[0], flow_f[0] - flow_h[0])}
@@ -468,10 +471,22 @@ def average_across_ranks(metrics: dict[str, float], device: torch.device, distri
     return dict(zip(keys, tensor.tolist()))
 
 
+@dataclass
+class StepResult:
+    """What one optimisation step did. `skipped`: why the update was refused (a bad step);
+    `scaler_skipped`: the GradScaler found non-finite float16 gradients and lowered its scale."""
+
+    metrics: dict[str, float]
+    facial_preds: list[torch.Tensor]
+    head_preds: list[torch.Tensor]
+    skipped: str | None = None
+    scaler_skipped: bool = False
+
+
 def train_step(model: nn.Module, batch: tuple, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                iters: int, gamma: float, clip: float, device: torch.device, distributed: bool,
-               noise_generator: torch.Generator | None = None):
-    """One optimisation step. Returns (metrics, facial_preds, head_preds, skipped_reason)."""
+               noise_generator: torch.Generator | None = None) -> StepResult:
+    """One optimisation step (forward, loss, scaled backward, clipping, update)."""
     image1, image2, flow_f, flow_h, valid_f, valid_h, _ = [x.to(device, non_blocking=True) for x in batch]
     if noise_generator is not None:
         std = 5.0 * torch.rand((), generator=noise_generator).item()
@@ -481,17 +496,22 @@ def train_step(model: nn.Module, batch: tuple, *, optimizer: torch.optim.Optimiz
     facial_preds, head_preds = model(image1, image2, iters=iters)
     loss, metrics = sequence_loss(facial_preds, head_preds, flow_f, flow_h, valid_f, valid_h, gamma)
     if any_across_ranks(not math.isfinite(metrics["loss"]), device, distributed):
-        return metrics, facial_preds, head_preds, "non-finite loss"
+        return StepResult(metrics, facial_preds, head_preds, skipped="non-finite loss")
+    no_ground_truth = math.isnan(metrics["facial_epe"]) and math.isnan(metrics["head_epe"])
+    if any_across_ranks(no_ground_truth, device, distributed):
+        return StepResult(metrics, facial_preds, head_preds, skipped="no valid ground-truth pixel")
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     metrics["grad_norm"] = float(grad_norm)
     if not scaler.is_enabled() and not math.isfinite(metrics["grad_norm"]):
-        return metrics, facial_preds, head_preds, "non-finite gradient"  # grads are identical on all ranks
+        # grads are identical on all ranks
+        return StepResult(metrics, facial_preds, head_preds, skipped="non-finite gradient")
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     scaler.step(optimizer)  # with float16 the scaler itself skips steps with inf/NaN gradients
-    scaler.update()
-    return metrics, facial_preds, head_preds, None
+    scaler.update()  # ... and then lowers its scale
+    return StepResult(metrics, facial_preds, head_preds, scaler_skipped=scaler.is_enabled() and scaler.get_scale() < scale)
 
 
 def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
@@ -503,10 +523,40 @@ def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
     return Path(args.resume)
 
 
-def build_model(args: argparse.Namespace) -> DecFlow:
+def load_training_state(path: Path, args: argparse.Namespace) -> dict:
+    """Read a training-state file for `--resume`; SystemExit (one line naming the file) when
+    it is unreadable, not a state file, damaged (a non-finite value) or from another run."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
+    except Exception as error:  # unreadable, truncated or not a state file
+        raise SystemExit(f"error: --resume {path} is not a readable training-state file: "
+                         f"{str(error).splitlines()[0]}") from None
+    damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
+    if damaged:
+        raise SystemExit(f"error: --resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
+                         + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+                         + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead")
+    mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {getattr(args, k)}" for k in RESUME_MUST_MATCH
+                  if state["args"].get(k) != getattr(args, k)
+                  and not (isinstance(state["args"].get(k), list) and list(getattr(args, k)) == state["args"][k])]
+    if mismatched:
+        raise SystemExit(f"error: cannot resume {path}: " + "; ".join(mismatched))
+    return state
+
+
+def nonfinite_entries(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecFlow:
     return DecFlow(num_heads=args.num_heads, position_only=args.position_only,
                    position_and_content=args.position_and_content, dropout=args.dropout,
-                   mixed_precision=args.mixed_precision, frozen=args.frozen)
+                   mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype, frozen=args.frozen)
 
 
 def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> None:
@@ -526,11 +576,22 @@ def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> No
     log(("stage 2 (strict): " if args.frozen else "stage 1 (non-strict): ") + report.summary())
 
 
-def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args, history: dict) -> None:
+def plain_arguments(args: argparse.Namespace) -> dict:
+    """The arguments as plain values (what a state file may hold and `weights_only` loads)."""
+    plain = (str, int, float, bool, type(None))
+    values = vars(args)
+    for key, value in values.items():
+        if not (isinstance(value, plain) or (isinstance(value, list) and all(isinstance(v, plain) for v in value))):
+            raise TypeError(f"argument {key} holds a {type(value).__name__}, not a plain value")
+    return dict(values)
+
+
+def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args, history: dict,
+               scaler_skipped: int = 0) -> None:
     atomic_save({"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "rng": rng_state(), "args": vars(args), "config": unwrap(model).config_dict(),
-                 "history": history}, path)
+                 "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
+                 "config": unwrap(model).config_dict(), "history": history}, path)
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -539,207 +600,302 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     check_args(parser, args)
     output = Path(args.output)
     distributed, rank, world_size, device = setup_distributed(args.device)
-    is_main = rank == 0
     try:
-        return _train(args, output=output, distributed=distributed, rank=rank, world_size=world_size,
-                      device=device, is_main=is_main)
+        run = setup_run(args, output=output, distributed=distributed, rank=rank, world_size=world_size,
+                        device=device)
+        try:
+            return train_loop(run, args)
+        finally:
+            run.close()
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(args, *, output: Path, distributed: bool, rank: int, world_size: int, device, is_main: bool):
-    from tqdm import tqdm
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
 
+    model: DecFlow  # the bare model (weights files, evaluation)
+    wrapped: nn.Module  # what the steps call: the model, or its DataParallel / DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loader: data.DataLoader
+    val_dataset: data.Dataset | None
+    log: RunLog
+    device: torch.device
+    distributed: bool
+    rank: int
+    world_size: int
+    output: Path
+    start_step: int
+    scaler_skipped: int  # optimizer steps the GradScaler skipped so far (the whole run)
+    resume_rng: dict | None  # RNG states of a resumed run, restored once the loader has started
+    stop: StopRequest | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.output / f"{self.log.name}{STATE_SUFFIX}"
+
+    def close(self) -> None:
+        if self.stop is not None:
+            self.stop.restore()
+        self.log.close()
+
+
+def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank: int, world_size: int,
+              device: torch.device | None) -> Run:
+    """Log, device, precision, model (restored or resumed), wrapper, optimiser and data."""
     resume_path = resolve_resume(args, output)
-    state = None
-    if resume_path is not None:
-        try:
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
-            state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
-        except Exception as error:  # unreadable, truncated or not a state file
-            raise SystemExit(f"error: --resume {resume_path} is not a readable training-state file: {error}") \
-                from None
-        mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {getattr(args, k)}" for k in RESUME_MUST_MATCH
-                      if state["args"].get(k) != getattr(args, k)
-                      and not (isinstance(state["args"].get(k), list) and list(getattr(args, k)) == state["args"][k])]
-        if mismatched:
-            raise SystemExit(f"error: cannot resume {resume_path}: " + "; ".join(mismatched))
+    state = load_training_state(resume_path, args) if resume_path is not None else None
     start_step = state["step"] if state else 0
-    log = RunLog(output, args.name, enabled=is_main, start_step=start_step, history=state and state["history"])
-    if distributed:
-        if args.gpus is not None and is_main:
-            log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
-    else:
-        device = choose_device(device, args.gpus, log)
-    log(f"DecFlow training '{args.name}' on {device}"
-        + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
-        + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
+    log = RunLog(output, args.name, enabled=rank == 0, start_step=start_step, history=state and state["history"])
+    try:
+        if distributed:
+            if args.gpus is not None:
+                log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
+        else:
+            device = choose_device(device, args.gpus, log)
+        amp_dtype = resolve_amp_dtype(args.mixed_precision, device, parse_amp_dtype(args.amp_dtype), warn=log)
+        log(f"DecFlow training '{args.name}' on {device}, {amp_dtype_name(amp_dtype)}"
+            + (" autocast" + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "") if amp_dtype else "")
+            + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
+            + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
 
-    seed_everything(args.seed)
-    model = build_model(args)
-    if state is not None:
-        model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
-        log(f"resuming {resume_path} at step {start_step}")
-    else:
-        if args.resume == "auto":
-            log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
-        restore_initial_weights(model, args, log)
-    model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} trainable "
-        f"parameters of {sum(p.numel() for p in model.parameters()):,}")
+        seed_everything(args.seed)
+        model = build_model(args, amp_dtype)
+        if state is not None:
+            model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
+            log(f"resuming {resume_path} at step {start_step}")
+        else:
+            if args.resume == "auto":
+                log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
+            restore_initial_weights(model, args, log)
+        model.to(device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
+            f"trainable parameters of {sum(p.numel() for p in model.parameters()):,}")
+        wrapped = wrap_model(model, args, device=device, distributed=distributed)
+        if args.batch_size % world_size:
+            raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
 
+        optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.wdecay, eps=args.epsilon)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.num_steps + 100,
+                                                        pct_start=0.05, cycle_momentum=False,
+                                                        anneal_strategy="linear")
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        try:
+            loader = build_train_loader(args, per_process_batch=args.batch_size // world_size, rank=rank,
+                                        world_size=world_size, start_step=start_step)
+            # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
+            val_dataset = build_val_dataset(args)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+    except BaseException:
+        log.close()
+        raise
+    return Run(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loader=loader,
+               val_dataset=val_dataset, log=log, device=device, distributed=distributed, rank=rank,
+               world_size=world_size, output=output, start_step=start_step,
+               scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
+               resume_rng=state["rng"] if state else None)
+
+
+def wrap_model(model: DecFlow, args: argparse.Namespace, *, device: torch.device, distributed: bool) -> nn.Module:
+    """DistributedDataParallel under torchrun, DataParallel for `--gpus` with several ids, else the model."""
     if distributed:
         # content-only attention leaves the (trainable in stage 1) relative-position tables unused
         unused = not args.frozen and not (args.position_only or args.position_and_content)
-        wrapped = nn.parallel.DistributedDataParallel(
+        return nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
-    elif device.type == "cuda" and args.gpus is not None and len(args.gpus) > 1:
+    if device.type == "cuda" and args.gpus is not None and len(args.gpus) > 1:
         if device != torch.device(f"cuda:{args.gpus[0]}"):
             raise SystemExit(f"error: with --gpus {' '.join(map(str, args.gpus))} the model lives on "
                              f"cuda:{args.gpus[0]}; drop --device {device} or make it cuda:{args.gpus[0]}")
-        wrapped = nn.DataParallel(model, device_ids=args.gpus)
-    else:
-        wrapped = model
-    if args.batch_size % world_size:
-        raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
-    per_process_batch = args.batch_size // world_size
+        return nn.DataParallel(model, device_ids=args.gpus)
+    return model
+@dataclass
+class PrintWindow:
+    """Metrics and step counts since the last print line."""
 
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.wdecay, eps=args.epsilon)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.num_steps + 100,
-                                                    pct_start=0.05, cycle_momentum=False, anneal_strategy="linear")
-    scaler = torch.amp.GradScaler("cuda", enabled=args.mixed_precision and device.type == "cuda")
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+    metrics: dict[str, list[float]]
+    steps: int = 0
+    bad: int = 0  # refused updates: non-finite loss or gradient, no valid ground truth
+    scaler_skipped: int = 0
+    first_step: int = 1
 
-    try:
-        loader = build_train_loader(args, per_process_batch=per_process_batch, rank=rank, world_size=world_size,
-                                    start_step=start_step)
-        # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
-        args.val_dataset = build_val_dataset(args)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-    batches = iter(loader)
-    if state is not None:  # after everything that draws random numbers at start-up
-        set_rng_state(state["rng"])
+    @classmethod
+    def starting_at(cls, step: int) -> PrintWindow:
+        return cls(metrics=defaultdict(list), first_step=step)
 
-    wrapped.train()
+    def means(self) -> dict[str, float]:
+        return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.metrics.items()}
+
+
+def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
+    """Steps until `--num_steps` (or `--stop_at`, or a signal); returns the last averaged
+    training metrics, with the final validation metrics (`val_*`) when the run ends."""
+    batches = iter(run.loader)
+    if run.resume_rng is not None:  # after everything that draws random numbers at start-up
+        set_rng_state(run.resume_rng)
+    run.wrapped.train()
     if args.freeze_bn:
-        set_bn_eval(model)
+        set_bn_eval(run.model)
     vis_freq = args.val_freq if args.vis_freq is None else args.vis_freq
-    stop = StopRequest()
-    stop.install()
-    bar = tqdm(total=args.num_steps, initial=start_step, disable=not is_main, dynamic_ncols=True, unit="step",
-               desc=args.name)
-    window: dict[str, list[float]] = defaultdict(list)
+    run.stop = StopRequest()
+    run.stop.install()
+    bar = tqdm(total=args.num_steps, initial=run.start_step, disable=not run.is_main, dynamic_ncols=True,
+               unit="step", desc=args.name)
+    window = PrintWindow.starting_at(run.start_step + 1)
     last: dict[str, float] = {}
     consecutive_bad = 0
-    step = start_step
-    state_path = output / f"{args.name}{STATE_SUFFIX}"
-
-    def checkpoint_state() -> None:
-        if is_main:
-            save_state(state_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=step,
-                       args=args, history=log.plain_history())
-
+    step = run.start_step
     try:
         while step < args.num_steps:
-            try:
-                batch = next(batches)
-            except Exception:
-                # Ctrl-C also reaches the loader workers, which then die: save and stop, don't crash
-                if stop.signum is None:
-                    raise
-                checkpoint_state()
-                log(f"interrupted by a signal after step {step}: training state saved to {state_path}; "
-                    f"continue with --resume {state_path}")
-                raise SystemExit(128 + stop.signum) from None
-            noise = (torch.Generator().manual_seed(sample_seed(args.seed, -1, step * world_size + rank))
+            batch = next_batch(run, batches, step, args)
+            noise = (torch.Generator().manual_seed(sample_seed(args.seed, -1, step * run.world_size + run.rank))
                      if args.add_noise else None)
-            metrics, facial_preds, head_preds, skipped = train_step(
-                wrapped, batch, optimizer=optimizer, scaler=scaler, iters=args.iters, gamma=args.gamma,
-                clip=args.clip, device=device, distributed=distributed, noise_generator=noise)
+            result = train_step(run.wrapped, batch, optimizer=run.optimizer, scaler=run.scaler, iters=args.iters,
+                                gamma=args.gamma, clip=args.clip, device=run.device, distributed=run.distributed,
+                                noise_generator=noise)
             with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                scheduler.step()
+                run.scheduler.step()
             step += 1
-            if skipped:
-                consecutive_bad += 1
-                log(f"warning: step {step}: {skipped} ({metrics['loss']}), update skipped "
-                    f"({consecutive_bad} in a row)")
-                if consecutive_bad >= args.max_nonfinite:
-                    raise SystemExit(f"error: aborting at step {step}: {consecutive_bad} consecutive steps with a "
-                                     f"non-finite loss or gradient (last good state: {state_path})")
-            else:
-                consecutive_bad = 0
-                metrics = average_across_ranks(metrics, device, distributed)
-                for key, value in metrics.items():
-                    window[key].append(value)
-            lr = scheduler.get_last_lr()[0]
+            consecutive_bad = record_step(run, window, result, step, consecutive_bad, args)
+            lr = run.scheduler.get_last_lr()[0]
             bar.update(1)
-            if not skipped:
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", epe=f"{metrics['facial_epe']:.3f}", lr=f"{lr:.2e}",
-                                refresh=False)
-
+            if not result.skipped:
+                bar.set_postfix(loss=f"{result.metrics['loss']:.3f}", epe=f"{result.metrics['facial_epe']:.3f}",
+                                lr=f"{lr:.2e}", refresh=False)
             if step % args.print_freq == 0 or step == args.num_steps:
-                if window:
-                    last = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                            for k, v in window.items()}
-                    log.scalars("train", step, {**last, "lr": lr})
-                    log(f"[{step:6d}, lr {lr:.7f}] " + ", ".join(
-                        f"{k} {last[k]:.4f}" for k in ("loss", "facial_epe", "head_epe", "expression_epe",
-                                                       "facial_1px", "grad_norm") if k in last))
-                window.clear()
-            if vis_freq and step % vis_freq == 0 and not skipped:
-                log.flow_images(step, batch, facial_preds[-1], head_preds[-1])
-            del facial_preds, head_preds
+                last = report_window(run, window, step, lr) or last
+                window = PrintWindow.starting_at(step + 1)
+            if vis_freq and step % vis_freq == 0 and not result.skipped:
+                run.log.flow_images(step, batch, result.facial_preds[-1], result.head_preds[-1])
+            del result
 
             if step % args.val_freq == 0 and step != args.num_steps:
-                if is_main:
-                    save_checkpoint(model, output / f"{step}_{args.name}.pth")
-                checkpoint_state()
-                run_validation(wrapped, args, step=step, device=device, rank=rank, world_size=world_size, log=log)
-                log.curves()
-            if any_across_ranks(stop.signum is not None or step == args.stop_at, device, distributed) \
+                if run.is_main:
+                    save_checkpoint(run.model, run.output / f"{step}_{args.name}.pth")
+                save_run_state(run, step, args)
+                run_validation(run, args, step=step)
+                run.log.curves()
+            if any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed) \
                     and step < args.num_steps:
-                checkpoint_state()
+                save_run_state(run, step, args)
                 reason = "stopped by --stop_at" if step == args.stop_at else "interrupted by a signal"
-                log(f"{reason} after step {step}: training state saved to {state_path}; continue with "
-                    f"--resume {state_path}")
-                log.curves()
-                if stop.signum is not None:
-                    raise SystemExit(128 + stop.signum)
+                run.log(f"{reason} after step {step}: training state saved to {run.state_path}; continue with "
+                        f"--resume {run.state_path}")
+                run.log.curves()
+                if run.stop.signum is not None:
+                    raise SystemExit(128 + run.stop.signum)
                 return last
-
-        # the end: final weights (also as {num_steps}_{name}.pth when it falls on val_freq)
-        if is_main:
-            if step % args.val_freq == 0:
-                save_checkpoint(model, output / f"{step}_{args.name}.pth")
-            save_checkpoint(model, output / f"{args.name}.pth")
-        checkpoint_state()
-        val = run_validation(wrapped, args, step=step, device=device, rank=rank, world_size=world_size, log=log)
-        log.curves()
-        log(f"done: {output / (args.name + '.pth')}")
-        return {**last, **{f"val_{k}": v for k, v in val.items()}}
+        return {**last, **finish_run(run, step, args)}
     finally:
         bar.close()
-        stop.restore()
-        log.close()
 
 
-def run_validation(model, args, *, step: int, device, rank: int, world_size: int, log) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for name in args.validation:
-        if name == "facialflow":
-            started = time.time()
-            results = validate(model, args.val_dataset, iters=args.val_iters, device=device,
-                               max_pairs=args.val_max_pairs, rank=rank, world_size=world_size)
-            log.scalars("val", step, results)
-            log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
-                + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+def next_batch(run: Run, batches, step: int, args: argparse.Namespace):
+    try:
+        return next(batches)
+    except Exception:
+        # Ctrl-C also reaches the loader workers, which then die: save and stop, don't crash
+        if run.stop.signum is None:
+            raise
+        save_run_state(run, step, args)
+        run.log(f"interrupted by a signal after step {step}: training state saved to {run.state_path}; "
+                f"continue with --resume {run.state_path}")
+        raise SystemExit(128 + run.stop.signum) from None
+
+
+def record_step(run: Run, window: PrintWindow, result: StepResult, step: int, consecutive_bad: int,
+                args: argparse.Namespace) -> int:
+    """Count the step in `window`; returns the new number of consecutive refused updates
+    (SystemExit, naming the step, at `--max_nonfinite`)."""
+    window.steps += 1
+    if result.skipped:
+        window.bad += 1
+        consecutive_bad += 1
+        run.log(f"warning: step {step}: {result.skipped} (loss {result.metrics['loss']}), update skipped "
+                f"({consecutive_bad} in a row)")
+        if consecutive_bad >= args.max_nonfinite:
+            raise SystemExit(f"error: aborting at step {step}: {consecutive_bad} consecutive steps with a non-finite "
+                             f"loss or gradient or no valid ground truth (last good state: {run.state_path})")
+        return consecutive_bad
+    if result.scaler_skipped:
+        window.scaler_skipped += 1
+        run.scaler_skipped += 1
+    metrics = average_across_ranks(result.metrics, run.device, run.distributed)
+    for key, value in metrics.items():
+        window.metrics[key].append(value)
+    return 0
+
+
+def report_window(run: Run, window: PrintWindow, step: int, lr: float) -> dict[str, float] | None:
+    """The print line, TensorBoard scalars and warnings of a print window; its mean metrics.
+
+    A window in which every step was refused stops the run: nothing was learnt in it.
+    """
+    if window.steps and window.bad == window.steps:
+        raise SystemExit(f"error: stopping at step {step}: every step of steps {window.first_step}-{step} had a "
+                         f"non-finite loss or gradient, or no valid ground truth (see the warnings above; last "
+                         f"good state: {run.state_path})")
+    means = window.means()
+    run.log.scalars("train", step, {**means, "lr": lr, "skipped_steps": float(run.scaler_skipped)})
+    run.log(f"[{step:6d}, lr {lr:.7f}] " + ", ".join(
+        f"{k} {means[k]:.4f}" for k in ("loss", "facial_epe", "head_epe", "expression_epe", "facial_1px",
+                                        "grad_norm") if k in means)
+        + (f", skipped {window.scaler_skipped}/{window.steps} (GradScaler, {run.scaler_skipped} in all)"
+           if run.scaler.is_enabled() else ""))
+    if window.scaler_skipped > SKIPPED_STEPS_WARNING * window.steps:
+        run.log(f"warning: the GradScaler skipped {window.scaler_skipped} of the {window.steps} steps "
+                f"{window.first_step}-{step} (float16 gradients overflowed; scale now {run.scaler.get_scale():g})")
+    return means or None
+
+
+def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float]:
+    """Final weights (also as `{num_steps}_{name}.pth` when it falls on val_freq), state,
+    validation, curves and the summary line; returns the validation metrics as `val_*`."""
+    if run.is_main:
+        if step % args.val_freq == 0:
+            save_checkpoint(run.model, run.output / f"{step}_{args.name}.pth")
+        save_checkpoint(run.model, run.output / f"{args.name}.pth")
+    save_run_state(run, step, args)
+    val = run_validation(run, args, step=step)
+    run.log.curves()
+    skipped = (f" ({run.scaler_skipped} of {step} steps skipped by the GradScaler)" if run.scaler.is_enabled()
+               else "")
+    run.log(f"done: {run.output / (args.name + '.pth')}{skipped}")
+    return {f"val_{k}": v for k, v in val.items()}
+
+
+def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
+    if run.is_main:
+        save_state(run.state_path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                   scaler=run.scaler, step=step, args=args, history=run.log.plain_history(),
+                   scaler_skipped=run.scaler_skipped)
+
+
+def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str, float]:
+    """Validate on `run.val_dataset` (when `--validation facialflow`), log and return the metrics."""
+    if run.val_dataset is None:
+        return {}
+    started = time.time()
+    results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
+                       max_pairs=args.val_max_pairs, rank=run.rank, world_size=run.world_size)
+    run.log.scalars("val", step, results)
+    run.log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return results
 
 

@@ -24,8 +24,10 @@ SEED_PART2 = ("--name decflow --stage facialflow --validation facialflow  --outp
               "checkpoints/decflow-facialflownet-part1.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
               "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
               "--mixed_precision --frozen")
+# on CPU whether or not CUDA is present (runs must be comparable to the CPU-made expectations)
 SMALL = dict(image_size="128 128", batch_size="1", iters="2", val_iters="2", val_max_pairs="1", num_workers="0",
-             print_freq="1")
+             print_freq="1", device="cpu")
+CPU = ["--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
 def test_resume_reproduces_an_uninterrupted_run(files):
     common = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
               "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
-              "--num_steps", "2", "--val_freq", "2", "--print_freq", "1", "--lr", "0.001"]
+              "--num_steps", "2", "--val_freq", "2", "--print_freq", "1", "--lr", "0.001", *CPU]
     out_a, out_b = files["base"] / "resume_a", files["base"] / "resume_b"
     run(common + ["--name", "a", "--output", str(out_a)])
     # slot 1: stop after step 1 (as a time-limited job would)
@@ -141,7 +143,7 @@ def test_sigint_saves_state_and_exits(files, monkeypatch):
     out = files["base"] / "sigint"
     with pytest.raises(SystemExit) as exc:  # stage 2 from random weights: cheap steps
         run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
-             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "3"])
+             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "3", *CPU])
     assert exc.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert torch.load(out / "s_state.pth", weights_only=True)["step"] == 1
@@ -161,7 +163,7 @@ def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         run(["--name", "n", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
              "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "5",
-             "--max_nonfinite", "2"])
+             "--max_nonfinite", "2", *CPU])
     assert "aborting at step 2" in str(exc.value.code)
     assert "step 1: non-finite loss" in (out / "n.log").read_text()
     assert not (out / "n.pth").exists()
@@ -215,7 +217,7 @@ def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
     out = files["base"] / f"bn_{freeze_bn}"
     argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
             "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
-            "--num_steps", "1", "--val_freq", "10", "--name", "bn", "--output", str(out)]
+            "--num_steps", "1", "--val_freq", "10", "--name", "bn", "--output", str(out), *CPU]
     run(argv + (["--freeze_bn"] if freeze_bn else []))
     before, after = _bn_stats(load_weights(files["gma"])), _bn_stats(load_weights(out / "bn.pth"))
     assert before and before.keys() == after.keys()
@@ -229,7 +231,7 @@ def test_optimiser_and_schedule_follow_the_recipe(files):
     argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
             "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
             "--num_steps", "3", "--val_freq", "10", "--name", "recipe", "--output", str(out),
-            "--lr", "0.000125", "--wdecay", "0.00001"]
+            "--lr", "0.000125", "--wdecay", "0.00001", *CPU]
     run(argv)
     state = torch.load(out / "recipe_state.pth", weights_only=True)
     group = state["optimizer"]["param_groups"][0]
