@@ -39,6 +39,7 @@ import hashlib
 import math
 import os
 import platform
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 
 from core.loss import THRESHOLDS, endpoint_metrics
+from core.precision import AMP_DTYPES, parse_amp_dtype, precision_name, resolve_amp_dtype
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -126,15 +128,15 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def resolve_mixed_precision(flag: bool | None, device: torch.device) -> bool:
-    """Mixed precision default: on for CUDA (as the reference), off elsewhere."""
-    return device.type == "cuda" if flag is None else bool(flag)
+def resolve_inference_precision(mixed_precision: bool | None, amp_dtype: str | None,
+                                device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `--mixed_precision/--amp_dtype` on `device` (None: float32).
 
-
-def precision_name(mixed_precision: bool, device: torch.device) -> str:
-    if not mixed_precision:
-        return "float32"
-    return "float16 autocast" if device.type == "cuda" else "bfloat16 autocast"
+    Mixed precision is on by default for CUDA (as the reference) and off elsewhere; on a CPU
+    without native bfloat16 it falls back to float32 with one line on stderr.
+    """
+    mixed = device.type == "cuda" if mixed_precision is None else bool(mixed_precision)
+    return resolve_amp_dtype(mixed, device, parse_amp_dtype(amp_dtype), warn=lambda line: print(line, file=sys.stderr))
 
 
 class DecFlowPredictor:
@@ -383,13 +385,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alternate_corr", action="store_true",
                        help="memory-bounded correlation (same results, slower; for large images)")
     group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="autocast (fp16 on CUDA, bf16 on CPU); default: on for CUDA, off otherwise")
+                       help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
+                            "with a warning); default: on for CUDA, off otherwise")
+    group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
+                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)")
     group.add_argument("--device", default=None,
                        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
 
 
 def load_model(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device,
-               mixed_precision: bool, *, missing_hint: str = "") -> torch.nn.Module:
+               amp_dtype: torch.dtype | None, *, missing_hint: str = "") -> torch.nn.Module:
     """DecFlow with the options in `args`, weights from `checkpoint` (strict), on `device`,
     in eval mode. Problems become UserError (one line)."""
     from core.checkpoint import load_checkpoint
@@ -403,8 +408,8 @@ def load_model(args: argparse.Namespace, checkpoint: str | os.PathLike, device: 
     if args.position_only and args.position_and_content:
         raise UserError("--position_only and --position_and_content are mutually exclusive")
     model = DecFlow(num_heads=args.num_heads, position_only=args.position_only,
-                    position_and_content=args.position_and_content, mixed_precision=mixed_precision,
-                    alternate_corr=args.alternate_corr)
+                    position_and_content=args.position_and_content, mixed_precision=amp_dtype is not None,
+                    amp_dtype=amp_dtype, alternate_corr=args.alternate_corr)
     try:
         load_checkpoint(model, path, strict=True, verbose=False)
     except (FileNotFoundError, ValueError) as error:
@@ -486,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"--model CHECKPOINT is required for --method decflow: {error}") from None
         print(f"checkpoint: {args.model} (default; --model PATH chooses another)", flush=True)
     device = resolve_device(args.device)
-    mixed = resolve_mixed_precision(args.mixed_precision, device) if decflow else False
+    amp_dtype = resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if decflow else None
 
     root = Path(args.root)
     if not root.is_dir():
@@ -505,10 +510,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "numpy_version": np.__version__, "python_version": platform.python_version(),
                             "dataset_root": str(root), "max_pairs": args.max_pairs}
     if decflow:
-        model = load_model(args, args.model, device, mixed)
+        model = load_model(args, args.model, device, amp_dtype)
         predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, pad_mode="exp")
         meta.update(checkpoint=str(args.model), checkpoint_sha256=sha256_of(args.model), iters=args.iters,
-                    padding_mode="exp", precision=precision_name(mixed, device), model_options=model_options(args))
+                    padding_mode="exp", precision=precision_name(amp_dtype), model_options=model_options(args))
     elif args.method == "zero":
         predictor = ZeroFlowPredictor()
         meta["device"] = "cpu"

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
-from evaluate import UserError, add_model_arguments, load_model, precision_name, resolve_device, \
-    resolve_mixed_precision
+from core.precision import precision_name
+from evaluate import UserError, add_model_arguments, load_model, resolve_device, resolve_inference_precision
 
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
@@ -434,8 +434,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     source = select_source(args)
     checkpoint = resolve_checkpoint(args.model)
     device = resolve_device(args.device)
-    mixed = resolve_mixed_precision(args.mixed_precision, device)
-    model = load_model(args, checkpoint, device, mixed)
+    amp_dtype = resolve_inference_precision(args.mixed_precision, args.amp_dtype, device)
+    model = load_model(args, checkpoint, device, amp_dtype)
     runner = FlowRunner(model, device, args.iters, args.warm_start)
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -485,7 +485,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                         else "no pair to process: the input has fewer than 2 frames")
     if shortfall:
         print(f"get_flow.py: warning: {shortfall}", file=sys.stderr, flush=True)
-    report(output, pairs, args.save_flo, f"{args.iters} iterations, {precision_name(mixed, device)} on {device}")
+    report(output, pairs, args.save_flo, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}")
     if writer is not None:
         print(f"wrote {video_path}")
     return [output / f"{name}_flow.png" for name in pairs]

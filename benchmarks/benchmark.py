@@ -1,6 +1,6 @@
 """Speed and memory of DecFlow on this machine, fast paths against the straightforward forward.
 
-    python -m benchmarks.benchmark all                 # every figure of the performance issue
+    python -m benchmarks.benchmark all                 # every table: inference, training step, peak memory
     python -m benchmarks.benchmark inference --size 480 480 --iters 12
     python -m benchmarks.benchmark train --size 256 256 --batch 2 --iters 12
     python -m benchmarks.benchmark memory --size 1024 1024 --mode default alternate
@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.yardstick import straightforward_forward
 from core.loss import sequence_loss
 from core.network import DecFlow
+from core.precision import AMP_DTYPES, amp_dtype_name, parse_amp_dtype, resolve_amp_dtype
 
 
 def build_model(seed: int = 0, **options) -> DecFlow:
@@ -67,23 +68,31 @@ def _interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: in
     return best
 
 
-def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int) -> list[dict]:
+def mixed_mode_name(amp_dtype: torch.dtype) -> str:
+    """Row name of the mixed-precision fast path: fast-bf16 or fast-fp16."""
+    return "fast-" + {"bfloat16": "bf16", "float16": "fp16"}[amp_dtype_name(amp_dtype)]
+
+
+def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
+                    amp_dtype: torch.dtype | None) -> list[dict]:
+    """Rows for the yardstick, the fast path in fp32 and in `amp_dtype` (None: no such row)
+    and the memory-bounded mode."""
     model = build_model().eval()
     alternate = build_model(alternate_corr=True).eval()
     image1, image2 = make_pair(batch, *size)
 
-    def fast(mixed: bool, net: DecFlow = model):
-        net.mixed_precision = mixed
+    def fast(dtype: torch.dtype | None, net: DecFlow = model):
+        net.mixed_precision, net.amp_dtype = dtype is not None, dtype
         try:
             return net(image1, image2, iters=iters, test_mode=True)
         finally:
-            net.mixed_precision = False
+            net.mixed_precision, net.amp_dtype = False, None
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
-        "fast": lambda: fast(False),
-        "fast-bf16": lambda: fast(True),
-        "alternate": lambda: fast(False, alternate),
+        "fast": lambda: fast(None),
+        **({mixed_mode_name(amp_dtype): lambda: fast(amp_dtype)} if amp_dtype else {}),
+        "alternate": lambda: fast(None, alternate),
     }
     with torch.no_grad():
         outputs = {name: fn() for name, fn in runs.items()}
@@ -113,7 +122,8 @@ def conv_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
     return flop / seconds / 1e9
 
 
-def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int) -> list[dict]:
+def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
+                amp_dtype: torch.dtype | None) -> list[dict]:
     model = build_model().train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     image1, image2 = make_pair(batch, *size)
@@ -122,8 +132,8 @@ def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repe
     flow_head = 2 * torch.randn(batch, 2, *size, generator=generator)
     valid = torch.ones(batch, *size)
 
-    def step(forward: Callable, mixed: bool) -> None:
-        model.mixed_precision = mixed
+    def step(forward: Callable, dtype: torch.dtype | None) -> None:
+        model.mixed_precision, model.amp_dtype = dtype is not None, dtype
         try:
             facial, head = forward(image1, image2, iters=iters)
             loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
@@ -132,13 +142,13 @@ def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repe
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
         finally:
-            model.mixed_precision = False
+            model.mixed_precision, model.amp_dtype = False, None
 
     def straightforward(*args, **kwargs):
         return straightforward_forward(model, *args, **kwargs)
 
-    runs = {"straightforward": lambda: step(straightforward, False), "fast": lambda: step(model, False),
-            "fast-bf16": lambda: step(model, True)}
+    runs = {"straightforward": lambda: step(straightforward, None), "fast": lambda: step(model, None),
+            **({mixed_mode_name(amp_dtype): lambda: step(model, amp_dtype)} if amp_dtype else {})}
     seconds = _interleaved(runs, warmup, repeats)
     return [{"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
             for name in runs]
@@ -146,13 +156,14 @@ def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repe
 
 def peak_memory_gb(size: tuple[int, int], mode: str, iters: int) -> float:
     """Peak RSS of a fresh process running one pair (the model and libraries included)."""
-    command = [sys.executable, "-m", "benchmarks.benchmark", "_peak", "--size", *map(str, size),
-               "--iters", str(iters), "--mode", mode]
+    command = [sys.executable, "-c", f"from benchmarks.benchmark import measure_peak; "
+               f"measure_peak({tuple(size)!r}, {mode!r}, {iters})"]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_gb"]
 
 
-def _peak(size: tuple[int, int], mode: str, iters: int) -> None:
+def measure_peak(size: tuple[int, int], mode: str, iters: int) -> None:
+    """Run one pair in this (fresh) process and print its peak memory as JSON."""
     model = build_model(alternate_corr=mode == "alternate").eval()
     image1, image2 = make_pair(1, *size)
     with torch.no_grad():
@@ -183,8 +194,7 @@ def _table(title: str, rows: list[dict]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("all", "inference", "train", "memory", "_peak"),
-                        help="which benchmark (_peak: internal, one memory measurement)")
+    parser.add_argument("what", choices=("all", "inference", "train", "memory"), help="which benchmark")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="image size (default: 480 480 inference, 256 256 train, 1024 1024 memory)")
     parser.add_argument("--iters", type=int, default=12, help="refinement iterations")
@@ -194,26 +204,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", nargs="+", default=["default", "alternate"], choices=("default", "alternate"),
                         help="memory benchmark modes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
+                        help="dtype of the mixed-precision rows (default: bfloat16 where this CPU has it natively, "
+                             "else no such rows)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.what == "_peak":
-        _peak(tuple(args.size), args.mode[0], args.iters)
-        return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
+    amp_dtype = None
+    if args.what in ("all", "inference", "train"):
+        amp_dtype = resolve_amp_dtype(True, torch.device("cpu"), parse_amp_dtype(args.amp_dtype),
+                                      warn=lambda line: print(line + "; no mixed-precision rows", flush=True))
     if args.what in ("all", "inference"):
         size = tuple(args.size or (480, 480))
         print(f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "
               f"{conv_peak_gflops(torch.bfloat16):.0f} GFLOP/s bf16", flush=True)
-        rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats)
+        rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats, amp_dtype)
         print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
               flush=True)
     if args.what in ("all", "train"):
         size = tuple(args.size or (256, 256))
-        rows = bench_train(size, args.iters, args.batch or 2, args.warmup, args.repeats)
+        rows = bench_train(size, args.iters, args.batch or 2, args.warmup, args.repeats, amp_dtype)
         print(_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 2}", rows), flush=True)
     if args.what in ("all", "memory"):
         sizes = [tuple(args.size)] if args.size else [(1024, 1024), (1080, 1920)]

@@ -216,11 +216,12 @@ def test_bad_checkpoint_is_one_line(synthetic_root: Path, tmp_path: Path) -> Non
 
 
 def test_model_options_mixed_precision_and_alternate_corr(synthetic_root: Path, decflow_checkpoint: Path) -> None:
-    """bf16 autocast on CPU and the memory-bounded correlation: recorded in meta, close to float32."""
+    """bf16 autocast (asked for explicitly, so on any CPU) and the memory-bounded correlation:
+    recorded in meta, close to float32."""
     reference = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
                              "--max_pairs", "1")
     doc = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-                       "--max_pairs", "1", "--mixed_precision", "--alternate_corr")
+                       "--max_pairs", "1", "--mixed_precision", "--amp_dtype", "bfloat16", "--alternate_corr")
     assert doc["meta"]["precision"] == "bfloat16 autocast"
     assert doc["meta"]["model_options"]["alternate_corr"] is True
     assert doc["facial"]["epe"] == pytest.approx(reference["facial"]["epe"], rel=0.05)

@@ -96,10 +96,14 @@ def test_mixed_precision_stays_close_to_fp32_straightforward_forward():
     assert deviation.mean().item() <= 0.05 * magnitude + 0.05, (deviation.mean().item(), magnitude)
 
 
-def test_benchmark_script_prints_every_table(capsys):
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_benchmark_script_prints_every_table(capsys, monkeypatch, native_bf16):
     # The benchmark itself (tiny sizes, one run each): its tables and their columns, not its times.
+    # Mixed-precision rows only where the CPU has native bfloat16 (mocked both ways).
     from benchmarks import benchmark
+    from core import precision
 
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda *a, **k: native_bf16)
     args = benchmark.get_args_parser().parse_args(
         ["inference", "--size", "128", "128", "--iters", "1", "--warmup", "0", "--repeats", "1"])
     benchmark.main(args)
@@ -109,6 +113,8 @@ def test_benchmark_script_prints_every_table(capsys):
         assert column in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in ("straightforward", "fast", "fast-bf16", "alternate")}
-    assert set(rows) == {"straightforward", "fast", "fast-bf16", "alternate"}
+    expected = {"straightforward", "fast", "alternate"} | ({"fast-bf16"} if native_bf16 else set())
+    assert set(rows) == expected
+    assert out.count("no native bfloat16") == (0 if native_bf16 else 1)
     assert float(rows["fast"][-2]) <= 1e-3  # max deviation of the exact fast path, px
     assert float(rows["straightforward"][2]) == 1.0  # the yardstick's own speedup
