@@ -37,7 +37,7 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, reference_state_dict,
-                             save_checkpoint, strip_data_parallel_prefix, unwrap)
+                             remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix, unwrap)
 from core.datasets import FacialFlow, default_num_workers, seed_worker, training_dataset
 from core.loss import sequence_loss
 from core.network import DecFlow
@@ -54,11 +54,18 @@ SKIPPED_STEPS_WARNING = 0.05
 
 
 # ============================================================================ arguments
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only to help texts that do not already speak of their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
                     "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=add_help)
+        formatter_class=HelpFormatter, add_help=add_help)
     run = parser.add_argument_group("run")
     run.add_argument("--name", default="decflow", help="run name: output files are {name}.pth, {step}_{name}.pth, "
                      "{name}_state.pth, {name}.log, runs/{name}")
@@ -149,8 +156,16 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if any(side % 8 or side < 128 for side in args.image_size):
         parser.error(f"--image_size sides must be multiples of 8 and >= 128, got {args.image_size}")
+    for name in ("lr", "clip", "epsilon"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
+    if not (math.isfinite(args.wdecay) and args.wdecay >= 0):
+        parser.error(f"--wdecay must be a number >= 0, got {args.wdecay}")
+    if not (math.isfinite(args.gamma) and 0 < args.gamma <= 1):
+        parser.error(f"--gamma must be in (0, 1], got {args.gamma}")
     if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file():
-        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}")
+        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt} (checkpoints/README.md says where the "
+                     "GMA and DecFlow weights come from)")
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
@@ -312,7 +327,9 @@ def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device
     sums = torch.zeros(len(kinds) * (len(metrics) + 1), dtype=torch.float64)
     mine = indices[rank::world_size]
     if mine:
-        results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device)
+        # its own progress bar (rank 0): validation takes a while on CPUs
+        results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device,
+                                      progress=rank == 0)
         for k, (kind, _) in enumerate(kinds):
             block = results.get(kind)
             if block:  # None: no pair with a face mask
@@ -396,7 +413,9 @@ class RunLog:
             for key in keys:
                 if train.get(key):
                     steps, values = zip(*train[key])
-                    ax.plot(steps, values, label=f"train {key}")
+                    # markers while there are few points: a line alone would not show them
+                    ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3,
+                            label=f"train {key}")
                 if filename.endswith("epe.png") and val.get(key):
                     steps, values = zip(*val[key])
                     ax.plot(steps, values, "o--", label=f"val {key}")
@@ -656,6 +675,10 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
     start_step = state["step"] if state else 0
     log = RunLog(output, args.name, enabled=rank == 0, start_step=start_step, history=state and state["history"])
     try:
+        if rank == 0:  # what a killed save of this run left behind
+            for path in (output / f"{args.name}{STATE_SUFFIX}", output / f"{args.name}.pth"):
+                for stale in remove_stale_temporaries(path):
+                    log(f"removed {stale}, left by an interrupted save")
         if distributed:
             if args.gpus is not None:
                 log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")

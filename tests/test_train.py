@@ -246,3 +246,53 @@ def test_optimiser_and_schedule_follow_the_recipe(files):
         schedule.step()
     assert state["scheduler"]["total_steps"] == 103
     assert group["lr"] == pytest.approx(schedule.get_last_lr()[0], rel=1e-12)
+
+
+def test_seed_recipe_with_mixed_precision_and_validation_resumes(files):
+    """The seed flags as written (`--validation facialflow --mixed_precision`), cut by --stop_at and
+    resumed: the state file holds plain values only and the run ends with the same weights as an
+    uninterrupted one (bfloat16 where this CPU has it natively, else float32 with a warning)."""
+    def argv(name: str, out) -> list[str]:
+        return scaled(SEED_PART1, name=name, output=str(out), restore_ckpt=str(files["gma"]), root=str(files["root"]),
+                      num_steps="2", val_freq="2", **SMALL)
+
+    out_a, out_b = files["base"] / "seed_a", files["base"] / "seed_b"
+    run(argv("a", out_a))
+    run(argv("b", out_b) + ["--stop_at", "1"])
+    state = torch.load(out_b / "b_state.pth", weights_only=True)  # no dataset object in the arguments
+    assert state["step"] == 1 and state["args"]["validation"] == ["facialflow"] and state["args"]["mixed_precision"]
+    run(argv("b", out_b) + ["--resume"])
+    a, b = load_weights(out_a / "a.pth"), load_weights(out_b / "b.pth")
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
+
+
+def test_bad_optimiser_values_are_one_line_errors(tmp_path, capsys):
+    for flag, value in (("--lr", "-0.001"), ("--wdecay", "-1"), ("--clip", "0"), ("--gamma", "1.5")):
+        with pytest.raises(SystemExit) as exc:
+            run([flag, value, "--output", str(tmp_path)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert flag in err and "Traceback" not in err
+
+
+def test_help_states_each_default_once():
+    parser = train.get_args_parser()
+    formatter = parser.formatter_class(prog="train.py")
+    for action in parser._actions:
+        text = formatter._get_help_string(action) or ""
+        assert text.count("(default") <= 1, (action.option_strings, text)
+    device = next(a for a in parser._actions if "--device" in a.option_strings)
+    lr = next(a for a in parser._actions if "--lr" in a.option_strings)
+    assert "(default: None)" not in formatter._get_help_string(device)
+    assert formatter._get_help_string(lr).endswith("(default: %(default)s)")
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(files, tmp_path):
+    out = tmp_path / "stale"
+    out.mkdir()
+    stale = out / ".s_state.pth.abc123xy.tmp"
+    stale.write_bytes(b"\0" * 64)
+    run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
+         "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "1", *CPU])
+    assert not stale.exists() and "left by an interrupted save" in (out / "s.log").read_text()
