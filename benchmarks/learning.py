@@ -1,0 +1,116 @@
+"""Learning check: does stage-1 training learn, in float32 and in mixed precision alike?
+
+    python -m benchmarks.learning                      # CPU: small crops, a few minutes
+    python -m benchmarks.learning --steps 300 --size 480 480 --batch 6 --iters 12   # CUDA: the seed recipe
+
+It generates a synthetic FacialFlowNet copy, writes a fixed start (a seeded DecFlow in the
+authors' format), trains stage 1 from it with `train.py` (the seed recipe's optimiser
+flags) once in float32 and once with `--mixed_precision`, and scores both with
+`evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through
+the real scripts, as a user would run them. On a CPU without native bfloat16, mixed
+precision is float32 (one warning line) and its row is left out unless `--amp_dtype` asks
+for a dtype explicitly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.network import DecFlow
+from core.precision import AMP_DTYPES, amp_dtype_name, parse_amp_dtype, resolve_amp_dtype
+from core.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ("facial", "head", "expression")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--steps", type=int, default=300 if cuda else 100, help="training steps per run")
+    parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0004,
+                        help="peak learning rate (CPU default higher: few steps)")
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [192, 192], metavar=("H", "W"),
+                        help="training crop")
+    parser.add_argument("--batch", type=int, default=6 if cuda else 2, help="batch size")
+    parser.add_argument("--iters", type=int, default=12 if cuda else 4, help="recurrent iterations in training")
+    parser.add_argument("--eval_iters", type=int, default=12, help="iterations in evaluation")
+    parser.add_argument("--subjects", type=int, default=5 if cuda else 2, help="synthetic subjects per split")
+    parser.add_argument("--frames", type=int, default=6 if cuda else 4, help="frames per synthetic sequence")
+    parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [256, 256],
+                        metavar=("H", "W"), help="synthetic frame size")
+    parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
+                        help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that "
+                             "have it natively)")
+    parser.add_argument("--workdir", default=None, help="keep data, weights and logs here (default: a temp folder)")
+    return parser
+
+
+def _run(script: str, argv: list[str]) -> None:
+    command = [sys.executable, str(REPO / script), *argv]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{script} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+
+
+def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, root: Path, start: Path,
+                    work: Path) -> tuple[dict, float]:
+    started = time.perf_counter()
+    _run("train.py", ["--name", name, "--stage", "facialflow", "--output", str(work), "--root", str(root),
+                      "--restore_ckpt", str(start), "--num_steps", str(args.steps), "--lr", str(args.lr),
+                      "--image_size", *map(str, args.size), "--wdecay", "0.00001", "--gamma", "0.85",
+                      "--batch_size", str(args.batch), "--iters", str(args.iters), "--val_freq", str(args.steps),
+                      "--print_freq", str(max(1, args.steps // 10)), "--num_workers", "0", "--device", args.device,
+                      *extra])
+    seconds = time.perf_counter() - started
+    return score(["--model", str(work / f"{name}.pth"), "--iters", str(args.eval_iters), "--device", args.device,
+                  "--no-mixed_precision"], root, work / f"{name}.json"), seconds
+
+
+def score(argv: list[str], root: Path, output: Path) -> dict:
+    _run("evaluate.py", [*argv, "--root", str(root), "--split", "test", "--no_progress", "--output_json", str(output)])
+    return json.loads(output.read_text())
+
+
+def main(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    amp_dtype = resolve_amp_dtype(True, device, parse_amp_dtype(args.amp_dtype),
+                                  warn=lambda line: print(line + "; no mixed-precision run", flush=True))
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(args.workdir or temporary)
+        root = work / "FacialFlowNet"
+        if not root.is_dir():
+            generate(root, args.subjects, args.frames, tuple(args.frame_size), seed=0)
+        start = work / "start.pth"
+        torch.manual_seed(0)
+        save_checkpoint(DecFlow(), start)  # the fixed start of both runs
+        print(f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
+              f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
+              f"{args.iters} iterations; "
+              f"evaluation {args.eval_iters} iterations on the test split", flush=True)
+        rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None),
+                "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None),
+                "DecFlow fp32": train_and_score("fp32", [], args=args, root=root, start=start, work=work)}
+        if amp_dtype is not None:
+            rows[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = train_and_score(
+                "amp", ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)], args=args, root=root,
+                start=start, work=work)
+    print(f"\n{'run':<26}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}{'train s':>9}")
+    for name, (document, seconds) in rows.items():
+        epes = [document[k]["epe"] if document[k] else None for k in KINDS]
+        cells = "".join(f"{e:>10.3f}" if e is not None else f"{'-':>10}" for e in epes)
+        print(f"{name:<26} {cells}{document['facial']['3px']:>12.3f}"
+              f"{'' if seconds is None else f'{seconds:9.0f}'}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
