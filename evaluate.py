@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import platform
@@ -47,9 +48,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from core.checkpoint import default_checkpoint, load_checkpoint
+from core.datasets import FacialFlow, nonfinite_ground_truth
 from core.loss import THRESHOLDS, endpoint_metrics
+from core.network import MIN_IMAGE_SIDE, DecFlow
 from core.precision import AMP_DTYPES, parse_amp_dtype, precision_name, resolve_amp_dtype
+from core.utils.padder import InputPadder
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -154,9 +160,6 @@ class DecFlowPredictor:
 
     @torch.inference_mode()
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
-        from core.network import MIN_IMAGE_SIDE
-        from core.utils.padder import InputPadder
-
         # at least the network's minimum side; FacialFlowNet frames are larger, so the
         # reference's "exp" padding is unchanged for them
         padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
@@ -222,8 +225,6 @@ def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Seque
                   ) -> dict[str, Any]:
     """Metric blocks of one pair by kind (None: nothing scored), `empty_mask`, and
     `nonfinite`: the number of non-finite ground-truth pixels of each flow."""
-    from core.datasets import nonfinite_ground_truth
-
     _, _, gt_facial, gt_head, valid_facial, valid_head, mask = sample
     device = facial.device
     gt_facial, gt_head = gt_facial.to(device), gt_head.to(device)
@@ -286,8 +287,6 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
     if progress:
-        from tqdm import tqdm
-
         indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
     per_pair, emotions = [], []
     for index in indices:
@@ -397,9 +396,6 @@ def load_model(args: argparse.Namespace, checkpoint: str | os.PathLike, device: 
                amp_dtype: torch.dtype | None, *, missing_hint: str = "") -> torch.nn.Module:
     """DecFlow with the options in `args`, weights from `checkpoint` (strict), on `device`,
     in eval mode. Problems become UserError (one line)."""
-    from core.checkpoint import load_checkpoint
-    from core.network import DecFlow
-
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found" + (f": {missing_hint}" if missing_hint else ""))
@@ -473,8 +469,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command line asks; returns the JSON document. Raises UserError."""
-    from core.datasets import FacialFlow
-
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_pairs is not None and args.max_pairs < 1:
@@ -482,14 +476,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.output_json:  # before any work, so that no result is lost to a bad path
         check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
-    if decflow and not args.model:
-        from core.checkpoint import default_checkpoint
-
+    checkpoint = args.model
+    if decflow and not checkpoint:
         try:
-            args.model = str(default_checkpoint())
+            checkpoint = str(default_checkpoint())
         except FileNotFoundError as error:
             raise UserError(f"--model CHECKPOINT is required for --method decflow: {error}") from None
-        print(f"checkpoint: {args.model} (default; --model PATH chooses another)", flush=True)
+        print(f"checkpoint: {checkpoint} (default; --model PATH chooses another)", flush=True)
     device = resolve_device(args.device)
     amp_dtype = resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if decflow else None
 
@@ -510,9 +503,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "numpy_version": np.__version__, "python_version": platform.python_version(),
                             "dataset_root": str(root), "max_pairs": args.max_pairs}
     if decflow:
-        model = load_model(args, args.model, device, amp_dtype)
+        model = load_model(args, checkpoint, device, amp_dtype)
         predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, pad_mode="exp")
-        meta.update(checkpoint=str(args.model), checkpoint_sha256=sha256_of(args.model), iters=args.iters,
+        meta.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_of(checkpoint), iters=args.iters,
                     padding_mode="exp", precision=precision_name(amp_dtype), model_options=model_options(args))
     elif args.method == "zero":
         predictor = ZeroFlowPredictor()
@@ -545,15 +538,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         document = run(args)
     except UserError as error:
         raise SystemExit(f"evaluate.py: error: {error}") from None
-    method = args.method if args.method != "decflow" else f"DecFlow {args.model}, {args.iters} iterations"
     meta = document["meta"]
+    method = args.method if args.method != "decflow" else f"DecFlow {meta['checkpoint']}, {args.iters} iterations"
     print(format_results({**document, **{key: meta[key] for key in ("pairs_without_mask", "scored_pairs",
                                                                      "nonfinite_gt_pixels")}},
                          title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
                                f"on {document['meta']['device']}"))
     if args.output_json:
-        import json
-
         out = Path(args.output_json)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)

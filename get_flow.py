@@ -38,9 +38,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
+from core.network import MIN_IMAGE_SIDE
 from core.precision import precision_name
+from core.utils.flow_viz import colour_wheel_legend, flow_to_image, shared_max_flow
+from core.utils.frame_utils import read_image, write_flo
+from core.utils.padder import InputPadder
 from evaluate import UserError, add_model_arguments, load_model, resolve_device, resolve_inference_precision
 
 REPO = Path(__file__).resolve().parent
@@ -65,8 +70,6 @@ def _title_width(titles: tuple[str, ...]) -> int:
 
 def _legend(height: int, scale: float) -> np.ndarray:
     """Colour wheel + scale, white, at least `height` px high (taller for small images)."""
-    from core.utils.flow_viz import colour_wheel_legend
-
     legend_width = int(np.clip(height * 0.6, 96, 200))
     wheel = colour_wheel_legend(min(legend_width - 16, max(height - 48, 32)))
     legend_height = max(height, wheel.shape[0] + LEGEND_TEXT_HEIGHT)
@@ -92,8 +95,6 @@ def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, 
     legend get a white margin (right, bottom). Returns the canvas (uint8 RGB, even height
     and width so it can go into an MP4) and the scale used.
     """
-    from core.utils.flow_viz import flow_to_image, shared_max_flow
-
     height, width = image.shape[:2]
     scale = shared_max_flow(facial, head, expression) if max_flow is None else float(max_flow)
     panels = [image] + [flow_to_image(flow, max_flow=scale) for flow in (facial, head, expression)]
@@ -131,8 +132,6 @@ def natural_key(path: Path) -> list:
 
 
 def read_rgb(path: Path, role: str) -> np.ndarray:
-    from core.utils.frame_utils import read_image
-
     if path.is_dir():
         hint = " (use --frames for a folder of frames)" if role.startswith("image") else ""
         raise UserError(f"{role} {path} is a directory, not an image file{hint}")
@@ -315,9 +314,6 @@ class FlowRunner:
 
     @torch.inference_mode()
     def __call__(self, rgb1: np.ndarray, rgb2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from core.network import MIN_IMAGE_SIDE
-        from core.utils.padder import InputPadder
-
         image1, image2 = self.to_tensor(rgb1), self.to_tensor(rgb2)
         padder = InputPadder(image1.shape, mode="symmetric", min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1, image2)
@@ -423,8 +419,6 @@ def report(output: Path, pairs: list[str], save_flo: bool, details: str) -> None
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    from core.utils.frame_utils import write_flo
-
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
@@ -445,8 +439,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     frames: Iterator[Frame] = iter(source)
     bar = None
     if isinstance(source, VideoFrames) or (isinstance(source, ImageFiles) and source.role != "pair"):
-        from tqdm import tqdm
-
         bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True)
     writer = None
     video_path = output / f"{source.video_name}_flow.mp4" if source.video_name else None
