@@ -163,6 +163,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--wdecay must be a number >= 0, got {args.wdecay}")
     if not (math.isfinite(args.gamma) and 0 < args.gamma <= 1):
         parser.error(f"--gamma must be in (0, 1], got {args.gamma}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir() or any(p.exists() and not p.is_dir() for p in output.parents):
+        parser.error(f"--output {args.output}: a file is in the way of the output folder")
     if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file():
         parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt} (checkpoints/README.md says where the "
                      "GMA and DecFlow weights come from)")

@@ -141,6 +141,11 @@ class DecFlow(nn.Module):
         for name, image in (("image1", image1), ("image2", image2)):
             if image.dim() != 4 or image.shape[1] != 3:
                 raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
+            if image.dtype not in (torch.float32, torch.uint8):
+                raise ValueError(f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it "
+                                 f"with .float()")
+            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+                raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
         if image1.shape != image2.shape:
             raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
         height, width = image1.shape[-2:]
@@ -199,6 +204,8 @@ class DecFlow(nn.Module):
             if init is not None and init.shape != coords0.shape:
                 raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
                                  f"got {tuple(init.shape)}")
+            if init is not None and not bool(torch.isfinite(init).all()):
+                raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
         facial_init, head_init = flow_init if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
 
         def start_from(init: torch.Tensor | None) -> torch.Tensor:

@@ -245,3 +245,24 @@ def test_flow_init_per_decoder(model):
     assert torch.equal(both.facial, facial_only.facial)
     assert torch.equal(both.head, head_only.head)
     assert not torch.equal(both.head, facial_only.head)
+
+
+@pytest.mark.parametrize("case", ["nan_image", "inf_image2", "float64", "nan_flow_init"])
+def test_non_finite_or_double_inputs_are_value_errors(case):
+    model = DecFlow().eval()
+    image1 = torch.full((1, 3, 128, 128), 100.0)
+    image2 = image1.clone()
+    flow_init = None
+    if case == "nan_image":
+        image1[0, 0, 5, 5] = float("nan")
+    elif case == "inf_image2":
+        image2[0, 1, 0, 0] = float("inf")
+    elif case == "float64":
+        image1, image2 = image1.double(), image2.double()
+    else:
+        flow_init = torch.zeros(1, 2, 16, 16)
+        flow_init[0, 0, 3, 3] = float("nan")
+    expected = {"nan_image": "image1 holds 1 non-finite", "inf_image2": "image2 holds 1 non-finite",
+                "float64": "image1 must be float32", "nan_flow_init": "flow_init holds 1 non-finite"}[case]
+    with torch.no_grad(), pytest.raises(ValueError, match=expected):
+        model(image1, image2, iters=1, flow_init=flow_init, test_mode=True)

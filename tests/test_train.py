@@ -297,3 +297,30 @@ def test_stale_temporaries_of_a_killed_save_are_removed(files, tmp_path):
     run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
          "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "1", *CPU])
     assert not stale.exists() and "left by an interrupted save" in (out / "s.log").read_text()
+
+
+def test_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for output in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit) as exc:
+            run(["--output", str(output)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert "--output" in err and "a file is in the way" in err and "Traceback" not in err
+
+
+def test_damaged_training_state_is_refused(files, tmp_path):
+    out = tmp_path / "damaged"
+    argv = ["--name", "d", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
+            "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "2", *CPU]
+    run(argv + ["--stop_at", "1"])
+    state_path = out / "d_state.pth"
+    state = torch.load(state_path, weights_only=True)
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["exp_avg"].view(-1)[0] = float("nan")  # what flipped bytes inside the zip can do
+    torch.save(state, state_path)
+    with pytest.raises(SystemExit) as exc:
+        run(argv + ["--resume"])
+    message = str(exc.value.code)
+    assert str(state_path) in message and "damaged" in message and "exp_avg" in message
