@@ -3,7 +3,7 @@
 assets/demo/frame1.jpg, frame2.jpg: a synthetic pair from core.synthetic (subject seed 1,
 "surprise", 256x256), the default input of get_flow.py.
 assets/demo_gt_flow.png: its ground-truth facial, head and expression flow drawn by
-get_flow.render_flow_panels (the visualisation get_flow.py writes for predictions).
+core.utils.flow_viz.render_flow_panels (the visualisation get_flow.py writes for predictions).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 
 from core.synthetic import JPEG_QUALITY, render_sequence
-from get_flow import render_flow_panels, write_png
+from core.utils.flow_viz import render_flow_panels, write_png
 
 ASSETS = Path(__file__).resolve().parent
 

@@ -8,6 +8,9 @@ darkened, as in the Middlebury code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 
 # Number of hue steps between the six primary/secondary colours of the wheel
@@ -91,3 +94,76 @@ def colour_wheel_legend(size: int = 128) -> np.ndarray:
     image = _flow_to_colour(u, v)
     image[u**2 + v**2 > 1.0] = 255
     return image
+
+
+# ---------------------------------------------------------------- get_flow's panels
+PANEL_TITLES = ("input", "facial", "head", "expression")
+TITLE_FONT = 0.5
+LEGEND_TEXT_HEIGHT = 44  # below the wheel: margin, two lines of text
+
+
+def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], scale: float) -> None:
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _title_width(titles: tuple[str, ...]) -> int:
+    """Width of a panel column that fits every title."""
+    return max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, TITLE_FONT, 1)[0][0] for t in titles) + 12
+
+
+def _legend(height: int, scale: float) -> np.ndarray:
+    """Colour wheel + scale, white, at least `height` px high (taller for small images)."""
+    legend_width = int(np.clip(height * 0.6, 96, 200))
+    wheel = colour_wheel_legend(min(legend_width - 16, max(height - 48, 32)))
+    legend_height = max(height, wheel.shape[0] + LEGEND_TEXT_HEIGHT)
+    legend = np.full((legend_height, legend_width, 3), 255, np.uint8)
+    top = 4
+    left = (legend_width - wheel.shape[1]) // 2
+    legend[top:top + wheel.shape[0], left:left + wheel.shape[1]] = wheel
+    font = 0.4 if legend_width < 140 else 0.5
+    text_y = min(top + wheel.shape[0] + 16, legend_height - 20)
+    _put_text(legend, "rim = max flow", (6, text_y), font * 0.9)
+    _put_text(legend, f"{scale:.3g} px", (6, min(text_y + 18, legend_height - 4)), font)
+    return legend
+
+
+def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, expression: np.ndarray, *,
+                       max_flow: float | None = None, titles: tuple[str, ...] = PANEL_TITLES
+                       ) -> tuple[np.ndarray, float]:
+    """Side-by-side RGB image `image | facial | head | expression | legend` under a title strip.
+
+    `image`: uint8 `[H, W, 3]` RGB; flows: `[H, W, 2]` (x first). All three flows use one
+    colour scale: `max_flow` px (default: their largest magnitude) is full saturation.
+    Panels sit at the top left of their cells; images too small for the titles or the
+    legend get a white margin (right, bottom). Returns the canvas (uint8 RGB, even height
+    and width so it can go into an MP4) and the scale used.
+    """
+    height, width = image.shape[:2]
+    scale = shared_max_flow(facial, head, expression) if max_flow is None else float(max_flow)
+    panels = [image] + [flow_to_image(flow, max_flow=scale) for flow in (facial, head, expression)]
+    legend = _legend(height, scale)
+    column = max(width, _title_width(titles))
+    header = 22
+    body_height = legend.shape[0]
+    canvas = np.full((header + body_height, len(panels) * column + legend.shape[1], 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        left = i * column
+        canvas[header:header + height, left:left + width] = panel
+        if column > width:  # a grey edge where a small panel ends, so the margin does not look like flow
+            canvas[header:header + height + 1, left + width] = 192
+        if body_height > height:
+            canvas[header + height, left:left + width + 1] = 192
+    canvas[header:, len(panels) * column:] = legend
+    for i, title in enumerate(titles):
+        _put_text(canvas, title, (i * column + 6, 16), TITLE_FONT)
+    _put_text(canvas, "legend", (len(panels) * column + 6, 16), TITLE_FONT)
+    pad_h, pad_w = canvas.shape[0] % 2, canvas.shape[1] % 2
+    if pad_h or pad_w:
+        canvas = np.pad(canvas, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    return canvas, scale
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as PNG; OSError naming the file when it cannot be written."""
+    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"cannot write {path}")
