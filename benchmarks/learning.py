@@ -36,17 +36,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--steps", type=int, default=300 if cuda else 100, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=300 if cuda else 40, help="training steps per run")
     parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0004,
                         help="peak learning rate (CPU default higher: few steps)")
-    parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [192, 192], metavar=("H", "W"),
+    parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [128, 128], metavar=("H", "W"),
                         help="training crop")
     parser.add_argument("--batch", type=int, default=6 if cuda else 2, help="batch size")
     parser.add_argument("--iters", type=int, default=12 if cuda else 4, help="recurrent iterations in training")
     parser.add_argument("--eval_iters", type=int, default=12, help="iterations in evaluation")
     parser.add_argument("--subjects", type=int, default=5 if cuda else 2, help="synthetic subjects per split")
     parser.add_argument("--frames", type=int, default=6 if cuda else 4, help="frames per synthetic sequence")
-    parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [256, 256],
+    parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [160, 160],
                         metavar=("H", "W"), help="synthetic frame size")
     parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
                         help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that "
