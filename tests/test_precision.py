@@ -124,7 +124,11 @@ def gma_start_and_batch(tmp_path_factory):
     batch = [torch.stack([sample[k] for sample in samples]) for k in range(7)]
     torch.manual_seed(0)
     model = DecFlow()
-    load_state_dict_checked(model, strip_data_parallel_prefix(authors_state_dict(tsv=GMA_TSV)), strict=False)
+    report = load_state_dict_checked(model, strip_data_parallel_prefix(authors_state_dict(tsv=GMA_TSV)),
+                                     strict=False)
+    # what a GMA start leaves at initialisation, as train.py reports it for stage 1
+    assert set(report.initialised) == {"update_block_head", "dad_encoder", "dad_encoder.model.3 (unused stage)",
+                                       "change_dim", "res1"}, report.initialised
     return model.train(), batch
 
 
