@@ -41,7 +41,7 @@ from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint
 from core.datasets import FacialFlow, default_num_workers, seed_worker, training_dataset
 from core.loss import sequence_loss
 from core.network import DecFlow
-from core.precision import AMP_DTYPES, amp_dtype_name, needs_grad_scaler, parse_amp_dtype, resolve_amp_dtype
+from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.utils.flow_viz import flow_to_image, shared_max_flow
 
 STATE_SUFFIX = "_state.pth"
@@ -688,8 +688,8 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         else:
             device = choose_device(device, args.gpus, log)
         amp_dtype = resolve_amp_dtype(args.mixed_precision, device, parse_amp_dtype(args.amp_dtype), warn=log)
-        log(f"DecFlow training '{args.name}' on {device}, {amp_dtype_name(amp_dtype)}"
-            + (" autocast" + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "") if amp_dtype else "")
+        log(f"DecFlow training '{args.name}' on {device}, {precision_name(amp_dtype)}"
+            + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "")
             + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
             + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
 
