@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -52,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that "
                              "have it natively)")
     parser.add_argument("--workdir", default=None, help="keep data, weights and logs here (default: a temp folder)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
+                             "their train times then overlap)")
     return parser
 
 
@@ -62,8 +67,14 @@ def _run(script: str, argv: list[str]) -> None:
         raise SystemExit(f"{script} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
+def skipped_steps(log: Path) -> str:
+    """'k/n' from train.py's `done:` line when a GradScaler ran, else '-'."""
+    found = re.findall(r"\((\d+) of (\d+) steps skipped by the GradScaler\)", log.read_text(encoding="utf-8"))
+    return f"{found[-1][0]}/{found[-1][1]}" if found else "-"
+
+
 def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, root: Path, start: Path,
-                    work: Path) -> tuple[dict, float]:
+                    work: Path) -> tuple[dict, float, str]:
     started = time.perf_counter()
     _run("train.py", ["--name", name, "--stage", "facialflow", "--output", str(work), "--root", str(root),
                       "--restore_ckpt", str(start), "--num_steps", str(args.steps), "--lr", str(args.lr),
@@ -72,8 +83,8 @@ def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, ro
                       "--print_freq", str(max(1, args.steps // 10)), "--num_workers", "0", "--device", args.device,
                       *extra])
     seconds = time.perf_counter() - started
-    return score(["--model", str(work / f"{name}.pth"), "--iters", str(args.eval_iters), "--device", args.device,
-                  "--no-mixed_precision"], root, work / f"{name}.json"), seconds
+    return (score(["--model", str(work / f"{name}.pth"), "--iters", str(args.eval_iters), "--device", args.device,
+                   "--no-mixed_precision"], root, work / f"{name}.json"), seconds, skipped_steps(work / f"{name}.log"))
 
 
 def score(argv: list[str], root: Path, output: Path) -> dict:
@@ -97,19 +108,23 @@ def main(args: argparse.Namespace) -> None:
               f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
               f"{args.iters} iterations; "
               f"evaluation {args.eval_iters} iterations on the test split", flush=True)
-        rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None),
-                "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None),
-                "DecFlow fp32": train_and_score("fp32", [], args=args, root=root, start=start, work=work)}
+        rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
+                "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-")}
+        runs = {"DecFlow fp32": ("fp32", [])}
         if amp_dtype is not None:
-            rows[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = train_and_score(
-                "amp", ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)], args=args, root=root,
-                start=start, work=work)
-    print(f"\n{'run':<26}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}{'train s':>9}")
-    for name, (document, seconds) in rows.items():
+            runs[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = (
+                "amp", ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)])
+        with ThreadPoolExecutor(max_workers=len(runs) if args.parallel else 1) as pool:
+            futures = {row: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
+                       for row, (name, extra) in runs.items()}
+            rows.update({row: future.result() for row, future in futures.items()})
+    print(f"\n{'run':<26}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}{'train s':>9}"
+          f"{'skipped':>9}")
+    for name, (document, seconds, skipped) in rows.items():
         epes = [document[k]["epe"] if document[k] else None for k in KINDS]
         cells = "".join(f"{e:>10.3f}" if e is not None else f"{'-':>10}" for e in epes)
         print(f"{name:<26} {cells}{document['facial']['3px']:>12.3f}"
-              f"{'' if seconds is None else f'{seconds:9.0f}'}")
+              f"{'-' if seconds is None else f'{seconds:.0f}':>9}{skipped:>9}")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,21 @@ def test_learning_check_prints_every_row(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
         ["--device", "cpu", "--steps", "1", "--size", "128", "128", "--batch", "1", "--iters", "1",
          "--eval_iters", "1", "--subjects", "1", "--frames", "3", "--frame_size", "128", "128",
-         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path)])
+         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--parallel"])
     learning.main(args)
     out = capsys.readouterr().out
     rows = {line[:26].strip(): line[26:].split() for line in out.splitlines()[-4:]}
     assert set(rows) == {"zero flow", "DIS (OpenCV)", "DecFlow fp32", "DecFlow bfloat16 autocast"}
-    assert rows["DIS (OpenCV)"][1] == "-" and len(rows["DecFlow fp32"]) == 5  # 3 EPEs, <3px, seconds
-    assert all(float(value) >= 0 for value in rows["DecFlow bfloat16 autocast"])
+    assert rows["DIS (OpenCV)"][1] == "-" and len(rows["DecFlow fp32"]) == 6  # 3 EPEs, <3px, seconds, skipped
+    assert all(float(value) >= 0 for value in rows["DecFlow bfloat16 autocast"][:5])
+    assert rows["DecFlow bfloat16 autocast"][5] == "-"  # bfloat16: no GradScaler
     assert (tmp_path / "fp32.pth").is_file() and (tmp_path / "amp.json").is_file()
+
+
+def test_skipped_steps_reads_the_last_done_line(tmp_path):
+    log = tmp_path / "amp.log"
+    log.write_text("2026-01-01 00:00:00 done: a.pth (7 of 300 steps skipped by the GradScaler)\n"
+                   "2026-01-01 00:00:09 done: a.pth (9 of 400 steps skipped by the GradScaler)\n")
+    assert learning.skipped_steps(log) == "9/400"
+    log.write_text("2026-01-01 00:00:00 done: a.pth\n")
+    assert learning.skipped_steps(log) == "-"
