@@ -54,6 +54,12 @@ def _as_fields(lookup: torch.Tensor, batch: int, height: int, width: int) -> lis
     return [field.contiguous(memory_format=torch.channels_last) for field in lookup.unbind(0)]
 
 
+def _column(values: Sequence[int | float], device: torch.device | None) -> torch.Tensor:
+    """`[L, 1]` tensor of `values`, made with fill kernels on the device (no host-to-device
+    copy, so a CUDA graph can capture it)."""
+    return torch.stack([torch.full((), value, device=device) for value in values])[:, None]
+
+
 class WindowGrid:
     """Where the integer pixels under lookup windows sit, for one or several pyramid levels.
 
@@ -72,7 +78,7 @@ class WindowGrid:
         self.starts = [sum(p + 1 for p in self.pixels[:i]) for i in range(len(sizes))]  # of each level in a row
         self.zero_entries = [start + p for start, p in zip(self.starts, self.pixels)]
         self.row_length = self.zero_entries[-1] + 1  # of a row holding every level
-        as_column = lambda values: torch.tensor(values, device=device)[:, None]  # noqa: E731  [L, 1]
+        as_column = lambda values: _column(values, device)  # noqa: E731  [L, 1]
         self._scale = as_column([float(s) for s in scales])
         self._height, self._width = as_column([h for h, _ in sizes]), as_column([w for _, w in sizes])
         self._pixels, self._start, self._zero_entry = map(as_column, (self.pixels, self.starts, self.zero_entries))
@@ -118,11 +124,14 @@ class CorrBlock:
     bounding the memory a lookup takes. `dense_from_level=0` is the reference pyramid; 1
     drops its largest volume (for high resolutions); `num_levels` keeps no volume at all
     (memory-bounded mode). Lookups gather the integer pixels around each window and
-    interpolate them (`WindowGrid`).
+    interpolate them (`WindowGrid`). Correlations are computed and stored in `dtype` (the
+    autocast dtype on a GPU: tensor-core products with float32 accumulation, half the
+    memory); lookups interpolate them in float32.
     """
 
     def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, *, num_levels: int = 4, radius: int = 4,
-                 dense_from_level: int = 0, chunk_elements: int = 2 ** 24) -> None:
+                 dense_from_level: int = 0, chunk_elements: int = 2 ** 24,
+                 dtype: torch.dtype = torch.float32) -> None:
         # fmap1, fmap2: [B, D, h, w] float32
         batch, dim, height, width = fmap1.shape
         check_pyramid_size(height, width, num_levels)
@@ -138,8 +147,9 @@ class CorrBlock:
         for _ in range(num_levels - 1):
             pooled.append(F.avg_pool2d(pooled[-1], 2, stride=2))
         self.fmap1 = fmap1.flatten(2).transpose(1, 2) / math.sqrt(dim)  # [B, h*w, D]
+        self.fmap1 = self.fmap1.to(dtype)
         # On-the-fly levels: image-2 features as rows [B, h_l*w_l + 1, D], the last one zero.
-        self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1)
+        self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1).to(dtype)
                          for p in pooled[:dense_from_level]]
         self.level_grids = [WindowGrid(radius=radius, sizes=[sizes[level]], scales=[2 ** level], device=fmap1.device)
                             for level in range(dense_from_level)]
@@ -150,8 +160,8 @@ class CorrBlock:
                                          scales=[2 ** level for level in levels], device=fmap1.device)
             # [B, h*w, row_length]: every dense level of a query pixel side by side, each followed
             # by its zero entry; filled a block of query pixels at a time (no second copy).
-            self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length)
-            first = pooled[dense_from_level]
+            self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length, dtype=dtype)
+            first = pooled[dense_from_level].to(dtype)
             grid = self.dense_grid
             chunk = max(1, chunk_elements // grid.pixels[0])
             for begin in range(0, height * width, chunk):
@@ -162,7 +172,8 @@ class CorrBlock:
                     if offset:
                         level_map = F.avg_pool2d(level_map, 2, stride=2)
                     self.volume[:, rows, start:start + pixels] = level_map.view(batch, -1, pixels)
-            self.volume[:, :, grid.zero_entries] = 0.0
+            for entry in grid.zero_entries:  # slices, not a list index: no host-to-device copy
+                self.volume[:, :, entry] = 0.0
 
     @property
     def out_channels(self) -> int:
@@ -189,12 +200,13 @@ class CorrBlock:
                 index, frac = grid.index(centres[b, rows])  # [n, K, L, (2r+2)^2]
                 n = index.shape[0]
                 if level is None:
-                    values = torch.gather(self.volume[b, rows], 1, index.reshape(n, -1))
+                    values = torch.gather(self.volume[b, rows], 1, index.reshape(n, -1)).float()
                 elif whole_rows:
-                    values = torch.gather(self.fmap1[b, rows] @ self.features[level][b].T, 1, index.reshape(n, -1))
+                    products = self.fmap1[b, rows] @ self.features[level][b].T
+                    values = torch.gather(products.float(), 1, index.reshape(n, -1))
                 else:
                     gathered = self.features[level][b][index.reshape(-1)].reshape(n, corners, -1)  # [n, corners, D]
-                    values = torch.bmm(gathered, self.fmap1[b, rows, :, None])
+                    values = torch.bmm(gathered, self.fmap1[b, rows, :, None]).float()
                 windows.append(grid.interpolate(values.reshape(index.shape), frac))
         windows = windows[0] if len(windows) == 1 else torch.cat(windows)
         return windows.reshape(batch, queries, k, -1)

@@ -41,9 +41,29 @@ CORR_RADIUS = 4  # lookup window 9x9 at every level
 MAX_RELATIVE_POSITIONS = 160  # rows/columns covered by the relative-position tables
 UPSAMPLE_FACTOR = 8  # recurrent work happens at 1/8 resolution
 MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
-# Beyond this many float32 values (512 MiB), the finest correlation level is computed on the fly
-# instead of stored (same values; at batch 1 from about 860x860 px up).
+# CPU: beyond this many values (512 MiB in float32), the finest correlation level is computed on
+# the fly instead of stored (same values; at batch 1 from about 860x860 px up).
 MAX_DENSE_CORRELATION = 2 ** 27
+# CUDA: the whole pyramid is stored while it takes at most this share of the free device memory
+# (on the fly, the finest level costs a large matrix product at every iteration).
+CUDA_DENSE_SHARE = 0.5
+
+
+def dense_from_level(batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4,
+                     free_bytes: int | None = None) -> int:
+    """First correlation level to store as a volume for `batch` maps of `pixels` (at 1/8 scale).
+
+    0 (all levels stored) unless the finest level is too large: on CPU beyond
+    MAX_DENSE_CORRELATION values, on CUDA when the pyramid would take more than
+    CUDA_DENSE_SHARE of `free_bytes` (default: the device's free memory now).
+    """
+    values = batch * pixels * pixels
+    if device.type != "cuda":
+        return 0 if values <= MAX_DENSE_CORRELATION else 1
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    pyramid_bytes = values * bytes_per_value * sum(4 ** -level for level in range(CORR_LEVELS))
+    return 0 if pyramid_bytes <= CUDA_DENSE_SHARE * free_bytes else 1
 
 
 @dataclass
@@ -70,6 +90,25 @@ def convex_upsample(flow: torch.Tensor, mask: torch.Tensor, factor: int = UPSAMP
     up = (weights * neighbours).sum(dim=2).reshape(batch, 2, factor, factor, height, width)  # [B, 2, i, j, h, w]
     up = up.permute(0, 1, 4, 2, 5, 3)  # [B, 2, h, i, w, j]
     return up.reshape(batch, 2, factor * height, factor * width)
+
+
+def normalise_image(image: torch.Tensor) -> torch.Tensor:
+    """RGB 0..255 -> -1..1, channels-last."""
+    return (2 * (image / 255.0) - 1.0).contiguous(memory_format=torch.channels_last)
+
+
+def start_coordinates(coords0: torch.Tensor, flow_init: tuple[torch.Tensor | None, torch.Tensor | None]
+                      ) -> list[torch.Tensor]:
+    """Starting coordinates (facial, head) `[B, 2, h, w]`; one shared tensor when both decoders
+    start alike (then one lookup serves both)."""
+    facial_init, head_init = flow_init
+
+    def start_from(init: torch.Tensor | None) -> torch.Tensor:
+        return coords0 if init is None else (coords0 + init).contiguous(memory_format=torch.channels_last)
+
+    coords = [start_from(facial_init)]
+    coords.append(coords[0] if head_init is facial_init else start_from(head_init))
+    return coords
 
 
 class DecFlow(nn.Module):
@@ -128,11 +167,19 @@ class DecFlow(nn.Module):
         return torch.autocast(device_type=device.type, dtype=self.amp_dtype or default_amp_dtype(device),
                               enabled=self.mixed_precision, cache_enabled=not torch.is_grad_enabled())
 
-    def _dense_from_level(self, batch: int, pixels: int) -> int:
+    def volume_dtype(self, device: torch.device) -> torch.dtype:
+        """dtype of the stored correlation volume and the on-the-fly products: the autocast
+        dtype under mixed precision on CUDA (tensor cores, half the memory), else float32.
+        Lookups interpolate in float32 either way."""
+        if self.mixed_precision and device.type == "cuda":
+            return self.amp_dtype or default_amp_dtype(device)
+        return torch.float32
+
+    def corr_levels_stored_from(self, batch: int, pixels: int, device: torch.device) -> int:
         """First correlation level kept as a volume (finer levels are computed on the fly)."""
         if self.alternate_corr:
             return CORR_LEVELS  # memory-bounded: no volume at all
-        return 0 if batch * pixels * pixels <= MAX_DENSE_CORRELATION else 1
+        return dense_from_level(batch, pixels, device, bytes_per_value=self.volume_dtype(device).itemsize)
 
     # ------------------------------------------------------------------ input checks
     @staticmethod
@@ -156,21 +203,24 @@ class DecFlow(nn.Module):
             raise ValueError(f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level "
                              f"correlation pyramid, got shape {tuple(image1.shape)}")
 
+    @staticmethod
+    def check_flow_init(flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`flow_init` as (facial start, head start); ValueError unless each is a finite
+        `[B, 2, H/8, W/8]` (or None)."""
+        batch, _, height, width = image_shape
+        shape = (batch, 2, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
+        inits = tuple(flow_init) if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
+        if len(inits) != 2:
+            raise ValueError(f"flow_init must be one tensor or a (facial, head) pair, got {len(inits)} tensors")
+        for init in inits:
+            if init is not None and tuple(init.shape) != shape:
+                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {shape}, got {tuple(init.shape)}")
+            if init is not None and not bool(torch.isfinite(init).all()):
+                raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
+        return inits[0], inits[1]
+
     # ------------------------------------------------------------------ forward
-    def encode_context(self, image1: torch.Tensor):
-        """Normalised image 1 -> (hidden state, context input, attention).
-
-        The attention is a `[B, heads, h*w, h*w]` matrix, or in memory-bounded mode a
-        ChunkedAttention that supports the same `attention @ values`.
-        """
-        context = self.cnet(image1)  # [B, 256, h, w]
-        semantic = self.change_dim(self.dad_encoder(image1))  # [B, 256, h, w]
-        fused = self.res1(torch.cat([context, semantic], dim=1))  # [B, 256, h, w]
-        net, inp = fused.split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
-        net, inp = torch.tanh(net), torch.relu(inp)
-        attention = self.att(inp, materialise=not self.alternate_corr)  # [B, heads, h*w, h*w]
-        return net, inp, attention
-
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
@@ -185,46 +235,68 @@ class DecFlow(nn.Module):
         self.check_inputs(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        device = image1.device
+        return self.estimate(image1, image2, iters=iters, flow_init=self.check_flow_init(flow_init, image1.shape),
+                             test_mode=test_mode)
+
+    def estimate(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None), test_mode: bool = False,
+                 stored_from: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
+        """`forward` on checked inputs, without a host synchronisation (a CUDA graph can
+        capture it): encode, correlate and attend, run the two decoders, return the flows.
+        `stored_from` overrides the correlation-storage policy (`corr_levels_stored_from`)."""
         batch, _, height, width = image1.shape
-        low_h, low_w = height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR
         # channels-last activations suit oneDNN (CPU) and tensor-core (CUDA) convolutions;
         # the layout propagates through every convolution of the network
-        image1 = (2 * (image1 / 255.0) - 1.0).contiguous(memory_format=torch.channels_last)
-        image2 = (2 * (image2 / 255.0) - 1.0).contiguous(memory_format=torch.channels_last)
-
-        with self._autocast(device):
-            fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)
+        image1, image2 = (normalise_image(image) for image in (image1, image2))
+        with self._autocast(image1.device):
+            fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)  # [B, 256, h, w] each
+            net, inp, attention = self.encode_context(image1)
+        low = (height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
+        if stored_from is None:
+            stored_from = self.corr_levels_stored_from(batch, low[0] * low[1], image1.device)
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
-                            dense_from_level=self._dense_from_level(batch, low_h * low_w))
-        decoders = (self.update_block, self.update_block_head)  # facial, head
+                            dense_from_level=stored_from, dtype=self.volume_dtype(image1.device))
         # [B, 2, h, w], x first; channels-last like everything fed to the convolutions
-        coords0 = coords_grid(batch, low_h, low_w, device=device).contiguous(memory_format=torch.channels_last)
-        for init in (flow_init if isinstance(flow_init, (tuple, list)) else [flow_init]):
-            if init is not None and init.shape != coords0.shape:
-                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {tuple(coords0.shape)}, "
-                                 f"got {tuple(init.shape)}")
-            if init is not None and not bool(torch.isfinite(init).all()):
-                raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
-        facial_init, head_init = flow_init if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
+        coords0 = coords_grid(batch, *low, device=image1.device).contiguous(memory_format=torch.channels_last)
+        coords = start_coordinates(coords0, flow_init)
+        predictions, coords = self.decode(corr_fn, net, inp, attention, coords0, coords, iters=iters,
+                                          test_mode=test_mode)
+        if not test_mode:
+            return predictions
+        facial, head = predictions[0][-1], predictions[1][-1]
+        return DecFlowOutput(facial=facial, head=head, expression=facial - head,
+                             facial_low=coords[0] - coords0, head_low=coords[1] - coords0)
 
-        def start_from(init: torch.Tensor | None) -> torch.Tensor:
-            return coords0 if init is None else (coords0 + init).contiguous(memory_format=torch.channels_last)
+    def encode_context(self, image1: torch.Tensor):
+        """Normalised image 1 -> (hidden state, context input, attention).
 
-        # per decoder, float32; a shared start is one tensor (one lookup serves both decoders)
-        coords = [start_from(facial_init)]
-        coords.append(coords[0] if head_init is facial_init else start_from(head_init))
+        The attention is a `[B, heads, h*w, h*w]` matrix, or in memory-bounded mode a
+        ChunkedAttention that supports the same `attention @ values`.
+        """
+        context = self.cnet(image1)  # [B, 256, h, w]
+        semantic = self.change_dim(self.dad_encoder(image1))  # [B, 256, h, w]
+        fused = self.res1(torch.cat([context, semantic], dim=1))  # [B, 256, h, w]
+        net, inp = fused.split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
+        net, inp = torch.tanh(net), torch.relu(inp)
+        attention = self.att(inp, materialise=not self.alternate_corr)  # [B, heads, h*w, h*w]
+        return net, inp, attention
+
+    def decode(self, corr_fn: CorrBlock, net: torch.Tensor, inp: torch.Tensor, attention: torch.Tensor,
+               coords0: torch.Tensor, coords: list[torch.Tensor], *, iters: int, test_mode: bool
+               ) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]:
+        """The recurrence of both decoders (facial, head) from `coords` (`[B, 2, h, w]` each,
+        float32): (upsampled predictions per decoder, final coordinates per decoder)."""
+        decoders = (self.update_block, self.update_block_head)  # facial, head
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence (weights cast once per forward at inference).
-        with self._autocast(device):
-            net, inp, attention = self.encode_context(image1)
+        with self._autocast(coords0.device):
             prepared = [decoder.prepare(inp) for decoder in decoders]
             hidden = [net, net]
             for itr in range(iters):
                 upsample = not test_mode or itr == iters - 1  # test mode: only the result
                 shared = coords[0] is coords[1]  # same start: one lookup serves both decoders
                 coords = [c.detach() for c in coords]
-                with torch.autocast(device_type=device.type, enabled=False):
+                with torch.autocast(device_type=coords0.device.type, enabled=False):
                     # float32; both decoders' windows in one lookup
                     corrs = corr_fn(coords[:1]) * 2 if shared else corr_fn(coords)
                 motion = [decoder.encoder(c - coords0, corr) for decoder, c, corr in zip(decoders, coords, corrs)]
@@ -238,12 +310,7 @@ class DecFlow(nn.Module):
                     coords[i] = coords[i] + delta.float()
                     if upsample:
                         predictions[i].append(convex_upsample(coords[i] - coords0, mask))
-
-        if not test_mode:
-            return predictions
-        facial, head = predictions[0][-1], predictions[1][-1]
-        return DecFlowOutput(facial=facial, head=head, expression=facial - head,
-                             facial_low=coords[0] - coords0, head_low=coords[1] - coords0)
+        return predictions, coords
 
     def config_dict(self) -> dict:
         """Constructor arguments, for checkpoints that describe themselves."""
