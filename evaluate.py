@@ -53,9 +53,9 @@ from tqdm import tqdm
 from core.checkpoint import default_checkpoint, load_checkpoint
 from core.datasets import FacialFlow, nonfinite_ground_truth
 from core.loss import THRESHOLDS, endpoint_metrics
-from core.network import MIN_IMAGE_SIDE, DecFlow
+from core.inference import FlowEstimator
+from core.network import DecFlow
 from core.precision import AMP_DTYPES, parse_amp_dtype, precision_name, resolve_amp_dtype
-from core.utils.padder import InputPadder
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -146,26 +146,19 @@ def resolve_inference_precision(mixed_precision: bool | None, amp_dtype: str | N
 
 
 class DecFlowPredictor:
-    """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad.
-
-    The model must already be on `device` and in eval mode; it runs in its own precision.
+    """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad (core.inference.FlowEstimator;
+    CUDA graphs on CUDA). The model must already be on `device` and in eval mode; it runs in its own precision.
     """
 
     def __init__(self, model: torch.nn.Module, *, iters: int = DEFAULT_ITERS, device: torch.device | str = "cpu",
                  pad_mode: str = "exp") -> None:
-        self.model = model
-        self.iters = iters
-        self.device = torch.device(device)
-        self.pad_mode = pad_mode
-
-    @torch.inference_mode()
-    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
         # at least the network's minimum side; FacialFlowNet frames are larger, so the
         # reference's "exp" padding is unchanged for them
-        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
-        image1, image2 = padder.pad(image1[None].to(self.device), image2[None].to(self.device))
-        output = self.model(image1, image2, iters=self.iters, test_mode=True)
-        return padder.unpad(output.facial[0]).float(), padder.unpad(output.head[0]).float()
+        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode=pad_mode)
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        flows = self.estimator(image1, image2)
+        return flows.facial[0], flows.head[0]
 
 
 class ZeroFlowPredictor:

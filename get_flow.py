@@ -41,11 +41,10 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
-from core.network import MIN_IMAGE_SIDE
+from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.flow_viz import render_flow_panels, write_png
 from core.utils.frame_utils import read_image, write_flo
-from core.utils.padder import InputPadder
 from evaluate import UserError, add_model_arguments, load_model, resolve_device, resolve_inference_precision
 
 REPO = Path(__file__).resolve().parent
@@ -233,26 +232,19 @@ def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray
 
 # --------------------------------------------------------------------------- inference
 class FlowRunner:
-    """Pad (symmetric, >= 128 px), run DecFlow, unpad; keeps the low-res flows for warm starts."""
+    """Pad (symmetric, >= 128 px), run DecFlow, unpad (core.inference.FlowEstimator); keeps the
+    low-res flows for warm starts."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, iters: int, warm_start: bool) -> None:
-        self.model, self.device, self.iters, self.warm_start = model, device, iters, warm_start
+        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode="symmetric")
+        self.warm_start = warm_start
         self.previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(rgb).permute(2, 0, 1).float()[None].to(self.device)
-
-    @torch.inference_mode()
     def __call__(self, rgb1: np.ndarray, rgb2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image1, image2 = self.to_tensor(rgb1), self.to_tensor(rgb2)
-        padder = InputPadder(image1.shape, mode="symmetric", min_side=MIN_IMAGE_SIDE)
-        image1, image2 = padder.pad(image1, image2)
-        flow_init = self.previous_low if self.warm_start else None
-        output = self.model(image1, image2, iters=self.iters, flow_init=flow_init, test_mode=True)
-        self.previous_low = (output.facial_low, output.head_low)  # each decoder from its own flow
-        flows = [padder.unpad(f[0]).float().permute(1, 2, 0).cpu().numpy() for f in
-                 (output.facial, output.head, output.expression)]
-        return flows[0], flows[1], flows[2]
+        image1, image2 = (torch.from_numpy(rgb).permute(2, 0, 1).float() for rgb in (rgb1, rgb2))
+        flows = self.estimator(image1, image2, flow_init=self.previous_low if self.warm_start else None)
+        self.previous_low = (flows.facial_low, flows.head_low)  # each decoder from its own flow
+        return tuple(f[0].permute(1, 2, 0).cpu().numpy() for f in (flows.facial, flows.head, flows.expression))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

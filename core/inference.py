@@ -1,0 +1,156 @@
+"""Running a trained DecFlow on image pairs: padding, warm starts and, on CUDA, graphs.
+
+`FlowEstimator` pads a pair to what the network accepts, runs it and crops the flows
+back. On CUDA it replays the test-mode forward from CUDA graphs (`GraphedEstimate`): at
+batch 1 the recurrence launches thousands of small kernels, and a graph launches them
+all at once. Graphs give the same flow as the eager forward; anywhere else (CPU, autograd)
+the eager forward runs.
+"""
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+
+import torch
+
+from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowOutput
+from core.utils.padder import InputPadder
+
+# Graphs kept at once (each holds the memory of one forward); a sequence or an evaluation
+# uses one, a padded sequence of mixed sizes a few.
+MAX_GRAPHS = 2
+# Eager runs before a capture: cuDNN and cuBLAS choose and load their kernels here.
+WARMUP_RUNS = 2
+
+
+@dataclass
+class Flows:
+    """One pair's flows, cropped to the input size: `[B, 2, H, W]`, and the decoders' final
+    low-resolution flows `[B, 2, H'/8, W'/8]` of the padded pair (a warm start's input)."""
+
+    facial: torch.Tensor
+    head: torch.Tensor
+    expression: torch.Tensor
+    facial_low: torch.Tensor
+    head_low: torch.Tensor
+
+
+class GraphedEstimate:
+    """Test-mode `DecFlow.estimate` replayed from CUDA graphs.
+
+    One graph per (input shape and dtype, iterations, precision, warm start); the
+    `MAX_GRAPHS` most recent are kept. Each call copies its inputs into the graph's static
+    inputs, replays it and returns copies of its outputs. A graph reads the model's weights
+    where they are: loading new values in place is fine, moving the model makes new graphs.
+    """
+
+    def __init__(self, model: DecFlow, *, max_graphs: int = MAX_GRAPHS) -> None:
+        self.model = model
+        self.max_graphs = max_graphs
+        self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecFlowOutput]] = OrderedDict()
+        self.failed: set[tuple] = set()
+
+    def _key(self, inputs: list[torch.Tensor], iters: int, shared_start: bool) -> tuple:
+        model = self.model
+        first_weight = next(model.parameters())
+        return (tuple((tuple(t.shape), t.dtype) for t in inputs), iters, shared_start, model.mixed_precision,
+                model.amp_dtype, model.alternate_corr, first_weight.device, first_weight.data_ptr())
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None]) -> DecFlowOutput:
+        """Checked inputs (see `DecFlow.forward`) on a CUDA device -> the test-mode output."""
+        shared_start = flow_init[0] is flow_init[1]
+        inits = [init for init in (flow_init[:1] if shared_start else flow_init) if init is not None]
+        inputs = [image1, image2, *inits]
+        key = self._key(inputs, iters, shared_start)
+        if key in self.failed:
+            return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True)
+        if key not in self.graphs:
+            try:
+                self._capture(key, inputs, iters, flow_init)
+            except RuntimeError as error:  # e.g. an operation that cannot be captured: run eagerly from now on
+                self.failed.add(key)
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                print(f"CUDA graph capture failed ({first_line}); running the eager forward instead", file=sys.stderr)
+                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True)
+        self.graphs.move_to_end(key)
+        graph, static_inputs, static_output = self.graphs[key]
+        for static, given in zip(static_inputs, inputs):
+            static.copy_(given)
+        graph.replay()
+        return DecFlowOutput(**{f.name: getattr(static_output, f.name).clone() for f in fields(DecFlowOutput)})
+
+    def _capture(self, key: tuple, inputs: list[torch.Tensor], iters: int,
+                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None]) -> None:
+        model, device = self.model, inputs[0].device
+        while len(self.graphs) >= self.max_graphs:
+            self.graphs.popitem(last=False)
+        static_inputs = [t.clone() for t in inputs]
+        static_images, static_inits = static_inputs[:2], iter(static_inputs[2:])
+        if flow_init[0] is flow_init[1]:
+            init = None if flow_init[0] is None else next(static_inits)
+            static_flow_init = (init, init)
+        else:
+            static_flow_init = tuple(None if given is None else next(static_inits) for given in flow_init)
+        batch, _, height, width = inputs[0].shape
+        # decided here: the policy asks the driver for free memory, which a capture must not do
+        pixels = (height // UPSAMPLE_FACTOR) * (width // UPSAMPLE_FACTOR)
+        stored_from = model.corr_levels_stored_from(batch, pixels, device)
+
+        def run() -> DecFlowOutput:
+            return model.estimate(*static_images, iters=iters, flow_init=static_flow_init, test_mode=True,
+                                  stored_from=stored_from)
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = run()
+        self.graphs[key] = (graph, static_inputs, static_output)
+
+
+class FlowEstimator:
+    """A DecFlow model on one device: pad, infer (its precision), crop; optional warm start.
+
+    The model must already be on `device` and in eval mode. `pad_mode` is InputPadder's
+    ("exp": bottom/right as the reference's FacialFlowNet evaluation; "symmetric");
+    pairs are padded to at least the network's minimum side. `cuda_graphs` (default: on
+    for CUDA) replays the forward from CUDA graphs.
+    """
+
+    def __init__(self, model: DecFlow, *, iters: int, device: torch.device | str, pad_mode: str = "exp",
+                 cuda_graphs: bool | None = None) -> None:
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.model = model
+        self.iters = iters
+        self.device = torch.device(device)
+        self.pad_mode = pad_mode
+        use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if use_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got {self.device}")
+        self.graphed = GraphedEstimate(model) if use_graphs else None
+
+    @torch.inference_mode()
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor,
+                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> Flows:
+        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> Flows.
+        `flow_init`: a previous result's `(facial_low, head_low)` for the same size, or None."""
+        if image1.dim() == 3:
+            image1, image2 = image1[None], image2[None]
+        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
+        image1, image2 = padder.pad(image1.to(self.device), image2.to(self.device))
+        self.model.check_inputs(image1, image2)
+        inits = self.model.check_flow_init(flow_init, image1.shape)
+        if self.graphed is not None:
+            output = self.graphed(image1, image2, iters=self.iters, flow_init=inits)
+        else:
+            output = self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True)
+        return Flows(facial=padder.unpad(output.facial).float(), head=padder.unpad(output.head).float(),
+                     expression=padder.unpad(output.expression).float(), facial_low=output.facial_low,
+                     head_low=output.head_low)

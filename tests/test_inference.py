@@ -1,0 +1,130 @@
+"""core.inference (pad, infer, crop, warm start; CUDA graphs) and the device-aware correlation
+policy. CUDA-only checks run where CUDA is present and are skipped elsewhere."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.yardstick import straightforward_forward
+from core.corr import CorrBlock, coords_grid
+from core.inference import FlowEstimator, GraphedEstimate
+from core.network import DecFlow, dense_from_level
+from core.utils.padder import InputPadder
+from tests.model_helpers import authors_state_dict
+
+STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _model(device: str = "cpu", **options) -> DecFlow:
+    model = DecFlow(**options)
+    model.load_state_dict(STATE)
+    return model.eval().to(device)
+
+
+def _pair(height: int, width: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    image1 = torch.rand(batch, 3, height, width, generator=generator) * 255
+    return image1, torch.roll(image1, shifts=(2, -3), dims=(-2, -1))
+
+
+@torch.no_grad()
+def test_estimator_pads_runs_and_crops_like_the_straightforward_forward():
+    model = _model()
+    image1, image2 = _pair(130, 150)  # padded to 136 x 152 (mode "exp")
+    flows = FlowEstimator(model, iters=3, device="cpu")(image1[0], image2[0])
+    padder = InputPadder(image1.shape, mode="exp", min_side=128)
+    expected = straightforward_forward(model, *padder.pad(image1, image2), iters=3, test_mode=True)
+    assert flows.facial.shape == (1, 2, 130, 150) and flows.facial_low.shape == (1, 2, 17, 19)
+    for name in ("facial", "head", "expression"):
+        assert (getattr(flows, name) - padder.unpad(getattr(expected, name))).abs().max() <= 1e-3, name
+    assert (flows.facial_low - expected.facial_low).abs().max() <= 1e-3
+
+
+@torch.no_grad()
+def test_estimator_warm_start_feeds_each_decoder_its_own_flow():
+    model = _model()
+    image1, image2 = _pair(128, 136)
+    estimator = FlowEstimator(model, iters=2, device="cpu", pad_mode="symmetric")
+    first = estimator(image1, image2)
+    warm = estimator(image1, image2, flow_init=(first.facial_low, first.head_low))
+    expected = model(image1, image2, iters=2, flow_init=(first.facial_low, first.head_low), test_mode=True)
+    assert (warm.facial - expected.facial).abs().max() <= 1e-5
+    assert (warm.head - expected.head).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="flow_init"):
+        estimator(image1, image2, flow_init=first.facial_low[..., :-1])
+
+
+def test_estimator_rejects_bad_options():
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        FlowEstimator(_model(), iters=3, device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        FlowEstimator(_model(), iters=0, device="cpu")
+
+
+def test_correlation_storage_policy_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    full_hd = (1080 // 8) * (1920 // 8)
+    assert dense_from_level(1, 60 * 60, cpu) == 0
+    assert dense_from_level(1, full_hd, cpu) == 1  # over the CPU's 512 MiB
+    # CUDA: the whole pyramid (4.2 GB finest level in float32 at 1920x1080) while it fits half the free memory
+    assert dense_from_level(1, full_hd, cuda, free_bytes=80 * 2 ** 30) == 0
+    assert dense_from_level(1, full_hd, cuda, free_bytes=8 * 2 ** 30) == 1
+    assert dense_from_level(1, full_hd, cuda, bytes_per_value=2, free_bytes=8 * 2 ** 30) == 0
+
+
+@pytest.mark.parametrize("stored_from", [0, 1, 4])
+def test_low_precision_correlation_matches_float32(stored_from):
+    """The CUDA mixed-precision path stores and computes correlations in the autocast dtype;
+    its CPU equivalent (bfloat16 here) stays within that dtype's rounding of float32."""
+    generator = torch.Generator().manual_seed(0)
+    fmap1, fmap2 = (torch.randn(1, 64, 16, 24, generator=generator) for _ in range(2))
+    coords = coords_grid(1, 16, 24) + 3 * torch.randn(1, 2, 16, 24, generator=generator)
+    exact = CorrBlock(fmap1, fmap2, dense_from_level=stored_from)(coords)
+    low = CorrBlock(fmap1, fmap2, dense_from_level=stored_from, dtype=torch.bfloat16)(coords)
+    assert low.dtype == torch.float32
+    assert (low - exact).abs().max() <= 0.02 * exact.abs().max()
+    assert (low - exact).abs().mean() <= 0.005 * exact.abs().mean() + 1e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("mixed_precision", [False, True])
+@torch.no_grad()
+def test_cuda_graphs_give_the_eager_flow(mixed_precision):
+    model = _model("cuda", mixed_precision=mixed_precision)
+    image1, image2 = (image.cuda() for image in _pair(136, 176))
+    graphed = GraphedEstimate(model)
+    init = torch.full((1, 2, 17, 22), 0.5, device="cuda")
+    for flow_init in [(None, None), (init, init), (init, 2 * init)]:
+        eager = model.estimate(image1, image2, iters=5, flow_init=flow_init, test_mode=True)
+        for _ in range(2):  # capture, then replay
+            replayed = graphed(image1, image2, iters=5, flow_init=flow_init)
+        tolerance = 1e-4 if not mixed_precision else 1e-2
+        for name in ("facial", "head", "expression", "facial_low", "head_low"):
+            assert (getattr(replayed, name) - getattr(eager, name)).abs().max() <= tolerance, name
+    assert not graphed.failed and len(graphed.graphs) == 2  # the two most recent of three
+
+
+@needs_cuda
+@torch.no_grad()
+def test_cuda_graph_replays_new_inputs():
+    model = _model("cuda")
+    estimator = FlowEstimator(model, iters=4, device="cuda")
+    pairs = [_pair(128, 160), tuple(torch.flip(image, dims=(-1,)) for image in _pair(128, 160))]
+    for image1, image2 in pairs + pairs:
+        got = estimator(image1, image2)
+        expected = model(image1.cuda(), image2.cuda(), iters=4, test_mode=True)
+        assert (got.facial - expected.facial).abs().max() <= 1e-4
+    assert len(estimator.graphed.graphs) == 1
+
+
+@needs_cuda
+@torch.no_grad()
+def test_cuda_fast_paths_match_the_straightforward_forward_on_cpu():
+    cpu_model = _model()
+    image1, image2 = _pair(136, 176)
+    expected = straightforward_forward(cpu_model, image1, image2, iters=4, test_mode=True)
+    for options, tolerance in [({}, 1e-2), ({"mixed_precision": True}, 0.1), ({"alternate_corr": True}, 1e-2)]:
+        flows = FlowEstimator(_model("cuda", **options), iters=4, device="cuda")(image1, image2)
+        for name in ("facial", "head"):
+            assert (getattr(flows, name).cpu() - getattr(expected, name)).abs().mean() <= tolerance, (options, name)
