@@ -4,11 +4,13 @@
     python -m benchmarks.benchmark inference --size 480 480 --iters 12
     python -m benchmarks.benchmark train --size 256 256 --batch 2 --iters 12
     python -m benchmarks.benchmark memory --size 1024 1024 --mode default alternate
+    python -m benchmarks.benchmark all --device cuda  # 480x480, 1024x1024, 1920x1080 and a seed-recipe step
 
 Timings are taken side by side in one run (modes interleaved, best of `--repeats` after
 `--warmup` runs) and reported as ratios to the straightforward fp32 forward of
 benchmarks/yardstick.py. Peak memory is the peak resident set size (VmHWM) of a fresh
-subprocess that imports torch, builds the model and runs one pair.
+subprocess that imports torch, builds the model and runs one pair. On CUDA see
+benchmarks/gpu.py (CUDA events, kernel time, torch.cuda.max_memory_allocated).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.gpu import bench_inference_cuda, bench_train_cuda
 from benchmarks.yardstick import straightforward_forward
 from core.loss import sequence_loss
 from core.network import DecFlow
@@ -186,9 +189,10 @@ def _peak_rss_bytes() -> int:
 
 def _table(title: str, rows: list[dict]) -> str:
     columns = list(rows[0])
-    lines = [title, "  ".join(f"{c:>14}" for c in columns)]
+    width = max(14, *(len(str(v)) for row in rows for v in row.values() if not isinstance(v, float)))
+    lines = [title, "  ".join(f"{c:>{width}}" for c in columns)]
     for row in rows:
-        lines.append("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v:>14}" for v in row.values()))
+        lines.append("  ".join(f"{v:>{width}.4g}" if isinstance(v, float) else f"{v:>{width}}" for v in row.values()))
     return "\n".join(lines)
 
 
@@ -205,12 +209,50 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="memory benchmark modes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                        help="dtype of the mixed-precision rows (default: bfloat16 where this CPU has it natively, "
-                             "else no such rows)")
+                        help="dtype of the mixed-precision rows (default: float16 on CUDA; on CPU bfloat16 where "
+                             "the CPU has it natively, else no such rows)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cpu, or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
+                             "step at the seed recipe (480x480, batch 6)")
     return parser
 
 
+CUDA_SIZES = ((480, 480), (1024, 1024), (1080, 1920))  # the table of the README
+
+
+def main_cuda(args: argparse.Namespace) -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    if args.what == "memory":
+        raise SystemExit("--device cuda: peak memory is a column of the inference and train tables")
+    device = torch.device("cuda")
+    amp_dtype = resolve_amp_dtype(True, device, parse_amp_dtype(args.amp_dtype), warn=print)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}, "
+          f"iters {args.iters}, AMP {amp_dtype_name(amp_dtype)}", flush=True)
+    warmup, repeats = max(args.warmup, 2), args.repeats
+    if args.what in ("all", "inference"):
+        for size in [tuple(args.size)] if args.size else CUDA_SIZES:
+            model, alternate = build_model().eval().to(device), build_model(alternate_corr=True).eval().to(device)
+            image1, image2 = (image.to(device) for image in make_pair(args.batch or 1, *size))
+            rows = bench_inference_cuda(model, alternate, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
+                                        warmup=warmup, repeats=repeats)
+            print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
+                         f"straightforward fp32; diff vs fast fp32)", rows), flush=True)
+            del model, alternate, image1, image2
+            torch.cuda.empty_cache()
+    if args.what in ("all", "train"):
+        size = tuple(args.size or (480, 480))
+        model = build_model().to(device)
+        image1, image2 = (image.to(device) for image in make_pair(args.batch or 6, *size))
+        rows = bench_train_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, warmup=warmup,
+                                repeats=repeats)
+        print(_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 6}", rows), flush=True)
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.device == "cuda":
+        main_cuda(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}, CPU capability "

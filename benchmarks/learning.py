@@ -53,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
                         help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that "
                              "have it natively)")
+    parser.add_argument("--num_workers", type=int, default=4 if cuda else 0,
+                        help="data-loading processes per training run")
     parser.add_argument("--workdir", default=None, help="keep data, weights and logs here (default: a temp folder)")
     parser.add_argument("--parallel", action="store_true",
                         help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
@@ -80,7 +82,8 @@ def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, ro
                       "--restore_ckpt", str(start), "--num_steps", str(args.steps), "--lr", str(args.lr),
                       "--image_size", *map(str, args.size), "--wdecay", "0.00001", "--gamma", "0.85",
                       "--batch_size", str(args.batch), "--iters", str(args.iters), "--val_freq", str(args.steps),
-                      "--print_freq", str(max(1, args.steps // 10)), "--num_workers", "0", "--device", args.device,
+                      "--print_freq", str(max(1, args.steps // 10)), "--num_workers", str(args.num_workers),
+                      "--device", args.device,
                       *extra])
     seconds = time.perf_counter() - started
     return (score(["--model", str(work / f"{name}.pth"), "--iters", str(args.eval_iters), "--device", args.device,

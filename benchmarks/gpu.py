@@ -1,0 +1,138 @@
+"""CUDA half of the benchmark (`python -m benchmarks.benchmark all --device cuda`).
+
+Every mode runs in one process, interleaved: the straightforward forward of
+benchmarks/yardstick.py (fp32, and with the reference's autocast regions), our eager fast
+path (fp32, AMP), the same replayed from CUDA graphs (core.inference) and the
+memory-bounded mode. Times are CUDA-event milliseconds after warm-up (best of
+`repeats`); `gpu_ms` is the kernel time the profiler sees in one run, so `gpu_ms / ms`
+shows how much of a call the GPU is busy (the rest is launch overhead); peak memory is
+`torch.cuda.max_memory_allocated` over one run (for graphs: over the capture, which
+holds the memory that their replays reuse).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.yardstick import straightforward_forward
+from core.inference import GraphedEstimate
+from core.loss import sequence_loss
+from core.network import DecFlow
+
+
+def cuda_ms(fn: Callable[[], object]) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def kernel_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds of GPU kernels (and copies) in one run of `fn`."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e3
+
+
+def peak_gb(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 1e9
+
+
+def _interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            best[name] = min(best[name], cuda_ms(fn))
+    return best
+
+
+def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *,
+                         iters: int, amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
+    """Rows per mode: ms, GPU kernel ms, peak GB, mean/max |flow - our fp32 flow| in px."""
+    graphed, graphed_alternate = GraphedEstimate(model), GraphedEstimate(alternate)
+
+    def fast(net: DecFlow, dtype: torch.dtype | None, graphs: GraphedEstimate | None = None):
+        net.mixed_precision, net.amp_dtype = dtype is not None, dtype
+        try:
+            if graphs is not None:
+                return graphs(image1, image2, iters=iters, flow_init=(None, None))
+            return net(image1, image2, iters=iters, test_mode=True)
+        finally:
+            net.mixed_precision, net.amp_dtype = False, None
+
+    runs = {
+        "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
+        "straightforward-amp": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True,
+                                                               amp_dtype=amp_dtype),
+        "fast": lambda: fast(model, None),
+        "fast-amp": lambda: fast(model, amp_dtype),
+        "graphs": lambda: fast(model, None, graphed),
+        "graphs-amp": lambda: fast(model, amp_dtype, graphed),
+        "alternate-amp": lambda: fast(alternate, amp_dtype, graphed_alternate),
+    }
+    with torch.no_grad():
+        peaks = {name: peak_gb(fn) for name, fn in runs.items()}  # first call: graphs are captured here
+        outputs = {name: fn() for name, fn in runs.items()}
+        gpu = {name: kernel_ms(fn) for name, fn in runs.items()}
+        ms = _interleaved(runs, warmup, repeats)
+    reference = outputs["fast"]
+    rows = []
+    for name in runs:
+        out = outputs[name]
+        diff = torch.cat([(out.facial - reference.facial).abs().flatten(), (out.head - reference.head).abs().flatten()])
+        rows.append({"mode": name, "ms": ms[name], "gpu_ms": gpu[name], "speedup": ms["straightforward"] / ms[name],
+                     "peak_gb": peaks[name], "mean_diff_px": diff.mean().item(), "max_diff_px": diff.max().item()})
+    return rows
+
+
+def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+                     amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
+    """A training step (forward, sequence loss, backward, clip, AdamW) per mode: ms and peak GB."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    generator = torch.Generator(device=image1.device).manual_seed(2)
+    shape = (image1.shape[0], 2, *image1.shape[-2:])
+    flow_facial = 3 * torch.randn(shape, generator=generator, device=image1.device)
+    flow_head = 2 * torch.randn(shape, generator=generator, device=image1.device)
+    valid = torch.ones(shape[0], *shape[2:], device=image1.device)
+    scalers = {}
+
+    def step(forward: Callable, dtype: torch.dtype | None, name: str) -> None:
+        scaler = scalers.setdefault(name, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+        model.mixed_precision, model.amp_dtype = dtype is not None, dtype
+        try:
+            facial, head = forward(image1, image2, iters=iters)
+            loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+        finally:
+            model.mixed_precision, model.amp_dtype = False, None
+
+    def straightforward(dtype):
+        return lambda *args, **kwargs: straightforward_forward(model, *args, amp_dtype=dtype, **kwargs)
+
+    runs = {"straightforward": lambda: step(straightforward(None), None, "straightforward"),
+            "straightforward-amp": lambda: step(straightforward(amp_dtype), amp_dtype, "straightforward-amp"),
+            "fast": lambda: step(model, None, "fast"),
+            "fast-amp": lambda: step(model, amp_dtype, "fast-amp")}
+    peaks = {name: peak_gb(fn) for name, fn in runs.items()}
+    ms = _interleaved(runs, warmup, repeats)
+    model.eval()
+    return [{"mode": name, "ms": ms[name], "speedup": ms["straightforward"] / ms[name], "peak_gb": peaks[name]}
+            for name in runs]
