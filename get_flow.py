@@ -41,11 +41,11 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
+from core.cli import UserError, add_model_arguments, device_and_precision, load_model_from_args
 from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.flow_viz import render_flow_panels, write_png
 from core.utils.frame_utils import read_image, write_flo
-from evaluate import UserError, add_model_arguments, load_model, resolve_device, resolve_inference_precision
 
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
@@ -349,9 +349,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     check_output_folder(output)
     source = select_source(args)
     checkpoint = resolve_checkpoint(args.model)
-    device = resolve_device(args.device)
-    amp_dtype = resolve_inference_precision(args.mixed_precision, args.amp_dtype, device)
-    model = load_model(args, checkpoint, device, amp_dtype)
+    device, amp_dtype = device_and_precision(args)
+    model = load_model_from_args(args, checkpoint, device, amp_dtype)
     runner = FlowRunner(model, device, args.iters, args.warm_start)
     try:
         output.mkdir(parents=True, exist_ok=True)

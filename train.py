@@ -39,6 +39,7 @@ from tqdm import tqdm
 from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, reference_state_dict,
                              remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix, unwrap)
 from core.datasets import FacialFlow, default_num_workers, seed_worker, training_dataset
+from core.evaluation import evaluate_facialflow
 from core.loss import sequence_loss
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
@@ -313,15 +314,13 @@ def build_val_dataset(args: argparse.Namespace):
 
 def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device: torch.device,
              max_pairs: int | None = None, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """Validation during training with evaluate.py's metrics: facial, head and expression EPE
+    """Validation during training with evaluate.py's metrics (core.evaluation): facial, head and expression EPE
     and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference
     protocol (`ffn_{metric}`, the paper's numbers), each averaged over pairs.
 
     `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
     processes of a distributed run and the means combined, so every rank must call this.
     """
-    from evaluate import evaluate_facialflow
-
     indices = list(range(len(dataset)))
     if max_pairs is not None and max_pairs < len(indices):
         indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, max_pairs).round()})

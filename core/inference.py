@@ -8,13 +8,18 @@ the eager forward runs.
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
-from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowOutput
+from core.checkpoint import load_checkpoint
+from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowConfig, DecFlowOutput
+from core.precision import parse_amp_dtype, resolve_amp_dtype
 from core.utils.padder import InputPadder
 
 # Graphs kept at once (each holds the memory of one forward); a sequence or an evaluation
@@ -22,6 +27,50 @@ from core.utils.padder import InputPadder
 MAX_GRAPHS = 2
 # Eager runs before a capture: cuDNN and cuBLAS choose and load their kernels here.
 WARMUP_RUNS = 2
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`name` as a torch.device (default: cuda when available, else cpu); ValueError if unusable."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"invalid --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
+def resolve_inference_precision(mixed_precision: bool | None, amp_dtype: str | None, device: torch.device, *,
+                                warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
+                                ) -> torch.dtype | None:
+    """The autocast dtype of `--mixed_precision/--amp_dtype` on `device` (None: float32).
+
+    Mixed precision is on by default for CUDA (as the reference) and off elsewhere; on a CPU
+    without native bfloat16 it falls back to float32 with one line (`warn`).
+    """
+    mixed = device.type == "cuda" if mixed_precision is None else bool(mixed_precision)
+    return resolve_amp_dtype(mixed, device, parse_amp_dtype(amp_dtype), warn=warn)
+
+
+def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device,
+               amp_dtype: torch.dtype | None = None, alternate_corr: bool = False) -> DecFlow:
+    """DecFlow of architecture `config` with the weights of `checkpoint` (strict), on `device`,
+    in eval mode, autocasting to `amp_dtype` (None: float32). ValueError (one line) if the
+    file is missing or does not fit."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} not found")
+    model = DecFlow(**asdict(config), mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype,
+                    alternate_corr=alternate_corr)
+    try:
+        load_checkpoint(model, path, strict=True, verbose=False)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(str(error).replace("\n", " ")) from None
+    return model.to(device).eval()
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 
 import evaluate
 import get_flow
+from core import evaluation
 from core.datasets import FacialFlow
 from core.utils.frame_utils import read_flo
 
@@ -45,12 +46,12 @@ def numpy_ffn(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict[str, f
 
 
 def mean_of(blocks: list[dict]) -> dict[str, float]:
-    return {k: float(np.mean([b[k] for b in blocks])) for k in evaluate.METRIC_KEYS}
+    return {k: float(np.mean([b[k] for b in blocks])) for k in evaluation.METRIC_KEYS}
 
 
 def assert_block_close(actual: dict, expected: dict, tol: float = 1e-4) -> None:
-    assert set(actual) == set(evaluate.METRIC_KEYS)
-    for key in evaluate.METRIC_KEYS:
+    assert set(actual) == set(evaluation.METRIC_KEYS)
+    for key in evaluation.METRIC_KEYS:
         assert actual[key] == pytest.approx(expected[key], rel=tol, abs=tol), key
 
 
@@ -60,14 +61,14 @@ def test_metric_definitions_by_hand() -> None:
     pred = torch.zeros(2, 2, 3)
     pred[0] = torch.tensor([[0.5, 2.0, 4.0], [6.0, 0.0, 10.0]])  # EPE = |x error|
     mask = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.uint8)
-    masked = evaluate.masked_metrics(pred, gt, mask)
+    masked = evaluation.masked_metrics(pred, gt, mask)
     assert masked == pytest.approx({"epe": 6.5 / 3, "1px": 1 / 3, "3px": 2 / 3, "5px": 1.0})
-    ffn = evaluate.ffn_protocol_metrics(pred, gt, mask)
+    ffn = evaluation.ffn_protocol_metrics(pred, gt, mask)
     # whole image: EPE sum 22.5, pixels under 1/3/5 px: 2/3/4, over 3 mask pixels
     assert ffn == pytest.approx({"epe": 22.5 / 3, "1px": 2 / 3, "3px": 1.0, "5px": 4 / 3})
     empty = torch.zeros(2, 3)
-    assert evaluate.masked_metrics(pred, gt, empty) is None
-    assert evaluate.ffn_protocol_metrics(pred, gt, empty) is None
+    assert evaluation.masked_metrics(pred, gt, empty) is None
+    assert evaluation.ffn_protocol_metrics(pred, gt, empty) is None
 
 
 def test_empty_masks_are_counted_and_skipped() -> None:
@@ -75,7 +76,7 @@ def test_empty_masks_are_counted_and_skipped() -> None:
     full, empty = torch.ones(8, 8), torch.zeros(8, 8)
     gt = torch.ones(2, 8, 8)
     dataset = [(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), gt, gt, full, full, mask) for mask in (full, empty)]
-    results = evaluate.evaluate_predictor(lambda a, b: (zeros, zeros), dataset)
+    results = evaluation.evaluate_predictor(lambda a, b: (zeros, zeros), dataset)
     assert results["pairs"] == 2 and results["pairs_without_mask"] == 1
     assert results["facial"]["epe"] == pytest.approx(math.sqrt(2))
     assert results["per_emotion"]["all"]["pairs"] == 2
@@ -94,7 +95,7 @@ def test_cli_json_schema(synthetic_root: Path, decflow_checkpoint: Path, tmp_pat
     assert set(doc) == TOP_KEYS
     assert (doc["dataset"], doc["split"], doc["pairs"], doc["iters"]) == ("facialflow", "test", 4, ITERS)
     for kind in ("facial", "head", "expression", "ffn_protocol"):
-        assert set(doc[kind]) == set(evaluate.METRIC_KEYS)
+        assert set(doc[kind]) == set(evaluation.METRIC_KEYS)
         assert all(math.isfinite(v) for v in doc[kind].values())
         assert 0.0 <= doc[kind]["1px"] <= doc[kind]["3px"] <= doc[kind]["5px"]
     assert set(doc["per_emotion"]) == {"angry", "happy"}  # subjects 0, 1 of the generator
@@ -173,7 +174,7 @@ def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint
     load_checkpoint(model, decflow_checkpoint, verbose=False)
     model.train()
     dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
-    results = evaluate.evaluate_facialflow(model, dataset, iters=ITERS, max_pairs=1)
+    results = evaluation.evaluate_facialflow(model, dataset, iters=ITERS, max_pairs=1)
     assert model.training and results["pairs"] == 1
     assert results["facial"]["epe"] > 0 and results["ffn_protocol"]["epe"] > 0
     script = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
@@ -231,10 +232,10 @@ def test_subset_keeps_emotions_and_counts(synthetic_root: Path) -> None:
     """train.py validates on torch Subsets: emotions still come from the underlying dataset."""
     dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
     subset = torch.utils.data.Subset(dataset, [3, 0])
-    results = evaluate.evaluate_predictor(evaluate.ZeroFlowPredictor(), subset)
+    results = evaluation.evaluate_predictor(evaluation.ZeroFlowPredictor(), subset)
     assert set(results["per_emotion"]) == {dataset.extra_info[3].emotion, dataset.extra_info[0].emotion}
     assert results["scored_pairs"] == {"facial": 2, "head": 2, "expression": 2, "ffn_protocol": 2}
-    baseline = evaluate.evaluate_predictor(evaluate.OpenCVFlowPredictor("dis"), subset, has_head=False)
+    baseline = evaluation.evaluate_predictor(evaluation.OpenCVFlowPredictor("dis"), subset, has_head=False)
     assert baseline["head"] is None
     assert baseline["scored_pairs"] == {"facial": 2, "head": 0, "expression": 0, "ffn_protocol": 2}
 
@@ -247,9 +248,9 @@ def test_ffn_protocol_leaves_out_unscored_pixels_by_hand() -> None:
     mask = torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.uint8)
     scored = torch.tensor([[True, False, True], [True, True, False]])
     # scored whole-image EPE: 0.5 + 4 + 6 + 0 = 10.5; under 1/3/5 px: 2/2/3; scored mask pixels: 2
-    ffn = evaluate.ffn_protocol_metrics(pred, gt, mask, scored=scored)
+    ffn = evaluation.ffn_protocol_metrics(pred, gt, mask, scored=scored)
     assert ffn == pytest.approx({"epe": 10.5 / 2, "1px": 1.0, "3px": 1.0, "5px": 1.5})
-    assert evaluate.ffn_protocol_metrics(pred, gt, mask, scored=torch.tensor([[False] * 3, [True] * 3])) is None
+    assert evaluation.ffn_protocol_metrics(pred, gt, mask, scored=torch.tensor([[False] * 3, [True] * 3])) is None
 
 
 def test_raw_non_finite_ground_truth_is_left_out() -> None:
@@ -259,7 +260,7 @@ def test_raw_non_finite_ground_truth_is_left_out() -> None:
     gt[1, 3, 3] = float("inf")
     ones = torch.ones(4, 4)
     sample = (torch.zeros(3, 4, 4), torch.zeros(3, 4, 4), gt, torch.ones(2, 4, 4), ones, ones, ones)
-    results = evaluate.evaluate_predictor(evaluate.ZeroFlowPredictor(), [sample])
+    results = evaluation.evaluate_predictor(evaluation.ZeroFlowPredictor(), [sample])
     assert results["nonfinite_gt_pixels"] == {"facial": 2, "head": 0}
     assert results["facial"]["epe"] == pytest.approx(math.sqrt(2))
     assert results["ffn_protocol"]["epe"] == pytest.approx(math.sqrt(2))  # 14 pixels / 14 mask pixels

@@ -15,6 +15,7 @@ from PIL import Image
 import evaluate
 import get_flow
 from core.synthetic import render_sequence
+from core.utils import flow_viz
 from core.utils.frame_utils import read_flo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,13 +129,13 @@ def test_visualisation_shares_one_scale() -> None:
     facial = np.zeros((128, 128, 2), np.float32)
     facial[..., 0] = 4.0
     head = facial / 2
-    canvas, scale = get_flow.render_flow_panels(image, facial, head, facial - head)
+    canvas, scale = flow_viz.render_flow_panels(image, facial, head, facial - head)
     assert scale == pytest.approx(4.0)
     # head and expression are the same flow (2 px to the right): identical panels
     head_panel = canvas[HEADER:, 2 * 128:3 * 128]
     expression_panel = canvas[HEADER:, 3 * 128:4 * 128]
     np.testing.assert_array_equal(head_panel, expression_panel)
-    _, fixed = get_flow.render_flow_panels(image, facial, head, facial - head, max_flow=10.0)
+    _, fixed = flow_viz.render_flow_panels(image, facial, head, facial - head, max_flow=10.0)
     assert fixed == 10.0
 
 

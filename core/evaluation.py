@@ -1,0 +1,318 @@
+"""Scoring flow on FacialFlowNet: metrics, the authors' protocol, the evaluation loop, baselines.
+
+Two protocols are reported:
+
+* **masked** (facial, head and expression flow): per pair, the end-point error (EPE)
+  and the fraction of pixels with EPE under 1, 3 and 5 px, over the face mask pixels
+  whose ground truth is valid; then the mean over pairs. Expression flow is
+  facial - head, compared with gt facial - gt head.
+* **ffn_protocol** (facial flow only): the reference `validate_facialflow` of the
+  authors, so numbers compare with the paper: per pair, the sum of the per-pixel EPE over
+  the *whole* image divided by the number of mask pixels, and the number of pixels
+  (whole image) under 1/3/5 px divided by the number of mask pixels (these can exceed
+  1); network inputs padded in mode "exp"; then the mean over pairs.
+
+Ground-truth pixels that are NaN or inf in the files (the dataset marks them, see
+`core.datasets.nonfinite_ground_truth`) are left out of every metric: of the masked
+ones as invalid pixels, of ffn_protocol's whole-image sums and counts and of its mask
+pixel count (the denominator stays "mask pixels", those with finite ground truth). A
+pair left with no pixel to score drops out of that mean; the report says how many
+pairs each mean is over and how many ground-truth pixels were not finite.
+
+Used by evaluate.py and by train.py's validation::
+
+    from core.evaluation import evaluate_facialflow
+    results = evaluate_facialflow(model, dataset, iters=32, device=device)
+    results["facial"]["epe"], results["ffn_protocol"]["epe"]
+
+Pieces: `masked_metrics`, `ffn_protocol_metrics` (one pair, torch tensors),
+`DecFlowPredictor` and the `BASELINES` (callables mapping a pair to flows),
+`evaluate_predictor` (the loop over a dataset), `format_results` (table).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core.datasets import nonfinite_ground_truth
+from core.inference import FlowEstimator
+from core.loss import THRESHOLDS, endpoint_metrics
+
+METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
+FLOW_KINDS = ("facial", "head", "expression")
+DEFAULT_ITERS = 12  # the reference evaluate.py
+
+# A prediction: facial flow [2, H, W] and head flow [2, H, W] (None: not estimated).
+Prediction = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+# --------------------------------------------------------------------------- metrics
+def endpoint_error(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Per-pixel end-point error `[H, W]` of flows `[2, H, W]` (computed in float32)."""
+    if pred.shape != gt.shape or pred.dim() != 3 or pred.shape[0] != 2:
+        raise ValueError(f"flows must both be [2, H, W], got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    return (pred.float() - gt.float()).square().sum(dim=0).sqrt()
+
+
+def masked_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
+    """EPE and fractions of pixels under 1/3/5 px over the pixels where `mask` is nonzero.
+
+    `pred`, `gt`: `[2, H, W]`; `mask`: `[H, W]` (bool or numbers; nonzero = counted).
+    Returns None when the mask is empty (the pair has no pixel to score).
+    """
+    selected = mask.to(pred.device) != 0
+    if not bool(selected.any()):
+        return None
+    return endpoint_metrics(endpoint_error(pred, gt)[selected])
+
+
+def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
+                         scored: torch.Tensor | None = None) -> dict[str, float] | None:
+    """The reference's per-pair facial-flow numbers (see the module doc).
+
+    EPE summed over the whole image, and counts of whole-image pixels under 1/3/5 px, all
+    divided by the number of nonzero mask pixels. `scored` (bool `[H, W]`, default all)
+    restricts the whole image and the mask to those pixels (e.g. finite ground truth).
+    Returns None when no mask pixel is scored (the reference would divide by zero).
+    """
+    selected = torch.ones(pred.shape[-2:], dtype=torch.bool, device=pred.device) if scored is None \
+        else scored.to(pred.device)
+    count = int(((mask.to(pred.device) != 0) & selected).sum())
+    if count == 0:
+        return None
+    epe = endpoint_error(pred, gt)[selected]
+    return {"epe": float(epe.sum()) / count, **{f"{t}px": float((epe < t).sum()) / count for t in THRESHOLDS}}
+
+
+def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
+    """Mean of each metric over pairs (None when there is no pair)."""
+    if not per_pair:
+        return None
+    return {key: float(np.mean([m[key] for m in per_pair])) for key in METRIC_KEYS}
+
+
+class DecFlowPredictor:
+    """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad (core.inference.FlowEstimator;
+    CUDA graphs on CUDA). The model must already be on `device` and in eval mode; it runs in its own precision.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, iters: int = DEFAULT_ITERS, device: torch.device | str = "cpu",
+                 pad_mode: str = "exp") -> None:
+        # at least the network's minimum side; FacialFlowNet frames are larger, so the
+        # reference's "exp" padding is unchanged for them
+        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode=pad_mode)
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        flows = self.estimator(image1, image2)
+        return flows.facial[0], flows.head[0]
+
+
+class ZeroFlowPredictor:
+    """Baseline: zero flow for the face and for the head (so expression flow is zero too)."""
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        zero = torch.zeros(2, *image1.shape[-2:])
+        return zero, zero
+
+
+class OpenCVFlowPredictor:
+    """Baseline: OpenCV's DIS ("medium" preset) or Farneback flow between the grayscale
+    frames, as facial flow; no head flow."""
+
+    FARNEBACK = dict(pyr_scale=0.5, levels=4, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+
+    def __init__(self, method: str) -> None:
+        if method not in ("dis", "farneback"):
+            raise ValueError(f"unknown OpenCV method {method!r}")
+        self.method = method
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
+
+    @property
+    def description(self) -> str:
+        if self.method == "dis":
+            return "cv2.DISOpticalFlow preset MEDIUM on grayscale frames"
+        return "cv2.calcOpticalFlowFarneback(" + ", ".join(f"{k}={v}" for k, v in self.FARNEBACK.items()) + ")"
+
+    def _gray(self, image: torch.Tensor) -> np.ndarray:
+        rgb = image.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        gray1, gray2 = self._gray(image1), self._gray(image2)
+        if self._dis is not None:
+            flow = self._dis.calc(gray1, gray2, None)
+        else:
+            flow = cv2.calcOpticalFlowFarneback(gray1, gray2, None, **self.FARNEBACK)
+        return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1), None
+
+
+# --------------------------------------------------------------------------- evaluation loop
+def _emotion_of(dataset: Any, index: int) -> str:
+    while isinstance(dataset, torch.utils.data.Subset):  # e.g. a validation subset during training
+        dataset, index = dataset.dataset, dataset.indices[index]
+    info = getattr(dataset, "extra_info", None)
+    if info is None:
+        return "all"
+    entry = info[index]
+    return str(getattr(entry, "emotion", entry[0] if isinstance(entry, (tuple, list)) else entry))
+
+
+def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]
+                  ) -> dict[str, Any]:
+    """Metric blocks of one pair by kind (None: nothing scored), `empty_mask`, and
+    `nonfinite`: the number of non-finite ground-truth pixels of each flow."""
+    _, _, gt_facial, gt_head, valid_facial, valid_head, mask = sample
+    device = facial.device
+    gt_facial, gt_head = gt_facial.to(device), gt_head.to(device)
+    finite_f = ~nonfinite_ground_truth(gt_facial, valid_facial.to(device))
+    finite_h = ~nonfinite_ground_truth(gt_head, valid_head.to(device))
+    gt_facial, gt_head = gt_facial.nan_to_num(0.0, 0.0, 0.0), gt_head.nan_to_num(0.0, 0.0, 0.0)
+    face = mask.to(device) != 0
+    valid_f = face & (valid_facial.to(device) >= 0.5) & finite_f
+    valid_h = face & (valid_head.to(device) >= 0.5) & finite_h
+    out: dict[str, Any] = {
+        "facial": masked_metrics(facial, gt_facial, valid_f),
+        "ffn_protocol": ffn_protocol_metrics(facial, gt_facial, mask, scored=finite_f),
+        "head": None,
+        "expression": None,
+        "empty_mask": not bool(face.any()),
+        "nonfinite": {"facial": int((~finite_f).sum()), "head": int((~finite_h).sum())},
+    }
+    if head is not None:
+        out["head"] = masked_metrics(head, gt_head, valid_h)
+        out["expression"] = masked_metrics(facial - head, gt_facial - gt_head, valid_f & valid_h)
+    return out
+
+
+def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[str, Any]:
+    summary: dict[str, Any] = {"pairs": len(per_pair)}
+    scored_pairs: dict[str, int] = {}
+    for kind in (*FLOW_KINDS, "ffn_protocol"):
+        if kind in ("head", "expression") and not has_head:
+            summary[kind] = None  # not applicable to this method
+            scored_pairs[kind] = 0
+            continue
+        scored = [p[kind] for p in per_pair if p[kind] is not None]
+        summary[kind] = mean_metrics(scored)
+        scored_pairs[kind] = len(scored)
+    summary["pairs_without_mask"] = sum(p["empty_mask"] for p in per_pair)
+    summary["scored_pairs"] = scored_pairs
+    summary["nonfinite_gt_pixels"] = {flow: sum(p["nonfinite"][flow] for p in per_pair) for flow in ("facial", "head")}
+    return summary
+
+
+def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Prediction], dataset: Any, *,
+                       max_pairs: int | None = None, progress: bool = False, has_head: bool = True
+                       ) -> dict[str, Any]:
+    """Score `predictor` on the pairs of a FacialFlow-like dataset.
+
+    `dataset[i]` must give `(img1, img2, flow_facial, flow_head, valid_facial, valid_head,
+    mask)` as core.datasets.FacialFlow does (images `[3, H, W]` 0..255); the emotion of a
+    pair comes from `dataset.extra_info[i].emotion` when present. `predictor(img1, img2)`
+    returns `(facial [2, H, W], head [2, H, W] or None)`.
+
+    Returns `{"pairs", "facial", "head", "expression", "ffn_protocol", "pairs_without_mask",
+    "scored_pairs", "nonfinite_gt_pixels", "per_emotion": {emotion: same keys}}`; each
+    metric block is `{"epe", "1px", "3px", "5px"}` averaged over pairs, or None (not
+    applicable / no scored pair). Pairs whose mask is empty are counted in
+    `pairs_without_mask` and left out of the means; `scored_pairs[kind]` is the number of
+    pairs each mean is over (to combine partial results, e.g. across processes, weight each
+    block by it). `nonfinite_gt_pixels` (`{"facial", "head"}`) counts the ground-truth
+    pixels that were NaN or inf, which no metric uses.
+    """
+    count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
+    indices: Any = range(count)
+    if progress:
+        indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
+    per_pair, emotions = [], []
+    for index in indices:
+        sample = dataset[index]
+        facial, head = predictor(sample[0], sample[1])
+        per_pair.append(_pair_metrics(facial, head, sample))
+        emotions.append(_emotion_of(dataset, index))
+    results = _summarise(per_pair, has_head)
+    groups: dict[str, list] = defaultdict(list)
+    for emotion, pair in zip(emotions, per_pair):
+        groups[emotion].append(pair)
+    results["per_emotion"] = {emotion: _summarise(groups[emotion], has_head) for emotion in sorted(groups)}
+    return results
+
+
+def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = DEFAULT_ITERS,
+                        device: torch.device | str | None = None, pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
+                        ) -> dict[str, Any]:
+    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.
+
+    Puts the model in eval mode for the evaluation and restores every module's previous
+    mode afterwards (so BatchNorm layers frozen in training stay frozen). `device` defaults
+    to the device of the model's parameters. See `evaluate_predictor` for the returned dict.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        network = getattr(model, "module", model)  # DataParallel / DistributedDataParallel: the network inside
+        predictor = DecFlowPredictor(network, iters=iters, device=device, pad_mode=pad_mode)
+        return evaluate_predictor(predictor, dataset, max_pairs=max_pairs, progress=progress)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+# Classical baselines by `--method` name: each builds a predictor (no model, CPU).
+BASELINES: dict[str, Callable[[], Callable[[torch.Tensor, torch.Tensor], Prediction]]] = {
+    "zero": ZeroFlowPredictor,
+    "dis": lambda: OpenCVFlowPredictor("dis"),
+    "farneback": lambda: OpenCVFlowPredictor("farneback"),
+}
+
+
+# --------------------------------------------------------------------------- reporting
+def _fmt(value: float | None, width: int = 9) -> str:
+    return f"{'n/a':>{width}}" if value is None or not math.isfinite(value) else f"{value:>{width}.4f}"
+
+
+def _pair_count(results: Mapping[str, Any]) -> str:
+    """"N pairs", with the number of pairs each mean is over where that is fewer."""
+    pairs = results["pairs"]
+    fewer = [f"{kind} {count}" for kind, count in (results.get("scored_pairs") or {}).items()
+             if count != pairs and (results.get(kind) is not None or kind in ("facial", "ffn_protocol"))]
+    return f"{pairs} pairs" + (f" (scored: {', '.join(fewer)})" if fewer else "")
+
+
+def format_results(results: Mapping[str, Any], title: str = "") -> str:
+    """A readable table of `results` (as returned by `evaluate_predictor`)."""
+    lines = [title] if title else []
+    lines.append(f"{'':<15}{'EPE':>9}{'<1px':>9}{'<3px':>9}{'<5px':>9}")
+    for kind in (*FLOW_KINDS, "ffn_protocol"):
+        block = results.get(kind)
+        label = "ffn_protocol*" if kind == "ffn_protocol" else kind
+        if block is None:
+            lines.append(f"{label:<15}{'not applicable' if kind in ('head', 'expression') else 'no scored pair':>36}")
+        else:
+            lines.append(f"{label:<15}" + "".join(_fmt(block[k]) for k in METRIC_KEYS))
+    lines.append(f"{_pair_count(results)}; facial/head/expression: over the face mask (valid gt), "
+                 "mean over pairs")
+    lines.append("* reference protocol: whole-image sums / mask pixels, facial flow (values can exceed 1)")
+    if results.get("pairs_without_mask"):
+        lines.append(f"{results['pairs_without_mask']} pairs with an empty mask left out")
+    nonfinite = results.get("nonfinite_gt_pixels") or {}
+    if any(nonfinite.values()):
+        lines.append(f"ground truth not finite (NaN/inf) at {nonfinite['facial']} facial and {nonfinite['head']} "
+                     "head flow pixels: left out of every metric")
+    per_emotion = results.get("per_emotion") or {}
+    if per_emotion:
+        lines.append("")
+        lines.append(f"{'emotion':<15}{'pairs':>6}{'facial':>9}{'head':>9}{'expr.':>9}{'ffn':>9}   (EPE)")
+        for emotion, block in per_emotion.items():
+            epes = [None if block[k] is None else block[k]["epe"] for k in (*FLOW_KINDS, "ffn_protocol")]
+            lines.append(f"{emotion:<15}{block['pairs']:>6}" + "".join(_fmt(e) for e in epes))
+    return "\n".join(lines)
