@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import random
 import re
-import signal
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -36,14 +32,17 @@ from torch import nn
 from torch.utils import data
 from tqdm import tqdm
 
-from core.checkpoint import (atomic_save, init_semantic_encoder, load_checkpoint, reference_state_dict,
-                             remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix, unwrap)
-from core.datasets import FacialFlow, default_num_workers, seed_worker, training_dataset
-from core.evaluation import evaluate_facialflow
+from core.checkpoint import (init_semantic_encoder, load_checkpoint, remove_stale_temporaries, save_checkpoint,
+                             strip_data_parallel_prefix)
+from core.datasets import FacialFlow, default_num_workers
 from core.loss import sequence_loss
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
-from core.utils.flow_viz import flow_to_image, shared_max_flow
+from core.training.data import build_train_loader, sample_seed
+from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
+                                       validate, wrap_model)
+from core.training.log import RunLog
+from core.training.state import StopRequest, read_state, save_state, seed_everything, set_rng_state
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
@@ -182,314 +181,11 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--num_workers must be >= 0")
 
 
-# ============================================================================ processes and devices
-def setup_distributed(device_arg: str | None) -> tuple[bool, int, int, torch.device]:
-    """Initialise the process group under torchrun. Returns (distributed, rank, world_size, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or "RANK" not in os.environ:
-        return False, 0, 1, torch.device(device_arg) if device_arg else None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
-    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return True, rank, world_size, device
-
-
-def choose_device(device: torch.device | None, gpus: list[int] | None, log) -> torch.device:
-    """--device if given, else the first of --gpus on CUDA machines, else the CPU."""
-    if device is None:
-        device = torch.device(f"cuda:{(gpus or [0])[0]}") if torch.cuda.is_available() else torch.device("cpu")
-    if device.type != "cuda" and gpus is not None:
-        log(f"warning: running on {device}: --gpus {' '.join(map(str, gpus))} is ignored")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                       "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
-                       "cached_gaussian": float(numpy_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ============================================================================ data
-def sample_seed(seed: int, epoch: int, slot: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, slot]).generate_state(1)[0])
-
-
-class ResumableSampler(data.Sampler):
-    """Endless, resumable stream of `(index, sample_seed)` for one process.
-
-    Epoch e is a permutation of the dataset drawn from `(seed, e)`; process `rank` of
-    `world_size` takes every world_size-th entry, truncated so every process gets the
-    same whole number of batches (the reference drops incomplete batches). The stream
-    starts at batch `start_batch`, so a resumed run sees exactly the samples the
-    interrupted one would have seen next. Each sample carries a seed for its
-    augmentation, a function of (seed, epoch, position) only.
-    """
-
-    def __init__(self, length: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0) -> None:
-        self.length, self.batch_size, self.seed = length, batch_size, seed
-        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
-        self.batches_per_epoch = (length // world_size) // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{length} training pairs are fewer than one batch of {batch_size} per process "
-                             f"x {world_size} processes")
-
-    def __iter__(self):
-        epoch, batch = divmod(self.start_batch, self.batches_per_epoch)
-        per_epoch = self.batches_per_epoch * self.batch_size
-        while True:
-            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + 7919 * epoch))
-            positions = range(self.rank, self.length, self.world_size)[:per_epoch]
-            for position in list(positions)[batch * self.batch_size:]:
-                yield int(order[position]), sample_seed(self.seed, epoch, position)
-            epoch, batch = epoch + 1, 0
-
-    def __len__(self) -> int:  # one epoch; the stream itself is endless
-        return self.batches_per_epoch * self.batch_size
-
-
-class SeededSamples(data.Dataset):
-    """Wraps a dataset: item `(index, seed)` is `dataset[index]` with torch, numpy and random seeded
-    by `seed`, so an augmentation depends on the sample's place in the stream only (not on the
-    worker, nor on earlier draws); the caller's random states are restored afterwards."""
-
-    def __init__(self, dataset: data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item):
-        index, seed = item
-        numpy_state, python_state = np.random.get_state(), random.getstate()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                seed_everything(seed)
-                return self.dataset[index]
-        finally:
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
-
-
-def build_train_loader(args: argparse.Namespace, *, per_process_batch: int, rank: int, world_size: int,
-                       start_step: int) -> data.DataLoader:
-    dataset = training_dataset(args.stage, args.image_size, batch_size=per_process_batch, root=args.root)
-    num_workers = args.num_workers if args.num_workers is not None else default_num_workers()
-    sampler = ResumableSampler(len(dataset), per_process_batch, seed=args.seed, rank=rank,
-                               world_size=world_size, start_batch=start_step)
-    return data.DataLoader(SeededSamples(dataset), batch_size=per_process_batch, sampler=sampler,
-                           num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
-                           worker_init_fn=seed_worker, persistent_workers=num_workers > 0)
-
-
-# ============================================================================ validation
-def build_val_dataset(args: argparse.Namespace):
-    """The validation split (None without --validation facialflow)."""
-    return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
-
-
-def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device: torch.device,
-             max_pairs: int | None = None, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """Validation during training with evaluate.py's metrics (core.evaluation): facial, head and expression EPE
-    and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference
-    protocol (`ffn_{metric}`, the paper's numbers), each averaged over pairs.
-
-    `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
-    processes of a distributed run and the means combined, so every rank must call this.
-    """
-    indices = list(range(len(dataset)))
-    if max_pairs is not None and max_pairs < len(indices):
-        indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, max_pairs).round()})
-    kinds = (("facial", "facial"), ("head", "head"), ("expression", "expression"), ("ffn_protocol", "ffn"))
-    metrics = ("epe", "1px", "3px", "5px")
-    sums = torch.zeros(len(kinds) * (len(metrics) + 1), dtype=torch.float64)
-    mine = indices[rank::world_size]
-    if mine:
-        # its own progress bar (rank 0): validation takes a while on CPUs
-        results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device,
-                                      progress=rank == 0)
-        for k, (kind, _) in enumerate(kinds):
-            block = results.get(kind)
-            if block:  # None: no pair with a face mask
-                pairs = results["scored_pairs"][kind]
-                base = k * (len(metrics) + 1)
-                sums[base:base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
-                sums[base + len(metrics)] = pairs
-    if world_size > 1:
-        sums = sums.to(device)
-        dist.all_reduce(sums)
-        sums = sums.cpu()
-    out = {}
-    for k, (_, prefix) in enumerate(kinds):
-        base = k * (len(metrics) + 1)
-        count = sums[base + len(metrics)].item()
-        for m, name in enumerate(metrics):
-            out[f"{prefix}_{name}"] = sums[base + m].item() / count if count else float("nan")
-    return out
-
-
-# ============================================================================ logging
-class RunLog:
-    """Rank-0 observability: text log, console (through tqdm), TensorBoard, PNG curves."""
-
-    def __init__(self, output: Path, name: str, *, enabled: bool, start_step: int, history: dict | None) -> None:
-        self.enabled, self.output, self.name = enabled, output, name
-        self.history = history or {"train": defaultdict(list), "val": defaultdict(list)}
-        self.history = {k: defaultdict(list, v) for k, v in self.history.items()}
-        self.writer = None
-        self.file = None
-        if enabled:
-            output.mkdir(parents=True, exist_ok=True)
-            self.file = open(output / f"{name}.log", "a", encoding="utf-8")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(output / "runs" / name), purge_step=start_step or None)
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.file.write(f"{stamp} {message}\n")
-        self.file.flush()
-        tqdm.write(message, file=sys.stdout)
-        sys.stdout.flush()
-
-    def scalars(self, prefix: str, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for key, value in metrics.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-            self.history[prefix][key].append((step, value))
-
-    def flow_images(self, step: int, batch: tuple, facial_pred: torch.Tensor, head_pred: torch.Tensor) -> None:
-        if not self.enabled:
-            return
-        _, _, flow_f, flow_h, *_ = batch
-        pairs = {"facial": (facial_pred[0], flow_f[0]), "head": (head_pred[0], flow_h[0]),
-                 "expression": (facial_pred[0] - head_pred[0], flow_f[0] - flow_h[0])}
-        for kind, (pred, gt) in pairs.items():
-            pred = pred.detach().float().cpu().permute(1, 2, 0).numpy()
-            gt = gt.detach().float().cpu().permute(1, 2, 0).numpy()
-            scale = shared_max_flow(gt)
-            image = np.concatenate([flow_to_image(pred, max_flow=scale), flow_to_image(gt, max_flow=scale)], axis=1)
-            self.writer.add_image(f"flow/{kind} (prediction | ground truth)", image, step, dataformats="HWC")
-
-    def curves(self) -> None:
-        """The reference's PNG curves: training loss, training and validation EPE."""
-        if not self.enabled:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        train, val = self.history["train"], self.history["val"]
-        for filename, keys in ((f"{self.name}_loss.png", ("loss", "facial_loss", "head_loss", "expression_loss")),
-                               (f"{self.name}_epe.png", ("facial_epe", "head_epe", "expression_epe"))):
-            fig, ax = plt.subplots(figsize=(7, 4))
-            for key in keys:
-                if train.get(key):
-                    steps, values = zip(*train[key])
-                    # markers while there are few points: a line alone would not show them
-                    ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3,
-                            label=f"train {key}")
-                if filename.endswith("epe.png") and val.get(key):
-                    steps, values = zip(*val[key])
-                    ax.plot(steps, values, "o--", label=f"val {key}")
-            ax.set_xlabel("step")
-            ax.set_title(f"{self.name}: {'loss' if 'loss' in filename else 'end-point error'}")
-            ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
-            fig.tight_layout()
-            tmp = self.output / f".{filename}.tmp.png"
-            fig.savefig(tmp, dpi=100)
-            plt.close(fig)
-            os.replace(tmp, self.output / filename)
-
-    def plain_history(self) -> dict:
-        return {k: {key: list(v) for key, v in d.items()} for k, d in self.history.items()}
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.file is not None:
-            self.file.close()
-
-
 # ============================================================================ training
-class StopRequest:
-    """SIGINT/SIGTERM handler: the first signal asks the loop to stop after the current step
-    (the state is saved); a second SIGINT interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
 def set_bn_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def any_across_ranks(flag: bool, device: torch.device, distributed: bool) -> bool:
-    if not distributed:
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
-
-
-def average_across_ranks(metrics: dict[str, float], device: torch.device, distributed: bool) -> dict[str, float]:
-    if not distributed:
-        return metrics
-    keys = sorted(metrics)
-    tensor = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist()))
 
 
 @dataclass
@@ -544,34 +240,17 @@ def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
     return Path(args.resume)
 
 
+def build_val_dataset(args: argparse.Namespace):
+    """The validation split (None without --validation facialflow)."""
+    return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
+
+
 def load_training_state(path: Path, args: argparse.Namespace) -> dict:
-    """Read a training-state file for `--resume`; SystemExit (one line naming the file) when
-    it is unreadable, not a state file, damaged (a non-finite value) or from another run."""
+    """The state file of `--resume`; SystemExit (one line naming the file) when it cannot continue this run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
-    except Exception as error:  # unreadable, truncated or not a state file
-        raise SystemExit(f"error: --resume {path} is not a readable training-state file: "
-                         f"{str(error).splitlines()[0]}") from None
-    damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
-    if damaged:
-        raise SystemExit(f"error: --resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
-                         + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-                         + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead")
-    mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {getattr(args, k)}" for k in RESUME_MUST_MATCH
-                  if state["args"].get(k) != getattr(args, k)
-                  and not (isinstance(state["args"].get(k), list) and list(getattr(args, k)) == state["args"][k])]
-    if mismatched:
-        raise SystemExit(f"error: cannot resume {path}: " + "; ".join(mismatched))
-    return state
-
-
-def nonfinite_entries(tree, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
-    if isinstance(tree, torch.Tensor):
-        return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    return [name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))]
+        return read_state(path, {k: getattr(args, k) for k in RESUME_MUST_MATCH})
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecFlow:
@@ -595,24 +274,6 @@ def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> No
         return
     report = load_checkpoint(model, args.restore_ckpt, strict=args.frozen, verbose=False)
     log(("stage 2 (strict): " if args.frozen else "stage 1 (non-strict): ") + report.summary())
-
-
-def plain_arguments(args: argparse.Namespace) -> dict:
-    """The arguments as plain values (what a state file may hold and `weights_only` loads)."""
-    plain = (str, int, float, bool, type(None))
-    values = vars(args)
-    for key, value in values.items():
-        if not (isinstance(value, plain) or (isinstance(value, list) and all(isinstance(v, plain) for v in value))):
-            raise TypeError(f"argument {key} holds a {type(value).__name__}, not a plain value")
-    return dict(values)
-
-
-def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args, history: dict,
-               scaler_skipped: int = 0) -> None:
-    atomic_save({"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
-                 "config": unwrap(model).config_dict(), "history": history}, path)
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
@@ -705,7 +366,13 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
             f"trainable parameters of {sum(p.numel() for p in model.parameters()):,}")
-        wrapped = wrap_model(model, args, device=device, distributed=distributed)
+        # content-only attention leaves the (trainable in stage 1) relative-position tables unused
+        unused = not args.frozen and not (args.position_only or args.position_and_content)
+        try:
+            wrapped = wrap_model(model, device=device, distributed=distributed, gpus=args.gpus,
+                                 unused_parameters=unused)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
         if args.batch_size % world_size:
             raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
 
@@ -719,8 +386,11 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
         try:
-            loader = build_train_loader(args, per_process_batch=args.batch_size // world_size, rank=rank,
-                                        world_size=world_size, start_step=start_step)
+            loader = build_train_loader(
+                stage=args.stage, image_size=tuple(args.image_size), root=args.root,
+                per_process_batch=args.batch_size // world_size, seed=args.seed,
+                num_workers=args.num_workers if args.num_workers is not None else default_num_workers(),
+                rank=rank, world_size=world_size, start_step=start_step)
             # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
             val_dataset = build_val_dataset(args)
         except ValueError as error:
@@ -735,19 +405,6 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
                resume_rng=state["rng"] if state else None)
 
 
-def wrap_model(model: DecFlow, args: argparse.Namespace, *, device: torch.device, distributed: bool) -> nn.Module:
-    """DistributedDataParallel under torchrun, DataParallel for `--gpus` with several ids, else the model."""
-    if distributed:
-        # content-only attention leaves the (trainable in stage 1) relative-position tables unused
-        unused = not args.frozen and not (args.position_only or args.position_and_content)
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused)
-    if device.type == "cuda" and args.gpus is not None and len(args.gpus) > 1:
-        if device != torch.device(f"cuda:{args.gpus[0]}"):
-            raise SystemExit(f"error: with --gpus {' '.join(map(str, args.gpus))} the model lives on "
-                             f"cuda:{args.gpus[0]}; drop --device {device} or make it cuda:{args.gpus[0]}")
-        return nn.DataParallel(model, device_ids=args.gpus)
-    return model
 @dataclass
 class PrintWindow:
     """Metrics and step counts since the last print line."""

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from core.training.data import ResumableSampler
 from tests.train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
     subprocess_env, train
 
@@ -179,14 +180,14 @@ def test_missing_restore_ckpt_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_sampler_resumes_and_shards():
-    full = train.ResumableSampler(7, 2, seed=3)
+    full = ResumableSampler(7, 2, seed=3)
     stream = list(itertools.islice(iter(full), 30))
-    resumed = list(itertools.islice(iter(train.ResumableSampler(7, 2, seed=3, start_batch=5)), 20))
+    resumed = list(itertools.islice(iter(ResumableSampler(7, 2, seed=3, start_batch=5)), 20))
     assert resumed == stream[10:30]
     assert len(full) == 6  # 3 whole batches of 2 per epoch, the 7th pair dropped
     epoch0 = [i for i, _ in stream[:6]]
     assert len(set(epoch0)) == 6
-    ranks = [[i for i, _ in itertools.islice(iter(train.ResumableSampler(7, 1, seed=3, rank=r, world_size=2)), 3)]
+    ranks = [[i for i, _ in itertools.islice(iter(ResumableSampler(7, 1, seed=3, rank=r, world_size=2)), 3)]
              for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1])
 

@@ -1,0 +1,112 @@
+"""Training state: RNG, the state file of `--resume` (save, read, checks) and stop signals."""
+from __future__ import annotations
+
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import atomic_save, reference_state_dict, unwrap
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                       "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
+                       "cached_gaussian": float(numpy_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the loop to stop after the current step
+    (the state is saved); a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def nonfinite_entries(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def plain_arguments(args: object) -> dict:
+    """The arguments as plain values (what a state file may hold and `weights_only` loads)."""
+    plain = (str, int, float, bool, type(None))
+    values = vars(args)
+    for key, value in values.items():
+        if not (isinstance(value, plain) or (isinstance(value, list) and all(isinstance(v, plain) for v in value))):
+            raise TypeError(f"argument {key} holds a {type(value).__name__}, not a plain value")
+    return dict(values)
+
+
+def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args: object, history: dict,
+               scaler_skipped: int = 0) -> None:
+    atomic_save({"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
+                 "config": unwrap(model).config_dict(), "history": history}, path)
+
+
+def read_state(path: Path, expected: dict) -> dict:
+    """Read a training-state file for `--resume`; ValueError (one line naming the file) when
+    it is unreadable, not a state file, damaged (a non-finite value) or from another run
+    (an argument in `expected` saved with another value)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
+    except Exception as error:  # unreadable, truncated or not a state file
+        raise ValueError(f"--resume {path} is not a readable training-state file: "
+                         f"{str(error).splitlines()[0]}") from None
+    damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
+    if damaged:
+        raise ValueError(f"--resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
+                         + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+                         + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead")
+    mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {value}" for k, value in expected.items()
+                  if state["args"].get(k) != value
+                  and not (isinstance(state["args"].get(k), list) and list(value) == state["args"][k])]
+    if mismatched:
+        raise ValueError(f"cannot resume {path}: " + "; ".join(mismatched))
+    return state
