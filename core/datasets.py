@@ -330,32 +330,3 @@ def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int,
     logger.info("Training with %d image pairs from %s", len(dataset), root)
     return dataset
 
-
-def fetch_dataloader(args: Any) -> data.DataLoader:
-    """Build the training loader for ``args.stage``.
-
-    Reads ``args.stage`` (only ``"facialflow"``), ``args.image_size`` (crop ``[H, W]``),
-    ``args.batch_size`` and, when present, ``args.root`` (default
-    ``datasets/FacialFlowNet``), ``args.num_workers`` (default ``min(cpu_count, 8)``)
-    and ``args.distributed`` (use a ``DistributedSampler``; the process group must be
-    initialised and the caller should call ``loader.sampler.set_epoch``).
-    """
-    dataset = training_dataset(args.stage, args.image_size, batch_size=args.batch_size,
-                               root=getattr(args, "root", None))
-    num_workers = getattr(args, "num_workers", None)
-    if num_workers is None:
-        num_workers = default_num_workers()
-    sampler = (data.DistributedSampler(dataset, shuffle=True, seed=getattr(args, "seed", 0), drop_last=True)
-               if getattr(args, "distributed", False) else None)
-    loader = data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=True,
-        persistent_workers=num_workers > 0,
-        worker_init_fn=seed_worker,
-    )
-    return loader

@@ -2,7 +2,6 @@
 
 import random
 import shutil
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import pytest
 import torch
 
 from core import synthetic
-from core.datasets import FacialFlow, SampleInfo, fetch_dataloader, nonfinite_ground_truth, seed_worker
+from core.datasets import FacialFlow, SampleInfo, default_num_workers, nonfinite_ground_truth, seed_worker
+from core.training.data import build_train_loader
 from core.utils import frame_utils
 from core.utils.augmentor import FacialFlowAugmentor
 
@@ -258,19 +258,22 @@ def test_dataset_augmentation_returns_crops(synthetic_root: Path) -> None:
     assert set(sample[6].unique().tolist()) <= {0.0, 1.0}
 
 
-def test_fetch_dataloader(synthetic_root: Path) -> None:
-    args = Namespace(stage="facialflow", image_size=[96, 96], batch_size=2, root=str(synthetic_root), num_workers=0)
-    loader = fetch_dataloader(args)
-    assert loader.drop_last and len(loader) == 2
+def _loader(root, *, stage="facialflow", batch_size=2, num_workers=0):
+    return build_train_loader(stage=stage, image_size=(96, 96), root=root, per_process_batch=batch_size, seed=0,
+                              num_workers=num_workers, rank=0, world_size=1, start_step=0)
+
+
+def test_training_loader(synthetic_root: Path) -> None:
+    loader = _loader(str(synthetic_root))
+    assert loader.drop_last and loader.batch_size == 2 and len(loader) == 2
     batch = next(iter(loader))
     assert tuple(batch[0].shape) == (2, 3, 96, 96) and tuple(batch[6].shape) == (2, 96, 96)
 
-    default = fetch_dataloader(Namespace(stage="facialflow", image_size=[96, 96], batch_size=2, root=str(synthetic_root)))
-    assert default.num_workers == min(torch.multiprocessing.cpu_count(), 8)
+    assert default_num_workers() == min(torch.multiprocessing.cpu_count(), 8)
     with pytest.raises(ValueError, match="unknown training stage"):
-        fetch_dataloader(Namespace(stage="chairs", image_size=[96, 96], batch_size=2))
+        _loader(str(synthetic_root), stage="chairs")
     with pytest.raises(ValueError, match="fewer than the batch size"):
-        fetch_dataloader(Namespace(stage="facialflow", image_size=[96, 96], batch_size=64, root=str(synthetic_root)))
+        _loader(str(synthetic_root), batch_size=64)
 
 
 def test_seed_worker_derives_numpy_and_random_seeds_from_torch() -> None:
