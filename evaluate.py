@@ -45,13 +45,13 @@ from core.checkpoint import default_checkpoint
 from core.cli import (UserError, add_model_arguments, check_output_file, device_and_precision, load_model_from_args,
                       model_options)
 from core.datasets import FacialFlow
-from core.evaluation import BASELINES, DEFAULT_ITERS, DecFlowPredictor, evaluate_predictor, format_results
+from core.defaults import DATASET_ROOT, ITERS
+from core.evaluation import BASELINES, DecFlowPredictor, evaluate_predictor, format_results
 from core.precision import precision_name
 
 METHODS = ("decflow", *BASELINES)
 DATASETS = ("facialflow",)
 SPLITS = ("train", "val", "test")
-DEFAULT_ROOT = "datasets/FacialFlowNet"
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -85,9 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback")
     parser.add_argument("--dataset", choices=DATASETS, default="facialflow")
     parser.add_argument("--split", choices=SPLITS, default="test")
-    parser.add_argument("--root", default=DEFAULT_ROOT, help=f"FacialFlowNet folder (default {DEFAULT_ROOT})")
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS,
-                        help=f"refinement iterations (default {DEFAULT_ITERS}, as the reference)")
+    parser.add_argument("--root", default=DATASET_ROOT, help=f"FacialFlowNet folder (default {DATASET_ROOT})")
+    parser.add_argument("--iters", type=int, default=ITERS,
+                        help=f"refinement iterations (default {ITERS}, as the reference)")
     parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
     parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")

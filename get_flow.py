@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
+from core.defaults import DEMO_ITERS
 from core.cli import UserError, add_model_arguments, device_and_precision, load_model_from_args
 from core.inference import FlowEstimator
 from core.precision import precision_name
@@ -50,7 +51,6 @@ from core.utils.frame_utils import read_image, write_flo
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
-DEFAULT_ITERS = 24  # the reference demo
 FLOW_KINDS = ("facial", "head", "expression")
 
 
@@ -260,8 +260,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--video", default=None, help="video file (any format OpenCV decodes)")
     inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
     inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS,
-                        help=f"refinement iterations (default {DEFAULT_ITERS}, as the reference demo)")
+    parser.add_argument("--iters", type=int, default=DEMO_ITERS,
+                        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)")
     parser.add_argument("--warm_start", action="store_true",
                         help="sequences: start each pair from the previous pair's low-resolution facial flow")
     parser.add_argument("--max_flow", type=float, default=None,

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from core.checkpoint import (init_semantic_encoder, load_checkpoint, remove_stale_temporaries, save_checkpoint,
                              strip_data_parallel_prefix)
 from core.datasets import FacialFlow, default_num_workers
+from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.loss import sequence_loss
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
@@ -42,7 +43,8 @@ from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        validate, wrap_model)
 from core.training.log import RunLog
-from core.training.state import StopRequest, read_state, save_state, seed_everything, set_rng_state
+from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
+                                 set_rng_state)
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
@@ -90,7 +92,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "slots; continue with --resume)")
 
     data_group = parser.add_argument_group("data")
-    data_group.add_argument("--root", default="datasets/FacialFlowNet", help="FacialFlowNet dataset folder")
+    data_group.add_argument("--root", default=DATASET_ROOT, help="FacialFlowNet dataset folder")
     data_group.add_argument("--image_size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"),
                             help="training crop (multiples of 8, >= 128)")
     data_group.add_argument("--batch_size", type=int, default=6,
@@ -107,7 +109,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim_group.add_argument("--epsilon", type=float, default=1e-8, help="AdamW epsilon")
     optim_group.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (after unscaling)")
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
-    optim_group.add_argument("--iters", type=int, default=12, help="recurrent iterations in training")
+    optim_group.add_argument("--iters", type=int, default=ITERS, help="recurrent iterations in training")
     optim_group.add_argument("--mixed_precision", action="store_true",
                              help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
                                   "bfloat16 where the CPU has it natively, else float32 with a warning")
@@ -143,7 +145,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            help="TensorBoard flow images every N steps (default: --val_freq; 0 = never)")
     log_group.add_argument("--val_split", default="test", choices=["train", "val", "test"],
                            help="split used by --validation facialflow (the reference uses test)")
-    log_group.add_argument("--val_iters", type=int, default=32, help="recurrent iterations in validation")
+    log_group.add_argument("--val_iters", type=int, default=VAL_ITERS, help="recurrent iterations in validation")
     log_group.add_argument("--val_max_pairs", type=int, default=None,
                            help="validate on at most N evenly spaced pairs (default: all)")
     return parser
@@ -167,7 +169,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if output.exists() and not output.is_dir() or any(p.exists() and not p.is_dir() for p in output.parents):
         parser.error(f"--output {args.output}: a file is in the way of the output folder")
     if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file():
-        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt} (checkpoints/README.md says where the "
+        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt} ({CHECKPOINTS_README} says where the "
                      "GMA and DecFlow weights come from)")
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
@@ -468,7 +470,7 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
 
             if step % args.val_freq == 0 and step != args.num_steps:
                 if run.is_main:
-                    save_checkpoint(run.model, run.output / f"{step}_{args.name}.pth")
+                    save_weights(run, step, args, run.output / f"{step}_{args.name}.pth")
                 save_run_state(run, step, args)
                 run_validation(run, args, step=step)
                 run.log.curves()
@@ -550,8 +552,8 @@ def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float
     validation, curves and the summary line; returns the validation metrics as `val_*`."""
     if run.is_main:
         if step % args.val_freq == 0:
-            save_checkpoint(run.model, run.output / f"{step}_{args.name}.pth")
-        save_checkpoint(run.model, run.output / f"{args.name}.pth")
+            save_weights(run, step, args, run.output / f"{step}_{args.name}.pth")
+        save_weights(run, step, args, run.output / f"{args.name}.pth")
     save_run_state(run, step, args)
     val = run_validation(run, args, step=step)
     run.log.curves()
@@ -559,6 +561,11 @@ def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float
                else "")
     run.log(f"done: {run.output / (args.name + '.pth')}{skipped}")
     return {f"val_{k}": v for k, v in val.items()}
+
+
+def save_weights(run: Run, step: int, args: argparse.Namespace, path: Path) -> None:
+    """Weights in the authors' format, and beside them `.json`: architecture, step, arguments."""
+    save_checkpoint(run.model, path, description={"step": step, "training": plain_arguments(args)})
 
 
 def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import pickle
 import re
@@ -18,23 +19,23 @@ import tempfile
 import zipfile
 import warnings
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
+
+from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
 
 DATA_PARALLEL_PREFIX = "module."
 # Keys a checkpoint may lack without harm: the semantic encoder's stage 3 is never run,
 # `rel_ind` is a constant index table, and `num_batches_tracked` only counts batches.
 OPTIONAL_KEY_PATTERNS = (r"^dad_encoder\.model\.3\.", r"\.rel_ind$", r"\.num_batches_tracked$")
 
-# Default weights, relative to the current folder, in order of preference.
-RELEASE_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"  # the FacialFlowNet authors' release
-SEED_CHECKPOINT = "checkpoints/decflow.pth"  # stage 2 of the README's seed training commands
+# Default weights of evaluate.py and get_flow.py, in order of preference.
 DEFAULT_CHECKPOINTS = (RELEASE_CHECKPOINT, SEED_CHECKPOINT)
-CHECKPOINTS_README = "checkpoints/README.md"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -228,13 +229,17 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
     A full disk raises NoSpaceError (an OSError) after removing the temporary file; a
     killed process may leave `.{name}.XXXXXXXX.tmp`, see `remove_stale_temporaries`.
     """
+    _atomic_write(path, lambda stream: torch.save(obj, stream))
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     had_previous = path.exists()
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
@@ -271,9 +276,36 @@ def reference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {DATA_PARALLEL_PREFIX + k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the weights atomically in the authors' key format."""
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, description: Mapping | None = None) -> None:
+    """Write the weights atomically in the authors' key format (a bare state dict, so that
+    the authors' files and ours interchange). With `description` (e.g. the step and the
+    training arguments), also write `description_path(path)`: the model's architecture
+    config and the description, as JSON."""
     atomic_save(reference_state_dict(model), path)
+    if description is not None:
+        document = {"config": asdict(unwrap(model).config), **description}
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        _atomic_write(description_path(path), lambda stream: stream.write(text.encode("utf-8")))
+
+
+def description_path(weights: str | os.PathLike) -> Path:
+    """The JSON file beside a weights file: `x.pth` -> `x.json`."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_description(weights: str | os.PathLike) -> dict | None:
+    """The JSON description beside `weights` (None when there is none); ValueError naming
+    the file when it is not a JSON object."""
+    path = description_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable description of {Path(weights).name} ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: not a description of {Path(weights).name} (a JSON object is expected)")
+    return document
 
 
 # ---------------------------------------------------------------- ImageNet initialisation

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils import data
 
+from core.defaults import DATASET_ROOT
 from core.utils import frame_utils
 from core.utils.augmentor import FacialFlowAugmentor
 
@@ -157,7 +158,7 @@ class FacialFlow(data.Dataset):
         self,
         aug_params: dict[str, Any] | None = None,
         split: str = "train",
-        dataset_root: str | os.PathLike = "datasets/FacialFlowNet",
+        dataset_root: str | os.PathLike = DATASET_ROOT,
     ) -> None:
         self.augmentor = FacialFlowAugmentor(**aug_params) if aug_params is not None else None
         self.root = Path(dataset_root)
@@ -320,7 +321,7 @@ def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int,
     if stage != "facialflow":
         raise ValueError(f"unknown training stage {stage!r} (supported: 'facialflow')")
     aug_params = {"crop_size": list(image_size), "min_scale": -0.2, "max_scale": 0.6, "do_flip": True}
-    root = root or "datasets/FacialFlowNet"
+    root = root or DATASET_ROOT
     dataset = FacialFlow(aug_params, split="train", dataset_root=root)
     if len(dataset) < batch_size:
         raise ValueError(

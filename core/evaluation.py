@@ -42,12 +42,12 @@ import torch
 from tqdm import tqdm
 
 from core.datasets import nonfinite_ground_truth
+from core.defaults import ITERS
 from core.inference import FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
-DEFAULT_ITERS = 12  # the reference evaluate.py
 
 # A prediction: facial flow [2, H, W] and head flow [2, H, W] (None: not estimated).
 Prediction = tuple[torch.Tensor, "torch.Tensor | None"]
@@ -103,7 +103,7 @@ class DecFlowPredictor:
     CUDA graphs on CUDA). The model must already be on `device` and in eval mode; it runs in its own precision.
     """
 
-    def __init__(self, model: torch.nn.Module, *, iters: int = DEFAULT_ITERS, device: torch.device | str = "cpu",
+    def __init__(self, model: torch.nn.Module, *, iters: int = ITERS, device: torch.device | str = "cpu",
                  pad_mode: str = "exp") -> None:
         # at least the network's minimum side; FacialFlowNet frames are larger, so the
         # reference's "exp" padding is unchanged for them
@@ -245,7 +245,7 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     return results
 
 
-def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = DEFAULT_ITERS,
+def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = ITERS,
                         device: torch.device | str | None = None, pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
                         ) -> dict[str, Any]:
     """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.

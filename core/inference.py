@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import description_path, load_checkpoint, read_description
 from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowConfig, DecFlowOutput
 from core.precision import parse_amp_dtype, resolve_amp_dtype
 from core.utils.padder import InputPadder
@@ -64,6 +64,7 @@ def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: 
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} not found")
+    check_config(path, config)
     model = DecFlow(**asdict(config), mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype,
                     alternate_corr=alternate_corr)
     try:
@@ -71,6 +72,22 @@ def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: 
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(str(error).replace("\n", " ")) from None
     return model.to(device).eval()
+
+
+# Config fields that change what a network computes (dropout does not, at inference).
+COMPARED_FIELDS = ("num_heads", "position_only", "position_and_content")
+
+
+def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
+    """ValueError, naming both values, when the description that train.py wrote beside
+    `checkpoint` gives another architecture than `config` (the attention modes share their
+    weight keys, so strict loading alone cannot tell them apart)."""
+    description = read_description(checkpoint)
+    saved = (description or {}).get("config") or {}
+    for name in COMPARED_FIELDS:
+        if name in saved and saved[name] != getattr(config, name):
+            raise ValueError(f"{checkpoint} was trained with {name}={saved[name]} (see {description_path(checkpoint)}), "
+                             f"but the model options give {name}={getattr(config, name)}")
 
 
 @dataclass

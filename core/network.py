@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.corr import CorrBlock, coords_grid
+from core.defaults import ITERS
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
 from core.precision import amp_dtype_name, default_amp_dtype
@@ -221,7 +222,7 @@ class DecFlow(nn.Module):
         return inits[0], inits[1]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = ITERS,
                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """Estimate facial and head flow from image1 to image2.

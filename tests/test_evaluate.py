@@ -20,7 +20,9 @@ import torch
 import evaluate
 import get_flow
 from core import evaluation
+from core.checkpoint import save_checkpoint
 from core.datasets import FacialFlow
+from core.network import DecFlow
 from core.utils.frame_utils import read_flo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,6 +216,16 @@ def test_bad_checkpoint_is_one_line(synthetic_root: Path, tmp_path: Path) -> Non
     with pytest.raises(SystemExit) as error:
         run_evaluate("--model", str(bad), "--root", str(synthetic_root))
     assert "bad.pth" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_mismatched_model_options_are_a_one_line_error(synthetic_root: Path, tmp_path: Path) -> None:
+    """train.py's .json beside the weights says which attention mode they were trained in."""
+    weights = tmp_path / "content.pth"
+    save_checkpoint(DecFlow(), weights, description={"step": 1})
+    with pytest.raises(SystemExit) as error:
+        run_evaluate("--model", str(weights), "--root", str(synthetic_root), "--position_and_content")
+    assert str(error.value) == (f"evaluate.py: error: {weights} was trained with position_and_content=False (see "
+                                f"{tmp_path / 'content.json'}), but the model options give position_and_content=True")
 
 
 def test_model_options_mixed_precision_and_alternate_corr(synthetic_root: Path, decflow_checkpoint: Path) -> None:

@@ -2,13 +2,16 @@
 policy. CUDA-only checks run where CUDA is present and are skipped elsewhere."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from benchmarks.yardstick import straightforward_forward
 from core.corr import CorrBlock, coords_grid
-from core.inference import FlowEstimator, GraphedEstimate
-from core.network import DecFlow, dense_from_level
+from core.checkpoint import save_checkpoint
+from core.inference import FlowEstimator, GraphedEstimate, load_model
+from core.network import DecFlow, DecFlowConfig, dense_from_level
 from core.utils.padder import InputPadder
 from tests.model_helpers import authors_state_dict
 
@@ -128,3 +131,22 @@ def test_cuda_fast_paths_match_the_straightforward_forward_on_cpu():
         flows = FlowEstimator(_model("cuda", **options), iters=4, device="cuda")(image1, image2)
         for name in ("facial", "head"):
             assert (getattr(flows, name).cpu() - getattr(expected, name)).abs().mean() <= tolerance, (options, name)
+
+
+def test_load_model_refuses_a_description_of_another_architecture(tmp_path):
+    """The attention modes share their weight keys: only the .json beside the weights tells them apart."""
+    trained = DecFlow(position_only=True)
+    weights = tmp_path / "run.pth"
+    save_checkpoint(trained, weights, description={"step": 7})
+    assert json.loads(weights.with_suffix(".json").read_text())["config"]["position_only"] is True
+    model = load_model(weights, config=DecFlowConfig(position_only=True), device=torch.device("cpu"))
+    assert model.config.position_only and not model.training
+    with pytest.raises(ValueError) as error:
+        load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))
+    assert str(error.value) == (f"{weights} was trained with position_only=True (see {tmp_path / 'run.json'}), "
+                                "but the model options give position_only=False")
+    weights.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="run.json: not a description of run.pth"):
+        load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))
+    weights.with_suffix(".json").unlink()  # the authors' files come without one: strict loading only
+    assert load_model(weights, config=DecFlowConfig(), device=torch.device("cpu")) is not None

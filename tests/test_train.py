@@ -6,6 +6,7 @@ batch 1-2, 2-3 steps and 2 recurrent iterations.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import signal
 import subprocess
@@ -88,6 +89,14 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
             assert (final[key] - value).abs().max() < 1e-3, key
     step1 = load_weights(out / f"1_{name}.pth")
     assert not torch.equal(step1["fnet.conv1.weight"], gma["fnet.conv1.weight"])  # but it trained
+
+    # beside each weights file: its architecture, step and training arguments
+    for weights, step in ((f"1_{name}.pth", 1), (f"{name}.pth", 2)):
+        description = json.loads((out / weights).with_suffix(".json").read_text())
+        assert description["config"] == {"num_heads": 1, "position_only": False, "position_and_content": False,
+                                         "dropout": 0.0}
+        assert description["step"] == step and description["training"]["name"] == name
+        assert description["training"]["lr"] == 0.000125 and description["training"]["image_size"] == [128, 128]
 
 
 def test_stage2_trains_exactly_the_frozen_set(files, stage1):

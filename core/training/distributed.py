@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils import data
 
 from core.checkpoint import unwrap
+from core.defaults import VAL_ITERS
 from core.evaluation import evaluate_facialflow
 from core.network import DecFlow
 
@@ -72,7 +73,7 @@ def wrap_model(model: DecFlow, *, device: torch.device, distributed: bool, gpus:
     return model
 
 
-def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = 32, device: torch.device,
+def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS, device: torch.device,
              max_pairs: int | None = None, rank: int = 0, world_size: int = 1) -> dict[str, float]:
     """Validation during training with evaluate.py's metrics (core.evaluation): facial, head and expression EPE
     and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference

@@ -1,0 +1,16 @@
+"""Defaults the scripts and core share, each written once here."""
+from __future__ import annotations
+
+# Where datasets/README.md puts FacialFlowNet (relative to the current folder).
+DATASET_ROOT = "datasets/FacialFlowNet"
+
+# Recurrent iterations: the reference's forward, training and evaluate.py use 12; its
+# validation during training 32; its demo 24.
+ITERS = 12
+VAL_ITERS = 32
+DEMO_ITERS = 24
+
+# Weights, relative to the current folder (see checkpoints/README.md).
+CHECKPOINTS_README = "checkpoints/README.md"
+RELEASE_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"  # the FacialFlowNet authors' release
+SEED_CHECKPOINT = "checkpoints/decflow.pth"  # stage 2 of the README's seed training commands
