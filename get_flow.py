@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -46,140 +43,12 @@ from core.cli import UserError, add_model_arguments, device_and_precision, load_
 from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.flow_viz import render_flow_panels, write_png
-from core.utils.frame_utils import read_image, write_flo
+from core.utils.frame_utils import write_flo
+from core.utils.frames import Frame, ImageFiles, VideoFrames, check_same_size, folder_frames, read_rgb
 
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 FLOW_KINDS = ("facial", "head", "expression")
-
-
-# --------------------------------------------------------------------------- frame sources
-def natural_key(path: Path) -> list:
-    """Sort key that puts frame2 before frame10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def read_rgb(path: Path, role: str) -> np.ndarray:
-    if path.is_dir():
-        hint = " (use --frames for a folder of frames)" if role.startswith("image") else ""
-        raise UserError(f"{role} {path} is a directory, not an image file{hint}")
-    if not path.is_file():
-        raise UserError(f"{role} {path} not found")
-    try:
-        return read_image(path)
-    except (ValueError, OSError) as error:
-        raise UserError(f"cannot read {role} {path}: {str(error).splitlines()[0]}") from None
-
-
-@dataclass
-class Frame:
-    name: str  # this frame's part of a pair's output name
-    label: str  # for messages (file name, or video + index)
-    rgb: np.ndarray
-
-
-def frame_tokens(paths: list[Path]) -> list[str]:
-    """Per file: its stem, or `<stem>_<extension>` where two files of one folder share a
-    stem (0001.jpg, 0001.png)."""
-    def key(path: Path) -> tuple[Path, str]:
-        return path.parent, path.stem.casefold()
-
-    shared = Counter(map(key, paths))
-    return [f"{path.stem}_{path.suffix.lstrip('.')}" if shared[key(path)] > 1 else path.stem for path in paths]
-
-
-class ImageFiles:
-    """Frames from a list of image files (a pair, or a sorted folder), read lazily unless given decoded."""
-
-    def __init__(self, paths: list[Path], role: str = "frame", decoded: list[np.ndarray] | None = None) -> None:
-        self.paths = paths
-        self.role = role
-        self.decoded = decoded  # images already read (and checked), in `paths` order
-        self.pairs = len(paths) - 1
-        self.fps = None
-        self.video_name = None
-        self.folder = paths[0].resolve().parent.name or "root"
-        self.tokens = frame_tokens(paths)
-
-    def __iter__(self) -> Iterator[Frame]:
-        for i, path in enumerate(self.paths):
-            role = f"image{i + 1}" if self.role == "pair" else self.role
-            yield Frame(self.tokens[i], str(path), self.decoded[i] if self.decoded else read_rgb(path, role))
-
-    def pair_name(self, first: Frame, second: Frame) -> str:
-        return f"{self.folder}_{first.name}-{second.name}"
-
-
-class VideoFrames:
-    """Frames decoded one at a time from a video file (every `stride`-th, at most `max_frames`).
-
-    After iterating, `shortfall()` says whether fewer frames were decoded than the
-    container announces (CAP_PROP_FRAME_COUNT, where it gives one).
-    """
-
-    def __init__(self, path: Path, stride: int, max_frames: int | None) -> None:
-        if path.is_dir():
-            raise UserError(f"video {path} is a directory, not a video file")
-        if not path.is_file():
-            raise UserError(f"video {path} not found")
-        capture = cv2.VideoCapture(str(path))
-        if not capture.isOpened():
-            raise UserError(f"cannot open video {path} (not a video OpenCV can decode)")
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        readable, _ = capture.read()
-        capture.release()
-        if not readable:
-            raise UserError(f"cannot open video {path} (OpenCV decodes no frame from it)")
-        self.path, self.stride, self.max_frames = path, stride, max_frames
-        self.announced = max(count, 0)  # frames in the container (0: unknown)
-        expected = -(-count // stride) if count > 0 else 0
-        if max_frames is not None:
-            expected = min(expected, max_frames)
-        self.expected = expected if count > 0 else None  # frames the options select from them
-        self.pairs = max(expected - 1, 0) if count > 0 else None
-        self.fps = fps / stride if fps and fps > 0 else 25.0 / stride
-        self.video_name = path.stem
-        self.used = 0  # frames yielded by the last iteration
-        self.failed_at: int | None = None  # index of the frame it could not decode
-
-    def __iter__(self) -> Iterator[Frame]:
-        capture = cv2.VideoCapture(str(self.path))
-        self.used, self.failed_at = 0, None
-        try:
-            index = 0
-            while self.max_frames is None or self.used < self.max_frames:
-                if index % self.stride:
-                    if not capture.grab():
-                        self.failed_at = index
-                        break
-                    index += 1
-                    continue
-                ok, bgr = capture.read()
-                if not ok:
-                    self.failed_at = index
-                    break
-                yield Frame(f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}",
-                            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                index += 1
-                self.used += 1
-        finally:
-            capture.release()
-
-    def pair_name(self, first: Frame, second: Frame) -> str:
-        return first.name
-
-    def shortfall(self) -> str | None:
-        """One line when the last iteration decoded fewer frames than the container announces."""
-        if self.expected is None or self.failed_at is None or self.used >= self.expected:
-            return None
-        options = (("--stride", self.stride if self.stride > 1 else None), ("--max_frames", self.max_frames))
-        selection = " ".join(f"{flag} {value}" for flag, value in options if value)
-        wanted = f"{self.expected}" + (f" ({selection})" if selection else "")
-        return (f"video {self.path}: decoding failed at frame {self.failed_at} of the {self.announced} frames its "
-                f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
-                f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}")
 
 
 def select_source(args: argparse.Namespace):
@@ -198,19 +67,7 @@ def select_source(args: argparse.Namespace):
             raise UserError(f"video {args.video} has fewer than 2 usable frames")
         return source
     if args.frames:
-        folder = Path(args.frames)
-        if folder.is_file():
-            raise UserError(f"frames folder {folder} is a file, not a folder (use --video for a video file)")
-        if not folder.is_dir():
-            raise UserError(f"frames folder {folder} not found")
-        paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                       key=natural_key)[::args.stride]
-        if args.max_frames is not None:
-            paths = paths[:args.max_frames]
-        if len(paths) < 2:
-            raise UserError(f"frames folder {folder} has {len(paths)} usable image(s) "
-                            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); a pair needs at least 2")
-        return ImageFiles(paths)
+        return folder_frames(Path(args.frames), stride=args.stride, max_frames=args.max_frames)
     if bool(args.image1) != bool(args.image2):
         raise UserError("--image1 and --image2 go together: give both")
     if args.image1:
@@ -222,12 +79,6 @@ def select_source(args: argparse.Namespace):
     first, second = (read_rgb(path, role) for path, role in zip(paths, ("image1", "image2")))
     check_same_size(str(paths[0]), first, str(paths[1]), second)  # before the model loads
     return ImageFiles(paths, role="pair", decoded=[first, second])
-
-
-def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray) -> None:
-    if rgb1.shape != rgb2.shape:
-        raise UserError(f"{label1} ({rgb1.shape[0]}x{rgb1.shape[1]}) and {label2} ({rgb2.shape[0]}x{rgb2.shape[1]}) "
-                        "differ in size; both images of a pair must have the same size")
 
 
 # --------------------------------------------------------------------------- inference
@@ -278,7 +129,7 @@ def main(args: argparse.Namespace) -> list[Path]:
     """Run as the command line asks; returns the visualisation files written."""
     try:
         return run(args)
-    except UserError as error:
+    except (UserError, ValueError) as error:  # core's helpers raise ValueError
         raise SystemExit(f"get_flow.py: error: {error}") from None
 
 
