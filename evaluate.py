@@ -3,24 +3,9 @@
     python evaluate.py --model checkpoints/decflow-facialflownet.pth --dataset facialflow
     python evaluate.py --method dis --dataset facialflow --split test --output_json dis.json
 
-Two protocols are reported:
-
-* **masked** (facial, head and expression flow): per pair, the end-point error (EPE)
-  and the fraction of pixels with EPE under 1, 3 and 5 px, over the face mask pixels
-  whose ground truth is valid; then the mean over pairs. Expression flow is
-  facial - head, compared with gt facial - gt head.
-* **ffn_protocol** (facial flow only): the reference `validate_facialflow` of the
-  authors, so numbers compare with the paper: per pair, the sum of the per-pixel EPE over
-  the *whole* image divided by the number of mask pixels, and the number of pixels
-  (whole image) under 1/3/5 px divided by the number of mask pixels (these can exceed
-  1); network inputs padded in mode "exp"; then the mean over pairs.
-
-Ground-truth pixels that are NaN or inf in the files (the dataset marks them, see
-`core.datasets.nonfinite_ground_truth`) are left out of every metric: of the masked
-ones as invalid pixels, of ffn_protocol's whole-image sums and counts and of its mask
-pixel count (the denominator stays "mask pixels", those with finite ground truth). A
-pair left with no pixel to score drops out of that mean; the report says how many
-pairs each mean is over and how many ground-truth pixels were not finite.
+It reports facial, head and expression flow over the face mask ("masked") and the
+authors' own protocol ("ffn_protocol", the paper's numbers); core.evaluation's docstring
+defines both and how non-finite ground truth is left out.
 
 The evaluation itself (metrics, protocol, baselines, table) is core.evaluation, which
 train.py's validation uses too.

@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.gpu import bench_inference_cuda, bench_train_cuda
+from benchmarks.timing import interleaved_best
 from benchmarks.yardstick import straightforward_forward
 from core.loss import sequence_loss
 from core.network import DecFlow
@@ -47,28 +48,11 @@ def make_pair(batch: int, height: int, width: int, seed: int = 1) -> tuple[torch
     return image1, torch.roll(image1, shifts=(3, -4), dims=(-2, -1))
 
 
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _flops(fn: Callable[[], object]) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
     return counter.get_total_flops()
-
-
-def _interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            best[name] = min(best[name], _time(fn))
-    return best
 
 
 def mixed_mode_name(amp_dtype: torch.dtype) -> str:
@@ -100,7 +84,7 @@ def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, 
     with torch.no_grad():
         outputs = {name: fn() for name, fn in runs.items()}
         flops = {name: _flops(fn) for name, fn in runs.items()}
-        seconds = _interleaved(runs, warmup, repeats)
+        seconds = interleaved_best(runs, warmup, repeats)
     reference = outputs["straightforward"]
     rows = []
     for name in runs:
@@ -121,7 +105,7 @@ def conv_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
     x = torch.randn(1, 256, 60, 60).contiguous(memory_format=torch.channels_last)
     flop = 2 * 256 * 256 * 9 * 60 * 60
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        seconds = _interleaved({"conv": lambda: conv(x)}, warmup=3, repeats=repeats)["conv"]
+        seconds = interleaved_best({"conv": lambda: conv(x)}, warmup=3, repeats=repeats)["conv"]
     return flop / seconds / 1e9
 
 
@@ -152,7 +136,7 @@ def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repe
 
     runs = {"straightforward": lambda: step(straightforward, None), "fast": lambda: step(model, None),
             **({mixed_mode_name(amp_dtype): lambda: step(model, amp_dtype)} if amp_dtype else {})}
-    seconds = _interleaved(runs, warmup, repeats)
+    seconds = interleaved_best(runs, warmup, repeats)
     return [{"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
             for name in runs]
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.timing import interleaved_best
 from benchmarks.yardstick import straightforward_forward
 from core.inference import GraphedEstimate
 from core.loss import sequence_loss
@@ -47,17 +48,6 @@ def peak_gb(fn: Callable[[], object]) -> float:
     return torch.cuda.max_memory_allocated() / 1e9
 
 
-def _interleaved(runs: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    for fn in runs.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            best[name] = min(best[name], cuda_ms(fn))
-    return best
-
-
 def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *,
                          iters: int, amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
     """Rows per mode: ms, GPU kernel ms, peak GB, mean/max |flow - our fp32 flow| in px."""
@@ -86,7 +76,7 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
         peaks = {name: peak_gb(fn) for name, fn in runs.items()}  # first call: graphs are captured here
         outputs = {name: fn() for name, fn in runs.items()}
         gpu = {name: kernel_ms(fn) for name, fn in runs.items()}
-        ms = _interleaved(runs, warmup, repeats)
+        ms = interleaved_best(runs, warmup, repeats, timer=cuda_ms)
     reference = outputs["fast"]
     rows = []
     for name in runs:
@@ -132,7 +122,7 @@ def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor,
             "fast": lambda: step(model, None, "fast"),
             "fast-amp": lambda: step(model, amp_dtype, "fast-amp")}
     peaks = {name: peak_gb(fn) for name, fn in runs.items()}
-    ms = _interleaved(runs, warmup, repeats)
+    ms = interleaved_best(runs, warmup, repeats, timer=cuda_ms)
     model.eval()
     return [{"mode": name, "ms": ms[name], "speedup": ms["straightforward"] / ms[name], "peak_gb": peaks[name]}
             for name in runs]

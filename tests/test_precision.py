@@ -18,6 +18,7 @@ from core.network import DecFlow
 from core.synthetic import generate
 from core.utils.frame_utils import write_flo
 from benchmarks.yardstick import straightforward_forward
+from core.training import step as training_step
 from tests.model_helpers import GMA_TSV, authors_state_dict
 from tests.train_helpers import make_dataset, run
 
@@ -170,9 +171,7 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
 def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
     """Float16 training (emulated on CPU) with a loss that overflows float16 in step 1: the
     GradScaler skips that step, and the print line, TensorBoard and the summary say so."""
-    import train
-
-    original = train.sequence_loss
+    original = training_step.sequence_loss
     calls = []
 
     def overflowing_first_loss(*args, **kwargs):
@@ -180,7 +179,7 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
         calls.append(1)
         return (loss * 1e30, metrics) if len(calls) == 1 else (loss, metrics)
 
-    monkeypatch.setattr(train, "sequence_loss", overflowing_first_loss)
+    monkeypatch.setattr(training_step, "sequence_loss", overflowing_first_loss)
     root = make_dataset(tmp_path / "FacialFlowNet")
     out = tmp_path / "out"
     run(["--name", "fp16", "--output", str(out), "--root", str(root), "--frozen", "--image_size", "128", "128",

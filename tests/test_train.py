@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from core.training import step as training_step
 from core.training.data import ResumableSampler
 from tests.train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
     subprocess_env, train
@@ -163,13 +164,13 @@ def test_sigint_saves_state_and_exits(files, monkeypatch):
 
 
 def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
-    original = train.sequence_loss
+    original = training_step.sequence_loss
 
     def nan_loss(*args, **kwargs):
         loss, metrics = original(*args, **kwargs)
         return loss * float("nan"), {**metrics, "loss": float("nan")}
 
-    monkeypatch.setattr(train, "sequence_loss", nan_loss)
+    monkeypatch.setattr(training_step, "sequence_loss", nan_loss)
     out = files["base"] / "nan"
     with pytest.raises(SystemExit) as exc:
         run(["--name", "n", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
