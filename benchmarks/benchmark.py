@@ -69,11 +69,8 @@ def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, 
     image1, image2 = make_pair(batch, *size)
 
     def fast(dtype: torch.dtype | None, net: DecFlow = model):
-        net.mixed_precision, net.amp_dtype = dtype is not None, dtype
-        try:
+        with net.autocasting(dtype):
             return net(image1, image2, iters=iters, test_mode=True)
-        finally:
-            net.mixed_precision, net.amp_dtype = False, None
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
@@ -120,16 +117,13 @@ def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repe
     valid = torch.ones(batch, *size)
 
     def step(forward: Callable, dtype: torch.dtype | None) -> None:
-        model.mixed_precision, model.amp_dtype = dtype is not None, dtype
-        try:
+        with model.autocasting(dtype):
             facial, head = forward(image1, image2, iters=iters)
             loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-        finally:
-            model.mixed_precision, model.amp_dtype = False, None
 
     def straightforward(*args, **kwargs):
         return straightforward_forward(model, *args, **kwargs)

@@ -54,13 +54,10 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
     graphed, graphed_alternate = GraphedEstimate(model), GraphedEstimate(alternate)
 
     def fast(net: DecFlow, dtype: torch.dtype | None, graphs: GraphedEstimate | None = None):
-        net.mixed_precision, net.amp_dtype = dtype is not None, dtype
-        try:
+        with net.autocasting(dtype):
             if graphs is not None:
                 return graphs(image1, image2, iters=iters, flow_init=(None, None))
             return net(image1, image2, iters=iters, test_mode=True)
-        finally:
-            net.mixed_precision, net.amp_dtype = False, None
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
@@ -101,8 +98,7 @@ def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor,
 
     def step(forward: Callable, dtype: torch.dtype | None, name: str) -> None:
         scaler = scalers.setdefault(name, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
-        model.mixed_precision, model.amp_dtype = dtype is not None, dtype
-        try:
+        with model.autocasting(dtype):
             facial, head = forward(image1, image2, iters=iters)
             loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
             optimizer.zero_grad(set_to_none=True)
@@ -111,8 +107,6 @@ def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(optimizer)
             scaler.update()
-        finally:
-            model.mixed_precision, model.amp_dtype = False, None
 
     def straightforward(dtype):
         return lambda *args, **kwargs: straightforward_forward(model, *args, amp_dtype=dtype, **kwargs)

@@ -7,6 +7,7 @@ Both decoders share the correlation pyramid, the context features and the attent
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -159,6 +160,17 @@ class DecFlow(nn.Module):
         trainable = stage2 if frozen else stage1
         for name, module in self.named_children():
             module.requires_grad_(name in trainable)
+
+    @contextlib.contextmanager
+    def autocasting(self, amp_dtype: torch.dtype | None) -> Iterator[DecFlow]:
+        """Run-time precision: forward passes inside autocast to `amp_dtype` (None: float32),
+        whatever the constructor said; the model's own setting comes back afterwards."""
+        saved = self.mixed_precision, self.amp_dtype
+        self.mixed_precision, self.amp_dtype = amp_dtype is not None, amp_dtype
+        try:
+            yield self
+        finally:
+            self.mixed_precision, self.amp_dtype = saved
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         # Under autograd every use of a weight is cast afresh, as in the reference's autocast region

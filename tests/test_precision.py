@@ -105,8 +105,9 @@ def test_amp_dtype_keyword_selects_the_autocast_dtype():
     model = DecFlow().eval()
     flows = {}
     for dtype in (None, torch.float16, torch.bfloat16):
-        model.mixed_precision, model.amp_dtype = dtype is not None, dtype
-        flows[dtype] = model(image1, image2, iters=2, test_mode=True).facial
+        with model.autocasting(dtype):
+            flows[dtype] = model(image1, image2, iters=2, test_mode=True).facial
+    assert not model.mixed_precision and model.amp_dtype is None  # the constructor's setting is back
     assert all(torch.isfinite(f).all() for f in flows.values())
     fp16_error = (flows[torch.float16] - flows[None]).abs().mean()
     bf16_error = (flows[torch.bfloat16] - flows[None]).abs().mean()
@@ -153,11 +154,8 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     here the yardstick's): 8.2e-3 against 7.9e-3 relative error on this batch, so within 10 %."""
     model, batch = gma_start_and_batch
     exact = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12), 1.0)
-    model.mixed_precision, model.amp_dtype = True, torch.float16
-    try:
+    with model.autocasting(torch.float16):
         ours = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12), 4096.0)
-    finally:
-        model.mixed_precision, model.amp_dtype = False, None
     nonfinite = [name for name, grad in ours.items() if not torch.isfinite(grad).all()]
     assert not nonfinite, nonfinite
     assert ours.keys() == exact.keys()
