@@ -42,6 +42,7 @@ from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        validate, wrap_model)
 from core.training.log import RunLog
+from core.training.stages import set_trainable
 from core.training.step import StepResult, set_bn_eval, train_step
 from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
                                  set_rng_state)
@@ -207,9 +208,12 @@ def load_training_state(path: Path, args: argparse.Namespace) -> dict:
 
 
 def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecFlow:
-    return DecFlow(num_heads=args.num_heads, position_only=args.position_only,
-                   position_and_content=args.position_and_content, dropout=args.dropout,
-                   mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype, frozen=args.frozen)
+    """DecFlow with the architecture of `args`, trainable as in stage 2 (`--frozen`) or stage 1."""
+    model = DecFlow(num_heads=args.num_heads, position_only=args.position_only,
+                    position_and_content=args.position_and_content, dropout=args.dropout,
+                    mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype)
+    set_trainable(model, 2 if args.frozen else 1)
+    return model
 
 
 def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> None:

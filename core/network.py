@@ -119,7 +119,7 @@ class DecFlow(nn.Module):
 
     def __init__(self, *, num_heads: int = 1, position_only: bool = False,
                  position_and_content: bool = False, dropout: float = 0.0,
-                 mixed_precision: bool = False, amp_dtype: torch.dtype | None = None, frozen: bool = False,
+                 mixed_precision: bool = False, amp_dtype: torch.dtype | None = None,
                  alternate_corr: bool = False) -> None:
         super().__init__()
         self.config = DecFlowConfig(num_heads=num_heads, position_only=position_only,
@@ -145,21 +145,10 @@ class DecFlow(nn.Module):
         self.change_dim = nn.Conv2d(SemanticEncoder.out_channels, SEMANTIC_PROJECTION_DIM, 1)
         self.res1 = FusionBlock(in_channels=self.cnet.out_channels + SEMANTIC_PROJECTION_DIM,
                                 out_channels=HIDDEN_DIM + CONTEXT_DIM)
-        self.set_frozen(frozen)
-
-    # ------------------------------------------------------------------ training stages
-    def set_frozen(self, frozen: bool) -> None:
-        """Stage 1 (`frozen=False`) or stage 2 (`frozen=True`) trainable parameters.
-
-        The semantic encoder and the fusion block never train. Stage 2 trains only the
-        head decoder and the semantic projection `change_dim`.
-        """
-        self.frozen = frozen
-        stage2 = {"update_block_head", "change_dim"}
-        stage1 = stage2 | {"fnet", "cnet", "att", "update_block"}
-        trainable = stage2 if frozen else stage1
-        for name, module in self.named_children():
-            module.requires_grad_(name in trainable)
+        # The semantic encoder and the fusion block never train; the rest trains in stage 1
+        # (core.training.stages.set_trainable switches to stage 2).
+        self.dad_encoder.requires_grad_(False)
+        self.res1.requires_grad_(False)
 
     @contextlib.contextmanager
     def autocasting(self, amp_dtype: torch.dtype | None) -> Iterator[DecFlow]:
@@ -329,4 +318,4 @@ class DecFlow(nn.Module):
         """Constructor arguments, for checkpoints that describe themselves."""
         return {**asdict(self.config), "mixed_precision": self.mixed_precision,
                 "amp_dtype": None if self.amp_dtype is None else amp_dtype_name(self.amp_dtype),
-                "frozen": self.frozen, "alternate_corr": self.alternate_corr}
+                "alternate_corr": self.alternate_corr}

@@ -8,6 +8,7 @@ from benchmarks.yardstick import straightforward_lookup, straightforward_pyramid
 from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
 from core.network import DecFlow, DecFlowOutput, convex_upsample
+from core.training.stages import set_trainable
 from tests.model_helpers import authors_state_dict, read_spec
 
 
@@ -37,18 +38,22 @@ def test_state_dict_matches_spec_keys_shapes_and_dtypes():
 
 @pytest.mark.parametrize("frozen, expected", [(False, 9_640_066), (True, 3_760_193)])
 def test_trainable_parameter_counts(frozen, expected):
-    net = DecFlow(frozen=frozen)
+    net = DecFlow()
+    if frozen:
+        set_trainable(net, 2)
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == expected
 
 
-def test_set_frozen_switches_between_stages():
+def test_set_trainable_switches_between_stages():
     net = DecFlow()
-    net.set_frozen(True)
+    set_trainable(net, 2)
     trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {"update_block_head", "change_dim"}
-    net.set_frozen(False)
+    set_trainable(net, 1)
     trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {"fnet", "cnet", "att", "update_block", "update_block_head", "change_dim"}
+    with pytest.raises(ValueError, match="stage must be one of"):
+        set_trainable(net, 3)
 
 
 def test_correlation_lookup_channel_order():
@@ -210,7 +215,8 @@ def _grad_names(net: DecFlow) -> set[str]:
 def test_gradients_reach_exactly_the_trainable_parameters(frozen):
     torch.manual_seed(0)
     # Relative-position tables only take part with position attention switched on.
-    net = DecFlow(frozen=frozen, position_and_content=True)
+    net = DecFlow(position_and_content=True)
+    set_trainable(net, 2 if frozen else 1)
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     assert _grad_names(net) == trainable
     frozen_names = {name for name, p in net.named_parameters() if not p.requires_grad}

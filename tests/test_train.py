@@ -17,6 +17,7 @@ import torch
 
 from core.training import step as training_step
 from core.training.data import ResumableSampler
+from core.training.stages import set_trainable
 from tests.train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
     subprocess_env, train
 
@@ -107,7 +108,8 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
     run(scaled(SEED_PART2, output=str(out), restore_ckpt=str(start), root=str(files["root"]),
                num_steps="2", val_freq="2", **SMALL))
     before, after = load_weights(start), load_weights(out / "decflow.pth")
-    model = train.DecFlow(frozen=True)
+    model = train.DecFlow()
+    set_trainable(model, 2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == 3_760_193
