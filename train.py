@@ -21,11 +21,9 @@ import math
 import re
 import time
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -41,7 +39,7 @@ from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, preci
 from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        validate, wrap_model)
-from core.training.log import RunLog
+from core.training.log import PrintWindow, RunLog, TrainingStopped, report_window
 from core.training.stages import set_trainable
 from core.training.step import StepResult, set_bn_eval, train_step
 from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
@@ -52,8 +50,6 @@ STATE_SUFFIX = "_state.pth"
 RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "position_only",
                      "position_and_content", "dropout", "stage", "image_size", "seed", "iters", "gamma",
                      "wdecay", "clip", "epsilon", "mixed_precision", "amp_dtype", "add_noise", "freeze_bn")
-# Warn when the GradScaler skips more than this share of the steps of a print window.
-SKIPPED_STEPS_WARNING = 0.05
 
 
 # ============================================================================ arguments
@@ -244,6 +240,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                         device=device)
         try:
             return train_loop(run, args)
+        except TrainingStopped as error:
+            raise SystemExit(f"error: {error}") from None
         finally:
             run.close()
     finally:
@@ -362,24 +360,6 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
                resume_rng=state["rng"] if state else None)
 
 
-@dataclass
-class PrintWindow:
-    """Metrics and step counts since the last print line."""
-
-    metrics: dict[str, list[float]]
-    steps: int = 0
-    bad: int = 0  # refused updates: non-finite loss or gradient, no valid ground truth
-    scaler_skipped: int = 0
-    first_step: int = 1
-
-    @classmethod
-    def starting_at(cls, step: int) -> PrintWindow:
-        return cls(metrics=defaultdict(list), first_step=step)
-
-    def means(self) -> dict[str, float]:
-        return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.metrics.items()}
-
-
 def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     """Steps until `--num_steps` (or `--stop_at`, or a signal); returns the last averaged
     training metrics, with the final validation metrics (`val_*`) when the run ends."""
@@ -417,7 +397,8 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
                 bar.set_postfix(loss=f"{result.metrics['loss']:.3f}", epe=f"{result.metrics['facial_epe']:.3f}",
                                 lr=f"{lr:.2e}", refresh=False)
             if step % args.print_freq == 0 or step == args.num_steps:
-                last = report_window(run, window, step, lr) or last
+                last = report_window(run.log, window, step, lr, scaler=run.scaler, skipped_total=run.scaler_skipped,
+                                     state_path=run.state_path) or last
                 window = PrintWindow.starting_at(step + 1)
             if vis_freq and step % vis_freq == 0 and not result.skipped:
                 run.log.flow_images(step, batch, result.facial_preds[-1], result.head_preds[-1])
@@ -478,28 +459,6 @@ def record_step(run: Run, window: PrintWindow, result: StepResult, step: int, co
     for key, value in metrics.items():
         window.metrics[key].append(value)
     return 0
-
-
-def report_window(run: Run, window: PrintWindow, step: int, lr: float) -> dict[str, float] | None:
-    """The print line, TensorBoard scalars and warnings of a print window; its mean metrics.
-
-    A window in which every step was refused stops the run: nothing was learnt in it.
-    """
-    if window.steps and window.bad == window.steps:
-        raise SystemExit(f"error: stopping at step {step}: every step of steps {window.first_step}-{step} had a "
-                         f"non-finite loss or gradient, or no valid ground truth (see the warnings above; last "
-                         f"good state: {run.state_path})")
-    means = window.means()
-    run.log.scalars("train", step, {**means, "lr": lr, "skipped_steps": float(run.scaler_skipped)})
-    run.log(f"[{step:6d}, lr {lr:.7f}] " + ", ".join(
-        f"{k} {means[k]:.4f}" for k in ("loss", "facial_epe", "head_epe", "expression_epe", "facial_1px",
-                                        "grad_norm") if k in means)
-        + (f", skipped {window.scaler_skipped}/{window.steps} (GradScaler, {run.scaler_skipped} in all)"
-           if run.scaler.is_enabled() else ""))
-    if window.scaler_skipped > SKIPPED_STEPS_WARNING * window.steps:
-        run.log(f"warning: the GradScaler skipped {window.scaler_skipped} of the {window.steps} steps "
-                f"{window.first_step}-{step} (float16 gradients overflowed; scale now {run.scaler.get_scale():g})")
-    return means or None
 
 
 def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float]:

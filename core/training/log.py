@@ -1,4 +1,5 @@
-"""The run log of rank 0: text file and console, TensorBoard scalars and images, PNG curves."""
+"""The run log of rank 0: text file and console, TensorBoard scalars and images, PNG curves;
+the print windows of the training loop."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,13 @@ import torch
 from tqdm import tqdm
 
 from core.utils.flow_viz import flow_to_image, shared_max_flow
+
+# Warn when the GradScaler skips more than this share of the steps of a print window.
+SKIPPED_STEPS_WARNING = 0.05
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. nothing was learnt in a whole print window)."""
 
 
 class RunLog:
@@ -102,3 +111,46 @@ class RunLog:
             self.writer.close()
         if self.file is not None:
             self.file.close()
+
+
+@dataclass
+class PrintWindow:
+    """Metrics and step counts since the last print line."""
+
+    metrics: dict[str, list[float]]
+    steps: int = 0
+    bad: int = 0  # refused updates: non-finite loss or gradient, no valid ground truth
+    scaler_skipped: int = 0
+    first_step: int = 1
+
+    @classmethod
+    def starting_at(cls, step: int) -> PrintWindow:
+        return cls(metrics=defaultdict(list), first_step=step)
+
+    def means(self) -> dict[str, float]:
+        return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.metrics.items()}
+
+
+def report_window(log: RunLog, window: PrintWindow, step: int, lr: float, *, scaler: torch.amp.GradScaler,
+                  skipped_total: int, state_path: Path) -> dict[str, float] | None:
+    """The print line, TensorBoard scalars and warnings of a print window; its mean metrics.
+
+    A window in which every step was refused stops the run (TrainingStopped, naming the step
+    and the last good `state_path`): nothing was learnt in it. `skipped_total`: steps the
+    GradScaler skipped in the whole run.
+    """
+    if window.steps and window.bad == window.steps:
+        raise TrainingStopped(f"stopping at step {step}: every step of steps {window.first_step}-{step} had a "
+                              f"non-finite loss or gradient, or no valid ground truth (see the warnings above; "
+                              f"last good state: {state_path})")
+    means = window.means()
+    log.scalars("train", step, {**means, "lr": lr, "skipped_steps": float(skipped_total)})
+    log(f"[{step:6d}, lr {lr:.7f}] " + ", ".join(
+        f"{k} {means[k]:.4f}" for k in ("loss", "facial_epe", "head_epe", "expression_epe", "facial_1px",
+                                        "grad_norm") if k in means)
+        + (f", skipped {window.scaler_skipped}/{window.steps} (GradScaler, {skipped_total} in all)"
+           if scaler.is_enabled() else ""))
+    if window.scaler_skipped > SKIPPED_STEPS_WARNING * window.steps:
+        log(f"warning: the GradScaler skipped {window.scaler_skipped} of the {window.steps} steps "
+            f"{window.first_step}-{step} (float16 gradients overflowed; scale now {scaler.get_scale():g})")
+    return means or None
