@@ -38,10 +38,11 @@ from core.network import DecFlow
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
-                                       validate, wrap_model)
+                                       wrap_model)
 from core.training.log import PrintWindow, RunLog, TrainingStopped, report_window
 from core.training.stages import set_trainable
 from core.training.step import StepResult, set_bn_eval, train_step
+from core.training.validation import validate
 from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
                                  set_rng_state)
 

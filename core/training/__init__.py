@@ -1,2 +1,3 @@
-"""What train.py is made of: state files and RNG (`state`), devices and processes
-(`distributed`), the resumable data stream (`data`) and the run log (`log`)."""
+"""What train.py is made of: state files, RNG and signals (`state`), devices and processes
+(`distributed`), the resumable data stream (`data`), the optimisation step (`step`), the
+training stages (`stages`), validation (`validation`) and the run log (`log`)."""
