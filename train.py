@@ -30,8 +30,7 @@ from torch import nn
 from torch.utils import data
 from tqdm import tqdm
 
-from core.checkpoint import (init_semantic_encoder, load_checkpoint, remove_stale_temporaries, save_checkpoint,
-                             strip_data_parallel_prefix)
+from core.checkpoint import remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow
@@ -40,11 +39,11 @@ from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        wrap_model)
 from core.training.log import PrintWindow, RunLog, TrainingStopped, report_window
-from core.training.stages import set_trainable
-from core.training.step import StepResult, set_bn_eval, train_step
-from core.training.validation import validate
+from core.training.stages import initialise, set_trainable
 from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
                                  set_rng_state)
+from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
+from core.training.validation import validate
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
@@ -213,23 +212,6 @@ def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecF
     return model
 
 
-def restore_initial_weights(model: DecFlow, args: argparse.Namespace, log) -> None:
-    """Stage 1: ImageNet semantic encoder, then the GMA checkpoint non-strictly.
-    Stage 2: the stage-1 weights strictly."""
-    if not args.frozen:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            source = init_semantic_encoder(model, args.semantic_weights)
-        for warning in caught:
-            log(f"WARNING: {warning.message}")
-        log(f"semantic encoder: {source}")
-    if args.restore_ckpt is None:
-        log("no --restore_ckpt: training from initialisation")
-        return
-    report = load_checkpoint(model, args.restore_ckpt, strict=args.frozen, verbose=False)
-    log(("stage 2 (strict): " if args.frozen else "stage 1 (non-strict): ") + report.summary())
-
-
 def main(args: argparse.Namespace) -> dict[str, float]:
     """Train; returns the last averaged training metrics (and validation metrics if any)."""
     parser = get_args_parser()
@@ -317,7 +299,8 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         else:
             if args.resume == "auto":
                 log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
-            restore_initial_weights(model, args, log)
+            initialise(model, 2 if args.frozen else 1, restore_ckpt=args.restore_ckpt,
+                       semantic_weights=args.semantic_weights, log=log)
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
@@ -332,10 +315,8 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         if args.batch_size % world_size:
             raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
 
-        optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.wdecay, eps=args.epsilon)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.num_steps + 100,
-                                                        pct_start=0.05, cycle_momentum=False,
-                                                        anneal_strategy="linear")
+        optimizer, scheduler = build_optimizer(trainable, lr=args.lr, wdecay=args.wdecay, epsilon=args.epsilon,
+                                               num_steps=args.num_steps)
         scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])

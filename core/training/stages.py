@@ -6,7 +6,13 @@ reference).
 """
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Callable
+
 from torch import nn
+
+from core.checkpoint import init_semantic_encoder, load_checkpoint
 
 # Top-level modules that train, by stage.
 TRAINABLE = {
@@ -21,3 +27,22 @@ def set_trainable(model: nn.Module, stage: int) -> None:
         raise ValueError(f"stage must be one of {sorted(TRAINABLE)}, got {stage}")
     for name, module in model.named_children():
         module.requires_grad_(name in TRAINABLE[stage])
+
+
+def initialise(model: nn.Module, stage: int, *, restore_ckpt: str | os.PathLike | None,
+               semantic_weights: str | os.PathLike | None, log: Callable[[str], None]) -> None:
+    """A new run's weights. Stage 1: the ImageNet semantic encoder (`semantic_weights`, or
+    torchvision's cache, or a warning that it stays random), then the GMA checkpoint
+    non-strictly. Stage 2: the stage-1 weights strictly. Each step is said through `log`."""
+    if stage == 1:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source = init_semantic_encoder(model, semantic_weights)
+        for warning in caught:
+            log(f"WARNING: {warning.message}")
+        log(f"semantic encoder: {source}")
+    if restore_ckpt is None:
+        log("no --restore_ckpt: training from initialisation")
+        return
+    report = load_checkpoint(model, restore_ckpt, strict=stage == 2, verbose=False)
+    log(("stage 2 (strict): " if stage == 2 else "stage 1 (non-strict): ") + report.summary())

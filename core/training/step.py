@@ -12,6 +12,18 @@ from core.loss import sequence_loss
 from core.training.distributed import any_across_ranks
 
 
+def build_optimizer(parameters: list[nn.Parameter], *, lr: float, wdecay: float, epsilon: float, num_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The reference's optimiser: AdamW, and a one-cycle schedule with linear annealing."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=wdecay, eps=epsilon)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, lr,
+        total_steps=num_steps + 100,  # as the reference: the schedule never reaches its end
+        pct_start=0.05,  # 5 % warm-up
+        cycle_momentum=False, anneal_strategy="linear")
+    return optimizer, scheduler
+
+
 def set_bn_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
