@@ -65,7 +65,9 @@ class AttentionLogits:
             if self.position is not None:
                 pos = self.position(q, key_height=self.height, row_offset=row).flatten(4, 5).flatten(2, 3)
                 logits = pos if logits is None else logits + pos
-            yield slice(row * self.width, (row + q.shape[2]) * self.width), logits.softmax(dim=-1)
+            # float32 softmax under autograd, as CUDA's autocast does for the reference
+            dtype = torch.float32 if torch.is_grad_enabled() else None
+            yield slice(row * self.width, (row + q.shape[2]) * self.width), logits.softmax(dim=-1, dtype=dtype)
 
 
 class ChunkedAttention:
@@ -122,8 +124,11 @@ class Attention(nn.Module):
         attention = None
         for rows, block in logits.blocks():
             if attention is None:
-                # under autocast the matrix is kept in the autocast dtype it is used in
-                dtype = torch.get_autocast_dtype(fmap.device.type) if torch.is_autocast_enabled(fmap.device.type) else block.dtype
+                # At inference under autocast the matrix is kept in the autocast dtype it is used in.
+                # Under autograd it stays float32 (softmax's dtype), as in the reference: each use
+                # casts it afresh, so the gradients of all iterations add up in float32.
+                low = torch.is_autocast_enabled(fmap.device.type) and not torch.is_grad_enabled()
+                dtype = torch.get_autocast_dtype(fmap.device.type) if low else block.dtype
                 attention = block.new_empty(*block.shape[:2], height * width, height * width, dtype=dtype)
             attention[:, :, rows] = block
         return attention
