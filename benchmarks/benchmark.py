@@ -27,10 +27,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.gpu import bench_inference_cuda, bench_train_cuda
 from benchmarks.timing import interleaved_best
+from benchmarks.training_step import step_runs
 from benchmarks.yardstick import straightforward_forward
-from core.loss import sequence_loss
+from core.inference import resolve_inference_precision
 from core.network import DecFlow
-from core.precision import AMP_DTYPES, amp_dtype_name, parse_amp_dtype, resolve_amp_dtype
+from core.precision import AMP_DTYPES, amp_dtype_name
 
 
 def build_model(seed: int = 0, **options) -> DecFlow:
@@ -108,28 +109,15 @@ def conv_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
 
 def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
                 amp_dtype: torch.dtype | None) -> list[dict]:
-    model = build_model().train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model = build_model()
     image1, image2 = make_pair(batch, *size)
-    generator = torch.Generator().manual_seed(2)
-    flow_facial = 3 * torch.randn(batch, 2, *size, generator=generator)
-    flow_head = 2 * torch.randn(batch, 2, *size, generator=generator)
-    valid = torch.ones(batch, *size)
-
-    def step(forward: Callable, dtype: torch.dtype | None) -> None:
-        with model.autocasting(dtype):
-            facial, head = forward(image1, image2, iters=iters)
-            loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
 
     def straightforward(*args, **kwargs):
         return straightforward_forward(model, *args, **kwargs)
 
-    runs = {"straightforward": lambda: step(straightforward, None), "fast": lambda: step(model, None),
-            **({mixed_mode_name(amp_dtype): lambda: step(model, amp_dtype)} if amp_dtype else {})}
+    modes = {"straightforward": (straightforward, None), "fast": (model, None),
+             **({mixed_mode_name(amp_dtype): (model, amp_dtype)} if amp_dtype else {})}
+    runs = step_runs(model, image1, image2, iters=iters, modes=modes, lr=1e-5)
     seconds = interleaved_best(runs, warmup, repeats)
     return [{"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
             for name in runs]
@@ -204,7 +192,7 @@ def main_cuda(args: argparse.Namespace) -> None:
     if args.what == "memory":
         raise SystemExit("--device cuda: peak memory is a column of the inference and train tables")
     device = torch.device("cuda")
-    amp_dtype = resolve_amp_dtype(True, device, parse_amp_dtype(args.amp_dtype), warn=print)
+    amp_dtype = resolve_inference_precision(True, args.amp_dtype, device, warn=print)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}, "
           f"iters {args.iters}, AMP {amp_dtype_name(amp_dtype)}", flush=True)
     warmup, repeats = max(args.warmup, 2), args.repeats
@@ -237,8 +225,8 @@ def main(args: argparse.Namespace) -> None:
           f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
     amp_dtype = None
     if args.what in ("all", "inference", "train"):
-        amp_dtype = resolve_amp_dtype(True, torch.device("cpu"), parse_amp_dtype(args.amp_dtype),
-                                      warn=lambda line: print(line + "; no mixed-precision rows", flush=True))
+        amp_dtype = resolve_inference_precision(True, args.amp_dtype, torch.device("cpu"),
+                                                warn=lambda line: print(line + "; no mixed-precision rows", flush=True))
     if args.what in ("all", "inference"):
         size = tuple(args.size or (480, 480))
         print(f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "

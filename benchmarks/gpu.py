@@ -17,9 +17,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.timing import interleaved_best
+from benchmarks.training_step import step_runs
 from benchmarks.yardstick import straightforward_forward
 from core.inference import GraphedEstimate
-from core.loss import sequence_loss
 from core.network import DecFlow
 
 
@@ -87,34 +87,13 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
 def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
                      amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
     """A training step (forward, sequence loss, backward, clip, AdamW) per mode: ms and peak GB."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    generator = torch.Generator(device=image1.device).manual_seed(2)
-    shape = (image1.shape[0], 2, *image1.shape[-2:])
-    flow_facial = 3 * torch.randn(shape, generator=generator, device=image1.device)
-    flow_head = 2 * torch.randn(shape, generator=generator, device=image1.device)
-    valid = torch.ones(shape[0], *shape[2:], device=image1.device)
-    scalers = {}
-
-    def step(forward: Callable, dtype: torch.dtype | None, name: str) -> None:
-        scaler = scalers.setdefault(name, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
-        with model.autocasting(dtype):
-            facial, head = forward(image1, image2, iters=iters)
-            loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-
     def straightforward(dtype):
         return lambda *args, **kwargs: straightforward_forward(model, *args, amp_dtype=dtype, **kwargs)
 
-    runs = {"straightforward": lambda: step(straightforward(None), None, "straightforward"),
-            "straightforward-amp": lambda: step(straightforward(amp_dtype), amp_dtype, "straightforward-amp"),
-            "fast": lambda: step(model, None, "fast"),
-            "fast-amp": lambda: step(model, amp_dtype, "fast-amp")}
+    modes = {"straightforward": (straightforward(None), None),
+             "straightforward-amp": (straightforward(amp_dtype), amp_dtype),
+             "fast": (model, None), "fast-amp": (model, amp_dtype)}
+    runs = step_runs(model, image1, image2, iters=iters, modes=modes, lr=1e-6)
     peaks = {name: peak_gb(fn) for name, fn in runs.items()}
     ms = interleaved_best(runs, warmup, repeats, timer=cuda_ms)
     model.eval()

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import save_checkpoint
+from core.inference import resolve_inference_precision
 from core.network import DecFlow
-from core.precision import AMP_DTYPES, amp_dtype_name, parse_amp_dtype, resolve_amp_dtype
+from core.precision import AMP_DTYPES, amp_dtype_name
 from core.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,8 +98,8 @@ def score(argv: list[str], root: Path, output: Path) -> dict:
 
 def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    amp_dtype = resolve_amp_dtype(True, device, parse_amp_dtype(args.amp_dtype),
-                                  warn=lambda line: print(line + "; no mixed-precision run", flush=True))
+    amp_dtype = resolve_inference_precision(True, args.amp_dtype, device,
+                                            warn=lambda line: print(line + "; no mixed-precision run", flush=True))
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
         root = work / "FacialFlowNet"

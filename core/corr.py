@@ -78,10 +78,10 @@ class WindowGrid:
         self.starts = [sum(p + 1 for p in self.pixels[:i]) for i in range(len(sizes))]  # of each level in a row
         self.zero_entries = [start + p for start, p in zip(self.starts, self.pixels)]
         self.row_length = self.zero_entries[-1] + 1  # of a row holding every level
-        as_column = lambda values: _column(values, device)  # noqa: E731  [L, 1]
-        self._scale = as_column([float(s) for s in scales])
-        self._height, self._width = as_column([h for h, _ in sizes]), as_column([w for _, w in sizes])
-        self._pixels, self._start, self._zero_entry = map(as_column, (self.pixels, self.starts, self.zero_entries))
+        self._scale = _column([float(s) for s in scales], device)  # [L, 1] each
+        self._height, self._width = _column([h for h, _ in sizes], device), _column([w for _, w in sizes], device)
+        self._pixels, self._start, self._zero_entry = (_column(values, device) for values in
+                                                       (self.pixels, self.starts, self.zero_entries))
         self._steps = torch.arange(2 * radius + 2, device=device)
 
     @property
@@ -146,8 +146,7 @@ class CorrBlock:
         pooled = [fmap2]
         for _ in range(num_levels - 1):
             pooled.append(F.avg_pool2d(pooled[-1], 2, stride=2))
-        self.fmap1 = fmap1.flatten(2).transpose(1, 2) / math.sqrt(dim)  # [B, h*w, D]
-        self.fmap1 = self.fmap1.to(dtype)
+        self.fmap1 = (fmap1.flatten(2).transpose(1, 2) / math.sqrt(dim)).to(dtype)  # [B, h*w, D]
         # On-the-fly levels: image-2 features as rows [B, h_l*w_l + 1, D], the last one zero.
         self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1).to(dtype)
                          for p in pooled[:dense_from_level]]

@@ -12,7 +12,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -88,18 +88,6 @@ def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
         if name in saved and saved[name] != getattr(config, name):
             raise ValueError(f"{checkpoint} was trained with {name}={saved[name]} (see {description_path(checkpoint)}), "
                              f"but the model options give {name}={getattr(config, name)}")
-
-
-@dataclass
-class Flows:
-    """One pair's flows, cropped to the input size: `[B, 2, H, W]`, and the decoders' final
-    low-resolution flows `[B, 2, H'/8, W'/8]` of the padded pair (a warm start's input)."""
-
-    facial: torch.Tensor
-    head: torch.Tensor
-    expression: torch.Tensor
-    facial_low: torch.Tensor
-    head_low: torch.Tensor
 
 
 class GraphedEstimate:
@@ -204,9 +192,11 @@ class FlowEstimator:
 
     @torch.inference_mode()
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor,
-                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> Flows:
-        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> Flows.
-        `flow_init`: a previous result's `(facial_low, head_low)` for the same size, or None."""
+                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> DecFlowOutput:
+        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> the flows cropped
+        to the input size, `[B, 2, H, W]`, and the decoders' final low-resolution flows of the
+        padded pair, `[B, 2, H'/8, W'/8]` (a warm start's input). `flow_init`: a previous
+        result's `(facial_low, head_low)` for the same size, or None."""
         if image1.dim() == 3:
             image1, image2 = image1[None], image2[None]
         padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
@@ -217,6 +207,6 @@ class FlowEstimator:
             output = self.graphed(image1, image2, iters=self.iters, flow_init=inits)
         else:
             output = self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True)
-        return Flows(facial=padder.unpad(output.facial).float(), head=padder.unpad(output.head).float(),
-                     expression=padder.unpad(output.expression).float(), facial_low=output.facial_low,
-                     head_low=output.head_low)
+        return DecFlowOutput(facial=padder.unpad(output.facial), head=padder.unpad(output.head),
+                             expression=padder.unpad(output.expression), facial_low=output.facial_low,
+                             head_low=output.head_low)

@@ -166,15 +166,19 @@ class DecFlow(nn.Module):
         # per iteration: one cached float16 copy shared by all iterations would sum their gradients
         # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
         # only saves work.
-        return torch.autocast(device_type=device.type, dtype=self.amp_dtype or default_amp_dtype(device),
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype(device),
                               enabled=self.mixed_precision, cache_enabled=not torch.is_grad_enabled())
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype:
+        """`amp_dtype`, or by default float16 on CUDA (the paper's recipe) and bfloat16 on CPU."""
+        return self.amp_dtype or default_amp_dtype(device)
 
     def volume_dtype(self, device: torch.device) -> torch.dtype:
         """dtype of the stored correlation volume and the on-the-fly products: the autocast
         dtype under mixed precision on CUDA (tensor cores, half the memory), else float32.
         Lookups interpolate in float32 either way."""
         if self.mixed_precision and device.type == "cuda":
-            return self.amp_dtype or default_amp_dtype(device)
+            return self.autocast_dtype(device)
         return torch.float32
 
     def corr_levels_stored_from(self, batch: int, pixels: int, device: torch.device) -> int:

@@ -17,9 +17,10 @@ from tests.model_helpers import authors_state_dict
 
 STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = torch.device("cuda")  # the device of the CUDA-only tests
 
 
-def _model(device: str = "cpu", **options) -> DecFlow:
+def _model(device: torch.device | str = "cpu", **options) -> DecFlow:
     model = DecFlow(**options)
     model.load_state_dict(STATE)
     return model.eval().to(device)
@@ -94,10 +95,10 @@ def test_low_precision_correlation_matches_float32(stored_from):
 @pytest.mark.parametrize("mixed_precision", [False, True])
 @torch.no_grad()
 def test_cuda_graphs_give_the_eager_flow(mixed_precision):
-    model = _model("cuda", mixed_precision=mixed_precision)
-    image1, image2 = (image.cuda() for image in _pair(136, 176))
+    model = _model(CUDA, mixed_precision=mixed_precision)
+    image1, image2 = (image.to(CUDA) for image in _pair(136, 176))
     graphed = GraphedEstimate(model)
-    init = torch.full((1, 2, 17, 22), 0.5, device="cuda")
+    init = torch.full((1, 2, 17, 22), 0.5, device=CUDA)
     for flow_init in [(None, None), (init, init), (init, 2 * init)]:
         eager = model.estimate(image1, image2, iters=5, flow_init=flow_init, test_mode=True)
         for _ in range(2):  # capture, then replay
@@ -111,12 +112,12 @@ def test_cuda_graphs_give_the_eager_flow(mixed_precision):
 @needs_cuda
 @torch.no_grad()
 def test_cuda_graph_replays_new_inputs():
-    model = _model("cuda")
-    estimator = FlowEstimator(model, iters=4, device="cuda")
+    model = _model(CUDA)
+    estimator = FlowEstimator(model, iters=4, device=CUDA)
     pairs = [_pair(128, 160), tuple(torch.flip(image, dims=(-1,)) for image in _pair(128, 160))]
     for image1, image2 in pairs + pairs:
         got = estimator(image1, image2)
-        expected = model(image1.cuda(), image2.cuda(), iters=4, test_mode=True)
+        expected = model(image1.to(CUDA), image2.to(CUDA), iters=4, test_mode=True)
         assert (got.facial - expected.facial).abs().max() <= 1e-4
     assert len(estimator.graphed.graphs) == 1
 
@@ -128,7 +129,7 @@ def test_cuda_fast_paths_match_the_straightforward_forward_on_cpu():
     image1, image2 = _pair(136, 176)
     expected = straightforward_forward(cpu_model, image1, image2, iters=4, test_mode=True)
     for options, tolerance in [({}, 1e-2), ({"mixed_precision": True}, 0.1), ({"alternate_corr": True}, 1e-2)]:
-        flows = FlowEstimator(_model("cuda", **options), iters=4, device="cuda")(image1, image2)
+        flows = FlowEstimator(_model(CUDA, **options), iters=4, device=CUDA)(image1, image2)
         for name in ("facial", "head"):
             assert (getattr(flows, name).cpu() - getattr(expected, name)).abs().mean() <= tolerance, (options, name)
 

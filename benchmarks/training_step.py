@@ -1,0 +1,40 @@
+"""One timed training step (forward, sequence loss, backward, clip, AdamW) for the CPU and CUDA
+benchmarks: random ground truth for a pair, and a step per mode."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from core.loss import sequence_loss
+from core.network import DecFlow
+
+
+def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+              modes: dict[str, tuple[Callable, torch.dtype | None]], lr: float) -> dict[str, Callable[[], None]]:
+    """`{name: step}` for `modes` `{name: (forward, autocast dtype or None)}`, each with its own
+    GradScaler (on for float16 only), all updating `model` with one AdamW."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    generator = torch.Generator().manual_seed(2)
+    shape = (image1.shape[0], 2, *image1.shape[-2:])
+    flow_facial = (3 * torch.randn(shape, generator=generator)).to(image1.device)
+    flow_head = (2 * torch.randn(shape, generator=generator)).to(image1.device)
+    valid = torch.ones(shape[0], *shape[2:], device=image1.device)
+
+    def step(forward: Callable, dtype: torch.dtype | None, scaler: torch.amp.GradScaler) -> None:
+        with model.autocasting(dtype):
+            facial, head = forward(image1, image2, iters=iters)
+        loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def run(forward: Callable, dtype: torch.dtype | None) -> Callable[[], None]:
+        scaler = torch.amp.GradScaler(image1.device.type, enabled=dtype == torch.float16)
+        return lambda: step(forward, dtype, scaler)
+
+    return {name: run(forward, dtype) for name, (forward, dtype) in modes.items()}
