@@ -147,11 +147,21 @@ def _relative_error(grads: dict[str, torch.Tensor], reference: dict[str, torch.T
     return (error / sum(float(reference[k].square().sum()) for k in reference)) ** 0.5
 
 
+def _channels_last(image: torch.Tensor) -> torch.Tensor:
+    return image.contiguous(memory_format=torch.channels_last)
+
+
 def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_batch):
     """Autocast forced to float16 on CPU, 12 iterations, loss x 4096 (the reference's headroom on
     this batch; the old single cached-cast region overflowed from 1024): every gradient is finite,
-    and about as close to float32 as the reference's layout (one autocast region per iteration,
-    here the yardstick's): 8.19e-3 against 7.86e-3 relative error on this batch, so within 10 %."""
+    and as close to float32 as the reference's autocast layout (one region per iteration, here the
+    yardstick's) given the same channels-last images as ours.
+
+    Relative errors on the synthetic batches of seeds 0 / 1 / 2 (AVX2 CPU): ours 8.19 / 7.49 /
+    7.59e-3; the reference layout 8.16 / 7.58 / 7.63e-3 with channels-last images, 7.86 / 7.39 /
+    7.07e-3 with contiguous ones. The memory format alone moves the error by up to 8 % (CPU float16
+    kernels, through the training-mode batch norms of `res1` and `cnet`); at equal format the two
+    layouts differ by rounding noise (-1.2 % to +0.4 %), hence the 5 % margin."""
     model, batch = gma_start_and_batch
     exact = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12), 1.0)
     with model.autocasting(torch.float16):
@@ -160,9 +170,10 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     assert not nonfinite, nonfinite
     assert ours.keys() == exact.keys()
     reference = _scaled_gradients(
-        model, batch, lambda a, b: straightforward_forward(model, a, b, iters=12, amp_dtype=torch.float16), 4096.0)
+        model, batch, lambda a, b: straightforward_forward(model, _channels_last(a), _channels_last(b), iters=12,
+                                                           amp_dtype=torch.float16), 4096.0)
     assert all(torch.isfinite(grad).all() for grad in reference.values())
-    assert _relative_error(ours, exact) <= 1.1 * _relative_error(reference, exact)  # 8.19e-3 vs 7.86e-3 here
+    assert _relative_error(ours, exact) <= 1.05 * _relative_error(reference, exact)  # 8.19e-3 vs 8.16e-3 here
 
 
 # ----------------------------------------------------------------------------- GradScaler bookkeeping
