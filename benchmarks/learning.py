@@ -7,7 +7,9 @@ It generates a synthetic FacialFlowNet copy, writes a fixed start (a seeded DecF
 authors' format), trains stage 1 from it with `train.py` (the seed recipe's optimiser
 flags) once in float32 and once with `--mixed_precision`, and scores both with
 `evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through
-the real scripts, as a user would run them. On a CPU without native bfloat16, mixed
+the real scripts, as a user would run them. `--seeds 1 2 3` repeats each training with
+several seeds and adds each precision's mean and spread, to tell a difference between the
+precisions from chance. On a CPU without native bfloat16, mixed
 precision is float32 (one warning line) and its row is left out unless `--amp_dtype` asks
 for a dtype explicitly.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +36,7 @@ from core.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("facial", "head", "expression")
+LABEL_WIDTH = 40  # first column of the table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -57,6 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=4 if cuda else 0,
                         help="data-loading processes per training run")
     parser.add_argument("--workdir", default=None, help="keep data, weights and logs here (default: a temp folder)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="train each precision once per seed (train.py --seed: data order, augmentation) and "
+                             "add each precision's mean and spread (max - min): how far apart two rows may lie "
+                             "by chance (default: one run each with train.py's seed)")
     parser.add_argument("--parallel", action="store_true",
                         help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
                              "their train times then overlap)")
@@ -114,20 +122,43 @@ def main(args: argparse.Namespace) -> None:
               f"evaluation {args.eval_iters} iterations on the test split", flush=True)
         rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
                 "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-")}
-        runs = {"DecFlow fp32": ("fp32", [])}
+        precisions = {"DecFlow fp32": ("fp32", [])}
         if amp_dtype is not None:
-            runs[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = (
+            precisions[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = (
                 "amp", ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)])
+        runs = {(label, seed): (name if seed is None else f"{name}_seed{seed}",
+                                extra if seed is None else [*extra, "--seed", str(seed)])
+                for label, (name, extra) in precisions.items() for seed in args.seeds or [None]}
         with ThreadPoolExecutor(max_workers=len(runs) if args.parallel else 1) as pool:
-            futures = {row: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
-                       for row, (name, extra) in runs.items()}
-            rows.update({row: future.result() for row, future in futures.items()})
-    print(f"\n{'run':<26}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}{'train s':>9}"
-          f"{'skipped':>9}")
+            futures = {key: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
+                       for key, (name, extra) in runs.items()}
+            trained = {key: future.result() for key, future in futures.items()}
+    for label in precisions:
+        if args.seeds is None:
+            rows[label] = trained[label, None]
+            continue
+        documents = [trained[label, seed][0] for seed in args.seeds]
+        rows.update({f"{label} seed {seed}": trained[label, seed] for seed in args.seeds})
+        rows[f"{label} mean"] = (summarise(documents, statistics.fmean), None, "-")
+        rows[f"{label} spread"] = (summarise(documents, lambda values: max(values) - min(values)), None, "-")
+    print_table(rows)
+
+
+def summarise(documents: list[dict], statistic) -> dict:
+    """One evaluation document whose EPEs and facial <3px are `statistic` over `documents`."""
+    summary = {kind: {"epe": statistic([d[kind]["epe"] for d in documents])} if documents[0][kind] else None
+               for kind in KINDS}
+    summary["facial"]["3px"] = statistic([d["facial"]["3px"] for d in documents])
+    return summary
+
+
+def print_table(rows: dict[str, tuple[dict, float | None, str]]) -> None:
+    print(f"\n{'run':<{LABEL_WIDTH}}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}"
+          f"{'train s':>9}{'skipped':>9}")
     for name, (document, seconds, skipped) in rows.items():
         epes = [document[k]["epe"] if document[k] else None for k in KINDS]
         cells = "".join(f"{e:>10.3f}" if e is not None else f"{'-':>10}" for e in epes)
-        print(f"{name:<26} {cells}{document['facial']['3px']:>12.3f}"
+        print(f"{name:<{LABEL_WIDTH}} {cells}{document['facial']['3px']:>12.3f}"
               f"{'-' if seconds is None else f'{seconds:.0f}':>9}{skipped:>9}")
 
 
