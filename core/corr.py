@@ -89,30 +89,29 @@ class WindowGrid:
         return len(self.pixels)
 
     def index(self, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """centres `[n, K, 2]` (x, y) in level-0 pixels -> (index `[n, K, L, (2r+2)^2]` of the
-        window pixels in a row of all levels, x-major; fractional parts `[n, K, L, 2]`)."""
-        scaled = centres[:, :, None, :] / self._scale  # [n, K, L, 2]
+        """centres `[..., K, 2]` (x, y) in level-0 pixels -> (index `[..., K, L, (2r+2)^2]` of the
+        window pixels in a row of all levels, x-major; fractional parts `[..., K, L, 2]`)."""
+        scaled = centres[..., None, :] / self._scale  # [..., K, L, 2]
         corner = torch.floor(scaled)
         start = corner.long() - self.radius
-        xs = start[..., 0, None] + self._steps  # [n, K, L, 2r+2]
+        xs = start[..., 0, None] + self._steps  # [..., K, L, 2r+2]
         ys = start[..., 1, None] + self._steps
         # a column or row outside its level adds `pixels`, so its whole line clamps to the zero entry
         xs = torch.where((xs >= 0) & (xs < self._width), xs + self._start, self._zero_entry)
         ys = torch.where((ys >= 0) & (ys < self._height), ys * self._width, self._pixels)
-        index = xs[..., :, None] + ys[..., None, :]  # [n, K, L, x, y]
+        index = xs[..., :, None] + ys[..., None, :]  # [..., K, L, x, y]
         index = torch.minimum(index, self._zero_entry[..., None], out=index)
-        return index.flatten(3), scaled - corner
+        return index.flatten(-2), scaled - corner
 
     def interpolate(self, grid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
-        """Correlations `[n, K, L, (2r+2)^2]` at `index` -> windows `[n, K, L * (2r+1)^2]`, levels
+        """Correlations `[..., K, L, (2r+2)^2]` at `index` -> windows `[..., K, L * (2r+1)^2]`, levels
         in order, channel `a * (2r+1) + b` within a level (a: x offset, b: y offset)."""
-        n, k, levels = grid.shape[:3]
         side = 2 * self.radius + 1
-        grid = grid.reshape(n, k, levels, side + 1, side + 1)  # [n, K, L, x, y]
+        grid = grid.unflatten(-1, (side + 1, side + 1))  # [..., K, L, x, y]
         fx, fy = frac[..., 0, None, None], frac[..., 1, None, None]
-        along_y = torch.lerp(grid[..., :-1], grid[..., 1:], fy)  # [n, K, L, side+1, side]
-        window = torch.lerp(along_y[..., :-1, :], along_y[..., 1:, :], fx)  # [n, K, L, side, side]
-        return window.reshape(n, k, levels * side * side)
+        along_y = torch.lerp(grid[..., :-1], grid[..., 1:], fy)  # [..., K, L, side+1, side]
+        window = torch.lerp(along_y[..., :-1, :], along_y[..., 1:, :], fx)  # [..., K, L, side, side]
+        return window.flatten(-3)
 
 
 class CorrBlock:
@@ -180,7 +179,12 @@ class CorrBlock:
 
     def _windows(self, centres: torch.Tensor, level: int | None) -> torch.Tensor:
         """`[B, h*w, K, 2]` centres at level 0 -> `[B, h*w, K, C]` windows of one on-the-fly
-        `level`, or of all dense levels (`level=None`)."""
+        `level`, or of all dense levels (`level=None`).
+
+        The whole batch goes through each gather (few, large kernels: at training batch sizes a
+        loop over the batch would multiply the launches and, under autograd, the full-size
+        gradient buffers of the volume); `chunk_elements` bounds a block of query rows.
+        """
         batch, queries, k, _ = centres.shape
         grid = self.dense_grid if level is None else self.level_grids[level]
         corners = k * grid.levels * (2 * self.radius + 2) ** 2  # integer pixels gathered per query
@@ -191,24 +195,26 @@ class CorrBlock:
             per_query = grid.row_length + corners  # a row of correlations and its windows
         else:
             per_query = corners * self.fmap1.shape[-1]  # the window pixels' features
-        chunk = max(1, self.chunk_elements // per_query)
+        chunk = max(1, self.chunk_elements // (batch * per_query))
         windows = []
-        for b in range(batch):
-            for start in range(0, queries, chunk):
-                rows = slice(start, start + chunk)
-                index, frac = grid.index(centres[b, rows])  # [n, K, L, (2r+2)^2]
-                n = index.shape[0]
-                if level is None:
-                    values = torch.gather(self.volume[b, rows], 1, index.reshape(n, -1)).float()
-                elif whole_rows:
-                    products = self.fmap1[b, rows] @ self.features[level][b].T
-                    values = torch.gather(products.float(), 1, index.reshape(n, -1))
-                else:
-                    gathered = self.features[level][b][index.reshape(-1)].reshape(n, corners, -1)  # [n, corners, D]
-                    values = torch.bmm(gathered, self.fmap1[b, rows, :, None]).float()
-                windows.append(grid.interpolate(values.reshape(index.shape), frac))
-        windows = windows[0] if len(windows) == 1 else torch.cat(windows)
-        return windows.reshape(batch, queries, k, -1)
+        for start in range(0, queries, chunk):
+            # a slice of every row would give the volume's gradient one more full-size buffer
+            rows = slice(None) if chunk >= queries else slice(start, start + chunk)
+            index, frac = grid.index(centres[:, rows])  # [B, n, K, L, (2r+2)^2]
+            flat = index.flatten(2)  # [B, n, corners]
+            if level is None:
+                values = torch.gather(self.volume[:, rows], 2, flat).float()
+            elif whole_rows:
+                products = torch.bmm(self.fmap1[:, rows], self.features[level].transpose(1, 2))  # [B, n, row]
+                values = torch.gather(products.float(), 2, flat)
+            else:
+                features = self.features[level]  # [B, P + 1, D]
+                # rows of the batch-flattened features: batch b starts at b * (P + 1)
+                offsets = torch.arange(batch, device=flat.device)[:, None, None] * features.shape[1]
+                gathered = features.flatten(0, 1)[flat + offsets]  # [B, n, corners, D]
+                values = torch.matmul(gathered, self.fmap1[:, rows, :, None]).float()  # [B, n, corners, 1]
+            windows.append(grid.interpolate(values.reshape(index.shape), frac))
+        return windows[0] if len(windows) == 1 else torch.cat(windows, dim=1)
 
     def __call__(self, coords: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Look up `[B, 2, h, w]` coordinates -> `[B, out_channels, h, w]` float32.
