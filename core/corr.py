@@ -149,6 +149,10 @@ class CorrBlock:
         # On-the-fly levels: image-2 features as rows [B, h_l*w_l + 1, D], the last one zero.
         self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1).to(dtype)
                          for p in pooled[:dense_from_level]]
+        # per on-the-fly level, where each batch element starts in its batch-flattened features
+        # `[B, 1, 1]` (made once per forward, not at every lookup)
+        elements = torch.arange(batch, device=fmap1.device)[:, None, None]
+        self.feature_offsets = [elements * f.shape[1] for f in self.features]
         self.level_grids = [WindowGrid(radius=radius, sizes=[sizes[level]], scales=[2 ** level], device=fmap1.device)
                             for level in range(dense_from_level)]
         self.dense_grid = None
@@ -208,10 +212,8 @@ class CorrBlock:
                 products = torch.bmm(self.fmap1[:, rows], self.features[level].transpose(1, 2))  # [B, n, row]
                 values = torch.gather(products.float(), 2, flat)
             else:
-                features = self.features[level]  # [B, P + 1, D]
-                # rows of the batch-flattened features: batch b starts at b * (P + 1)
-                offsets = torch.arange(batch, device=flat.device)[:, None, None] * features.shape[1]
-                gathered = features.flatten(0, 1)[flat + offsets]  # [B, n, corners, D]
+                features = self.features[level].flatten(0, 1)  # [B * (P + 1), D]
+                gathered = features[flat + self.feature_offsets[level]]  # [B, n, corners, D]
                 values = torch.matmul(gathered, self.fmap1[:, rows, :, None]).float()  # [B, n, corners, 1]
             windows.append(grid.interpolate(values.reshape(index.shape), frac))
         return windows[0] if len(windows) == 1 else torch.cat(windows, dim=1)
