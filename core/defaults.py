@@ -11,6 +11,7 @@ VAL_ITERS = 32
 DEMO_ITERS = 24
 
 # Weights, relative to the current folder (see checkpoints/README.md).
+CHECKPOINTS_DIR = "checkpoints"  # where core.weights stores the authors' files
 CHECKPOINTS_README = "checkpoints/README.md"
 RELEASE_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"  # the FacialFlowNet authors' release
 SEED_CHECKPOINT = "checkpoints/decflow.pth"  # stage 2 of the README's seed training commands

@@ -1,0 +1,354 @@
+"""Released weights by name: where each file comes from, how it is verified, where it goes.
+
+    python -m core.weights list                          # names, files, status
+    python -m core.weights fetch decflow-facialflownet   # download and verify into checkpoints/
+
+A `WeightsEntry` names one file, its source URL and its checksum. The authors' two files
+are pinned to one commit of their repository and checked against their git blob ids
+(`sha1(b"blob <size>\\0" + content)`); the ImageNet ResNet-50 of the semantic encoder is
+torchvision's `ResNet50_Weights.IMAGENET1K_V1`, checked as torch.hub does (the sha256
+prefix in its file name) and stored where torchvision keeps it (torch.hub's cache).
+
+A download is written to `.{file}.XXXXXXXX.part` beside its destination, checked (length,
+not an HTML page, not a Git LFS pointer, checksum) and only then renamed to its final
+name: a killed or failed download never leaves a file that could be taken for weights.
+`DECFLOW_WEIGHTS_URL` replaces the base URL of the authors' files (mirrors, tests; the
+path under it stays `checkpoints/<file>`); `DECFLOW_OFFLINE=1`, like the scripts'
+`--offline`, turns every download off.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import os
+import re
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.models import ResNet50_Weights
+from tqdm import tqdm
+
+from core.defaults import CHECKPOINTS_DIR
+
+AUTHORS_COMMIT = "b5f2442f7e0419d1c0941796b22a1815cdb4052e"
+AUTHORS_BASE_URL = f"https://raw.githubusercontent.com/RIA1159/FacialFlowNet/{AUTHORS_COMMIT}"
+BASE_URL_VARIABLE = "DECFLOW_WEIGHTS_URL"
+OFFLINE_VARIABLE = "DECFLOW_OFFLINE"
+FETCH_COMMAND = "python -m core.weights fetch"
+CHUNK = 1 << 20  # bytes per read while downloading and hashing
+TIMEOUT_S = 60  # seconds without data before a download gives up
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<?xml")
+PARTIAL_SUFFIX = ".part"
+
+
+class WeightsUnavailable(RuntimeError):
+    """Weights that could not be had: one line naming the URL, the destination and the command to run by hand."""
+
+
+# ---------------------------------------------------------------- checksums
+@dataclass(frozen=True)
+class Checksum:
+    """`kind` "git-blob" (sha1 of the git blob) or "sha256"; `value` a hex digest, for
+    sha256 also a prefix of one (torch.hub's file-name convention)."""
+
+    kind: str
+    value: str
+
+    def of(self, path: str | os.PathLike) -> str:
+        """This kind of digest of the file at `path` (the full hex digest)."""
+        path = Path(path)
+        digest = hashlib.sha1() if self.kind == "git-blob" else hashlib.sha256()
+        if self.kind == "git-blob":
+            digest.update(b"blob %d\0" % path.stat().st_size)
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(CHUNK), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def matches(self, digest: str) -> bool:
+        return digest.startswith(self.value) if self.kind == "sha256" else digest == self.value
+
+    def describe(self, digest: str | None = None) -> str:
+        label = "git blob id" if self.kind == "git-blob" else "sha256" + (" prefix" if len(self.value) < 64 else "")
+        return f"{label} {self.value if digest is None else digest}"
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id git gives a file with content `data`."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One released weights file. `path` is the file under the base URL, `folder` where it
+    is stored (None: the `checkpoints/` folder of the current directory)."""
+
+    name: str
+    file: str
+    what: str
+    source: str  # in words, for `list` and checkpoints/README.md
+    checksum: Checksum
+    base_url: str | None = None  # authors' files: AUTHORS_BASE_URL, replaced by DECFLOW_WEIGHTS_URL
+    url_override: str | None = None  # a fixed URL (torchvision's)
+    path: str = ""
+
+    def url(self, environ: Mapping[str, str]) -> str:
+        if self.url_override is not None:
+            return self.url_override
+        base = environ.get(BASE_URL_VARIABLE) or self.base_url
+        return f"{base.rstrip('/')}/{self.path}"
+
+    def destination(self, folder: str | os.PathLike | None = None) -> Path:
+        return Path(folder if folder is not None else self.default_folder()) / self.file
+
+    def default_folder(self) -> Path:
+        return Path(CHECKPOINTS_DIR) if self.url_override is None else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _authors_file(name: str, what: str, blob_id: str) -> WeightsEntry:
+    file = f"{name}.pth"
+    return WeightsEntry(name=name, file=file, what=what, base_url=AUTHORS_BASE_URL, path=f"checkpoints/{file}",
+                        source=f"github.com/RIA1159/FacialFlowNet @ {AUTHORS_COMMIT[:7]}, checkpoints/{file}",
+                        checksum=Checksum("git-blob", blob_id))
+
+
+def _torchvision_resnet50() -> WeightsEntry:
+    weights = ResNet50_Weights.IMAGENET1K_V1
+    file = weights.url.rsplit("/", 1)[1]
+    return WeightsEntry(name="resnet50-imagenet", file=file, url_override=weights.url,
+                        what="ImageNet ResNet-50 for the frozen semantic encoder (stage 1)",
+                        source="torchvision ResNet50_Weights.IMAGENET1K_V1",
+                        checksum=Checksum("sha256", torch.hub.HASH_REGEX.search(file).group(1)))
+
+
+REGISTRY: dict[str, WeightsEntry] = {entry.name: entry for entry in (
+    _authors_file("decflow-facialflownet", "DecFlow, the FacialFlowNet authors' release (evaluate.py, get_flow.py)",
+                  "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61"),
+    _authors_file("gma-sintel", "GMA trained on Sintel: the start of stage 1 (train.py --restore_ckpt)",
+                  "3c0fa1365fe8181a3e55c9e8e8ccd73ad28c402b"),
+    _torchvision_resnet50(),
+)}
+RELEASE = "decflow-facialflownet"
+SEMANTIC = "resnet50-imagenet"
+
+
+def registered_names() -> str:
+    return ", ".join(REGISTRY)
+
+
+def registered_entry(spec: str | os.PathLike) -> WeightsEntry | None:
+    """The entry `spec` names: a registered name, or the path an entry is stored at by
+    default (e.g. `checkpoints/gma-sintel.pth`); None otherwise."""
+    spec = str(spec)
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    target = Path(spec).absolute()
+    return next((entry for entry in REGISTRY.values() if entry.destination().absolute() == target), None)
+
+
+def offline_requested(flag: bool = False, environ: Mapping[str, str] = os.environ) -> bool:
+    """`--offline`, or DECFLOW_OFFLINE set to anything but "", "0", "false", "no"."""
+    return flag or environ.get(OFFLINE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+# ---------------------------------------------------------------- downloading
+def _refusal(head: bytes, content_type: str) -> str | None:
+    """Why the first bytes of a download are not weights (None: they may be)."""
+    if head.startswith(LFS_POINTER):
+        return ("a Git LFS pointer, not the weights (the file is stored with Git LFS: point "
+                f"{BASE_URL_VARIABLE} at a URL that serves the LFS content)")
+    if content_type.split(";")[0].strip().lower() == "text/html" or head.lstrip().lower().startswith(HTML_STARTS):
+        return "an HTML page, not the weights (an error or login page? check the URL)"
+    return None
+
+
+def _partial_pattern(destination: Path) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(destination.name)}\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}$")
+
+
+def remove_partial_downloads(destination: Path) -> list[Path]:
+    """Delete the `.{file}.XXXXXXXX.part` files that killed downloads of `destination` left."""
+    if not destination.parent.is_dir():
+        return []
+    pattern = _partial_pattern(destination)
+    removed = [p for p in sorted(destination.parent.iterdir()) if pattern.match(p.name) and p.is_file()]
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int | None]:
+    """Copy `url` into `stream`; (bytes received, Content-Length or None). ValueError when
+    the first bytes are not weights."""
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        content_type = response.headers.get("Content-Type", "")
+        received = 0
+        with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
+                  file=sys.stderr, dynamic_ncols=True) as bar:
+            for chunk in iter(lambda: response.read(CHUNK), b""):
+                if received == 0:
+                    refusal = _refusal(chunk[:256], content_type)
+                    if refusal:
+                        raise ValueError(refusal)
+                stream.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    return received, expected
+
+
+def download(entry: WeightsEntry, destination: Path, *, environ: Mapping[str, str] = os.environ,
+             progress: bool = True) -> Path:
+    """Download `entry` to `destination` through a verified temporary file (see module doc).
+
+    WeightsUnavailable (one line: URL, destination, what went wrong, the command to run
+    by hand) when the transfer fails, is cut short, is not weights or has another checksum.
+    """
+    url = entry.url(environ)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_downloads(destination)
+    print(f"downloading {entry.name} from {url} to {destination}", file=sys.stderr, flush=True)
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX, dir=destination.parent)
+    partial = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            received, expected = _download(url, stream, progress=progress, label=entry.file)
+            stream.flush()
+            os.fsync(stream.fileno())
+        problem = None
+        digest = entry.checksum.of(partial)
+        if expected is not None and received != expected:
+            problem = (f"the transfer was cut short ({received} of {expected} bytes): expected "
+                       f"{entry.checksum.describe()}, got {entry.checksum.describe(digest)}")
+        elif not entry.checksum.matches(digest):
+            problem = (f"checksum mismatch: expected {entry.checksum.describe()}, got "
+                       f"{entry.checksum.describe(digest)} ({received} bytes)")
+        if problem:
+            raise ValueError(problem + "; the download was deleted")
+        os.replace(partial, destination)
+    except (OSError, ValueError, http.client.HTTPException) as error:  # HTTP errors, refused, timeout, disk
+        raise WeightsUnavailable(_unavailable(entry, url, destination, _reason(error))) from None
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+    return destination
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return f"cannot connect ({getattr(error.reason, 'strerror', None) or error.reason})"
+    if isinstance(error, ValueError):
+        return f"the server sent {error}" if str(error).startswith(("a Git LFS", "an HTML")) else str(error)
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def fetch_command(entry: WeightsEntry, destination: Path | None = None) -> str:
+    """The command that downloads `entry` to `destination` (default: its usual place)."""
+    folder = "" if destination is None or destination == entry.destination() else f" --folder {destination.parent}"
+    return f"{FETCH_COMMAND} {entry.name}{folder}"
+
+
+def _unavailable(entry: WeightsEntry, url: str, destination: Path, reason: str) -> str:
+    return (f"{entry.name}: {reason}; it comes from {url} and goes to {destination}: run "
+            f"`{fetch_command(entry, destination)}` where there is internet, or download the URL there")
+
+
+def ensure(entry: WeightsEntry, *, folder: str | os.PathLike | None = None, offline: bool = False,
+           environ: Mapping[str, str] = os.environ, progress: bool = True) -> Path:
+    """The local file of `entry`, downloaded (and verified) when it is absent and `offline`
+    is False. A file already there is taken as it is; WeightsUnavailable when it is absent
+    and cannot be had."""
+    destination = entry.destination(folder)
+    if destination.is_file():
+        return destination
+    if offline:
+        raise WeightsUnavailable(_unavailable(entry, entry.url(environ), destination,
+                                              f"{destination} is missing and downloads are off (--offline or "
+                                              f"{OFFLINE_VARIABLE}=1)"))
+    return download(entry, destination, environ=environ, progress=progress)
+
+
+def status(entry: WeightsEntry, folder: str | os.PathLike | None = None) -> str:
+    """`missing`, `verified` or `checksum differs (...)` for the file of `entry`."""
+    destination = entry.destination(folder)
+    if not destination.is_file():
+        return "missing"
+    digest = entry.checksum.of(destination)
+    return "verified" if entry.checksum.matches(digest) else f"checksum differs ({entry.checksum.describe(digest)})"
+
+
+# ---------------------------------------------------------------- command line
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core.weights",
+                                     description="List, download and verify the released weights by name.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="registered names, their files, sources, checksums and status")
+    fetch = commands.add_parser("fetch", help="download and verify weights (kept when already there and verified)")
+    fetch.add_argument("names", nargs="+", metavar="NAME", help=f"registered names: {registered_names()}")
+    fetch.add_argument("--force", action="store_true", help="download again even if the file is there")
+    for sub in commands.choices.values():
+        sub.add_argument("--folder", default=None,
+                         help=f"store the files here (default: {CHECKPOINTS_DIR}/ for the authors' files, "
+                              "torch.hub's cache for torchvision's)")
+    return parser
+
+
+def _list(folder: str | None) -> int:
+    for entry in REGISTRY.values():
+        print(f"{entry.name}: {entry.destination(folder)} [{status(entry, folder)}]\n"
+              f"    {entry.what}\n    from {entry.url(os.environ)} ({entry.source})\n"
+              f"    {entry.checksum.describe()}")
+    return 0
+
+
+def _fetch(names: list[str], folder: str | None, force: bool) -> int:
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"core.weights: error: unknown name {', '.join(unknown)} (registered: "
+                         f"{registered_names()})")
+    if offline_requested():
+        raise SystemExit(f"core.weights: error: downloads are off ({OFFLINE_VARIABLE} is set)")
+    failed = 0
+    for entry in map(REGISTRY.get, names):
+        destination = entry.destination(folder)
+        state = status(entry, folder)
+        if state == "verified" and not force:
+            print(f"{entry.name}: {destination} is already there ({entry.checksum.describe()} verified)")
+            continue
+        if state != "missing" and not force:
+            print(f"core.weights: error: {entry.name}: {destination} is there but its {state}; "
+                  f"`{FETCH_COMMAND} {entry.name} --force` replaces it", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            download(entry, destination)
+        except WeightsUnavailable as error:
+            print(f"core.weights: error: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{entry.name}: {destination} ({entry.checksum.describe()} verified)")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.command == "list":
+        return _list(args.folder)
+    return _fetch(args.names, args.folder, args.force)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
