@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
+from core.semantic import semantic_state_from_resnet50
+from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure
 
 DATA_PARALLEL_PREFIX = "module."
 # Keys a checkpoint may lack without harm: the semantic encoder's stage 3 is never run,
@@ -89,7 +91,10 @@ PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: the legacy torch.save format
 def _format_problem(path: Path) -> str | None:
     """Why `path` cannot be a torch.save file, judged from its bytes (None: it may be one)."""
     with path.open("rb") as stream:
-        head = stream.read(4)
+        head = stream.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        return (f"{path}: a Git LFS pointer, not the weights (the file is stored with Git LFS: `git lfs pull` "
+                "or `python -m core.weights fetch NAME` gets the weights themselves)")
     if not head:
         return f"{path}: not a PyTorch checkpoint (empty file)"
     if head.startswith(ZIP_MAGIC):
@@ -309,86 +314,28 @@ def read_description(weights: str | os.PathLike) -> dict | None:
 
 
 # ---------------------------------------------------------------- ImageNet initialisation
-def _semantic_key_from_torchvision(key: str) -> str | None:
-    """Map a torchvision ResNet-50 key to the pytorchcv layout (None: not used)."""
-    if key.startswith("conv1."):
-        return "model.0.conv.conv." + key[len("conv1."):]
-    if key.startswith("bn1."):
-        return "model.0.conv.bn." + key[len("bn1."):]
-    match = re.match(r"^layer([123])\.(\d+)\.(.+)$", key)
-    if not match:
-        return None  # layer4, fc
-    stage, unit, rest = int(match[1]), int(match[2]) + 1, match[3]
-    prefix = f"model.{stage}.unit{unit}."
-    conv = re.match(r"^(conv|bn)([123])\.(.+)$", rest)
-    if conv:
-        part = "conv" if conv[1] == "conv" else "bn"
-        return f"{prefix}body.conv{conv[2]}.{part}.{conv[3]}"
-    down = re.match(r"^downsample\.([01])\.(.+)$", rest)
-    if down:
-        return f"{prefix}identity_conv.{'conv' if down[1] == '0' else 'bn'}.{down[2]}"
-    return None
-
-
-def _semantic_key_from_pytorchcv(key: str) -> str | None:
-    if key.startswith("features.init_block."):
-        return "model.0." + key[len("features.init_block."):]
-    match = re.match(r"^features\.stage([123])\.(.+)$", key)
-    return f"model.{match[1]}.{match[2]}" if match else None
-
-
-def semantic_state_from_resnet50(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Convert ResNet-50 ImageNet weights (torchvision, pytorchcv or DecFlow naming) to
-    `dad_encoder` keys (without the `dad_encoder.` prefix)."""
-    state = strip_data_parallel_prefix(state)
-    if "conv1.weight" in state:
-        convert = _semantic_key_from_torchvision
-    elif "features.init_block.conv.conv.weight" in state:
-        convert = _semantic_key_from_pytorchcv
-    elif any(k.startswith("dad_encoder.") for k in state):
-        convert = lambda k: k[len("dad_encoder."):] if k.startswith("dad_encoder.") else None  # noqa: E731
-    else:
-        raise ValueError(f"{source}: not a ResNet-50 state dict in torchvision or pytorchcv naming")
-    out = {}
-    for key, value in state.items():
-        new = convert(key)
-        if new is not None:
-            out[new] = value
-    return out
-
-
 def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = None, *,
                           allow_download: bool = False) -> str:
     """Initialise the frozen semantic encoder from ImageNet ResNet-50 weights.
 
     Order of preference: the local file `weights` (torchvision or pytorchcv naming);
-    torchvision's cached IMAGENET1K_V1 file (downloaded only with `allow_download`).
-    Without either, the encoder stays random and a loud warning says so. Returns a
-    description of the source. Note: torchvision's ResNet-50 strides in the 3x3 conv,
-    the authors' pytorchcv model in the 1x1; the weights fit both, the features differ
-    slightly from the authors'.
+    torchvision's IMAGENET1K_V1 file in torch.hub's cache (registry name
+    `resnet50-imagenet`, downloaded and verified only with `allow_download`). Without
+    either, the encoder stays random and a loud warning says so and how to fetch it.
+    Returns a description of the source. Note: torchvision's ResNet-50 strides in the 3x3
+    conv, the authors' pytorchcv model in the 1x1; the weights fit both, the features
+    differ slightly from the authors'.
     """
     encoder = unwrap(model).dad_encoder
-    if weights is not None:
-        source = str(weights)
-        state = read_state_dict(weights)
-    else:
-        from torchvision.models import ResNet50_Weights
-
-        entry = ResNet50_Weights.IMAGENET1K_V1
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(entry.url)
-        if cached.is_file():
-            source = str(cached)
-            state = read_state_dict(cached)
-        elif allow_download:
-            source = entry.url
-            state = entry.get_state_dict(progress=True)
-        else:
-            message = ("no ImageNet ResNet-50 weights found (pass --semantic_weights FILE or put torchvision's "
-                       f"{cached.name} in {cached.parent}): the FROZEN semantic encoder stays RANDOM")
-            warnings.warn(message, stacklevel=2)
+    if weights is None:
+        try:
+            weights = ensure(REGISTRY[SEMANTIC], offline=not allow_download)
+        except WeightsUnavailable as error:
+            warnings.warn(f"no ImageNet ResNet-50 weights (pass --semantic_weights FILE): {error}: the FROZEN "
+                          "semantic encoder stays RANDOM", stacklevel=2)
             return "random initialisation"
-    converted = semantic_state_from_resnet50(state, source)
+    source = str(weights)
+    converted = semantic_state_from_resnet50(read_state_dict(weights), source)
     own = encoder.state_dict()
     required = [k for k in own if not k.startswith("model.3.") and not k.endswith("num_batches_tracked")]
     missing = [k for k in required if k not in converted]

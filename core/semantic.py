@@ -3,11 +3,17 @@
 Only the stem and the first two stages run (512 channels at 1/8 resolution); the third
 stage (`model.3`) is kept so that the authors' checkpoints load key for key, but it is
 never evaluated. This is ResNet v1: a downsampling unit strides in its first 1x1 conv.
+`semantic_state_from_resnet50` maps ImageNet ResNet-50 weights in torchvision's or
+pytorchcv's naming onto it.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 import torch
 from torch import nn
+
 
 
 class ConvBN(nn.Module):
@@ -85,3 +91,52 @@ class SemanticEncoder(nn.Module):
         for stage in self.model[: self.used_stages]:
             x = stage(x)
         return x
+
+
+# ---------------------------------------------------------------- ImageNet ResNet-50 weights
+def _semantic_key_from_torchvision(key: str) -> str | None:
+    """Map a torchvision ResNet-50 key to the pytorchcv layout (None: not used)."""
+    if key.startswith("conv1."):
+        return "model.0.conv.conv." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "model.0.conv.bn." + key[len("bn1."):]
+    match = re.match(r"^layer([123])\.(\d+)\.(.+)$", key)
+    if not match:
+        return None  # layer4, fc
+    stage, unit, rest = int(match[1]), int(match[2]) + 1, match[3]
+    prefix = f"model.{stage}.unit{unit}."
+    conv = re.match(r"^(conv|bn)([123])\.(.+)$", rest)
+    if conv:
+        part = "conv" if conv[1] == "conv" else "bn"
+        return f"{prefix}body.conv{conv[2]}.{part}.{conv[3]}"
+    down = re.match(r"^downsample\.([01])\.(.+)$", rest)
+    if down:
+        return f"{prefix}identity_conv.{'conv' if down[1] == '0' else 'bn'}.{down[2]}"
+    return None
+
+
+def _semantic_key_from_pytorchcv(key: str) -> str | None:
+    if key.startswith("features.init_block."):
+        return "model.0." + key[len("features.init_block."):]
+    match = re.match(r"^features\.stage([123])\.(.+)$", key)
+    return f"model.{match[1]}.{match[2]}" if match else None
+
+
+def semantic_state_from_resnet50(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Convert ResNet-50 ImageNet weights (torchvision, pytorchcv or DecFlow naming) to
+    `dad_encoder` keys (without the `dad_encoder.` prefix). `state` has no `module.`
+    prefix (core.checkpoint.read_state_dict strips it)."""
+    if "conv1.weight" in state:
+        convert = _semantic_key_from_torchvision
+    elif "features.init_block.conv.conv.weight" in state:
+        convert = _semantic_key_from_pytorchcv
+    elif any(k.startswith("dad_encoder.") for k in state):
+        convert = lambda k: k[len("dad_encoder."):] if k.startswith("dad_encoder.") else None  # noqa: E731
+    else:
+        raise ValueError(f"{source}: not a ResNet-50 state dict in torchvision or pytorchcv naming")
+    out = {}
+    for key, value in state.items():
+        new = convert(key)
+        if new is not None:
+            out[new] = value
+    return out

@@ -13,8 +13,9 @@ import torchvision
 
 from core.checkpoint import (DEFAULT_CHECKPOINTS, NoSpaceError, atomic_save, default_checkpoint,
                              init_semantic_encoder, load_checkpoint, read_state_dict, remove_stale_temporaries,
-                             save_checkpoint, semantic_state_from_resnet50)
+                             save_checkpoint)
 from core.network import DecFlow
+from core.semantic import semantic_state_from_resnet50
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
 

@@ -30,14 +30,16 @@ def set_trainable(model: nn.Module, stage: int) -> None:
 
 
 def initialise(model: nn.Module, stage: int, *, restore_ckpt: str | os.PathLike | None,
-               semantic_weights: str | os.PathLike | None, log: Callable[[str], None]) -> None:
+               semantic_weights: str | os.PathLike | None, log: Callable[[str], None],
+               offline: bool = False) -> None:
     """A new run's weights. Stage 1: the ImageNet semantic encoder (`semantic_weights`, or
-    torchvision's cache, or a warning that it stays random), then the GMA checkpoint
+    torchvision's cache, or downloaded there unless `offline`, or a warning that it stays
+    random), then the GMA checkpoint
     non-strictly. Stage 2: the stage-1 weights strictly. Each step is said through `log`."""
     if stage == 1:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            source = init_semantic_encoder(model, semantic_weights)
+            source = init_semantic_encoder(model, semantic_weights, allow_download=not offline)
         for warning in caught:
             log(f"WARNING: {warning.message}")
         log(f"semantic encoder: {source}")
