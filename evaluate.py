@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 import torch
 
-from core.checkpoint import default_checkpoint
-from core.cli import (UserError, add_model_arguments, check_output_file, device_and_precision, load_model_from_args,
-                      model_options)
+from core.cli import (UserError, add_model_arguments, add_offline_argument, check_output_file, device_and_precision,
+                      load_model_from_args, model_options, resolve_checkpoint)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, DecFlowPredictor, evaluate_predictor, format_results
 from core.precision import precision_name
+from core.weights import offline_requested
 
 METHODS = ("decflow", *BASELINES)
 DATASETS = ("facialflow",)
@@ -64,8 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
                     "of facial, head and expression flow over the face mask, plus the reference protocol.")
     parser.add_argument("--model", default=None,
-                        help="DecFlow checkpoint (default: the authors' release, else stage 2 of the seed training, "
-                             "in checkpoints/; see checkpoints/README.md)")
+                        help="DecFlow checkpoint file or registered name (python -m core.weights list; default: the "
+                             "authors' release, else stage 2 of the seed training, in checkpoints/, else the release, "
+                             "downloaded; see checkpoints/README.md)")
+    add_offline_argument(parser)
     parser.add_argument("--method", choices=METHODS, default="decflow",
                         help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback")
     parser.add_argument("--dataset", choices=DATASETS, default="facialflow")
@@ -89,13 +91,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.output_json:  # before any work, so that no result is lost to a bad path
         check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
-    checkpoint = args.model
-    if decflow and not checkpoint:
-        try:
-            checkpoint = str(default_checkpoint())
-        except FileNotFoundError as error:
-            raise UserError(f"--model CHECKPOINT is required for --method decflow: {error}") from None
-        print(f"checkpoint: {checkpoint} (default; --model PATH chooses another)", flush=True)
     device, amp_dtype = device_and_precision(args, mixed=decflow)
 
     root = Path(args.root)
@@ -108,6 +103,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dataset = FacialFlow(None, split=args.split, dataset_root=root)
     except ValueError as error:
         raise UserError(str(error).splitlines()[0]) from None
+    # after the dataset checks: a mistyped --root costs no download
+    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
 
     meta: dict[str, Any] = {"method": args.method, "checkpoint": None, "checkpoint_sha256": None,
                             "iters": None, "padding_mode": None, "precision": "float32",

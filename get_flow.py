@@ -17,9 +17,10 @@ e.g. `0001.jpg` and `0001.png`, becomes `0001_jpg` / `0001_png`), `<video>_<fram
 for videos (index of the pair's first frame). A name is never used twice in one run
 (a repeat gets `_2`, `_3`, ...); a new run overwrites the files of an earlier one.
 
-The checkpoint is `--model`, else the first of `checkpoints/decflow-facialflownet.pth`
-(the authors' release) and `checkpoints/decflow.pth` (stage 2 of the seed training) that
-exists. Images of any size work (replicate padding, symmetric as the reference, and at
+The checkpoint is `--model` (a file, or a name of `python -m core.weights list`), else the
+first of `checkpoints/decflow-facialflownet.pth` (the authors' release) and
+`checkpoints/decflow.pth` (stage 2 of the seed training) that exists, else the release,
+downloaded and verified (not with `--offline` or DECFLOW_OFFLINE=1). Images of any size work (replicate padding, symmetric as the reference, and at
 least 128 px per side; tiny images get a white margin in the visualisation); grayscale
 and RGBA frames are converted to RGB. Frames are streamed: only two are in memory at a
 time. A video that decodes fewer frames than its container announces gives a warning.
@@ -37,14 +38,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
+from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.defaults import DEMO_ITERS
-from core.cli import UserError, add_model_arguments, device_and_precision, load_model_from_args
+from core.cli import (UserError, add_model_arguments, add_offline_argument, device_and_precision,
+                      load_model_from_args, resolve_checkpoint)
 from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.flow_viz import render_flow_panels, write_png
 from core.utils.frame_utils import write_flo
 from core.utils.frames import Frame, ImageFiles, VideoFrames, check_same_size, folder_frames, read_rgb
+from core.weights import offline_requested
 
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
@@ -103,7 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
                     "Without an input option it runs on the demo pair in assets/demo/.")
     parser.add_argument("--model", default=None,
-                        help=f"checkpoint (default: the first of {', '.join(DEFAULT_CHECKPOINTS)} that exists)")
+                        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
+                             f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded)")
+    add_offline_argument(parser)
     inputs = parser.add_argument_group("inputs (one of)")
     inputs.add_argument("--image1", default=None, help="first image of a pair")
     inputs.add_argument("--image2", default=None, help="second image of a pair")
@@ -144,18 +149,6 @@ def check_output_folder(output: Path) -> None:
         raise UserError(f"--output {output}: cannot create the folder, {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"--output {output}: no permission to write in {existing}")
-
-
-def resolve_checkpoint(model: str | None) -> str:
-    """`--model`, else the default checkpoint (said on one line)."""
-    if model:
-        return model
-    try:
-        path = default_checkpoint()
-    except FileNotFoundError as error:
-        raise UserError(f"{error}, or pass a checkpoint with --model PATH") from None
-    print(f"checkpoint: {path} (default; --model PATH chooses another)", flush=True)
-    return str(path)
 
 
 class OutputNames:
@@ -199,7 +192,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     output = Path(args.output)
     check_output_folder(output)
     source = select_source(args)
-    checkpoint = resolve_checkpoint(args.model)
+    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device, amp_dtype)
     runner = FlowRunner(model, device, args.iters, args.warm_start)

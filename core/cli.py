@@ -1,6 +1,6 @@
-"""Command-line pieces shared by evaluate.py and get_flow.py: the model options, their
-one-line errors and output-path checks. (argparse stops here: core modules below take
-explicit arguments.)"""
+"""Command-line pieces shared by evaluate.py and get_flow.py (and train.py's weights
+options): the model options, their one-line errors, weights by name or path, and
+output-path checks. (argparse stops here: core modules below take explicit arguments.)"""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,13 @@ from typing import Any
 
 import torch
 
+from core.checkpoint import default_checkpoint
+from core.defaults import CHECKPOINTS_README
 from core.inference import load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
+from core.weights import (OFFLINE_VARIABLE, REGISTRY, RELEASE, WeightsUnavailable, ensure, registered_entry,
+                          registered_names)
 
 
 class UserError(Exception):
@@ -34,6 +38,47 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)")
     group.add_argument("--device", default=None,
                        help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+
+
+def add_offline_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--offline", action="store_true",
+                        help=f"never download weights (as {OFFLINE_VARIABLE}=1); missing ones are an error "
+                             "naming the command that fetches them")
+
+
+def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
+    """`spec` of `flag` (`--model`, `--restore_ckpt`): an existing file as given, else a
+    registered name or the usual place of one (e.g. `checkpoints/gma-sintel.pth`), which
+    is downloaded and verified when absent unless `offline`. UserError otherwise (a
+    failed or refused download, or neither a file nor a name: the names are listed)."""
+    if Path(spec).is_file():
+        return spec
+    entry = registered_entry(spec)
+    if entry is None:
+        raise UserError(f"{flag}: checkpoint {spec} not found, and it is not a registered name either "
+                        f"(registered: {registered_names()}; see {CHECKPOINTS_README})")
+    try:
+        return str(ensure(entry, offline=offline))
+    except WeightsUnavailable as error:
+        raise UserError(f"{flag} {spec}: {error}") from None
+
+
+def resolve_checkpoint(model: str | None, *, offline: bool) -> str:
+    """The weights of `--model` (see resolve_weights), else the default checkpoint (said on
+    one line): the first of core.checkpoint.DEFAULT_CHECKPOINTS there is, else the authors'
+    release, downloaded unless `offline`."""
+    if model:
+        return resolve_weights(model, "--model", offline=offline)
+    try:
+        path = default_checkpoint()
+    except FileNotFoundError as error:
+        try:
+            path = ensure(REGISTRY[RELEASE], offline=offline)
+        except WeightsUnavailable as fetch_error:
+            raise UserError(f"--model CHECKPOINT is required when there is no default checkpoint: {error}; "
+                            f"{fetch_error}") from None
+    print(f"checkpoint: {path} (default; --model PATH chooses another)", flush=True)
+    return str(path)
 
 
 def model_config(args: argparse.Namespace) -> DecFlowConfig:

@@ -1,11 +1,16 @@
 """Shared pytest fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from core import synthetic
+
+# No test touches the internet: the scripts run by the tests (in this process or as
+# subprocesses) never download weights unless a test turns this off for its local server.
+os.environ["DECFLOW_OFFLINE"] = "1"
 
 #: Geometry of the session's synthetic FacialFlowNet copy (small, to keep tests fast).
 SYNTHETIC_SUBJECTS = 2
