@@ -291,8 +291,11 @@ def _pair_count(results: Mapping[str, Any]) -> str:
 def format_results(results: Mapping[str, Any], title: str = "") -> str:
     """A readable table of `results` (as returned by `evaluate_predictor`)."""
     lines = [title] if title else []
-    lines.append(f"{'':<15}{'EPE':>9}{'<1px':>9}{'<3px':>9}{'<5px':>9}")
     for kind in (*FLOW_KINDS, "ffn_protocol"):
+        if kind == FLOW_KINDS[0]:
+            lines.append(f"{'':<15}{'EPE':>9}{'<1px':>9}{'<3px':>9}{'<5px':>9}")
+        elif kind == "ffn_protocol":  # not accuracies: its own header, so that it cannot be read as such
+            lines.append(f"{'':<15}{'EPE sum':>9}{'1px cnt':>9}{'3px cnt':>9}{'5px cnt':>9}   (/ mask pixels)")
         block = results.get(kind)
         label = "ffn_protocol*" if kind == "ffn_protocol" else kind
         if block is None:
@@ -301,7 +304,8 @@ def format_results(results: Mapping[str, Any], title: str = "") -> str:
             lines.append(f"{label:<15}" + "".join(_fmt(block[k]) for k in METRIC_KEYS))
     lines.append(f"{_pair_count(results)}; facial/head/expression: over the face mask (valid gt), "
                  "mean over pairs")
-    lines.append("* reference protocol: whole-image sums / mask pixels, facial flow (values can exceed 1)")
+    lines.append("* reference protocol, facial flow: whole-image EPE sum and counts of pixels under 1/3/5 px, each "
+                 "divided by the mask pixels (not accuracies: values can exceed 1)")
     if results.get("pairs_without_mask"):
         lines.append(f"{results['pairs_without_mask']} pairs with an empty mask left out")
     nonfinite = results.get("nonfinite_gt_pixels") or {}
