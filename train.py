@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils import data
 from tqdm import tqdm
 
-from core.checkpoint import remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
+from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
+from core.cli import UserError, add_offline_argument, resolve_weights
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow
@@ -44,6 +45,7 @@ from core.training.state import (StopRequest, plain_arguments, read_state, save_
                                  set_rng_state)
 from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
 from core.training.validation import validate
+from core.weights import offline_requested, registered_entry, registered_names
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
@@ -74,7 +76,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--output", default="checkpoints", help="folder for weights, state, log, curves, runs/")
     run.add_argument("--restore_ckpt", default=None,
                      help="initial weights: the GMA checkpoint for stage 1 (loaded non-strictly, the head decoder, "
-                          "semantic encoder and fusion start fresh), the stage-1 weights for stage 2 (strict)")
+                          "semantic encoder and fusion start fresh), the stage-1 weights for stage 2 (strict); a file "
+                          "or a registered name (python -m core.weights list); a registered file that is absent, "
+                          "e.g. checkpoints/gma-sintel.pth, is downloaded and verified")
+    add_offline_argument(run)
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE",
                      help="continue from a training-state file; without a value: {output}/{name}_state.pth if it "
                           "exists, else start fresh (handy for preemptible jobs)")
@@ -165,9 +170,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     output = Path(args.output)
     if output.exists() and not output.is_dir() or any(p.exists() and not p.is_dir() for p in output.parents):
         parser.error(f"--output {args.output}: a file is in the way of the output folder")
-    if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file():
-        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt} ({CHECKPOINTS_README} says where the "
-                     "GMA and DecFlow weights come from)")
+    if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file() \
+            and registered_entry(args.restore_ckpt) is None:
+        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name ({registered_names()}; "
+                     f"{CHECKPOINTS_README} says where the GMA and DecFlow weights come from)")
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
@@ -216,11 +222,17 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     """Train; returns the last averaged training metrics (and validation metrics if any)."""
     parser = get_args_parser()
     check_args(parser, args)
+    offline = offline_requested(args.offline)
+    try:  # a registered name, or its file when absent: downloaded before anything starts
+        restore_ckpt = resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt \
+            else None
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     output = Path(args.output)
     distributed, rank, world_size, device = setup_distributed(args.device)
     try:
         run = setup_run(args, output=output, distributed=distributed, rank=rank, world_size=world_size,
-                        device=device)
+                        device=device, restore_ckpt=restore_ckpt, offline=offline)
         try:
             return train_loop(run, args)
         except TrainingStopped as error:
@@ -269,8 +281,9 @@ class Run:
 
 
 def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank: int, world_size: int,
-              device: torch.device | None) -> Run:
-    """Log, device, precision, model (restored or resumed), wrapper, optimiser and data."""
+              device: torch.device | None, restore_ckpt: str | None, offline: bool) -> Run:
+    """Log, device, precision, model (restored from the file `restore_ckpt`, or resumed), wrapper,
+    optimiser and data; the ImageNet weights of stage 1 are downloaded unless `offline`."""
     resume_path = resolve_resume(args, output)
     state = load_training_state(resume_path, args) if resume_path is not None else None
     start_step = state["step"] if state else 0
@@ -290,6 +303,9 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "")
             + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
             + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
+        if args.validation:
+            log(f"validation runs {args.val_iters} iterations (--val_iters; {VAL_ITERS} as the reference's), "
+                f"evaluate.py {ITERS} by default: their EPEs differ")
 
         seed_everything(args.seed)
         model = build_model(args, amp_dtype)
@@ -299,8 +315,8 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         else:
             if args.resume == "auto":
                 log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
-            initialise(model, 2 if args.frozen else 1, restore_ckpt=args.restore_ckpt,
-                       semantic_weights=args.semantic_weights, log=log)
+            initialise(model, 2 if args.frozen else 1, restore_ckpt=restore_ckpt,
+                       semantic_weights=args.semantic_weights, log=log, offline=offline)
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
@@ -392,6 +408,7 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
                 save_run_state(run, step, args)
                 run_validation(run, args, step=step)
                 run.log.curves()
+                bar.unpause()  # saving and validation stay out of the step rate
             if any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed) \
                     and step < args.num_steps:
                 save_run_state(run, step, args)
@@ -444,12 +461,12 @@ def record_step(run: Run, window: PrintWindow, result: StepResult, step: int, co
 
 
 def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float]:
-    """Final weights (also as `{num_steps}_{name}.pth` when it falls on val_freq), state,
+    """Final weights (also as `{num_steps}_{name}.pth`, linked, when it falls on val_freq), state,
     validation, curves and the summary line; returns the validation metrics as `val_*`."""
     if run.is_main:
-        if step % args.val_freq == 0:
-            save_weights(run, step, args, run.output / f"{step}_{args.name}.pth")
         save_weights(run, step, args, run.output / f"{args.name}.pth")
+        if step % args.val_freq == 0:  # the same file: a hard link (a copy where links are impossible)
+            link_checkpoint(run.output / f"{args.name}.pth", run.output / f"{step}_{args.name}.pth")
     save_run_state(run, step, args)
     val = run_validation(run, args, step=step)
     run.log.curves()

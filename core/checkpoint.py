@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 import warnings
@@ -291,6 +292,28 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, description: M
         document = {"config": asdict(unwrap(model).config), **description}
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         _atomic_write(description_path(path), lambda stream: stream.write(text.encode("utf-8")))
+
+
+def link_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """`destination` (and its `.json`, when `source` has one) as the same file as `source`:
+    a hard link, put in place by an atomic rename; a copy on file systems without hard
+    links. A later save of either name writes a new file, never through the link."""
+    for src, dst in ((Path(source), Path(destination)), (description_path(source), description_path(destination))):
+        if not src.is_file():
+            continue
+        handle, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(handle)
+        os.unlink(tmp)
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:  # no hard links here (some network and FAT file systems)
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def description_path(weights: str | os.PathLike) -> Path:

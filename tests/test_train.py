@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import signal
 import subprocess
@@ -79,6 +80,10 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     assert "warning: running on cpu: --gpus 0 is ignored" in log
     assert "stage 1 (non-strict): loaded" in log and "left at initialisation: update_block_head" in log
     assert "validation facialflow/test at step 1" in log and "done:" in log
+    assert "validation runs 2 iterations (--val_iters; 32 as the reference's), evaluate.py 12 by default" in log
+    # the last step falls on --val_freq: {step}_{name}.pth is the final file itself, not a second copy
+    assert os.path.samefile(out / f"2_{name}.pth", out / f"{name}.pth")
+    assert os.path.samefile(out / f"2_{name}.json", out / f"{name}.json")
     assert all(k in metrics for k in ("loss", "facial_epe", "head_epe", "expression_epe", "val_facial_epe"))
 
     # 2 warm-up steps (lr <= 7e-5) move no weight by more than ~1.5e-4: the trained GMA
