@@ -1,0 +1,311 @@
+"""core.weights: the registry, verified downloads from a local HTTP server (success, wrong
+hash, truncation, HTML, Git LFS pointer, connection refused, offline, a killed download)
+and weights by name through get_flow.py, evaluate.py and train.py. Nothing here touches
+the internet: every URL is 127.0.0.1."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import get_flow
+from core import weights
+from core.checkpoint import read_state_dict
+from core.weights import Checksum, WeightsEntry, WeightsUnavailable, ensure, git_blob_id
+from tests.server_helpers import Route, Server
+from tests.train_helpers import free_port, make_dataset, make_gma_checkpoint, run as run_train, subprocess_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ a local server
+@pytest.fixture
+def server():
+    served = Server()
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def online(monkeypatch, server):
+    """Downloads on (conftest turns them off), the authors' base URL on the local server."""
+    monkeypatch.delenv(weights.OFFLINE_VARIABLE, raising=False)
+    monkeypatch.setenv(weights.BASE_URL_VARIABLE, server.url)
+    return server
+
+
+def tiny_weights() -> bytes:
+    """A small torch.save file of tensors."""
+    buffer = io.BytesIO()
+    torch.save({"a.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)}, buffer)
+    return buffer.getvalue()
+
+
+def entry_for(data: bytes, name: str = "tiny") -> WeightsEntry:
+    """A registry entry like the authors' ones, with the checksum of `data`."""
+    return WeightsEntry(name=name, file=f"{name}.pth", what="test weights", source="the test server",
+                        checksum=Checksum("git-blob", git_blob_id(data)), base_url="http://127.0.0.1:9",
+                        path=f"checkpoints/{name}.pth")
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+
+
+# ------------------------------------------------------------------ registry
+def test_registry_pins_the_authors_files_and_torchvision_resnet(monkeypatch):
+    monkeypatch.delenv(weights.BASE_URL_VARIABLE, raising=False)
+    release, gma = weights.REGISTRY["decflow-facialflownet"], weights.REGISTRY["gma-sintel"]
+    base = "https://raw.githubusercontent.com/RIA1159/FacialFlowNet/b5f2442f7e0419d1c0941796b22a1815cdb4052e"
+    assert release.url(os.environ) == f"{base}/checkpoints/decflow-facialflownet.pth"
+    assert gma.url(os.environ) == f"{base}/checkpoints/gma-sintel.pth"
+    assert release.checksum == Checksum("git-blob", "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61")
+    assert gma.checksum == Checksum("git-blob", "3c0fa1365fe8181a3e55c9e8e8ccd73ad28c402b")
+    assert release.destination() == Path("checkpoints/decflow-facialflownet.pth")
+    assert gma.destination() == Path("checkpoints/gma-sintel.pth")
+    resnet = weights.REGISTRY["resnet50-imagenet"]
+    assert resnet.url(os.environ) == "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+    assert resnet.checksum == Checksum("sha256", "0676ba61")
+    assert resnet.destination() == Path(torch.hub.get_dir()) / "checkpoints" / "resnet50-0676ba61.pth"
+    # a mirror replaces the base; the path under it and the checksum stay
+    assert release.url({weights.BASE_URL_VARIABLE: "http://mirror/x/"}) == \
+        "http://mirror/x/checkpoints/decflow-facialflownet.pth"
+    assert resnet.url({weights.BASE_URL_VARIABLE: "http://mirror/x/"}) == resnet.url({})
+
+
+def test_git_blob_id_is_gits(tmp_path):
+    data = tiny_weights()
+    (tmp_path / "f").write_bytes(data)
+    assert Checksum("git-blob", "").of(tmp_path / "f") == git_blob_id(data)
+    if shutil.which("git"):
+        assert subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True,
+                              check=True).stdout.strip() == git_blob_id(data)
+    assert git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's empty blob
+
+
+def test_a_name_or_the_usual_place_of_one_is_registered(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert weights.registered_entry("gma-sintel").name == "gma-sintel"
+    assert weights.registered_entry("checkpoints/gma-sintel.pth").name == "gma-sintel"
+    assert weights.registered_entry(str(tmp_path / "checkpoints" / "gma-sintel.pth")).name == "gma-sintel"
+    assert weights.registered_entry("elsewhere/gma-sintel.pth") is None
+    assert weights.registered_entry("gma") is None
+
+
+# ------------------------------------------------------------------ downloads
+def test_download_verifies_then_renames(online, tmp_path):
+    data = tiny_weights()
+    online.routes["/checkpoints/tiny.pth"] = Route(data)
+    path = ensure(entry_for(data), folder=tmp_path / "ckpt", progress=False)
+    assert path == tmp_path / "ckpt" / "tiny.pth" and path.read_bytes() == data
+    assert leftovers(path.parent) == []
+    assert torch.equal(read_state_dict(path)["a.bias"], torch.ones(2))  # weights_only loading
+    assert ensure(entry_for(data), folder=tmp_path / "ckpt") == path  # there: no second request
+    assert online.requests == ["/checkpoints/tiny.pth"]
+
+
+@pytest.mark.parametrize("case", ["wrong hash", "truncated", "html", "lfs pointer", "not found"])
+def test_bad_downloads_are_refused_and_deleted(case, online, tmp_path):
+    data = tiny_weights()
+    entry = entry_for(data)
+    route = {"wrong hash": Route(data[:-1] + b"!"),
+             "truncated": Route(data[: len(data) // 2], length=len(data)),
+             "html": Route(b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", content_type="text/html"),
+             "lfs pointer": Route(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64
+                                  + b"\nsize 80843701\n", content_type="text/plain"),
+             "not found": None}[case]
+    if route is not None:
+        online.routes["/checkpoints/tiny.pth"] = route
+    with pytest.raises(WeightsUnavailable) as error:
+        ensure(entry, folder=tmp_path, progress=False)
+    message = str(error.value)
+    url = f"{online.url}/checkpoints/tiny.pth"
+    assert "\n" not in message and url in message and str(tmp_path / "tiny.pth") in message
+    assert "python -m core.weights fetch tiny" in message
+    expected = {"wrong hash": "checksum mismatch", "truncated": f"cut short ({len(data) // 2} of {len(data)} bytes)",
+                "html": "an HTML page, not the weights", "lfs pointer": "a Git LFS pointer, not the weights",
+                "not found": "HTTP 404"}[case]
+    assert expected in message, message
+    if case in ("wrong hash", "truncated"):  # both hashes named
+        got = git_blob_id(route.body)
+        assert f"expected git blob id {entry.checksum.value}" in message and f"got git blob id {got}" in message
+    assert not (tmp_path / "tiny.pth").exists() and leftovers(tmp_path) == []
+
+
+def test_connection_refused_and_offline_make_no_file(tmp_path, monkeypatch, server):
+    monkeypatch.delenv(weights.OFFLINE_VARIABLE, raising=False)
+    monkeypatch.setenv(weights.BASE_URL_VARIABLE, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(WeightsUnavailable, match=r"cannot connect .*python -m core.weights fetch tiny"):
+        ensure(entry_for(b"x"), folder=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setenv(weights.BASE_URL_VARIABLE, server.url)
+    server.routes["/checkpoints/tiny.pth"] = Route(b"x")
+    for offline, environ in ((True, {}), (False, {weights.OFFLINE_VARIABLE: "1"})):
+        with pytest.raises(WeightsUnavailable) as error:
+            ensure(entry_for(b"x"), folder=tmp_path, offline=weights.offline_requested(offline, environ))
+        assert "downloads are off" in str(error.value) and f"{server.url}/checkpoints/tiny.pth" in str(error.value)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+    assert not weights.offline_requested(False, {weights.OFFLINE_VARIABLE: "0"})
+
+
+def test_a_killed_download_is_never_taken_for_weights(online, tmp_path, monkeypatch):
+    """`python -m core.weights fetch` killed mid-transfer leaves only a hidden `.part` file:
+    the scripts still find no weights, and the next download removes it."""
+    data = tiny_weights() * 50
+    stall = threading.Event()
+    online.routes["/checkpoints/gma-sintel.pth"] = Route(data, stall=stall)
+    folder = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "core.weights", "fetch", "gma-sintel", "--folder", str(folder)],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size for p in folder.glob(".gma-sintel.pth.*.part")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        stall.set()
+    assert not (folder / "gma-sintel.pth").exists()
+    partial = leftovers(folder)
+    assert len(partial) == 1 and partial[0].endswith(".part")
+    gma = dataclasses.replace(weights.REGISTRY["gma-sintel"], checksum=Checksum("git-blob", git_blob_id(data)))
+    with pytest.raises(WeightsUnavailable, match="missing"):
+        ensure(gma, folder=folder, offline=True)
+    online.routes["/checkpoints/gma-sintel.pth"] = Route(data)
+    assert ensure(gma, folder=folder, progress=False).read_bytes() == data
+    assert leftovers(folder) == []
+
+
+# ------------------------------------------------------------------ python -m core.weights
+def test_list_and_fetch_commands(online, tmp_path):
+    env = {**subprocess_env(), weights.BASE_URL_VARIABLE: online.url}
+    env.pop(weights.OFFLINE_VARIABLE, None)
+    (tmp_path / "gma-sintel.pth").write_bytes(b"not the release")
+    listing = subprocess.run([sys.executable, "-m", "core.weights", "list", "--folder", str(tmp_path)], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    out = listing.stdout
+    assert f"decflow-facialflownet: {tmp_path / 'decflow-facialflownet.pth'} [missing]" in out
+    assert f"gma-sintel: {tmp_path / 'gma-sintel.pth'} [checksum differs (git blob id {git_blob_id(b'not the release')})]" \
+        in out
+    assert "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61" in out and "resnet50-imagenet" in out
+    assert f"{online.url}/checkpoints/gma-sintel.pth" in out
+
+    fetch = subprocess.run([sys.executable, "-m", "core.weights", "fetch", "nonsense"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert fetch.returncode != 0 and "decflow-facialflownet, gma-sintel, resnet50-imagenet" in fetch.stderr
+    online.routes["/checkpoints/decflow-facialflownet.pth"] = Route(b"<html>moved</html>", content_type="text/html")
+    fetch = subprocess.run([sys.executable, "-m", "core.weights", "fetch", "decflow-facialflownet", "--folder",
+                            str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert fetch.returncode == 1 and "Traceback" not in fetch.stderr
+    assert "an HTML page" in fetch.stderr and not (tmp_path / "decflow-facialflownet.pth").exists()
+    assert online.requests == ["/checkpoints/decflow-facialflownet.pth"]
+
+
+# ------------------------------------------------------------------ the scripts
+@pytest.fixture
+def served_release(online, decflow_checkpoint, monkeypatch):
+    """The session's DecFlow file served as the authors' release, with its own checksum in the registry."""
+    data = decflow_checkpoint.read_bytes()
+    online.routes["/checkpoints/decflow-facialflownet.pth"] = Route(data)
+    release = weights.REGISTRY["decflow-facialflownet"]
+    monkeypatch.setitem(weights.REGISTRY, release.name,
+                        dataclasses.replace(release, checksum=Checksum("git-blob", git_blob_id(data))))
+    return data
+
+
+def test_get_flow_fetches_the_release_on_a_fresh_clone(served_release, online, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--iters", "1", "--device", "cpu", "--output", "out"]
+    written = get_flow.main(get_flow.get_args_parser().parse_args(argv))
+    assert written == [Path("out") / "demo_frame1-frame2_flow.png"] and written[0].is_file()
+    captured = capsys.readouterr()
+    url = f"{online.url}/checkpoints/decflow-facialflownet.pth"
+    assert f"downloading decflow-facialflownet from {url} to checkpoints/decflow-facialflownet.pth" in captured.err
+    assert "checkpoint: checkpoints/decflow-facialflownet.pth (default" in captured.out
+    assert Path("checkpoints/decflow-facialflownet.pth").read_bytes() == served_release
+    get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--model", "decflow-facialflownet"]))
+    assert online.requests == ["/checkpoints/decflow-facialflownet.pth"]  # once
+
+
+def test_offline_and_failed_fetches_are_one_line(served_release, online, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"{online.url}/checkpoints/decflow-facialflownet.pth"
+    for argv in (["--offline"], ["--offline", "--model", "decflow-facialflownet"]):
+        with pytest.raises(SystemExit) as error:
+            get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--device", "cpu"]))
+        text = str(error.value)
+        assert text.startswith("get_flow.py: error:") and "\n" not in text
+        for part in (url, "checkpoints/decflow-facialflownet.pth", "python -m core.weights fetch decflow-facialflownet",
+                     "downloads are off"):
+            assert part in text, text
+    assert online.requests == []
+
+    # a failed download, as a real script: one line, no traceback
+    env = {**subprocess_env(), weights.BASE_URL_VARIABLE: f"http://127.0.0.1:{free_port()}"}
+    env.pop(weights.OFFLINE_VARIABLE, None)
+    proc = subprocess.run([sys.executable, str(REPO / "get_flow.py"), "--device", "cpu"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("get_flow.py: error:") and "cannot connect" in last
+    assert "python -m core.weights fetch decflow-facialflownet" in last and not list(Path("checkpoints").glob("*.pth"))
+
+
+def test_evaluate_names_the_fetch_command(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(evaluate.get_args_parser().parse_args(["--root", str(synthetic_root), "--no_progress"]))
+    text = str(error.value)
+    assert text.startswith("evaluate.py: error: --model CHECKPOINT is required") and "\n" not in text
+    assert "python -m core.weights fetch decflow-facialflownet" in text and "checkpoints/decflow.pth" in text
+
+
+def test_a_name_that_is_neither_registered_nor_a_file_lists_the_names(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        get_flow.main(get_flow.get_args_parser().parse_args(["--model", "decflow-sintel", "--device", "cpu"]))
+    assert "decflow-sintel" in str(error.value)
+    assert "registered: decflow-facialflownet, gma-sintel, resnet50-imagenet" in str(error.value)
+    with pytest.raises(SystemExit):
+        run_train(["--restore_ckpt", "gma-things", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--restore_ckpt: file not found: gma-things" in err and "decflow-facialflownet, gma-sintel" in err
+
+
+def test_train_fetches_gma_sintel_for_stage_1(online, tmp_path, monkeypatch, capsys):
+    """The seed stage-1 command's `--restore_ckpt checkpoints/gma-sintel.pth`, absent: downloaded, then loaded."""
+    monkeypatch.chdir(tmp_path)
+    gma = make_gma_checkpoint(tmp_path / "served-gma.pth").read_bytes()
+    online.routes["/checkpoints/gma-sintel.pth"] = Route(gma)
+    entry = weights.REGISTRY["gma-sintel"]
+    monkeypatch.setitem(weights.REGISTRY, entry.name,
+                        dataclasses.replace(entry, checksum=Checksum("git-blob", git_blob_id(gma))))
+    root = make_dataset(tmp_path / "FacialFlowNet")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no ResNet there, none downloaded
+    monkeypatch.setitem(weights.REGISTRY, "resnet50-imagenet",
+                        dataclasses.replace(weights.REGISTRY["resnet50-imagenet"],
+                                            url_override=f"{online.url}/resnet50-0676ba61.pth"))
+    run_train(["--restore_ckpt", "checkpoints/gma-sintel.pth", "--root", str(root), "--output", "out",
+               "--num_steps", "1", "--val_freq", "5", "--batch_size", "1", "--image_size", "128", "128",
+               "--iters", "1", "--num_workers", "0", "--device", "cpu", "--name", "s1"])
+    err = capsys.readouterr().err
+    assert f"downloading gma-sintel from {online.url}/checkpoints/gma-sintel.pth to checkpoints/gma-sintel.pth" in err
+    assert Path("checkpoints/gma-sintel.pth").read_bytes() == gma
+    log = Path("out/s1.log").read_text()
+    assert "stage 1 (non-strict): loaded checkpoints/gma-sintel.pth" in log
+    assert "HTTP 404" in log and "FROZEN semantic encoder stays RANDOM" in log  # the ResNet fetch failed: said
+    assert online.requests == ["/checkpoints/gma-sintel.pth", "/resnet50-0676ba61.pth"]
