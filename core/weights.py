@@ -46,6 +46,7 @@ FETCH_COMMAND = "python -m core.weights fetch"
 CHUNK = 1 << 20  # bytes per read while downloading and hashing
 TIMEOUT_S = 60  # seconds without data before a download gives up
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+HEAD_BYTES = 256  # first bytes looked at to recognise an HTML page or a Git LFS pointer
 HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<?xml")
 PARTIAL_SUFFIX = ".part"
 
@@ -194,18 +195,25 @@ def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         content_type = response.headers.get("Content-Type", "")
-        received = 0
+        received, head = 0, b""
         with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
-            for chunk in iter(lambda: response.read(CHUNK), b""):
-                if received == 0:
-                    refusal = _refusal(chunk[:256], content_type)
-                    if refusal:
-                        raise ValueError(refusal)
+            for chunk in iter(lambda: response.read1(CHUNK), b""):  # what has arrived, up to CHUNK
+                if len(head) < HEAD_BYTES:
+                    head += chunk[: HEAD_BYTES - len(head)]
+                    _refuse(head, content_type, complete=len(head) == HEAD_BYTES)
                 stream.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+    _refuse(head, content_type, complete=True)
     return received, expected
+
+
+def _refuse(head: bytes, content_type: str, *, complete: bool) -> None:
+    """ValueError when the first bytes (all of HEAD_BYTES, or the whole body, once `complete`) are not weights."""
+    refusal = _refusal(head, content_type) if complete or content_type.startswith("text/html") else None
+    if refusal:
+        raise ValueError(refusal)
 
 
 def download(entry: WeightsEntry, destination: Path, *, environ: Mapping[str, str] = os.environ,
