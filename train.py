@@ -31,7 +31,7 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
-from core.cli import UserError, add_offline_argument, resolve_weights
+from core.cli import HelpFormatter, UserError, add_offline_argument, resolve_weights
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow
@@ -55,13 +55,6 @@ RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "po
 
 
 # ============================================================================ arguments
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: ...)" only to help texts that do not already speak of their default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "

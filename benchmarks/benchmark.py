@@ -29,6 +29,7 @@ from benchmarks.gpu import bench_inference_cuda, bench_train_cuda
 from benchmarks.timing import interleaved_best
 from benchmarks.training_step import step_runs
 from benchmarks.yardstick import straightforward_forward
+from core.cli import DocstringHelpFormatter
 from core.inference import resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
@@ -163,14 +164,17 @@ def _table(title: str, rows: list[dict]) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__,
+                                     formatter_class=DocstringHelpFormatter)
     parser.add_argument("what", choices=("all", "inference", "train", "memory"), help="which benchmark")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="image size (default: 480 480 inference, 256 256 train, 1024 1024 memory)")
-    parser.add_argument("--iters", type=int, default=12, help="refinement iterations")
-    parser.add_argument("--batch", type=int, default=None, help="batch size (default 1 inference, 2 train)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per mode")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode (best is kept)")
+                        help="image size (default on CPU: 480 480 inference, 256 256 train, 1024 1024 memory; "
+                             "with --device cuda: inference at 480x480, 1024x1024 and 1920x1080, train 480 480)")
+    parser.add_argument("--iters", type=int, default=12, help="refinement iterations (default 12)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size (default 1 inference; train: 2 on CPU, 6 with --device cuda)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1; at least 2 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode, the best is kept (default 3)")
     parser.add_argument("--mode", nargs="+", default=["default", "alternate"], choices=("default", "alternate"),
                         help="memory benchmark modes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -178,7 +182,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="dtype of the mixed-precision rows (default: float16 on CUDA; on CPU bfloat16 where "
                              "the CPU has it natively, else no such rows)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cpu, or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
+                        help="cpu (the default, also where CUDA is present), or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
                              "step at the seed recipe (480x480, batch 6)")
     return parser
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import save_checkpoint
+from core.cli import DocstringHelpFormatter
 from core.inference import resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
@@ -41,11 +42,14 @@ LABEL_WIDTH = 40  # first column of the table
 
 def get_args_parser() -> argparse.ArgumentParser:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__,
+                                     formatter_class=DocstringHelpFormatter,
+                                     epilog=f"The defaults shown are this machine's ({'CUDA' if cuda else 'CPU'}): "
+                                            "with CUDA they are the seed recipe's, on a CPU small and fast.")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--steps", type=int, default=300 if cuda else 40, help="training steps per run")
     parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0004,
-                        help="peak learning rate (CPU default higher: few steps)")
+                        help="peak learning rate (higher on a CPU: few steps)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [128, 128], metavar=("H", "W"),
                         help="training crop")
     parser.add_argument("--batch", type=int, default=6 if cuda else 2, help="batch size")

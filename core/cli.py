@@ -19,6 +19,17 @@ from core.weights import (OFFLINE_VARIABLE, REGISTRY, RELEASE, WeightsUnavailabl
                           registered_names)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only to help texts that do not already speak of their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
+class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter for a description that is a module docstring (its lines kept as written)."""
+
+
 class UserError(Exception):
     """A mistake in the command line or the inputs: reported as one line, no traceback."""
 
