@@ -64,6 +64,10 @@ class Checksum:
     kind: str
     value: str
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("git-blob", "sha256"):
+            raise ValueError(f"checksum kind must be git-blob or sha256, got {self.kind!r}")
+
     def of(self, path: str | os.PathLike) -> str:
         """This kind of digest of the file at `path` (the full hex digest)."""
         path = Path(path)
@@ -91,42 +95,43 @@ def git_blob_id(data: bytes) -> str:
 # ---------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class WeightsEntry:
-    """One released weights file. `path` is the file under the base URL, `folder` where it
-    is stored (None: the `checkpoints/` folder of the current directory)."""
+    """One released weights file: downloaded from `base_url/url_path` and stored as `file`
+    in `checkpoints/` of the current folder, or in torch.hub's cache (`in_hub_cache`, where
+    torchvision keeps its weights)."""
 
     name: str
     file: str
     what: str
     source: str  # in words, for `list` and checkpoints/README.md
     checksum: Checksum
-    base_url: str | None = None  # authors' files: AUTHORS_BASE_URL, replaced by DECFLOW_WEIGHTS_URL
-    url_override: str | None = None  # a fixed URL (torchvision's)
-    path: str = ""
+    base_url: str
+    url_path: str
+    mirrored: bool = False  # DECFLOW_WEIGHTS_URL replaces base_url (the authors' files)
+    in_hub_cache: bool = False
 
     def url(self, environ: Mapping[str, str]) -> str:
-        if self.url_override is not None:
-            return self.url_override
-        base = environ.get(BASE_URL_VARIABLE) or self.base_url
-        return f"{base.rstrip('/')}/{self.path}"
+        base = (environ.get(BASE_URL_VARIABLE) if self.mirrored else None) or self.base_url
+        return f"{base.rstrip('/')}/{self.url_path}"
 
     def destination(self, folder: str | os.PathLike | None = None) -> Path:
-        return Path(folder if folder is not None else self.default_folder()) / self.file
-
-    def default_folder(self) -> Path:
-        return Path(CHECKPOINTS_DIR) if self.url_override is None else Path(torch.hub.get_dir()) / "checkpoints"
+        """Where the file is stored: in `folder`, else its usual place."""
+        if folder is None:
+            folder = Path(torch.hub.get_dir()) / "checkpoints" if self.in_hub_cache else CHECKPOINTS_DIR
+        return Path(folder) / self.file
 
 
 def _authors_file(name: str, what: str, blob_id: str) -> WeightsEntry:
     file = f"{name}.pth"
-    return WeightsEntry(name=name, file=file, what=what, base_url=AUTHORS_BASE_URL, path=f"checkpoints/{file}",
+    return WeightsEntry(name=name, file=file, what=what, base_url=AUTHORS_BASE_URL, url_path=f"checkpoints/{file}",
+                        mirrored=True,
                         source=f"github.com/RIA1159/FacialFlowNet @ {AUTHORS_COMMIT[:7]}, checkpoints/{file}",
                         checksum=Checksum("git-blob", blob_id))
 
 
 def _torchvision_resnet50() -> WeightsEntry:
     weights = ResNet50_Weights.IMAGENET1K_V1
-    file = weights.url.rsplit("/", 1)[1]
-    return WeightsEntry(name="resnet50-imagenet", file=file, url_override=weights.url,
+    base_url, file = weights.url.rsplit("/", 1)
+    return WeightsEntry(name="resnet50-imagenet", file=file, base_url=base_url, url_path=file, in_hub_cache=True,
                         what="ImageNet ResNet-50 for the frozen semantic encoder (stage 1)",
                         source="torchvision ResNet50_Weights.IMAGENET1K_V1",
                         checksum=Checksum("sha256", torch.hub.HASH_REGEX.search(file).group(1)))

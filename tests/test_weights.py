@@ -56,7 +56,7 @@ def entry_for(data: bytes, name: str = "tiny") -> WeightsEntry:
     """A registry entry like the authors' ones, with the checksum of `data`."""
     return WeightsEntry(name=name, file=f"{name}.pth", what="test weights", source="the test server",
                         checksum=Checksum("git-blob", git_blob_id(data)), base_url="http://127.0.0.1:9",
-                        path=f"checkpoints/{name}.pth")
+                        url_path=f"checkpoints/{name}.pth", mirrored=True)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -199,8 +199,8 @@ def test_list_and_fetch_commands(online, tmp_path):
     assert listing.returncode == 0, listing.stderr
     out = listing.stdout
     assert f"decflow-facialflownet: {tmp_path / 'decflow-facialflownet.pth'} [missing]" in out
-    assert f"gma-sintel: {tmp_path / 'gma-sintel.pth'} [checksum differs (git blob id {git_blob_id(b'not the release')})]" \
-        in out
+    differs = f"checksum differs (git blob id {git_blob_id(b'not the release')})"
+    assert f"gma-sintel: {tmp_path / 'gma-sintel.pth'} [{differs}]" in out
     assert "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61" in out and "resnet50-imagenet" in out
     assert f"{online.url}/checkpoints/gma-sintel.pth" in out
 
@@ -298,7 +298,7 @@ def test_train_fetches_gma_sintel_for_stage_1(online, tmp_path, monkeypatch, cap
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no ResNet there, none downloaded
     monkeypatch.setitem(weights.REGISTRY, "resnet50-imagenet",
                         dataclasses.replace(weights.REGISTRY["resnet50-imagenet"],
-                                            url_override=f"{online.url}/resnet50-0676ba61.pth"))
+                                            base_url=online.url))
     run_train(["--restore_ckpt", "checkpoints/gma-sintel.pth", "--root", str(root), "--output", "out",
                "--num_steps", "1", "--val_freq", "5", "--batch_size", "1", "--image_size", "128", "128",
                "--iters", "1", "--num_workers", "0", "--device", "cpu", "--name", "s1"])
