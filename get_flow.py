@@ -20,7 +20,8 @@ for videos (index of the pair's first frame). A name is never used twice in one 
 The checkpoint is `--model` (a file, or a name of `python -m core.weights list`), else the
 first of `checkpoints/decflow-facialflownet.pth` (the authors' release) and
 `checkpoints/decflow.pth` (stage 2 of the seed training) that exists, else the release,
-downloaded and verified (not with `--offline` or DECFLOW_OFFLINE=1). Images of any size work (replicate padding, symmetric as the reference, and at
+downloaded and verified (not with `--offline` or DECFLOW_OFFLINE=1). Images of any size
+work (replicate padding, symmetric as the reference, and at
 least 128 px per side; tiny images get a white margin in the visualisation); grayscale
 and RGBA frames are converted to RGB. Frames are streamed: only two are in memory at a
 time. A video that decodes fewer frames than its container announces gives a warning.

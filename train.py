@@ -165,8 +165,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--output {args.output}: a file is in the way of the output folder")
     if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file() \
             and registered_entry(args.restore_ckpt) is None:
-        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name ({registered_names()}; "
-                     f"{CHECKPOINTS_README} says where the GMA and DecFlow weights come from)")
+        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name "
+                     f"({registered_names()}; {CHECKPOINTS_README} says where the GMA and DecFlow weights come from)")
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
