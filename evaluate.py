@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from core.checkpoint import default_checkpoint, description_path, sha256_of
-from core.cli import (UserError, add_model_arguments, check_output, device_and_precision, load_model_from_args,
-                      model_options)
+from core.cli import (UserError, add_model_arguments, check_output, device_and_precision, exit_on_error,
+                      load_model_from_args, model_options)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, DecFlowPredictor, evaluate_predictor, format_results
@@ -159,4 +159,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    exit_on_error(lambda: main(get_args_parser().parse_args()))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -71,6 +72,18 @@ def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike
                           alternate_corr=args.alternate_corr)
     except ValueError as error:
         raise UserError(str(error)) from None
+
+
+def exit_on_error(main: Callable[[], object]) -> None:
+    """Run a script's `main` from the command line: its one-line errors (a SystemExit with a
+    message) go to stderr with exit code 2, as argparse's do."""
+    try:
+        main()
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 class FileInTheWay(UserError):
