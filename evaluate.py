@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"checkpoint: {checkpoint} (default; --model PATH chooses another)", flush=True)
     if args.output_json:  # before any work, so that no result is lost to a bad path
         inputs = [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))]
-        check_output(args.output_json, "--output_json", inputs=inputs)
+        out = check_output(args.output_json, "--output_json", inputs=inputs)
+        if out.exists() and out.resolve().is_relative_to(Path(args.root).resolve()):
+            raise UserError(f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to "
+                            "overwrite an input")
     device, amp_dtype = device_and_precision(args, mixed=decflow)
 
     root = Path(args.root)

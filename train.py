@@ -194,7 +194,7 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if args.resume not in (None, "auto") and Path(args.resume).resolve() != state_path.resolve():
             inputs.append(("--resume", args.resume))
         for path in run_outputs(output, args, [given for _, given in inputs if given is not None]):
-            check_not_an_input(path, f"--output/--name: {path}", inputs)
+            check_not_an_input(path, "--output/--name:", inputs)
     except FileInTheWay as error:
         parser.error(f"{error} (a file is in the way of the output folder)")
     except UserError as error:

@@ -111,7 +111,8 @@ def check_not_an_input(out: str | os.PathLike, flag: str,
     target = Path(out).resolve()
     for what, given in inputs:
         if given is not None and Path(given).resolve() == target:
-            raise UserError(f"{flag} {out} is the input {what} {given}: refusing to overwrite an input")
+            named = f" ({given})" if str(given) != str(out) else ""
+            raise UserError(f"{flag} {out} is the input {what}{named}: refusing to overwrite an input")
 
 
 def _check_file(out: Path, flag: str) -> None:

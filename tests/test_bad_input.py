@@ -101,6 +101,10 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
         code, line = cli("evaluate.py", "--model", str(weights), "--root", str(data["root"]), "--device", "cpu",
                          "--output_json", str(target), capsys=capsys)
         assert code == 2 and line.startswith("evaluate.py: error: --output_json") and "input" in line
+    frame = sorted(data["root"].rglob("*.jpg"))[0]
+    code, line = cli("evaluate.py", "--method", "zero", "--root", str(data["root"]), "--output_json", str(frame),
+                     capsys=capsys)
+    assert code == 2 and str(frame) in line and "dataset" in line
     # train: the final weights would replace --restore_ckpt
     code, line = cli("train.py", "--name", "model", "--output", str(tmp_path), "--restore_ckpt", str(weights),
                      "--root", str(data["root"]), *TINY_TRAIN, capsys=capsys)
