@@ -34,7 +34,6 @@ time. A video that decodes fewer frames than its container announces gives a war
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
 from core.defaults import DEMO_ITERS
-from core.cli import (FileInTheWay, UserError, add_model_arguments, check_not_an_input, check_output,
+from core.cli import (UserError, add_model_arguments, check_not_an_input, check_output,
                       device_and_precision, exit_on_error, load_model_from_args)
 from core.inference import FlowEstimator
 from core.precision import precision_name

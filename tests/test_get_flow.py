@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate
 import get_flow
 from core.synthetic import render_sequence
-from core.utils import flow_viz
+from core.utils import flow_viz, frame_utils
 from core.utils.frame_utils import read_flo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,6 +245,22 @@ def test_output_names_are_unique_per_pair(decflow_checkpoint: Path, tmp_path: Pa
             f"{names[-1]}_{{facial,head,expression}}.flo") in printed
     assert all((tmp_path / "out" / f"{name}_{kind}.flo").is_file()
                for name in names for kind in ("facial", "head", "expression"))
+
+
+def test_save_formats_hold_the_same_flows(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    """--save_format pfm|kitti|npy write the flows --save_flo writes (KITTI: to 1/64 px)."""
+    first, second, _ = _random_pair(tmp_path / "pair", (24, 24))
+    model = ("--model", str(decflow_checkpoint), "--iters", "1", "--image1", str(first), "--image2", str(second))
+    run(*model, "--save_flo", "--output", str(tmp_path / "flo"))
+    readers = {"pfm": lambda p: frame_utils.read_pfm(p)[..., :2], "npy": np.load,
+               "kitti": lambda p: frame_utils.read_kitti_flow(p)[0]}
+    for fmt, extension in (("pfm", ".pfm"), ("npy", ".npy"), ("kitti", ".png")):
+        run(*model, "--save_format", fmt, "--output", str(tmp_path / fmt))
+        for kind in ("facial", "head", "expression"):
+            expected = read_flo(tmp_path / "flo" / f"pair_a-b_{kind}.flo")
+            np.testing.assert_allclose(readers[fmt](tmp_path / fmt / f"pair_a-b_{kind}{extension}"), expected,
+                                       atol=1 / 64 if fmt == "kitti" else 0)
+    assert "does not go with" in _error(*model, "--save_flo", "--save_format", "npy")
 
 
 def test_a_name_repeated_within_a_run_is_disambiguated(decflow_checkpoint: Path, tmp_path: Path) -> None:
