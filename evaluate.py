@@ -13,10 +13,8 @@ train.py's validation uses too.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,8 +24,9 @@ import cv2
 import numpy as np
 import torch
 
-from core.cli import (UserError, add_model_arguments, add_offline_argument, check_output_file, device_and_precision,
-                      load_model_from_args, model_options, resolve_checkpoint)
+from core.checkpoint import description_path, sha256_of
+from core.cli import (UserError, add_model_arguments, add_offline_argument, check_output, device_and_precision,
+                      exit_on_error, load_model_from_args, model_options, resolve_checkpoint)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, DecFlowPredictor, evaluate_predictor, format_results
@@ -37,14 +36,6 @@ from core.weights import offline_requested
 METHODS = ("decflow", *BASELINES)
 DATASETS = ("facialflow",)
 SPLITS = ("train", "val", "test")
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- command line
@@ -88,8 +79,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
-    if args.output_json:  # before any work, so that no result is lost to a bad path
-        check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
     device, amp_dtype = device_and_precision(args, mixed=decflow)
 
@@ -105,6 +94,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(str(error).splitlines()[0]) from None
     # after the dataset checks: a mistyped --root costs no download
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
+    if args.output_json:  # before any work, so that no result is lost to a bad path
+        inputs = [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))]
+        out = check_output(args.output_json, "--output_json", inputs=inputs)
+        if out.exists() and out.resolve().is_relative_to(root.resolve()):
+            raise UserError(f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to "
+                            "overwrite an input")
 
     meta: dict[str, Any] = {"method": args.method, "checkpoint": None, "checkpoint_sha256": None,
                             "iters": None, "padding_mode": None, "precision": "float32",
@@ -125,8 +120,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
                     "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator")
 
-    results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
-                                 has_head=args.method in ("decflow", "zero"))
+    try:  # a damaged file of the split (named in the message) or a non-finite prediction
+        results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
+                                     has_head=args.method in ("decflow", "zero"))
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
     meta["pairs_without_mask"] = results.pop("pairs_without_mask")
     meta["scored_pairs"] = results.pop("scored_pairs")
     meta["nonfinite_gt_pixels"] = results.pop("nonfinite_gt_pixels")
@@ -162,4 +160,4 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    exit_on_error(lambda: main(get_args_parser().parse_args()))

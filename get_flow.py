@@ -8,14 +8,21 @@
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
 on ONE shared scale (the largest magnitude of the three flows, or `--max_flow`), and a
-legend (colour wheel + the scale in pixels). `--save_flo` adds `<name>_facial.flo`,
-`<name>_head.flo` and `<name>_expression.flo`; videos also give `<video>_flow.mp4`.
+legend (colour wheel + the scale in pixels). `--save_format flo` (or `--save_flo`) adds
+`<name>_facial.flo`, `<name>_head.flo` and `<name>_expression.flo`; `pfm`, `kitti` (16-bit
+PNG, 1/64 px, +-512 px) and `npy` (float32 [H, W, 2]) give the same three in those formats.
+Videos also give `<video>_flow.mp4`.
 
 `<name>` names the pair: `<folder>_<stem1>-<stem2>` for an image pair and for frames
 (`<folder>`: the folder of the first image; a stem shared by two frames of the folder,
 e.g. `0001.jpg` and `0001.png`, becomes `0001_jpg` / `0001_png`), `<video>_<frame index>`
 for videos (index of the pair's first frame). A name is never used twice in one run
-(a repeat gets `_2`, `_3`, ...); a new run overwrites the files of an earlier one.
+(a repeat gets `_2`, `_3`, ...). Nor across runs: each visualisation records its input
+pair, and when `--output` already holds a name from another input (FacialFlowNet's
+`happy/subject001` and `sad/subject001`), the names take as many parent folders as tell
+the inputs apart (`happy_subject001_0001-0002`, `<folder>_<video>_<frame index>`). Files
+of an earlier run on the same input are replaced only with `--overwrite`. An output that
+is one of the inputs, or a non-finite flow, is an error (nothing is written for the pair).
 
 The checkpoint is `--model` (a file, or a name of `python -m core.weights list`), else the
 first of `checkpoints/decflow-facialflownet.pth` (the authors' release) and
@@ -29,7 +36,6 @@ time. A video that decodes fewer frames than its container announces gives a war
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,18 +47,22 @@ from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.defaults import DEMO_ITERS
-from core.cli import (UserError, add_model_arguments, add_offline_argument, device_and_precision,
-                      load_model_from_args, resolve_checkpoint)
+from core.cli import (UserError, add_model_arguments, add_offline_argument, check_not_an_input, check_output,
+                      device_and_precision, exit_on_error, load_model_from_args, resolve_checkpoint)
 from core.inference import FlowEstimator
 from core.precision import precision_name
-from core.utils.flow_viz import render_flow_panels, write_png
-from core.utils.frame_utils import write_flo
+from core.utils.flow_viz import read_png_text, render_flow_panels, write_png
+from core.utils.frame_utils import write_flo, write_kitti_flow, write_npy, write_pfm
 from core.utils.frames import Frame, ImageFiles, VideoFrames, check_same_size, folder_frames, read_rgb
 from core.weights import offline_requested
 
 REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
 FLOW_KINDS = ("facial", "head", "expression")
+# --save_format: (file extension, writer of a [H, W, 2] float32 flow)
+SAVE_FORMATS = {"flo": (".flo", write_flo), "pfm": (".pfm", write_pfm), "kitti": (".png", write_kitti_flow),
+                "npy": (".npy", write_npy)}
+SOURCE_KEY = "DecFlow input"  # PNG text entry of a visualisation: the pair it shows
 
 
 def select_source(args: argparse.Namespace):
@@ -120,13 +130,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=DEMO_ITERS,
                         help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)")
     parser.add_argument("--warm_start", action="store_true",
-                        help="sequences: start each pair from the previous pair's low-resolution facial flow")
+                        help="sequences: start each pair's decoders from the previous pair's low-resolution "
+                             "facial and head flows")
     parser.add_argument("--max_flow", type=float, default=None,
                         help="flow magnitude (px) of full colour saturation; fix it to compare frames of a sequence "
                              "(default: the largest magnitude of each pair)")
     parser.add_argument("--save_flo", action="store_true",
-                        help="also write <name>_facial.flo, <name>_head.flo, <name>_expression.flo")
+                        help="also write <name>_facial.flo, <name>_head.flo, <name>_expression.flo "
+                             "(the same as --save_format flo)")
+    parser.add_argument("--save_format", choices=sorted(SAVE_FORMATS), default=None,
+                        help="also write the three flows in this format: flo (Middlebury), pfm, kitti (16-bit PNG), "
+                             "npy (float32 [H, W, 2])")
     parser.add_argument("--output", default="outputs", help="output folder (default outputs/)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier run on the same input in --output (default: refuse)")
     add_model_arguments(parser)
     return parser
 
@@ -137,19 +154,6 @@ def main(args: argparse.Namespace) -> list[Path]:
         return run(args)
     except (UserError, ValueError) as error:  # core's helpers raise ValueError
         raise SystemExit(f"get_flow.py: error: {error}") from None
-
-
-def check_output_folder(output: Path) -> None:
-    """UserError unless `output` is a folder or can be made one (checked before any work)."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} is a file, not a folder")
-    existing = output
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if existing != output and not existing.is_dir():
-        raise UserError(f"--output {output}: cannot create the folder, {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--output {output}: no permission to write in {existing}")
 
 
 class OutputNames:
@@ -172,17 +176,63 @@ def _file_list(folder: Path, names: list[str]) -> str:
     return f"{folder}/: {names[0]}" + (f", {names[1]}" if len(names) == 2 else f" ... {names[-1]}")
 
 
-def report(output: Path, pairs: list[str], save_flo: bool, details: str) -> None:
+def report(output: Path, pairs: list[str], extension: str | None, details: str) -> None:
     """The files written, one or two lines."""
     if len(pairs) == 1:
         print(f"wrote {output / (pairs[0] + '_flow.png')} ({details})")
-        if save_flo:
-            print("wrote " + ", ".join(str(output / f"{pairs[0]}_{kind}.flo") for kind in FLOW_KINDS))
+        if extension:
+            print("wrote " + ", ".join(str(output / f"{pairs[0]}_{kind}{extension}") for kind in FLOW_KINDS))
         return
     print(f"wrote {len(pairs)} visualisations to {_file_list(output, [p + '_flow.png' for p in pairs])} ({details})")
-    if save_flo:
+    if extension:
         print(f"wrote {3 * len(pairs)} flow files to "
-              + _file_list(output, [p + "_{" + ",".join(FLOW_KINDS) + "}.flo" for p in pairs]))
+              + _file_list(output, [p + "_{" + ",".join(FLOW_KINDS) + "}" + extension for p in pairs]))
+
+
+def save_format(args: argparse.Namespace) -> str | None:
+    """The flow-file format of `--save_format` / `--save_flo` (None: visualisations only)."""
+    if args.save_flo and args.save_format not in (None, "flo"):
+        raise UserError(f"--save_flo writes .flo files: it does not go with --save_format {args.save_format}")
+    return "flo" if args.save_flo else args.save_format
+
+
+def pair_files(output: Path, name: str, extension: str | None) -> list[Path]:
+    return [output / f"{name}_flow.png"] + ([output / f"{name}_{kind}{extension}" for kind in FLOW_KINDS]
+                                             if extension else [])
+
+
+def plan_names(source, output: Path, extension: str | None, *, overwrite: bool,
+               inputs: list[tuple[str, Path | str]]) -> None:
+    """Choose the folders in the names (`source.depth`) so that no name of this run is one an
+    earlier run gave another input; UserError when a file of this run would be one of the
+    `inputs` (what, path), or exists already (unless `overwrite`)."""
+    for depth in range(source.depth, source.max_depth + 1):
+        source.depth = depth
+        names = OutputNames()
+        planned = [(names.unique(source.pair_name(first, second)), f"{first.source} -> {second.source}")
+                   for first, second in source.planned()]
+        recorded = [read_png_text(output / f"{name}_flow.png", SOURCE_KEY) for name, _ in planned]
+        if not any(text is not None and text != origin for text, (_, origin) in zip(recorded, planned)):
+            break  # no name taken by another input (a visualisation of unknown input counts as this one)
+    files = [path for name, _ in planned for path in pair_files(output, name, extension)]
+    if source.output_stem() is not None:
+        files.append(output / f"{source.output_stem()}_flow.mp4")
+    for path in files:
+        check_not_an_input(path, "--output", inputs)
+    existing = [path for path in files if path.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more of this run's files" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]}{more} already exist (an earlier run on the same input?): pass --overwrite "
+                        "to replace them, or choose another --output")
+    if existing:
+        print(f"--overwrite: replacing {len(existing)} files of an earlier run in {output}", flush=True)
+
+
+def check_flows_finite(flows: tuple[np.ndarray, ...], first: Frame, second: Frame) -> None:
+    for kind, flow in zip(FLOW_KINDS, flows):
+        if not np.isfinite(flow).all():
+            raise UserError(f"non-finite {kind} flow (NaN or inf) for the pair {first.label} -> {second.label}; "
+                            "nothing written for it")
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -190,13 +240,15 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
         raise UserError(f"--max_flow must be a positive number, got {args.max_flow}")
-    output = Path(args.output)
-    check_output_folder(output)
+    output = check_output(args.output, "--output", folder=True)
+    extension = SAVE_FORMATS[fmt][0] if (fmt := save_format(args)) else None
     source = select_source(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device, amp_dtype)
     runner = FlowRunner(model, device, args.iters, args.warm_start)
+    plan_names(source, output, extension, overwrite=args.overwrite,
+               inputs=[("checkpoint", checkpoint), *(("input", path) for path in source.paths)])
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -207,24 +259,28 @@ def run(args: argparse.Namespace) -> list[Path]:
     if isinstance(source, VideoFrames) or (isinstance(source, ImageFiles) and source.role != "pair"):
         bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True)
     writer = None
-    video_path = output / f"{source.video_name}_flow.mp4" if source.video_name else None
+    video_path = output / f"{source.output_stem()}_flow.mp4" if source.video_name else None
     names = OutputNames()
     pairs: list[str] = []
     try:
         previous = next(frames)
         for current in frames:
             check_same_size(previous.label, previous.rgb, current.label, current.rgb)
-            facial, head, expression = runner(previous.rgb, current.rgb)
-            canvas, _ = render_flow_panels(previous.rgb, facial, head, expression, max_flow=args.max_flow)
+            flows = runner(previous.rgb, current.rgb)
+            check_flows_finite(flows, previous, current)
+            canvas, _ = render_flow_panels(previous.rgb, *flows, max_flow=args.max_flow)
             name = names.unique(source.pair_name(previous, current))
+            files = pair_files(output, name, extension)
+            if not args.overwrite and any(path.exists() for path in files):  # not planned (e.g. a longer video)
+                raise UserError(f"{next(path for path in files if path.exists())} already exists: pass --overwrite "
+                                "to replace it, or choose another --output")
             try:
-                write_png(output / f"{name}_flow.png", canvas)
-            except OSError as error:
+                write_png(files[0], canvas, text={SOURCE_KEY: f"{previous.source} -> {current.source}"})
+                for path, flow in zip(files[1:], flows):
+                    SAVE_FORMATS[fmt][1](path, flow)
+            except (OSError, ValueError) as error:  # e.g. a flow beyond KITTI's +-512 px
                 raise UserError(str(error)) from None
             pairs.append(name)
-            if args.save_flo:
-                for kind, flow in zip(FLOW_KINDS, (facial, head, expression)):
-                    write_flo(output / f"{name}_{kind}.flo", flow)
             if video_path is not None:
                 if writer is None:
                     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
@@ -242,15 +298,16 @@ def run(args: argparse.Namespace) -> list[Path]:
             writer.release()
     shortfall = source.shortfall() if isinstance(source, VideoFrames) else None
     if not pairs:
-        raise UserError(shortfall if shortfall
-                        else "no pair to process: the input has fewer than 2 frames")
+        if isinstance(source, VideoFrames) and not shortfall:
+            shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
+        raise UserError(shortfall or "no pair to process: the input has fewer than 2 frames")
     if shortfall:
         print(f"get_flow.py: warning: {shortfall}", file=sys.stderr, flush=True)
-    report(output, pairs, args.save_flo, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}")
+    report(output, pairs, extension, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}")
     if writer is not None:
         print(f"wrote {video_path}")
     return [output / f"{name}_flow.png" for name in pairs]
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    exit_on_error(lambda: main(get_args_parser().parse_args()))

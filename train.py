@@ -12,12 +12,16 @@ NCCL on GPUs). Weight files are in the authors' format whatever the wrapper.
 Outputs in `--output`: `{step}_{name}.pth` every `--val_freq` steps, `{name}.pth` at the
 end, the training state `{name}_state.pth` (for `--resume`), the log `{name}.log`, loss
 and EPE curves `{name}_loss.png` / `{name}_epe.png` and TensorBoard logs in
-`runs/{name}`.
+`runs/{name}`. A run name is one file name (no folders: `--output` chooses the folder), and
+no output may be one of the run's inputs (`--restore_ckpt`, `--semantic_weights`).
+Problems with the inputs or the data stop the run with one line, `error: ...`, naming the
+file (from the command line: exit code 2).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import time
 import warnings
@@ -31,12 +35,13 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
-from core.cli import HelpFormatter, UserError, add_offline_argument, resolve_weights
+from core.cli import (FileInTheWay, HelpFormatter, UserError, add_offline_argument, check_not_an_input, check_output,
+                      exit_on_error, resolve_weights)
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
-from core.training.data import build_train_loader, sample_seed
+from core.training.data import SampleError, build_train_loader, sample_seed, upscaling_note
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        wrap_model)
 from core.training.log import PrintWindow, RunLog, TrainingStopped, report_window
@@ -160,9 +165,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--wdecay must be a number >= 0, got {args.wdecay}")
     if not (math.isfinite(args.gamma) and 0 < args.gamma <= 1):
         parser.error(f"--gamma must be in (0, 1], got {args.gamma}")
-    output = Path(args.output)
-    if output.exists() and not output.is_dir() or any(p.exists() and not p.is_dir() for p in output.parents):
-        parser.error(f"--output {args.output}: a file is in the way of the output folder")
+    if not args.name or args.name in (".", "..") or os.sep in args.name or "/" in args.name:
+        parser.error(f"--name {args.name!r} must be a file name without folders (--output chooses the folder)")
     if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file() \
             and registered_entry(args.restore_ckpt) is None:
         parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name "
@@ -177,6 +181,34 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--stop_at must be >= 1")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error("--num_workers must be >= 0")
+    check_outputs(parser, args)
+
+
+def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--output` must be a folder that can be made, and no file of the run one of its inputs."""
+    try:
+        output = check_output(args.output, "--output", folder=True)
+        state_path = output / f"{args.name}{STATE_SUFFIX}"
+        inputs = [("--restore_ckpt", args.restore_ckpt), ("--semantic_weights", args.semantic_weights)]
+        if args.resume not in (None, "auto") and Path(args.resume).resolve() != state_path.resolve():
+            inputs.append(("--resume", args.resume))
+        for path in run_outputs(output, args, [given for _, given in inputs if given is not None]):
+            check_not_an_input(path, "--output/--name:", inputs)
+    except FileInTheWay as error:
+        parser.error(f"{error} (a file is in the way of the output folder)")
+    except UserError as error:
+        parser.error(str(error))
+
+
+def run_outputs(output: Path, args: argparse.Namespace, inputs: list[str]) -> list[Path]:
+    """The files of the run in `output` (the `{step}_{name}` weights: those named like an input)."""
+    names = [f"{args.name}{suffix}" for suffix in (".pth", ".json", STATE_SUFFIX, ".log", "_loss.png", "_epe.png")]
+    step_file = re.compile(rf"(\d+)_{re.escape(args.name)}\.(pth|json)")
+    for given in inputs:
+        match = step_file.fullmatch(Path(given).name)
+        if match and int(match[1]) % args.val_freq == 0 and int(match[1]) <= args.num_steps:
+            names.append(match[0])
+    return [output / name for name in names]
 
 
 # ============================================================================ training
@@ -303,13 +335,20 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         seed_everything(args.seed)
         model = build_model(args, amp_dtype)
         if state is not None:
-            model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
+            try:
+                model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
+            except RuntimeError as error:
+                raise SystemExit(f"error: --resume {resume_path} does not fit this model: "
+                                 f"{str(error).strip().splitlines()[-1].strip()}") from None
             log(f"resuming {resume_path} at step {start_step}")
         else:
             if args.resume == "auto":
                 log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
-            initialise(model, 2 if args.frozen else 1, restore_ckpt=restore_ckpt,
-                       semantic_weights=args.semantic_weights, log=log, offline=offline)
+            try:
+                initialise(model, 2 if args.frozen else 1, restore_ckpt=restore_ckpt,
+                           semantic_weights=args.semantic_weights, log=log, offline=offline)
+            except (ValueError, FileNotFoundError) as error:  # a damaged or mismatched file, named
+                raise SystemExit(f"error: {' '.join(str(error).split())}") from None
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
@@ -341,6 +380,9 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             val_dataset = build_val_dataset(args)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
+        note = upscaling_note(loader, tuple(args.image_size))
+        if note:
+            log(note)
     except BaseException:
         log.close()
         raise
@@ -420,6 +462,8 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
 def next_batch(run: Run, batches, step: int, args: argparse.Namespace):
     try:
         return next(batches)
+    except SampleError as error:  # a damaged or mismatched file of the split, named in the message
+        raise SystemExit(f"error: {error}") from None
     except Exception:
         # Ctrl-C also reaches the loader workers, which then die: save and stop, don't crash
         if run.stop.signum is None:
@@ -486,8 +530,11 @@ def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str
     if run.val_dataset is None:
         return {}
     started = time.time()
-    results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
-                       max_pairs=args.val_max_pairs, rank=run.rank, world_size=run.world_size)
+    try:
+        results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
+                           max_pairs=args.val_max_pairs, rank=run.rank, world_size=run.world_size)
+    except (ValueError, FileNotFoundError) as error:  # a damaged file of the split, or non-finite flow
+        raise SystemExit(f"error: validation at step {step}: {error} (training state: {run.state_path})") from None
     run.log.scalars("val", step, results)
     run.log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
             + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -495,4 +542,4 @@ def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    exit_on_error(lambda: main(get_args_parser().parse_args()))

@@ -4,6 +4,12 @@ Weight files keep the authors' key layout (every key prefixed with `module.`, as
 `nn.DataParallel` scripts save it), so files move freely between their code and ours.
 Everything is loaded with `torch.load(..., weights_only=True)`.
 
+Files this project writes carry a SHA-256 checksum: a weights file's in the `.json`
+beside it (`"sha256"`, of the file's bytes), a training-state file's inside it (`"sha256"`,
+of its payload, `payload_sha256`). Loading verifies it and refuses a mismatch, naming the
+file; files without one (the authors') load as before. Non-finite weights are refused at
+load, naming the tensor.
+
 The default weights file of the scripts is the first of DEFAULT_CHECKPOINTS that exists
 (`default_checkpoint()`): the authors' release, then stage 2 of the seed training.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -127,27 +134,99 @@ def _load_problem(path: Path, error: Exception) -> str:
     return f"cannot read checkpoint {path}: {first}"
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a weights file (authors' format, ours, or a training-state file) as a plain
-    state dict without the `module.` prefix.
-
-    FileNotFoundError when missing; ValueError (one line, naming the file) when it is not
-    a PyTorch checkpoint, is damaged, or holds something other than tensors.
-    """
+def load_plain(path: str | os.PathLike) -> object:
+    """torch.load(path, weights_only=True) on the CPU; ValueError (one line, naming the file,
+    never advice to unpickle unsafely) when it is not a PyTorch file or is damaged."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     problem = _format_problem(path)
     if problem:
         raise ValueError(problem)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(_load_problem(path, error)) from error
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digest_tree(digest, tree) -> None:
+    if isinstance(tree, torch.Tensor):
+        tensor = tree.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(tree, Mapping):
+        digest.update(f"D{len(tree)}".encode())
+        for key in sorted(tree, key=repr):
+            digest.update(f"K{key!r}".encode())
+            _digest_tree(digest, tree[key])
+    elif isinstance(tree, (list, tuple)):  # torch.load may turn one into the other
+        digest.update(f"L{len(tree)}".encode())
+        for item in tree:
+            _digest_tree(digest, item)
+    else:
+        digest.update(f"V{tree!r}".encode())
+
+
+def payload_sha256(tree: object) -> str:
+    """SHA-256 of a nested dict/list of tensors and plain values (keys, dtypes, shapes,
+    bytes): the checksum a training-state file stores of itself."""
+    digest = hashlib.sha256()
+    _digest_tree(digest, tree)
+    return digest.hexdigest()
+
+
+def verify_payload(path: str | os.PathLike, state: Mapping) -> None:
+    """ValueError naming `path` when `state` carries a `sha256` that its payload does not have."""
+    expected = state.get("sha256")
+    if expected is None:
+        return
+    if payload_sha256({k: v for k, v in state.items() if k != "sha256"}) != expected:
+        raise ValueError(f"{path}: damaged file: its content does not match the checksum stored in it")
+
+
+def verify_file_checksum(path: str | os.PathLike) -> None:
+    """ValueError naming both files when the `.json` beside `path` gives another checksum."""
+    description = read_description(path)
+    expected = (description or {}).get("sha256")
+    if expected is not None and sha256_of(path) != expected:
+        raise ValueError(f"{path}: damaged file: its SHA-256 differs from the one in {description_path(path)} "
+                         "(changed since it was written?)")
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a weights file (authors' format, ours, or a training-state file) as a plain
+    state dict without the `module.` prefix, after verifying its checksum if it has one.
+
+    FileNotFoundError when missing; ValueError (one line, naming the file) when it is not
+    a PyTorch checkpoint, is damaged (checksum mismatch, non-finite tensors), or holds
+    something other than tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    verify_file_checksum(path)
+    obj = state = load_plain(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]  # a training-state file written by train.py
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
+    damaged = nonfinite_tensors(obj)
+    if damaged:
+        raise ValueError(f"{path}: damaged weights: non-finite values (NaN or inf) in {damaged[0]}"
+                         + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else ""))
+    if state is not obj:
+        verify_payload(path, state)
     return strip_data_parallel_prefix(obj)
 
 
@@ -244,6 +323,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
     had_previous = path.exists()
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give what open() would
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -255,6 +335,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) ->
         if isinstance(error, (OSError, RuntimeError)) and _out_of_space(error):
             raise NoSpaceError(path, had_previous) from error
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def stale_temporary_pattern(path: str | os.PathLike) -> re.Pattern:
@@ -286,10 +372,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, description: M
     """Write the weights atomically in the authors' key format (a bare state dict, so that
     the authors' files and ours interchange). With `description` (e.g. the step and the
     training arguments), also write `description_path(path)`: the model's architecture
-    config and the description, as JSON."""
+    config, the description and the weights file's SHA-256, as JSON."""
     atomic_save(reference_state_dict(model), path)
     if description is not None:
-        document = {"config": asdict(unwrap(model).config), **description}
+        document = {"config": asdict(unwrap(model).config), **description, "sha256": sha256_of(path)}
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         _atomic_write(description_path(path), lambda stream: stream.write(text.encode("utf-8")))
 
@@ -323,7 +409,8 @@ def description_path(weights: str | os.PathLike) -> Path:
 
 def read_description(weights: str | os.PathLike) -> dict | None:
     """The JSON description beside `weights` (None when there is none); ValueError naming
-    the file when it is not a JSON object."""
+    the file when it is not a JSON object, or its `config` not an object or its `sha256`
+    not a string."""
     path = description_path(weights)
     if not path.is_file():
         return None
@@ -333,6 +420,10 @@ def read_description(weights: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a readable description of {Path(weights).name} ({error})") from None
     if not isinstance(document, dict):
         raise ValueError(f"{path}: not a description of {Path(weights).name} (a JSON object is expected)")
+    for key, kind, name in (("config", dict, "an object"), ("sha256", str, "a string")):
+        if key in document and not isinstance(document[key], kind):
+            raise ValueError(f"{path}: not a description of {Path(weights).name} ({key!r} must be {name}, "
+                             f"got {type(document[key]).__name__})")
     return document
 
 

@@ -1,11 +1,14 @@
-"""Command-line pieces shared by evaluate.py and get_flow.py (and train.py's weights
-options): the model options, their one-line errors, weights by name or path, and
-output-path checks. (argparse stops here: core modules below take explicit arguments.)"""
+"""Command-line pieces shared by the scripts: the model options and their one-line errors
+(evaluate.py, get_flow.py), weights by name or path (and train.py's weights options), and the
+output-path check of all three (`check_output`). (argparse stops here: core modules below take
+explicit arguments.)"""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -128,10 +131,48 @@ def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike
         raise UserError(str(error)) from None
 
 
-def check_output_file(path: str | os.PathLike, flag: str) -> Path:
-    """`path` as a Path if a file can be written there (missing folders are created later);
-    otherwise a UserError naming `flag` and the path."""
+def exit_on_error(main: Callable[[], object]) -> None:
+    """Run a script's `main` from the command line: its one-line errors (a SystemExit with a
+    message) go to stderr with exit code 2, as argparse's do."""
+    try:
+        main()
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise
+        print(stop.code, file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+class FileInTheWay(UserError):
+    """An output folder cannot be made because a file is where it (or a folder above it) should be."""
+
+
+def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False,
+                 inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """`path` as a Path if a file (or, with `folder`, a folder) can be written there: missing
+    folders are created later. `inputs`: (what, path) of the files the script reads (None:
+    not given); an output that is one of them, symlinks resolved, is refused. UserError
+    naming `flag` and the path otherwise (FileInTheWay when a file blocks a folder)."""
     out = Path(path)
+    if folder:
+        _check_folder(out, flag)
+    else:
+        _check_file(out, flag)
+    check_not_an_input(out, flag, inputs)
+    return out
+
+
+def check_not_an_input(out: str | os.PathLike, flag: str,
+                       inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+    """UserError when the output `out` is (symlinks resolved) one of the `inputs` (what, path)."""
+    target = Path(out).resolve()
+    for what, given in inputs:
+        if given is not None and Path(given).resolve() == target:
+            named = f" ({given})" if str(given) != str(out) else ""
+            raise UserError(f"{flag} {out} is the input {what}{named}: refusing to overwrite an input")
+
+
+def _check_file(out: Path, flag: str) -> None:
     if out.is_dir():
         raise UserError(f"{flag} {out} is a directory (give a file name, e.g. {out / 'results.json'})")
     if out.exists() and not os.access(out, os.W_OK):
@@ -141,4 +182,15 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
         raise UserError(f"{flag} {out}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {out}: folder {folder} is not writable")
-    return out
+
+
+def _check_folder(out: Path, flag: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileInTheWay(f"{flag} {out} is a file, not a folder")
+    existing = out
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing != out and not existing.is_dir():
+        raise FileInTheWay(f"{flag} {out}: cannot create the folder, {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {out}: no permission to write in {existing}")

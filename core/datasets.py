@@ -1,4 +1,4 @@
-"""FacialFlowNet dataset and training data loader.
+"""FacialFlowNet dataset (the training loader is core.training.data).
 
 Layout (``{split}`` is ``train``, ``val`` or ``test``)::
 

@@ -164,6 +164,15 @@ def _emotion_of(dataset: Any, index: int) -> str:
     return str(getattr(entry, "emotion", entry[0] if isinstance(entry, (tuple, list)) else entry))
 
 
+def _pair_label(dataset: Any, index: int) -> str:
+    """`pair i (first frame -> second frame)` where the dataset knows its files."""
+    label = f"pair {index}"
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    images = getattr(dataset, "image_list", None)
+    return f"{label} ({images[index][0]} -> {images[index][1]})" if images is not None else label
+
+
 def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]
                   ) -> dict[str, Any]:
     """Metric blocks of one pair by kind (None: nothing scored), `empty_mask`, and
@@ -225,7 +234,8 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     `pairs_without_mask` and left out of the means; `scored_pairs[kind]` is the number of
     pairs each mean is over (to combine partial results, e.g. across processes, weight each
     block by it). `nonfinite_gt_pixels` (`{"facial", "head"}`) counts the ground-truth
-    pixels that were NaN or inf, which no metric uses.
+    pixels that were NaN or inf, which no metric uses. A prediction that is not finite
+    everywhere is never scored: ValueError naming the pair.
     """
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
@@ -235,6 +245,9 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     for index in indices:
         sample = dataset[index]
         facial, head = predictor(sample[0], sample[1])
+        if not all(torch.isfinite(flow).all() for flow in (facial, head) if flow is not None):
+            raise ValueError(f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; "
+                             "nothing was scored")
         per_pair.append(_pair_metrics(facial, head, sample))
         emotions.append(_emotion_of(dataset, index))
     results = _summarise(per_pair, has_head)

@@ -197,8 +197,13 @@ class FlowEstimator:
         to the input size, `[B, 2, H, W]`, and the decoders' final low-resolution flows of the
         padded pair, `[B, 2, H'/8, W'/8]` (a warm start's input). `flow_init`: a previous
         result's `(facial_low, head_low)` for the same size, or None."""
+        given = (tuple(image1.shape), tuple(image2.shape))  # the caller's shapes, for messages
+        if given[0] != given[1]:
+            raise ValueError(f"image1 and image2 differ in shape: {given[0]} vs {given[1]}")
         if image1.dim() == 3:
             image1, image2 = image1[None], image2[None]
+        if image1.dim() != 4 or image1.shape[1] != 3:
+            raise ValueError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
         padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1.to(self.device), image2.to(self.device))
         self.model.check_inputs(image1, image2)

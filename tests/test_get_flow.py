@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate
 import get_flow
 from core.synthetic import render_sequence
-from core.utils import flow_viz
+from core.utils import flow_viz, frame_utils
 from core.utils.frame_utils import read_flo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,6 +247,22 @@ def test_output_names_are_unique_per_pair(decflow_checkpoint: Path, tmp_path: Pa
                for name in names for kind in ("facial", "head", "expression"))
 
 
+def test_save_formats_hold_the_same_flows(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    """--save_format pfm|kitti|npy write the flows --save_flo writes (KITTI: to 1/64 px)."""
+    first, second, _ = _random_pair(tmp_path / "pair", (24, 24))
+    model = ("--model", str(decflow_checkpoint), "--iters", "1", "--image1", str(first), "--image2", str(second))
+    run(*model, "--save_flo", "--output", str(tmp_path / "flo"))
+    readers = {"pfm": lambda p: frame_utils.read_pfm(p)[..., :2], "npy": np.load,
+               "kitti": lambda p: frame_utils.read_kitti_flow(p)[0]}
+    for fmt, extension in (("pfm", ".pfm"), ("npy", ".npy"), ("kitti", ".png")):
+        run(*model, "--save_format", fmt, "--output", str(tmp_path / fmt))
+        for kind in ("facial", "head", "expression"):
+            expected = read_flo(tmp_path / "flo" / f"pair_a-b_{kind}.flo")
+            np.testing.assert_allclose(readers[fmt](tmp_path / fmt / f"pair_a-b_{kind}{extension}"), expected,
+                                       atol=1 / 64 if fmt == "kitti" else 0)
+    assert "does not go with" in _error(*model, "--save_flo", "--save_format", "npy")
+
+
 def test_a_name_repeated_within_a_run_is_disambiguated(decflow_checkpoint: Path, tmp_path: Path) -> None:
     """a.jpg, a.png, a_jpg.png, a_png.jpg: pairs 1 and 3 both read `a_jpg-a_png`."""
     folder = tmp_path / "f"
@@ -335,8 +351,8 @@ def test_truncated_video_warns_with_both_numbers(decflow_checkpoint: Path, tmp_p
     run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out),
         "--stride", "2", "--max_frames", "4")  # frames 0, 2, 4 of the 0, 2, 4, 6 asked for
     assert "used 3 frames instead of 4 (--stride 2 --max_frames 4), 2 pairs instead of 3" in capsys.readouterr().err
-    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out),
-        "--max_frames", "3")  # all the frames asked for decode: nothing to say
+    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(tmp_path / "out3"),
+        "--max_frames", "3")  # all the frames asked for decode: nothing to say (a new --output: the same input)
     assert "warning" not in capsys.readouterr().err
 
 

@@ -5,10 +5,12 @@ import random
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils import data
 
 from core.datasets import seed_worker, training_dataset
 from core.training.state import seed_everything
+from core.utils.augmentor import CROP_MARGIN
 
 
 def sample_seed(seed: int, epoch: int, slot: int) -> int:
@@ -49,6 +51,21 @@ class ResumableSampler(data.Sampler):
         return self.batches_per_epoch * self.batch_size
 
 
+class SampleError(ValueError):
+    """A training sample that cannot be read (damaged or mismatched file, named in the message).
+
+    A DataLoader worker's exception reaches the main process re-created from the worker's
+    traceback text; this class takes its own message back out of it, so that the one line
+    naming the file passes through intact.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
 class SeededSamples(data.Dataset):
     """Wraps a dataset: item `(index, seed)` is `dataset[index]` with torch, numpy and random seeded
     by `seed`, so an augmentation depends on the sample's place in the stream only (not on the
@@ -67,6 +84,8 @@ class SeededSamples(data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 seed_everything(seed)
                 return self.dataset[index]
+        except (ValueError, OSError) as error:  # e.g. a truncated .flo, a damaged JPEG, a bad mask
+            raise SampleError(str(error)) from None
         finally:
             np.random.set_state(numpy_state)
             random.setstate(python_state)
@@ -81,3 +100,17 @@ def build_train_loader(*, stage: str, image_size: tuple[int, int], root: str, pe
     return data.DataLoader(SeededSamples(dataset), batch_size=per_process_batch, sampler=sampler,
                            num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
                            worker_init_fn=seed_worker, persistent_workers=num_workers > 0)
+
+
+def upscaling_note(loader: data.DataLoader, image_size: tuple[int, int]) -> str | None:
+    """One line when the crop `image_size` [H, W] does not fit the training frames (first frame
+    of the split) with the augmentor's margin, so that every sample is upscaled; else None."""
+    first = loader.dataset.dataset.image_list[0][0]
+    with Image.open(first) as image:
+        width, height = image.size
+    if image_size[0] + CROP_MARGIN <= height and image_size[1] + CROP_MARGIN <= width:
+        return None
+    factor = max((image_size[0] + CROP_MARGIN) / height, (image_size[1] + CROP_MARGIN) / width)
+    return (f"warning: --image_size {image_size[0]} {image_size[1]} is larger than the training frames "
+            f"({height}x{width}, e.g. {first}) less the crop margin of {CROP_MARGIN} px: every sample is "
+            f"upscaled, by at least {factor:.2f}x")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import atomic_save, reference_state_dict, unwrap
+from core.checkpoint import atomic_save, load_plain, payload_sha256, reference_state_dict, unwrap, verify_payload
 
 
 def seed_everything(seed: int) -> None:
@@ -83,27 +83,32 @@ def plain_arguments(args: object) -> dict:
 
 def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args: object, history: dict,
                scaler_skipped: int = 0) -> None:
-    atomic_save({"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
-                 "config": unwrap(model).config_dict(), "history": history}, path)
+    state = {"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+             "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
+             "config": unwrap(model).config_dict(), "history": history}
+    atomic_save({**state, "sha256": payload_sha256(state)}, path)
 
 
 def read_state(path: Path, expected: dict) -> dict:
     """Read a training-state file for `--resume`; ValueError (one line naming the file) when
-    it is unreadable, not a state file, damaged (a non-finite value) or from another run
-    (an argument in `expected` saved with another value)."""
+    it is unreadable, not a state file, damaged (its checksum differs, a non-finite value)
+    or from another run (an argument in `expected` saved with another value)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["step"], state["args"], state["optimizer"]  # noqa: B018 (a training-state file?)
-    except Exception as error:  # unreadable, truncated or not a state file
-        raise ValueError(f"--resume {path} is not a readable training-state file: "
-                         f"{str(error).splitlines()[0]}") from None
+        state = load_plain(path)
+    except ValueError as error:
+        raise ValueError(f"--resume: {error}") from None
+    if not (isinstance(state, dict) and all(key in state for key in ("step", "args", "optimizer", "model"))):
+        raise ValueError(f"--resume {path} is not a training-state file (no step, args, optimizer and model)")
     damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
     if damaged:
         raise ValueError(f"--resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
                          + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
                          + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead")
+    try:
+        verify_payload(path, state)
+    except ValueError as error:
+        raise ValueError(f"--resume: {error}") from None
     mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {value}" for k, value in expected.items()
                   if state["args"].get(k) != value
                   and not (isinstance(state["args"].get(k), list) and list(value) == state["args"][k])]

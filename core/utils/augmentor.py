@@ -22,6 +22,8 @@ from PIL import Image
 from torchvision.transforms import ColorJitter
 
 AugmentedSample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# Margin (px) the rescaled frame keeps around the crop; frames smaller than crop + margin are upscaled.
+CROP_MARGIN = 8
 
 
 class FacialFlowAugmentor:
@@ -101,7 +103,7 @@ class FacialFlowAugmentor:
         """Rescale (with stretch), flip and crop images, flows and mask with one geometry."""
         ht, wd = img1.shape[:2]
         crop_h, crop_w = self.crop_size
-        min_scale = max((crop_h + 8) / float(ht), (crop_w + 8) / float(wd))
+        min_scale = max((crop_h + CROP_MARGIN) / float(ht), (crop_w + CROP_MARGIN) / float(wd))
 
         scale = 2 ** np.random.uniform(self.min_scale, self.max_scale)
         scale_x = scale_y = scale

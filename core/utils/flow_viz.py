@@ -8,10 +8,13 @@ darkened, as in the Middlebury code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 # Number of hue steps between the six primary/secondary colours of the wheel
 # (red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red).
@@ -163,7 +166,22 @@ def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, 
     return canvas, scale
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG; OSError naming the file when it cannot be written."""
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"cannot write {path}")
+def write_png(path: Path, rgb: np.ndarray, *, text: Mapping[str, str] | None = None) -> None:
+    """Write an RGB uint8 image as PNG, with `text` entries (tEXt chunks); OSError naming the
+    file when it cannot be written."""
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    try:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG", pnginfo=info, compress_level=1)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot write {path} ({error})") from None
+
+
+def read_png_text(path: Path, key: str) -> str | None:
+    """Text entry `key` of a PNG (None: no such file, entry or readable PNG)."""
+    try:
+        with Image.open(path) as image:
+            return image.text.get(key) if image.format == "PNG" else None
+    except (OSError, ValueError, SyntaxError):
+        return None

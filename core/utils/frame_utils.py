@@ -11,7 +11,9 @@ Supported formats:
 * KITTI 16-bit PNG flow: ``value = flow * 64 + 2**15`` in the R and G channels and a
   validity flag in B.
 * Frames (JPEG/PNG/...): read with Pillow, like the reference, and always returned
-  as ``uint8`` ``HxWx3`` RGB arrays.
+  as ``uint8`` ``HxWx3`` RGB arrays. A JPEG whose image data is damaged (which libjpeg
+  decodes into a wrong image with a mere warning) raises :class:`ValueError` naming it
+  (:func:`core.utils.jpeg.jpeg_damage`; each file is checked once per process).
 * NumPy ``.npy`` arrays (masks): read without unpickling; an unreadable file raises
   :class:`ValueError` naming it.
 
@@ -20,6 +22,7 @@ All flows are ``float32`` arrays of shape ``[H, W, 2]`` (channel 0 = x).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -28,6 +31,8 @@ from typing import Union
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from core.utils.jpeg import jpeg_damage
 
 PathLike = Union[str, os.PathLike]
 
@@ -88,6 +93,11 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
         f.write(np.array([FLO_MAGIC], dtype="<f4").tobytes())
         f.write(np.array([width, height], dtype="<i4").tobytes())
         f.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
+
+
+def write_npy(path: PathLike, flow: np.ndarray) -> None:
+    """Write a ``[H, W, 2]`` flow as a float32 ``.npy`` array (no pickling)."""
+    np.save(path, _check_flow_array(flow, path), allow_pickle=False)
 
 
 def read_pfm(path: PathLike) -> np.ndarray:
@@ -177,6 +187,12 @@ def read_image(path: PathLike) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
+            if img.format == "JPEG":
+                stat = os.stat(path)
+                damage = _jpeg_damage_once(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+                if damage:
+                    raise ValueError(f"{path}: damaged JPEG image data ({damage}): the decoder would return a "
+                                     "wrong image")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 grey = np.asarray(img, dtype=np.float64)
@@ -187,6 +203,13 @@ def read_image(path: PathLike) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read image ({err})") from err
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _jpeg_damage_once(path: str, size: int, mtime_ns: int) -> str | None:
+    """`jpeg_damage` of the file, once per version of it (`size`, `mtime_ns`): about 0.1 s
+    for a 480x640 frame."""
+    return jpeg_damage(Path(path).read_bytes())
 
 
 def read_npy(path: PathLike) -> np.ndarray:

@@ -38,6 +38,13 @@ class Frame:
     name: str  # this frame's part of a pair's output name
     label: str  # for messages (file name, or video + index)
     rgb: np.ndarray
+    source: str = ""  # where it comes from, symlinks resolved (file, or video + index)
+
+
+def folder_prefix(folder: Path, depth: int) -> str:
+    """The last `depth` folder names of `folder` (resolved) joined by `_` ("root" for none)."""
+    parts = folder.resolve().parts[1:]
+    return "_".join(parts[len(parts) - depth:]) if parts else "root"
 
 
 def frame_tokens(paths: list[Path]) -> list[str]:
@@ -60,16 +67,28 @@ class ImageFiles:
         self.pairs = len(paths) - 1
         self.fps = None
         self.video_name = None
-        self.folder = paths[0].resolve().parent.name or "root"
+        self.depth = 1  # folders of the first file in the pair names (more tell inputs apart across runs)
+        self.max_depth = max(len(paths[0].resolve().parent.parts) - 1, 1)
         self.tokens = frame_tokens(paths)
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
             role = f"image{i + 1}" if self.role == "pair" else self.role
-            yield Frame(self.tokens[i], str(path), self.decoded[i] if self.decoded else read_rgb(path, role))
+            yield self.frame(i, self.decoded[i] if self.decoded else read_rgb(path, role))
+
+    def frame(self, i: int, rgb: np.ndarray | None = None) -> Frame:
+        return Frame(self.tokens[i], str(self.paths[i]), rgb, str(self.paths[i].resolve()))
+
+    def planned(self) -> Iterator[tuple[Frame, Frame]]:
+        """The pairs an iteration gives, without reading a frame."""
+        for i in range(self.pairs):
+            yield self.frame(i), self.frame(i + 1)
 
     def pair_name(self, first: Frame, second: Frame) -> str:
-        return f"{self.folder}_{first.name}-{second.name}"
+        return f"{folder_prefix(self.paths[0].parent, self.depth)}_{first.name}-{second.name}"
+
+    def output_stem(self) -> str | None:
+        return None
 
 
 class VideoFrames:
@@ -94,6 +113,7 @@ class VideoFrames:
         if not readable:
             raise ValueError(f"cannot open video {path} (OpenCV decodes no frame from it)")
         self.path, self.stride, self.max_frames = path, stride, max_frames
+        self.paths = [path]  # the input files
         self.announced = max(count, 0)  # frames in the container (0: unknown)
         expected = -(-count // stride) if count > 0 else 0
         if max_frames is not None:
@@ -102,6 +122,8 @@ class VideoFrames:
         self.pairs = max(expected - 1, 0) if count > 0 else None
         self.fps = fps / stride if fps and fps > 0 else 25.0 / stride
         self.video_name = path.stem
+        self.depth = 0  # folders of the video in the output names (more tell inputs apart across runs)
+        self.max_depth = len(path.resolve().parent.parts) - 1
         self.used = 0  # frames yielded by the last iteration
         self.failed_at: int | None = None  # index of the frame it could not decode
 
@@ -121,15 +143,29 @@ class VideoFrames:
                 if not ok:
                     self.failed_at = index
                     break
-                yield Frame(f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}",
-                            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                yield self.frame(index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 index += 1
                 self.used += 1
         finally:
             capture.release()
 
+    def frame(self, index: int, rgb: np.ndarray | None = None) -> Frame:
+        return Frame(f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}", rgb,
+                     f"{self.path.resolve()} frame {index}")
+
+    def planned(self) -> Iterator[tuple[Frame, Frame]]:
+        """The pairs an iteration gives if the video decodes as its container announces
+        (the first pair where it announces no frame count), without decoding a frame."""
+        indices = range(0, (self.expected if self.expected is not None else 2) * self.stride, self.stride)
+        for first, second in zip(indices, indices[1:]):
+            yield self.frame(first), self.frame(second)
+
     def pair_name(self, first: Frame, second: Frame) -> str:
-        return first.name
+        return f"{folder_prefix(self.path.parent, self.depth)}_{first.name}" if self.depth else first.name
+
+    def output_stem(self) -> str:
+        """The name of the output video, without `_flow.mp4`."""
+        return f"{folder_prefix(self.path.parent, self.depth)}_{self.video_name}" if self.depth else self.video_name
 
     def shortfall(self) -> str | None:
         """One line when the last iteration decoded fewer frames than the container announces."""
