@@ -25,6 +25,7 @@ import copy
 import json
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -82,29 +83,42 @@ def build_lever(base: DecFlow, lever: Lever, device: torch.device, image1: torch
 
 def bench_levers(names: list[str], *, device: torch.device, size: tuple[int, int], batch: int, iters: int,
                  amp_dtype: torch.dtype | None, warmup: int, repeats: int) -> list[dict]:
-    """One row per lever in `names`: ms per step, speedup over `straightforward`, peak GB."""
+    """One row per lever in `names`: ms per step, speedup over `straightforward`, peak GB. A
+    lever that fails to run (say, torch.compile without a working compiler) is reported with
+    its error and NaN figures; the other rows still count."""
     base = build_model()
     image1, image2 = (image.to(device) for image in make_pair(batch, *size))
     steps, peaks = {}, {}
     for name in names:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-        steps[name] = build_lever(base, LEVERS[name], device, image1, image2, iters=iters, amp_dtype=amp_dtype)
-        for _ in range(max(warmup, 1)):  # compiles, allocates the AdamW state
-            steps[name]()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            steps[name]()
-            torch.cuda.synchronize()
-            peaks[name] = (torch.cuda.max_memory_allocated() - before) / 1e9
-        else:
-            peaks[name] = fresh_process_peak_gb(name, size=size, batch=batch, iters=iters, amp_dtype=amp_dtype)
+        try:
+            steps[name], peaks[name] = prepare_lever(base, name, device, image1, image2, iters=iters,
+                                                     amp_dtype=amp_dtype, warmup=warmup)
+        except Exception:  # noqa: BLE001 (one device call must still give the other rows)
+            print(f"lever {name} failed:\n{traceback.format_exc()}", flush=True)
     ms = interleaved_best(steps, 0, repeats, timer=cuda_ms if device.type == "cuda" else wall_ms)
     reference = ms.get("straightforward")
-    return [{"mode": name, "ms": ms[name], "speedup": reference / ms[name] if reference else float("nan"),
-             "peak_gb": peaks[name]} for name in names]
+    return [{"mode": name if name in ms else f"{name} (failed)", "ms": ms.get(name, float("nan")),
+             "speedup": reference / ms[name] if reference and name in ms else float("nan"),
+             "peak_gb": peaks.get(name, float("nan"))} for name in names]
+
+
+def prepare_lever(base: DecFlow, name: str, device: torch.device, image1: torch.Tensor, image2: torch.Tensor, *,
+                  iters: int, amp_dtype: torch.dtype | None, warmup: int) -> tuple[Callable[[], None], float]:
+    """Lever `name`'s step, warmed up (compiled, its AdamW state allocated), and its peak GB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+    step = build_lever(base, LEVERS[name], device, image1, image2, iters=iters, amp_dtype=amp_dtype)
+    for _ in range(max(warmup, 1)):
+        step()
+    if device.type != "cuda":
+        return step, fresh_process_peak_gb(name, size=tuple(image1.shape[-2:]), batch=image1.shape[0], iters=iters,
+                                           amp_dtype=amp_dtype)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return step, (torch.cuda.max_memory_allocated() - before) / 1e9
 
 
 def wall_ms(fn: Callable[[], object]) -> float:
