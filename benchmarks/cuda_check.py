@@ -8,7 +8,7 @@ Parts (`PARTS`), run one after another in this order of priority:
   suite         the complete test suite with CUDA present (pytest-xdist workers where installed,
                 see requirements-dev.txt; else plain pytest)
   benchmark     python -m benchmarks.benchmark all --device cuda
-  learning      python -m benchmarks.learning with its GPU defaults
+  learning      python -m benchmarks.learning with its GPU defaults (--parallel)
   train_levers  python -m benchmarks.levers --device cuda (training-step levers at the seed recipe)
 
 Each part is a process group with its own time budget, killed when the budget or the whole
@@ -55,7 +55,8 @@ PARTS = {
     "benchmark": Part((PYTHON, "-m", "benchmarks.benchmark", "all", "--device", "cuda"),
                       (PYTHON, "-m", "benchmarks.benchmark", "inference", "--size", "128", "128", "--iters", "1",
                        "--warmup", "0", "--repeats", "1"), budget_s=180),
-    "learning": Part((PYTHON, "-m", "benchmarks.learning", "--device", "cuda"),
+    # both precisions train at once (one GPU holds both): the part takes about half the time
+    "learning": Part((PYTHON, "-m", "benchmarks.learning", "--device", "cuda", "--parallel"),
                      (PYTHON, "-m", "benchmarks.learning", "--device", "cpu", "--steps", "1", "--size", "128", "128",
                       "--batch", "1", "--iters", "1", "--eval_iters", "1", "--subjects", "1", "--frames", "3",
                       "--frame_size", "128", "128", "--num_workers", "0"), budget_s=360),
