@@ -139,10 +139,10 @@ def measure_peak(size: tuple[int, int], mode: str, iters: int) -> None:
     with torch.no_grad():
         out = model(image1, image2, iters=iters, test_mode=True)
     assert torch.isfinite(out.facial).all()
-    print(json.dumps({"peak_gb": _peak_rss_bytes() / 1e9}))
+    print(json.dumps({"peak_gb": peak_rss_bytes() / 1e9}))
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """High-water resident set size of this process image. Linux's VmHWM starts afresh at
     exec, while ru_maxrss would include the parent's peak at fork time."""
     try:
@@ -154,7 +154,7 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _table(title: str, rows: list[dict]) -> str:
+def format_table(title: str, rows: list[dict]) -> str:
     columns = list(rows[0])
     width = max(14, *(len(str(v)) for row in rows for v in row.values() if not isinstance(v, float)))
     lines = [title, "  ".join(f"{c:>{width}}" for c in columns)]
@@ -206,7 +206,7 @@ def main_cuda(args: argparse.Namespace) -> None:
             image1, image2 = (image.to(device) for image in make_pair(args.batch or 1, *size))
             rows = bench_inference_cuda(model, alternate, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
                                         warmup=warmup, repeats=repeats)
-            print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
+            print(format_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
                          f"straightforward fp32; diff vs fast fp32)", rows), flush=True)
             del model, alternate, image1, image2
             torch.cuda.empty_cache()
@@ -216,7 +216,7 @@ def main_cuda(args: argparse.Namespace) -> None:
         image1, image2 = (image.to(device) for image in make_pair(args.batch or 6, *size))
         rows = bench_train_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, warmup=warmup,
                                 repeats=repeats)
-        print(_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 6}", rows), flush=True)
+        print(format_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 6}", rows), flush=True)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -236,12 +236,12 @@ def main(args: argparse.Namespace) -> None:
         print(f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "
               f"{conv_peak_gflops(torch.bfloat16):.0f} GFLOP/s bf16", flush=True)
         rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats, amp_dtype)
-        print(_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
+        print(format_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
               flush=True)
     if args.what in ("all", "train"):
         size = tuple(args.size or (256, 256))
         rows = bench_train(size, args.iters, args.batch or 2, args.warmup, args.repeats, amp_dtype)
-        print(_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 2}", rows), flush=True)
+        print(format_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 2}", rows), flush=True)
     if args.what in ("all", "memory"):
         sizes = [tuple(args.size)] if args.size else [(1024, 1024), (1080, 1920)]
         rows = []
@@ -253,7 +253,7 @@ def main(args: argparse.Namespace) -> None:
                 rows.append({"size": f"{size[0]}x{size[1]}", "mode": mode,
                              "peak_gb": peak_memory_gb(size, mode, args.iters),
                              "seconds": time.perf_counter() - start})
-        print(_table("\npeak memory, one pair (fresh process)", rows), flush=True)
+        print(format_table("\npeak memory, one pair (fresh process)", rows), flush=True)
 
 
 if __name__ == "__main__":

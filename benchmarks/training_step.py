@@ -9,20 +9,26 @@ import torch
 from core.loss import sequence_loss
 from core.network import DecFlow
 
+Targets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # facial flow, head flow, valid mask
 
-def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
-              modes: dict[str, tuple[Callable, torch.dtype | None]], lr: float) -> dict[str, Callable[[], None]]:
-    """`{name: step}` for `modes` `{name: (forward, autocast dtype or None)}`, each with its own
-    GradScaler (on for float16 only), all updating `model` with one AdamW."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+def random_targets(image1: torch.Tensor) -> Targets:
+    """Seeded ground truth for a batch of images `[B, 3, H, W]`: flows of a few px, all valid."""
     generator = torch.Generator().manual_seed(2)
     shape = (image1.shape[0], 2, *image1.shape[-2:])
     flow_facial = (3 * torch.randn(shape, generator=generator)).to(image1.device)
     flow_head = (2 * torch.randn(shape, generator=generator)).to(image1.device)
-    valid = torch.ones(shape[0], *shape[2:], device=image1.device)
+    return flow_facial, flow_head, torch.ones(shape[0], *shape[2:], device=image1.device)
 
-    def step(forward: Callable, dtype: torch.dtype | None, scaler: torch.amp.GradScaler) -> None:
+
+def make_step(model: DecFlow, optimizer: torch.optim.Optimizer, forward: Callable, dtype: torch.dtype | None,
+              image1: torch.Tensor, image2: torch.Tensor, targets: Targets, *, iters: int) -> Callable[[], None]:
+    """A training step of `model` through `forward(image1, image2, iters=)` under autocast to
+    `dtype` (None: float32), with its own GradScaler (on for float16 only)."""
+    scaler = torch.amp.GradScaler(image1.device.type, enabled=dtype == torch.float16)
+    flow_facial, flow_head, valid = targets
+
+    def step() -> None:
         with model.autocasting(dtype):
             facial, head = forward(image1, image2, iters=iters)
         loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
@@ -33,8 +39,15 @@ def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, ite
         scaler.step(optimizer)
         scaler.update()
 
-    def run(forward: Callable, dtype: torch.dtype | None) -> Callable[[], None]:
-        scaler = torch.amp.GradScaler(image1.device.type, enabled=dtype == torch.float16)
-        return lambda: step(forward, dtype, scaler)
+    return step
 
-    return {name: run(forward, dtype) for name, (forward, dtype) in modes.items()}
+
+def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+              modes: dict[str, tuple[Callable, torch.dtype | None]], lr: float) -> dict[str, Callable[[], None]]:
+    """`{name: step}` for `modes` `{name: (forward, autocast dtype or None)}`, each with its own
+    GradScaler (on for float16 only), all updating `model` with one AdamW."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    targets = random_targets(image1)
+    return {name: make_step(model, optimizer, forward, dtype, image1, image2, targets, iters=iters)
+            for name, (forward, dtype) in modes.items()}
