@@ -237,7 +237,7 @@ def test_get_flow_fetches_the_release_on_a_fresh_clone(served_release, online, t
     assert f"downloading decflow-facialflownet from {url} to checkpoints/decflow-facialflownet.pth" in captured.err
     assert "checkpoint: checkpoints/decflow-facialflownet.pth (default" in captured.out
     assert Path("checkpoints/decflow-facialflownet.pth").read_bytes() == served_release
-    get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--model", "decflow-facialflownet"]))
+    get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--overwrite", "--model", "decflow-facialflownet"]))
     assert online.requests == ["/checkpoints/decflow-facialflownet.pth"]  # once
 
 
