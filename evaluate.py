@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "numpy_version": np.__version__, "python_version": platform.python_version(),
                             "dataset_root": str(root), "max_pairs": args.max_pairs}
     if decflow:
-        model = load_model_from_args(args, checkpoint, device, amp_dtype)
-        predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, pad_mode="exp")
+        model = load_model_from_args(args, checkpoint, device)
+        predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
+                                               alternate_corr=args.alternate_corr, pad_mode="exp")
         meta.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_of(checkpoint), iters=args.iters,
                     padding_mode="exp", precision=precision_name(amp_dtype), model_options=model_options(args))
     else:

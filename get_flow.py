@@ -86,8 +86,8 @@ class FlowRunner:
     """Pad (symmetric, >= 128 px), run DecFlow, unpad (core.inference.FlowEstimator); keeps the
     low-res flows for warm starts."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, iters: int, warm_start: bool) -> None:
-        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode="symmetric")
+    def __init__(self, estimator: FlowEstimator, warm_start: bool) -> None:
+        self.estimator = estimator
         self.warm_start = warm_start
         self.previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -201,8 +201,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     source = select_source(args)
     checkpoint = resolve_checkpoint(args.model)
     device, amp_dtype = device_and_precision(args)
-    model = load_model_from_args(args, checkpoint, device, amp_dtype)
-    runner = FlowRunner(model, device, args.iters, args.warm_start)
+    model = load_model_from_args(args, checkpoint, device)
+    runner = FlowRunner(FlowEstimator(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
+                                      alternate_corr=args.alternate_corr, pad_mode="symmetric"), args.warm_start)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from core.checkpoint import remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
-from core.network import DecFlow
+from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
@@ -203,11 +203,10 @@ def load_training_state(path: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {error}") from None
 
 
-def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecFlow:
+def build_model(args: argparse.Namespace) -> DecFlow:
     """DecFlow with the architecture of `args`, trainable as in stage 2 (`--frozen`) or stage 1."""
-    model = DecFlow(num_heads=args.num_heads, position_only=args.position_only,
-                    position_and_content=args.position_and_content, dropout=args.dropout,
-                    mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype)
+    model = DecFlow(DecFlowConfig(num_heads=args.num_heads, position_only=args.position_only,
+                                  position_and_content=args.position_and_content, dropout=args.dropout))
     set_trainable(model, 2 if args.frozen else 1)
     return model
 
@@ -245,6 +244,7 @@ class Run:
     val_dataset: data.Dataset | None
     log: RunLog
     device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype of the forward passes (None: float32)
     distributed: bool
     rank: int
     world_size: int
@@ -292,7 +292,7 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
 
         seed_everything(args.seed)
-        model = build_model(args, amp_dtype)
+        model = build_model(args)
         if state is not None:
             model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
             log(f"resuming {resume_path} at step {start_step}")
@@ -336,7 +336,7 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         log.close()
         raise
     return Run(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loader=loader,
-               val_dataset=val_dataset, log=log, device=device, distributed=distributed, rank=rank,
+               val_dataset=val_dataset, log=log, device=device, amp_dtype=amp_dtype, distributed=distributed, rank=rank,
                world_size=world_size, output=output, start_step=start_step,
                scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
                resume_rng=state["rng"] if state else None)
@@ -367,7 +367,7 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
                      if args.add_noise else None)
             result = train_step(run.wrapped, batch, optimizer=run.optimizer, scaler=run.scaler, iters=args.iters,
                                 gamma=args.gamma, clip=args.clip, device=run.device, distributed=run.distributed,
-                                noise_generator=noise)
+                                noise_generator=noise, amp_dtype=run.amp_dtype)
             with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 run.scheduler.step()
@@ -468,7 +468,7 @@ def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
     if run.is_main:
         save_state(run.state_path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                    scaler=run.scaler, step=step, args=args, history=run.log.plain_history(),
-                   scaler_skipped=run.scaler_skipped)
+                   scaler_skipped=run.scaler_skipped, amp_dtype=run.amp_dtype)
 
 
 def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str, float]:
@@ -476,7 +476,7 @@ def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str
     if run.val_dataset is None:
         return {}
     started = time.time()
-    results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
+    results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device, amp_dtype=run.amp_dtype,
                        max_pairs=args.val_max_pairs, rank=run.rank, world_size=run.world_size)
     run.log.scalars("val", step, results)
     run.log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "

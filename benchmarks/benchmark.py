@@ -34,9 +34,9 @@ from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
 
 
-def build_model(seed: int = 0, **options) -> DecFlow:
+def build_model(seed: int = 0) -> DecFlow:
     torch.manual_seed(seed)
-    model = DecFlow(**options)
+    model = DecFlow()
     with torch.no_grad():  # gamma starts at 0; give the aggregation real work to do
         model.update_block.aggregator.gamma.fill_(0.5)
         model.update_block_head.aggregator.gamma.fill_(0.5)
@@ -66,18 +66,16 @@ def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, 
     """Rows for the yardstick, the fast path in fp32 and in `amp_dtype` (None: no such row)
     and the memory-bounded mode."""
     model = build_model().eval()
-    alternate = build_model(alternate_corr=True).eval()
     image1, image2 = make_pair(batch, *size)
 
-    def fast(dtype: torch.dtype | None, net: DecFlow = model):
-        with net.autocasting(dtype):
-            return net(image1, image2, iters=iters, test_mode=True)
+    def fast(dtype: torch.dtype | None, alternate_corr: bool = False):
+        return model(image1, image2, iters=iters, test_mode=True, amp_dtype=dtype, alternate_corr=alternate_corr)
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
         "fast": lambda: fast(None),
         **({mixed_mode_name(amp_dtype): lambda: fast(amp_dtype)} if amp_dtype else {}),
-        "alternate": lambda: fast(None, alternate),
+        "alternate": lambda: fast(None, alternate_corr=True),
     }
     with torch.no_grad():
         outputs = {name: fn() for name, fn in runs.items()}
@@ -133,10 +131,10 @@ def peak_memory_gb(size: tuple[int, int], mode: str, iters: int) -> float:
 
 def measure_peak(size: tuple[int, int], mode: str, iters: int) -> None:
     """Run one pair in this (fresh) process and print its peak memory as JSON."""
-    model = build_model(alternate_corr=mode == "alternate").eval()
+    model = build_model().eval()
     image1, image2 = make_pair(1, *size)
     with torch.no_grad():
-        out = model(image1, image2, iters=iters, test_mode=True)
+        out = model(image1, image2, iters=iters, test_mode=True, alternate_corr=mode == "alternate")
     assert torch.isfinite(out.facial).all()
     print(json.dumps({"peak_gb": _peak_rss_bytes() / 1e9}))
 
@@ -198,7 +196,7 @@ def main_cuda(args: argparse.Namespace) -> None:
     warmup, repeats = max(args.warmup, 2), args.repeats
     if args.what in ("all", "inference"):
         for size in [tuple(args.size)] if args.size else CUDA_SIZES:
-            model, alternate = build_model().eval().to(device), build_model(alternate_corr=True).eval().to(device)
+            model, alternate = build_model().eval().to(device), build_model().eval().to(device)
             image1, image2 = (image.to(device) for image in make_pair(args.batch or 1, *size))
             rows = bench_inference_cuda(model, alternate, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
                                         warmup=warmup, repeats=repeats)

@@ -54,10 +54,10 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
     graphed, graphed_alternate = GraphedEstimate(model), GraphedEstimate(alternate)
 
     def fast(net: DecFlow, dtype: torch.dtype | None, graphs: GraphedEstimate | None = None):
-        with net.autocasting(dtype):
-            if graphs is not None:
-                return graphs(image1, image2, iters=iters, flow_init=(None, None))
-            return net(image1, image2, iters=iters, test_mode=True)
+        options = dict(amp_dtype=dtype, alternate_corr=net is alternate)
+        if graphs is not None:
+            return graphs(image1, image2, iters=iters, flow_init=(None, None), **options)
+        return net(image1, image2, iters=iters, test_mode=True, **options)
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
@@ -87,11 +87,10 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
 def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
                      amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
     """A training step (forward, sequence loss, backward, clip, AdamW) per mode: ms and peak GB."""
-    def straightforward(dtype):
-        return lambda *args, **kwargs: straightforward_forward(model, *args, amp_dtype=dtype, **kwargs)
+    def straightforward(*args, **kwargs):
+        return straightforward_forward(model, *args, **kwargs)
 
-    modes = {"straightforward": (straightforward(None), None),
-             "straightforward-amp": (straightforward(amp_dtype), amp_dtype),
+    modes = {"straightforward": (straightforward, None), "straightforward-amp": (straightforward, amp_dtype),
              "fast": (model, None), "fast-amp": (model, amp_dtype)}
     runs = step_runs(model, image1, image2, iters=iters, modes=modes, lr=1e-6)
     peaks = {name: peak_gb(fn) for name, fn in runs.items()}

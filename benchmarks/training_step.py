@@ -23,8 +23,7 @@ def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, ite
     valid = torch.ones(shape[0], *shape[2:], device=image1.device)
 
     def step(forward: Callable, dtype: torch.dtype | None, scaler: torch.amp.GradScaler) -> None:
-        with model.autocasting(dtype):
-            facial, head = forward(image1, image2, iters=iters)
+        facial, head = forward(image1, image2, iters=iters, amp_dtype=dtype)
         loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -61,13 +61,11 @@ def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tup
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
-def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device,
-                         amp_dtype: torch.dtype | None) -> DecFlow:
+def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device) -> DecFlow:
     """core.inference.load_model with the model options of `args`; problems as UserError."""
     config = model_config(args)
     try:
-        return load_model(checkpoint, config=config, device=device, amp_dtype=amp_dtype,
-                          alternate_corr=args.alternate_corr)
+        return load_model(checkpoint, config=config, device=device)
     except ValueError as error:
         raise UserError(str(error)) from None
 

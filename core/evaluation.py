@@ -100,14 +100,15 @@ def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | 
 
 class DecFlowPredictor:
     """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad (core.inference.FlowEstimator;
-    CUDA graphs on CUDA). The model must already be on `device` and in eval mode; it runs in its own precision.
+    CUDA graphs on CUDA). The model must already be on `device` and in eval mode.
     """
 
     def __init__(self, model: torch.nn.Module, *, iters: int = ITERS, device: torch.device | str = "cpu",
-                 pad_mode: str = "exp") -> None:
+                 amp_dtype: torch.dtype | None = None, alternate_corr: bool = False, pad_mode: str = "exp") -> None:
         # at least the network's minimum side; FacialFlowNet frames are larger, so the
         # reference's "exp" padding is unchanged for them
-        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode=pad_mode)
+        self.estimator = FlowEstimator(model, iters=iters, device=device, amp_dtype=amp_dtype,
+                                       alternate_corr=alternate_corr, pad_mode=pad_mode)
 
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
         flows = self.estimator(image1, image2)
@@ -246,9 +247,11 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
 
 
 def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = ITERS,
-                        device: torch.device | str | None = None, pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
+                        device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
+                        pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
                         ) -> dict[str, Any]:
-    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.
+    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`, autocasting to
+    `amp_dtype` (None: float32).
 
     Puts the model in eval mode for the evaluation and restores every module's previous
     mode afterwards (so BatchNorm layers frozen in training stay frozen). `device` defaults
@@ -260,7 +263,7 @@ def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = IT
     model.eval()
     try:
         network = getattr(model, "module", model)  # DataParallel / DistributedDataParallel: the network inside
-        predictor = DecFlowPredictor(network, iters=iters, device=device, pad_mode=pad_mode)
+        predictor = DecFlowPredictor(network, iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
         return evaluate_predictor(predictor, dataset, max_pairs=max_pairs, progress=progress)
     finally:
         for module, training in modes:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import random
 import signal
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.checkpoint import atomic_save, reference_state_dict, unwrap
+from core.precision import amp_dtype_name
 
 
 def seed_everything(seed: int) -> None:
@@ -82,11 +84,14 @@ def plain_arguments(args: object) -> dict:
 
 
 def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args: object, history: dict,
-               scaler_skipped: int = 0) -> None:
+               scaler_skipped: int = 0, amp_dtype: torch.dtype | None = None) -> None:
+    """The training state; its "config" is the architecture and the precision (`amp_dtype`) of the run."""
+    config = {**asdict(unwrap(model).config), "mixed_precision": amp_dtype is not None,
+              "amp_dtype": None if amp_dtype is None else amp_dtype_name(amp_dtype), "alternate_corr": False}
     atomic_save({"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                  "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
-                 "config": unwrap(model).config_dict(), "history": history}, path)
+                 "config": config, "history": history}, path)
 
 
 def read_state(path: Path, expected: dict) -> dict:
