@@ -21,7 +21,7 @@ import math
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,10 +31,11 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
+from core.cli import UserError, add_model_arguments, model_config
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow, DecFlowConfig
-from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
+from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        wrap_model)
@@ -47,9 +48,9 @@ from core.training.validation import validate
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
-RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "position_only",
-                     "position_and_content", "dropout", "stage", "image_size", "seed", "iters", "gamma",
-                     "wdecay", "clip", "epsilon", "mixed_precision", "amp_dtype", "add_noise", "freeze_bn")
+RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", *(f.name for f in fields(DecFlowConfig)), "stage",
+                     "image_size", "seed", "iters", "gamma", "wdecay", "clip", "epsilon", "mixed_precision",
+                     "amp_dtype", "add_noise", "freeze_bn")
 
 
 # ============================================================================ arguments
@@ -107,12 +108,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim_group.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (after unscaling)")
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
     optim_group.add_argument("--iters", type=int, default=ITERS, help="recurrent iterations in training")
-    optim_group.add_argument("--mixed_precision", action="store_true",
-                             help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
-                                  "bfloat16 where the CPU has it natively, else float32 with a warning")
-    optim_group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                             help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU); "
-                                  "float16 trains with a GradScaler, bfloat16 without")
     optim_group.add_argument("--max_nonfinite", type=int, default=5,
                              help="abort after this many consecutive steps with a non-finite loss or gradient "
                                   "(such steps are skipped)")
@@ -127,11 +122,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="ImageNet ResNet-50 weights (torchvision or pytorchcv naming) for the frozen "
                                   "semantic encoder in stage 1 (default: torchvision's cache, else it stays random "
                                   "with a warning)")
-    model_group.add_argument("--num_heads", type=int, default=1, help="GMA attention heads")
-    model_group.add_argument("--position_only", action="store_true", help="GMA: position-only attention")
-    model_group.add_argument("--position_and_content", action="store_true",
-                             help="GMA: position and content attention")
-    model_group.add_argument("--dropout", type=float, default=0.0, help="dropout in fnet/cnet")
+    add_model_arguments(model_group, training=True)  # architecture and precision, as evaluate.py and get_flow.py
 
     log_group = parser.add_argument_group("validation and logging")
     log_group.add_argument("--val_freq", type=int, default=1000,
@@ -178,6 +169,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--stop_at must be >= 1")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error("--num_workers must be >= 0")
+    try:
+        model_config(args)
+    except UserError as error:
+        parser.error(str(error))
 
 
 # ============================================================================ training
@@ -205,8 +200,7 @@ def load_training_state(path: Path, args: argparse.Namespace) -> dict:
 
 def build_model(args: argparse.Namespace) -> DecFlow:
     """DecFlow with the architecture of `args`, trainable as in stage 2 (`--frozen`) or stage 1."""
-    model = DecFlow(DecFlowConfig(num_heads=args.num_heads, position_only=args.position_only,
-                                  position_and_content=args.position_and_content, dropout=args.dropout))
+    model = DecFlow(model_config(args))
     set_trainable(model, 2 if args.frozen else 1)
     return model
 

@@ -1,16 +1,17 @@
-"""Command-line pieces shared by evaluate.py and get_flow.py: the model options, their
+"""Command-line pieces shared by train.py, evaluate.py and get_flow.py: the model options, their
 one-line errors and output-path checks. (argparse stops here: core modules below take
 explicit arguments.)"""
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from core.inference import load_model, resolve_device, resolve_inference_precision
+from core.inference import COMPARED_FIELDS, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
 
@@ -19,36 +20,54 @@ class UserError(Exception):
     """A mistake in the command line or the inputs: reported as one line, no traceback."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that build the network and choose where/how it runs."""
-    group = parser.add_argument_group("model")
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False
+                        ) -> None:
+    """The options that build the network (the fields of DecFlowConfig) and say how it runs, for
+    train.py (`training`: adds `--dropout`) or for evaluate.py and get_flow.py (adds
+    `--alternate_corr` and `--device`; train.py has its own `--device`, one per torchrun process).
+
+    `--mixed_precision` is off by default in training (the seed commands pass it) and on for
+    CUDA at inference (as the reference's evaluation); inference also takes `--no-mixed_precision`.
+    Given a parser, the options go into a new "model" group; given a group, into that group.
+    """
+    group = parser.add_argument_group("model") if isinstance(parser, argparse.ArgumentParser) else parser
     group.add_argument("--num_heads", type=int, default=1, help="attention heads of GMA (default 1)")
     group.add_argument("--position_only", action="store_true", help="GMA: position-only attention")
     group.add_argument("--position_and_content", action="store_true", help="GMA: position and content attention")
-    group.add_argument("--alternate_corr", action="store_true",
-                       help="memory-bounded correlation (same results, slower; for large images)")
-    group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
-                            "with a warning); default: on for CUDA, off otherwise")
+    if training:
+        group.add_argument("--dropout", type=float, default=0.0, help="dropout in fnet/cnet")
+        group.add_argument("--mixed_precision", action="store_true",
+                           help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
+                                "bfloat16 where the CPU has it natively, else float32 with a warning")
+    else:
+        group.add_argument("--alternate_corr", action="store_true",
+                           help="memory-bounded correlation (same results, slower; for large images)")
+        group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
+                           help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
+                                "with a warning); default: on for CUDA, off otherwise")
     group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)")
-    group.add_argument("--device", default=None,
-                       help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)"
+                            + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""))
+    if not training:
+        group.add_argument("--device", default=None,
+                           help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
 
 
 def model_config(args: argparse.Namespace) -> DecFlowConfig:
-    """The architecture the model options describe; UserError for impossible ones."""
+    """The architecture the model options describe (each DecFlowConfig field the parser has);
+    UserError for impossible ones."""
     if args.num_heads < 1:
         raise UserError(f"--num_heads must be >= 1, got {args.num_heads}")
     if args.position_only and args.position_and_content:
         raise UserError("--position_only and --position_and_content are mutually exclusive")
-    return DecFlowConfig(num_heads=args.num_heads, position_only=args.position_only,
-                         position_and_content=args.position_and_content)
+    if "dropout" in args and not 0 <= args.dropout <= 1:
+        raise UserError(f"--dropout must be in [0, 1], got {args.dropout}")
+    return DecFlowConfig(**{f.name: getattr(args, f.name) for f in fields(DecFlowConfig) if f.name in args})
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"num_heads": args.num_heads, "position_only": args.position_only,
-            "position_and_content": args.position_and_content, "alternate_corr": args.alternate_corr}
+    """The inference model options, as evaluate.py's results record them."""
+    return {**{name: getattr(args, name) for name in COMPARED_FIELDS}, "alternate_corr": args.alternate_corr}
 
 
 def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tuple[torch.device, torch.dtype | None]:

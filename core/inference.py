@@ -71,8 +71,8 @@ def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: 
     return model.to(device).eval()
 
 
-# Config fields that change what a network computes (dropout does not, at inference).
-COMPARED_FIELDS = ("num_heads", "position_only", "position_and_content")
+# Config fields that change what a network computes at inference (not dropout).
+COMPARED_FIELDS = tuple(f.name for f in fields(DecFlowConfig) if f.metadata.get("inference", True))
 
 
 def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
