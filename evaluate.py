@@ -31,7 +31,8 @@ from core.cli import (UserError, add_model_arguments, check_output_file, device_
                       model_options)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
-from core.evaluation import BASELINES, DecFlowPredictor, evaluate_predictor, format_results
+from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
+from core.inference import FlowEstimator
 from core.precision import precision_name
 
 METHODS = ("decflow", *BASELINES)
@@ -74,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=ITERS,
                         help=f"refinement iterations (default {ITERS}, as the reference)")
     parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="pairs per forward pass (consecutive pairs of one size; default 1); the same numbers, "
+                             "more memory, higher throughput on GPUs")
     parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
@@ -86,6 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.output_json:  # before any work, so that no result is lost to a bad path
         check_output_file(args.output_json, "--output_json")
     decflow = args.method == "decflow"
@@ -116,8 +122,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "dataset_root": str(root), "max_pairs": args.max_pairs}
     if decflow:
         model = load_model_from_args(args, checkpoint, device)
-        predictor: Callable = DecFlowPredictor(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
-                                               alternate_corr=args.alternate_corr, pad_mode="exp")
+        estimator = FlowEstimator(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
+                                  alternate_corr=args.alternate_corr, pad_mode="exp")
+        predictor: Callable = decflow_predictor(estimator)
         meta.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_of(checkpoint), iters=args.iters,
                     padding_mode="exp", precision=precision_name(amp_dtype), model_options=model_options(args))
     else:
@@ -130,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator")
 
     results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
-                                 has_head=args.method in ("decflow", "zero"))
+                                 has_head=args.method in ("decflow", "zero"), batch_size=args.batch_size)
     meta["pairs_without_mask"] = results.pop("pairs_without_mask")
     meta["scored_pairs"] = results.pop("scored_pairs")
     meta["nonfinite_gt_pixels"] = results.pop("nonfinite_gt_pixels")

@@ -59,6 +59,19 @@ def test_estimator_warm_start_feeds_each_decoder_its_own_flow():
         estimator(image1, image2, flow_init=first.facial_low[..., :-1])
 
 
+@torch.no_grad()
+def test_a_batch_gives_the_flow_of_each_pair_alone():
+    """Pairs in one batch (float32): the flow of each pair run alone, within 1e-4 px."""
+    model = _model()
+    image1, image2 = _pair(130, 150, batch=3)  # three different pairs
+    estimator = FlowEstimator(model, iters=3, device="cpu")
+    batched = estimator(image1, image2)
+    for k in range(3):
+        alone = estimator(image1[k], image2[k])
+        for name in ("facial", "head", "expression", "facial_low", "head_low"):
+            assert (getattr(batched, name)[k] - getattr(alone, name)[0]).abs().max() <= 1e-4, (k, name)
+
+
 def test_estimator_rejects_bad_options():
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
         FlowEstimator(_model(), iters=3, device="cpu", cuda_graphs=True)
