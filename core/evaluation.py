@@ -46,6 +46,7 @@ from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
 from core.inference import FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
+from core.training.distributed import unwrap
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -276,8 +277,7 @@ def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = IT
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        network = getattr(model, "module", model)  # DataParallel / DistributedDataParallel: the network inside
-        estimator = FlowEstimator(network, iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
+        estimator = FlowEstimator(unwrap(model), iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
         return evaluate_predictor(decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress,
                                   batch_size=batch_size)
     finally:

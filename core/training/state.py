@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import atomic_save, reference_state_dict, unwrap
+from core.checkpoint import atomic_save, reference_state_dict
 from core.precision import amp_dtype_name
+from core.training.distributed import unwrap
 
 
 def seed_everything(seed: int) -> None:

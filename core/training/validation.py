@@ -8,9 +8,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils import data
 
-from core.checkpoint import unwrap
 from core.defaults import VAL_ITERS
 from core.evaluation import evaluate_facialflow
+from core.training.distributed import unwrap
 
 
 def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS, device: torch.device,
