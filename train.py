@@ -34,7 +34,7 @@ from core.checkpoint import remove_stale_temporaries, save_checkpoint, strip_dat
 from core.cli import UserError, add_model_arguments, model_config
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
-from core.network import DecFlow, DecFlowConfig
+from core.network import DecFlow, DecFlowConfig, image_size_problem
 from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import build_train_loader, sample_seed
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
@@ -144,8 +144,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for name in ("num_steps", "batch_size", "val_freq", "print_freq", "iters", "val_iters", "max_nonfinite"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if any(side % 8 or side < 128 for side in args.image_size):
-        parser.error(f"--image_size sides must be multiples of 8 and >= 128, got {args.image_size}")
+    if image_size_problem(*args.image_size):
+        parser.error(f"--image_size: {image_size_problem(*args.image_size)}, got {args.image_size}")
     for name in ("lr", "clip", "epsilon"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")

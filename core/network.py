@@ -53,6 +53,16 @@ MAX_DENSE_CORRELATION = 2 ** 27
 CUDA_DENSE_SHARE = 0.5
 
 
+def image_size_problem(height: int, width: int) -> str | None:
+    """What is wrong with image sides `height` x `width` for the network (None: nothing): each
+    must be a multiple of UPSAMPLE_FACTOR (8) and at least MIN_IMAGE_SIDE (128) px."""
+    if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
+        return f"image sides must be multiples of {UPSAMPLE_FACTOR}"
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level correlation pyramid"
+    return None
+
+
 def dense_from_level(batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4,
                      free_bytes: int | None = None) -> int:
     """First correlation level to store as a volume for `batch` maps of `pixels` (at 1/8 scale).
@@ -181,13 +191,9 @@ class DecFlow(nn.Module):
                 raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
         if image1.shape != image2.shape:
             raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
-        height, width = image1.shape[-2:]
-        if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
-            raise ValueError(f"image sides must be multiples of {UPSAMPLE_FACTOR} (pad with "
-                             f"core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
-        if min(height, width) < MIN_IMAGE_SIDE:
-            raise ValueError(f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level "
-                             f"correlation pyramid, got shape {tuple(image1.shape)}")
+        problem = image_size_problem(*image1.shape[-2:])
+        if problem:
+            raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
 
     @staticmethod
     def check_flow_init(flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
