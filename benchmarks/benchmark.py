@@ -9,7 +9,7 @@
 
 Timings are taken side by side in one run (modes interleaved, best of `--repeats` after
 `--warmup` runs) and reported as ratios to the straightforward fp32 forward of
-benchmarks/yardstick.py. Peak memory is the peak resident set size (VmHWM) of a fresh
+core/reference.py. Peak memory is the peak resident set size (VmHWM) of a fresh
 subprocess that imports torch, builds the model and runs one pair. On CUDA see
 benchmarks/gpu.py (CUDA events, kernel time, torch.cuda.max_memory_allocated).
 """
@@ -29,10 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.gpu import bench_batches_cuda, bench_inference_cuda, bench_train_cuda
 from benchmarks.timing import interleaved_best
 from benchmarks.training_step import step_runs
-from benchmarks.yardstick import straightforward_forward
 from core.inference import FlowEstimator, resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
+from core.reference import straightforward_forward
 
 
 def build_model(seed: int = 0) -> DecFlow:
@@ -64,7 +64,7 @@ def mixed_mode_name(amp_dtype: torch.dtype) -> str:
 
 def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
                     amp_dtype: torch.dtype | None) -> list[dict]:
-    """Rows for the yardstick, the fast path in fp32 and in `amp_dtype` (None: no such row)
+    """Rows for the straightforward forward, the fast path in fp32 and in `amp_dtype` (None: no such row)
     and the memory-bounded mode."""
     model = build_model().eval()
     image1, image2 = make_pair(batch, *size)

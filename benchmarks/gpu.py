@@ -1,7 +1,7 @@
 """CUDA half of the benchmark (`python -m benchmarks.benchmark all --device cuda`).
 
 Every mode runs in one process, interleaved: the straightforward forward of
-benchmarks/yardstick.py (fp32, and with the reference's autocast regions), our eager fast
+core/reference.py (fp32, and with the reference's autocast regions), our eager fast
 path (fp32, AMP), the same replayed from CUDA graphs (core.inference.FlowEstimator) and the
 memory-bounded mode; and pairs/s of the default path (graphs, AMP) at batch 1, 4 and 8.
 Times are CUDA-event milliseconds after warm-up (best of
@@ -19,9 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.timing import interleaved_best
 from benchmarks.training_step import step_runs
-from benchmarks.yardstick import straightforward_forward
 from core.inference import FlowEstimator
 from core.network import DecFlow
+from core.reference import straightforward_forward
 
 
 def cuda_ms(fn: Callable[[], object]) -> float:

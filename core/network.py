@@ -3,6 +3,11 @@
 The facial decoder (`update_block`) estimates the full motion of the face, the head
 decoder (`update_block_head`) its rigid head motion; expression flow is their difference.
 Both decoders share the correlation pyramid, the context features and the attention.
+
+`DecFlow.forward` is the fast path (one lookup and one attention pass for both decoders,
+fused GRU input convolutions, only the last flow upsampled at test time). The same
+algorithm step by step, with the plain per-block `forward` methods, is
+`core.reference.straightforward_forward`; the tests hold the two to the same flow.
 """
 from __future__ import annotations
 
@@ -241,8 +246,9 @@ class DecFlow(nn.Module):
                  amp_dtype: torch.dtype | None = None, alternate_corr: bool = False, stored_from: int | None = None
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """`forward` on checked inputs, without a host synchronisation (a CUDA graph can
-        capture it): encode, correlate and attend, run the two decoders, return the flows.
-        `stored_from` overrides the correlation-storage policy (`corr_levels_stored_from`)."""
+        capture it): encode, correlate and attend, run the two decoders, return the flows
+        (steps 1-5 of `core.reference.straightforward_forward`). `stored_from` overrides the
+        correlation-storage policy (`corr_levels_stored_from`)."""
         batch, _, height, width = image1.shape
         # channels-last activations suit oneDNN (CPU) and tensor-core (CUDA) convolutions;
         # the layout propagates through every convolution of the network
@@ -286,7 +292,11 @@ class DecFlow(nn.Module):
                amp_dtype: torch.dtype | None = None
                ) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]:
         """The recurrence of both decoders (facial, head) from `coords` (`[B, 2, h, w]` each,
-        float32): (upsampled predictions per decoder, final coordinates per decoder)."""
+        float32): (upsampled predictions per decoder, final coordinates per decoder).
+
+        One iteration is, per decoder, the plain `GMAUpdateBlock.forward` (as the loop of
+        `core.reference.straightforward_forward` calls it), split so that both decoders share
+        one correlation lookup and one pass over the attention matrix."""
         decoders = (self.update_block, self.update_block_head)  # facial, head
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence (weights cast once per forward at inference).

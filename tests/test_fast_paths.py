@@ -1,5 +1,5 @@
 """The fast inference path, mixed precision and the memory-bounded mode agree with the
-straightforward per-spec forward (benchmarks/yardstick.py). No timing here: see benchmarks/."""
+straightforward per-spec forward (core/reference.py). No timing here: see benchmarks/."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmarks.op_count import count_step
-from benchmarks.yardstick import straightforward_forward
 from core import network
 from core.network import DecFlow, DecFlowConfig
+from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict
 
 STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
@@ -135,4 +135,4 @@ def test_benchmark_script_prints_every_table(capsys, monkeypatch, native_bf16):
     assert set(rows) == expected
     assert out.count("no native bfloat16") == (0 if native_bf16 else 1)
     assert float(rows["fast"][-2]) <= 1e-3  # max deviation of the exact fast path, px
-    assert float(rows["straightforward"][2]) == 1.0  # the yardstick's own speedup
+    assert float(rows["straightforward"][2]) == 1.0  # the straightforward forward's own speedup

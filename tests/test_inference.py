@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from benchmarks.yardstick import straightforward_forward
 from core.corr import CorrBlock, coords_grid
 from core.checkpoint import save_checkpoint
 from core.inference import FlowEstimator, GraphedEstimate, load_model
 from core.network import DecFlow, DecFlowConfig, dense_from_level
+from core.reference import straightforward_forward
 from core.utils.padder import InputPadder
 from tests.model_helpers import authors_state_dict
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.yardstick import straightforward_lookup, straightforward_pyramid
 from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
 from core.network import DecFlow, DecFlowConfig, DecFlowOutput, convex_upsample
+from core.reference import straightforward_lookup, straightforward_pyramid
 from core.training.stages import set_trainable
 from tests.model_helpers import authors_state_dict, read_spec
 

@@ -15,9 +15,9 @@ from core.checkpoint import load_state_dict_checked, strip_data_parallel_prefix
 from core.datasets import FacialFlow
 from core.loss import sequence_loss
 from core.network import DecFlow
+from core.reference import straightforward_forward
 from core.synthetic import generate
 from core.utils.frame_utils import write_flo
-from benchmarks.yardstick import straightforward_forward
 from core.training import step as training_step
 from tests.model_helpers import GMA_TSV, authors_state_dict
 from tests.train_helpers import make_dataset, run
@@ -152,7 +152,7 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     """Autocast forced to float16 on CPU, 12 iterations, loss x 4096 (the reference's headroom on
     this batch; the old single cached-cast region overflowed from 1024): every gradient is finite,
     and as close to float32 as the reference's autocast layout (one region per iteration, here the
-    yardstick's) given the same channels-last images as ours.
+    core.reference's) given the same channels-last images as ours.
 
     Relative errors on the synthetic batches of seeds 0 / 1 / 2 (AVX2 CPU): ours 8.19 / 7.49 /
     7.59e-3; the reference layout 8.16 / 7.58 / 7.63e-3 with channels-last images, 7.86 / 7.39 /
