@@ -4,6 +4,7 @@
     python get_flow.py --image1 a.png --image2 b.png --output out/ --save_flo
     python get_flow.py --frames seq/ --warm_start --max_flow 8
     python get_flow.py --video clip.mp4 --stride 2 --max_frames 100
+    python get_flow.py --frames seq/ --batch_size 8         # 8 pairs per forward pass (GPUs)
 
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
@@ -30,14 +31,16 @@ first of `checkpoints/decflow-facialflownet.pth` (the authors' release) and
 downloaded and verified (not with `--offline` or DECFLOW_OFFLINE=1). Images of any size
 work (replicate padding, symmetric as the reference, and at
 least 128 px per side; tiny images get a white margin in the visualisation); grayscale
-and RGBA frames are converted to RGB. Frames are streamed: only two are in memory at a
-time. A video that decodes fewer frames than its container announces gives a warning.
+and RGBA frames are converted to RGB. Frames are streamed: only `--batch_size` + 1 are in
+memory at a time (a batch holds consecutive pairs of one size). A video that decodes fewer
+frames than its container announces gives a warning.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Iterator
+from typing import NamedTuple
 from pathlib import Path
 
 import cv2
@@ -96,20 +99,46 @@ def select_source(args: argparse.Namespace):
 
 
 # --------------------------------------------------------------------------- inference
-class FlowRunner:
-    """Pad (symmetric, >= 128 px), run DecFlow, unpad (core.inference.FlowEstimator); keeps the
-    low-res flows for warm starts."""
+class PairFlow(NamedTuple):
+    """The flows of one pair of frames, each `[H, W, 2]` float32 (x, y)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, iters: int, warm_start: bool) -> None:
-        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode="symmetric")
-        self.warm_start = warm_start
-        self.previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
+    first: Frame
+    second: Frame
+    facial: np.ndarray
+    head: np.ndarray
+    expression: np.ndarray
 
-    def __call__(self, rgb1: np.ndarray, rgb2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        image1, image2 = (torch.from_numpy(rgb).permute(2, 0, 1).float() for rgb in (rgb1, rgb2))
-        flows = self.estimator(image1, image2, flow_init=self.previous_low if self.warm_start else None)
-        self.previous_low = (flows.facial_low, flows.head_low)  # each decoder from its own flow
-        return tuple(f[0].permute(1, 2, 0).cpu().numpy() for f in (flows.facial, flows.head, flows.expression))
+
+def sequence_flows(estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1,
+                   warm_start: bool = False) -> Iterator[PairFlow]:
+    """The flow of every pair of consecutive frames, in order, estimated `batch_size` pairs (of
+    one size) at a time. `warm_start` (batch 1 only) starts each pair from the previous pair's
+    low-resolution flows, each decoder from its own."""
+    previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
+    batch: list[tuple[Frame, Frame]] = []
+
+    def run_batch() -> Iterator[PairFlow]:
+        nonlocal previous_low
+        image1, image2 = (torch.stack([torch.from_numpy(pair[k].rgb).permute(2, 0, 1) for pair in batch]).float()
+                          for k in (0, 1))
+        flows = estimator(image1, image2, flow_init=previous_low if warm_start else None)
+        previous_low = (flows.facial_low, flows.head_low)
+        arrays = [f.permute(0, 2, 3, 1).cpu().numpy() for f in (flows.facial, flows.head, flows.expression)]
+        done = [PairFlow(first, second, *(a[k] for a in arrays)) for k, (first, second) in enumerate(batch)]
+        batch.clear()
+        yield from done
+
+    previous = next(frames, None)
+    for current in frames:
+        check_same_size(previous.label, previous.rgb, current.label, current.rgb)
+        if batch and batch[0][0].rgb.shape != previous.rgb.shape:
+            yield from run_batch()
+        batch.append((previous, current))
+        if len(batch) == batch_size:
+            yield from run_batch()
+        previous = current
+    if batch:
+        yield from run_batch()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -130,8 +159,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=DEMO_ITERS,
                         help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)")
     parser.add_argument("--warm_start", action="store_true",
-                        help="sequences: start each pair's decoders from the previous pair's low-resolution "
-                             "facial and head flows")
+                        help="sequences: start each pair from the previous pair's low-resolution flows (facial and "
+                             "head decoder each from its own)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="frames and videos: pairs per forward pass (consecutive pairs of one size; default 1); "
+                             "the same flow, more memory, higher throughput on GPUs")
     parser.add_argument("--max_flow", type=float, default=None,
                         help="flow magnitude (px) of full colour saturation; fix it to compare frames of a sequence "
                              "(default: the largest magnitude of each pair)")
@@ -238,6 +270,10 @@ def check_flows_finite(flows: tuple[np.ndarray, ...], first: Frame, second: Fram
 def run(args: argparse.Namespace) -> list[Path]:
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.batch_size > 1 and args.warm_start:
+        raise UserError("--warm_start starts each pair from the previous one: it needs --batch_size 1")
     if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
         raise UserError(f"--max_flow must be a positive number, got {args.max_flow}")
     output = check_output(args.output, "--output", folder=True)
@@ -245,8 +281,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     source = select_source(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
-    model = load_model_from_args(args, checkpoint, device, amp_dtype)
-    runner = FlowRunner(model, device, args.iters, args.warm_start)
+    model = load_model_from_args(args, checkpoint, device)
+    estimator = FlowEstimator(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
+                              alternate_corr=args.alternate_corr, pad_mode="symmetric")
     plan_names(source, output, extension, overwrite=args.overwrite,
                inputs=[("checkpoint", checkpoint), *(("input", path) for path in source.paths)])
     try:
@@ -263,10 +300,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     names = OutputNames()
     pairs: list[str] = []
     try:
-        previous = next(frames)
-        for current in frames:
-            check_same_size(previous.label, previous.rgb, current.label, current.rgb)
-            flows = runner(previous.rgb, current.rgb)
+        for previous, current, *flows in sequence_flows(
+                estimator, frames, batch_size=args.batch_size, warm_start=args.warm_start):
             check_flows_finite(flows, previous, current)
             canvas, _ = render_flow_panels(previous.rgb, *flows, max_flow=args.max_flow)
             name = names.unique(source.pair_name(previous, current))
@@ -290,7 +325,6 @@ def run(args: argparse.Namespace) -> list[Path]:
                 writer.write(np.ascontiguousarray(canvas[..., ::-1]))
             if bar is not None:
                 bar.update(1)
-            previous = current
     finally:
         if bar is not None:
             bar.close()

@@ -25,7 +25,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -35,12 +35,12 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
-from core.cli import (FileInTheWay, HelpFormatter, UserError, add_offline_argument, check_not_an_input, check_output,
-                      exit_on_error, resolve_weights)
+from core.cli import (FileInTheWay, HelpFormatter, UserError, add_model_arguments, add_offline_argument,
+                      check_not_an_input, check_output, exit_on_error, model_config, resolve_weights)
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
-from core.network import DecFlow
-from core.precision import AMP_DTYPES, needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
+from core.network import DecFlow, DecFlowConfig, image_size_problem
+from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import SampleError, build_train_loader, sample_seed, upscaling_note
 from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
                                        wrap_model)
@@ -54,9 +54,9 @@ from core.weights import offline_requested, registered_entry, registered_names
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
-RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", "num_heads", "position_only",
-                     "position_and_content", "dropout", "stage", "image_size", "seed", "iters", "gamma",
-                     "wdecay", "clip", "epsilon", "mixed_precision", "amp_dtype", "add_noise", "freeze_bn")
+RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", *(f.name for f in fields(DecFlowConfig)), "stage",
+                     "image_size", "seed", "iters", "gamma", "wdecay", "clip", "epsilon", "mixed_precision",
+                     "amp_dtype", "add_noise", "freeze_bn")
 
 
 # ============================================================================ arguments
@@ -110,12 +110,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim_group.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (after unscaling)")
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
     optim_group.add_argument("--iters", type=int, default=ITERS, help="recurrent iterations in training")
-    optim_group.add_argument("--mixed_precision", action="store_true",
-                             help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
-                                  "bfloat16 where the CPU has it natively, else float32 with a warning")
-    optim_group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                             help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU); "
-                                  "float16 trains with a GradScaler, bfloat16 without")
     optim_group.add_argument("--max_nonfinite", type=int, default=5,
                              help="abort after this many consecutive steps with a non-finite loss or gradient "
                                   "(such steps are skipped)")
@@ -130,11 +124,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              help="ImageNet ResNet-50 weights (torchvision or pytorchcv naming) for the frozen "
                                   "semantic encoder in stage 1 (default: torchvision's cache, else it stays random "
                                   "with a warning)")
-    model_group.add_argument("--num_heads", type=int, default=1, help="GMA attention heads")
-    model_group.add_argument("--position_only", action="store_true", help="GMA: position-only attention")
-    model_group.add_argument("--position_and_content", action="store_true",
-                             help="GMA: position and content attention")
-    model_group.add_argument("--dropout", type=float, default=0.0, help="dropout in fnet/cnet")
+    add_model_arguments(model_group, training=True)  # architecture and precision, as evaluate.py and get_flow.py
 
     log_group = parser.add_argument_group("validation and logging")
     log_group.add_argument("--val_freq", type=int, default=1000,
@@ -156,8 +146,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for name in ("num_steps", "batch_size", "val_freq", "print_freq", "iters", "val_iters", "max_nonfinite"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if any(side % 8 or side < 128 for side in args.image_size):
-        parser.error(f"--image_size sides must be multiples of 8 and >= 128, got {args.image_size}")
+    if image_size_problem(*args.image_size):
+        parser.error(f"--image_size: {image_size_problem(*args.image_size)}, got {args.image_size}")
     for name in ("lr", "clip", "epsilon"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
@@ -181,6 +171,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--stop_at must be >= 1")
     if args.num_workers is not None and args.num_workers < 0:
         parser.error("--num_workers must be >= 0")
+    try:
+        model_config(args)
+    except UserError as error:
+        parser.error(str(error))
     check_outputs(parser, args)
 
 
@@ -234,11 +228,9 @@ def load_training_state(path: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {error}") from None
 
 
-def build_model(args: argparse.Namespace, amp_dtype: torch.dtype | None) -> DecFlow:
+def build_model(args: argparse.Namespace) -> DecFlow:
     """DecFlow with the architecture of `args`, trainable as in stage 2 (`--frozen`) or stage 1."""
-    model = DecFlow(num_heads=args.num_heads, position_only=args.position_only,
-                    position_and_content=args.position_and_content, dropout=args.dropout,
-                    mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype)
+    model = DecFlow(model_config(args))
     set_trainable(model, 2 if args.frozen else 1)
     return model
 
@@ -282,6 +274,7 @@ class Run:
     val_dataset: data.Dataset | None
     log: RunLog
     device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype of the forward passes (None: float32)
     distributed: bool
     rank: int
     world_size: int
@@ -333,7 +326,7 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
                 f"evaluate.py {ITERS} by default: their EPEs differ")
 
         seed_everything(args.seed)
-        model = build_model(args, amp_dtype)
+        model = build_model(args)
         if state is not None:
             try:
                 model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
@@ -387,7 +380,7 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         log.close()
         raise
     return Run(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loader=loader,
-               val_dataset=val_dataset, log=log, device=device, distributed=distributed, rank=rank,
+               val_dataset=val_dataset, log=log, device=device, amp_dtype=amp_dtype, distributed=distributed, rank=rank,
                world_size=world_size, output=output, start_step=start_step,
                scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
                resume_rng=state["rng"] if state else None)
@@ -418,7 +411,7 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
                      if args.add_noise else None)
             result = train_step(run.wrapped, batch, optimizer=run.optimizer, scaler=run.scaler, iters=args.iters,
                                 gamma=args.gamma, clip=args.clip, device=run.device, distributed=run.distributed,
-                                noise_generator=noise)
+                                noise_generator=noise, amp_dtype=run.amp_dtype)
             with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 run.scheduler.step()
@@ -522,7 +515,7 @@ def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
     if run.is_main:
         save_state(run.state_path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                    scaler=run.scaler, step=step, args=args, history=run.log.plain_history(),
-                   scaler_skipped=run.scaler_skipped)
+                   scaler_skipped=run.scaler_skipped, amp_dtype=run.amp_dtype)
 
 
 def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str, float]:
@@ -532,7 +525,8 @@ def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str
     started = time.time()
     try:
         results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
-                           max_pairs=args.val_max_pairs, rank=run.rank, world_size=run.world_size)
+                           amp_dtype=run.amp_dtype, max_pairs=args.val_max_pairs, rank=run.rank,
+                           world_size=run.world_size)
     except (ValueError, FileNotFoundError) as error:  # a damaged file of the split, or non-finite flow
         raise SystemExit(f"error: validation at step {step}: {error} (training state: {run.state_path})") from None
     run.log.scalars("val", step, results)

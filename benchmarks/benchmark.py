@@ -5,10 +5,11 @@
     python -m benchmarks.benchmark train --size 256 256 --batch 2 --iters 12
     python -m benchmarks.benchmark memory --size 1024 1024 --mode default alternate
     python -m benchmarks.benchmark all --device cuda  # 480x480, 1024x1024, 1920x1080 and a seed-recipe step
+    python -m benchmarks.benchmark batch --device cuda  # pairs/s at batch 1, 4, 8 (480x480, graphs, AMP)
 
 Timings are taken side by side in one run (modes interleaved, best of `--repeats` after
 `--warmup` runs) and reported as ratios to the straightforward fp32 forward of
-benchmarks/yardstick.py. Peak memory is the peak resident set size (VmHWM) of a fresh
+core/reference.py. Peak memory is the peak resident set size (VmHWM) of a fresh
 subprocess that imports torch, builds the model and runs one pair. On CUDA see
 benchmarks/gpu.py (CUDA events, kernel time, torch.cuda.max_memory_allocated).
 """
@@ -25,19 +26,19 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.gpu import bench_inference_cuda, bench_train_cuda
+from benchmarks.gpu import bench_batches_cuda, bench_inference_cuda, bench_train_cuda
 from benchmarks.timing import interleaved_best
 from benchmarks.training_step import step_runs
-from benchmarks.yardstick import straightforward_forward
 from core.cli import DocstringHelpFormatter
-from core.inference import resolve_inference_precision
+from core.inference import FlowEstimator, resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
+from core.reference import straightforward_forward
 
 
-def build_model(seed: int = 0, **options) -> DecFlow:
+def build_model(seed: int = 0) -> DecFlow:
     torch.manual_seed(seed)
-    model = DecFlow(**options)
+    model = DecFlow()
     with torch.no_grad():  # gamma starts at 0; give the aggregation real work to do
         model.update_block.aggregator.gamma.fill_(0.5)
         model.update_block_head.aggregator.gamma.fill_(0.5)
@@ -64,21 +65,20 @@ def mixed_mode_name(amp_dtype: torch.dtype) -> str:
 
 def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
                     amp_dtype: torch.dtype | None) -> list[dict]:
-    """Rows for the yardstick, the fast path in fp32 and in `amp_dtype` (None: no such row)
+    """Rows for the straightforward forward, the fast path in fp32 and in `amp_dtype` (None: no such row)
     and the memory-bounded mode."""
     model = build_model().eval()
-    alternate = build_model(alternate_corr=True).eval()
     image1, image2 = make_pair(batch, *size)
 
-    def fast(dtype: torch.dtype | None, net: DecFlow = model):
-        with net.autocasting(dtype):
-            return net(image1, image2, iters=iters, test_mode=True)
+    def fast(dtype: torch.dtype | None, alternate_corr: bool = False):
+        estimator = FlowEstimator(model, iters=iters, device="cpu", amp_dtype=dtype, alternate_corr=alternate_corr)
+        return lambda: estimator(image1, image2)
 
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
-        "fast": lambda: fast(None),
-        **({mixed_mode_name(amp_dtype): lambda: fast(amp_dtype)} if amp_dtype else {}),
-        "alternate": lambda: fast(None, alternate),
+        "fast": fast(None),
+        **({mixed_mode_name(amp_dtype): fast(amp_dtype)} if amp_dtype else {}),
+        "alternate": fast(None, alternate_corr=True),
     }
     with torch.no_grad():
         outputs = {name: fn() for name, fn in runs.items()}
@@ -134,10 +134,10 @@ def peak_memory_gb(size: tuple[int, int], mode: str, iters: int) -> float:
 
 def measure_peak(size: tuple[int, int], mode: str, iters: int) -> None:
     """Run one pair in this (fresh) process and print its peak memory as JSON."""
-    model = build_model(alternate_corr=mode == "alternate").eval()
+    model = build_model().eval()
     image1, image2 = make_pair(1, *size)
     with torch.no_grad():
-        out = model(image1, image2, iters=iters, test_mode=True)
+        out = model(image1, image2, iters=iters, test_mode=True, alternate_corr=mode == "alternate")
     assert torch.isfinite(out.facial).all()
     print(json.dumps({"peak_gb": peak_rss_bytes() / 1e9}))
 
@@ -166,7 +166,7 @@ def format_table(title: str, rows: list[dict]) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__,
                                      formatter_class=DocstringHelpFormatter)
-    parser.add_argument("what", choices=("all", "inference", "train", "memory"), help="which benchmark")
+    parser.add_argument("what", choices=("all", "inference", "batch", "train", "memory"), help="which benchmark")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="image size (default on CPU: 480 480 inference, 256 256 train, 1024 1024 memory; "
                              "with --device cuda: inference at 480x480, 1024x1024 and 1920x1080, train 480 480)")
@@ -188,6 +188,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 CUDA_SIZES = ((480, 480), (1024, 1024), (1080, 1920))  # the table of the README
+BATCHES = (1, 4, 8)  # the batched-inference table (CUDA): evaluate.py / get_flow.py --batch_size
 
 
 def main_cuda(args: argparse.Namespace) -> None:
@@ -202,14 +203,24 @@ def main_cuda(args: argparse.Namespace) -> None:
     warmup, repeats = max(args.warmup, 2), args.repeats
     if args.what in ("all", "inference"):
         for size in [tuple(args.size)] if args.size else CUDA_SIZES:
-            model, alternate = build_model().eval().to(device), build_model(alternate_corr=True).eval().to(device)
+            model = build_model().eval().to(device)
             image1, image2 = (image.to(device) for image in make_pair(args.batch or 1, *size))
-            rows = bench_inference_cuda(model, alternate, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
+            rows = bench_inference_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
                                         warmup=warmup, repeats=repeats)
             print(format_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
                          f"straightforward fp32; diff vs fast fp32)", rows), flush=True)
-            del model, alternate, image1, image2
+            del model, image1, image2
             torch.cuda.empty_cache()
+    if args.what in ("all", "batch"):
+        size = tuple(args.size or (480, 480))
+        model = build_model().eval().to(device)
+        image1, image2 = (image.to(device) for image in make_pair(1, *size))
+        rows = bench_batches_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, batches=BATCHES,
+                                  warmup=warmup, repeats=repeats)
+        print(format_table(f"\nbatched inference {size[0]}x{size[1]}, graphs, {amp_dtype_name(amp_dtype)} autocast "
+                     "(ms per call; diff vs batch 1)", rows), flush=True)
+        del model, image1, image2
+        torch.cuda.empty_cache()
     if args.what in ("all", "train"):
         size = tuple(args.size or (480, 480))
         model = build_model().to(device)
@@ -223,6 +234,8 @@ def main(args: argparse.Namespace) -> None:
     if args.device == "cuda":
         main_cuda(args)
         return
+    if args.what == "batch":
+        raise SystemExit("batch: the batched-inference table is measured on CUDA (--device cuda)")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}, CPU capability "

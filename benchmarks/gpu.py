@@ -1,9 +1,10 @@
 """CUDA half of the benchmark (`python -m benchmarks.benchmark all --device cuda`).
 
 Every mode runs in one process, interleaved: the straightforward forward of
-benchmarks/yardstick.py (fp32, and with the reference's autocast regions), our eager fast
-path (fp32, AMP), the same replayed from CUDA graphs (core.inference) and the
-memory-bounded mode. Times are CUDA-event milliseconds after warm-up (best of
+core/reference.py (fp32, and with the reference's autocast regions), our eager fast
+path (fp32, AMP), the same replayed from CUDA graphs (core.inference.FlowEstimator) and the
+memory-bounded mode; and pairs/s of the default path (graphs, AMP) at batch 1, 4 and 8.
+Times are CUDA-event milliseconds after warm-up (best of
 `repeats`); `gpu_ms` is the kernel time the profiler sees in one run, so `gpu_ms / ms`
 shows how much of a call the GPU is busy (the rest is launch overhead); peak memory is
 `torch.cuda.max_memory_allocated` over one run (for graphs: over the capture, which
@@ -18,9 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.timing import interleaved_best
 from benchmarks.training_step import step_runs
-from benchmarks.yardstick import straightforward_forward
-from core.inference import GraphedEstimate
+from core.inference import FlowEstimator
 from core.network import DecFlow
+from core.reference import straightforward_forward
 
 
 def cuda_ms(fn: Callable[[], object]) -> float:
@@ -48,26 +49,20 @@ def peak_gb(fn: Callable[[], object]) -> float:
     return torch.cuda.max_memory_allocated() / 1e9
 
 
-def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *,
+def bench_inference_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *,
                          iters: int, amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
     """Rows per mode: ms, GPU kernel ms, peak GB, mean/max |flow - our fp32 flow| in px."""
-    graphed, graphed_alternate = GraphedEstimate(model), GraphedEstimate(alternate)
+    def fast(dtype: torch.dtype | None, graphs: bool, alternate_corr: bool = False) -> FlowEstimator:
+        return FlowEstimator(model, iters=iters, device=image1.device, amp_dtype=dtype, alternate_corr=alternate_corr,
+                             cuda_graphs=graphs)
 
-    def fast(net: DecFlow, dtype: torch.dtype | None, graphs: GraphedEstimate | None = None):
-        with net.autocasting(dtype):
-            if graphs is not None:
-                return graphs(image1, image2, iters=iters, flow_init=(None, None))
-            return net(image1, image2, iters=iters, test_mode=True)
-
+    estimators = {"fast": fast(None, False), "fast-amp": fast(amp_dtype, False), "graphs": fast(None, True),
+                  "graphs-amp": fast(amp_dtype, True), "alternate-amp": fast(amp_dtype, True, alternate_corr=True)}
     runs = {
         "straightforward": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True),
         "straightforward-amp": lambda: straightforward_forward(model, image1, image2, iters=iters, test_mode=True,
                                                                amp_dtype=amp_dtype),
-        "fast": lambda: fast(model, None),
-        "fast-amp": lambda: fast(model, amp_dtype),
-        "graphs": lambda: fast(model, None, graphed),
-        "graphs-amp": lambda: fast(model, amp_dtype, graphed),
-        "alternate-amp": lambda: fast(alternate, amp_dtype, graphed_alternate),
+        **{name: (lambda estimator=estimator: estimator(image1, image2)) for name, estimator in estimators.items()},
     }
     with torch.no_grad():
         peaks = {name: peak_gb(fn) for name, fn in runs.items()}  # first call: graphs are captured here
@@ -84,14 +79,30 @@ def bench_inference_cuda(model: DecFlow, alternate: DecFlow, image1: torch.Tenso
     return rows
 
 
+def bench_batches_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
+                       amp_dtype: torch.dtype, batches: tuple[int, ...], warmup: int, repeats: int) -> list[dict]:
+    """Pairs per second of the default path (CUDA graphs, `amp_dtype`) at each batch size, on
+    copies of one pair; max |flow - batch 1 flow| in px (the same flow whatever the batch)."""
+    estimator = FlowEstimator(model, iters=iters, device=image1.device, amp_dtype=amp_dtype)
+    inputs = {batch: (image1[:1].expand(batch, -1, -1, -1).contiguous(),
+                      image2[:1].expand(batch, -1, -1, -1).contiguous()) for batch in batches}
+    runs = {f"batch {batch}": (lambda pair=pair: estimator(*pair)) for batch, pair in inputs.items()}
+    peaks = {name: peak_gb(fn) for name, fn in runs.items()}  # captures the graphs
+    outputs = {name: fn() for name, fn in runs.items()}
+    ms = interleaved_best(runs, warmup, repeats, timer=cuda_ms)
+    single = estimator(image1[:1], image2[:1]).facial
+    return [{"mode": name, "ms": ms[name], "pairs_per_s": 1e3 * batch / ms[name], "peak_gb": peaks[name],
+             "max_diff_px": (outputs[name].facial - single).abs().max().item()}
+            for batch, name in zip(batches, runs)]
+
+
 def bench_train_cuda(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
                      amp_dtype: torch.dtype, warmup: int, repeats: int) -> list[dict]:
     """A training step (forward, sequence loss, backward, clip, AdamW) per mode: ms and peak GB."""
-    def straightforward(dtype):
-        return lambda *args, **kwargs: straightforward_forward(model, *args, amp_dtype=dtype, **kwargs)
+    def straightforward(*args, **kwargs):
+        return straightforward_forward(model, *args, **kwargs)
 
-    modes = {"straightforward": (straightforward(None), None),
-             "straightforward-amp": (straightforward(amp_dtype), amp_dtype),
+    modes = {"straightforward": (straightforward, None), "straightforward-amp": (straightforward, amp_dtype),
              "fast": (model, None), "fast-amp": (model, amp_dtype)}
     runs = step_runs(model, image1, image2, iters=iters, modes=modes, lr=1e-6)
     peaks = {name: peak_gb(fn) for name, fn in runs.items()}

@@ -4,7 +4,7 @@
     python -m benchmarks.levers                    # CPU: 128x128, batch 1, 2 iterations (bfloat16 where native)
     python -m benchmarks.levers --levers fast fused-adamw channels-last
 
-Rows (`LEVERS`): `straightforward` is the reference layout (benchmarks/yardstick.py) with the
+Rows (`LEVERS`): `straightforward` is the reference layout (core/reference.py) with the
 reference's autocast regions, `fast` our forward before any lever, both with torch's default
 AdamW (foreach kernels on CUDA, a Python loop over the tensors on CPU). train.py now runs
 `fast` with build_optimizer's kernels: fused on CUDA (`fused-adamw`), foreach elsewhere
@@ -36,10 +36,10 @@ from benchmarks.benchmark import build_model, format_table, make_pair, peak_rss_
 from benchmarks.gpu import cuda_ms
 from benchmarks.timing import interleaved_best, wall_seconds
 from benchmarks.training_step import make_step, random_targets
-from benchmarks.yardstick import straightforward_forward
 from core.inference import resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name, parse_amp_dtype
+from core.reference import straightforward_forward
 
 ADAMW = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}  # AdamW keyword arguments
 LR = 1e-6  # small: the weights hardly move while the rows are timed

@@ -5,7 +5,7 @@
 At batch 1 the CUDA forward is launch-bound (see the README's performance section), so the
 number of operations that reach a kernel matters there as much as their FLOPs. This counts
 every ATen call below autograd (forward and backward; views and other metadata-only calls
-listed apart) for the straightforward forward (`benchmarks/yardstick.py`) and the fast path,
+listed apart) for the straightforward forward (`core/reference.py`) and the fast path,
 on the CPU: the counts are what a GPU would launch, give or take fused kernels, and can be
 checked without one.
 """
@@ -20,8 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.benchmark import build_model
-from benchmarks.yardstick import straightforward_forward
 from core.network import DecFlow
+from core.reference import straightforward_forward
 
 # ATen calls that only make a new view of existing memory (no kernel on any device)
 METADATA_ONLY = frozenset({

@@ -23,14 +23,13 @@ def random_targets(image1: torch.Tensor) -> Targets:
 
 def make_step(model: DecFlow, optimizer: torch.optim.Optimizer, forward: Callable, dtype: torch.dtype | None,
               image1: torch.Tensor, image2: torch.Tensor, targets: Targets, *, iters: int) -> Callable[[], None]:
-    """A training step of `model` through `forward(image1, image2, iters=)` under autocast to
-    `dtype` (None: float32), with its own GradScaler (on for float16 only)."""
+    """A training step of `model` through `forward(image1, image2, iters=, amp_dtype=)` with
+    autocast to `dtype` (None: float32), with its own GradScaler (on for float16 only)."""
     scaler = torch.amp.GradScaler(image1.device.type, enabled=dtype == torch.float16)
     flow_facial, flow_head, valid = targets
 
     def step() -> None:
-        with model.autocasting(dtype):
-            facial, head = forward(image1, image2, iters=iters)
+        facial, head = forward(image1, image2, iters=iters, amp_dtype=dtype)
         loss, _ = sequence_loss(facial, head, flow_facial, flow_head, valid, valid, gamma=0.85)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

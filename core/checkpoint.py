@@ -37,6 +37,7 @@ from torch import nn
 
 from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
 from core.semantic import semantic_state_from_resnet50
+from core.training.distributed import unwrap
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure
 
 DATA_PARALLEL_PREFIX = "module."
@@ -46,11 +47,6 @@ OPTIONAL_KEY_PATTERNS = (r"^dad_encoder\.model\.3\.", r"\.rel_ind$", r"\.num_bat
 
 # Default weights of evaluate.py and get_flow.py, in order of preference.
 DEFAULT_CHECKPOINTS = (RELEASE_CHECKPOINT, SEED_CHECKPOINT)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel wrappers."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def key_group(key: str) -> str:

@@ -1,12 +1,13 @@
-"""Command-line pieces shared by the scripts: the model options and their one-line errors
-(evaluate.py, get_flow.py), weights by name or path (and train.py's weights options), and the
-output-path check of all three (`check_output`). (argparse stops here: core modules below take
+"""Command-line pieces shared by train.py, evaluate.py and get_flow.py: the model options and
+their one-line errors, weights by name or path, and the output-path check of all three
+(`check_output`). (argparse stops here: core modules below take
 explicit arguments.)"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 from core.checkpoint import default_checkpoint
 from core.defaults import CHECKPOINTS_README
-from core.inference import load_model, resolve_device, resolve_inference_precision
+from core.inference import COMPARED_FIELDS, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
 from core.weights import (OFFLINE_VARIABLE, REGISTRY, RELEASE, WeightsUnavailable, ensure, registered_entry,
@@ -37,21 +38,37 @@ class UserError(Exception):
     """A mistake in the command line or the inputs: reported as one line, no traceback."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that build the network and choose where/how it runs."""
-    group = parser.add_argument_group("model")
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False
+                        ) -> None:
+    """The options that build the network (the fields of DecFlowConfig) and say how it runs, for
+    train.py (`training`: adds `--dropout`) or for evaluate.py and get_flow.py (adds
+    `--alternate_corr` and `--device`; train.py has its own `--device`, one per torchrun process).
+
+    `--mixed_precision` is off by default in training (the seed commands pass it) and on for
+    CUDA at inference (as the reference's evaluation); inference also takes `--no-mixed_precision`.
+    Given a parser, the options go into a new "model" group; given a group, into that group.
+    """
+    group = parser.add_argument_group("model") if isinstance(parser, argparse.ArgumentParser) else parser
     group.add_argument("--num_heads", type=int, default=1, help="attention heads of GMA (default 1)")
     group.add_argument("--position_only", action="store_true", help="GMA: position-only attention")
     group.add_argument("--position_and_content", action="store_true", help="GMA: position and content attention")
-    group.add_argument("--alternate_corr", action="store_true",
-                       help="memory-bounded correlation (same results, slower; for large images)")
-    group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
-                       help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
-                            "with a warning); default: on for CUDA, off otherwise")
+    if training:
+        group.add_argument("--dropout", type=float, default=0.0, help="dropout in fnet/cnet")
+        group.add_argument("--mixed_precision", action="store_true",
+                           help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
+                                "bfloat16 where the CPU has it natively, else float32 with a warning")
+    else:
+        group.add_argument("--alternate_corr", action="store_true",
+                           help="memory-bounded correlation (same results, slower; for large images)")
+        group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
+                           help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
+                                "with a warning); default: on for CUDA, off otherwise")
     group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)")
-    group.add_argument("--device", default=None,
-                       help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)"
+                            + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""))
+    if not training:
+        group.add_argument("--device", default=None,
+                           help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
 
 
 def add_offline_argument(parser: argparse.ArgumentParser) -> None:
@@ -96,18 +113,20 @@ def resolve_checkpoint(model: str | None, *, offline: bool) -> str:
 
 
 def model_config(args: argparse.Namespace) -> DecFlowConfig:
-    """The architecture the model options describe; UserError for impossible ones."""
+    """The architecture the model options describe (each DecFlowConfig field the parser has);
+    UserError for impossible ones."""
     if args.num_heads < 1:
         raise UserError(f"--num_heads must be >= 1, got {args.num_heads}")
     if args.position_only and args.position_and_content:
         raise UserError("--position_only and --position_and_content are mutually exclusive")
-    return DecFlowConfig(num_heads=args.num_heads, position_only=args.position_only,
-                         position_and_content=args.position_and_content)
+    if "dropout" in args and not 0 <= args.dropout <= 1:
+        raise UserError(f"--dropout must be in [0, 1], got {args.dropout}")
+    return DecFlowConfig(**{f.name: getattr(args, f.name) for f in fields(DecFlowConfig) if f.name in args})
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"num_heads": args.num_heads, "position_only": args.position_only,
-            "position_and_content": args.position_and_content, "alternate_corr": args.alternate_corr}
+    """The inference model options, as evaluate.py's results record them."""
+    return {**{name: getattr(args, name) for name in COMPARED_FIELDS}, "alternate_corr": args.alternate_corr}
 
 
 def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tuple[torch.device, torch.dtype | None]:
@@ -120,13 +139,11 @@ def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tup
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
-def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device,
-                         amp_dtype: torch.dtype | None) -> DecFlow:
+def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device) -> DecFlow:
     """core.inference.load_model with the model options of `args`; problems as UserError."""
     config = model_config(args)
     try:
-        return load_model(checkpoint, config=config, device=device, amp_dtype=amp_dtype,
-                          alternate_corr=args.alternate_corr)
+        return load_model(checkpoint, config=config, device=device)
     except ValueError as error:
         raise UserError(str(error)) from None
 

@@ -26,14 +26,15 @@ Used by evaluate.py and by train.py's validation::
     results["facial"]["epe"], results["ffn_protocol"]["epe"]
 
 Pieces: `masked_metrics`, `ffn_protocol_metrics` (one pair, torch tensors),
-`DecFlowPredictor` and the `BASELINES` (callables mapping a pair to flows),
-`evaluate_predictor` (the loop over a dataset), `format_results` (table).
+`decflow_predictor` (a core.inference.FlowEstimator as a predictor) and the `BASELINES`
+(callables mapping a batch of pairs to flows), `evaluate_predictor` (the loop over a
+dataset, `batch_size` pairs of one size at a time), `format_results` (table).
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -45,12 +46,15 @@ from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
 from core.inference import FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
+from core.training.distributed import unwrap
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
 
-# A prediction: facial flow [2, H, W] and head flow [2, H, W] (None: not estimated).
+# A prediction for a batch of pairs: facial flow [B, 2, H, W] and head flow [B, 2, H, W] (None: not estimated).
 Prediction = tuple[torch.Tensor, "torch.Tensor | None"]
+# Images [B, 3, H, W] (RGB, 0..255) of the first and second frames -> their Prediction.
+Predictor = Callable[[torch.Tensor, torch.Tensor], Prediction]
 
 
 # --------------------------------------------------------------------------- metrics
@@ -98,27 +102,20 @@ def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | 
     return {key: float(np.mean([m[key] for m in per_pair])) for key in METRIC_KEYS}
 
 
-class DecFlowPredictor:
-    """Run a DecFlow model on one pair: pad (mode `pad_mode`), infer, unpad (core.inference.FlowEstimator;
-    CUDA graphs on CUDA). The model must already be on `device` and in eval mode; it runs in its own precision.
-    """
+def decflow_predictor(estimator: FlowEstimator) -> Predictor:
+    """DecFlow's facial and head flow, as the estimator pads, runs and crops them."""
+    def predict(image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        flows = estimator(image1, image2)
+        return flows.facial, flows.head
 
-    def __init__(self, model: torch.nn.Module, *, iters: int = ITERS, device: torch.device | str = "cpu",
-                 pad_mode: str = "exp") -> None:
-        # at least the network's minimum side; FacialFlowNet frames are larger, so the
-        # reference's "exp" padding is unchanged for them
-        self.estimator = FlowEstimator(model, iters=iters, device=device, pad_mode=pad_mode)
-
-    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
-        flows = self.estimator(image1, image2)
-        return flows.facial[0], flows.head[0]
+    return predict
 
 
 class ZeroFlowPredictor:
     """Baseline: zero flow for the face and for the head (so expression flow is zero too)."""
 
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
-        zero = torch.zeros(2, *image1.shape[-2:])
+        zero = torch.zeros(image1.shape[0], 2, *image1.shape[-2:])
         return zero, zero
 
 
@@ -144,13 +141,16 @@ class OpenCVFlowPredictor:
         rgb = image.permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
         return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
-    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+    def _flow(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
         gray1, gray2 = self._gray(image1), self._gray(image2)
         if self._dis is not None:
             flow = self._dis.calc(gray1, gray2, None)
         else:
             flow = cv2.calcOpticalFlowFarneback(gray1, gray2, None, **self.FARNEBACK)
-        return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1), None
+        return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).permute(2, 0, 1)  # [2, H, W]
+
+    def __call__(self, image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
+        return torch.stack([self._flow(first, second) for first, second in zip(image1, image2)]), None
 
 
 # --------------------------------------------------------------------------- evaluation loop
@@ -217,15 +217,29 @@ def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[st
     return summary
 
 
-def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Prediction], dataset: Any, *,
-                       max_pairs: int | None = None, progress: bool = False, has_head: bool = True
-                       ) -> dict[str, Any]:
+def _batches(dataset: Any, indices: Iterable[int], batch_size: int) -> Iterator[list[tuple[int, Sequence]]]:
+    """`(index, sample)` of consecutive pairs, at most `batch_size` at a time, all of one image size."""
+    batch: list[tuple[int, Sequence]] = []
+    for index in indices:
+        sample = dataset[index]
+        if batch and (len(batch) == batch_size or sample[0].shape != batch[0][1][0].shape):
+            yield batch
+            batch = []
+        batch.append((index, sample))
+    if batch:
+        yield batch
+
+
+def evaluate_predictor(predictor: Predictor, dataset: Any, *, max_pairs: int | None = None, progress: bool = False,
+                       has_head: bool = True, batch_size: int = 1) -> dict[str, Any]:
     """Score `predictor` on the pairs of a FacialFlow-like dataset.
 
     `dataset[i]` must give `(img1, img2, flow_facial, flow_head, valid_facial, valid_head,
     mask)` as core.datasets.FacialFlow does (images `[3, H, W]` 0..255); the emotion of a
     pair comes from `dataset.extra_info[i].emotion` when present. `predictor(img1, img2)`
-    returns `(facial [2, H, W], head [2, H, W] or None)`.
+    takes up to `batch_size` consecutive pairs of one size at once (images `[B, 3, H, W]`)
+    and returns `(facial [B, 2, H, W], head [B, 2, H, W] or None)`; the metrics do not depend
+    on the batch.
 
     Returns `{"pairs", "facial", "head", "expression", "ffn_protocol", "pairs_without_mask",
     "scored_pairs", "nonfinite_gt_pixels", "per_emotion": {emotion: same keys}}`; each
@@ -237,19 +251,22 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
     pixels that were NaN or inf, which no metric uses. A prediction that is not finite
     everywhere is never scored: ValueError naming the pair.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
     if progress:
         indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
     per_pair, emotions = [], []
-    for index in indices:
-        sample = dataset[index]
-        facial, head = predictor(sample[0], sample[1])
-        if not all(torch.isfinite(flow).all() for flow in (facial, head) if flow is not None):
-            raise ValueError(f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; "
-                             "nothing was scored")
-        per_pair.append(_pair_metrics(facial, head, sample))
-        emotions.append(_emotion_of(dataset, index))
+    for batch in _batches(dataset, indices, batch_size):
+        facial, head = predictor(*(torch.stack([sample[k] for _, sample in batch]) for k in (0, 1)))
+        for k, (index, sample) in enumerate(batch):
+            pair_facial, pair_head = facial[k], None if head is None else head[k]
+            if not all(torch.isfinite(flow).all() for flow in (pair_facial, pair_head) if flow is not None):
+                raise ValueError(f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; "
+                                 "nothing was scored")
+            per_pair.append(_pair_metrics(pair_facial, pair_head, sample))
+            emotions.append(_emotion_of(dataset, index))
     results = _summarise(per_pair, has_head)
     groups: dict[str, list] = defaultdict(list)
     for emotion, pair in zip(emotions, per_pair):
@@ -259,9 +276,11 @@ def evaluate_predictor(predictor: Callable[[torch.Tensor, torch.Tensor], Predict
 
 
 def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = ITERS,
-                        device: torch.device | str | None = None, pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False
-                        ) -> dict[str, Any]:
-    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset`.
+                        device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
+                        pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False,
+                        batch_size: int = 1) -> dict[str, Any]:
+    """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset` with a
+    core.inference.FlowEstimator (autocast to `amp_dtype`, None: float32).
 
     Puts the model in eval mode for the evaluation and restores every module's previous
     mode afterwards (so BatchNorm layers frozen in training stay frozen). `device` defaults
@@ -272,16 +291,16 @@ def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = IT
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        network = getattr(model, "module", model)  # DataParallel / DistributedDataParallel: the network inside
-        predictor = DecFlowPredictor(network, iters=iters, device=device, pad_mode=pad_mode)
-        return evaluate_predictor(predictor, dataset, max_pairs=max_pairs, progress=progress)
+        estimator = FlowEstimator(unwrap(model), iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
+        return evaluate_predictor(decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress,
+                                  batch_size=batch_size)
     finally:
         for module, training in modes:
             module.training = training
 
 
 # Classical baselines by `--method` name: each builds a predictor (no model, CPU).
-BASELINES: dict[str, Callable[[], Callable[[torch.Tensor, torch.Tensor], Prediction]]] = {
+BASELINES: dict[str, Callable[[], Predictor]] = {
     "zero": ZeroFlowPredictor,
     "dis": lambda: OpenCVFlowPredictor("dis"),
     "farneback": lambda: OpenCVFlowPredictor("farneback"),

@@ -12,7 +12,7 @@ import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -56,17 +56,14 @@ def resolve_inference_precision(mixed_precision: bool | None, amp_dtype: str | N
     return resolve_amp_dtype(mixed, device, parse_amp_dtype(amp_dtype), warn=warn)
 
 
-def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device,
-               amp_dtype: torch.dtype | None = None, alternate_corr: bool = False) -> DecFlow:
+def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device) -> DecFlow:
     """DecFlow of architecture `config` with the weights of `checkpoint` (strict), on `device`,
-    in eval mode, autocasting to `amp_dtype` (None: float32). ValueError (one line) if the
-    file is missing or does not fit."""
+    in eval mode. ValueError (one line) if the file is missing or does not fit."""
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} not found")
     check_config(path, config)
-    model = DecFlow(**asdict(config), mixed_precision=amp_dtype is not None, amp_dtype=amp_dtype,
-                    alternate_corr=alternate_corr)
+    model = DecFlow(config)
     try:
         load_checkpoint(model, path, strict=True, verbose=False)
     except (FileNotFoundError, ValueError) as error:
@@ -74,8 +71,8 @@ def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: 
     return model.to(device).eval()
 
 
-# Config fields that change what a network computes (dropout does not, at inference).
-COMPARED_FIELDS = ("num_heads", "position_only", "position_and_content")
+# Config fields that change what a network computes at inference (not dropout).
+COMPARED_FIELDS = tuple(f.name for f in fields(DecFlowConfig) if f.metadata.get("inference", True))
 
 
 def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
@@ -93,7 +90,7 @@ def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
 class GraphedEstimate:
     """Test-mode `DecFlow.estimate` replayed from CUDA graphs.
 
-    One graph per (input shape and dtype, iterations, precision, warm start); the
+    One graph per (input shape and dtype, iterations, precision, memory mode, warm start); the
     `MAX_GRAPHS` most recent are kept. Each call copies its inputs into the graph's static
     inputs, replays it and returns copies of its outputs. A graph reads the model's weights
     where they are: loading new values in place is fine, moving the model makes new graphs.
@@ -105,29 +102,32 @@ class GraphedEstimate:
         self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecFlowOutput]] = OrderedDict()
         self.failed: set[tuple] = set()
 
-    def _key(self, inputs: list[torch.Tensor], iters: int, shared_start: bool) -> tuple:
-        model = self.model
-        first_weight = next(model.parameters())
-        return (tuple((tuple(t.shape), t.dtype) for t in inputs), iters, shared_start, model.mixed_precision,
-                model.amp_dtype, model.alternate_corr, first_weight.device, first_weight.data_ptr())
+    def _key(self, inputs: list[torch.Tensor], iters: int, shared_start: bool, amp_dtype: torch.dtype | None,
+             alternate_corr: bool) -> tuple:
+        first_weight = next(self.model.parameters())
+        return (tuple((tuple(t.shape), t.dtype) for t in inputs), iters, shared_start, amp_dtype, alternate_corr,
+                first_weight.device, first_weight.data_ptr())
 
     def __call__(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
-                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None]) -> DecFlowOutput:
+                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None], amp_dtype: torch.dtype | None = None,
+                 alternate_corr: bool = False) -> DecFlowOutput:
         """Checked inputs (see `DecFlow.forward`) on a CUDA device -> the test-mode output."""
         shared_start = flow_init[0] is flow_init[1]
         inits = [init for init in (flow_init[:1] if shared_start else flow_init) if init is not None]
         inputs = [image1, image2, *inits]
-        key = self._key(inputs, iters, shared_start)
+        options = dict(amp_dtype=amp_dtype, alternate_corr=alternate_corr)
+        key = self._key(inputs, iters, shared_start, **options)
         if key in self.failed:
-            return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True)
+            return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options)
         if key not in self.graphs:
             try:
-                self._capture(key, inputs, iters, flow_init)
+                self._capture(key, inputs, iters, flow_init, **options)
             except RuntimeError as error:  # e.g. an operation that cannot be captured: run eagerly from now on
                 self.failed.add(key)
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"CUDA graph capture failed ({first_line}); running the eager forward instead", file=sys.stderr)
-                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True)
+                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True,
+                                           **options)
         self.graphs.move_to_end(key)
         graph, static_inputs, static_output = self.graphs[key]
         for static, given in zip(static_inputs, inputs):
@@ -136,7 +136,8 @@ class GraphedEstimate:
         return DecFlowOutput(**{f.name: getattr(static_output, f.name).clone() for f in fields(DecFlowOutput)})
 
     def _capture(self, key: tuple, inputs: list[torch.Tensor], iters: int,
-                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None]) -> None:
+                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None], *, amp_dtype: torch.dtype | None,
+                 alternate_corr: bool) -> None:
         model, device = self.model, inputs[0].device
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
@@ -150,11 +151,12 @@ class GraphedEstimate:
         batch, _, height, width = inputs[0].shape
         # decided here: the policy asks the driver for free memory, which a capture must not do
         pixels = (height // UPSAMPLE_FACTOR) * (width // UPSAMPLE_FACTOR)
-        stored_from = model.corr_levels_stored_from(batch, pixels, device)
+        stored_from = model.corr_levels_stored_from(batch, pixels, device, amp_dtype=amp_dtype,
+                                                    alternate_corr=alternate_corr)
 
         def run() -> DecFlowOutput:
             return model.estimate(*static_images, iters=iters, flow_init=static_flow_init, test_mode=True,
-                                  stored_from=stored_from)
+                                  amp_dtype=amp_dtype, alternate_corr=alternate_corr, stored_from=stored_from)
 
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -169,21 +171,24 @@ class GraphedEstimate:
 
 
 class FlowEstimator:
-    """A DecFlow model on one device: pad, infer (its precision), crop; optional warm start.
+    """A DecFlow model on one device: pad, infer, crop; optional warm start. The one way the
+    scripts, the evaluation, training's validation and the benchmarks run a trained model.
 
-    The model must already be on `device` and in eval mode. `pad_mode` is InputPadder's
-    ("exp": bottom/right as the reference's FacialFlowNet evaluation; "symmetric");
-    pairs are padded to at least the network's minimum side. `cuda_graphs` (default: on
-    for CUDA) replays the forward from CUDA graphs.
+    The model must already be on `device` and in eval mode. `amp_dtype` autocasts
+    (None: float32), `alternate_corr` is the memory-bounded mode (see `DecFlow.forward`).
+    `pad_mode` is InputPadder's ("exp": bottom/right as the reference's FacialFlowNet
+    evaluation; "symmetric"); pairs are padded to at least the network's minimum side.
+    `cuda_graphs` (default: on for CUDA) replays the forward from CUDA graphs.
     """
 
-    def __init__(self, model: DecFlow, *, iters: int, device: torch.device | str, pad_mode: str = "exp",
-                 cuda_graphs: bool | None = None) -> None:
+    def __init__(self, model: DecFlow, *, iters: int, device: torch.device | str, amp_dtype: torch.dtype | None = None,
+                 alternate_corr: bool = False, pad_mode: str = "exp", cuda_graphs: bool | None = None) -> None:
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.model = model
         self.iters = iters
         self.device = torch.device(device)
+        self.options = dict(amp_dtype=amp_dtype, alternate_corr=alternate_corr)
         self.pad_mode = pad_mode
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if use_graphs and self.device.type != "cuda":
@@ -209,9 +214,10 @@ class FlowEstimator:
         self.model.check_inputs(image1, image2)
         inits = self.model.check_flow_init(flow_init, image1.shape)
         if self.graphed is not None:
-            output = self.graphed(image1, image2, iters=self.iters, flow_init=inits)
+            output = self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
         else:
-            output = self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True)
+            output = self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True,
+                                         **self.options)
         return DecFlowOutput(facial=padder.unpad(output.facial), head=padder.unpad(output.head),
                              expression=padder.unpad(output.expression), facial_low=output.facial_low,
                              head_low=output.head_low)

@@ -3,12 +3,16 @@
 The facial decoder (`update_block`) estimates the full motion of the face, the head
 decoder (`update_block_head`) its rigid head motion; expression flow is their difference.
 Both decoders share the correlation pyramid, the context features and the attention.
+
+`DecFlow.forward` is the fast path (one lookup and one attention pass for both decoders,
+fused GRU input convolutions, only the last flow upsampled at test time). The same
+algorithm step by step, with the plain per-block `forward` methods, is
+`core.reference.straightforward_forward`; the tests hold the two to the same flow.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -18,19 +22,22 @@ from core.corr import CorrBlock, coords_grid
 from core.defaults import ITERS
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
-from core.precision import amp_dtype_name, default_amp_dtype
 from core.semantic import SemanticEncoder
 from core.update import GMAUpdateBlock
 
 
 @dataclass(frozen=True)
 class DecFlowConfig:
-    """Architecture options of DecFlow (the paper's configuration by default)."""
+    """Architecture options of DecFlow (the paper's configuration by default).
+
+    A field whose metadata says `inference: False` changes only training (it is not
+    compared with a checkpoint's description at inference).
+    """
 
     num_heads: int = 1
     position_only: bool = False
     position_and_content: bool = False
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata={"inference": False})  # fnet/cnet Dropout2d in training
 
 
 # Fixed sizes of the published architecture (the checkpoints depend on all of them).
@@ -49,6 +56,16 @@ MAX_DENSE_CORRELATION = 2 ** 27
 # CUDA: the whole pyramid is stored while it takes at most this share of the free device memory
 # (on the fly, the finest level costs a large matrix product at every iteration).
 CUDA_DENSE_SHARE = 0.5
+
+
+def image_size_problem(height: int, width: int) -> str | None:
+    """What is wrong with image sides `height` x `width` for the network (None: nothing): each
+    must be a multiple of UPSAMPLE_FACTOR (8) and at least MIN_IMAGE_SIDE (128) px."""
+    if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
+        return f"image sides must be multiples of {UPSAMPLE_FACTOR}"
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level correlation pyramid"
+    return None
 
 
 def dense_from_level(batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4,
@@ -117,30 +134,22 @@ class DecFlow(nn.Module):
     """DecFlow network. Images are `[B, 3, H, W]` RGB floats in 0..255, H and W multiples
     of 8 and at least 128 px."""
 
-    def __init__(self, *, num_heads: int = 1, position_only: bool = False,
-                 position_and_content: bool = False, dropout: float = 0.0,
-                 mixed_precision: bool = False, amp_dtype: torch.dtype | None = None,
-                 alternate_corr: bool = False) -> None:
+    def __init__(self, config: DecFlowConfig = DecFlowConfig()) -> None:
         super().__init__()
-        self.config = DecFlowConfig(num_heads=num_heads, position_only=position_only,
-                                    position_and_content=position_and_content, dropout=dropout)
-        self.mixed_precision = mixed_precision
-        # autocast dtype; None: float16 on CUDA (the paper's recipe), bfloat16 on CPU
-        self.amp_dtype = amp_dtype
-        # Memory-bounded mode: correlation and attention computed in chunks, on the fly.
-        self.alternate_corr = alternate_corr
+        self.config = config
+        num_heads = config.num_heads
 
         # Registration order follows the authors' state dict.
-        self.fnet = BasicEncoder(out_channels=FEATURE_DIM, norm="instance", dropout=dropout)
-        self.cnet = BasicEncoder(out_channels=HIDDEN_DIM + CONTEXT_DIM, norm="batch", dropout=dropout)
+        self.fnet = BasicEncoder(out_channels=FEATURE_DIM, norm="instance", dropout=config.dropout)
+        self.cnet = BasicEncoder(out_channels=HIDDEN_DIM + CONTEXT_DIM, norm="batch", dropout=config.dropout)
         corr_channels = CORR_LEVELS * (2 * CORR_RADIUS + 1) ** 2
         decoder = dict(corr_channels=corr_channels, hidden_dim=HIDDEN_DIM, context_dim=CONTEXT_DIM,
                        heads=num_heads, upsample_factor=UPSAMPLE_FACTOR)
         self.update_block_head = GMAUpdateBlock(**decoder)
         self.update_block = GMAUpdateBlock(**decoder)
         self.att = Attention(dim=CONTEXT_DIM, heads=num_heads, dim_head=CONTEXT_DIM,
-                             max_positions=MAX_RELATIVE_POSITIONS, position_only=position_only,
-                             position_and_content=position_and_content)
+                             max_positions=MAX_RELATIVE_POSITIONS, position_only=config.position_only,
+                             position_and_content=config.position_and_content)
         self.dad_encoder = SemanticEncoder()
         self.change_dim = nn.Conv2d(SemanticEncoder.out_channels, SEMANTIC_PROJECTION_DIM, 1)
         self.res1 = FusionBlock(in_channels=self.cnet.out_channels + SEMANTIC_PROJECTION_DIM,
@@ -150,42 +159,28 @@ class DecFlow(nn.Module):
         self.dad_encoder.requires_grad_(False)
         self.res1.requires_grad_(False)
 
-    @contextlib.contextmanager
-    def autocasting(self, amp_dtype: torch.dtype | None) -> Iterator[DecFlow]:
-        """Run-time precision: forward passes inside autocast to `amp_dtype` (None: float32),
-        whatever the constructor said; the model's own setting comes back afterwards."""
-        saved = self.mixed_precision, self.amp_dtype
-        self.mixed_precision, self.amp_dtype = amp_dtype is not None, amp_dtype
-        try:
-            yield self
-        finally:
-            self.mixed_precision, self.amp_dtype = saved
-
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    @staticmethod
+    def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
         # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
         # per iteration: one cached float16 copy shared by all iterations would sum their gradients
         # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
         # only saves work.
-        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype(device),
-                              enabled=self.mixed_precision, cache_enabled=not torch.is_grad_enabled())
+        return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                              enabled=amp_dtype is not None, cache_enabled=not torch.is_grad_enabled())
 
-    def autocast_dtype(self, device: torch.device) -> torch.dtype:
-        """`amp_dtype`, or by default float16 on CUDA (the paper's recipe) and bfloat16 on CPU."""
-        return self.amp_dtype or default_amp_dtype(device)
+    @staticmethod
+    def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
+        """dtype of the stored correlation volume and the on-the-fly products: `amp_dtype` on
+        CUDA (tensor cores, half the memory), else float32. Lookups interpolate in float32 either way."""
+        return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32
 
-    def volume_dtype(self, device: torch.device) -> torch.dtype:
-        """dtype of the stored correlation volume and the on-the-fly products: the autocast
-        dtype under mixed precision on CUDA (tensor cores, half the memory), else float32.
-        Lookups interpolate in float32 either way."""
-        if self.mixed_precision and device.type == "cuda":
-            return self.autocast_dtype(device)
-        return torch.float32
-
-    def corr_levels_stored_from(self, batch: int, pixels: int, device: torch.device) -> int:
+    @classmethod
+    def corr_levels_stored_from(cls, batch: int, pixels: int, device: torch.device, *,
+                                amp_dtype: torch.dtype | None = None, alternate_corr: bool = False) -> int:
         """First correlation level kept as a volume (finer levels are computed on the fly)."""
-        if self.alternate_corr:
+        if alternate_corr:
             return CORR_LEVELS  # memory-bounded: no volume at all
-        return dense_from_level(batch, pixels, device, bytes_per_value=self.volume_dtype(device).itemsize)
+        return dense_from_level(batch, pixels, device, bytes_per_value=cls.volume_dtype(device, amp_dtype).itemsize)
 
     # ------------------------------------------------------------------ input checks
     @staticmethod
@@ -201,13 +196,9 @@ class DecFlow(nn.Module):
                 raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
         if image1.shape != image2.shape:
             raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
-        height, width = image1.shape[-2:]
-        if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
-            raise ValueError(f"image sides must be multiples of {UPSAMPLE_FACTOR} (pad with "
-                             f"core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
-        if min(height, width) < MIN_IMAGE_SIDE:
-            raise ValueError(f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level "
-                             f"correlation pyramid, got shape {tuple(image1.shape)}")
+        problem = image_size_problem(*image1.shape[-2:])
+        if problem:
+            raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
 
     @staticmethod
     def check_flow_init(flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
@@ -228,7 +219,8 @@ class DecFlow(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = ITERS,
-                flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False
+                flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False,
+                *, amp_dtype: torch.dtype | None = None, alternate_corr: bool = False
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """Estimate facial and head flow from image1 to image2.
 
@@ -237,65 +229,78 @@ class DecFlow(nn.Module):
         with only the final flows upsampled. `flow_init` (`[B, 2, H/8, W/8]`) initialises
         both decoders (as the reference does), or give one per decoder as a pair
         `(facial_init, head_init)`, e.g. a previous result's `(facial_low, head_low)`.
+
+        Run-time options (the same weights serve every choice): `amp_dtype` autocasts the
+        convolutions to that dtype (None: float32; the scripts' `--mixed_precision` gives
+        float16 on CUDA), `alternate_corr` is the memory-bounded mode (correlation and
+        attention computed in chunks, on the fly: same flow, less memory, slower).
         """
         self.check_inputs(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         return self.estimate(image1, image2, iters=iters, flow_init=self.check_flow_init(flow_init, image1.shape),
-                             test_mode=test_mode)
+                             test_mode=test_mode, amp_dtype=amp_dtype, alternate_corr=alternate_corr)
 
     def estimate(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
                  flow_init: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None), test_mode: bool = False,
-                 stored_from: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
+                 amp_dtype: torch.dtype | None = None, alternate_corr: bool = False, stored_from: int | None = None
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """`forward` on checked inputs, without a host synchronisation (a CUDA graph can
-        capture it): encode, correlate and attend, run the two decoders, return the flows.
-        `stored_from` overrides the correlation-storage policy (`corr_levels_stored_from`)."""
+        capture it): encode, correlate and attend, run the two decoders, return the flows
+        (steps 1-5 of `core.reference.straightforward_forward`). `stored_from` overrides the
+        correlation-storage policy (`corr_levels_stored_from`)."""
         batch, _, height, width = image1.shape
         # channels-last activations suit oneDNN (CPU) and tensor-core (CUDA) convolutions;
         # the layout propagates through every convolution of the network
         image1, image2 = (normalise_image(image) for image in (image1, image2))
-        with self._autocast(image1.device):
+        with self._autocast(image1.device, amp_dtype):
             fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)  # [B, 256, h, w] each
-            net, inp, attention = self.encode_context(image1)
+            net, inp, attention = self.encode_context(image1, alternate_corr=alternate_corr)
         low = (height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
         if stored_from is None:
-            stored_from = self.corr_levels_stored_from(batch, low[0] * low[1], image1.device)
+            stored_from = self.corr_levels_stored_from(batch, low[0] * low[1], image1.device, amp_dtype=amp_dtype,
+                                                       alternate_corr=alternate_corr)
         corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
-                            dense_from_level=stored_from, dtype=self.volume_dtype(image1.device))
+                            dense_from_level=stored_from, dtype=self.volume_dtype(image1.device, amp_dtype))
         # [B, 2, h, w], x first; channels-last like everything fed to the convolutions
         coords0 = coords_grid(batch, *low, device=image1.device).contiguous(memory_format=torch.channels_last)
         coords = start_coordinates(coords0, flow_init)
         predictions, coords = self.decode(corr_fn, net, inp, attention, coords0, coords, iters=iters,
-                                          test_mode=test_mode)
+                                          test_mode=test_mode, amp_dtype=amp_dtype)
         if not test_mode:
             return predictions
         facial, head = predictions[0][-1], predictions[1][-1]
         return DecFlowOutput(facial=facial, head=head, expression=facial - head,
                              facial_low=coords[0] - coords0, head_low=coords[1] - coords0)
 
-    def encode_context(self, image1: torch.Tensor):
+    def encode_context(self, image1: torch.Tensor, *, alternate_corr: bool = False):
         """Normalised image 1 -> (hidden state, context input, attention).
 
-        The attention is a `[B, heads, h*w, h*w]` matrix, or in memory-bounded mode a
-        ChunkedAttention that supports the same `attention @ values`.
+        The attention is a `[B, heads, h*w, h*w]` matrix, or in memory-bounded mode
+        (`alternate_corr`) a ChunkedAttention that supports the same `attention @ values`.
         """
         context = self.cnet(image1)  # [B, 256, h, w]
         semantic = self.change_dim(self.dad_encoder(image1))  # [B, 256, h, w]
         fused = self.res1(torch.cat([context, semantic], dim=1))  # [B, 256, h, w]
         net, inp = fused.split([HIDDEN_DIM, CONTEXT_DIM], dim=1)
         net, inp = torch.tanh(net), torch.relu(inp)
-        attention = self.att(inp, materialise=not self.alternate_corr)  # [B, heads, h*w, h*w]
+        attention = self.att(inp, materialise=not alternate_corr)  # [B, heads, h*w, h*w]
         return net, inp, attention
 
     def decode(self, corr_fn: CorrBlock, net: torch.Tensor, inp: torch.Tensor, attention: torch.Tensor,
-               coords0: torch.Tensor, coords: list[torch.Tensor], *, iters: int, test_mode: bool
+               coords0: torch.Tensor, coords: list[torch.Tensor], *, iters: int, test_mode: bool,
+               amp_dtype: torch.dtype | None = None
                ) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]:
         """The recurrence of both decoders (facial, head) from `coords` (`[B, 2, h, w]` each,
-        float32): (upsampled predictions per decoder, final coordinates per decoder)."""
+        float32): (upsampled predictions per decoder, final coordinates per decoder).
+
+        One iteration is, per decoder, the plain `GMAUpdateBlock.forward` (as the loop of
+        `core.reference.straightforward_forward` calls it), split so that both decoders share
+        one correlation lookup and one pass over the attention matrix."""
         decoders = (self.update_block, self.update_block_head)  # facial, head
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence (weights cast once per forward at inference).
-        with self._autocast(coords0.device):
+        with self._autocast(coords0.device, amp_dtype):
             prepared = [decoder.prepare(inp) for decoder in decoders]
             hidden = [net, net]
             for itr in range(iters):
@@ -318,8 +323,3 @@ class DecFlow(nn.Module):
                         predictions[i].append(convex_upsample(coords[i] - coords0, mask))
         return predictions, coords
 
-    def config_dict(self) -> dict:
-        """Constructor arguments, for checkpoints that describe themselves."""
-        return {**asdict(self.config), "mixed_precision": self.mixed_precision,
-                "amp_dtype": None if self.amp_dtype is None else amp_dtype_name(self.amp_dtype),
-                "alternate_corr": self.alternate_corr}

@@ -153,7 +153,8 @@ class GMAUpdateBlock(nn.Module):
 
     def forward(self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor,
                 attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Plain formulation of one step: (new hidden state, upsampling mask logits, delta flow)."""
+        """Plain formulation of one step: (new hidden state, upsampling mask logits, delta flow).
+        core.reference.straightforward_forward runs this; DecFlow.decode runs `prepare` + `step`."""
         motion = self.encoder(flow, corr)
         motion_global = self.aggregator(attention, motion)
         net = self.gru(net, torch.cat([inp, motion, motion_global], dim=1))

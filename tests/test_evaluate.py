@@ -78,7 +78,7 @@ def test_empty_masks_are_counted_and_skipped() -> None:
     full, empty = torch.ones(8, 8), torch.zeros(8, 8)
     gt = torch.ones(2, 8, 8)
     dataset = [(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), gt, gt, full, full, mask) for mask in (full, empty)]
-    results = evaluation.evaluate_predictor(lambda a, b: (zeros, zeros), dataset)
+    results = evaluation.evaluate_predictor(lambda a, b: (zeros.expand(len(a), -1, -1, -1),) * 2, dataset)
     assert results["pairs"] == 2 and results["pairs_without_mask"] == 1
     assert results["facial"]["epe"] == pytest.approx(math.sqrt(2))
     assert results["per_emotion"]["all"]["pairs"] == 2
@@ -184,6 +184,37 @@ def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint
     assert_block_close(results["facial"], script["facial"], tol=1e-5)
 
 
+def test_batch_size_gives_the_metrics_of_one_pair_at_a_time(synthetic_root: Path, decflow_checkpoint: Path) -> None:
+    """--batch_size 3 on the 4 test pairs (a batch of 3, then 1): every number as at batch 1 (float32)."""
+    common = ("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
+              "--device", "cpu", "--no-mixed_precision")
+    single, batched = run_evaluate(*common), run_evaluate(*common, "--batch_size", "3")
+    assert batched["pairs"] == single["pairs"] == 4
+    for kind in ("facial", "head", "expression", "ffn_protocol"):
+        assert_block_close(batched[kind], single[kind], tol=1e-5)
+    assert batched["per_emotion"].keys() == single["per_emotion"].keys()
+    for emotion, block in single["per_emotion"].items():
+        assert_block_close(batched["per_emotion"][emotion]["facial"], block["facial"], tol=1e-5)
+
+
+def test_batches_hold_pairs_of_one_size() -> None:
+    """Consecutive pairs of another size start a new batch; the predictor sees [B, 3, H, W]."""
+    shapes = [(8, 8), (8, 8), (16, 8), (8, 8)]
+    dataset = [(torch.zeros(3, *s), torch.zeros(3, *s), torch.ones(2, *s), torch.ones(2, *s), torch.ones(*s),
+                torch.ones(*s), torch.ones(*s)) for s in shapes]
+    seen = []
+
+    def zero(image1: torch.Tensor, image2: torch.Tensor):
+        seen.append(tuple(image1.shape))
+        return (torch.zeros(image1.shape[0], 2, *image1.shape[-2:]),) * 2
+
+    results = evaluation.evaluate_predictor(zero, dataset, batch_size=3)
+    assert seen == [(2, 3, 8, 8), (1, 3, 16, 8), (1, 3, 8, 8)]
+    assert results["pairs"] == 4 and results["facial"]["epe"] == pytest.approx(math.sqrt(2))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        evaluation.evaluate_predictor(zero, dataset, batch_size=0)
+
+
 # ------------------------------------------------------------------ user errors: one line, no traceback
 @pytest.mark.parametrize("argv, message", [
     (["--model", "missing.pth"], "checkpoint missing.pth not found"),
@@ -191,6 +222,7 @@ def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint
     (["--method", "zero", "--root", "{tmp}/nowhere"], "dataset folder"),
     (["--method", "zero", "--root", "{tmp}", "--split", "val"], "split 'val' not found"),
     (["--method", "zero", "--iters", "0"], "--iters must be >= 1"),
+    (["--method", "zero", "--batch_size", "0"], "--batch_size must be >= 1"),
 ])
 def test_user_errors(argv: list[str], message: str, synthetic_root: Path, tmp_path: Path) -> None:
     argv = [a.format(tmp=tmp_path) for a in argv]

@@ -1,5 +1,5 @@
 """The fast inference path, mixed precision and the memory-bounded mode agree with the
-straightforward per-spec forward (benchmarks/yardstick.py). No timing here: see benchmarks/."""
+straightforward per-spec forward (core/reference.py). No timing here: see benchmarks/."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from benchmarks.op_count import count_step
-from benchmarks.yardstick import straightforward_forward
 from core import network
-from core.network import DecFlow
+from core.network import DecFlow, DecFlowConfig
+from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict
 
 STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
 
 
 def _model(**options) -> DecFlow:
-    model = DecFlow(**options)
+    model = DecFlow(DecFlowConfig(**options))
     model.load_state_dict(STATE)
     return model.eval()
 
@@ -85,7 +85,7 @@ def test_training_step_launches_do_not_grow_with_the_batch():
 def test_alternate_corr_matches_default_mode(options):
     image1, image2 = _pair(height=144, width=160)
     default = _model(**options)(image1, image2, iters=3, test_mode=True)
-    bounded = _model(alternate_corr=True, **options)(image1, image2, iters=3, test_mode=True)
+    bounded = _model(**options)(image1, image2, iters=3, test_mode=True, alternate_corr=True)
     for name in ("facial", "head", "facial_low", "head_low"):
         assert (getattr(bounded, name) - getattr(default, name)).abs().max() <= 1e-3, name
 
@@ -107,8 +107,7 @@ def test_mixed_precision_stays_close_to_fp32_straightforward_forward():
     model = _model()
     image1, image2 = _pair()
     expected = straightforward_forward(model, image1, image2, iters=4, test_mode=True)
-    model.mixed_precision = True
-    got = model(image1, image2, iters=4, test_mode=True)
+    got = model(image1, image2, iters=4, test_mode=True, amp_dtype=torch.bfloat16)
     deviation = (got.facial - expected.facial).abs()
     magnitude = expected.facial.abs().mean().item()
     assert torch.isfinite(got.facial).all()
@@ -136,4 +135,4 @@ def test_benchmark_script_prints_every_table(capsys, monkeypatch, native_bf16):
     assert set(rows) == expected
     assert out.count("no native bfloat16") == (0 if native_bf16 else 1)
     assert float(rows["fast"][-2]) <= 1e-3  # max deviation of the exact fast path, px
-    assert float(rows["straightforward"][2]) == 1.0  # the yardstick's own speedup
+    assert float(rows["straightforward"][2]) == 1.0  # the straightforward forward's own speedup

@@ -140,6 +140,25 @@ def test_visualisation_shares_one_scale() -> None:
 
 
 # ------------------------------------------------------------------ user errors: one line, no traceback
+def test_frames_in_batches_give_the_flow_of_one_pair_at_a_time(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    """--batch_size 2 on 3 pairs (a batch of 2, then 1): the same files and, in float32, the same flow."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(render_sequence((128, 160), 4, seed=5, emotion="sad").facial_frames):
+        Image.fromarray(frame).save(folder / f"{i}.png")
+    written = {}
+    for batch in ("1", "2"):
+        written[batch] = run("--model", str(decflow_checkpoint), "--frames", str(folder), "--iters", str(ITERS),
+                             "--device", "cpu", "--no-mixed_precision", "--save_flo", "--batch_size", batch,
+                             "--output", str(tmp_path / batch))
+    assert [p.name for p in written["1"]] == [p.name for p in written["2"]] == [f"frames_{i}-{i + 1}_flow.png"
+                                                                                for i in range(3)]
+    for i in range(3):
+        for kind in ("facial", "head", "expression"):
+            single, batched = (read_flo(tmp_path / batch / f"frames_{i}-{i + 1}_{kind}.flo") for batch in ("1", "2"))
+            assert np.abs(batched - single).max() <= 1e-4, (i, kind)
+
+
 def _error(*argv: str) -> str:
     with pytest.raises(SystemExit) as error:
         run(*argv)
@@ -184,6 +203,8 @@ def test_user_errors(odd_frames: list[np.ndarray], decflow_checkpoint: Path, tmp
     assert "cannot open video" in _error(*model, "--video", str(tmp_path / "broken.png"))
     assert "--max_flow" in _error(*model, "--max_flow", "0")
     assert "--stride" in _error(*model, "--frames", str(mixed), "--stride", "0")
+    assert "--batch_size must be >= 1" in _error(*model, "--frames", str(mixed), "--batch_size", "0")
+    assert "--batch_size 1" in _error(*model, "--frames", str(mixed), "--warm_start", "--batch_size", "2")
 
 
 def test_output_is_checked_before_any_work(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from benchmarks.yardstick import straightforward_forward
 from core.corr import CorrBlock, coords_grid
 from core.checkpoint import save_checkpoint
 from core.inference import FlowEstimator, GraphedEstimate, load_model
 from core.network import DecFlow, DecFlowConfig, dense_from_level
+from core.reference import straightforward_forward
 from core.utils.padder import InputPadder
 from tests.model_helpers import authors_state_dict
 
@@ -21,7 +21,7 @@ CUDA = torch.device("cuda")  # the device of the CUDA-only tests
 
 
 def _model(device: torch.device | str = "cpu", **options) -> DecFlow:
-    model = DecFlow(**options)
+    model = DecFlow(DecFlowConfig(**options))
     model.load_state_dict(STATE)
     return model.eval().to(device)
 
@@ -59,6 +59,19 @@ def test_estimator_warm_start_feeds_each_decoder_its_own_flow():
         estimator(image1, image2, flow_init=first.facial_low[..., :-1])
 
 
+@torch.no_grad()
+def test_a_batch_gives_the_flow_of_each_pair_alone():
+    """Pairs in one batch (float32): the flow of each pair run alone, within 1e-4 px."""
+    model = _model()
+    image1, image2 = _pair(130, 150, batch=3)  # three different pairs
+    estimator = FlowEstimator(model, iters=3, device="cpu")
+    batched = estimator(image1, image2)
+    for k in range(3):
+        alone = estimator(image1[k], image2[k])
+        for name in ("facial", "head", "expression", "facial_low", "head_low"):
+            assert (getattr(batched, name)[k] - getattr(alone, name)[0]).abs().max() <= 1e-4, (k, name)
+
+
 def test_estimator_rejects_bad_options():
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
         FlowEstimator(_model(), iters=3, device="cpu", cuda_graphs=True)
@@ -92,18 +105,18 @@ def test_low_precision_correlation_matches_float32(stored_from):
 
 
 @needs_cuda
-@pytest.mark.parametrize("mixed_precision", [False, True])
+@pytest.mark.parametrize("amp_dtype", [None, torch.float16])
 @torch.no_grad()
-def test_cuda_graphs_give_the_eager_flow(mixed_precision):
-    model = _model(CUDA, mixed_precision=mixed_precision)
+def test_cuda_graphs_give_the_eager_flow(amp_dtype):
+    model = _model(CUDA)
     image1, image2 = (image.to(CUDA) for image in _pair(136, 176))
     graphed = GraphedEstimate(model)
     init = torch.full((1, 2, 17, 22), 0.5, device=CUDA)
     for flow_init in [(None, None), (init, init), (init, 2 * init)]:
-        eager = model.estimate(image1, image2, iters=5, flow_init=flow_init, test_mode=True)
+        eager = model.estimate(image1, image2, iters=5, flow_init=flow_init, test_mode=True, amp_dtype=amp_dtype)
         for _ in range(2):  # capture, then replay
-            replayed = graphed(image1, image2, iters=5, flow_init=flow_init)
-        tolerance = 1e-4 if not mixed_precision else 1e-2
+            replayed = graphed(image1, image2, iters=5, flow_init=flow_init, amp_dtype=amp_dtype)
+        tolerance = 1e-4 if amp_dtype is None else 1e-2
         for name in ("facial", "head", "expression", "facial_low", "head_low"):
             assert (getattr(replayed, name) - getattr(eager, name)).abs().max() <= tolerance, name
     assert not graphed.failed and len(graphed.graphs) == 2  # the two most recent of three
@@ -128,15 +141,15 @@ def test_cuda_fast_paths_match_the_straightforward_forward_on_cpu():
     cpu_model = _model()
     image1, image2 = _pair(136, 176)
     expected = straightforward_forward(cpu_model, image1, image2, iters=4, test_mode=True)
-    for options, tolerance in [({}, 1e-2), ({"mixed_precision": True}, 0.1), ({"alternate_corr": True}, 1e-2)]:
-        flows = FlowEstimator(_model(CUDA, **options), iters=4, device=CUDA)(image1, image2)
+    for options, tolerance in [({}, 1e-2), ({"amp_dtype": torch.float16}, 0.1), ({"alternate_corr": True}, 1e-2)]:
+        flows = FlowEstimator(_model(CUDA), iters=4, device=CUDA, **options)(image1, image2)
         for name in ("facial", "head"):
             assert (getattr(flows, name).cpu() - getattr(expected, name)).abs().mean() <= tolerance, (options, name)
 
 
 def test_load_model_refuses_a_description_of_another_architecture(tmp_path):
     """The attention modes share their weight keys: only the .json beside the weights tells them apart."""
-    trained = DecFlow(position_only=True)
+    trained = DecFlow(DecFlowConfig(position_only=True))
     weights = tmp_path / "run.pth"
     save_checkpoint(trained, weights, description={"step": 7})
     assert json.loads(weights.with_suffix(".json").read_text())["config"]["position_only"] is True

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.yardstick import straightforward_lookup, straightforward_pyramid
 from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
-from core.network import DecFlow, DecFlowOutput, convex_upsample
+from core.network import DecFlow, DecFlowConfig, DecFlowOutput, convex_upsample
+from core.reference import straightforward_lookup, straightforward_pyramid
 from core.training.stages import set_trainable
 from tests.model_helpers import authors_state_dict, read_spec
 
@@ -215,7 +215,7 @@ def _grad_names(net: DecFlow) -> set[str]:
 def test_gradients_reach_exactly_the_trainable_parameters(frozen):
     torch.manual_seed(0)
     # Relative-position tables only take part with position attention switched on.
-    net = DecFlow(position_and_content=True)
+    net = DecFlow(DecFlowConfig(position_and_content=True))
     set_trainable(net, 2 if frozen else 1)
     trainable = {name for name, p in net.named_parameters() if p.requires_grad}
     assert _grad_names(net) == trainable
@@ -228,11 +228,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(frozen):
 def test_mixed_precision_runs_in_bfloat16_on_cpu(model):
     image1, image2 = images()
     reference = model(image1, image2, iters=2, test_mode=True)
-    model.mixed_precision = True
-    try:
-        mixed = model(image1, image2, iters=2, test_mode=True)
-    finally:
-        model.mixed_precision = False
+    mixed = model(image1, image2, iters=2, test_mode=True, amp_dtype=torch.bfloat16)
     assert mixed.facial.dtype == torch.float32
     assert torch.isfinite(mixed.facial).all() and torch.isfinite(mixed.head).all()
     scale = reference.facial.abs().mean().item() + 1.0

@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.network import DecFlow
+from core.network import DecFlow, DecFlowConfig
 from tests.model_helpers import DATA, SHARED_SPEC, SPEC_TSV, read_spec
 
 PARITY = SHARED_SPEC / "parity"
@@ -166,7 +166,7 @@ def outputs(golden, weights):
     def get(name: str, mode: str = "test"):
         if (name, mode) not in cache:
             options, iters, init = GOLDEN_CALLS[name]
-            model = DecFlow(**options)
+            model = DecFlow(DecFlowConfig(**options))
             model.load_state_dict(weights, strict=True)
             model.eval()
             if mode == "train3":

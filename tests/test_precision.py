@@ -15,9 +15,9 @@ from core.checkpoint import load_state_dict_checked, strip_data_parallel_prefix
 from core.datasets import FacialFlow
 from core.loss import sequence_loss
 from core.network import DecFlow
+from core.reference import straightforward_forward
 from core.synthetic import generate
 from core.utils.frame_utils import write_flo
-from benchmarks.yardstick import straightforward_forward
 from core.training import step as training_step
 from tests.model_helpers import GMA_TSV, authors_state_dict
 from tests.train_helpers import make_dataset, run
@@ -105,14 +105,11 @@ def test_amp_dtype_keyword_selects_the_autocast_dtype():
     model = DecFlow().eval()
     flows = {}
     for dtype in (None, torch.float16, torch.bfloat16):
-        with model.autocasting(dtype):
-            flows[dtype] = model(image1, image2, iters=2, test_mode=True).facial
-    assert not model.mixed_precision and model.amp_dtype is None  # the constructor's setting is back
+        flows[dtype] = model(image1, image2, iters=2, test_mode=True, amp_dtype=dtype).facial
     assert all(torch.isfinite(f).all() for f in flows.values())
     fp16_error = (flows[torch.float16] - flows[None]).abs().mean()
     bf16_error = (flows[torch.bfloat16] - flows[None]).abs().mean()
     assert 0 < fp16_error < bf16_error  # float16 has 3 more mantissa bits than bfloat16
-    assert DecFlow(mixed_precision=True, amp_dtype=torch.float16).config_dict()["amp_dtype"] == "float16"
 
 
 # ----------------------------------------------------------------------------- float16 gradients
@@ -155,7 +152,7 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     """Autocast forced to float16 on CPU, 12 iterations, loss x 4096 (the reference's headroom on
     this batch; the old single cached-cast region overflowed from 1024): every gradient is finite,
     and as close to float32 as the reference's autocast layout (one region per iteration, here the
-    yardstick's) given the same channels-last images as ours.
+    core.reference's) given the same channels-last images as ours.
 
     Relative errors on the synthetic batches of seeds 0 / 1 / 2 (AVX2 CPU): ours 8.19 / 7.49 /
     7.59e-3; the reference layout 8.16 / 7.58 / 7.63e-3 with channels-last images, 7.86 / 7.39 /
@@ -164,8 +161,7 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     layouts differ by rounding noise (-1.2 % to +0.4 %), hence the 5 % margin."""
     model, batch = gma_start_and_batch
     exact = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12), 1.0)
-    with model.autocasting(torch.float16):
-        ours = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12), 4096.0)
+    ours = _scaled_gradients(model, batch, lambda a, b: model(a, b, iters=12, amp_dtype=torch.float16), 4096.0)
     nonfinite = [name for name, grad in ours.items() if not torch.isfinite(grad).all()]
     assert not nonfinite, nonfinite
     assert ours.keys() == exact.keys()
@@ -195,6 +191,7 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
          "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "2", "--print_freq", "2",
          "--device", "cpu", "--mixed_precision", "--amp_dtype", "float16"])
     state = torch.load(out / "fp16_state.pth", weights_only=True)
+    assert state["config"]["mixed_precision"] is True and state["config"]["amp_dtype"] == "float16"
     skipped = state["scaler_skipped"]  # step 1 for sure; step 2 too if float16 overflows again
     assert skipped >= 1 and state["scaler"]["scale"] == 65536.0 / 2 ** skipped  # one halving per skipped step
     log = (out / "fp16.log").read_text()

@@ -5,6 +5,7 @@ batch 1-2, 2-3 steps and 2 recurrent iterations.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import sys
 import pytest
 import torch
 
+from core.network import DecFlowConfig
 from core.training import step as training_step
 from core.training.data import ResumableSampler
 from core.training.stages import set_trainable
@@ -294,6 +296,24 @@ def test_bad_optimiser_values_are_one_line_errors(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert flag in err and "Traceback" not in err
+
+
+def test_impossible_model_options_are_one_line_errors(tmp_path, capsys):
+    """train.py checks its model options as evaluate.py and get_flow.py do (core.cli.model_config)."""
+    for argv, message in ((["--position_only", "--position_and_content"], "mutually exclusive"),
+                          (["--num_heads", "0"], "--num_heads must be >= 1"),
+                          (["--dropout", "1.5"], "--dropout must be in [0, 1]")):
+        with pytest.raises(SystemExit) as exc:
+            run([*argv, "--output", str(tmp_path)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()[-1]) < 200
+
+
+def test_every_architecture_field_is_a_train_option_and_a_resume_check():
+    options = {option for action in train.get_args_parser()._actions for option in action.option_strings}
+    for field in dataclasses.fields(DecFlowConfig):
+        assert f"--{field.name}" in options and field.name in train.RESUME_MUST_MATCH, field.name
 
 
 def test_help_states_each_default_once():

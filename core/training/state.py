@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import random
 import signal
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.checkpoint import atomic_save, load_plain, payload_sha256, reference_state_dict, unwrap, verify_payload
+from core.checkpoint import atomic_save, load_plain, payload_sha256, reference_state_dict, verify_payload
+from core.precision import amp_dtype_name
+from core.training.distributed import unwrap
 
 
 def seed_everything(seed: int) -> None:
@@ -82,11 +85,15 @@ def plain_arguments(args: object) -> dict:
 
 
 def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args: object, history: dict,
-               scaler_skipped: int = 0) -> None:
+               scaler_skipped: int = 0, amp_dtype: torch.dtype | None = None) -> None:
+    """The training state, with the SHA-256 of its payload; its "config" is the architecture and
+    the precision (`amp_dtype`) of the run."""
+    config = {**asdict(unwrap(model).config), "mixed_precision": amp_dtype is not None,
+              "amp_dtype": None if amp_dtype is None else amp_dtype_name(amp_dtype), "alternate_corr": False}
     state = {"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
              "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
-             "config": unwrap(model).config_dict(), "history": history}
+             "config": config, "history": history}
     atomic_save({**state, "sha256": payload_sha256(state)}, path)
 
 

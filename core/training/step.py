@@ -54,15 +54,16 @@ class StepResult:
 
 def train_step(model: nn.Module, batch: tuple, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                iters: int, gamma: float, clip: float, device: torch.device, distributed: bool,
-               noise_generator: torch.Generator | None = None) -> StepResult:
-    """One optimisation step (forward, loss, scaled backward, clipping, update)."""
+               noise_generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None) -> StepResult:
+    """One optimisation step (forward autocast to `amp_dtype` (None: float32), loss, scaled
+    backward, clipping, update)."""
     image1, image2, flow_f, flow_h, valid_f, valid_h, _ = [x.to(device, non_blocking=True) for x in batch]
     if noise_generator is not None:
         std = 5.0 * torch.rand((), generator=noise_generator).item()
         image1 = (image1 + std * torch.randn(image1.shape, generator=noise_generator).to(device)).clamp(0, 255)
         image2 = (image2 + std * torch.randn(image2.shape, generator=noise_generator).to(device)).clamp(0, 255)
     optimizer.zero_grad(set_to_none=True)
-    facial_preds, head_preds = model(image1, image2, iters=iters)
+    facial_preds, head_preds = model(image1, image2, iters=iters, amp_dtype=amp_dtype)
     loss, metrics = sequence_loss(facial_preds, head_preds, flow_f, flow_h, valid_f, valid_h, gamma)
     if any_across_ranks(not math.isfinite(metrics["loss"]), device, distributed):
         return StepResult(metrics, facial_preds, head_preds, skipped="non-finite loss")

@@ -8,19 +8,21 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils import data
 
-from core.checkpoint import unwrap
 from core.defaults import VAL_ITERS
 from core.evaluation import evaluate_facialflow
+from core.training.distributed import unwrap
 
 
 def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS, device: torch.device,
-             max_pairs: int | None = None, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+             amp_dtype: torch.dtype | None = None, max_pairs: int | None = None, rank: int = 0,
+             world_size: int = 1) -> dict[str, float]:
     """Validation during training with evaluate.py's metrics (core.evaluation): facial, head and expression EPE
     and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference
     protocol (`ffn_{metric}`, the paper's numbers), each averaged over pairs.
 
     `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
     processes of a distributed run and the means combined, so every rank must call this.
+    The model runs autocast to `amp_dtype` (None: float32), the training run's precision.
     """
     indices = list(range(len(dataset)))
     if max_pairs is not None and max_pairs < len(indices):
@@ -32,7 +34,7 @@ def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS,
     if mine:
         # its own progress bar (rank 0): validation takes a while on CPUs
         results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device,
-                                      progress=rank == 0)
+                                      amp_dtype=amp_dtype, progress=rank == 0)
         for k, (kind, _) in enumerate(kinds):
             block = results.get(kind)
             if block:  # None: no pair with a face mask
