@@ -11,6 +11,14 @@ import numpy as np
 from core.synthetic.motion import EMOTION_PEAKS, ExpressionField, HeadMotion, Oscillation, apply_homography, make_expression
 from core.synthetic.texture import Array, FaceLayout, FaceTexture, make_background, make_face_texture
 
+#: Motion time between consecutive frames. Every motion (head pose, expression, background) is
+#: a smooth function of time, with amplitudes proportional to the frame side: at 160x160 the face
+#: moves about 1.6 px per frame on average, at 512x512 about 5 px. A larger interval renders the
+#: same motion at a lower frame rate (2: every second frame), so the motion per frame grows with
+#: it (about 3.5 px at 160x160 for 2, 5 px for 3) while poses, framing and expressions keep their
+#: ranges and the expression field stays invertible.
+FRAME_INTERVAL = 1.0
+
 
 @dataclass
 class SyntheticSequence:
@@ -39,10 +47,18 @@ class SyntheticSubject:
     margin: int
     bg_x: Oscillation
     bg_y: Oscillation
+    frame_interval: float = FRAME_INTERVAL  # motion time between frames ``t`` and ``t + 1``
 
     @staticmethod
-    def random(size: tuple[int, int], seed: int | Sequence[int], emotion: str = "happy") -> "SyntheticSubject":
-        """Draw a subject deterministically from ``seed``; ``emotion`` picks the expression preset."""
+    def random(size: tuple[int, int], seed: int | Sequence[int], emotion: str = "happy",
+               frame_interval: float = FRAME_INTERVAL) -> "SyntheticSubject":
+        """Draw a subject deterministically from ``seed``; ``emotion`` picks the expression preset.
+
+        ``frame_interval`` is the motion time between consecutive frames (see :data:`FRAME_INTERVAL`);
+        the subject itself (face, motion, background) does not depend on it.
+        """
+        if not frame_interval > 0:
+            raise ValueError(f"frame_interval must be positive, got {frame_interval}")
         if emotion not in EMOTION_PEAKS:
             raise ValueError(f"unknown emotion {emotion!r}, choose from {sorted(EMOTION_PEAKS)}")
         h, w = size
@@ -76,7 +92,12 @@ class SyntheticSubject:
             margin=margin,
             bg_x=Oscillation.random(rng, 0.015 * side if moving else 0.0),
             bg_y=Oscillation.random(rng, 0.01 * side if moving else 0.0),
+            frame_interval=float(frame_interval),
         )
+
+    def time(self, t: int) -> float:
+        """Motion time of frame ``t``."""
+        return t * self.frame_interval
 
     def pixel_grid(self) -> tuple[Array, Array]:
         """Float64 ``(x, y)`` coordinates of every pixel centre."""
@@ -85,7 +106,7 @@ class SyntheticSubject:
 
     def canonical_point(self, t: int, x: Array, y: Array) -> tuple[Array, Array]:
         """Deformed canonical point ``c' = H_t^-1(p)`` seen at pixel ``(x, y)`` of frame ``t``."""
-        return apply_homography(np.linalg.inv(self.motion.homography(t)), x, y)
+        return apply_homography(np.linalg.inv(self.motion.homography(self.time(t))), x, y)
 
     def texture_point(self, t: int, x: Array, y: Array, expression_frame: int | None = None) -> tuple[Array, Array]:
         """Texture point ``G_e(H_t^-1(p))`` seen at pixel ``(x, y)`` of frame ``t``.
@@ -93,11 +114,11 @@ class SyntheticSubject:
         ``e`` is ``t`` (facial rendering) or ``expression_frame`` (``0`` for head-only rendering).
         """
         e = t if expression_frame is None else expression_frame
-        return self.expression.backward(*self.canonical_point(t, x, y), e)
+        return self.expression.backward(*self.canonical_point(t, x, y), self.time(e))
 
     def background_shift(self, t: int) -> tuple[float, float]:
         """Translation of the background at frame ``t`` (pixels)."""
-        return self.bg_x(t), self.bg_y(t)
+        return self.bg_x(self.time(t)), self.bg_y(self.time(t))
 
     def render(self, t: int, expression_frame: int | None = None) -> tuple[Array, Array, Array]:
         """Render frame ``t``: uint8 RGB image, head coverage and face coverage (float 0..1)."""
@@ -123,7 +144,7 @@ class SyntheticSubject:
         """
         px, py = self.pixel_grid()
         dx, dy = self.canonical_point(t, px, py)
-        tx, ty = self.expression.backward(dx, dy, t)
+        tx, ty = self.expression.backward(dx, dy, self.time(t))
         if on_head is None:
             on_head = self.texture.sample(tx, ty)[1] >= 0.5
         sx0, sy0 = self.background_shift(t)
@@ -131,22 +152,24 @@ class SyntheticSubject:
         flow_f = np.empty((*self.size, 2), np.float64)
         flow_f[..., 0], flow_f[..., 1] = sx1 - sx0, sy1 - sy0
         flow_h = flow_f.copy()
-        nxt = self.motion.homography(t + 1)
-        qx, qy = apply_homography(nxt, *self.expression.forward(tx[on_head], ty[on_head], t + 1))
+        nxt = self.motion.homography(self.time(t + 1))
+        qx, qy = apply_homography(nxt, *self.expression.forward(tx[on_head], ty[on_head], self.time(t + 1)))
         flow_f[on_head] = np.stack([qx - px[on_head], qy - py[on_head]], axis=-1)
         hx, hy = apply_homography(nxt, dx[on_head], dy[on_head])
         flow_h[on_head] = np.stack([hx - px[on_head], hy - py[on_head]], axis=-1)
         return flow_f.astype(np.float32), flow_h.astype(np.float32)
 
 
-def render_sequence(size: tuple[int, int], frames: int, seed: int | Sequence[int], emotion: str = "happy") -> SyntheticSequence:
+def render_sequence(size: tuple[int, int], frames: int, seed: int | Sequence[int], emotion: str = "happy",
+                    frame_interval: float = FRAME_INTERVAL) -> SyntheticSequence:
     """Render one synthetic subject of ``frames`` frames at ``size = (H, W)``.
 
-    ``frames=2`` gives a single demo pair. Deterministic for a given ``seed``.
+    ``frames=2`` gives a single demo pair. Deterministic for a given ``seed``;
+    ``frame_interval``: see :data:`FRAME_INTERVAL`.
     """
     if frames < 2:
         raise ValueError(f"a sequence needs at least 2 frames, got {frames}")
-    subject = SyntheticSubject.random(size, seed, emotion)
+    subject = SyntheticSubject.random(size, seed, emotion, frame_interval)
     seq = SyntheticSequence([], [], [], [], [])
     for t in range(frames):
         image, head, face = subject.render(t)

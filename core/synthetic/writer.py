@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.datasets import LABEL_FOLDERS
-from core.synthetic.sequence import SyntheticSequence, render_sequence
+from core.synthetic.sequence import FRAME_INTERVAL, SyntheticSequence, render_sequence
 from core.utils import frame_utils
 
 EMOTIONS = ("angry", "happy", "neutral", "sad", "surprise")
@@ -55,11 +55,13 @@ def generate(
     seed: int = 0,
     splits: Sequence[str] = SPLITS,
     progress: bool = False,
+    frame_interval: float = FRAME_INTERVAL,
 ) -> list[Path]:
     """Write a synthetic FacialFlowNet dataset; return the sequence folders (under ``image/facial``).
 
     Subject ``j`` of a split goes to emotion ``EMOTIONS[j % 5]`` and folder
-    ``subject{j+1:03d}``; its content depends only on ``(seed, split, j)``.
+    ``subject{j+1:03d}``; its content depends only on ``(seed, split, j)`` (and
+    ``frame_interval``, the motion time between frames: see :data:`FRAME_INTERVAL`).
     """
     if subjects < 1:
         raise ValueError(f"subjects must be at least 1, got {subjects}")
@@ -68,7 +70,7 @@ def generate(
     written = []
     for split, j in tqdm(jobs, desc="synthetic FacialFlowNet", unit="subject", disable=not progress):
         emotion, name = subject_folder(j)
-        seq = render_sequence(tuple(size), frames, _split_seed(seed, split, j), emotion)
+        seq = render_sequence(tuple(size), frames, _split_seed(seed, split, j), emotion, frame_interval)
         write_sequence(seq, root, split, emotion, name)
         written.append(root / "image" / "facial" / split / emotion / name)
     return written
