@@ -8,7 +8,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from core.synthetic.motion import EMOTION_PEAKS, ExpressionField, HeadMotion, Oscillation, apply_homography, make_expression
+from core.synthetic.motion import (EMOTION_PEAKS, ExpressionField, HeadMotion, Oscillation, apply_homography,
+                                   make_expression)
 from core.synthetic.texture import Array, FaceLayout, FaceTexture, make_background, make_face_texture
 
 #: Motion time between consecutive frames. Every motion (head pose, expression, background) is
