@@ -94,8 +94,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_points", type=int, default=4,
                         help="validations on the test split during each training run, the last at its end (0: none)")
     parser.add_argument("--val_pairs", type=int, default=16, help="test pairs of each validation during training")
-    parser.add_argument("--curves", type=Path, default=Path("learning_curves.png"),
-                        help="PNG of the training runs' curves (default: learning_curves.png)")
+    parser.add_argument("--curves", type=Path, default=Path("outputs", "learning_curves.png"),
+                        help="PNG of the training runs' curves (default: outputs/learning_curves.png)")
     return parser
 
 
