@@ -1,13 +1,22 @@
 """Learning check: does stage-1 training learn, in float32 and in mixed precision alike?
 
-    python -m benchmarks.learning                      # CPU: small crops, a few minutes
+    python -m benchmarks.learning                      # CPU: 128x128 crops of 160x160 frames, about 10 minutes
     python -m benchmarks.learning --steps 300 --size 480 480 --batch 6 --iters 12   # CUDA: the seed recipe
 
-It generates a synthetic FacialFlowNet copy, writes a fixed start (a seeded DecFlow in the
-authors' format), trains stage 1 from it with `train.py` (the seed recipe's optimiser
-flags) once in float32 and once with `--mixed_precision`, and scores both with
-`evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through
-the real scripts, as a user would run them. `--seeds 1 2 3` repeats each training with
+It generates a synthetic FacialFlowNet copy (train and test splits), writes a fixed start (a
+seeded DecFlow in the authors' format), trains stage 1 from it with `train.py` (the seed
+recipe's optimiser flags) once in float32 and once with `--mixed_precision`, and scores both
+with `evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through
+the real scripts, as a user would run them.
+
+Training and scoring see the same kind of data: crops close to the frame size, the same
+recurrent iterations (`--eval_iters` defaults to `--iters`), and on the CPU frames rendered at
+`--frame_interval 3`, so that the face moves about 5 px per frame at 160x160, as it does at the
+GPU defaults' 512x512 (at interval 1 it would move about 1.6 px). During training, `train.py`
+also validates on a few test pairs (`--val_points`, `--val_pairs`), and the check draws both
+runs' curves from their logs into one PNG (`--curves`): the training batches' EPE (whole
+crops) beside the test split's (face pixels), so that one can see the test split confirm
+what the training curve shows. `--seeds 1 2 3` repeats each training with
 several seeds and adds each precision's mean and spread, to tell a difference between the
 precisions from chance. On a CPU without native bfloat16, mixed
 precision is float32 (one warning line) and its row is left out unless `--amp_dtype` asks
@@ -23,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from core.checkpoint import save_checkpoint
 from core.cli import DocstringHelpFormatter
@@ -37,7 +48,15 @@ from core.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("facial", "head", "expression")
+CURVE_KINDS = ("facial", "head")  # drawn in the curves and compared with zero flow
+TARGET_RATIO = 0.7  # a run that learns ends at most this share of zero flow's EPE (issue 19)
+DATA_SPLITS = ("train", "test")  # the check never uses a val split
 LABEL_WIDTH = 40  # first column of the table
+# train.py's log lines: "[   step, lr 0.0001] loss 1.2, facial_epe 0.3, ..." and
+# "validation facialflow/test at step 50 (3 s): facial_epe 0.4, ..."
+TRAIN_LINE = re.compile(r"\[\s*(\d+), lr [^\]]*\] (.*)")
+VALIDATION_LINE = re.compile(r"validation facialflow/\w+ at step (\d+) \([^)]*\): (.*)")
+METRIC = re.compile(r"(\w+) (-?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))(?:,|$)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,16 +66,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      epilog=f"The defaults shown are this machine's ({'CUDA' if cuda else 'CPU'}): "
                                             "with CUDA they are the seed recipe's, on a CPU small and fast.")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--steps", type=int, default=300 if cuda else 40, help="training steps per run")
-    parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0004,
-                        help="peak learning rate (higher on a CPU: few steps)")
+    parser.add_argument("--steps", type=int, default=300 if cuda else 100, help="training steps per run")
+    parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0008,
+                        help="peak learning rate (CPU default higher: few steps)")
     parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [128, 128], metavar=("H", "W"),
                         help="training crop")
     parser.add_argument("--batch", type=int, default=6 if cuda else 2, help="batch size")
     parser.add_argument("--iters", type=int, default=12 if cuda else 4, help="recurrent iterations in training")
-    parser.add_argument("--eval_iters", type=int, default=12, help="iterations in evaluation")
-    parser.add_argument("--subjects", type=int, default=5 if cuda else 2, help="synthetic subjects per split")
-    parser.add_argument("--frames", type=int, default=6 if cuda else 4, help="frames per synthetic sequence")
+    parser.add_argument("--eval_iters", type=int, default=None,
+                        help="iterations in evaluation and validation (default: --iters)")
+    parser.add_argument("--subjects", type=int, default=5 if cuda else 12, help="synthetic subjects per split")
+    parser.add_argument("--frames", type=int, default=6 if cuda else 5, help="frames per synthetic sequence")
     parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [160, 160],
                         metavar=("H", "W"), help="synthetic frame size")
     parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
@@ -72,6 +92,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", action="store_true",
                         help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
                              "their train times then overlap)")
+    parser.add_argument("--frame_interval", type=float, default=1.0 if cuda else 3.0, metavar="T",
+                        help="motion time between synthetic frames (python -m core.synthetic --frame_interval): "
+                             "on the CPU 3, for the motion in pixels of 512x512 frames at 160x160")
+    parser.add_argument("--val_points", type=int, default=4,
+                        help="validations on the test split during each training run, the last at its end (0: none)")
+    parser.add_argument("--val_pairs", type=int, default=16, help="test pairs of each validation during training")
+    parser.add_argument("--curves", type=Path, default=Path("outputs", "learning_curves.png"),
+                        help="PNG of the training runs' curves (default: outputs/learning_curves.png)")
     return parser
 
 
@@ -88,19 +116,34 @@ def skipped_steps(log: Path) -> str:
     return f"{found[-1][0]}/{found[-1][1]}" if found else "-"
 
 
+def evaluation_iters(args: argparse.Namespace) -> int:
+    """Iterations of evaluation and validation: `--eval_iters`, else those of training."""
+    return args.iters if args.eval_iters is None else args.eval_iters
+
+
+def validation_flags(args: argparse.Namespace) -> list[str]:
+    """train.py's flags for `--val_points` validations on `--val_pairs` test pairs (the last at the end)."""
+    if args.val_points < 1:
+        return ["--val_freq", str(args.steps)]
+    return ["--validation", "facialflow", "--val_split", "test",
+            "--val_freq", str(max(1, args.steps // args.val_points)), "--val_max_pairs", str(args.val_pairs),
+            "--val_iters", str(evaluation_iters(args))]
+
+
 def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, root: Path, start: Path,
                     work: Path) -> tuple[dict, float, str]:
     started = time.perf_counter()
     _run("train.py", ["--name", name, "--stage", "facialflow", "--output", str(work), "--root", str(root),
                       "--restore_ckpt", str(start), "--num_steps", str(args.steps), "--lr", str(args.lr),
                       "--image_size", *map(str, args.size), "--wdecay", "0.00001", "--gamma", "0.85",
-                      "--batch_size", str(args.batch), "--iters", str(args.iters), "--val_freq", str(args.steps),
+                      "--batch_size", str(args.batch), "--iters", str(args.iters), *validation_flags(args),
                       "--print_freq", str(max(1, args.steps // 10)), "--num_workers", str(args.num_workers),
                       "--device", args.device,
                       *extra])
     seconds = time.perf_counter() - started
-    return (score(["--model", str(work / f"{name}.pth"), "--iters", str(args.eval_iters), "--device", args.device,
-                   "--no-mixed_precision"], root, work / f"{name}.json"), seconds, skipped_steps(work / f"{name}.log"))
+    return (score(["--model", str(work / f"{name}.pth"), "--iters", str(evaluation_iters(args)),
+                   "--device", args.device, "--no-mixed_precision"], root, work / f"{name}.json"),
+            seconds, skipped_steps(work / f"{name}.log"))
 
 
 def score(argv: list[str], root: Path, output: Path) -> dict:
@@ -109,6 +152,7 @@ def score(argv: list[str], root: Path, output: Path) -> dict:
 
 
 def main(args: argparse.Namespace) -> None:
+    began = time.perf_counter()
     device = torch.device(args.device)
     amp_dtype = resolve_inference_precision(True, args.amp_dtype, device,
                                             warn=lambda line: print(line + "; no mixed-precision run", flush=True))
@@ -116,14 +160,16 @@ def main(args: argparse.Namespace) -> None:
         work = Path(args.workdir or temporary)
         root = work / "FacialFlowNet"
         if not root.is_dir():
-            generate(root, args.subjects, args.frames, tuple(args.frame_size), seed=0)
+            generate(root, args.subjects, args.frames, tuple(args.frame_size), seed=0, splits=DATA_SPLITS,
+                     frame_interval=args.frame_interval)
         start = work / "start.pth"
         torch.manual_seed(0)
         save_checkpoint(DecFlow(), start)  # the fixed start of both runs
         print(f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
               f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
-              f"{args.iters} iterations; "
-              f"evaluation {args.eval_iters} iterations on the test split", flush=True)
+              f"{args.iters} iterations; {args.subjects} subjects x {args.frames - 1} pairs per split at "
+              f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}; "
+              f"evaluation {evaluation_iters(args)} iterations on the test split", flush=True)
         rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
                 "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-")}
         precisions = {"DecFlow fp32": ("fp32", [])}
@@ -137,6 +183,8 @@ def main(args: argparse.Namespace) -> None:
             futures = {key: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
                        for key, (name, extra) in runs.items()}
             trained = {key: future.result() for key, future in futures.items()}
+        curves = {f"{label}" + ("" if seed is None else f" seed {seed}"): read_curves(work / f"{name}.log")
+                  for (label, seed), (name, _) in runs.items()}
     for label in precisions:
         if args.seeds is None:
             rows[label] = trained[label, None]
@@ -146,6 +194,16 @@ def main(args: argparse.Namespace) -> None:
         rows[f"{label} mean"] = (summarise(documents, statistics.fmean), None, "-")
         rows[f"{label} spread"] = (summarise(documents, lambda values: max(values) - min(values)), None, "-")
     print_table(rows)
+    zero = rows["zero flow"][0]
+    plot_curves(curves, {kind: zero[kind]["epe"] for kind in CURVE_KINDS}, args.curves)
+    print()
+    for label, curve in curves.items():
+        print(describe_curve(label, curve))
+    for label in precisions:
+        document = rows[label if args.seeds is None else f"{label} mean"][0]
+        print(f"{label}: " + ", ".join(f"{kind} EPE {document[kind]['epe'] / zero[kind]['epe']:.2f}x zero flow's"
+                                       for kind in CURVE_KINDS) + f" (a learning run: at most {TARGET_RATIO}x)")
+    print(f"training curves: {args.curves}; whole run {time.perf_counter() - began:.0f} s")
 
 
 def summarise(documents: list[dict], statistic) -> dict:
@@ -154,6 +212,54 @@ def summarise(documents: list[dict], statistic) -> dict:
                for kind in KINDS}
     summary["facial"]["3px"] = statistic([d["facial"]["3px"] for d in documents])
     return summary
+
+
+def read_curves(log: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """`{"train": {metric: [(step, value), ...]}, "test": {...}}` from a train.py log: its print lines
+    (means over the training batches since the last print) and its validation lines."""
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {"train": defaultdict(list), "test": defaultdict(list)}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        for split, pattern in (("train", TRAIN_LINE), ("test", VALIDATION_LINE)):
+            found = pattern.search(line)
+            if found:
+                for key, value in METRIC.findall(found.group(2)):
+                    curves[split][key].append((int(found.group(1)), float(value)))
+    return curves
+
+
+def plot_curves(curves: dict[str, dict], zero_epe: dict[str, float], path: Path) -> None:
+    """One panel per kind: each run's training-batch EPE (line) and test-split EPE (dashed, markers),
+    zero flow's test EPE and the learning target (`TARGET_RATIO` of it)."""
+    figure = Figure(figsize=(11, 4.2))
+    for ax, kind in zip(figure.subplots(1, len(CURVE_KINDS)), CURVE_KINDS):
+        for index, (label, curve) in enumerate(curves.items()):
+            colour = f"C{index}"
+            for split, style, what in (("train", "-", "training batches (whole crops)"),
+                                       ("test", "o--", "test split (face pixels)")):
+                if curve[split].get(f"{kind}_epe"):
+                    steps, values = zip(*curve[split][f"{kind}_epe"])
+                    ax.plot(steps, values, style, color=colour, markersize=4, label=f"{label}: {what}")
+        ax.axhline(zero_epe[kind], color="0.3", linestyle=":", label="zero flow, test split")
+        ax.axhline(TARGET_RATIO * zero_epe[kind], color="0.6", linestyle="-.",
+                   label=f"{TARGET_RATIO}x zero flow (learning target)")
+        ax.set(xlabel="step", ylabel="EPE (px)", title=f"{kind} flow")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def describe_curve(label: str, curve: dict[str, dict]) -> str:
+    """One line: first and last training-batch and test-split facial EPE of a run, with their steps."""
+    parts = []
+    for split, what in (("train", "training batches"), ("test", "test split")):
+        points = curve[split].get("facial_epe")
+        if points:
+            (first_step, first), (last_step, last) = points[0], points[-1]
+            parts.append(f"{what} {first:.2f} (step {first_step}) -> {last:.2f} (step {last_step})")
+    return f"{label}: facial EPE, " + "; ".join(parts or ["no curve in the log"])
 
 
 def print_table(rows: dict[str, tuple[dict, float | None, str]]) -> None:

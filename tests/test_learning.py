@@ -2,36 +2,55 @@
 not its numbers)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from benchmarks import learning
+from core.utils import frame_utils
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The printed table's rows by run label (from its header to the first blank line)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return {line[:learning.LABEL_WIDTH].strip(): line[learning.LABEL_WIDTH:].split() for line in lines[start + 1:end]}
 
 
 def test_learning_check_prints_every_row(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
-        ["--device", "cpu", "--steps", "1", "--size", "128", "128", "--batch", "1", "--iters", "1",
-         "--eval_iters", "1", "--subjects", "1", "--frames", "3", "--frame_size", "128", "128",
-         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--parallel"])
+        ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1",
+         "--subjects", "1", "--frames", "3", "--frame_size", "128", "128", "--val_points", "2", "--val_pairs", "1",
+         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--curves", str(tmp_path / "plots" / "c.png"),
+         "--parallel"])
     learning.main(args)
     out = capsys.readouterr().out
-    rows = {line[:learning.LABEL_WIDTH].strip(): line[learning.LABEL_WIDTH:].split()
-            for line in out.splitlines()[-4:]}
+    rows = table_rows(out)
     assert set(rows) == {"zero flow", "DIS (OpenCV)", "DecFlow fp32", "DecFlow bfloat16 autocast"}
     assert rows["DIS (OpenCV)"][1] == "-" and len(rows["DecFlow fp32"]) == 6  # 3 EPEs, <3px, seconds, skipped
     assert all(float(value) >= 0 for value in rows["DecFlow bfloat16 autocast"][:5])
     assert rows["DecFlow bfloat16 autocast"][5] == "-"  # bfloat16: no GradScaler
     assert (tmp_path / "fp32.pth").is_file() and (tmp_path / "amp.json").is_file()
+    assert not (tmp_path / "FacialFlowNet" / "image" / "facial" / "val").exists()  # train and test only
+    # both runs validated on the test split at steps 1 and 2, with the training iterations
+    for name in ("fp32", "amp"):
+        curve = learning.read_curves(tmp_path / f"{name}.log")
+        assert [step for step, _ in curve["test"]["facial_epe"]] == [1, 2]
+        assert [step for step, _ in curve["train"]["facial_epe"]] == [1, 2]
+        assert learning.evaluation_iters(args) == 1
+    assert (tmp_path / "plots" / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "DecFlow fp32: facial EPE, training batches" in out and "x zero flow's" in out
 
 
 def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
         ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1",
          "--eval_iters", "1", "--subjects", "1", "--frames", "3", "--frame_size", "128", "128",
-         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--seeds", "3", "4", "--parallel"])
+         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--seeds", "3", "4", "--parallel",
+         "--val_points", "0", "--curves", str(tmp_path / "c.png")])
     learning.main(args)
-    lines = capsys.readouterr().out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("run "))
-    rows = {line[:learning.LABEL_WIDTH].strip(): line[learning.LABEL_WIDTH:].split() for line in lines[start + 1:]}
+    rows = table_rows(capsys.readouterr().out)
     for precision in ("DecFlow fp32", "DecFlow bfloat16 autocast"):
         seeds = [[float(v) for v in rows[f"{precision} seed {seed}"][:4]] for seed in (3, 4)]
         mean = [float(v) for v in rows[f"{precision} mean"][:4]]
@@ -50,3 +69,30 @@ def test_skipped_steps_reads_the_last_done_line(tmp_path):
     assert learning.skipped_steps(log) == "9/400"
     log.write_text("2026-01-01 00:00:00 done: a.pth\n")
     assert learning.skipped_steps(log) == "-"
+
+
+def test_read_curves_takes_print_and_validation_lines(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(
+        "2026-01-01 00:00:00 DecFlow training 'run' on cpu, float32: --lr 0.0008\n"
+        "2026-01-01 00:00:01 [    10, lr 0.0007900] loss 9.5, facial_epe 4.2500, head_epe 4.1000, facial_1px 0.1, "
+        "grad_norm 30.5, skipped 0/10 (GradScaler, 0 in all)\n"
+        "2026-01-01 00:00:02 validation facialflow/test at step 10 (3 s): facial_epe 5.0000, facial_1px 0.0500, "
+        "head_epe nan, ffn_epe 12.5\n"
+        "2026-01-01 00:00:03 [    20, lr 0.0007] loss 3.5, facial_epe 2.5e-01, head_epe 0.3\n")
+    curves = learning.read_curves(log)
+    assert curves["train"]["facial_epe"] == [(10, 4.25), (20, 0.25)]
+    assert curves["train"]["head_epe"] == [(10, 4.1), (20, 0.3)]
+    assert curves["test"]["facial_epe"] == [(10, 5.0)] and np.isnan(curves["test"]["head_epe"][0][1])
+    assert "lr" not in curves["train"]
+    learning.plot_curves({"fp32": curves}, {"facial": 6.0, "head": 6.0}, tmp_path / "c.png")
+    assert frame_utils.read_image(tmp_path / "c.png").shape[2] == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
+def test_cpu_defaults_train_and_score_alike():
+    """On the CPU the frames move the face by pixels (interval 3, as 512x512 frames do at interval 1), the crops
+    are close to the frame size and scoring uses the training iterations."""
+    args = learning.get_args_parser().parse_args(["--device", "cpu"])
+    assert args.frame_interval == 3.0 and learning.evaluation_iters(args) == args.iters
+    assert min(args.frame_size) - 32 <= min(args.size) <= min(args.frame_size)  # crops close to the frame size

@@ -119,7 +119,8 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         synthetic.main(["--help"])
     text = capsys.readouterr().out
-    for option in ("--root", "--subjects", "--frames", "--size", "--seed", "--splits", "--verify", "--no-progress"):
+    for option in ("--root", "--subjects", "--frames", "--size", "--seed", "--frame_interval", "--splits", "--verify",
+                   "--no-progress"):
         assert option in text
 
 
@@ -140,3 +141,46 @@ def test_cli_accepts_both_spellings_of_no_progress(tmp_path: Path, capsys: pytes
     captured = capsys.readouterr()
     assert "wrote 1 sequences" in captured.out
     assert ("synthetic FacialFlowNet" in captured.err) == bar  # the progress bar
+
+
+def test_frame_interval_renders_the_same_motion_at_a_lower_frame_rate() -> None:
+    """Frame 1 at interval 2 is frame 2 at interval 1, and its flows are exact (texture points match)."""
+    slow = synthetic.render_sequence((96, 96), 3, seed=4, emotion="surprise")
+    fast = synthetic.render_sequence((96, 96), 2, seed=4, emotion="surprise", frame_interval=2.0)
+    np.testing.assert_array_equal(fast.facial_frames[1], slow.facial_frames[2])
+    np.testing.assert_array_equal(fast.head_frames[1], slow.head_frames[2])
+    np.testing.assert_array_equal(fast.masks[1], slow.masks[2])
+    subject = synthetic.SyntheticSubject.random((96, 96), seed=4, emotion="surprise", frame_interval=2.0)
+    px, py = subject.pixel_grid()
+    flow_f, _ = subject.flows(0)
+    on_head = subject.render(0)[1] >= 0.5
+    before = np.stack(subject.texture_point(0, px, py), -1)[on_head]
+    after = np.stack(subject.texture_point(1, px + flow_f[..., 0], py + flow_f[..., 1]), -1)[on_head]
+    np.testing.assert_allclose(after, before, atol=1e-3)
+    with pytest.raises(ValueError, match="frame_interval"):
+        synthetic.render_sequence((64, 64), 2, seed=0, frame_interval=0.0)
+
+
+def test_frame_interval_scales_the_motion_per_frame() -> None:
+    """Interval 2 at 128x128 moves the face about as far per frame as interval 1 at 256x256: pixels, not a fraction."""
+    def mean_face_motion(size: int, interval: float) -> float:
+        magnitudes = []
+        for j in range(6):
+            seq = synthetic.render_sequence((size, size), 3, seed=[9, j], emotion=synthetic.EMOTIONS[j % 5],
+                                            frame_interval=interval)
+            magnitudes += [np.linalg.norm(f[m], axis=-1).mean() for f, m in zip(seq.flows_facial, seq.masks)]
+        return float(np.mean(magnitudes))
+
+    small, small_fast, large = mean_face_motion(128, 1.0), mean_face_motion(128, 2.0), mean_face_motion(256, 1.0)
+    assert 1.5 * small < small_fast < 3.0 * small  # not exactly 2x: the motions are smooth, not linear in time
+    assert 0.7 * large < small_fast < 1.4 * large
+    assert small_fast > 2.0  # pixels
+
+
+def test_cli_frame_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--subjects", "1", "--frames", "2", "--size", "64", "64", "--splits", "val", "--no-progress"]
+    synthetic.main(["--root", str(tmp_path / "a"), *argv])
+    synthetic.main(["--root", str(tmp_path / "b"), *argv, "--frame_interval", "2.5"])
+    rel = Path("flow", "facial", "val", "angry", "subject001", "0001.flo")
+    slow, fast = (frame_utils.read_flo(tmp_path / root / rel) for root in ("a", "b"))
+    assert np.abs(fast).mean() > 1.5 * np.abs(slow).mean()

@@ -1,0 +1,3 @@
+from core.synthetic.cli import main
+
+main()
