@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from core.checkpoint import description_path, sha256_of
-from core.cli import (UserError, add_model_arguments, add_offline_argument, check_output, device_and_precision,
-                      exit_on_error, load_model_from_args, model_options, resolve_checkpoint)
+from core.cli import (UserError, add_model_arguments, add_offline_argument, check_not_an_input, check_output,
+                      device_and_precision, exit_on_error, load_model_from_args, model_options, resolve_checkpoint)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
+    # the path itself before any work, so that no result is lost to a bad one (its inputs below)
+    out = check_output(args.output_json, "--output_json") if args.output_json else None
     decflow = args.method == "decflow"
     device, amp_dtype = device_and_precision(args, mixed=decflow)
 
@@ -100,9 +102,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(str(error).splitlines()[0]) from None
     # after the dataset checks: a mistyped --root costs no download
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
-    if args.output_json:  # before any work, so that no result is lost to a bad path
-        inputs = [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))]
-        out = check_output(args.output_json, "--output_json", inputs=inputs)
+    if out is not None:  # never one of the inputs
+        check_not_an_input(out, "--output_json", [("checkpoint", checkpoint),
+                                                  ("description", checkpoint and description_path(checkpoint))])
         if out.exists() and out.resolve().is_relative_to(root.resolve()):
             raise UserError(f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to "
                             "overwrite an input")

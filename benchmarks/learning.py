@@ -142,7 +142,7 @@ def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, ro
                       *extra])
     seconds = time.perf_counter() - started
     return (score(["--model", str(work / f"{name}.pth"), "--iters", str(evaluation_iters(args)),
-                   "--device", args.device, "--no-mixed_precision"], root, work / f"{name}.json"),
+                   "--device", args.device, "--no-mixed_precision"], root, work / f"{name}_results.json"),
             seconds, skipped_steps(work / f"{name}.log"))
 
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import evaluate
+from benchmarks import learning
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_ffn_protocol_row_has_its_own_labels(synthetic_root: Path, capsys: pytes
 
 
 @pytest.mark.parametrize("module, shown", [
-    ("benchmarks.learning", ["--steps STEPS", "(default: 300)" if torch.cuda.is_available() else "(default: 40)",
+    ("benchmarks.learning", ["--steps STEPS", f"(default: {learning.get_args_parser().get_default('steps')})",
                              "this machine's"]),
     ("benchmarks.benchmark", ["6 with --device cuda", "1920x1080", "(default 3)"]),
 ])

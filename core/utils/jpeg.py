@@ -23,6 +23,10 @@ class _Damage(Exception):
     pass
 
 
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
 def _lookup_table(counts: bytes, symbols: bytes) -> list[int]:
     """Canonical Huffman table as a lookup on the next 16 bits: `length << 8 | symbol` (0: no code)."""
     table = np.zeros(1 << PEEK_BITS, dtype=np.int32)
@@ -160,16 +164,16 @@ def _check_scan(body: bytes, frame, dc_tables, ac_tables, restart_interval: int,
     scan = [(body[1 + 2 * i], body[2 + 2 * i]) for i in range(body[0])]
     if len(scan) == 1:  # non-interleaved: one block per MCU
         h, v = components[scan[0][0]]
-        columns = -(-(-(-width * h // h_max)) // 8)
-        rows = -(-(-(-height * v // v_max)) // 8)
+        columns = _ceil_div(_ceil_div(width * h, h_max), 8)
+        rows = _ceil_div(_ceil_div(height * v, v_max), 8)
         blocks = [(dc_tables[scan[0][1] >> 4], ac_tables[scan[0][1] & 15])]
     else:
-        columns, rows = -(-width // (8 * h_max)), -(-height // (8 * v_max))
+        columns, rows = _ceil_div(width, 8 * h_max), _ceil_div(height, 8 * v_max)
         blocks = [(dc_tables[tables >> 4], ac_tables[tables & 15])
                   for ident, tables in scan for _ in range(components[ident][0] * components[ident][1])]
     total = columns * rows
     per_segment = restart_interval or total
-    expected = -(-total // per_segment)
+    expected = _ceil_div(total, per_segment)
     if len(segments) != expected:
         raise _Damage(f"{len(segments)} restart intervals where the image has {expected}")
     for index, segment in enumerate(segments):
