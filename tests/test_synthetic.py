@@ -184,3 +184,24 @@ def test_cli_frame_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     rel = Path("flow", "facial", "val", "angry", "subject001", "0001.flo")
     slow, fast = (frame_utils.read_flo(tmp_path / root / rel) for root in ("a", "b"))
     assert np.abs(fast).mean() > 1.5 * np.abs(slow).mean()
+
+
+def test_face_scale_enlarges_the_face_and_keeps_the_default() -> None:
+    """face_scale 1 is the default draw (identical frames); 2 makes the face about 4x larger in area, with exact flow."""
+    default = synthetic.render_sequence((96, 96), 2, seed=5, emotion="sad")
+    same = synthetic.render_sequence((96, 96), 2, seed=5, emotion="sad", face_scale=1.0)
+    np.testing.assert_array_equal(same.facial_frames[0], default.facial_frames[0])
+    np.testing.assert_array_equal(same.flows_facial[0], default.flows_facial[0])
+    large = synthetic.SyntheticSubject.random((160, 160), seed=5, emotion="sad", face_scale=2.0)
+    small = synthetic.SyntheticSubject.random((160, 160), seed=5, emotion="sad")
+    face_large, face_small = (s.render(0)[2] >= 0.5 for s in (large, small))
+    assert 3.0 * face_small.sum() < face_large.sum() < 4.5 * face_small.sum()
+    assert face_large.mean() > 0.4  # the face fills much of the frame
+    px, py = large.pixel_grid()
+    flow_f, _ = large.flows(0)
+    on_head = large.render(0)[1] >= 0.5
+    before = np.stack(large.texture_point(0, px, py), -1)[on_head]
+    after = np.stack(large.texture_point(1, px + flow_f[..., 0], py + flow_f[..., 1]), -1)[on_head]
+    np.testing.assert_allclose(after, before, atol=1e-3)
+    with pytest.raises(ValueError, match="face_scale"):
+        synthetic.render_sequence((64, 64), 2, seed=0, face_scale=0.0)

@@ -20,6 +20,11 @@ from core.synthetic.texture import Array, FaceLayout, FaceTexture, make_backgrou
 #: ranges and the expression field stays invertible.
 FRAME_INTERVAL = 1.0
 
+#: Face size relative to the default draw (face half-width 16-21 % of the frame's shorter side, so
+#: the face covers about 11 % of the frame). 2 makes the face about twice as wide and tall, filling
+#: most of the frame; the head motion, expression and background keep their draws.
+FACE_SCALE = 1.0
+
 
 @dataclass
 class SyntheticSequence:
@@ -52,14 +57,17 @@ class SyntheticSubject:
 
     @staticmethod
     def random(size: tuple[int, int], seed: int | Sequence[int], emotion: str = "happy",
-               frame_interval: float = FRAME_INTERVAL) -> "SyntheticSubject":
+               frame_interval: float = FRAME_INTERVAL, face_scale: float = FACE_SCALE) -> "SyntheticSubject":
         """Draw a subject deterministically from ``seed``; ``emotion`` picks the expression preset.
 
         ``frame_interval`` is the motion time between consecutive frames (see :data:`FRAME_INTERVAL`);
-        the subject itself (face, motion, background) does not depend on it.
+        the subject itself (face, motion, background) does not depend on it. ``face_scale`` scales
+        the face's size (see :data:`FACE_SCALE`); every other draw stays the same.
         """
         if not frame_interval > 0:
             raise ValueError(f"frame_interval must be positive, got {frame_interval}")
+        if not face_scale > 0:
+            raise ValueError(f"face_scale must be positive, got {face_scale}")
         if emotion not in EMOTION_PEAKS:
             raise ValueError(f"unknown emotion {emotion!r}, choose from {sorted(EMOTION_PEAKS)}")
         h, w = size
@@ -67,7 +75,7 @@ class SyntheticSubject:
             raise ValueError(f"image size must be at least 32x32, got {h}x{w}")
         rng = np.random.default_rng(seed)
         side = float(min(h, w))
-        layout = FaceLayout.random(rng, a=side * rng.uniform(0.16, 0.21))
+        layout = FaceLayout.random(rng, a=side * rng.uniform(0.16, 0.21) * face_scale)
         texture = make_face_texture(rng, layout)
         expression = make_expression(rng, layout, emotion)
         centre = (w / 2 + rng.uniform(-0.05, 0.05) * w, h * rng.uniform(0.42, 0.5))
@@ -162,15 +170,15 @@ class SyntheticSubject:
 
 
 def render_sequence(size: tuple[int, int], frames: int, seed: int | Sequence[int], emotion: str = "happy",
-                    frame_interval: float = FRAME_INTERVAL) -> SyntheticSequence:
+                    frame_interval: float = FRAME_INTERVAL, face_scale: float = FACE_SCALE) -> SyntheticSequence:
     """Render one synthetic subject of ``frames`` frames at ``size = (H, W)``.
 
     ``frames=2`` gives a single demo pair. Deterministic for a given ``seed``;
-    ``frame_interval``: see :data:`FRAME_INTERVAL`.
+    ``frame_interval``: see :data:`FRAME_INTERVAL`; ``face_scale``: see :data:`FACE_SCALE`.
     """
     if frames < 2:
         raise ValueError(f"a sequence needs at least 2 frames, got {frames}")
-    subject = SyntheticSubject.random(size, seed, emotion, frame_interval)
+    subject = SyntheticSubject.random(size, seed, emotion, frame_interval, face_scale)
     seq = SyntheticSequence([], [], [], [], [])
     for t in range(frames):
         image, head, face = subject.render(t)

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.datasets import LABEL_FOLDERS
-from core.synthetic.sequence import FRAME_INTERVAL, SyntheticSequence, render_sequence
+from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL, SyntheticSequence, render_sequence
 from core.utils import frame_utils
 
 EMOTIONS = ("angry", "happy", "neutral", "sad", "surprise")
@@ -56,12 +56,14 @@ def generate(
     splits: Sequence[str] = SPLITS,
     progress: bool = False,
     frame_interval: float = FRAME_INTERVAL,
+    face_scale: float = FACE_SCALE,
 ) -> list[Path]:
     """Write a synthetic FacialFlowNet dataset; return the sequence folders (under ``image/facial``).
 
     Subject ``j`` of a split goes to emotion ``EMOTIONS[j % 5]`` and folder
     ``subject{j+1:03d}``; its content depends only on ``(seed, split, j)`` (and
-    ``frame_interval``, the motion time between frames: see :data:`FRAME_INTERVAL`).
+    ``frame_interval``, the motion time between frames: see :data:`FRAME_INTERVAL`, and
+    ``face_scale``, the face's size: see :data:`FACE_SCALE`).
     """
     if subjects < 1:
         raise ValueError(f"subjects must be at least 1, got {subjects}")
@@ -70,7 +72,7 @@ def generate(
     written = []
     for split, j in tqdm(jobs, desc="synthetic FacialFlowNet", unit="subject", disable=not progress):
         emotion, name = subject_folder(j)
-        seq = render_sequence(tuple(size), frames, _split_seed(seed, split, j), emotion, frame_interval)
+        seq = render_sequence(tuple(size), frames, _split_seed(seed, split, j), emotion, frame_interval, face_scale)
         write_sequence(seq, root, split, emotion, name)
         written.append(root / "image" / "facial" / split / emotion / name)
     return written
