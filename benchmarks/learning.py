@@ -44,7 +44,7 @@ from core.cli import DocstringHelpFormatter
 from core.inference import resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
-from core.synthetic import generate
+from core.synthetic import FACE_SCALE, generate
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("facial", "head", "expression")
@@ -75,7 +75,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=12 if cuda else 4, help="recurrent iterations in training")
     parser.add_argument("--eval_iters", type=int, default=None,
                         help="iterations in evaluation and validation (default: --iters)")
-    parser.add_argument("--subjects", type=int, default=5 if cuda else 12, help="synthetic subjects per split")
+    parser.add_argument("--subjects", type=int, default=5 if cuda else 12,
+                        help="synthetic subjects of the test split (and of the train split without --train_subjects)")
+    parser.add_argument("--train_subjects", type=int, default=None,
+                        help="synthetic subjects of the train split (default: --subjects); more subjects, more "
+                             "faces to learn from: a few can be learnt by heart")
     parser.add_argument("--frames", type=int, default=6 if cuda else 5, help="frames per synthetic sequence")
     parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [160, 160],
                         metavar=("H", "W"), help="synthetic frame size")
@@ -95,6 +99,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frame_interval", type=float, default=1.0 if cuda else 3.0, metavar="T",
                         help="motion time between synthetic frames (python -m core.synthetic --frame_interval): "
                              "on the CPU 3, for the motion in pixels of 512x512 frames at 160x160")
+    parser.add_argument("--face_scale", type=float, default=FACE_SCALE, metavar="S",
+                        help="face size in the synthetic frames (python -m core.synthetic --face_scale): 2 fills most "
+                             "of the frame with the face, so that the training loss (over whole crops) is about the face")
     parser.add_argument("--val_points", type=int, default=4,
                         help="validations on the test split during each training run, the last at its end (0: none)")
     parser.add_argument("--val_pairs", type=int, default=16, help="test pairs of each validation during training")
@@ -114,6 +121,11 @@ def skipped_steps(log: Path) -> str:
     """'k/n' from train.py's `done:` line when a GradScaler ran, else '-'."""
     found = re.findall(r"\((\d+) of (\d+) steps skipped by the GradScaler\)", log.read_text(encoding="utf-8"))
     return f"{found[-1][0]}/{found[-1][1]}" if found else "-"
+
+
+def subjects_of(split: str, args: argparse.Namespace) -> int:
+    """Synthetic subjects of `split`: `--train_subjects` (else `--subjects`) for train, `--subjects` otherwise."""
+    return args.subjects if split != "train" or args.train_subjects is None else args.train_subjects
 
 
 def evaluation_iters(args: argparse.Namespace) -> int:
@@ -160,15 +172,18 @@ def main(args: argparse.Namespace) -> None:
         work = Path(args.workdir or temporary)
         root = work / "FacialFlowNet"
         if not root.is_dir():
-            generate(root, args.subjects, args.frames, tuple(args.frame_size), seed=0, splits=DATA_SPLITS,
-                     frame_interval=args.frame_interval)
+            for split in DATA_SPLITS:
+                generate(root, subjects_of(split, args), args.frames, tuple(args.frame_size), seed=0,
+                         splits=[split], frame_interval=args.frame_interval, face_scale=args.face_scale)
         start = work / "start.pth"
         torch.manual_seed(0)
         save_checkpoint(DecFlow(), start)  # the fixed start of both runs
         print(f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
               f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
-              f"{args.iters} iterations; {args.subjects} subjects x {args.frames - 1} pairs per split at "
-              f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}; "
+              f"{args.iters} iterations; {subjects_of('train', args)} train and {args.subjects} test subjects x "
+              f"{args.frames - 1} pairs at "
+              f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}, "
+              f"face scale {args.face_scale:g}; "
               f"evaluation {evaluation_iters(args)} iterations on the test split", flush=True)
         rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
                 "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-")}
