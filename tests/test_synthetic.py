@@ -143,6 +143,16 @@ def test_cli_accepts_both_spellings_of_no_progress(tmp_path: Path, capsys: pytes
     assert ("synthetic FacialFlowNet" in captured.err) == bar  # the progress bar
 
 
+def assert_first_facial_flow_exact(subject: synthetic.SyntheticSubject) -> None:
+    """p + facial flow in frame 1 sees the texture point that head pixel p sees in frame 0."""
+    px, py = subject.pixel_grid()
+    flow_f, _ = subject.flows(0)
+    on_head = subject.render(0)[1] >= 0.5
+    before = np.stack(subject.texture_point(0, px, py), -1)[on_head]
+    after = np.stack(subject.texture_point(1, px + flow_f[..., 0], py + flow_f[..., 1]), -1)[on_head]
+    np.testing.assert_allclose(after, before, atol=1e-3)
+
+
 def test_frame_interval_renders_the_same_motion_at_a_lower_frame_rate() -> None:
     """Frame 1 at interval 2 is frame 2 at interval 1, and its flows are exact (texture points match)."""
     slow = synthetic.render_sequence((96, 96), 3, seed=4, emotion="surprise")
@@ -150,13 +160,8 @@ def test_frame_interval_renders_the_same_motion_at_a_lower_frame_rate() -> None:
     np.testing.assert_array_equal(fast.facial_frames[1], slow.facial_frames[2])
     np.testing.assert_array_equal(fast.head_frames[1], slow.head_frames[2])
     np.testing.assert_array_equal(fast.masks[1], slow.masks[2])
-    subject = synthetic.SyntheticSubject.random((96, 96), seed=4, emotion="surprise", frame_interval=2.0)
-    px, py = subject.pixel_grid()
-    flow_f, _ = subject.flows(0)
-    on_head = subject.render(0)[1] >= 0.5
-    before = np.stack(subject.texture_point(0, px, py), -1)[on_head]
-    after = np.stack(subject.texture_point(1, px + flow_f[..., 0], py + flow_f[..., 1]), -1)[on_head]
-    np.testing.assert_allclose(after, before, atol=1e-3)
+    assert_first_facial_flow_exact(synthetic.SyntheticSubject.random((96, 96), seed=4, emotion="surprise",
+                                                                     frame_interval=2.0))
     with pytest.raises(ValueError, match="frame_interval"):
         synthetic.render_sequence((64, 64), 2, seed=0, frame_interval=0.0)
 
@@ -197,11 +202,6 @@ def test_face_scale_enlarges_the_face_and_keeps_the_default() -> None:
     face_large, face_small = (s.render(0)[2] >= 0.5 for s in (large, small))
     assert 3.0 * face_small.sum() < face_large.sum() < 4.5 * face_small.sum()
     assert face_large.mean() > 0.4  # the face fills much of the frame
-    px, py = large.pixel_grid()
-    flow_f, _ = large.flows(0)
-    on_head = large.render(0)[1] >= 0.5
-    before = np.stack(large.texture_point(0, px, py), -1)[on_head]
-    after = np.stack(large.texture_point(1, px + flow_f[..., 0], py + flow_f[..., 1]), -1)[on_head]
-    np.testing.assert_allclose(after, before, atol=1e-3)
+    assert_first_facial_flow_exact(large)
     with pytest.raises(ValueError, match="face_scale"):
         synthetic.render_sequence((64, 64), 2, seed=0, face_scale=0.0)
