@@ -16,7 +16,9 @@ GPU defaults' 512x512 (at interval 1 it would move about 1.6 px). During trainin
 also validates on a few test pairs (`--val_points`, `--val_pairs`), and the check draws both
 runs' curves from their logs into one PNG (`--curves`): the training batches' EPE (whole
 crops) beside the test split's (face pixels), so that one can see the test split confirm
-what the training curve shows. `--seeds 1 2 3` repeats each training with
+what the training curve shows. `--face_scale 2` draws faces that fill most of the frame and
+`--train_subjects N` a larger train split (data levers; the defaults keep the generator's
+output). `--seeds 1 2 3` repeats each training with
 several seeds and adds each precision's mean and spread, to tell a difference between the
 precisions from chance. On a CPU without native bfloat16, mixed
 precision is float32 (one warning line) and its row is left out unless `--amp_dtype` asks
