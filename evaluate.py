@@ -10,6 +10,7 @@ defines both and how non-finite ground truth is left out.
 The evaluation itself (metrics, protocol, baselines, table) is core.evaluation, which
 train.py's validation uses too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,18 @@ import numpy as np
 import torch
 
 from core.checkpoint import description_path, sha256_of
-from core.cli import (UserError, add_model_arguments, add_offline_argument, check_not_an_input, check_output,
-                      device_and_precision, exit_on_error, load_model_from_args, model_options, resolve_checkpoint)
+from core.cli import (
+    UserError,
+    add_model_arguments,
+    add_offline_argument,
+    check_not_an_input,
+    check_output,
+    device_and_precision,
+    exit_on_error,
+    load_model_from_args,
+    model_options,
+    resolve_checkpoint,
+)
 from core.datasets import FacialFlow
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
@@ -54,23 +65,36 @@ def _finite_or_null(value: Any) -> Any:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
-                    "of facial, head and expression flow over the face mask, plus the reference protocol.")
-    parser.add_argument("--model", default=None,
-                        help="DecFlow checkpoint file or registered name (python -m core.weights list; default: the "
-                             "authors' release, else stage 2 of the seed training, in checkpoints/, else the release, "
-                             "downloaded; see checkpoints/README.md)")
+        "of facial, head and expression flow over the face mask, plus the reference protocol."
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="DecFlow checkpoint file or registered name (python -m core.weights list; default: the "
+        "authors' release, else stage 2 of the seed training, in checkpoints/, else the release, "
+        "downloaded; see checkpoints/README.md)",
+    )
     add_offline_argument(parser)
-    parser.add_argument("--method", choices=METHODS, default="decflow",
-                        help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="decflow",
+        help="decflow (default), or a baseline: zero flow, OpenCV DIS, OpenCV Farneback",
+    )
     parser.add_argument("--dataset", choices=DATASETS, default="facialflow")
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--root", default=DATASET_ROOT, help=f"FacialFlowNet folder (default {DATASET_ROOT})")
-    parser.add_argument("--iters", type=int, default=ITERS,
-                        help=f"refinement iterations (default {ITERS}, as the reference)")
+    parser.add_argument(
+        "--iters", type=int, default=ITERS, help=f"refinement iterations (default {ITERS}, as the reference)"
+    )
     parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="pairs per forward pass (consecutive pairs of one size; default 1); the same numbers, "
-                             "more memory, higher throughput on GPUs")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=1,
+        help="pairs per forward pass (consecutive pairs of one size; default 1); the same numbers, "
+        "more memory, higher throughput on GPUs",
+    )
     parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     add_model_arguments(parser)
@@ -103,36 +127,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # after the dataset checks: a mistyped --root costs no download
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
     if out is not None:  # never one of the inputs
-        check_not_an_input(out, "--output_json", [("checkpoint", checkpoint),
-                                                  ("description", checkpoint and description_path(checkpoint))])
+        check_not_an_input(
+            out,
+            "--output_json",
+            [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))],
+        )
         if out.exists() and out.resolve().is_relative_to(root.resolve()):
-            raise UserError(f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to "
-                            "overwrite an input")
+            raise UserError(
+                f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to overwrite an input"
+            )
 
-    meta: dict[str, Any] = {"method": args.method, "checkpoint": None, "checkpoint_sha256": None,
-                            "iters": None, "padding_mode": None, "precision": "float32",
-                            "device": str(device), "torch_version": torch.__version__,
-                            "numpy_version": np.__version__, "python_version": platform.python_version(),
-                            "dataset_root": str(root), "max_pairs": args.max_pairs}
+    meta: dict[str, Any] = {
+        "method": args.method,
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "iters": None,
+        "padding_mode": None,
+        "precision": "float32",
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "dataset_root": str(root),
+        "max_pairs": args.max_pairs,
+    }
     if decflow:
         model = load_model_from_args(args, checkpoint, device)
-        estimator = FlowEstimator(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
-                                  alternate_corr=args.alternate_corr, pad_mode="exp")
+        estimator = FlowEstimator(
+            model,
+            iters=args.iters,
+            device=device,
+            amp_dtype=amp_dtype,
+            alternate_corr=args.alternate_corr,
+            pad_mode="exp",
+        )
         predictor: Callable = decflow_predictor(estimator)
-        meta.update(checkpoint=str(checkpoint), checkpoint_sha256=sha256_of(checkpoint), iters=args.iters,
-                    padding_mode="exp", precision=precision_name(amp_dtype), model_options=model_options(args))
+        meta.update(
+            checkpoint=str(checkpoint),
+            checkpoint_sha256=sha256_of(checkpoint),
+            iters=args.iters,
+            padding_mode="exp",
+            precision=precision_name(amp_dtype),
+            model_options=model_options(args),
+        )
     else:
         predictor = BASELINES[args.method]()
         meta["device"] = "cpu"
         if hasattr(predictor, "description"):
             meta.update(opencv_version=cv2.__version__, baseline=predictor.description)
-    meta["mask"] = ("masked metrics: face-mask pixels (mask != 0) with valid ground truth (finite and "
-                    "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
-                    "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator")
+    meta["mask"] = (
+        "masked metrics: face-mask pixels (mask != 0) with valid ground truth (finite and "
+        "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
+        "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator"
+    )
 
     try:  # a damaged file of the split (named in the message) or a non-finite prediction
-        results = evaluate_predictor(predictor, dataset, max_pairs=args.max_pairs, progress=not args.no_progress,
-                                     has_head=args.method in ("decflow", "zero"), batch_size=args.batch_size)
+        results = evaluate_predictor(
+            predictor,
+            dataset,
+            max_pairs=args.max_pairs,
+            progress=not args.no_progress,
+            has_head=args.method in ("decflow", "zero"),
+            batch_size=args.batch_size,
+        )
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     meta["pairs_without_mask"] = results.pop("pairs_without_mask")
@@ -141,10 +198,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for block in results["per_emotion"].values():
         for key in ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels"):
             block.pop(key)
-    return {"dataset": args.dataset, "split": args.split, "pairs": results["pairs"],
-            "iters": args.iters if decflow else None,
-            "facial": results["facial"], "head": results["head"], "expression": results["expression"],
-            "ffn_protocol": results["ffn_protocol"], "per_emotion": results["per_emotion"], "meta": meta}
+    return {
+        "dataset": args.dataset,
+        "split": args.split,
+        "pairs": results["pairs"],
+        "iters": args.iters if decflow else None,
+        "facial": results["facial"],
+        "head": results["head"],
+        "expression": results["expression"],
+        "ffn_protocol": results["ffn_protocol"],
+        "per_emotion": results["per_emotion"],
+        "meta": meta,
+    }
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,10 +219,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"evaluate.py: error: {error}") from None
     meta = document["meta"]
     method = args.method if args.method != "decflow" else f"DecFlow {meta['checkpoint']}, {args.iters} iterations"
-    print(format_results({**document, **{key: meta[key] for key in ("pairs_without_mask", "scored_pairs",
-                                                                     "nonfinite_gt_pixels")}},
-                         title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
-                               f"on {document['meta']['device']}"))
+    print(
+        format_results(
+            {**document, **{key: meta[key] for key in ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels")}},
+            title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
+            f"on {document['meta']['device']}",
+        )
+    )
     if args.output_json:
         out = Path(args.output_json)
         try:

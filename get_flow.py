@@ -35,13 +35,14 @@ and RGBA frames are converted to RGB. Frames are streamed: only `--batch_size` +
 memory at a time (a batch holds consecutive pairs of one size). A video that decodes fewer
 frames than its container announces gives a warning.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Iterator
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -49,9 +50,18 @@ import torch
 from tqdm import tqdm
 
 from core.checkpoint import DEFAULT_CHECKPOINTS
+from core.cli import (
+    UserError,
+    add_model_arguments,
+    add_offline_argument,
+    check_not_an_input,
+    check_output,
+    device_and_precision,
+    exit_on_error,
+    load_model_from_args,
+    resolve_checkpoint,
+)
 from core.defaults import DEMO_ITERS
-from core.cli import (UserError, add_model_arguments, add_offline_argument, check_not_an_input, check_output,
-                      device_and_precision, exit_on_error, load_model_from_args, resolve_checkpoint)
 from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.flow_viz import read_png_text, render_flow_panels, write_png
@@ -63,15 +73,26 @@ REPO = Path(__file__).resolve().parent
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
 FLOW_KINDS = ("facial", "head", "expression")
 # --save_format: (file extension, writer of a [H, W, 2] float32 flow)
-SAVE_FORMATS = {"flo": (".flo", write_flo), "pfm": (".pfm", write_pfm), "kitti": (".png", write_kitti_flow),
-                "npy": (".npy", write_npy)}
+SAVE_FORMATS = {
+    "flo": (".flo", write_flo),
+    "pfm": (".pfm", write_pfm),
+    "kitti": (".png", write_kitti_flow),
+    "npy": (".npy", write_npy),
+}
 SOURCE_KEY = "DecFlow input"  # PNG text entry of a visualisation: the pair it shows
 
 
 def select_source(args: argparse.Namespace):
     """The frame source the arguments ask for (UserError when they make no sense)."""
-    chosen = [name for name, value in (("--image1/--image2", args.image1 or args.image2), ("--frames", args.frames),
-                                       ("--video", args.video)) if value]
+    chosen = [
+        name
+        for name, value in (
+            ("--image1/--image2", args.image1 or args.image2),
+            ("--frames", args.frames),
+            ("--video", args.video),
+        )
+        if value
+    ]
     if len(chosen) > 1:
         raise UserError(f"give only one input: {' and '.join(chosen)} were both given")
     if args.stride < 1:
@@ -109,8 +130,9 @@ class PairFlow(NamedTuple):
     expression: np.ndarray
 
 
-def sequence_flows(estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1,
-                   warm_start: bool = False) -> Iterator[PairFlow]:
+def sequence_flows(
+    estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1, warm_start: bool = False
+) -> Iterator[PairFlow]:
     """The flow of every pair of consecutive frames, in order, estimated `batch_size` pairs (of
     one size) at a time. `warm_start` (batch 1 only) starts each pair from the previous pair's
     low-resolution flows, each decoder from its own."""
@@ -119,8 +141,9 @@ def sequence_flows(estimator: FlowEstimator, frames: Iterator[Frame], *, batch_s
 
     def run_batch() -> Iterator[PairFlow]:
         nonlocal previous_low
-        image1, image2 = (torch.stack([torch.from_numpy(pair[k].rgb).permute(2, 0, 1) for pair in batch]).float()
-                          for k in (0, 1))
+        image1, image2 = (
+            torch.stack([torch.from_numpy(pair[k].rgb).permute(2, 0, 1) for pair in batch]).float() for k in (0, 1)
+        )
         flows = estimator(image1, image2, flow_init=previous_low if warm_start else None)
         previous_low = (flows.facial_low, flows.head_low)
         arrays = [f.permute(0, 2, 3, 1).cpu().numpy() for f in (flows.facial, flows.head, flows.expression)]
@@ -144,10 +167,14 @@ def sequence_flows(estimator: FlowEstimator, frames: Iterator[Frame], *, batch_s
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
-                    "Without an input option it runs on the demo pair in assets/demo/.")
-    parser.add_argument("--model", default=None,
-                        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
-                             f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded)")
+        "Without an input option it runs on the demo pair in assets/demo/."
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
+        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded)",
+    )
     add_offline_argument(parser)
     inputs = parser.add_argument_group("inputs (one of)")
     inputs.add_argument("--image1", default=None, help="first image of a pair")
@@ -156,26 +183,50 @@ def get_args_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--video", default=None, help="video file (any format OpenCV decodes)")
     inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
     inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
-    parser.add_argument("--iters", type=int, default=DEMO_ITERS,
-                        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)")
-    parser.add_argument("--warm_start", action="store_true",
-                        help="sequences: start each pair from the previous pair's low-resolution flows (facial and "
-                             "head decoder each from its own)")
-    parser.add_argument("--batch_size", type=int, default=1,
-                        help="frames and videos: pairs per forward pass (consecutive pairs of one size; default 1); "
-                             "the same flow, more memory, higher throughput on GPUs")
-    parser.add_argument("--max_flow", type=float, default=None,
-                        help="flow magnitude (px) of full colour saturation; fix it to compare frames of a sequence "
-                             "(default: the largest magnitude of each pair)")
-    parser.add_argument("--save_flo", action="store_true",
-                        help="also write <name>_facial.flo, <name>_head.flo, <name>_expression.flo "
-                             "(the same as --save_format flo)")
-    parser.add_argument("--save_format", choices=sorted(SAVE_FORMATS), default=None,
-                        help="also write the three flows in this format: flo (Middlebury), pfm, kitti (16-bit PNG), "
-                             "npy (float32 [H, W, 2])")
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=DEMO_ITERS,
+        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)",
+    )
+    parser.add_argument(
+        "--warm_start",
+        action="store_true",
+        help="sequences: start each pair from the previous pair's low-resolution flows (facial and "
+        "head decoder each from its own)",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=1,
+        help="frames and videos: pairs per forward pass (consecutive pairs of one size; default 1); "
+        "the same flow, more memory, higher throughput on GPUs",
+    )
+    parser.add_argument(
+        "--max_flow",
+        type=float,
+        default=None,
+        help="flow magnitude (px) of full colour saturation; fix it to compare frames of a sequence "
+        "(default: the largest magnitude of each pair)",
+    )
+    parser.add_argument(
+        "--save_flo",
+        action="store_true",
+        help="also write <name>_facial.flo, <name>_head.flo, <name>_expression.flo (the same as --save_format flo)",
+    )
+    parser.add_argument(
+        "--save_format",
+        choices=sorted(SAVE_FORMATS),
+        default=None,
+        help="also write the three flows in this format: flo (Middlebury), pfm, kitti (16-bit PNG), "
+        "npy (float32 [H, W, 2])",
+    )
     parser.add_argument("--output", default="outputs", help="output folder (default outputs/)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the files of an earlier run on the same input in --output (default: refuse)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier run on the same input in --output (default: refuse)",
+    )
     add_model_arguments(parser)
     return parser
 
@@ -217,8 +268,10 @@ def report(output: Path, pairs: list[str], extension: str | None, details: str) 
         return
     print(f"wrote {len(pairs)} visualisations to {_file_list(output, [p + '_flow.png' for p in pairs])} ({details})")
     if extension:
-        print(f"wrote {3 * len(pairs)} flow files to "
-              + _file_list(output, [p + "_{" + ",".join(FLOW_KINDS) + "}" + extension for p in pairs]))
+        print(
+            f"wrote {3 * len(pairs)} flow files to "
+            + _file_list(output, [p + "_{" + ",".join(FLOW_KINDS) + "}" + extension for p in pairs])
+        )
 
 
 def save_format(args: argparse.Namespace) -> str | None:
@@ -229,20 +282,24 @@ def save_format(args: argparse.Namespace) -> str | None:
 
 
 def pair_files(output: Path, name: str, extension: str | None) -> list[Path]:
-    return [output / f"{name}_flow.png"] + ([output / f"{name}_{kind}{extension}" for kind in FLOW_KINDS]
-                                             if extension else [])
+    return [output / f"{name}_flow.png"] + (
+        [output / f"{name}_{kind}{extension}" for kind in FLOW_KINDS] if extension else []
+    )
 
 
-def plan_names(source, output: Path, extension: str | None, *, overwrite: bool,
-               inputs: list[tuple[str, Path | str]]) -> None:
+def plan_names(
+    source, output: Path, extension: str | None, *, overwrite: bool, inputs: list[tuple[str, Path | str]]
+) -> None:
     """Choose the folders in the names (`source.depth`) so that no name of this run is one an
     earlier run gave another input; UserError when a file of this run would be one of the
     `inputs` (what, path), or exists already (unless `overwrite`)."""
     for depth in range(source.depth, source.max_depth + 1):
         source.depth = depth
         names = OutputNames()
-        planned = [(names.unique(source.pair_name(first, second)), f"{first.source} -> {second.source}")
-                   for first, second in source.planned()]
+        planned = [
+            (names.unique(source.pair_name(first, second)), f"{first.source} -> {second.source}")
+            for first, second in source.planned()
+        ]
         recorded = [read_png_text(output / f"{name}_flow.png", SOURCE_KEY) for name, _ in planned]
         if not any(text is not None and text != origin for text, (_, origin) in zip(recorded, planned)):
             break  # no name taken by another input (a visualisation of unknown input counts as this one)
@@ -254,8 +311,10 @@ def plan_names(source, output: Path, extension: str | None, *, overwrite: bool,
     existing = [path for path in files if path.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more of this run's files" if len(existing) > 1 else ""
-        raise UserError(f"{existing[0]}{more} already exist (an earlier run on the same input?): pass --overwrite "
-                        "to replace them, or choose another --output")
+        raise UserError(
+            f"{existing[0]}{more} already exist (an earlier run on the same input?): pass --overwrite "
+            "to replace them, or choose another --output"
+        )
     if existing:
         print(f"--overwrite: replacing {len(existing)} files of an earlier run in {output}", flush=True)
 
@@ -263,8 +322,10 @@ def plan_names(source, output: Path, extension: str | None, *, overwrite: bool,
 def check_flows_finite(flows: tuple[np.ndarray, ...], first: Frame, second: Frame) -> None:
     for kind, flow in zip(FLOW_KINDS, flows):
         if not np.isfinite(flow).all():
-            raise UserError(f"non-finite {kind} flow (NaN or inf) for the pair {first.label} -> {second.label}; "
-                            "nothing written for it")
+            raise UserError(
+                f"non-finite {kind} flow (NaN or inf) for the pair {first.label} -> {second.label}; "
+                "nothing written for it"
+            )
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -282,10 +343,21 @@ def run(args: argparse.Namespace) -> list[Path]:
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device)
-    estimator = FlowEstimator(model, iters=args.iters, device=device, amp_dtype=amp_dtype,
-                              alternate_corr=args.alternate_corr, pad_mode="symmetric")
-    plan_names(source, output, extension, overwrite=args.overwrite,
-               inputs=[("checkpoint", checkpoint), *(("input", path) for path in source.paths)])
+    estimator = FlowEstimator(
+        model,
+        iters=args.iters,
+        device=device,
+        amp_dtype=amp_dtype,
+        alternate_corr=args.alternate_corr,
+        pad_mode="symmetric",
+    )
+    plan_names(
+        source,
+        output,
+        extension,
+        overwrite=args.overwrite,
+        inputs=[("checkpoint", checkpoint), *(("input", path) for path in source.paths)],
+    )
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -301,14 +373,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     pairs: list[str] = []
     try:
         for previous, current, *flows in sequence_flows(
-                estimator, frames, batch_size=args.batch_size, warm_start=args.warm_start):
+            estimator, frames, batch_size=args.batch_size, warm_start=args.warm_start
+        ):
             check_flows_finite(flows, previous, current)
             canvas, _ = render_flow_panels(previous.rgb, *flows, max_flow=args.max_flow)
             name = names.unique(source.pair_name(previous, current))
             files = pair_files(output, name, extension)
             if not args.overwrite and any(path.exists() for path in files):  # not planned (e.g. a longer video)
-                raise UserError(f"{next(path for path in files if path.exists())} already exists: pass --overwrite "
-                                "to replace it, or choose another --output")
+                raise UserError(
+                    f"{next(path for path in files if path.exists())} already exists: pass --overwrite "
+                    "to replace it, or choose another --output"
+                )
             try:
                 write_png(files[0], canvas, text={SOURCE_KEY: f"{previous.source} -> {current.source}"})
                 for path, flow in zip(files[1:], flows):
@@ -318,8 +393,9 @@ def run(args: argparse.Namespace) -> list[Path]:
             pairs.append(name)
             if video_path is not None:
                 if writer is None:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps,
-                                             (canvas.shape[1], canvas.shape[0]))
+                    writer = cv2.VideoWriter(
+                        str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), source.fps, (canvas.shape[1], canvas.shape[0])
+                    )
                     if not writer.isOpened():
                         raise UserError(f"cannot write {video_path} (OpenCV has no 'mp4v' encoder here)")
                 writer.write(np.ascontiguousarray(canvas[..., ::-1]))

@@ -8,6 +8,7 @@
 (`torch.hub.get_dir()/checkpoints`) on first use; `pretrained=False` gives the untrained
 network. Either way the model is in eval mode.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,11 @@ def decflow(pretrained: bool = True, progress: bool = True) -> DecFlow:
     released weights (downloaded unless DECFLOW_OFFLINE=1; loaded strictly, weights_only)."""
     model = DecFlow()
     if pretrained:
-        path = ensure(REGISTRY[RELEASE], folder=f"{torch.hub.get_dir()}/checkpoints", offline=offline_requested(),
-                      progress=progress)
+        path = ensure(
+            REGISTRY[RELEASE],
+            folder=f"{torch.hub.get_dir()}/checkpoints",
+            offline=offline_requested(),
+            progress=progress,
+        )
         load_checkpoint(model, path, strict=True, verbose=False)
     return model.eval()

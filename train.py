@@ -17,6 +17,7 @@ no output may be one of the run's inputs (`--restore_ckpt`, `--semantic_weights`
 Problems with the inputs or the data stop the run with one line, `error: ...`, naming the
 file (from the command line: exit code 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,72 +36,151 @@ from torch.utils import data
 from tqdm import tqdm
 
 from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
-from core.cli import (FileInTheWay, HelpFormatter, UserError, add_model_arguments, add_offline_argument,
-                      check_not_an_input, check_output, exit_on_error, model_config, resolve_weights)
+from core.cli import (
+    FileInTheWay,
+    HelpFormatter,
+    UserError,
+    add_model_arguments,
+    add_offline_argument,
+    check_not_an_input,
+    check_output,
+    exit_on_error,
+    model_config,
+    resolve_weights,
+)
 from core.datasets import FacialFlow, default_num_workers
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow, DecFlowConfig, image_size_problem
 from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import SampleError, build_train_loader, sample_seed, upscaling_note
-from core.training.distributed import (any_across_ranks, average_across_ranks, choose_device, setup_distributed,
-                                       wrap_model)
+from core.training.distributed import (
+    any_across_ranks,
+    average_across_ranks,
+    choose_device,
+    setup_distributed,
+    wrap_model,
+)
 from core.training.log import PrintWindow, RunLog, TrainingStopped, report_window
 from core.training.stages import initialise, set_trainable
-from core.training.state import (StopRequest, plain_arguments, read_state, save_state, seed_everything,
-                                 set_rng_state)
+from core.training.state import StopRequest, plain_arguments, read_state, save_state, seed_everything, set_rng_state
 from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
 from core.training.validation import validate
 from core.weights import offline_requested, registered_entry, registered_names
 
 STATE_SUFFIX = "_state.pth"
 # Training-state entries that must match for a resumed run to continue the same run.
-RESUME_MUST_MATCH = ("num_steps", "batch_size", "frozen", "lr", *(f.name for f in fields(DecFlowConfig)), "stage",
-                     "image_size", "seed", "iters", "gamma", "wdecay", "clip", "epsilon", "mixed_precision",
-                     "amp_dtype", "add_noise", "freeze_bn")
+RESUME_MUST_MATCH = (
+    "num_steps",
+    "batch_size",
+    "frozen",
+    "lr",
+    *(f.name for f in fields(DecFlowConfig)),
+    "stage",
+    "image_size",
+    "seed",
+    "iters",
+    "gamma",
+    "wdecay",
+    "clip",
+    "epsilon",
+    "mixed_precision",
+    "amp_dtype",
+    "add_noise",
+    "freeze_bn",
+)
 
 
 # ============================================================================ arguments
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
-                    "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
-        formatter_class=HelpFormatter, add_help=add_help)
+        "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
+        formatter_class=HelpFormatter,
+        add_help=add_help,
+    )
     run = parser.add_argument_group("run")
-    run.add_argument("--name", default="decflow", help="run name: output files are {name}.pth, {step}_{name}.pth, "
-                     "{name}_state.pth, {name}.log, runs/{name}")
+    run.add_argument(
+        "--name",
+        default="decflow",
+        help="run name: output files are {name}.pth, {step}_{name}.pth, {name}_state.pth, {name}.log, runs/{name}",
+    )
     run.add_argument("--stage", default="facialflow", choices=["facialflow"], help="training data")
-    run.add_argument("--validation", nargs="*", default=[], choices=["facialflow"],
-                     help="validate on these datasets every --val_freq steps (omit to skip validation)")
+    run.add_argument(
+        "--validation",
+        nargs="*",
+        default=[],
+        choices=["facialflow"],
+        help="validate on these datasets every --val_freq steps (omit to skip validation)",
+    )
     run.add_argument("--output", default="checkpoints", help="folder for weights, state, log, curves, runs/")
-    run.add_argument("--restore_ckpt", default=None,
-                     help="initial weights: the GMA checkpoint for stage 1 (loaded non-strictly, the head decoder, "
-                          "semantic encoder and fusion start fresh), the stage-1 weights for stage 2 (strict); a file "
-                          "or a registered name (python -m core.weights list); a registered file that is absent, "
-                          "e.g. checkpoints/gma-sintel.pth, is downloaded and verified")
+    run.add_argument(
+        "--restore_ckpt",
+        default=None,
+        help="initial weights: the GMA checkpoint for stage 1 (loaded non-strictly, the head decoder, "
+        "semantic encoder and fusion start fresh), the stage-1 weights for stage 2 (strict); a file "
+        "or a registered name (python -m core.weights list); a registered file that is absent, "
+        "e.g. checkpoints/gma-sintel.pth, is downloaded and verified",
+    )
     add_offline_argument(run)
-    run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="STATE",
-                     help="continue from a training-state file; without a value: {output}/{name}_state.pth if it "
-                          "exists, else start fresh (handy for preemptible jobs)")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="STATE",
+        help="continue from a training-state file; without a value: {output}/{name}_state.pth if it "
+        "exists, else start fresh (handy for preemptible jobs)",
+    )
     run.add_argument("--seed", type=int, default=1234, help="seed of torch, numpy, random and the data order")
-    run.add_argument("--device", default=None,
-                     help="cpu, cuda or cuda:N (default: cuda if available, else cpu; torchrun: cuda:LOCAL_RANK)")
-    run.add_argument("--gpus", type=int, nargs="+", default=None,
-                     help="GPU ids; several ids wrap the model in nn.DataParallel as the reference "
-                          "(default 0; ignored, with a warning, on CPU and under torchrun)")
-    run.add_argument("--stop_at", type=int, default=None, metavar="STEP",
-                     help="stop after this step, saving the training state as on Ctrl-C (split a run into time "
-                          "slots; continue with --resume)")
+    run.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda if available, else cpu; torchrun: cuda:LOCAL_RANK)",
+    )
+    run.add_argument(
+        "--gpus",
+        type=int,
+        nargs="+",
+        default=None,
+        help="GPU ids; several ids wrap the model in nn.DataParallel as the reference "
+        "(default 0; ignored, with a warning, on CPU and under torchrun)",
+    )
+    run.add_argument(
+        "--stop_at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop after this step, saving the training state as on Ctrl-C (split a run into time "
+        "slots; continue with --resume)",
+    )
 
     data_group = parser.add_argument_group("data")
     data_group.add_argument("--root", default=DATASET_ROOT, help="FacialFlowNet dataset folder")
-    data_group.add_argument("--image_size", type=int, nargs=2, default=[480, 480], metavar=("H", "W"),
-                            help="training crop (multiples of 8, >= 128)")
-    data_group.add_argument("--batch_size", type=int, default=6,
-                            help="total batch per step (split over DataParallel GPUs or torchrun processes)")
-    data_group.add_argument("--num_workers", type=int, default=None,
-                            help="data-loading processes per training process (default min(cpus, 8))")
-    data_group.add_argument("--add_noise", action="store_true",
-                            help="add Gaussian noise (std uniform in [0, 5]) to the images, as the reference option")
+    data_group.add_argument(
+        "--image_size",
+        type=int,
+        nargs=2,
+        default=[480, 480],
+        metavar=("H", "W"),
+        help="training crop (multiples of 8, >= 128)",
+    )
+    data_group.add_argument(
+        "--batch_size",
+        type=int,
+        default=6,
+        help="total batch per step (split over DataParallel GPUs or torchrun processes)",
+    )
+    data_group.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="data-loading processes per training process (default min(cpus, 8))",
+    )
+    data_group.add_argument(
+        "--add_noise",
+        action="store_true",
+        help="add Gaussian noise (std uniform in [0, 5]) to the images, as the reference option",
+    )
 
     optim_group = parser.add_argument_group("optimisation")
     optim_group.add_argument("--num_steps", type=int, default=10000, help="optimizer steps of this stage")
@@ -110,34 +190,61 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim_group.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (after unscaling)")
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
     optim_group.add_argument("--iters", type=int, default=ITERS, help="recurrent iterations in training")
-    optim_group.add_argument("--max_nonfinite", type=int, default=5,
-                             help="abort after this many consecutive steps with a non-finite loss or gradient "
-                                  "(such steps are skipped)")
+    optim_group.add_argument(
+        "--max_nonfinite",
+        type=int,
+        default=5,
+        help="abort after this many consecutive steps with a non-finite loss or gradient (such steps are skipped)",
+    )
 
     model_group = parser.add_argument_group("model")
-    model_group.add_argument("--frozen", action="store_true",
-                             help="stage 2: train only update_block_head and change_dim")
-    model_group.add_argument("--freeze_bn", action="store_true",
-                             help="keep every BatchNorm in eval mode (frozen running statistics); the reference "
-                                  "updates them")
-    model_group.add_argument("--semantic_weights", default=None, metavar="FILE",
-                             help="ImageNet ResNet-50 weights (torchvision or pytorchcv naming) for the frozen "
-                                  "semantic encoder in stage 1 (default: torchvision's cache, else it stays random "
-                                  "with a warning)")
+    model_group.add_argument(
+        "--frozen", action="store_true", help="stage 2: train only update_block_head and change_dim"
+    )
+    model_group.add_argument(
+        "--freeze_bn",
+        action="store_true",
+        help="keep every BatchNorm in eval mode (frozen running statistics); the reference updates them",
+    )
+    model_group.add_argument(
+        "--semantic_weights",
+        default=None,
+        metavar="FILE",
+        help="ImageNet ResNet-50 weights (torchvision or pytorchcv naming) for the frozen "
+        "semantic encoder in stage 1 (default: torchvision's cache, else it stays random "
+        "with a warning)",
+    )
     add_model_arguments(model_group, training=True)  # architecture and precision, as evaluate.py and get_flow.py
 
     log_group = parser.add_argument_group("validation and logging")
-    log_group.add_argument("--val_freq", type=int, default=1000,
-                           help="save {step}_{name}.pth and the training state, and validate, every N steps")
-    log_group.add_argument("--print_freq", type=int, default=100,
-                           help="log averaged training metrics (log file, TensorBoard, curves) every N steps")
-    log_group.add_argument("--vis_freq", type=int, default=None,
-                           help="TensorBoard flow images every N steps (default: --val_freq; 0 = never)")
-    log_group.add_argument("--val_split", default="test", choices=["train", "val", "test"],
-                           help="split used by --validation facialflow (the reference uses test)")
+    log_group.add_argument(
+        "--val_freq",
+        type=int,
+        default=1000,
+        help="save {step}_{name}.pth and the training state, and validate, every N steps",
+    )
+    log_group.add_argument(
+        "--print_freq",
+        type=int,
+        default=100,
+        help="log averaged training metrics (log file, TensorBoard, curves) every N steps",
+    )
+    log_group.add_argument(
+        "--vis_freq",
+        type=int,
+        default=None,
+        help="TensorBoard flow images every N steps (default: --val_freq; 0 = never)",
+    )
+    log_group.add_argument(
+        "--val_split",
+        default="test",
+        choices=["train", "val", "test"],
+        help="split used by --validation facialflow (the reference uses test)",
+    )
     log_group.add_argument("--val_iters", type=int, default=VAL_ITERS, help="recurrent iterations in validation")
-    log_group.add_argument("--val_max_pairs", type=int, default=None,
-                           help="validate on at most N evenly spaced pairs (default: all)")
+    log_group.add_argument(
+        "--val_max_pairs", type=int, default=None, help="validate on at most N evenly spaced pairs (default: all)"
+    )
     return parser
 
 
@@ -157,10 +264,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--gamma must be in (0, 1], got {args.gamma}")
     if not args.name or args.name in (".", "..") or os.sep in args.name or "/" in args.name:
         parser.error(f"--name {args.name!r} must be a file name without folders (--output chooses the folder)")
-    if args.restore_ckpt is not None and not Path(args.restore_ckpt).is_file() \
-            and registered_entry(args.restore_ckpt) is None:
-        parser.error(f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name "
-                     f"({registered_names()}; {CHECKPOINTS_README} says where the GMA and DecFlow weights come from)")
+    if (
+        args.restore_ckpt is not None
+        and not Path(args.restore_ckpt).is_file()
+        and registered_entry(args.restore_ckpt) is None
+    ):
+        parser.error(
+            f"--restore_ckpt: file not found: {args.restore_ckpt}, nor a registered name "
+            f"({registered_names()}; {CHECKPOINTS_README} says where the GMA and DecFlow weights come from)"
+        )
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
@@ -241,15 +353,24 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     check_args(parser, args)
     offline = offline_requested(args.offline)
     try:  # a registered name, or its file when absent: downloaded before anything starts
-        restore_ckpt = resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt \
-            else None
+        restore_ckpt = (
+            resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt else None
+        )
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
     output = Path(args.output)
     distributed, rank, world_size, device = setup_distributed(args.device)
     try:
-        run = setup_run(args, output=output, distributed=distributed, rank=rank, world_size=world_size,
-                        device=device, restore_ckpt=restore_ckpt, offline=offline)
+        run = setup_run(
+            args,
+            output=output,
+            distributed=distributed,
+            rank=rank,
+            world_size=world_size,
+            device=device,
+            restore_ckpt=restore_ckpt,
+            offline=offline,
+        )
         try:
             return train_loop(run, args)
         except TrainingStopped as error:
@@ -298,8 +419,17 @@ class Run:
         self.log.close()
 
 
-def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank: int, world_size: int,
-              device: torch.device | None, restore_ckpt: str | None, offline: bool) -> Run:
+def setup_run(
+    args: argparse.Namespace,
+    *,
+    output: Path,
+    distributed: bool,
+    rank: int,
+    world_size: int,
+    device: torch.device | None,
+    restore_ckpt: str | None,
+    offline: bool,
+) -> Run:
     """Log, device, precision, model (restored from the file `restore_ckpt`, or resumed), wrapper,
     optimiser and data; the ImageNet weights of stage 1 are downloaded unless `offline`."""
     resume_path = resolve_resume(args, output)
@@ -317,13 +447,18 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
         else:
             device = choose_device(device, args.gpus, log)
         amp_dtype = resolve_amp_dtype(args.mixed_precision, device, parse_amp_dtype(args.amp_dtype), warn=log)
-        log(f"DecFlow training '{args.name}' on {device}, {precision_name(amp_dtype)}"
+        log(
+            f"DecFlow training '{args.name}' on {device}, {precision_name(amp_dtype)}"
             + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "")
             + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
-            + ": " + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items())))
+            + ": "
+            + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items()))
+        )
         if args.validation:
-            log(f"validation runs {args.val_iters} iterations (--val_iters; {VAL_ITERS} as the reference's), "
-                f"evaluate.py {ITERS} by default: their EPEs differ")
+            log(
+                f"validation runs {args.val_iters} iterations (--val_iters; {VAL_ITERS} as the reference's), "
+                f"evaluate.py {ITERS} by default: their EPEs differ"
+            )
 
         seed_everything(args.seed)
         model = build_model(args)
@@ -331,33 +466,45 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             try:
                 model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
             except RuntimeError as error:
-                raise SystemExit(f"error: --resume {resume_path} does not fit this model: "
-                                 f"{str(error).strip().splitlines()[-1].strip()}") from None
+                raise SystemExit(
+                    f"error: --resume {resume_path} does not fit this model: "
+                    f"{str(error).strip().splitlines()[-1].strip()}"
+                ) from None
             log(f"resuming {resume_path} at step {start_step}")
         else:
             if args.resume == "auto":
                 log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
             try:
-                initialise(model, 2 if args.frozen else 1, restore_ckpt=restore_ckpt,
-                           semantic_weights=args.semantic_weights, log=log, offline=offline)
+                initialise(
+                    model,
+                    2 if args.frozen else 1,
+                    restore_ckpt=restore_ckpt,
+                    semantic_weights=args.semantic_weights,
+                    log=log,
+                    offline=offline,
+                )
             except (ValueError, FileNotFoundError) as error:  # a damaged or mismatched file, named
                 raise SystemExit(f"error: {' '.join(str(error).split())}") from None
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        log(f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
-            f"trainable parameters of {sum(p.numel() for p in model.parameters()):,}")
+        log(
+            f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
+            f"trainable parameters of {sum(p.numel() for p in model.parameters()):,}"
+        )
         # content-only attention leaves the (trainable in stage 1) relative-position tables unused
         unused = not args.frozen and not (args.position_only or args.position_and_content)
         try:
-            wrapped = wrap_model(model, device=device, distributed=distributed, gpus=args.gpus,
-                                 unused_parameters=unused)
+            wrapped = wrap_model(
+                model, device=device, distributed=distributed, gpus=args.gpus, unused_parameters=unused
+            )
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
         if args.batch_size % world_size:
             raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
 
-        optimizer, scheduler = build_optimizer(trainable, lr=args.lr, wdecay=args.wdecay, epsilon=args.epsilon,
-                                               num_steps=args.num_steps)
+        optimizer, scheduler = build_optimizer(
+            trainable, lr=args.lr, wdecay=args.wdecay, epsilon=args.epsilon, num_steps=args.num_steps
+        )
         scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -365,10 +512,16 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
             scaler.load_state_dict(state["scaler"])
         try:
             loader = build_train_loader(
-                stage=args.stage, image_size=tuple(args.image_size), root=args.root,
-                per_process_batch=args.batch_size // world_size, seed=args.seed,
+                stage=args.stage,
+                image_size=tuple(args.image_size),
+                root=args.root,
+                per_process_batch=args.batch_size // world_size,
+                seed=args.seed,
                 num_workers=args.num_workers if args.num_workers is not None else default_num_workers(),
-                rank=rank, world_size=world_size, start_step=start_step)
+                rank=rank,
+                world_size=world_size,
+                start_step=start_step,
+            )
             # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
             val_dataset = build_val_dataset(args)
         except ValueError as error:
@@ -379,11 +532,25 @@ def setup_run(args: argparse.Namespace, *, output: Path, distributed: bool, rank
     except BaseException:
         log.close()
         raise
-    return Run(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loader=loader,
-               val_dataset=val_dataset, log=log, device=device, amp_dtype=amp_dtype, distributed=distributed, rank=rank,
-               world_size=world_size, output=output, start_step=start_step,
-               scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
-               resume_rng=state["rng"] if state else None)
+    return Run(
+        model=model,
+        wrapped=wrapped,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loader=loader,
+        val_dataset=val_dataset,
+        log=log,
+        device=device,
+        amp_dtype=amp_dtype,
+        distributed=distributed,
+        rank=rank,
+        world_size=world_size,
+        output=output,
+        start_step=start_step,
+        scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
+        resume_rng=state["rng"] if state else None,
+    )
 
 
 def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
@@ -398,8 +565,14 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     vis_freq = args.val_freq if args.vis_freq is None else args.vis_freq
     run.stop = StopRequest()
     run.stop.install()
-    bar = tqdm(total=args.num_steps, initial=run.start_step, disable=not run.is_main, dynamic_ncols=True,
-               unit="step", desc=args.name)
+    bar = tqdm(
+        total=args.num_steps,
+        initial=run.start_step,
+        disable=not run.is_main,
+        dynamic_ncols=True,
+        unit="step",
+        desc=args.name,
+    )
     window = PrintWindow.starting_at(run.start_step + 1)
     last: dict[str, float] = {}
     consecutive_bad = 0
@@ -407,11 +580,24 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     try:
         while step < args.num_steps:
             batch = next_batch(run, batches, step, args)
-            noise = (torch.Generator().manual_seed(sample_seed(args.seed, -1, step * run.world_size + run.rank))
-                     if args.add_noise else None)
-            result = train_step(run.wrapped, batch, optimizer=run.optimizer, scaler=run.scaler, iters=args.iters,
-                                gamma=args.gamma, clip=args.clip, device=run.device, distributed=run.distributed,
-                                noise_generator=noise, amp_dtype=run.amp_dtype)
+            noise = (
+                torch.Generator().manual_seed(sample_seed(args.seed, -1, step * run.world_size + run.rank))
+                if args.add_noise
+                else None
+            )
+            result = train_step(
+                run.wrapped,
+                batch,
+                optimizer=run.optimizer,
+                scaler=run.scaler,
+                iters=args.iters,
+                gamma=args.gamma,
+                clip=args.clip,
+                device=run.device,
+                distributed=run.distributed,
+                noise_generator=noise,
+                amp_dtype=run.amp_dtype,
+            )
             with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 run.scheduler.step()
@@ -420,11 +606,25 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
             lr = run.scheduler.get_last_lr()[0]
             bar.update(1)
             if not result.skipped:
-                bar.set_postfix(loss=f"{result.metrics['loss']:.3f}", epe=f"{result.metrics['facial_epe']:.3f}",
-                                lr=f"{lr:.2e}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{result.metrics['loss']:.3f}",
+                    epe=f"{result.metrics['facial_epe']:.3f}",
+                    lr=f"{lr:.2e}",
+                    refresh=False,
+                )
             if step % args.print_freq == 0 or step == args.num_steps:
-                last = report_window(run.log, window, step, lr, scaler=run.scaler, skipped_total=run.scaler_skipped,
-                                     state_path=run.state_path) or last
+                last = (
+                    report_window(
+                        run.log,
+                        window,
+                        step,
+                        lr,
+                        scaler=run.scaler,
+                        skipped_total=run.scaler_skipped,
+                        state_path=run.state_path,
+                    )
+                    or last
+                )
                 window = PrintWindow.starting_at(step + 1)
             if vis_freq and step % vis_freq == 0 and not result.skipped:
                 run.log.flow_images(step, batch, result.facial_preds[-1], result.head_preds[-1])
@@ -437,12 +637,16 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
                 run_validation(run, args, step=step)
                 run.log.curves()
                 bar.unpause()  # saving and validation stay out of the step rate
-            if any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed) \
-                    and step < args.num_steps:
+            if (
+                any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed)
+                and step < args.num_steps
+            ):
                 save_run_state(run, step, args)
                 reason = "stopped by --stop_at" if step == args.stop_at else "interrupted by a signal"
-                run.log(f"{reason} after step {step}: training state saved to {run.state_path}; continue with "
-                        f"--resume {run.state_path}")
+                run.log(
+                    f"{reason} after step {step}: training state saved to {run.state_path}; continue with "
+                    f"--resume {run.state_path}"
+                )
                 run.log.curves()
                 if run.stop.signum is not None:
                     raise SystemExit(128 + run.stop.signum)
@@ -462,24 +666,31 @@ def next_batch(run: Run, batches, step: int, args: argparse.Namespace):
         if run.stop.signum is None:
             raise
         save_run_state(run, step, args)
-        run.log(f"interrupted by a signal after step {step}: training state saved to {run.state_path}; "
-                f"continue with --resume {run.state_path}")
+        run.log(
+            f"interrupted by a signal after step {step}: training state saved to {run.state_path}; "
+            f"continue with --resume {run.state_path}"
+        )
         raise SystemExit(128 + run.stop.signum) from None
 
 
-def record_step(run: Run, window: PrintWindow, result: StepResult, step: int, consecutive_bad: int,
-                args: argparse.Namespace) -> int:
+def record_step(
+    run: Run, window: PrintWindow, result: StepResult, step: int, consecutive_bad: int, args: argparse.Namespace
+) -> int:
     """Count the step in `window`; returns the new number of consecutive refused updates
     (SystemExit, naming the step, at `--max_nonfinite`)."""
     window.steps += 1
     if result.skipped:
         window.bad += 1
         consecutive_bad += 1
-        run.log(f"warning: step {step}: {result.skipped} (loss {result.metrics['loss']}), update skipped "
-                f"({consecutive_bad} in a row)")
+        run.log(
+            f"warning: step {step}: {result.skipped} (loss {result.metrics['loss']}), update skipped "
+            f"({consecutive_bad} in a row)"
+        )
         if consecutive_bad >= args.max_nonfinite:
-            raise SystemExit(f"error: aborting at step {step}: {consecutive_bad} consecutive steps with a non-finite "
-                             f"loss or gradient or no valid ground truth (last good state: {run.state_path})")
+            raise SystemExit(
+                f"error: aborting at step {step}: {consecutive_bad} consecutive steps with a non-finite "
+                f"loss or gradient or no valid ground truth (last good state: {run.state_path})"
+            )
         return consecutive_bad
     if result.scaler_skipped:
         window.scaler_skipped += 1
@@ -500,8 +711,7 @@ def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float
     save_run_state(run, step, args)
     val = run_validation(run, args, step=step)
     run.log.curves()
-    skipped = (f" ({run.scaler_skipped} of {step} steps skipped by the GradScaler)" if run.scaler.is_enabled()
-               else "")
+    skipped = f" ({run.scaler_skipped} of {step} steps skipped by the GradScaler)" if run.scaler.is_enabled() else ""
     run.log(f"done: {run.output / (args.name + '.pth')}{skipped}")
     return {f"val_{k}": v for k, v in val.items()}
 
@@ -513,9 +723,18 @@ def save_weights(run: Run, step: int, args: argparse.Namespace, path: Path) -> N
 
 def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
     if run.is_main:
-        save_state(run.state_path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-                   scaler=run.scaler, step=step, args=args, history=run.log.plain_history(),
-                   scaler_skipped=run.scaler_skipped, amp_dtype=run.amp_dtype)
+        save_state(
+            run.state_path,
+            model=run.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            scaler=run.scaler,
+            step=step,
+            args=args,
+            history=run.log.plain_history(),
+            scaler_skipped=run.scaler_skipped,
+            amp_dtype=run.amp_dtype,
+        )
 
 
 def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str, float]:
@@ -524,14 +743,23 @@ def run_validation(run: Run, args: argparse.Namespace, *, step: int) -> dict[str
         return {}
     started = time.time()
     try:
-        results = validate(run.wrapped, run.val_dataset, iters=args.val_iters, device=run.device,
-                           amp_dtype=run.amp_dtype, max_pairs=args.val_max_pairs, rank=run.rank,
-                           world_size=run.world_size)
+        results = validate(
+            run.wrapped,
+            run.val_dataset,
+            iters=args.val_iters,
+            device=run.device,
+            amp_dtype=run.amp_dtype,
+            max_pairs=args.val_max_pairs,
+            rank=run.rank,
+            world_size=run.world_size,
+        )
     except (ValueError, FileNotFoundError) as error:  # a damaged file of the split, or non-finite flow
         raise SystemExit(f"error: validation at step {step}: {error} (training state: {run.state_path})") from None
     run.log.scalars("val", step, results)
-    run.log(f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    run.log(
+        f"validation facialflow/{args.val_split} at step {step} ({time.time() - started:.0f} s): "
+        + ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+    )
     return results
 
 

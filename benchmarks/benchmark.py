@@ -13,6 +13,7 @@ core/reference.py. Peak memory is the peak resident set size (VmHWM) of a fresh
 subprocess that imports torch, builds the model and runs one pair. On CUDA see
 benchmarks/gpu.py (CUDA events, kernel time, torch.cuda.max_memory_allocated).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def mixed_mode_name(amp_dtype: torch.dtype) -> str:
     return "fast-" + {"bfloat16": "bf16", "float16": "fp16"}[amp_dtype_name(amp_dtype)]
 
 
-def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
-                    amp_dtype: torch.dtype | None) -> list[dict]:
+def bench_inference(
+    size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int, amp_dtype: torch.dtype | None
+) -> list[dict]:
     """Rows for the straightforward forward, the fast path in fp32 and in `amp_dtype` (None: no such row)
     and the memory-bounded mode."""
     model = build_model().eval()
@@ -89,10 +91,17 @@ def bench_inference(size: tuple[int, int], iters: int, batch: int, warmup: int, 
     for name in runs:
         out = outputs[name]
         diff = torch.cat([(out.facial - reference.facial).abs().flatten(), (out.head - reference.head).abs().flatten()])
-        rows.append({"mode": name, "pairs_per_s": batch / seconds[name],
-                     "speedup": seconds["straightforward"] / seconds[name], "gflop": flops[name] / 1e9,
-                     "gflop_per_s": flops[name] / 1e9 / seconds[name],
-                     "max_diff_px": diff.max().item(), "mean_diff_px": diff.mean().item()})
+        rows.append(
+            {
+                "mode": name,
+                "pairs_per_s": batch / seconds[name],
+                "speedup": seconds["straightforward"] / seconds[name],
+                "gflop": flops[name] / 1e9,
+                "gflop_per_s": flops[name] / 1e9 / seconds[name],
+                "max_diff_px": diff.max().item(),
+                "mean_diff_px": diff.mean().item(),
+            }
+        )
     return rows
 
 
@@ -108,26 +117,35 @@ def conv_peak_gflops(dtype: torch.dtype, repeats: int = 20) -> float:
     return flop / seconds / 1e9
 
 
-def bench_train(size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int,
-                amp_dtype: torch.dtype | None) -> list[dict]:
+def bench_train(
+    size: tuple[int, int], iters: int, batch: int, warmup: int, repeats: int, amp_dtype: torch.dtype | None
+) -> list[dict]:
     model = build_model()
     image1, image2 = make_pair(batch, *size)
 
     def straightforward(*args, **kwargs):
         return straightforward_forward(model, *args, **kwargs)
 
-    modes = {"straightforward": (straightforward, None), "fast": (model, None),
-             **({mixed_mode_name(amp_dtype): (model, amp_dtype)} if amp_dtype else {})}
+    modes = {
+        "straightforward": (straightforward, None),
+        "fast": (model, None),
+        **({mixed_mode_name(amp_dtype): (model, amp_dtype)} if amp_dtype else {}),
+    }
     runs = step_runs(model, image1, image2, iters=iters, modes=modes, lr=1e-5)
     seconds = interleaved_best(runs, warmup, repeats)
-    return [{"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
-            for name in runs]
+    return [
+        {"mode": name, "steps_per_s": 1 / seconds[name], "speedup": seconds["straightforward"] / seconds[name]}
+        for name in runs
+    ]
 
 
 def peak_memory_gb(size: tuple[int, int], mode: str, iters: int) -> float:
     """Peak RSS of a fresh process running one pair (the model and libraries included)."""
-    command = [sys.executable, "-c", f"from benchmarks.benchmark import measure_peak; "
-               f"measure_peak({tuple(size)!r}, {mode!r}, {iters})"]
+    command = [
+        sys.executable,
+        "-c",
+        f"from benchmarks.benchmark import measure_peak; measure_peak({tuple(size)!r}, {mode!r}, {iters})",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_gb"]
 
@@ -164,26 +182,50 @@ def format_table(title: str, rows: list[dict]) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__,
-                                     formatter_class=DocstringHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.benchmark", description=__doc__, formatter_class=DocstringHelpFormatter
+    )
     parser.add_argument("what", choices=("all", "inference", "batch", "train", "memory"), help="which benchmark")
-    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                        help="image size (default on CPU: 480 480 inference, 256 256 train, 1024 1024 memory; "
-                             "with --device cuda: inference at 480x480, 1024x1024 and 1920x1080, train 480 480)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="image size (default on CPU: 480 480 inference, 256 256 train, 1024 1024 memory; "
+        "with --device cuda: inference at 480x480, 1024x1024 and 1920x1080, train 480 480)",
+    )
     parser.add_argument("--iters", type=int, default=12, help="refinement iterations (default 12)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch size (default 1 inference; train: 2 on CPU, 6 with --device cuda)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch size (default 1 inference; train: 2 on CPU, 6 with --device cuda)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1; at least 2 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode, the best is kept (default 3)")
-    parser.add_argument("--mode", nargs="+", default=["default", "alternate"], choices=("default", "alternate"),
-                        help="memory benchmark modes")
+    parser.add_argument(
+        "--mode",
+        nargs="+",
+        default=["default", "alternate"],
+        choices=("default", "alternate"),
+        help="memory benchmark modes",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                        help="dtype of the mixed-precision rows (default: float16 on CUDA; on CPU bfloat16 where "
-                             "the CPU has it natively, else no such rows)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cpu (the default, also where CUDA is present), or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
-                             "step at the seed recipe (480x480, batch 6)")
+    parser.add_argument(
+        "--amp_dtype",
+        choices=sorted(AMP_DTYPES),
+        default=None,
+        help="dtype of the mixed-precision rows (default: float16 on CUDA; on CPU bfloat16 where "
+        "the CPU has it natively, else no such rows)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda"),
+        help="cpu (the default, also where CUDA is present), or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
+        "step at the seed recipe (480x480, batch 6)",
+    )
     return parser
 
 
@@ -198,35 +240,60 @@ def main_cuda(args: argparse.Namespace) -> None:
         raise SystemExit("--device cuda: peak memory is a column of the inference and train tables")
     device = torch.device("cuda")
     amp_dtype = resolve_inference_precision(True, args.amp_dtype, device, warn=print)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}, "
-          f"iters {args.iters}, AMP {amp_dtype_name(amp_dtype)}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}, "
+        f"iters {args.iters}, AMP {amp_dtype_name(amp_dtype)}",
+        flush=True,
+    )
     warmup, repeats = max(args.warmup, 2), args.repeats
     if args.what in ("all", "inference"):
         for size in [tuple(args.size)] if args.size else CUDA_SIZES:
             model = build_model().eval().to(device)
             image1, image2 = (image.to(device) for image in make_pair(args.batch or 1, *size))
-            rows = bench_inference_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype,
-                                        warmup=warmup, repeats=repeats)
-            print(format_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
-                         f"straightforward fp32; diff vs fast fp32)", rows), flush=True)
+            rows = bench_inference_cuda(
+                model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, warmup=warmup, repeats=repeats
+            )
+            print(
+                format_table(
+                    f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (ms per call; speedup vs "
+                    f"straightforward fp32; diff vs fast fp32)",
+                    rows,
+                ),
+                flush=True,
+            )
             del model, image1, image2
             torch.cuda.empty_cache()
     if args.what in ("all", "batch"):
         size = tuple(args.size or (480, 480))
         model = build_model().eval().to(device)
         image1, image2 = (image.to(device) for image in make_pair(1, *size))
-        rows = bench_batches_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, batches=BATCHES,
-                                  warmup=warmup, repeats=repeats)
-        print(format_table(f"\nbatched inference {size[0]}x{size[1]}, graphs, {amp_dtype_name(amp_dtype)} autocast "
-                     "(ms per call; diff vs batch 1)", rows), flush=True)
+        rows = bench_batches_cuda(
+            model,
+            image1,
+            image2,
+            iters=args.iters,
+            amp_dtype=amp_dtype,
+            batches=BATCHES,
+            warmup=warmup,
+            repeats=repeats,
+        )
+        print(
+            format_table(
+                f"\nbatched inference {size[0]}x{size[1]}, graphs, {amp_dtype_name(amp_dtype)} autocast "
+                "(ms per call; diff vs batch 1)",
+                rows,
+            ),
+            flush=True,
+        )
         del model, image1, image2
         torch.cuda.empty_cache()
     if args.what in ("all", "train"):
         size = tuple(args.size or (480, 480))
         model = build_model().to(device)
         image1, image2 = (image.to(device) for image in make_pair(args.batch or 6, *size))
-        rows = bench_train_cuda(model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, warmup=warmup,
-                                repeats=repeats)
+        rows = bench_train_cuda(
+            model, image1, image2, iters=args.iters, amp_dtype=amp_dtype, warmup=warmup, repeats=repeats
+        )
         print(format_table(f"\ntraining step {size[0]}x{size[1]}, batch {args.batch or 6}", rows), flush=True)
 
 
@@ -238,19 +305,33 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit("batch: the batched-inference table is measured on CUDA (--device cuda)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, iters {args.iters}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}",
+        flush=True,
+    )
     amp_dtype = None
     if args.what in ("all", "inference", "train"):
-        amp_dtype = resolve_inference_precision(True, args.amp_dtype, torch.device("cpu"),
-                                                warn=lambda line: print(line + "; no mixed-precision rows", flush=True))
+        amp_dtype = resolve_inference_precision(
+            True,
+            args.amp_dtype,
+            torch.device("cpu"),
+            warn=lambda line: print(line + "; no mixed-precision rows", flush=True),
+        )
     if args.what in ("all", "inference"):
         size = tuple(args.size or (480, 480))
-        print(f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "
-              f"{conv_peak_gflops(torch.bfloat16):.0f} GFLOP/s bf16", flush=True)
+        print(
+            f"convolution peak on this CPU: {conv_peak_gflops(torch.float32):.0f} GFLOP/s fp32, "
+            f"{conv_peak_gflops(torch.bfloat16):.0f} GFLOP/s bf16",
+            flush=True,
+        )
         rows = bench_inference(size, args.iters, args.batch or 1, args.warmup, args.repeats, amp_dtype)
-        print(format_table(f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows),
-              flush=True)
+        print(
+            format_table(
+                f"\ninference {size[0]}x{size[1]}, batch {args.batch or 1} (speedup vs straightforward fp32)", rows
+            ),
+            flush=True,
+        )
     if args.what in ("all", "train"):
         size = tuple(args.size or (256, 256))
         rows = bench_train(size, args.iters, args.batch or 2, args.warmup, args.repeats, amp_dtype)
@@ -263,9 +344,14 @@ def main(args: argparse.Namespace) -> None:
                 if mode == "default" and size == (1080, 1920) and not args.size:
                     continue  # the dense matrices alone exceed the machine's budget here
                 start = time.perf_counter()
-                rows.append({"size": f"{size[0]}x{size[1]}", "mode": mode,
-                             "peak_gb": peak_memory_gb(size, mode, args.iters),
-                             "seconds": time.perf_counter() - start})
+                rows.append(
+                    {
+                        "size": f"{size[0]}x{size[1]}",
+                        "mode": mode,
+                        "peak_gb": peak_memory_gb(size, mode, args.iters),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
         print(format_table("\npeak memory, one pair (fresh process)", rows), flush=True)
 
 

@@ -17,6 +17,7 @@ with less than MIN_START_S left is not started. PART.log holds each part's outpu
 comes, suite.xml the suite's JUnit report; summary.txt (and summary.json) give each
 part's status, seconds and the end of its log, and the command that runs the parts left over.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,19 +51,80 @@ PYTHON = sys.executable
 # Budgets: measured on one H200 (suite from its two partial runs) plus headroom; they add
 # up to more than the default --budget, so a run that takes long leaves the last parts over.
 PARTS = {
-    "suite": Part((PYTHON, "-m", "pytest", "-q", "--durations=25"),
-                  (PYTHON, "-m", "pytest", "-q", "tests/test_padder.py"), budget_s=300),
-    "benchmark": Part((PYTHON, "-m", "benchmarks.benchmark", "all", "--device", "cuda"),
-                      (PYTHON, "-m", "benchmarks.benchmark", "inference", "--size", "128", "128", "--iters", "1",
-                       "--warmup", "0", "--repeats", "1"), budget_s=180),
+    "suite": Part(
+        (PYTHON, "-m", "pytest", "-q", "--durations=25"),
+        (PYTHON, "-m", "pytest", "-q", "tests/test_padder.py"),
+        budget_s=300,
+    ),
+    "benchmark": Part(
+        (PYTHON, "-m", "benchmarks.benchmark", "all", "--device", "cuda"),
+        (
+            PYTHON,
+            "-m",
+            "benchmarks.benchmark",
+            "inference",
+            "--size",
+            "128",
+            "128",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+        ),
+        budget_s=180,
+    ),
     # both precisions train at once (one GPU holds both): the part takes about half the time
-    "learning": Part((PYTHON, "-m", "benchmarks.learning", "--device", "cuda", "--parallel"),
-                     (PYTHON, "-m", "benchmarks.learning", "--device", "cpu", "--steps", "1", "--size", "128", "128",
-                      "--batch", "1", "--iters", "1", "--eval_iters", "1", "--subjects", "1", "--frames", "3",
-                      "--frame_size", "128", "128", "--num_workers", "0"), budget_s=360),
-    "train_levers": Part((PYTHON, "-m", "benchmarks.levers", "--device", "cuda"),
-                         (PYTHON, "-m", "benchmarks.levers", "--levers", "fast", "foreach-adamw", "--iters", "1",
-                          "--warmup", "1", "--repeats", "1"), budget_s=240),
+    "learning": Part(
+        (PYTHON, "-m", "benchmarks.learning", "--device", "cuda", "--parallel"),
+        (
+            PYTHON,
+            "-m",
+            "benchmarks.learning",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--size",
+            "128",
+            "128",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--eval_iters",
+            "1",
+            "--subjects",
+            "1",
+            "--frames",
+            "3",
+            "--frame_size",
+            "128",
+            "128",
+            "--num_workers",
+            "0",
+        ),
+        budget_s=360,
+    ),
+    "train_levers": Part(
+        (PYTHON, "-m", "benchmarks.levers", "--device", "cuda"),
+        (
+            PYTHON,
+            "-m",
+            "benchmarks.levers",
+            "--levers",
+            "fast",
+            "foreach-adamw",
+            "--iters",
+            "1",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+        ),
+        budget_s=240,
+    ),
 }
 
 
@@ -82,8 +144,14 @@ def run_part(name: str, command: list[str], log: Path, timeout_s: float, env: di
     with log.open("w", encoding="utf-8") as stream:
         stream.write(f"$ {' '.join(command)}\n")
         stream.flush()
-        process = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            start_new_session=True,
+        )
         try:
             returncode = process.wait(timeout=timeout_s)
             status = "passed" if returncode == 0 else f"failed (exit {returncode})"
@@ -91,8 +159,13 @@ def run_part(name: str, command: list[str], log: Path, timeout_s: float, env: di
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             status = f"timed out after {timeout_s:.0f} s"
-    return {"part": name, "status": status, "seconds": round(time.perf_counter() - started, 1),
-            "budget_s": round(timeout_s), "log": log.name}
+    return {
+        "part": name,
+        "status": status,
+        "seconds": round(time.perf_counter() - started, 1),
+        "budget_s": round(timeout_s),
+        "log": log.name,
+    }
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -102,23 +175,30 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 def describe_machine() -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
-    return (f"commit {commit.stdout.strip() or 'unknown'}, torch {torch.__version__}, {device}, "
-            f"{os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    return (
+        f"commit {commit.stdout.strip() or 'unknown'}, torch {torch.__version__}, {device}, "
+        f"{os.cpu_count()} CPUs, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
 
 
 def write_summary(out: Path, header: str, records: list[dict], left_over: list[str], dry_run: bool) -> str:
     lines = [f"cuda_check{' --dry-run' if dry_run else ''}: {header}", ""]
-    lines += [f"{r['part']:<14}{r['status']:<28}{r['seconds']:>8.0f} s of {r['budget_s']} s   {r['log']}"
-              for r in records]
+    lines += [
+        f"{r['part']:<14}{r['status']:<28}{r['seconds']:>8.0f} s of {r['budget_s']} s   {r['log']}" for r in records
+    ]
     if left_over:
-        lines += ["", f"not run (out of time): {', '.join(left_over)}; run them with",
-                  f"  python -m benchmarks.cuda_check --parts {','.join(left_over)}"]
+        lines += [
+            "",
+            f"not run (out of time): {', '.join(left_over)}; run them with",
+            f"  python -m benchmarks.cuda_check --parts {','.join(left_over)}",
+        ]
     for record in records:
         lines += ["", f"===== {record['part']}: last lines of {record['log']}", tail(out / record["log"])]
     text = "\n".join(lines) + "\n"
     (out / "summary.txt").write_text(text, encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps({"machine": header, "parts": records, "not_run": left_over},
-                                                 indent=1), encoding="utf-8")
+    (out / "summary.json").write_text(
+        json.dumps({"machine": header, "parts": records, "not_run": left_over}, indent=1), encoding="utf-8"
+    )
     return text
 
 
@@ -126,22 +206,36 @@ def parse_parts(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in PARTS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"--parts: unknown {', '.join(unknown) or '(none given)'}; "
-                                         f"choose from {','.join(PARTS)}")
+        raise argparse.ArgumentTypeError(
+            f"--parts: unknown {', '.join(unknown) or '(none given)'}; choose from {','.join(PARTS)}"
+        )
     return [name for name in PARTS if name in names]  # always in order of priority
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", type=parse_parts, default=list(PARTS),
-                        help=f"comma-separated parts to run, always in the order {','.join(PARTS)} (default: all)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "outputs" / "cuda_check"),
-                        help="folder of the logs and the summary (default: $OUT if set, else outputs/cuda_check)")
+    parser.add_argument(
+        "--parts",
+        type=parse_parts,
+        default=list(PARTS),
+        help=f"comma-separated parts to run, always in the order {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or REPO / "outputs" / "cuda_check"),
+        help="folder of the logs and the summary (default: $OUT if set, else outputs/cuda_check)",
+    )
     parser.add_argument("--budget", type=float, default=480, help="seconds for all parts together")
-    parser.add_argument("--workers", type=int, default=min(8, max(1, (os.cpu_count() or 1) // 2)),
-                        help="pytest-xdist workers of the suite (used where pytest-xdist is installed; <2: one process)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print each part's GPU command, then run its tiny CPU stand-in instead")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, max(1, (os.cpu_count() or 1) // 2)),
+        help="pytest-xdist workers of the suite (used where pytest-xdist is installed; <2: one process)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each part's GPU command, then run its tiny CPU stand-in instead"
+    )
     return parser
 
 

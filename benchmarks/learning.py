@@ -24,6 +24,7 @@ precisions from chance. On a CPU without native bfloat16, mixed
 precision is float32 (one warning line) and its row is left out unless `--amp_dtype` asks
 for a dtype explicitly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,52 +64,111 @@ METRIC = re.compile(r"(\w+) (-?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))(?:,|$)")
 
 def get_args_parser() -> argparse.ArgumentParser:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__,
-                                     formatter_class=DocstringHelpFormatter,
-                                     epilog=f"The defaults shown are this machine's ({'CUDA' if cuda else 'CPU'}): "
-                                            "with CUDA they are the seed recipe's, on a CPU small and fast.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.learning",
+        description=__doc__,
+        formatter_class=DocstringHelpFormatter,
+        epilog=f"The defaults shown are this machine's ({'CUDA' if cuda else 'CPU'}): "
+        "with CUDA they are the seed recipe's, on a CPU small and fast.",
+    )
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--steps", type=int, default=300 if cuda else 100, help="training steps per run")
-    parser.add_argument("--lr", type=float, default=0.000125 if cuda else 0.0008,
-                        help="peak learning rate (CPU default higher: few steps)")
-    parser.add_argument("--size", type=int, nargs=2, default=[480, 480] if cuda else [128, 128], metavar=("H", "W"),
-                        help="training crop")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.000125 if cuda else 0.0008,
+        help="peak learning rate (CPU default higher: few steps)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[480, 480] if cuda else [128, 128],
+        metavar=("H", "W"),
+        help="training crop",
+    )
     parser.add_argument("--batch", type=int, default=6 if cuda else 2, help="batch size")
     parser.add_argument("--iters", type=int, default=12 if cuda else 4, help="recurrent iterations in training")
-    parser.add_argument("--eval_iters", type=int, default=None,
-                        help="iterations in evaluation and validation (default: --iters)")
-    parser.add_argument("--subjects", type=int, default=5 if cuda else 12,
-                        help="synthetic subjects of the test split (and of the train split without --train_subjects)")
-    parser.add_argument("--train_subjects", type=int, default=None,
-                        help="synthetic subjects of the train split (default: --subjects); more subjects, more "
-                             "faces to learn from: a few can be learnt by heart")
+    parser.add_argument(
+        "--eval_iters", type=int, default=None, help="iterations in evaluation and validation (default: --iters)"
+    )
+    parser.add_argument(
+        "--subjects",
+        type=int,
+        default=5 if cuda else 12,
+        help="synthetic subjects of the test split (and of the train split without --train_subjects)",
+    )
+    parser.add_argument(
+        "--train_subjects",
+        type=int,
+        default=None,
+        help="synthetic subjects of the train split (default: --subjects); more subjects, more "
+        "faces to learn from: a few can be learnt by heart",
+    )
     parser.add_argument("--frames", type=int, default=6 if cuda else 5, help="frames per synthetic sequence")
-    parser.add_argument("--frame_size", type=int, nargs=2, default=[512, 512] if cuda else [160, 160],
-                        metavar=("H", "W"), help="synthetic frame size")
-    parser.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                        help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that "
-                             "have it natively)")
-    parser.add_argument("--num_workers", type=int, default=4 if cuda else 0,
-                        help="data-loading processes per training run")
+    parser.add_argument(
+        "--frame_size",
+        type=int,
+        nargs=2,
+        default=[512, 512] if cuda else [160, 160],
+        metavar=("H", "W"),
+        help="synthetic frame size",
+    )
+    parser.add_argument(
+        "--amp_dtype",
+        choices=sorted(AMP_DTYPES),
+        default=None,
+        help="dtype of the mixed-precision run (default: float16 on CUDA, bfloat16 on CPUs that have it natively)",
+    )
+    parser.add_argument(
+        "--num_workers", type=int, default=4 if cuda else 0, help="data-loading processes per training run"
+    )
     parser.add_argument("--workdir", default=None, help="keep data, weights and logs here (default: a temp folder)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                        help="train each precision once per seed (train.py --seed: data order, augmentation) and "
-                             "add each precision's mean and spread (max - min): how far apart two rows may lie "
-                             "by chance (default: one run each with train.py's seed)")
-    parser.add_argument("--parallel", action="store_true",
-                        help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
-                             "their train times then overlap)")
-    parser.add_argument("--frame_interval", type=float, default=1.0 if cuda else 3.0, metavar="T",
-                        help="motion time between synthetic frames (python -m core.synthetic --frame_interval): "
-                             "on the CPU 3, for the motion in pixels of 512x512 frames at 160x160")
-    parser.add_argument("--face_scale", type=float, default=FACE_SCALE, metavar="S",
-                        help="face size in the synthetic frames (python -m core.synthetic --face_scale): 2 fills most "
-                             "of the frame with the face, so that the training loss (over whole crops) is about the face")
-    parser.add_argument("--val_points", type=int, default=4,
-                        help="validations on the test split during each training run, the last at its end (0: none)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train each precision once per seed (train.py --seed: data order, augmentation) and "
+        "add each precision's mean and spread (max - min): how far apart two rows may lie "
+        "by chance (default: one run each with train.py's seed)",
+    )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the fp32 and mixed-precision runs at the same time (one GPU holds both; "
+        "their train times then overlap)",
+    )
+    parser.add_argument(
+        "--frame_interval",
+        type=float,
+        default=1.0 if cuda else 3.0,
+        metavar="T",
+        help="motion time between synthetic frames (python -m core.synthetic --frame_interval): "
+        "on the CPU 3, for the motion in pixels of 512x512 frames at 160x160",
+    )
+    parser.add_argument(
+        "--face_scale",
+        type=float,
+        default=FACE_SCALE,
+        metavar="S",
+        help="face size in the synthetic frames (python -m core.synthetic --face_scale): 2 fills most "
+        "of the frame with the face, so that the training loss (over whole crops) is about the face",
+    )
+    parser.add_argument(
+        "--val_points",
+        type=int,
+        default=4,
+        help="validations on the test split during each training run, the last at its end (0: none)",
+    )
     parser.add_argument("--val_pairs", type=int, default=16, help="test pairs of each validation during training")
-    parser.add_argument("--curves", type=Path, default=Path("outputs", "learning_curves.png"),
-                        help="PNG of the training runs' curves (default: outputs/learning_curves.png)")
+    parser.add_argument(
+        "--curves",
+        type=Path,
+        default=Path("outputs", "learning_curves.png"),
+        help="PNG of the training runs' curves (default: outputs/learning_curves.png)",
+    )
     return parser
 
 
@@ -139,25 +199,79 @@ def validation_flags(args: argparse.Namespace) -> list[str]:
     """train.py's flags for `--val_points` validations on `--val_pairs` test pairs (the last at the end)."""
     if args.val_points < 1:
         return ["--val_freq", str(args.steps)]
-    return ["--validation", "facialflow", "--val_split", "test",
-            "--val_freq", str(max(1, args.steps // args.val_points)), "--val_max_pairs", str(args.val_pairs),
-            "--val_iters", str(evaluation_iters(args))]
+    return [
+        "--validation",
+        "facialflow",
+        "--val_split",
+        "test",
+        "--val_freq",
+        str(max(1, args.steps // args.val_points)),
+        "--val_max_pairs",
+        str(args.val_pairs),
+        "--val_iters",
+        str(evaluation_iters(args)),
+    ]
 
 
-def train_and_score(name: str, extra: list[str], *, args: argparse.Namespace, root: Path, start: Path,
-                    work: Path) -> tuple[dict, float, str]:
+def train_and_score(
+    name: str, extra: list[str], *, args: argparse.Namespace, root: Path, start: Path, work: Path
+) -> tuple[dict, float, str]:
     started = time.perf_counter()
-    _run("train.py", ["--name", name, "--stage", "facialflow", "--output", str(work), "--root", str(root),
-                      "--restore_ckpt", str(start), "--num_steps", str(args.steps), "--lr", str(args.lr),
-                      "--image_size", *map(str, args.size), "--wdecay", "0.00001", "--gamma", "0.85",
-                      "--batch_size", str(args.batch), "--iters", str(args.iters), *validation_flags(args),
-                      "--print_freq", str(max(1, args.steps // 10)), "--num_workers", str(args.num_workers),
-                      "--device", args.device,
-                      *extra])
+    _run(
+        "train.py",
+        [
+            "--name",
+            name,
+            "--stage",
+            "facialflow",
+            "--output",
+            str(work),
+            "--root",
+            str(root),
+            "--restore_ckpt",
+            str(start),
+            "--num_steps",
+            str(args.steps),
+            "--lr",
+            str(args.lr),
+            "--image_size",
+            *map(str, args.size),
+            "--wdecay",
+            "0.00001",
+            "--gamma",
+            "0.85",
+            "--batch_size",
+            str(args.batch),
+            "--iters",
+            str(args.iters),
+            *validation_flags(args),
+            "--print_freq",
+            str(max(1, args.steps // 10)),
+            "--num_workers",
+            str(args.num_workers),
+            "--device",
+            args.device,
+            *extra,
+        ],
+    )
     seconds = time.perf_counter() - started
-    return (score(["--model", str(work / f"{name}.pth"), "--iters", str(evaluation_iters(args)),
-                   "--device", args.device, "--no-mixed_precision"], root, work / f"{name}_results.json"),
-            seconds, skipped_steps(work / f"{name}.log"))
+    return (
+        score(
+            [
+                "--model",
+                str(work / f"{name}.pth"),
+                "--iters",
+                str(evaluation_iters(args)),
+                "--device",
+                args.device,
+                "--no-mixed_precision",
+            ],
+            root,
+            work / f"{name}_results.json",
+        ),
+        seconds,
+        skipped_steps(work / f"{name}.log"),
+    )
 
 
 def score(argv: list[str], root: Path, output: Path) -> dict:
@@ -168,40 +282,65 @@ def score(argv: list[str], root: Path, output: Path) -> dict:
 def main(args: argparse.Namespace) -> None:
     began = time.perf_counter()
     device = torch.device(args.device)
-    amp_dtype = resolve_inference_precision(True, args.amp_dtype, device,
-                                            warn=lambda line: print(line + "; no mixed-precision run", flush=True))
+    amp_dtype = resolve_inference_precision(
+        True, args.amp_dtype, device, warn=lambda line: print(line + "; no mixed-precision run", flush=True)
+    )
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
         root = work / "FacialFlowNet"
         if not root.is_dir():
             for split in DATA_SPLITS:
-                generate(root, subjects_of(split, args), args.frames, tuple(args.frame_size), seed=0,
-                         splits=[split], frame_interval=args.frame_interval, face_scale=args.face_scale)
+                generate(
+                    root,
+                    subjects_of(split, args),
+                    args.frames,
+                    tuple(args.frame_size),
+                    seed=0,
+                    splits=[split],
+                    frame_interval=args.frame_interval,
+                    face_scale=args.face_scale,
+                )
         start = work / "start.pth"
         torch.manual_seed(0)
         save_checkpoint(DecFlow(), start)  # the fixed start of both runs
-        print(f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
-              f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
-              f"{args.iters} iterations; {subjects_of('train', args)} train and {args.subjects} test subjects x "
-              f"{args.frames - 1} pairs at "
-              f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}, "
-              f"face scale {args.face_scale:g}; "
-              f"evaluation {evaluation_iters(args)} iterations on the test split", flush=True)
-        rows = {"zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
-                "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-")}
+        print(
+            f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
+            f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
+            f"{args.iters} iterations; {subjects_of('train', args)} train and {args.subjects} test subjects x "
+            f"{args.frames - 1} pairs at "
+            f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}, "
+            f"face scale {args.face_scale:g}; "
+            f"evaluation {evaluation_iters(args)} iterations on the test split",
+            flush=True,
+        )
+        rows = {
+            "zero flow": (score(["--method", "zero"], root, work / "zero.json"), None, "-"),
+            "DIS (OpenCV)": (score(["--method", "dis"], root, work / "dis.json"), None, "-"),
+        }
         precisions = {"DecFlow fp32": ("fp32", [])}
         if amp_dtype is not None:
             precisions[f"DecFlow {amp_dtype_name(amp_dtype)} autocast"] = (
-                "amp", ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)])
-        runs = {(label, seed): (name if seed is None else f"{name}_seed{seed}",
-                                extra if seed is None else [*extra, "--seed", str(seed)])
-                for label, (name, extra) in precisions.items() for seed in args.seeds or [None]}
+                "amp",
+                ["--mixed_precision", "--amp_dtype", amp_dtype_name(amp_dtype)],
+            )
+        runs = {
+            (label, seed): (
+                name if seed is None else f"{name}_seed{seed}",
+                extra if seed is None else [*extra, "--seed", str(seed)],
+            )
+            for label, (name, extra) in precisions.items()
+            for seed in args.seeds or [None]
+        }
         with ThreadPoolExecutor(max_workers=len(runs) if args.parallel else 1) as pool:
-            futures = {key: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
-                       for key, (name, extra) in runs.items()}
+            futures = {
+                key: pool.submit(train_and_score, name, extra, args=args, root=root, start=start, work=work)
+                for key, (name, extra) in runs.items()
+            }
             trained = {key: future.result() for key, future in futures.items()}
-        curves = {f"{label}" + ("" if seed is None else f" seed {seed}"): read_curves(work / f"{name}.log")
-                  for (label, seed), (name, _) in runs.items()}
+        curves = {
+            f"{label}" + ("" if seed is None else f" seed {seed}"): read_curves(work / f"{name}.log")
+            for (label, seed), (name, _) in runs.items()
+        }
     for label in precisions:
         if args.seeds is None:
             rows[label] = trained[label, None]
@@ -218,15 +357,21 @@ def main(args: argparse.Namespace) -> None:
         print(describe_curve(label, curve))
     for label in precisions:
         document = rows[label if args.seeds is None else f"{label} mean"][0]
-        print(f"{label}: " + ", ".join(f"{kind} EPE {document[kind]['epe'] / zero[kind]['epe']:.2f}x zero flow's"
-                                       for kind in CURVE_KINDS) + f" (a learning run: at most {TARGET_RATIO}x)")
+        print(
+            f"{label}: "
+            + ", ".join(
+                f"{kind} EPE {document[kind]['epe'] / zero[kind]['epe']:.2f}x zero flow's" for kind in CURVE_KINDS
+            )
+            + f" (a learning run: at most {TARGET_RATIO}x)"
+        )
     print(f"training curves: {args.curves}; whole run {time.perf_counter() - began:.0f} s")
 
 
 def summarise(documents: list[dict], statistic) -> dict:
     """One evaluation document whose EPEs and facial <3px are `statistic` over `documents`."""
-    summary = {kind: {"epe": statistic([d[kind]["epe"] for d in documents])} if documents[0][kind] else None
-               for kind in KINDS}
+    summary = {
+        kind: {"epe": statistic([d[kind]["epe"] for d in documents])} if documents[0][kind] else None for kind in KINDS
+    }
     summary["facial"]["3px"] = statistic([d["facial"]["3px"] for d in documents])
     return summary
 
@@ -251,14 +396,20 @@ def plot_curves(curves: dict[str, dict], zero_epe: dict[str, float], path: Path)
     for ax, kind in zip(figure.subplots(1, len(CURVE_KINDS)), CURVE_KINDS):
         for index, (label, curve) in enumerate(curves.items()):
             colour = f"C{index}"
-            for split, style, what in (("train", "-", "training batches (whole crops)"),
-                                       ("test", "o--", "test split (face pixels)")):
+            for split, style, what in (
+                ("train", "-", "training batches (whole crops)"),
+                ("test", "o--", "test split (face pixels)"),
+            ):
                 if curve[split].get(f"{kind}_epe"):
                     steps, values = zip(*curve[split][f"{kind}_epe"])
                     ax.plot(steps, values, style, color=colour, markersize=4, label=f"{label}: {what}")
         ax.axhline(zero_epe[kind], color="0.3", linestyle=":", label="zero flow, test split")
-        ax.axhline(TARGET_RATIO * zero_epe[kind], color="0.6", linestyle="-.",
-                   label=f"{TARGET_RATIO}x zero flow (learning target)")
+        ax.axhline(
+            TARGET_RATIO * zero_epe[kind],
+            color="0.6",
+            linestyle="-.",
+            label=f"{TARGET_RATIO}x zero flow (learning target)",
+        )
         ax.set(xlabel="step", ylabel="EPE (px)", title=f"{kind} flow")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
@@ -280,13 +431,17 @@ def describe_curve(label: str, curve: dict[str, dict]) -> str:
 
 
 def print_table(rows: dict[str, tuple[dict, float | None, str]]) -> None:
-    print(f"\n{'run':<{LABEL_WIDTH}}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}"
-          f"{'train s':>9}{'skipped':>9}")
+    print(
+        f"\n{'run':<{LABEL_WIDTH}}{'facial EPE':>11}{'head EPE':>10}{'expr. EPE':>10}{'facial <3px':>12}"
+        f"{'train s':>9}{'skipped':>9}"
+    )
     for name, (document, seconds, skipped) in rows.items():
         epes = [document[k]["epe"] if document[k] else None for k in KINDS]
         cells = "".join(f"{e:>10.3f}" if e is not None else f"{'-':>10}" for e in epes)
-        print(f"{name:<{LABEL_WIDTH}} {cells}{document['facial']['3px']:>12.3f}"
-              f"{'-' if seconds is None else f'{seconds:.0f}':>9}{skipped:>9}")
+        print(
+            f"{name:<{LABEL_WIDTH}} {cells}{document['facial']['3px']:>12.3f}"
+            f"{'-' if seconds is None else f'{seconds:.0f}':>9}{skipped:>9}"
+        )
 
 
 if __name__ == "__main__":

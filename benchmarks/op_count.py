@@ -9,6 +9,7 @@ listed apart) for the straightforward forward (`core/reference.py`) and the fast
 on the CPU: the counts are what a GPU would launch, give or take fused kernels, and can be
 checked without one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,29 @@ from core.network import DecFlow
 from core.reference import straightforward_forward
 
 # ATen calls that only make a new view of existing memory (no kernel on any device)
-METADATA_ONLY = frozenset({
-    "alias", "as_strided", "chunk", "detach", "expand", "permute", "reshape", "select", "slice", "split",
-    "split_with_sizes", "squeeze", "t", "transpose", "unbind", "unflatten", "unsqueeze", "view", "_unsafe_view",
-})
+METADATA_ONLY = frozenset(
+    {
+        "alias",
+        "as_strided",
+        "chunk",
+        "detach",
+        "expand",
+        "permute",
+        "reshape",
+        "select",
+        "slice",
+        "split",
+        "split_with_sizes",
+        "squeeze",
+        "t",
+        "transpose",
+        "unbind",
+        "unflatten",
+        "unsqueeze",
+        "view",
+        "_unsafe_view",
+    }
+)
 
 
 class OpCounter(TorchDispatchMode):
@@ -47,8 +67,15 @@ class OpCounter(TorchDispatchMode):
         return sum(n for name, n in self.calls.items() if name not in METADATA_ONLY)
 
 
-def count_step(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int, train: bool,
-               forward: Callable | None = None) -> OpCounter:
+def count_step(
+    model: DecFlow,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    *,
+    iters: int,
+    train: bool,
+    forward: Callable | None = None,
+) -> OpCounter:
     """Ops of one forward of `model` (or `forward(image1, image2, iters=, test_mode=)` running it;
     `test_mode` unless `train`) and, in training, the backward of the sum of every prediction's
     mean absolute value, into fresh `.grad`s (accumulating into existing ones counts other calls)."""
@@ -64,8 +91,14 @@ def count_step(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, it
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=6, help="pairs per step (the seed recipe's 6)")
-    parser.add_argument("--size", type=int, nargs=2, default=[128, 128], metavar=("H", "W"),
-                        help="image size (the counts hardly depend on it; small is quick)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[128, 128],
+        metavar=("H", "W"),
+        help="image size (the counts hardly depend on it; small is quick)",
+    )
     parser.add_argument("--iters", type=int, default=12, help="recurrent iterations")
     return parser
 

@@ -1,4 +1,5 @@
 """Side-by-side timing: every mode warmed up, then timed in turn, best of `repeats`."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,12 @@ def wall_seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_best(runs: dict[str, Callable[[], object]], warmup: int, repeats: int,
-                     timer: Callable[[Callable[[], object]], float] = wall_seconds) -> dict[str, float]:
+def interleaved_best(
+    runs: dict[str, Callable[[], object]],
+    warmup: int,
+    repeats: int,
+    timer: Callable[[Callable[[], object]], float] = wall_seconds,
+) -> dict[str, float]:
     """Best `timer` reading of each run; the modes alternate, so drifts (clocks, heat, other
     load) hit them alike."""
     for fn in runs.values():

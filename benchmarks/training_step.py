@@ -1,5 +1,6 @@
 """One timed training step (forward, sequence loss, backward, clip, AdamW) for the CPU and CUDA
 benchmarks: random ground truth for a pair, and a step per mode."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,17 @@ def random_targets(image1: torch.Tensor) -> Targets:
     return flow_facial, flow_head, torch.ones(shape[0], *shape[2:], device=image1.device)
 
 
-def make_step(model: DecFlow, optimizer: torch.optim.Optimizer, forward: Callable, dtype: torch.dtype | None,
-              image1: torch.Tensor, image2: torch.Tensor, targets: Targets, *, iters: int) -> Callable[[], None]:
+def make_step(
+    model: DecFlow,
+    optimizer: torch.optim.Optimizer,
+    forward: Callable,
+    dtype: torch.dtype | None,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    targets: Targets,
+    *,
+    iters: int,
+) -> Callable[[], None]:
     """A training step of `model` through `forward(image1, image2, iters=, amp_dtype=)` with
     autocast to `dtype` (None: float32), with its own GradScaler (on for float16 only)."""
     scaler = torch.amp.GradScaler(image1.device.type, enabled=dtype == torch.float16)
@@ -41,12 +51,21 @@ def make_step(model: DecFlow, optimizer: torch.optim.Optimizer, forward: Callabl
     return step
 
 
-def step_runs(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
-              modes: dict[str, tuple[Callable, torch.dtype | None]], lr: float) -> dict[str, Callable[[], None]]:
+def step_runs(
+    model: DecFlow,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    *,
+    iters: int,
+    modes: dict[str, tuple[Callable, torch.dtype | None]],
+    lr: float,
+) -> dict[str, Callable[[], None]]:
     """`{name: step}` for `modes` `{name: (forward, autocast dtype or None)}`, each with its own
     GradScaler (on for float16 only), all updating `model` with one AdamW."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     targets = random_targets(image1)
-    return {name: make_step(model, optimizer, forward, dtype, image1, image2, targets, iters=iters)
-            for name, (forward, dtype) in modes.items()}
+    return {
+        name: make_step(model, optimizer, forward, dtype, image1, image2, targets, iters=iters)
+        for name, (forward, dtype) in modes.items()
+    }

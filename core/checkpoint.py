@@ -13,6 +13,7 @@ load, naming the tensor.
 The default weights file of the scripts is the first of DEFAULT_CHECKPOINTS that exists
 (`default_checkpoint()`): the authors' release, then stage 2 of the seed training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,8 @@ import pickle
 import re
 import shutil
 import tempfile
-import zipfile
 import warnings
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -84,8 +85,10 @@ def default_checkpoint() -> Path:
     for candidate in DEFAULT_CHECKPOINTS:
         if Path(candidate).is_file():
             return Path(candidate)
-    raise FileNotFoundError(f"no default checkpoint: neither {RELEASE_CHECKPOINT} (the authors' release) nor "
-                            f"{SEED_CHECKPOINT} (stage 2 of the seed training) exists; see {CHECKPOINTS_README}")
+    raise FileNotFoundError(
+        f"no default checkpoint: neither {RELEASE_CHECKPOINT} (the authors' release) nor "
+        f"{SEED_CHECKPOINT} (stage 2 of the seed training) exists; see {CHECKPOINTS_README}"
+    )
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
@@ -97,8 +100,10 @@ def _format_problem(path: Path) -> str | None:
     with path.open("rb") as stream:
         head = stream.read(len(LFS_POINTER))
     if head == LFS_POINTER:
-        return (f"{path}: a Git LFS pointer, not the weights (the file is stored with Git LFS: `git lfs pull` "
-                "or `python -m core.weights fetch NAME` gets the weights themselves)")
+        return (
+            f"{path}: a Git LFS pointer, not the weights (the file is stored with Git LFS: `git lfs pull` "
+            "or `python -m core.weights fetch NAME` gets the weights themselves)"
+        )
     if not head:
         return f"{path}: not a PyTorch checkpoint (empty file)"
     if head.startswith(ZIP_MAGIC):
@@ -117,8 +122,10 @@ def _load_problem(path: Path, error: Exception) -> str:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         detail = detail.split(" Please use ", 1)[0].strip()  # drop the allow-listing advice
         if detail.startswith("Unsupported global"):
-            return (f"{path}: holds objects other than tensors and plain containers, which are not loaded "
-                    f"for safety ({detail})")
+            return (
+                f"{path}: holds objects other than tensors and plain containers, which are not loaded "
+                f"for safety ({detail})"
+            )
         return f"{path}: not a PyTorch checkpoint (unreadable pickle data: {detail})"
     if isinstance(error, EOFError):
         return f"{path}: damaged PyTorch checkpoint (the data ends too early; incomplete download or copy?)"
@@ -192,8 +199,10 @@ def verify_file_checksum(path: str | os.PathLike) -> None:
     description = read_description(path)
     expected = (description or {}).get("sha256")
     if expected is not None and sha256_of(path) != expected:
-        raise ValueError(f"{path}: damaged file: its SHA-256 differs from the one in {description_path(path)} "
-                         "(changed since it was written?)")
+        raise ValueError(
+            f"{path}: damaged file: its SHA-256 differs from the one in {description_path(path)} "
+            "(changed since it was written?)"
+        )
 
 
 def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -219,8 +228,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} does not hold a state dict of tensors")
     damaged = nonfinite_tensors(obj)
     if damaged:
-        raise ValueError(f"{path}: damaged weights: non-finite values (NaN or inf) in {damaged[0]}"
-                         + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else ""))
+        raise ValueError(
+            f"{path}: damaged weights: non-finite values (NaN or inf) in {damaged[0]}"
+            + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
+        )
     if state is not obj:
         verify_payload(path, state)
     return strip_data_parallel_prefix(obj)
@@ -228,15 +239,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def strip_data_parallel_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keys without the `module.` prefix that (Distributed)DataParallel checkpoints carry."""
-    return {k[len(DATA_PARALLEL_PREFIX):] if k.startswith(DATA_PARALLEL_PREFIX) else k: v for k, v in state.items()}
+    return {k[len(DATA_PARALLEL_PREFIX) :] if k.startswith(DATA_PARALLEL_PREFIX) else k: v for k, v in state.items()}
 
 
 def _count_by_group(keys) -> dict[str, int]:
     return dict(Counter(map(key_group, keys)))  # groups in first-seen order
 
 
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True,
-                            source: str = "state dict") -> LoadReport:
+def load_state_dict_checked(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True, source: str = "state dict"
+) -> LoadReport:
     """Load `state` into `model`; unknown keys and shape mismatches are always errors.
 
     Missing keys are errors with `strict=True` (except the optional ones listed in
@@ -246,13 +258,19 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     model = unwrap(model)
     own = model.state_dict()
     unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    )
     if unexpected or mismatched:
         details = []
         if unexpected:
-            details.append(f"{len(unexpected)} unknown keys: " + ", ".join(unexpected[:20])
-                           + (" ..." if len(unexpected) > 20 else ""))
+            details.append(
+                f"{len(unexpected)} unknown keys: "
+                + ", ".join(unexpected[:20])
+                + (" ..." if len(unexpected) > 20 else "")
+            )
         if mismatched:
             details.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:20]))
         raise ValueError(f"{source} does not fit DecFlow: " + " | ".join(details))
@@ -260,16 +278,19 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     required = [k for k in missing if not _is_optional(k)]
     if strict and required:
         groups = ", ".join(f"{g} ({n})" for g, n in _count_by_group(required).items())
-        raise ValueError(f"{source} lacks {len(required)} keys of: {groups} (first: {required[0]}); "
-                         f"pass strict=False to start these from initialisation")
+        raise ValueError(
+            f"{source} lacks {len(required)} keys of: {groups} (first: {required[0]}); "
+            f"pass strict=False to start these from initialisation"
+        )
     merged = dict(own)
     merged.update(state)
     model.load_state_dict(merged, strict=True)
     return LoadReport(path=source, loaded=_count_by_group(state), initialised=_count_by_group(missing))
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True, *,
-                    verbose: bool = True) -> LoadReport:
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, *, verbose: bool = True
+) -> LoadReport:
     """Load an authors' DecFlow/GMA checkpoint or one of ours into `model` (see module doc)."""
     report = load_state_dict_checked(model, read_state_dict(path), strict=strict, source=str(path))
     if verbose:
@@ -418,14 +439,17 @@ def read_description(weights: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a description of {Path(weights).name} (a JSON object is expected)")
     for key, kind, name in (("config", dict, "an object"), ("sha256", str, "a string")):
         if key in document and not isinstance(document[key], kind):
-            raise ValueError(f"{path}: not a description of {Path(weights).name} ({key!r} must be {name}, "
-                             f"got {type(document[key]).__name__})")
+            raise ValueError(
+                f"{path}: not a description of {Path(weights).name} ({key!r} must be {name}, "
+                f"got {type(document[key]).__name__})"
+            )
     return document
 
 
 # ---------------------------------------------------------------- ImageNet initialisation
-def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = None, *,
-                          allow_download: bool = False) -> str:
+def init_semantic_encoder(
+    model: nn.Module, weights: str | os.PathLike | None = None, *, allow_download: bool = False
+) -> str:
     """Initialise the frozen semantic encoder from ImageNet ResNet-50 weights.
 
     Order of preference: the local file `weights` (torchvision or pytorchcv naming);
@@ -441,8 +465,11 @@ def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = 
         try:
             weights = ensure(REGISTRY[SEMANTIC], offline=not allow_download)
         except WeightsUnavailable as error:
-            warnings.warn(f"no ImageNet ResNet-50 weights (pass --semantic_weights FILE): {error}: the FROZEN "
-                          "semantic encoder stays RANDOM", stacklevel=2)
+            warnings.warn(
+                f"no ImageNet ResNet-50 weights (pass --semantic_weights FILE): {error}: the FROZEN "
+                "semantic encoder stays RANDOM",
+                stacklevel=2,
+            )
             return "random initialisation"
     source = str(weights)
     converted = semantic_state_from_resnet50(read_state_dict(weights), source)
@@ -453,9 +480,13 @@ def init_semantic_encoder(model: nn.Module, weights: str | os.PathLike | None = 
         raise ValueError(f"{source} lacks {len(missing)} semantic-encoder weights, e.g. {missing[0]}")
     # Non-strict only for what the check above allows to be absent: the unused stage 3 and
     # batch counters. Whatever stayed at initialisation is said, never skipped silently.
-    report = load_state_dict_checked(encoder, {k: v for k, v in converted.items() if k in own}, strict=False,
-                                     source=source)
+    report = load_state_dict_checked(
+        encoder, {k: v for k, v in converted.items() if k in own}, strict=False, source=source
+    )
     if report.initialised:
-        print(f"semantic encoder from {source}; left at initialisation: "
-              + ", ".join(f"{group} ({n})" for group, n in report.initialised.items()), flush=True)
+        print(
+            f"semantic encoder from {source}; left at initialisation: "
+            + ", ".join(f"{group} ({n})" for group, n in report.initialised.items()),
+            flush=True,
+        )
     return source

@@ -2,14 +2,15 @@
 their one-line errors, weights by name or path, and the output-path check of all three
 (`check_output`). (argparse stops here: core modules below take
 explicit arguments.)"""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -19,8 +20,15 @@ from core.defaults import CHECKPOINTS_README
 from core.inference import COMPARED_FIELDS, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
-from core.weights import (OFFLINE_VARIABLE, REGISTRY, RELEASE, WeightsUnavailable, ensure, registered_entry,
-                          registered_names)
+from core.weights import (
+    OFFLINE_VARIABLE,
+    REGISTRY,
+    RELEASE,
+    WeightsUnavailable,
+    ensure,
+    registered_entry,
+    registered_names,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -38,8 +46,7 @@ class UserError(Exception):
     """A mistake in the command line or the inputs: reported as one line, no traceback."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False
-                        ) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False) -> None:
     """The options that build the network (the fields of DecFlowConfig) and say how it runs, for
     train.py (`training`: adds `--dropout`) or for evaluate.py and get_flow.py (adds
     `--alternate_corr` and `--device`; train.py has its own `--device`, one per torchrun process).
@@ -54,27 +61,45 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     group.add_argument("--position_and_content", action="store_true", help="GMA: position and content attention")
     if training:
         group.add_argument("--dropout", type=float, default=0.0, help="dropout in fnet/cnet")
-        group.add_argument("--mixed_precision", action="store_true",
-                           help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
-                                "bfloat16 where the CPU has it natively, else float32 with a warning")
+        group.add_argument(
+            "--mixed_precision",
+            action="store_true",
+            help="autocast: float16 with a GradScaler on CUDA (the paper's recipe); on CPUs "
+            "bfloat16 where the CPU has it natively, else float32 with a warning",
+        )
     else:
-        group.add_argument("--alternate_corr", action="store_true",
-                           help="memory-bounded correlation (same results, slower; for large images)")
-        group.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
-                           help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
-                                "with a warning); default: on for CUDA, off otherwise")
-    group.add_argument("--amp_dtype", choices=sorted(AMP_DTYPES), default=None,
-                       help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)"
-                            + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""))
+        group.add_argument(
+            "--alternate_corr",
+            action="store_true",
+            help="memory-bounded correlation (same results, slower; for large images)",
+        )
+        group.add_argument(
+            "--mixed_precision",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="autocast (float16 on CUDA; bfloat16 on CPUs that have it natively, else float32 "
+            "with a warning); default: on for CUDA, off otherwise",
+        )
+    group.add_argument(
+        "--amp_dtype",
+        choices=sorted(AMP_DTYPES),
+        default=None,
+        help="autocast dtype of --mixed_precision (default: float16 on CUDA, bfloat16 on CPU)"
+        + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""),
+    )
     if not training:
-        group.add_argument("--device", default=None,
-                           help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
+        group.add_argument(
+            "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
+        )
 
 
 def add_offline_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--offline", action="store_true",
-                        help=f"never download weights (as {OFFLINE_VARIABLE}=1); missing ones are an error "
-                             "naming the command that fetches them")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help=f"never download weights (as {OFFLINE_VARIABLE}=1); missing ones are an error "
+        "naming the command that fetches them",
+    )
 
 
 def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
@@ -86,8 +111,10 @@ def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
         return spec
     entry = registered_entry(spec)
     if entry is None:
-        raise UserError(f"{flag}: checkpoint {spec} not found, and it is not a registered name either "
-                        f"(registered: {registered_names()}; see {CHECKPOINTS_README})")
+        raise UserError(
+            f"{flag}: checkpoint {spec} not found, and it is not a registered name either "
+            f"(registered: {registered_names()}; see {CHECKPOINTS_README})"
+        )
     try:
         return str(ensure(entry, offline=offline))
     except WeightsUnavailable as error:
@@ -106,8 +133,9 @@ def resolve_checkpoint(model: str | None, *, offline: bool) -> str:
         try:
             path = ensure(REGISTRY[RELEASE], offline=offline)
         except WeightsUnavailable as fetch_error:
-            raise UserError(f"--model CHECKPOINT is required when there is no default checkpoint: {error}; "
-                            f"{fetch_error}") from None
+            raise UserError(
+                f"--model CHECKPOINT is required when there is no default checkpoint: {error}; {fetch_error}"
+            ) from None
     print(f"checkpoint: {path} (default; --model PATH chooses another)", flush=True)
     return str(path)
 
@@ -164,8 +192,13 @@ class FileInTheWay(UserError):
     """An output folder cannot be made because a file is where it (or a folder above it) should be."""
 
 
-def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False,
-                 inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+def check_output(
+    path: str | os.PathLike,
+    flag: str,
+    *,
+    folder: bool = False,
+    inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+) -> Path:
     """`path` as a Path if a file (or, with `folder`, a folder) can be written there: missing
     folders are created later. `inputs`: (what, path) of the files the script reads (None:
     not given); an output that is one of them, symlinks resolved, is refused. UserError
@@ -179,8 +212,9 @@ def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False,
     return out
 
 
-def check_not_an_input(out: str | os.PathLike, flag: str,
-                       inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+def check_not_an_input(
+    out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]
+) -> None:
     """UserError when the output `out` is (symlinks resolved) one of the `inputs` (what, path)."""
     target = Path(out).resolve()
     for what, given in inputs:

@@ -9,10 +9,11 @@ Channel order of one level's window: index `a * (2r+1) + b`, where `a` indexes t
 added to x and `b` the offset added to y (the authors' checkpoints were trained with
 this order). Levels are concatenated finest first.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
@@ -20,8 +21,11 @@ from torch.nn import functional as F
 
 def coords_grid(batch: int, height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
     """Pixel-centre coordinates `[B, 2, H, W]`, channel 0 = x (column), channel 1 = y (row)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
-                            torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
     return torch.stack([xs, ys]).unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
 
 
@@ -40,7 +44,8 @@ def check_pyramid_size(height: int, width: int, num_levels: int) -> None:
     if min(height, width) < min_side:
         raise ValueError(
             f"feature maps of {height}x{width} are too small for a {num_levels}-level pyramid: "
-            f"each side must be at least {min_side} (image sides >= {8 * min_side} px)")
+            f"each side must be at least {min_side} (image sides >= {8 * min_side} px)"
+        )
 
 
 def _centres(coords: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -71,8 +76,14 @@ class WindowGrid:
     by side in one row, so one gather serves them all.
     """
 
-    def __init__(self, *, radius: int, sizes: Sequence[tuple[int, int]], scales: Sequence[int],
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        radius: int,
+        sizes: Sequence[tuple[int, int]],
+        scales: Sequence[int],
+        device: torch.device | None = None,
+    ) -> None:
         self.radius = radius
         self.pixels = [height * width for height, width in sizes]  # per level
         self.starts = [sum(p + 1 for p in self.pixels[:i]) for i in range(len(sizes))]  # of each level in a row
@@ -80,8 +91,9 @@ class WindowGrid:
         self.row_length = self.zero_entries[-1] + 1  # of a row holding every level
         self._scale = _column([float(s) for s in scales], device)  # [L, 1] each
         self._height, self._width = _column([h for h, _ in sizes], device), _column([w for _, w in sizes], device)
-        self._pixels, self._start, self._zero_entry = (_column(values, device) for values in
-                                                       (self.pixels, self.starts, self.zero_entries))
+        self._pixels, self._start, self._zero_entry = (
+            _column(values, device) for values in (self.pixels, self.starts, self.zero_entries)
+        )
         self._steps = torch.arange(2 * radius + 2, device=device)
 
     @property
@@ -128,9 +140,17 @@ class CorrBlock:
     memory); lookups interpolate them in float32.
     """
 
-    def __init__(self, fmap1: torch.Tensor, fmap2: torch.Tensor, *, num_levels: int = 4, radius: int = 4,
-                 dense_from_level: int = 0, chunk_elements: int = 2 ** 24,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        fmap1: torch.Tensor,
+        fmap2: torch.Tensor,
+        *,
+        num_levels: int = 4,
+        radius: int = 4,
+        dense_from_level: int = 0,
+        chunk_elements: int = 2**24,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         # fmap1, fmap2: [B, D, h, w] float32
         batch, dim, height, width = fmap1.shape
         check_pyramid_size(height, width, num_levels)
@@ -141,25 +161,33 @@ class CorrBlock:
         self.shape = (batch, height, width)
         self.chunk_elements = chunk_elements
         self.dense_from_level = dense_from_level
-        sizes = [(height // 2 ** level, width // 2 ** level) for level in range(num_levels)]
+        sizes = [(height // 2**level, width // 2**level) for level in range(num_levels)]
         pooled = [fmap2]
         for _ in range(num_levels - 1):
             pooled.append(F.avg_pool2d(pooled[-1], 2, stride=2))
         self.fmap1 = (fmap1.flatten(2).transpose(1, 2) / math.sqrt(dim)).to(dtype)  # [B, h*w, D]
         # On-the-fly levels: image-2 features as rows [B, h_l*w_l + 1, D], the last one zero.
-        self.features = [torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1).to(dtype)
-                         for p in pooled[:dense_from_level]]
+        self.features = [
+            torch.cat([p.flatten(2).transpose(1, 2), p.new_zeros(batch, 1, dim)], dim=1).to(dtype)
+            for p in pooled[:dense_from_level]
+        ]
         # per on-the-fly level, where each batch element starts in its batch-flattened features
         # `[B, 1, 1]` (made once per forward, not at every lookup)
         elements = torch.arange(batch, device=fmap1.device)[:, None, None]
         self.feature_offsets = [elements * f.shape[1] for f in self.features]
-        self.level_grids = [WindowGrid(radius=radius, sizes=[sizes[level]], scales=[2 ** level], device=fmap1.device)
-                            for level in range(dense_from_level)]
+        self.level_grids = [
+            WindowGrid(radius=radius, sizes=[sizes[level]], scales=[2**level], device=fmap1.device)
+            for level in range(dense_from_level)
+        ]
         self.dense_grid = None
         if dense_from_level < num_levels:
             levels = range(dense_from_level, num_levels)
-            self.dense_grid = WindowGrid(radius=radius, sizes=[sizes[level] for level in levels],
-                                         scales=[2 ** level for level in levels], device=fmap1.device)
+            self.dense_grid = WindowGrid(
+                radius=radius,
+                sizes=[sizes[level] for level in levels],
+                scales=[2**level for level in levels],
+                device=fmap1.device,
+            )
             # [B, h*w, row_length]: every dense level of a query pixel side by side, each followed
             # by its zero entry; filled a block of query pixels at a time (no second copy).
             self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length, dtype=dtype)
@@ -173,7 +201,7 @@ class CorrBlock:
                 for offset, (start, pixels) in enumerate(zip(grid.starts, grid.pixels)):
                     if offset:
                         level_map = F.avg_pool2d(level_map, 2, stride=2)
-                    self.volume[:, rows, start:start + pixels] = level_map.view(batch, -1, pixels)
+                    self.volume[:, rows, start : start + pixels] = level_map.view(batch, -1, pixels)
             for entry in grid.zero_entries:  # slices, not a list index: no host-to-device copy
                 self.volume[:, :, entry] = 0.0
 

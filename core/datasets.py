@@ -75,8 +75,9 @@ class _Sequence(NamedTuple):
 
 def _list_files(folder: Path, suffix: str) -> list[Path]:
     """Sorted files with this suffix (any case), hidden files (e.g. macOS `._*`) excluded."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() == suffix and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix and not p.name.startswith(".")
+    )
 
 
 def _list_dirs(folder: Path) -> list[str]:
@@ -92,12 +93,14 @@ class _Pairing(NamedTuple):
 
 
 def _label_mismatch(sequence: Path, folder: Path, suffix: str, frames: int, problems: list[str]) -> ValueError:
-    return ValueError(f"sequence {sequence}: {suffix} files in {folder} do not match its {frames} frames "
-                      f"({'; '.join(problems)})")
+    return ValueError(
+        f"sequence {sequence}: {suffix} files in {folder} do not match its {frames} frames ({'; '.join(problems)})"
+    )
 
 
-def _match_labels(sequence: Path, folder: Path, files: list[Path], frame_stems: list[str], suffix: str,
-                  allow_one_more: bool) -> _Pairing:
+def _match_labels(
+    sequence: Path, folder: Path, files: list[Path], frame_stems: list[str], suffix: str, allow_one_more: bool
+) -> _Pairing:
     """Pair `files` with frames 1..n-1 of a sequence whose frames have `frame_stems` (n stems).
 
     When any file is named after a frame, every file must be: each of frames 1..n-1 needs
@@ -110,8 +113,13 @@ def _match_labels(sequence: Path, folder: Path, files: list[Path], frame_stems: 
     by_stem: dict[str, Path] = {}
     for path in files:
         if path.stem in by_stem:
-            raise _label_mismatch(sequence, folder, suffix, len(frame_stems),
-                                  [f"{by_stem[path.stem].name} and {path.name} both name frame {path.stem}"])
+            raise _label_mismatch(
+                sequence,
+                folder,
+                suffix,
+                len(frame_stems),
+                [f"{by_stem[path.stem].name} and {path.name} both name frame {path.stem}"],
+            )
         by_stem[path.stem] = path
     allowed = set(frame_stems) if allow_one_more else set(stems)
     if any(stem in frame_stems for stem in by_stem):
@@ -127,9 +135,13 @@ def _match_labels(sequence: Path, folder: Path, files: list[Path], frame_stems: 
         return _Pairing([by_stem[stem] for stem in stems], None)
     counts = (len(stems), len(stems) + 1) if allow_one_more else (len(stems),)
     if len(files) not in counts:
-        raise _label_mismatch(sequence, folder, suffix, len(frame_stems),
-                              [f"expected {' or '.join(map(str, counts))}, found {len(files)}; "
-                               "none is named after a frame"])
+        raise _label_mismatch(
+            sequence,
+            folder,
+            suffix,
+            len(frame_stems),
+            [f"expected {' or '.join(map(str, counts))}, found {len(files)}; none is named after a frame"],
+        )
     return _Pairing(files[: len(stems)], (files[0].name, stems[0]))
 
 
@@ -188,9 +200,14 @@ class FacialFlow(data.Dataset):
         if not self.image_list:
             raise ValueError(f"split folder {image_root} contains no <emotion>/<subject> sequences\n{layout}")
         if renamed:
-            logger.warning("split %s of %s: %d label folders name no file after a frame (e.g. %s for frame %s); "
-                           "their files are paired with the frames by sorted order", split, self.root,
-                           len(renamed), *renamed[0])
+            logger.warning(
+                "split %s of %s: %d label folders name no file after a frame (e.g. %s for frame %s); "
+                "their files are paired with the frames by sorted order",
+                split,
+                self.root,
+                len(renamed),
+                *renamed[0],
+            )
 
     def _label_dirs(self, emotion: str, subject: str) -> dict[str, Path]:
         return {name: self.root / folder / self.split / emotion / subject for name, folder in LABEL_FOLDERS.items()}
@@ -206,13 +223,25 @@ class FacialFlow(data.Dataset):
             if not folder.is_dir():
                 raise ValueError(f"sequence {seq_dir}: {name} folder {folder} is missing")
         stems = [p.stem for p in frames]
-        pairings = {name: _match_labels(seq_dir, folder, _list_files(folder, LABEL_SUFFIXES[name]), stems,
-                                        LABEL_SUFFIXES[name], allow_one_more=name == "mask")
-                    for name, folder in dirs.items()}
-        renamed = [(dirs[name] / pairing.renamed[0], pairing.renamed[1])
-                   for name, pairing in pairings.items() if pairing.renamed]
-        return _Sequence(frames, pairings["flow/facial"].files, pairings["flow/head"].files,
-                         pairings["mask"].files, renamed)
+        pairings = {
+            name: _match_labels(
+                seq_dir,
+                folder,
+                _list_files(folder, LABEL_SUFFIXES[name]),
+                stems,
+                LABEL_SUFFIXES[name],
+                allow_one_more=name == "mask",
+            )
+            for name, folder in dirs.items()
+        }
+        renamed = [
+            (dirs[name] / pairing.renamed[0], pairing.renamed[1])
+            for name, pairing in pairings.items()
+            if pairing.renamed
+        ]
+        return _Sequence(
+            frames, pairings["flow/facial"].files, pairings["flow/head"].files, pairings["mask"].files, renamed
+        )
 
     def _check_no_orphan_sequences(self) -> None:
         """Raise if a label folder has a sequence without frames (e.g. a deleted image folder)."""
@@ -314,8 +343,7 @@ def default_num_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
-def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int,
-                     root: str | None = None) -> FacialFlow:
+def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int, root: str | None = None) -> FacialFlow:
     """The augmented training split of ``stage`` (only ``"facialflow"``) with ``image_size``
     crops ``[H, W]``; an error unless it holds at least one full batch."""
     if stage != "facialflow":
@@ -330,4 +358,3 @@ def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int,
         )
     logger.info("Training with %d image pairs from %s", len(dataset), root)
     return dataset
-

@@ -1,4 +1,5 @@
 """Defaults the scripts and core share, each written once here."""
+
 from __future__ import annotations
 
 # Where datasets/README.md puts FacialFlowNet (relative to the current folder).

@@ -4,6 +4,7 @@ The feature encoder (`fnet`, instance norm) and the context encoder (`cnet`, bat
 share one architecture: a stride-2 7x7 stem and three stages of two residual blocks,
 ending at 1/8 resolution. Parameter names follow the authors' checkpoints.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,12 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4
-                or not x.is_contiguous(memory_format=torch.channels_last)):
+        if (
+            torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or x.dim() != 4
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return super().forward(x)
         return F.group_norm(x, x.shape[1], eps=self.eps)
 
@@ -55,9 +60,7 @@ class ResidualBlock(nn.Module):
             # The checkpoints store the shortcut norm twice: as `norm3` and as
             # `downsample.1` (the same module registered under two names).
             self.norm3 = _norm(norm, out_channels)
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride), self.norm3
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride), self.norm3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In-place ReLUs on fresh tensors: large activations are not allocated twice.

@@ -30,6 +30,7 @@ Pieces: `masked_metrics`, `ffn_protocol_metrics` (one pair, torch tensors),
 (callables mapping a batch of pairs to flows), `evaluate_predictor` (the loop over a
 dataset, `batch_size` pairs of one size at a time), `format_results` (table).
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,9 @@ def masked_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> 
     return endpoint_metrics(endpoint_error(pred, gt)[selected])
 
 
-def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor,
-                         scored: torch.Tensor | None = None) -> dict[str, float] | None:
+def ffn_protocol_metrics(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor | None = None
+) -> dict[str, float] | None:
     """The reference's per-pair facial-flow numbers (see the module doc).
 
     EPE summed over the whole image, and counts of whole-image pixels under 1/3/5 px, all
@@ -86,8 +88,9 @@ def ffn_protocol_metrics(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tenso
     restricts the whole image and the mask to those pixels (e.g. finite ground truth).
     Returns None when no mask pixel is scored (the reference would divide by zero).
     """
-    selected = torch.ones(pred.shape[-2:], dtype=torch.bool, device=pred.device) if scored is None \
-        else scored.to(pred.device)
+    selected = (
+        torch.ones(pred.shape[-2:], dtype=torch.bool, device=pred.device) if scored is None else scored.to(pred.device)
+    )
     count = int(((mask.to(pred.device) != 0) & selected).sum())
     if count == 0:
         return None
@@ -104,6 +107,7 @@ def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | 
 
 def decflow_predictor(estimator: FlowEstimator) -> Predictor:
     """DecFlow's facial and head flow, as the estimator pads, runs and crops them."""
+
     def predict(image1: torch.Tensor, image2: torch.Tensor) -> Prediction:
         flows = estimator(image1, image2)
         return flows.facial, flows.head
@@ -173,8 +177,7 @@ def _pair_label(dataset: Any, index: int) -> str:
     return f"{label} ({images[index][0]} -> {images[index][1]})" if images is not None else label
 
 
-def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]
-                  ) -> dict[str, Any]:
+def _pair_metrics(facial: torch.Tensor, head: torch.Tensor | None, sample: Sequence[torch.Tensor]) -> dict[str, Any]:
     """Metric blocks of one pair by kind (None: nothing scored), `empty_mask`, and
     `nonfinite`: the number of non-finite ground-truth pixels of each flow."""
     _, _, gt_facial, gt_head, valid_facial, valid_head, mask = sample
@@ -230,8 +233,15 @@ def _batches(dataset: Any, indices: Iterable[int], batch_size: int) -> Iterator[
         yield batch
 
 
-def evaluate_predictor(predictor: Predictor, dataset: Any, *, max_pairs: int | None = None, progress: bool = False,
-                       has_head: bool = True, batch_size: int = 1) -> dict[str, Any]:
+def evaluate_predictor(
+    predictor: Predictor,
+    dataset: Any,
+    *,
+    max_pairs: int | None = None,
+    progress: bool = False,
+    has_head: bool = True,
+    batch_size: int = 1,
+) -> dict[str, Any]:
     """Score `predictor` on the pairs of a FacialFlow-like dataset.
 
     `dataset[i]` must give `(img1, img2, flow_facial, flow_head, valid_facial, valid_head,
@@ -263,8 +273,9 @@ def evaluate_predictor(predictor: Predictor, dataset: Any, *, max_pairs: int | N
         for k, (index, sample) in enumerate(batch):
             pair_facial, pair_head = facial[k], None if head is None else head[k]
             if not all(torch.isfinite(flow).all() for flow in (pair_facial, pair_head) if flow is not None):
-                raise ValueError(f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; "
-                                 "nothing was scored")
+                raise ValueError(
+                    f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; nothing was scored"
+                )
             per_pair.append(_pair_metrics(pair_facial, pair_head, sample))
             emotions.append(_emotion_of(dataset, index))
     results = _summarise(per_pair, has_head)
@@ -275,10 +286,18 @@ def evaluate_predictor(predictor: Predictor, dataset: Any, *, max_pairs: int | N
     return results
 
 
-def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = ITERS,
-                        device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None,
-                        pad_mode: str = "exp", max_pairs: int | None = None, progress: bool = False,
-                        batch_size: int = 1) -> dict[str, Any]:
+def evaluate_facialflow(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    iters: int = ITERS,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    pad_mode: str = "exp",
+    max_pairs: int | None = None,
+    progress: bool = False,
+    batch_size: int = 1,
+) -> dict[str, Any]:
     """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset` with a
     core.inference.FlowEstimator (autocast to `amp_dtype`, None: float32).
 
@@ -292,8 +311,9 @@ def evaluate_facialflow(model: torch.nn.Module, dataset: Any, *, iters: int = IT
     model.eval()
     try:
         estimator = FlowEstimator(unwrap(model), iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
-        return evaluate_predictor(decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress,
-                                  batch_size=batch_size)
+        return evaluate_predictor(
+            decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress, batch_size=batch_size
+        )
     finally:
         for module, training in modes:
             module.training = training
@@ -313,10 +333,13 @@ def _fmt(value: float | None, width: int = 9) -> str:
 
 
 def _pair_count(results: Mapping[str, Any]) -> str:
-    """"N pairs", with the number of pairs each mean is over where that is fewer."""
+    """ "N pairs", with the number of pairs each mean is over where that is fewer."""
     pairs = results["pairs"]
-    fewer = [f"{kind} {count}" for kind, count in (results.get("scored_pairs") or {}).items()
-             if count != pairs and (results.get(kind) is not None or kind in ("facial", "ffn_protocol"))]
+    fewer = [
+        f"{kind} {count}"
+        for kind, count in (results.get("scored_pairs") or {}).items()
+        if count != pairs and (results.get(kind) is not None or kind in ("facial", "ffn_protocol"))
+    ]
     return f"{pairs} pairs" + (f" (scored: {', '.join(fewer)})" if fewer else "")
 
 
@@ -334,16 +357,19 @@ def format_results(results: Mapping[str, Any], title: str = "") -> str:
             lines.append(f"{label:<15}{'not applicable' if kind in ('head', 'expression') else 'no scored pair':>36}")
         else:
             lines.append(f"{label:<15}" + "".join(_fmt(block[k]) for k in METRIC_KEYS))
-    lines.append(f"{_pair_count(results)}; facial/head/expression: over the face mask (valid gt), "
-                 "mean over pairs")
-    lines.append("* reference protocol, facial flow: whole-image EPE sum and counts of pixels under 1/3/5 px, each "
-                 "divided by the mask pixels (not accuracies: values can exceed 1)")
+    lines.append(f"{_pair_count(results)}; facial/head/expression: over the face mask (valid gt), mean over pairs")
+    lines.append(
+        "* reference protocol, facial flow: whole-image EPE sum and counts of pixels under 1/3/5 px, each "
+        "divided by the mask pixels (not accuracies: values can exceed 1)"
+    )
     if results.get("pairs_without_mask"):
         lines.append(f"{results['pairs_without_mask']} pairs with an empty mask left out")
     nonfinite = results.get("nonfinite_gt_pixels") or {}
     if any(nonfinite.values()):
-        lines.append(f"ground truth not finite (NaN/inf) at {nonfinite['facial']} facial and {nonfinite['head']} "
-                     "head flow pixels: left out of every metric")
+        lines.append(
+            f"ground truth not finite (NaN/inf) at {nonfinite['facial']} facial and {nonfinite['head']} "
+            "head flow pixels: left out of every metric"
+        )
     per_emotion = results.get("per_emotion") or {}
     if per_emotion:
         lines.append("")

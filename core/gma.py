@@ -3,6 +3,7 @@
 `Attention` turns the context features into a `[B, heads, h*w, h*w]` matrix once per
 forward; `Aggregate` mixes the motion features of every iteration with it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ class RelativePositionEmbedding(nn.Module):
         if max(height, width) > self.max_positions:
             raise ValueError(
                 f"relative position attention supports at most {self.max_positions} positions per side "
-                f"at 1/8 resolution ({8 * self.max_positions} px); got {height}x{width}")
-        emb_h = self.rel_height(self.rel_ind[row_offset:row_offset + rows, :height])  # [rows(x), h(u), d]
+                f"at 1/8 resolution ({8 * self.max_positions} px); got {height}x{width}"
+            )
+        emb_h = self.rel_height(self.rel_ind[row_offset : row_offset + rows, :height])  # [rows(x), h(u), d]
         emb_w = self.rel_width(self.rel_ind[:width, :width])  # [w(y), w(v), d]
         score_h = torch.einsum("bnxyd,xud->bnxyu", q, emb_h)
         score_w = torch.einsum("bnxyd,yvd->bnxyv", q, emb_w)
@@ -45,20 +47,29 @@ class RelativePositionEmbedding(nn.Module):
 class AttentionLogits:
     """Query/key pair of GMA attention; produces softmax rows a block of query rows at a time."""
 
-    def __init__(self, q: torch.Tensor, k: torch.Tensor, *, content: bool,
-                 position: RelativePositionEmbedding | None, chunk_elements: int) -> None:
+    def __init__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        *,
+        content: bool,
+        position: RelativePositionEmbedding | None,
+        chunk_elements: int,
+    ) -> None:
         # q, k: [B, heads, h, w, d], q already scaled
         self.q, self.k = q, k
         self.content, self.position = content, position
         self.height, self.width = q.shape[2:4]
         # image rows of queries per block, so that one block of logits holds ~chunk_elements
-        self.rows_per_block = max(1, chunk_elements // (q.shape[0] * q.shape[1] * self.width * self.height * self.width))
+        self.rows_per_block = max(
+            1, chunk_elements // (q.shape[0] * q.shape[1] * self.width * self.height * self.width)
+        )
 
     def blocks(self):
         """Yield (query slice in flattened h*w order, softmax block `[B, heads, n, h*w]`)."""
         keys = self.k.flatten(2, 3)  # [B, heads, h*w, d]
         for row in range(0, self.height, self.rows_per_block):
-            q = self.q[:, :, row:row + self.rows_per_block]  # [B, heads, rows, w, d]
+            q = self.q[:, :, row : row + self.rows_per_block]  # [B, heads, rows, w, d]
             logits = None
             if self.content:
                 logits = torch.matmul(q.flatten(2, 3), keys.transpose(-1, -2))
@@ -90,25 +101,32 @@ class ChunkedAttention:
 class Attention(nn.Module):
     """Self-attention weights over all positions of the context features (`att`)."""
 
-    def __init__(self, *, dim: int, heads: int, dim_head: int, max_positions: int,
-                 position_only: bool = False, position_and_content: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        max_positions: int,
+        position_only: bool = False,
+        position_and_content: bool = False,
+    ) -> None:
         super().__init__()
         if position_only and position_and_content:
             raise ValueError("choose at most one of position_only and position_and_content")
         self.heads = heads
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.position_only = position_only
         self.position_and_content = position_and_content
         self.to_qk = nn.Conv2d(dim, 2 * heads * dim_head, 1, bias=False)
         self.pos_emb = RelativePositionEmbedding(max_positions=max_positions, dim_head=dim_head)
 
-    def logits(self, fmap: torch.Tensor, *, chunk_elements: int = 2 ** 22) -> AttentionLogits:
+    def logits(self, fmap: torch.Tensor, *, chunk_elements: int = 2**22) -> AttentionLogits:
         q, k = self.to_qk(fmap).chunk(2, dim=1)
         q = rearrange(q, "b (n d) x y -> b n x y d", n=self.heads) * self.scale
         k = rearrange(k, "b (n d) x y -> b n x y d", n=self.heads)
         position = self.pos_emb if (self.position_only or self.position_and_content) else None
-        return AttentionLogits(q, k, content=not self.position_only, position=position,
-                               chunk_elements=chunk_elements)
+        return AttentionLogits(q, k, content=not self.position_only, position=position, chunk_elements=chunk_elements)
 
     def forward(self, fmap: torch.Tensor, *, materialise: bool = True) -> torch.Tensor | ChunkedAttention:
         """fmap `[B, dim, h, w]` -> attention `[B, heads, h*w, h*w]` (softmax over keys).

@@ -6,6 +6,7 @@ batch 1 the recurrence launches thousands of small kernels, and a graph launches
 all at once. Graphs give the same flow as the eager forward; anywhere else (CPU, autograd)
 the eager forward runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,13 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def resolve_inference_precision(mixed_precision: bool | None, amp_dtype: str | None, device: torch.device, *,
-                                warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
-                                ) -> torch.dtype | None:
+def resolve_inference_precision(
+    mixed_precision: bool | None,
+    amp_dtype: str | None,
+    device: torch.device,
+    *,
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> torch.dtype | None:
     """The autocast dtype of `--mixed_precision/--amp_dtype` on `device` (None: float32).
 
     Mixed precision is on by default for CUDA (as the reference) and off elsewhere; on a CPU
@@ -83,8 +88,10 @@ def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
     saved = (description or {}).get("config") or {}
     for name in COMPARED_FIELDS:
         if name in saved and saved[name] != getattr(config, name):
-            raise ValueError(f"{checkpoint} was trained with {name}={saved[name]} (see {description_path(checkpoint)}), "
-                             f"but the model options give {name}={getattr(config, name)}")
+            raise ValueError(
+                f"{checkpoint} was trained with {name}={saved[name]} (see {description_path(checkpoint)}), "
+                f"but the model options give {name}={getattr(config, name)}"
+            )
 
 
 class GraphedEstimate:
@@ -102,15 +109,35 @@ class GraphedEstimate:
         self.graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], DecFlowOutput]] = OrderedDict()
         self.failed: set[tuple] = set()
 
-    def _key(self, inputs: list[torch.Tensor], iters: int, shared_start: bool, amp_dtype: torch.dtype | None,
-             alternate_corr: bool) -> tuple:
+    def _key(
+        self,
+        inputs: list[torch.Tensor],
+        iters: int,
+        shared_start: bool,
+        amp_dtype: torch.dtype | None,
+        alternate_corr: bool,
+    ) -> tuple:
         first_weight = next(self.model.parameters())
-        return (tuple((tuple(t.shape), t.dtype) for t in inputs), iters, shared_start, amp_dtype, alternate_corr,
-                first_weight.device, first_weight.data_ptr())
+        return (
+            tuple((tuple(t.shape), t.dtype) for t in inputs),
+            iters,
+            shared_start,
+            amp_dtype,
+            alternate_corr,
+            first_weight.device,
+            first_weight.data_ptr(),
+        )
 
-    def __call__(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
-                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None], amp_dtype: torch.dtype | None = None,
-                 alternate_corr: bool = False) -> DecFlowOutput:
+    def __call__(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        *,
+        iters: int,
+        flow_init: tuple[torch.Tensor | None, torch.Tensor | None],
+        amp_dtype: torch.dtype | None = None,
+        alternate_corr: bool = False,
+    ) -> DecFlowOutput:
         """Checked inputs (see `DecFlow.forward`) on a CUDA device -> the test-mode output."""
         shared_start = flow_init[0] is flow_init[1]
         inits = [init for init in (flow_init[:1] if shared_start else flow_init) if init is not None]
@@ -126,8 +153,7 @@ class GraphedEstimate:
                 self.failed.add(key)
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"CUDA graph capture failed ({first_line}); running the eager forward instead", file=sys.stderr)
-                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True,
-                                           **options)
+                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options)
         self.graphs.move_to_end(key)
         graph, static_inputs, static_output = self.graphs[key]
         for static, given in zip(static_inputs, inputs):
@@ -135,9 +161,16 @@ class GraphedEstimate:
         graph.replay()
         return DecFlowOutput(**{f.name: getattr(static_output, f.name).clone() for f in fields(DecFlowOutput)})
 
-    def _capture(self, key: tuple, inputs: list[torch.Tensor], iters: int,
-                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None], *, amp_dtype: torch.dtype | None,
-                 alternate_corr: bool) -> None:
+    def _capture(
+        self,
+        key: tuple,
+        inputs: list[torch.Tensor],
+        iters: int,
+        flow_init: tuple[torch.Tensor | None, torch.Tensor | None],
+        *,
+        amp_dtype: torch.dtype | None,
+        alternate_corr: bool,
+    ) -> None:
         model, device = self.model, inputs[0].device
         while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
@@ -151,12 +184,20 @@ class GraphedEstimate:
         batch, _, height, width = inputs[0].shape
         # decided here: the policy asks the driver for free memory, which a capture must not do
         pixels = (height // UPSAMPLE_FACTOR) * (width // UPSAMPLE_FACTOR)
-        stored_from = model.corr_levels_stored_from(batch, pixels, device, amp_dtype=amp_dtype,
-                                                    alternate_corr=alternate_corr)
+        stored_from = model.corr_levels_stored_from(
+            batch, pixels, device, amp_dtype=amp_dtype, alternate_corr=alternate_corr
+        )
 
         def run() -> DecFlowOutput:
-            return model.estimate(*static_images, iters=iters, flow_init=static_flow_init, test_mode=True,
-                                  amp_dtype=amp_dtype, alternate_corr=alternate_corr, stored_from=stored_from)
+            return model.estimate(
+                *static_images,
+                iters=iters,
+                flow_init=static_flow_init,
+                test_mode=True,
+                amp_dtype=amp_dtype,
+                alternate_corr=alternate_corr,
+                stored_from=stored_from,
+            )
 
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -181,8 +222,17 @@ class FlowEstimator:
     `cuda_graphs` (default: on for CUDA) replays the forward from CUDA graphs.
     """
 
-    def __init__(self, model: DecFlow, *, iters: int, device: torch.device | str, amp_dtype: torch.dtype | None = None,
-                 alternate_corr: bool = False, pad_mode: str = "exp", cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: DecFlow,
+        *,
+        iters: int,
+        device: torch.device | str,
+        amp_dtype: torch.dtype | None = None,
+        alternate_corr: bool = False,
+        pad_mode: str = "exp",
+        cuda_graphs: bool | None = None,
+    ) -> None:
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         self.model = model
@@ -196,8 +246,12 @@ class FlowEstimator:
         self.graphed = GraphedEstimate(model) if use_graphs else None
 
     @torch.inference_mode()
-    def __call__(self, image1: torch.Tensor, image2: torch.Tensor,
-                 flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None) -> DecFlowOutput:
+    def __call__(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DecFlowOutput:
         """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> the flows cropped
         to the input size, `[B, 2, H, W]`, and the decoders' final low-resolution flows of the
         padded pair, `[B, 2, H'/8, W'/8]` (a warm start's input). `flow_init`: a previous
@@ -216,8 +270,13 @@ class FlowEstimator:
         if self.graphed is not None:
             output = self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
         else:
-            output = self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True,
-                                         **self.options)
-        return DecFlowOutput(facial=padder.unpad(output.facial), head=padder.unpad(output.head),
-                             expression=padder.unpad(output.expression), facial_low=output.facial_low,
-                             head_low=output.head_low)
+            output = self.model.estimate(
+                image1, image2, iters=self.iters, flow_init=inits, test_mode=True, **self.options
+            )
+        return DecFlowOutput(
+            facial=padder.unpad(output.facial),
+            head=padder.unpad(output.head),
+            expression=padder.unpad(output.expression),
+            facial_low=output.facial_low,
+            head_low=output.head_low,
+        )

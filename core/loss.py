@@ -16,6 +16,7 @@ expression term. The metrics differ from the reference on purpose: the reference
 as "epe" the head prediction against the head ground truth over the facial mask; here
 facial, head and expression EPE are each measured on their own valid pixels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,10 +57,16 @@ def endpoint_metrics(epe: torch.Tensor) -> dict[str, float]:
     return {"epe": epe.mean().item(), **{f"{t}px": (epe < t).float().mean().item() for t in THRESHOLDS}}
 
 
-def sequence_loss(facial_preds: Sequence[torch.Tensor], head_preds: Sequence[torch.Tensor],
-                  flow_facial: torch.Tensor, flow_head: torch.Tensor,
-                  valid_facial: torch.Tensor, valid_head: torch.Tensor,
-                  gamma: float = 0.8, max_flow: float = MAX_FLOW) -> tuple[torch.Tensor, dict[str, float]]:
+def sequence_loss(
+    facial_preds: Sequence[torch.Tensor],
+    head_preds: Sequence[torch.Tensor],
+    flow_facial: torch.Tensor,
+    flow_head: torch.Tensor,
+    valid_facial: torch.Tensor,
+    valid_head: torch.Tensor,
+    gamma: float = 0.8,
+    max_flow: float = MAX_FLOW,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The DecFlow loss (module docstring) and metrics of the final predictions.
 
     Args:
@@ -76,8 +83,9 @@ def sequence_loss(facial_preds: Sequence[torch.Tensor], head_preds: Sequence[tor
         ``expression`` (facial minus head, over ``valid_f & valid_h``).
     """
     if len(facial_preds) != len(head_preds) or not facial_preds:
-        raise ValueError(f"need as many facial as head predictions (>= 1), got {len(facial_preds)} "
-                         f"and {len(head_preds)}")
+        raise ValueError(
+            f"need as many facial as head predictions (>= 1), got {len(facial_preds)} and {len(head_preds)}"
+        )
     if valid_facial.dim() == 4:
         valid_facial = valid_facial[:, 0]
     if valid_head.dim() == 4:
@@ -98,8 +106,12 @@ def sequence_loss(facial_preds: Sequence[torch.Tensor], head_preds: Sequence[tor
 
     with torch.no_grad():
         final_f, final_h = facial_preds[-1].detach().float(), head_preds[-1].detach().float()
-        metrics = {"loss": loss.item(), "facial_loss": facial_loss.item(), "head_loss": head_loss.item(),
-                   "expression_loss": expression_loss.item()}
+        metrics = {
+            "loss": loss.item(),
+            "facial_loss": facial_loss.item(),
+            "head_loss": head_loss.item(),
+            "expression_loss": expression_loss.item(),
+        }
         metrics.update(epe_metrics(final_f, flow_facial, valid_f, "facial"))
         metrics.update(epe_metrics(final_h, flow_head, valid_h, "head"))
         metrics.update(epe_metrics(final_f - final_h, flow_expression, valid_f & valid_h, "expression"))

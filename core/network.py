@@ -9,6 +9,7 @@ fused GRU input convolutions, only the last flow upsampled at test time). The sa
 algorithm step by step, with the plain per-block `forward` methods, is
 `core.reference.straightforward_forward`; the tests hold the two to the same flow.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,7 @@ UPSAMPLE_FACTOR = 8  # recurrent work happens at 1/8 resolution
 MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
 # CPU: beyond this many values (512 MiB in float32), the finest correlation level is computed on
 # the fly instead of stored (same values; at batch 1 from about 860x860 px up).
-MAX_DENSE_CORRELATION = 2 ** 27
+MAX_DENSE_CORRELATION = 2**27
 # CUDA: the whole pyramid is stored while it takes at most this share of the free device memory
 # (on the fly, the finest level costs a large matrix product at every iteration).
 CUDA_DENSE_SHARE = 0.5
@@ -68,8 +69,9 @@ def image_size_problem(height: int, width: int) -> str | None:
     return None
 
 
-def dense_from_level(batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4,
-                     free_bytes: int | None = None) -> int:
+def dense_from_level(
+    batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4, free_bytes: int | None = None
+) -> int:
     """First correlation level to store as a volume for `batch` maps of `pixels` (at 1/8 scale).
 
     0 (all levels stored) unless the finest level is too large: on CPU beyond
@@ -81,7 +83,7 @@ def dense_from_level(batch: int, pixels: int, device: torch.device, *, bytes_per
         return 0 if values <= MAX_DENSE_CORRELATION else 1
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0]
-    pyramid_bytes = values * bytes_per_value * sum(4 ** -level for level in range(CORR_LEVELS))
+    pyramid_bytes = values * bytes_per_value * sum(4**-level for level in range(CORR_LEVELS))
     return 0 if pyramid_bytes <= CUDA_DENSE_SHARE * free_bytes else 1
 
 
@@ -116,8 +118,9 @@ def normalise_image(image: torch.Tensor) -> torch.Tensor:
     return (2 * (image / 255.0) - 1.0).contiguous(memory_format=torch.channels_last)
 
 
-def start_coordinates(coords0: torch.Tensor, flow_init: tuple[torch.Tensor | None, torch.Tensor | None]
-                      ) -> list[torch.Tensor]:
+def start_coordinates(
+    coords0: torch.Tensor, flow_init: tuple[torch.Tensor | None, torch.Tensor | None]
+) -> list[torch.Tensor]:
     """Starting coordinates (facial, head) `[B, 2, h, w]`; one shared tensor when both decoders
     start alike (then one lookup serves both)."""
     facial_init, head_init = flow_init
@@ -143,17 +146,28 @@ class DecFlow(nn.Module):
         self.fnet = BasicEncoder(out_channels=FEATURE_DIM, norm="instance", dropout=config.dropout)
         self.cnet = BasicEncoder(out_channels=HIDDEN_DIM + CONTEXT_DIM, norm="batch", dropout=config.dropout)
         corr_channels = CORR_LEVELS * (2 * CORR_RADIUS + 1) ** 2
-        decoder = dict(corr_channels=corr_channels, hidden_dim=HIDDEN_DIM, context_dim=CONTEXT_DIM,
-                       heads=num_heads, upsample_factor=UPSAMPLE_FACTOR)
+        decoder = dict(
+            corr_channels=corr_channels,
+            hidden_dim=HIDDEN_DIM,
+            context_dim=CONTEXT_DIM,
+            heads=num_heads,
+            upsample_factor=UPSAMPLE_FACTOR,
+        )
         self.update_block_head = GMAUpdateBlock(**decoder)
         self.update_block = GMAUpdateBlock(**decoder)
-        self.att = Attention(dim=CONTEXT_DIM, heads=num_heads, dim_head=CONTEXT_DIM,
-                             max_positions=MAX_RELATIVE_POSITIONS, position_only=config.position_only,
-                             position_and_content=config.position_and_content)
+        self.att = Attention(
+            dim=CONTEXT_DIM,
+            heads=num_heads,
+            dim_head=CONTEXT_DIM,
+            max_positions=MAX_RELATIVE_POSITIONS,
+            position_only=config.position_only,
+            position_and_content=config.position_and_content,
+        )
         self.dad_encoder = SemanticEncoder()
         self.change_dim = nn.Conv2d(SemanticEncoder.out_channels, SEMANTIC_PROJECTION_DIM, 1)
-        self.res1 = FusionBlock(in_channels=self.cnet.out_channels + SEMANTIC_PROJECTION_DIM,
-                                out_channels=HIDDEN_DIM + CONTEXT_DIM)
+        self.res1 = FusionBlock(
+            in_channels=self.cnet.out_channels + SEMANTIC_PROJECTION_DIM, out_channels=HIDDEN_DIM + CONTEXT_DIM
+        )
         # The semantic encoder and the fusion block never train; the rest trains in stage 1
         # (core.training.stages.set_trainable switches to stage 2).
         self.dad_encoder.requires_grad_(False)
@@ -165,8 +179,12 @@ class DecFlow(nn.Module):
         # per iteration: one cached float16 copy shared by all iterations would sum their gradients
         # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
         # only saves work.
-        return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                              enabled=amp_dtype is not None, cache_enabled=not torch.is_grad_enabled())
+        return torch.autocast(
+            device_type=device.type,
+            dtype=amp_dtype or torch.float32,
+            enabled=amp_dtype is not None,
+            cache_enabled=not torch.is_grad_enabled(),
+        )
 
     @staticmethod
     def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
@@ -175,8 +193,15 @@ class DecFlow(nn.Module):
         return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32
 
     @classmethod
-    def corr_levels_stored_from(cls, batch: int, pixels: int, device: torch.device, *,
-                                amp_dtype: torch.dtype | None = None, alternate_corr: bool = False) -> int:
+    def corr_levels_stored_from(
+        cls,
+        batch: int,
+        pixels: int,
+        device: torch.device,
+        *,
+        amp_dtype: torch.dtype | None = None,
+        alternate_corr: bool = False,
+    ) -> int:
         """First correlation level kept as a volume (finer levels are computed on the fly)."""
         if alternate_corr:
             return CORR_LEVELS  # memory-bounded: no volume at all
@@ -190,8 +215,9 @@ class DecFlow(nn.Module):
             if image.dim() != 4 or image.shape[1] != 3:
                 raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
             if image.dtype not in (torch.float32, torch.uint8):
-                raise ValueError(f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it "
-                                 f"with .float()")
+                raise ValueError(
+                    f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it with .float()"
+                )
             if image.is_floating_point() and not bool(torch.isfinite(image).all()):
                 raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
         if image1.shape != image2.shape:
@@ -201,8 +227,9 @@ class DecFlow(nn.Module):
             raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
 
     @staticmethod
-    def check_flow_init(flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
-                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def check_flow_init(
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """`flow_init` as (facial start, head start); ValueError unless each is a finite
         `[B, 2, H/8, W/8]` (or None)."""
         batch, _, height, width = image_shape
@@ -218,10 +245,17 @@ class DecFlow(nn.Module):
         return inits[0], inits[1]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor, iters: int = ITERS,
-                flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None, test_mode: bool = False,
-                *, amp_dtype: torch.dtype | None = None, alternate_corr: bool = False
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
+    def forward(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        iters: int = ITERS,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        test_mode: bool = False,
+        *,
+        amp_dtype: torch.dtype | None = None,
+        alternate_corr: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """Estimate facial and head flow from image1 to image2.
 
         Training mode returns `(facial_predictions, head_predictions)`, each a list of
@@ -238,13 +272,28 @@ class DecFlow(nn.Module):
         self.check_inputs(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        return self.estimate(image1, image2, iters=iters, flow_init=self.check_flow_init(flow_init, image1.shape),
-                             test_mode=test_mode, amp_dtype=amp_dtype, alternate_corr=alternate_corr)
+        return self.estimate(
+            image1,
+            image2,
+            iters=iters,
+            flow_init=self.check_flow_init(flow_init, image1.shape),
+            test_mode=test_mode,
+            amp_dtype=amp_dtype,
+            alternate_corr=alternate_corr,
+        )
 
-    def estimate(self, image1: torch.Tensor, image2: torch.Tensor, *, iters: int,
-                 flow_init: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None), test_mode: bool = False,
-                 amp_dtype: torch.dtype | None = None, alternate_corr: bool = False, stored_from: int | None = None
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
+    def estimate(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        *,
+        iters: int,
+        flow_init: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        test_mode: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        alternate_corr: bool = False,
+        stored_from: int | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
         """`forward` on checked inputs, without a host synchronisation (a CUDA graph can
         capture it): encode, correlate and attend, run the two decoders, return the flows
         (steps 1-5 of `core.reference.straightforward_forward`). `stored_from` overrides the
@@ -258,20 +307,33 @@ class DecFlow(nn.Module):
             net, inp, attention = self.encode_context(image1, alternate_corr=alternate_corr)
         low = (height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
         if stored_from is None:
-            stored_from = self.corr_levels_stored_from(batch, low[0] * low[1], image1.device, amp_dtype=amp_dtype,
-                                                       alternate_corr=alternate_corr)
-        corr_fn = CorrBlock(fmap1.float(), fmap2.float(), num_levels=CORR_LEVELS, radius=CORR_RADIUS,
-                            dense_from_level=stored_from, dtype=self.volume_dtype(image1.device, amp_dtype))
+            stored_from = self.corr_levels_stored_from(
+                batch, low[0] * low[1], image1.device, amp_dtype=amp_dtype, alternate_corr=alternate_corr
+            )
+        corr_fn = CorrBlock(
+            fmap1.float(),
+            fmap2.float(),
+            num_levels=CORR_LEVELS,
+            radius=CORR_RADIUS,
+            dense_from_level=stored_from,
+            dtype=self.volume_dtype(image1.device, amp_dtype),
+        )
         # [B, 2, h, w], x first; channels-last like everything fed to the convolutions
         coords0 = coords_grid(batch, *low, device=image1.device).contiguous(memory_format=torch.channels_last)
         coords = start_coordinates(coords0, flow_init)
-        predictions, coords = self.decode(corr_fn, net, inp, attention, coords0, coords, iters=iters,
-                                          test_mode=test_mode, amp_dtype=amp_dtype)
+        predictions, coords = self.decode(
+            corr_fn, net, inp, attention, coords0, coords, iters=iters, test_mode=test_mode, amp_dtype=amp_dtype
+        )
         if not test_mode:
             return predictions
         facial, head = predictions[0][-1], predictions[1][-1]
-        return DecFlowOutput(facial=facial, head=head, expression=facial - head,
-                             facial_low=coords[0] - coords0, head_low=coords[1] - coords0)
+        return DecFlowOutput(
+            facial=facial,
+            head=head,
+            expression=facial - head,
+            facial_low=coords[0] - coords0,
+            head_low=coords[1] - coords0,
+        )
 
     def encode_context(self, image1: torch.Tensor, *, alternate_corr: bool = False):
         """Normalised image 1 -> (hidden state, context input, attention).
@@ -287,10 +349,19 @@ class DecFlow(nn.Module):
         attention = self.att(inp, materialise=not alternate_corr)  # [B, heads, h*w, h*w]
         return net, inp, attention
 
-    def decode(self, corr_fn: CorrBlock, net: torch.Tensor, inp: torch.Tensor, attention: torch.Tensor,
-               coords0: torch.Tensor, coords: list[torch.Tensor], *, iters: int, test_mode: bool,
-               amp_dtype: torch.dtype | None = None
-               ) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]:
+    def decode(
+        self,
+        corr_fn: CorrBlock,
+        net: torch.Tensor,
+        inp: torch.Tensor,
+        attention: torch.Tensor,
+        coords0: torch.Tensor,
+        coords: list[torch.Tensor],
+        *,
+        iters: int,
+        test_mode: bool,
+        amp_dtype: torch.dtype | None = None,
+    ) -> tuple[tuple[list[torch.Tensor], list[torch.Tensor]], list[torch.Tensor]]:
         """The recurrence of both decoders (facial, head) from `coords` (`[B, 2, h, w]` each,
         float32): (upsampled predictions per decoder, final coordinates per decoder).
 
@@ -315,11 +386,14 @@ class DecFlow(nn.Module):
                 values = [decoder.aggregator.values(m) for decoder, m in zip(decoders, motion)]
                 attended = (attention @ torch.cat(values, dim=-1)).chunk(len(decoders), dim=-1)
                 for i, decoder in enumerate(decoders):
-                    hidden[i], mask, delta = decoder.step(hidden[i], prepared[i], motion[i],
-                                                          decoder.aggregator.combine(motion[i], attended[i]),
-                                                          with_mask=upsample)
+                    hidden[i], mask, delta = decoder.step(
+                        hidden[i],
+                        prepared[i],
+                        motion[i],
+                        decoder.aggregator.combine(motion[i], attended[i]),
+                        with_mask=upsample,
+                    )
                     coords[i] = coords[i] + delta.float()
                     if upsample:
                         predictions[i].append(convex_upsample(coords[i] - coords0, mask))
         return predictions, coords
-

@@ -5,6 +5,7 @@ in bfloat16, which pays only where the CPU computes bfloat16 natively (AVX512-BF
 AMX); on AVX2-only CPUs it is 3-10x *slower* than float32. `resolve_amp_dtype` makes
 that decision once per run and says in one line whenever it departs from what was asked.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,7 +24,7 @@ def amp_dtype_name(dtype: torch.dtype | None) -> str:
 
 
 def parse_amp_dtype(name: str | None) -> torch.dtype | None:
-    """"float16"/"bfloat16" (the `--amp_dtype` values) as a torch dtype; None stays None."""
+    """ "float16"/"bfloat16" (the `--amp_dtype` values) as a torch dtype; None stays None."""
     if name is None:
         return None
     if name not in AMP_DTYPES:
@@ -62,8 +63,14 @@ def default_amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-def resolve_amp_dtype(mixed_precision: bool, device: torch.device, amp_dtype: torch.dtype | None = None, *,
-                      warn: Callable[[str], None] = print, native_bf16: bool | None = None) -> torch.dtype | None:
+def resolve_amp_dtype(
+    mixed_precision: bool,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    *,
+    warn: Callable[[str], None] = print,
+    native_bf16: bool | None = None,
+) -> torch.dtype | None:
     """The autocast dtype a run uses, or None for float32.
 
     - not `mixed_precision`: None;
@@ -78,8 +85,10 @@ def resolve_amp_dtype(mixed_precision: bool, device: torch.device, amp_dtype: to
         return None
     if device.type == "cuda":
         if amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            warn(f"warning: {torch.cuda.get_device_name(device)} has no bfloat16 support: mixed precision runs "
-                 "in float16 (with a GradScaler in training)")
+            warn(
+                f"warning: {torch.cuda.get_device_name(device)} has no bfloat16 support: mixed precision runs "
+                "in float16 (with a GradScaler in training)"
+            )
             return torch.float16
         return amp_dtype or torch.float16
     if amp_dtype is not None:
@@ -87,9 +96,11 @@ def resolve_amp_dtype(mixed_precision: bool, device: torch.device, amp_dtype: to
     if native_bf16 is None:
         native_bf16 = device.type != "cpu" or cpu_has_native_bf16()
     if not native_bf16:
-        warn(f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 "
-             "(AVX512-BF16 or AMX), where bfloat16 autocast is slower than float32: --mixed_precision runs "
-             "in float32 (force it with --amp_dtype bfloat16)")
+        warn(
+            f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 "
+            "(AVX512-BF16 or AMX), where bfloat16 autocast is slower than float32: --mixed_precision runs "
+            "in float32 (force it with --amp_dtype bfloat16)"
+        )
         return None
     return torch.bfloat16
 

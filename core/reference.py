@@ -13,6 +13,7 @@ With `amp_dtype` it autocasts as the reference's `--mixed_precision` does: one r
 fnet, one for the context, one per iteration for each update block; the correlation and
 the coordinates stay in float32. Mixed-precision gradients are compared with this layout.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,14 +22,22 @@ import torch
 from torch.nn import functional as F
 
 from core.corr import coords_grid
-from core.network import (CONTEXT_DIM, CORR_LEVELS, CORR_RADIUS, HIDDEN_DIM, UPSAMPLE_FACTOR, DecFlow,
-                          DecFlowOutput, convex_upsample)
+from core.network import (
+    CONTEXT_DIM,
+    CORR_LEVELS,
+    CORR_RADIUS,
+    HIDDEN_DIM,
+    UPSAMPLE_FACTOR,
+    DecFlow,
+    DecFlowOutput,
+    convex_upsample,
+)
 
 
 def straightforward_pyramid(fmap1: torch.Tensor, fmap2: torch.Tensor) -> list[torch.Tensor]:
     """All-pairs correlation `[B*h*w, 1, h, w]` / sqrt(D) and its average-pooled levels."""
     batch, dim, height, width = fmap1.shape
-    corr = torch.matmul(fmap1.flatten(2).transpose(1, 2), fmap2.flatten(2)) / dim ** 0.5
+    corr = torch.matmul(fmap1.flatten(2).transpose(1, 2), fmap2.flatten(2)) / dim**0.5
     pyramid = [corr.reshape(batch * height * width, 1, height, width)]
     for _ in range(CORR_LEVELS - 1):
         pyramid.append(F.avg_pool2d(pyramid[-1], 2, stride=2))
@@ -47,7 +56,7 @@ def straightforward_lookup(pyramid: list[torch.Tensor], coords: torch.Tensor) ->
     centres = coords.permute(0, 2, 3, 1).reshape(batch * height * width, 1, 1, 2)
     levels = []
     for level, volume in enumerate(pyramid):
-        points = centres / 2 ** level + delta  # [B*h*w, s, s, 2] (x, y)
+        points = centres / 2**level + delta  # [B*h*w, s, s, 2] (x, y)
         size = torch.tensor([volume.shape[-1] - 1, volume.shape[-2] - 1], device=coords.device)
         sampled = F.grid_sample(volume, 2 * points / size - 1, align_corners=True)  # [B*h*w, 1, s, s]
         levels.append(sampled.reshape(batch, height, width, -1))
@@ -67,9 +76,15 @@ def straightforward_attention(model: DecFlow, inp: torch.Tensor) -> torch.Tensor
     return sim.reshape(batch, att.heads, height * width, height * width).softmax(dim=-1)
 
 
-def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.Tensor, iters: int = 12,
-                            flow_init: torch.Tensor | None = None, test_mode: bool = False,
-                            amp_dtype: torch.dtype | None = None):
+def straightforward_forward(
+    model: DecFlow,
+    image1: torch.Tensor,
+    image2: torch.Tensor,
+    iters: int = 12,
+    flow_init: torch.Tensor | None = None,
+    test_mode: bool = False,
+    amp_dtype: torch.dtype | None = None,
+):
     """Same contract as `DecFlow.forward`; float32, or the reference's autocast regions in `amp_dtype`."""
     model.check_inputs(image1, image2)
 
@@ -108,5 +123,10 @@ def straightforward_forward(model: DecFlow, image1: torch.Tensor, image2: torch.
     if not test_mode:
         return facial_preds, head_preds
     facial, head = facial_preds[-1], head_preds[-1]
-    return DecFlowOutput(facial=facial, head=head, expression=facial - head,
-                         facial_low=coords1 - coords0, head_low=coords1_head - coords0)
+    return DecFlowOutput(
+        facial=facial,
+        head=head,
+        expression=facial - head,
+        facial_low=coords1 - coords0,
+        head_low=coords1_head - coords0,
+    )

@@ -6,6 +6,7 @@ never evaluated. This is ResNet v1: a downsampling unit strides in its first 1x1
 `semantic_state_from_resnet50` maps ImageNet ResNet-50 weights in torchvision's or
 pytorchcv's naming onto it.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,15 +16,16 @@ import torch
 from torch import nn
 
 
-
 class ConvBN(nn.Module):
     """Conv (no bias) + BatchNorm, optionally followed by ReLU (pytorchcv `ConvBlock`)."""
 
-    def __init__(self, *, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 relu: bool = True) -> None:
+    def __init__(
+        self, *, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, relu: bool = True
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                              padding=kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = relu
 
@@ -54,8 +56,9 @@ class Bottleneck(nn.Module):
         self.body.add_module("conv3", ConvBN(in_channels=mid, out_channels=out_channels, kernel_size=1, relu=False))
         self.identity_conv: ConvBN | None = None
         if in_channels != out_channels or stride != 1:
-            self.identity_conv = ConvBN(in_channels=in_channels, out_channels=out_channels,
-                                        kernel_size=1, stride=stride, relu=False)
+            self.identity_conv = ConvBN(
+                in_channels=in_channels, out_channels=out_channels, kernel_size=1, stride=stride, relu=False
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.identity_conv is None else self.identity_conv(x)
@@ -65,9 +68,14 @@ class Bottleneck(nn.Module):
 def _stage(*, in_channels: int, out_channels: int, units: int, stride: int) -> nn.Sequential:
     stage = nn.Sequential()
     for index in range(units):
-        stage.add_module(f"unit{index + 1}", Bottleneck(
-            in_channels=in_channels if index == 0 else out_channels,
-            out_channels=out_channels, stride=stride if index == 0 else 1))
+        stage.add_module(
+            f"unit{index + 1}",
+            Bottleneck(
+                in_channels=in_channels if index == 0 else out_channels,
+                out_channels=out_channels,
+                stride=stride if index == 0 else 1,
+            ),
+        )
     return stage
 
 
@@ -97,9 +105,9 @@ class SemanticEncoder(nn.Module):
 def _semantic_key_from_torchvision(key: str) -> str | None:
     """Map a torchvision ResNet-50 key to the pytorchcv layout (None: not used)."""
     if key.startswith("conv1."):
-        return "model.0.conv.conv." + key[len("conv1."):]
+        return "model.0.conv.conv." + key[len("conv1.") :]
     if key.startswith("bn1."):
-        return "model.0.conv.bn." + key[len("bn1."):]
+        return "model.0.conv.bn." + key[len("bn1.") :]
     match = re.match(r"^layer([123])\.(\d+)\.(.+)$", key)
     if not match:
         return None  # layer4, fc
@@ -117,7 +125,7 @@ def _semantic_key_from_torchvision(key: str) -> str | None:
 
 def _semantic_key_from_pytorchcv(key: str) -> str | None:
     if key.startswith("features.init_block."):
-        return "model.0." + key[len("features.init_block."):]
+        return "model.0." + key[len("features.init_block.") :]
     match = re.match(r"^features\.stage([123])\.(.+)$", key)
     return f"model.{match[1]}.{match[2]}" if match else None
 
@@ -131,7 +139,7 @@ def semantic_state_from_resnet50(state: Mapping[str, torch.Tensor], source: str)
     elif "features.init_block.conv.conv.weight" in state:
         convert = _semantic_key_from_pytorchcv
     elif any(k.startswith("dad_encoder.") for k in state):
-        convert = lambda k: k[len("dad_encoder."):] if k.startswith("dad_encoder.") else None  # noqa: E731
+        convert = lambda k: k[len("dad_encoder.") :] if k.startswith("dad_encoder.") else None  # noqa: E731
     else:
         raise ValueError(f"{source}: not a ResNet-50 state dict in torchvision or pytorchcv naming")
     out = {}

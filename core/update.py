@@ -3,6 +3,7 @@
 DecFlow runs two of these with separate weights: `update_block` for the full facial flow
 and `update_block_head` for the rigid head flow.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,10 +96,15 @@ class SepConvGRU(nn.Module):
             if torch.is_autocast_enabled(context.device.type) and not torch.is_grad_enabled():
                 recurrent = recurrent.to(torch.get_autocast_dtype(context.device.type))
             context_terms = F.conv2d(context, weight[:, hidden:split], bias, padding=padding)
-            passes.append(GRUPass(weight_zr=recurrent[: 2 * hidden].contiguous(),
-                                  weight_q=recurrent[2 * hidden:].contiguous(),
-                                  context_zr=context_terms[:, : 2 * hidden], context_q=context_terms[:, 2 * hidden:],
-                                  padding=padding))
+            passes.append(
+                GRUPass(
+                    weight_zr=recurrent[: 2 * hidden].contiguous(),
+                    weight_q=recurrent[2 * hidden :].contiguous(),
+                    context_zr=context_terms[:, : 2 * hidden],
+                    context_q=context_terms[:, 2 * hidden :],
+                    padding=padding,
+                )
+            )
         return passes
 
     def step(self, h: torch.Tensor, motion: torch.Tensor, passes: list[GRUPass]) -> torch.Tensor:
@@ -140,8 +146,15 @@ class UpsampleMaskHead(nn.Sequential):
 class GMAUpdateBlock(nn.Module):
     """One recurrent refinement step of a decoder head."""
 
-    def __init__(self, *, corr_channels: int, hidden_dim: int = 128, context_dim: int = 128,
-                 heads: int = 1, upsample_factor: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        corr_channels: int,
+        hidden_dim: int = 128,
+        context_dim: int = 128,
+        heads: int = 1,
+        upsample_factor: int = 8,
+    ) -> None:
         super().__init__()
         self.encoder = MotionEncoder(corr_channels=corr_channels, out_channels=128)
         motion = self.encoder.out_channels
@@ -151,8 +164,9 @@ class GMAUpdateBlock(nn.Module):
         self.mask = UpsampleMaskHead(in_channels=hidden_dim, factor=upsample_factor)
         self.aggregator = Aggregate(dim=motion, heads=heads, dim_head=motion)
 
-    def forward(self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor,
-                attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, net: torch.Tensor, inp: torch.Tensor, corr: torch.Tensor, flow: torch.Tensor, attention: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Plain formulation of one step: (new hidden state, upsampling mask logits, delta flow).
         core.reference.straightforward_forward runs this; DecFlow.decode runs `prepare` + `step`."""
         motion = self.encoder(flow, corr)
@@ -164,8 +178,15 @@ class GMAUpdateBlock(nn.Module):
         """Per-forward work for `step`: the context part of the GRU gates."""
         return self.gru.prepare(inp)
 
-    def step(self, net: torch.Tensor, prepared: list[GRUPass], motion: torch.Tensor, motion_global: torch.Tensor,
-             *, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def step(
+        self,
+        net: torch.Tensor,
+        prepared: list[GRUPass],
+        motion: torch.Tensor,
+        motion_global: torch.Tensor,
+        *,
+        with_mask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """`forward` split for speed: motion features come from `encoder`/`aggregator`
         (so that both decoders can aggregate in one pass), the mask only when asked for."""
         net = self.gru.step(net, torch.cat([motion, motion_global], dim=1), prepared)

@@ -16,6 +16,7 @@ name: a killed or failed download never leaves a file that could be taken for we
 path under it stays `checkpoints/<file>`); `DECFLOW_OFFLINE=1`, like the scripts'
 `--offline`, turns every download off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,28 +123,49 @@ class WeightsEntry:
 
 def _authors_file(name: str, what: str, blob_id: str) -> WeightsEntry:
     file = f"{name}.pth"
-    return WeightsEntry(name=name, file=file, what=what, base_url=AUTHORS_BASE_URL, url_path=f"checkpoints/{file}",
-                        mirrored=True,
-                        source=f"github.com/RIA1159/FacialFlowNet @ {AUTHORS_COMMIT[:7]}, checkpoints/{file}",
-                        checksum=Checksum("git-blob", blob_id))
+    return WeightsEntry(
+        name=name,
+        file=file,
+        what=what,
+        base_url=AUTHORS_BASE_URL,
+        url_path=f"checkpoints/{file}",
+        mirrored=True,
+        source=f"github.com/RIA1159/FacialFlowNet @ {AUTHORS_COMMIT[:7]}, checkpoints/{file}",
+        checksum=Checksum("git-blob", blob_id),
+    )
 
 
 def _torchvision_resnet50() -> WeightsEntry:
     weights = ResNet50_Weights.IMAGENET1K_V1
     base_url, file = weights.url.rsplit("/", 1)
-    return WeightsEntry(name="resnet50-imagenet", file=file, base_url=base_url, url_path=file, in_hub_cache=True,
-                        what="ImageNet ResNet-50 for the frozen semantic encoder (stage 1)",
-                        source="torchvision ResNet50_Weights.IMAGENET1K_V1",
-                        checksum=Checksum("sha256", torch.hub.HASH_REGEX.search(file).group(1)))
+    return WeightsEntry(
+        name="resnet50-imagenet",
+        file=file,
+        base_url=base_url,
+        url_path=file,
+        in_hub_cache=True,
+        what="ImageNet ResNet-50 for the frozen semantic encoder (stage 1)",
+        source="torchvision ResNet50_Weights.IMAGENET1K_V1",
+        checksum=Checksum("sha256", torch.hub.HASH_REGEX.search(file).group(1)),
+    )
 
 
-REGISTRY: dict[str, WeightsEntry] = {entry.name: entry for entry in (
-    _authors_file("decflow-facialflownet", "DecFlow, the FacialFlowNet authors' release (evaluate.py, get_flow.py)",
-                  "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61"),
-    _authors_file("gma-sintel", "GMA trained on Sintel: the start of stage 1 (train.py --restore_ckpt)",
-                  "3c0fa1365fe8181a3e55c9e8e8ccd73ad28c402b"),
-    _torchvision_resnet50(),
-)}
+REGISTRY: dict[str, WeightsEntry] = {
+    entry.name: entry
+    for entry in (
+        _authors_file(
+            "decflow-facialflownet",
+            "DecFlow, the FacialFlowNet authors' release (evaluate.py, get_flow.py)",
+            "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61",
+        ),
+        _authors_file(
+            "gma-sintel",
+            "GMA trained on Sintel: the start of stage 1 (train.py --restore_ckpt)",
+            "3c0fa1365fe8181a3e55c9e8e8ccd73ad28c402b",
+        ),
+        _torchvision_resnet50(),
+    )
+}
 RELEASE = "decflow-facialflownet"
 SEMANTIC = "resnet50-imagenet"
 
@@ -171,8 +193,10 @@ def offline_requested(flag: bool = False, environ: Mapping[str, str] = os.enviro
 def _refusal(head: bytes, content_type: str) -> str | None:
     """Why the first bytes of a download are not weights (None: they may be)."""
     if head.startswith(LFS_POINTER):
-        return ("a Git LFS pointer, not the weights (the file is stored with Git LFS: point "
-                f"{BASE_URL_VARIABLE} at a URL that serves the LFS content)")
+        return (
+            "a Git LFS pointer, not the weights (the file is stored with Git LFS: point "
+            f"{BASE_URL_VARIABLE} at a URL that serves the LFS content)"
+        )
     if content_type.split(";")[0].strip().lower() == "text/html" or head.lstrip().lower().startswith(HTML_STARTS):
         return "an HTML page, not the weights (an error or login page? check the URL)"
     return None
@@ -201,8 +225,16 @@ def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int
         expected = int(length) if length and length.isdigit() else None
         content_type = response.headers.get("Content-Type", "")
         received, head = 0, b""
-        with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress,
-                  file=sys.stderr, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=expected,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        ) as bar:
             for chunk in iter(lambda: response.read1(CHUNK), b""):  # what has arrived, up to CHUNK
                 if len(head) < HEAD_BYTES:
                     head += chunk[: HEAD_BYTES - len(head)]
@@ -221,8 +253,9 @@ def _refuse(head: bytes, content_type: str, *, complete: bool) -> None:
         raise ValueError(refusal)
 
 
-def download(entry: WeightsEntry, destination: Path, *, environ: Mapping[str, str] = os.environ,
-             progress: bool = True) -> Path:
+def download(
+    entry: WeightsEntry, destination: Path, *, environ: Mapping[str, str] = os.environ, progress: bool = True
+) -> Path:
     """Download `entry` to `destination` through a verified temporary file (see module doc).
 
     WeightsUnavailable (one line: URL, destination, what went wrong, the command to run
@@ -242,11 +275,15 @@ def download(entry: WeightsEntry, destination: Path, *, environ: Mapping[str, st
         problem = None
         digest = entry.checksum.of(partial)
         if expected is not None and received != expected:
-            problem = (f"the transfer was cut short ({received} of {expected} bytes): expected "
-                       f"{entry.checksum.describe()}, got {entry.checksum.describe(digest)}")
+            problem = (
+                f"the transfer was cut short ({received} of {expected} bytes): expected "
+                f"{entry.checksum.describe()}, got {entry.checksum.describe(digest)}"
+            )
         elif not entry.checksum.matches(digest):
-            problem = (f"checksum mismatch: expected {entry.checksum.describe()}, got "
-                       f"{entry.checksum.describe(digest)} ({received} bytes)")
+            problem = (
+                f"checksum mismatch: expected {entry.checksum.describe()}, got "
+                f"{entry.checksum.describe(digest)} ({received} bytes)"
+            )
         if problem:
             raise ValueError(problem + "; the download was deleted")
         os.replace(partial, destination)
@@ -275,12 +312,20 @@ def fetch_command(entry: WeightsEntry, destination: Path | None = None) -> str:
 
 
 def _unavailable(entry: WeightsEntry, url: str, destination: Path, reason: str) -> str:
-    return (f"{entry.name}: {reason}; it comes from {url} and goes to {destination}: run "
-            f"`{fetch_command(entry, destination)}` where there is internet, or download the URL there")
+    return (
+        f"{entry.name}: {reason}; it comes from {url} and goes to {destination}: run "
+        f"`{fetch_command(entry, destination)}` where there is internet, or download the URL there"
+    )
 
 
-def ensure(entry: WeightsEntry, *, folder: str | os.PathLike | None = None, offline: bool = False,
-           environ: Mapping[str, str] = os.environ, progress: bool = True) -> Path:
+def ensure(
+    entry: WeightsEntry,
+    *,
+    folder: str | os.PathLike | None = None,
+    offline: bool = False,
+    environ: Mapping[str, str] = os.environ,
+    progress: bool = True,
+) -> Path:
     """The local file of `entry`, downloaded (and verified) when it is absent and `offline`
     is False. A file already there is taken as it is; WeightsUnavailable when it is absent
     and cannot be had."""
@@ -288,9 +333,14 @@ def ensure(entry: WeightsEntry, *, folder: str | os.PathLike | None = None, offl
     if destination.is_file():
         return destination
     if offline:
-        raise WeightsUnavailable(_unavailable(entry, entry.url(environ), destination,
-                                              f"{destination} is missing and downloads are off (--offline or "
-                                              f"{OFFLINE_VARIABLE}=1)"))
+        raise WeightsUnavailable(
+            _unavailable(
+                entry,
+                entry.url(environ),
+                destination,
+                f"{destination} is missing and downloads are off (--offline or {OFFLINE_VARIABLE}=1)",
+            )
+        )
     return download(entry, destination, environ=environ, progress=progress)
 
 
@@ -305,33 +355,38 @@ def status(entry: WeightsEntry, folder: str | os.PathLike | None = None) -> str:
 
 # ---------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.weights",
-                                     description="List, download and verify the released weights by name.")
+    parser = argparse.ArgumentParser(
+        prog="python -m core.weights", description="List, download and verify the released weights by name."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="registered names, their files, sources, checksums and status")
     fetch = commands.add_parser("fetch", help="download and verify weights (kept when already there and verified)")
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"registered names: {registered_names()}")
     fetch.add_argument("--force", action="store_true", help="download again even if the file is there")
     for sub in commands.choices.values():
-        sub.add_argument("--folder", default=None,
-                         help=f"store the files here (default: {CHECKPOINTS_DIR}/ for the authors' files, "
-                              "torch.hub's cache for torchvision's)")
+        sub.add_argument(
+            "--folder",
+            default=None,
+            help=f"store the files here (default: {CHECKPOINTS_DIR}/ for the authors' files, "
+            "torch.hub's cache for torchvision's)",
+        )
     return parser
 
 
 def _list(folder: str | None) -> int:
     for entry in REGISTRY.values():
-        print(f"{entry.name}: {entry.destination(folder)} [{status(entry, folder)}]\n"
-              f"    {entry.what}\n    from {entry.url(os.environ)} ({entry.source})\n"
-              f"    {entry.checksum.describe()}")
+        print(
+            f"{entry.name}: {entry.destination(folder)} [{status(entry, folder)}]\n"
+            f"    {entry.what}\n    from {entry.url(os.environ)} ({entry.source})\n"
+            f"    {entry.checksum.describe()}"
+        )
     return 0
 
 
 def _fetch(names: list[str], folder: str | None, force: bool) -> int:
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
-        raise SystemExit(f"core.weights: error: unknown name {', '.join(unknown)} (registered: "
-                         f"{registered_names()})")
+        raise SystemExit(f"core.weights: error: unknown name {', '.join(unknown)} (registered: {registered_names()})")
     if offline_requested():
         raise SystemExit(f"core.weights: error: downloads are off ({OFFLINE_VARIABLE} is set)")
     failed = 0
@@ -342,8 +397,11 @@ def _fetch(names: list[str], folder: str | None, force: bool) -> int:
             print(f"{entry.name}: {destination} is already there ({entry.checksum.describe()} verified)")
             continue
         if state != "missing" and not force:
-            print(f"core.weights: error: {entry.name}: {destination} is there but its {state}; "
-                  f"`{FETCH_COMMAND} {entry.name} --force` replaces it", file=sys.stderr)
+            print(
+                f"core.weights: error: {entry.name}: {destination} is there but its {state}; "
+                f"`{FETCH_COMMAND} {entry.name} --force` replaces it",
+                file=sys.stderr,
+            )
             failed += 1
             continue
         try:

@@ -1,4 +1,5 @@
 """Shared helpers for the model tests: the spec's key lists and deterministic weights."""
+
 from __future__ import annotations
 
 import zlib
@@ -40,7 +41,7 @@ def deterministic_tensor(key: str, shape: tuple[int, ...], dtype: str) -> torch.
     values = torch.randn(shape, generator=generator)
     if len(shape) == 1:
         return (1.0 if leaf == "weight" else 0.0) + 0.05 * values
-    return values / fan_in ** 0.5
+    return values / fan_in**0.5
 
 
 def authors_state_dict(*, prefix: str = "module.", tsv: Path = SPEC_TSV) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
 """A local HTTP server for download tests: http.server on 127.0.0.1 in a thread."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """Bad inputs and faults through the real entry points: nothing a user owns is overwritten,
 nothing damaged is scored, and every bad file gives one line (`error: ...`, exit code 2)
 instead of a traceback. (Issue 21: one test per class of probe.)"""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,24 @@ from core.synthetic import generate
 from tests.train_helpers import ROOT, make_dataset, subprocess_env
 
 SCRIPTS = {"train.py": train, "evaluate.py": evaluate, "get_flow.py": get_flow}
-TINY_TRAIN = ["--image_size", "128", "128", "--batch_size", "1", "--iters", "1", "--num_workers", "0",
-              "--num_steps", "1", "--print_freq", "1", "--frozen", "--device", "cpu"]
+TINY_TRAIN = [
+    "--image_size",
+    "128",
+    "128",
+    "--batch_size",
+    "1",
+    "--iters",
+    "1",
+    "--num_workers",
+    "0",
+    "--num_steps",
+    "1",
+    "--print_freq",
+    "1",
+    "--frozen",
+    "--device",
+    "cpu",
+]
 
 
 def cli(script: str, *argv: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -53,7 +70,7 @@ def garble_jpeg(path: Path) -> None:
     """Garbles 16 bytes in the middle of a JPEG's image data (libjpeg: "Corrupt JPEG data")."""
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 16] = bytes(range(17, 65, 3))
+    data[middle : middle + 16] = bytes(range(17, 65, 3))
     path.write_bytes(bytes(data))
 
 
@@ -83,10 +100,16 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     root = make_dataset(base / "FacialFlowNet")
     out = base / "out"
     sizes = ["--image_size", "160", "160"]
-    train.main(train.get_args_parser().parse_args(["--name", "run", "--output", str(out), "--root", str(root),
-                                                   *TINY_TRAIN, *sizes]))
-    return {"root": root, "out": out, "argv": ["--name", "run", "--output", str(out), "--root", str(root),
-                                               *TINY_TRAIN, *sizes]}
+    train.main(
+        train.get_args_parser().parse_args(
+            ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, *sizes]
+        )
+    )
+    return {
+        "root": root,
+        "out": out,
+        "argv": ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, *sizes],
+    }
 
 
 # ------------------------------------------------------------------ 1. an output is never an input
@@ -98,16 +121,38 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
     link.symlink_to(weights)
     before = tree(tmp_path)
     for target in (weights, link, description_path(weights)):
-        code, line = cli("evaluate.py", "--model", str(weights), "--root", str(data["root"]), "--device", "cpu",
-                         "--output_json", str(target), capsys=capsys)
+        code, line = cli(
+            "evaluate.py",
+            "--model",
+            str(weights),
+            "--root",
+            str(data["root"]),
+            "--device",
+            "cpu",
+            "--output_json",
+            str(target),
+            capsys=capsys,
+        )
         assert code == 2 and line.startswith("evaluate.py: error: --output_json") and "input" in line
     frame = sorted(data["root"].rglob("*.jpg"))[0]
-    code, line = cli("evaluate.py", "--method", "zero", "--root", str(data["root"]), "--output_json", str(frame),
-                     capsys=capsys)
+    code, line = cli(
+        "evaluate.py", "--method", "zero", "--root", str(data["root"]), "--output_json", str(frame), capsys=capsys
+    )
     assert code == 2 and str(frame) in line and "dataset" in line
     # train: the final weights would replace --restore_ckpt
-    code, line = cli("train.py", "--name", "model", "--output", str(tmp_path), "--restore_ckpt", str(weights),
-                     "--root", str(data["root"]), *TINY_TRAIN, capsys=capsys)
+    code, line = cli(
+        "train.py",
+        "--name",
+        "model",
+        "--output",
+        str(tmp_path),
+        "--restore_ckpt",
+        str(weights),
+        "--root",
+        str(data["root"]),
+        *TINY_TRAIN,
+        capsys=capsys,
+    )
     assert code == 2 and str(weights) in line and "--restore_ckpt" in line
     # get_flow: a frame of the folder is named like the visualisation of its first pair
     frames = tmp_path / "x"
@@ -115,8 +160,20 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
     for name in ("a.png", "b.png", "x_a-b_flow.png"):
         Image.fromarray(np.full((32, 32, 3), len(name) * 9, np.uint8)).save(frames / name)
     before = tree(tmp_path)
-    code, line = cli("get_flow.py", "--model", str(weights), "--frames", str(frames), "--output", str(frames),
-                     "--iters", "1", "--device", "cpu", capsys=capsys)
+    code, line = cli(
+        "get_flow.py",
+        "--model",
+        str(weights),
+        "--frames",
+        str(frames),
+        "--output",
+        str(frames),
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        capsys=capsys,
+    )
     assert code == 2 and "x_a-b_flow.png" in line and "input" in line
     assert tree(tmp_path) == before
 
@@ -125,8 +182,9 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
 @pytest.mark.parametrize("name", ["../x", "/abs/path/x", "sub/run", "..", ""])
 def test_train_name_must_be_one_path_component(name, data, tmp_path, capsys):
     out = tmp_path / "out"
-    code, line = cli("train.py", "--name", name, "--output", str(out), "--root", str(data["root"]), *TINY_TRAIN,
-                     capsys=capsys)
+    code, line = cli(
+        "train.py", "--name", name, "--output", str(out), "--root", str(data["root"]), *TINY_TRAIN, capsys=capsys
+    )
     assert code == 2 and ": error: --name" in line and "without folders" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -138,14 +196,17 @@ def test_get_flow_names_stay_unique_across_runs_and_overwrite_is_asked_for(data,
         (tmp_path / emotion / "subject001").mkdir(parents=True)
         for stem in ("0001", "0002"):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-                tmp_path / emotion / "subject001" / f"{stem}.png")
+                tmp_path / emotion / "subject001" / f"{stem}.png"
+            )
     out = tmp_path / "out"
     common = ("--model", str(data["weights"]), "--iters", "1", "--device", "cpu", "--output", str(out), "--save_flo")
     happy, sad = (("--frames", str(tmp_path / e / "subject001")) for e in ("happy", "sad"))
     assert get_flow.main(get_flow.get_args_parser().parse_args([*common, *happy])) == [
-        out / "subject001_0001-0002_flow.png"]
+        out / "subject001_0001-0002_flow.png"
+    ]
     assert get_flow.main(get_flow.get_args_parser().parse_args([*common, *sad])) == [
-        out / "sad_subject001_0001-0002_flow.png"]
+        out / "sad_subject001_0001-0002_flow.png"
+    ]
     before = tree(out)
     assert len(before) == 8
     code, line = cli("get_flow.py", *common, *happy, capsys=capsys)
@@ -165,8 +226,20 @@ def test_changed_weights_with_finite_values_are_refused(data, tmp_path, capsys):
     state["module.fnet.conv1.weight"].view(-1)[0] += 0.5  # finite, and no load check can see it
     torch.save(state, weights)
     pair = [str(ROOT / "assets" / "demo" / f"frame{i}.jpg") for i in (1, 2)]
-    code, line = cli("get_flow.py", "--model", str(weights), "--image1", pair[0], "--image2", pair[1],
-                     "--output", str(tmp_path / "out"), "--device", "cpu", capsys=capsys)
+    code, line = cli(
+        "get_flow.py",
+        "--model",
+        str(weights),
+        "--image1",
+        pair[0],
+        "--image2",
+        pair[1],
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        capsys=capsys,
+    )
     assert code == 2 and str(weights) in line and "SHA-256" in line and str(description_path(weights)) in line
     assert not (tmp_path / "out").exists()
 
@@ -181,16 +254,22 @@ def test_changed_training_state_is_refused_on_resume(trained, tmp_path, capsys):
     code, line = cli("train.py", *trained["argv"], "--resume", str(copy), capsys=capsys)
     assert code == 2 and str(copy) in line and "checksum" in line
     # an untouched state resumes (the checksum survives torch.save/torch.load)
-    train.main(train.get_args_parser().parse_args([*trained["argv"], "--output", str(tmp_path / "resumed"),
-                                                   "--resume", str(state_path)]))
+    train.main(
+        train.get_args_parser().parse_args(
+            [*trained["argv"], "--output", str(tmp_path / "resumed"), "--resume", str(state_path)]
+        )
+    )
     assert (tmp_path / "resumed" / "run.pth").is_file()
 
 
 def test_the_authors_files_without_a_checksum_load_as_before(data, tmp_path):
     bare = tmp_path / "authors.pth"
     torch.save(torch.load(data["weights"], weights_only=True), bare)
-    written = get_flow.main(get_flow.get_args_parser().parse_args(
-        ["--model", str(bare), "--iters", "1", "--device", "cpu", "--output", str(tmp_path / "out")]))
+    written = get_flow.main(
+        get_flow.get_args_parser().parse_args(
+            ["--model", str(bare), "--iters", "1", "--device", "cpu", "--output", str(tmp_path / "out")]
+        )
+    )
     assert written[0].is_file()
 
 
@@ -200,8 +279,10 @@ def test_non_finite_weights_are_refused_naming_the_tensor(data, tmp_path, capsys
     state["module.update_block.flow_head.conv2.weight"].view(-1)[3] = float("nan")
     bad = tmp_path / "nan.pth"
     torch.save(state, bad)
-    for script, argv in (("get_flow.py", ["--output", str(tmp_path / "out")]),
-                         ("evaluate.py", ["--root", str(data["root"]), "--output_json", str(tmp_path / "r.json")])):
+    for script, argv in (
+        ("get_flow.py", ["--output", str(tmp_path / "out")]),
+        ("evaluate.py", ["--root", str(data["root"]), "--output_json", str(tmp_path / "r.json")]),
+    ):
         code, line = cli(script, "--model", str(bad), "--device", "cpu", *argv, capsys=capsys)
         assert code == 2 and str(bad) in line and "update_block.flow_head.conv2.weight" in line
     assert list(tmp_path.iterdir()) == [bad]
@@ -212,12 +293,36 @@ def test_non_finite_flow_is_never_written_or_scored(data, tmp_path, capsys):
     state["module.update_block.flow_head.conv2.bias"].fill_(3e38)  # finite weights, infinite flow
     huge = tmp_path / "huge.pth"
     torch.save(state, huge)
-    code, line = cli("get_flow.py", "--model", str(huge), "--iters", "1", "--device", "cpu", "--save_flo",
-                     "--output", str(tmp_path / "out"), capsys=capsys)
+    code, line = cli(
+        "get_flow.py",
+        "--model",
+        str(huge),
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        "--save_flo",
+        "--output",
+        str(tmp_path / "out"),
+        capsys=capsys,
+    )
     assert code == 2 and "non-finite" in line and "frame1.jpg -> " in line and "frame2.jpg" in line
     assert not any((tmp_path / "out").iterdir())
-    code, line = cli("evaluate.py", "--model", str(huge), "--iters", "1", "--device", "cpu", "--no_progress",
-                     "--root", str(data["root"]), "--output_json", str(tmp_path / "r.json"), capsys=capsys)
+    code, line = cli(
+        "evaluate.py",
+        "--model",
+        str(huge),
+        "--iters",
+        "1",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--root",
+        str(data["root"]),
+        "--output_json",
+        str(tmp_path / "r.json"),
+        capsys=capsys,
+    )
     assert code == 2 and "non-finite" in line and "pair 0" in line and "0001.jpg" in line
     assert not (tmp_path / "r.json").exists()
 
@@ -229,14 +334,35 @@ def test_a_damaged_jpeg_is_named_and_never_used(data, dataset_copy, tmp_path, ca
     Image.open(frame).load()  # Pillow decodes it without a word
     code, line = cli("evaluate.py", "--method", "zero", "--root", str(dataset_copy), "--no_progress", capsys=capsys)
     assert code == 2 and str(frame) in line and "damaged JPEG" in line
-    code, line = cli("get_flow.py", "--model", str(data["weights"]), "--image1", str(frame), "--image2", str(frame),
-                     "--output", str(tmp_path / "out"), "--device", "cpu", capsys=capsys)
+    code, line = cli(
+        "get_flow.py",
+        "--model",
+        str(data["weights"]),
+        "--image1",
+        str(frame),
+        "--image2",
+        str(frame),
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        capsys=capsys,
+    )
     assert code == 2 and str(frame) in line and "damaged JPEG" in line
     train_frames = sorted((dataset_copy / "image" / "facial" / "train").rglob("*.jpg"))
     for train_frame in train_frames:  # any first batch has one
         garble_jpeg(train_frame)
-    code, line = cli("train.py", "--name", "r", "--output", str(tmp_path / "t"), "--root", str(dataset_copy),
-                     *TINY_TRAIN, capsys=capsys)
+    code, line = cli(
+        "train.py",
+        "--name",
+        "r",
+        "--output",
+        str(tmp_path / "t"),
+        "--root",
+        str(dataset_copy),
+        *TINY_TRAIN,
+        capsys=capsys,
+    )
     assert code == 2 and line.startswith("error:") and "damaged JPEG" in line
     assert any(line.startswith(f"error: {train_frame}: ") for train_frame in train_frames)
 
@@ -262,9 +388,11 @@ def test_a_truncated_flo_stops_training_at_the_first_batch(workers, dataset_copy
     _truncate_flows(dataset_copy, "train")
     argv = ["--name", "r", "--output", str(tmp_path / "t"), "--root", str(dataset_copy), *TINY_TRAIN]
     code, line = cli("train.py", *argv, "--num_workers", workers, capsys=capsys)
-    assert code == 2 and re.fullmatch(rf"error: {re.escape(str(dataset_copy))}/flow/facial/train/\S+\.flo: truncated "
-                                      r"\.flo file: header says 128x128 \(131084 bytes\) but the file has 100 bytes",
-                                      line), line
+    assert code == 2 and re.fullmatch(
+        rf"error: {re.escape(str(dataset_copy))}/flow/facial/train/\S+\.flo: truncated "
+        r"\.flo file: header says 128x128 \(131084 bytes\) but the file has 100 bytes",
+        line,
+    ), line
 
 
 def test_damaged_labels_during_evaluation_are_one_line(dataset_copy, capsys):
@@ -311,8 +439,19 @@ class Payload:
 def test_resume_with_a_non_plain_file_gives_the_model_message(data, tmp_path, capsys):
     unsafe = tmp_path / "unsafe_state.pth"
     torch.save({"step": 1, "args": {}, "optimizer": {}, "model": {}, "extra": Payload()}, unsafe)
-    code, line = cli("train.py", "--name", "r", "--output", str(tmp_path / "t"), "--root", str(data["root"]),
-                     *TINY_TRAIN, "--resume", str(unsafe), capsys=capsys)
+    code, line = cli(
+        "train.py",
+        "--name",
+        "r",
+        "--output",
+        str(tmp_path / "t"),
+        "--root",
+        str(data["root"]),
+        *TINY_TRAIN,
+        "--resume",
+        str(unsafe),
+        capsys=capsys,
+    )
     assert code == 2 and str(unsafe) in line and "not loaded for safety" in line and "weights_only" not in line
     _, model_line = cli("get_flow.py", "--model", str(unsafe), "--device", "cpu", capsys=capsys)
     assert model_line.split(": error: ", 1)[1] in line  # the same words as for --model
@@ -324,8 +463,9 @@ def test_a_malformed_description_is_named(document, data, tmp_path, capsys):
     weights = tmp_path / "model.pth"
     shutil.copy(data["weights"], weights)
     description_path(weights).write_text(json.dumps(document))
-    code, line = cli("get_flow.py", "--model", str(weights), "--device", "cpu", "--output", str(tmp_path / "o"),
-                     capsys=capsys)
+    code, line = cli(
+        "get_flow.py", "--model", str(weights), "--device", "cpu", "--output", str(tmp_path / "o"), capsys=capsys
+    )
     assert code == 2 and str(description_path(weights)) in line
 
 
@@ -333,8 +473,18 @@ def test_a_malformed_description_is_named(document, data, tmp_path, capsys):
 def test_a_non_video_names_the_file_and_sizes_are_the_callers(data, tmp_path, capsys):
     still = tmp_path / "clip.mp4"
     shutil.copy(ROOT / "assets" / "demo" / "frame1.jpg", still)
-    code, line = cli("get_flow.py", "--model", str(data["weights"]), "--video", str(still), "--device", "cpu",
-                     "--output", str(tmp_path / "out"), capsys=capsys)
+    code, line = cli(
+        "get_flow.py",
+        "--model",
+        str(data["weights"]),
+        "--video",
+        str(still),
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "out"),
+        capsys=capsys,
+    )
     assert code == 2 and str(still) in line
     estimator = FlowEstimator(DecFlow().eval(), iters=1, device="cpu")
     with pytest.raises(ValueError, match=r"\(3, 100, 120\) vs \(3, 100, 130\)"):
@@ -376,9 +526,14 @@ def test_no_script_error_path_prints_a_traceback(data, dataset_copy, tmp_path):
         ("get_flow.py", ["--model", str(data["weights"]), "--video", str(flow), "--output", str(tmp_path / "g")]),
     ]
     for script, argv in runs:
-        proc = subprocess.run([sys.executable, str(ROOT / script), *argv, *([] if script == "train.py" else
-                               ["--device", "cpu"])], cwd=tmp_path, env=subprocess_env(), capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / script), *argv, *([] if script == "train.py" else ["--device", "cpu"])],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, (script, argv, proc.stderr)
         assert "Traceback" not in proc.stderr, (script, argv, proc.stderr)
         assert "error:" in proc.stderr.strip().splitlines()[-1], (script, argv, proc.stderr)

@@ -1,5 +1,6 @@
 """Channels-last weights in training (a lever of benchmarks/levers.py): the same loss and
 gradients as the default contiguous weights, on CPU."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Checkpoint I/O: the authors' format both ways, GMA initialisation, ImageNet weights."""
+
 from __future__ import annotations
 
 import errno
@@ -11,9 +12,17 @@ import pytest
 import torch
 import torchvision
 
-from core.checkpoint import (DEFAULT_CHECKPOINTS, NoSpaceError, atomic_save, default_checkpoint,
-                             init_semantic_encoder, load_checkpoint, read_state_dict, remove_stale_temporaries,
-                             save_checkpoint)
+from core.checkpoint import (
+    DEFAULT_CHECKPOINTS,
+    NoSpaceError,
+    atomic_save,
+    default_checkpoint,
+    init_semantic_encoder,
+    load_checkpoint,
+    read_state_dict,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from core.network import DecFlow
 from core.semantic import semantic_state_from_resnet50
 from tests.model_helpers import GMA_TSV, authors_state_dict
@@ -40,8 +49,16 @@ def test_authors_checkpoint_loads_strictly_with_and_without_prefix(tmp_path, pre
     report = load_checkpoint(model, path, strict=True, verbose=False)
     assert _equal_to_authors(model)
     assert not report.initialised
-    assert set(report.loaded) >= {"fnet", "cnet", "update_block", "update_block_head", "att", "dad_encoder",
-                                  "change_dim", "res1"}
+    assert set(report.loaded) >= {
+        "fnet",
+        "cnet",
+        "update_block",
+        "update_block_head",
+        "att",
+        "dad_encoder",
+        "change_dim",
+        "res1",
+    }
 
 
 def test_unused_semantic_stage_may_be_absent(tmp_path):
@@ -85,7 +102,7 @@ def test_unreadable_files_say_what_they_are_without_unsafe_advice(tmp_path):
     data = good.read_bytes()
     cases = {
         "random.pth": (bytes(range(1, 256)) * 8, "random.pth: not a PyTorch checkpoint (neither a zip archive nor"),
-        "cut.pth": (data[:len(data) // 2], "cut.pth: damaged PyTorch checkpoint (truncated zip archive"),
+        "cut.pth": (data[: len(data) // 2], "cut.pth: damaged PyTorch checkpoint (truncated zip archive"),
         "empty.pth": (b"", "empty.pth: not a PyTorch checkpoint (empty file)"),
         "object.pth": (pickle.dumps({"w": NotATensor()}, protocol=2), "object.pth: holds objects other than tensors"),
     }
@@ -116,13 +133,17 @@ def _fail_after_some_bytes(error: BaseException):
     def save(obj, stream, *args, **kwargs):
         stream.write(b"PK\x03\x04 partial data")
         raise error
+
     return save
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),  # torch's zip writer
-    OSError(errno.ENOSPC, "No space left on device"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),  # torch's zip writer
+        OSError(errno.ENOSPC, "No space left on device"),
+    ],
+)
 def test_disk_full_during_save_keeps_the_previous_file(tmp_path, monkeypatch, error):
     target = tmp_path / "decflow.pth"
     target.write_bytes(b"previous weights")
@@ -165,8 +186,13 @@ def test_remove_stale_temporaries_removes_only_the_leftovers_of_that_file(tmp_pa
     # what a save killed between mkstemp and os.replace leaves (same call as atomic_save)
     handle, left = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=tmp_path)
     os.close(handle)
-    keep = [".decflow.pth.x.tmp", ".decflow.pth.bak.pth.abcd1234.tmp", ".other.pth.abcd1234.tmp",
-            "decflow.pth.abcd1234.tmp", "decflow_state.pth"]
+    keep = [
+        ".decflow.pth.x.tmp",
+        ".decflow.pth.bak.pth.abcd1234.tmp",
+        ".other.pth.abcd1234.tmp",
+        "decflow.pth.abcd1234.tmp",
+        "decflow_state.pth",
+    ]
     for name in keep:
         (tmp_path / name).write_bytes(b"")
     assert remove_stale_temporaries(target) == [Path(left)]
@@ -185,8 +211,13 @@ def test_gma_checkpoint_initialises_stage_one_non_strictly(tmp_path, capsys):
     before_head = model.update_block_head.gru.convz1.weight.clone()
     report = load_checkpoint(model, path, strict=False)
     assert set(report.loaded) == {"fnet", "cnet", "update_block", "att"}
-    assert set(report.initialised) == {"update_block_head", "dad_encoder", "dad_encoder.model.3 (unused stage)",
-                                       "change_dim", "res1"}
+    assert set(report.initialised) == {
+        "update_block_head",
+        "dad_encoder",
+        "dad_encoder.model.3 (unused stage)",
+        "change_dim",
+        "res1",
+    }
     printed = capsys.readouterr().out
     assert "left at initialisation" in printed and "update_block_head" in printed
     assert torch.equal(model.update_block.gru.convz1.weight, state["module.update_block.gru.convz1.weight"])
@@ -235,15 +266,20 @@ def test_semantic_encoder_from_torchvision_weights(tmp_path):
 def test_semantic_encoder_from_pytorchcv_naming_matches_torchvision(tmp_path):
     weights, path = _torchvision_resnet50_file(tmp_path)
     mapped = semantic_state_from_resnet50(weights, "torchvision")
-    pytorchcv = {"features.init_block." + k[len("model.0."):] if k.startswith("model.0.")
-                 else "features.stage" + k[len("model."):]: v for k, v in mapped.items()}
+    pytorchcv = {
+        "features.init_block." + k[len("model.0.") :]
+        if k.startswith("model.0.")
+        else "features.stage" + k[len("model.") :]: v
+        for k, v in mapped.items()
+    }
     pytorchcv["output.weight"] = torch.zeros(1000, 2048)
     torch.save(pytorchcv, tmp_path / "pytorchcv.pth")
     a, b = DecFlow(), DecFlow()
     init_semantic_encoder(a, path)
     init_semantic_encoder(b, tmp_path / "pytorchcv.pth")
-    assert all(torch.equal(x, y) for x, y in zip(a.dad_encoder.state_dict().values(),
-                                                  b.dad_encoder.state_dict().values()))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.dad_encoder.state_dict().values(), b.dad_encoder.state_dict().values())
+    )
 
 
 def test_semantic_encoder_without_weights_warns_loudly(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The prepared GPU check (benchmarks/cuda_check.py) on CPU: its dry run goes through every part
 and writes the logs and the summary; budgets stop a part and leave the rest for a next call."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ import pytest
 
 from benchmarks import cuda_check
 
-
 # The learning check's stand-in (one step of each precision through train.py and evaluate.py)
 # is what tests/test_learning.py already runs; here the parts that need no training data.
 DRY_PARTS = ["suite", "benchmark", "train_levers"]
@@ -19,7 +19,8 @@ DRY_PARTS = ["suite", "benchmark", "train_levers"]
 
 def test_dry_run_runs_its_parts_and_writes_the_summary(tmp_path, capsys):
     args = cuda_check.get_args_parser().parse_args(
-        ["--dry-run", "--out", str(tmp_path), "--budget", "1500", "--parts", ",".join(DRY_PARTS)])
+        ["--dry-run", "--out", str(tmp_path), "--budget", "1500", "--parts", ",".join(DRY_PARTS)]
+    )
     records = cuda_check.main(args)
     out = capsys.readouterr().out
     assert [r["part"] for r in records] == DRY_PARTS
@@ -38,15 +39,18 @@ def test_dry_run_runs_its_parts_and_writes_the_summary(tmp_path, capsys):
 
 def test_parts_out_of_time_are_left_for_a_next_call(tmp_path):
     args = cuda_check.get_args_parser().parse_args(
-        ["--dry-run", "--out", str(tmp_path), "--budget", "1", "--parts", "train_levers,benchmark"])
+        ["--dry-run", "--out", str(tmp_path), "--budget", "1", "--parts", "train_levers,benchmark"]
+    )
     assert cuda_check.main(args) == []
     summary = (tmp_path / "summary.txt").read_text()
     assert "python -m benchmarks.cuda_check --parts benchmark,train_levers" in summary  # in priority order
 
 
 def test_a_part_past_its_budget_is_killed_with_its_children(tmp_path):
-    child = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);" \
-            " print(p.pid, flush=True); time.sleep(60)"
+    child = (
+        "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+        " print(p.pid, flush=True); time.sleep(60)"
+    )
     record = cuda_check.run_part("slow", [sys.executable, "-c", child], tmp_path / "slow.log", 3, {})
     assert record["status"] == "timed out after 3 s" and record["seconds"] < 30
     grandchild = int((tmp_path / "slow.log").read_text().splitlines()[-1])

@@ -52,7 +52,9 @@ def test_sample_equals_files_read_directly(synthetic_root: Path) -> None:
     np.testing.assert_array_equal(
         flow_h.permute(1, 2, 0).numpy(), frame_utils.read_flo(synthetic_root / "flow" / "head" / labels / "0002.flo")
     )
-    np.testing.assert_array_equal(mask.numpy(), np.load(synthetic_root / "mask" / labels / "0002.npy").astype(np.float32))
+    np.testing.assert_array_equal(
+        mask.numpy(), np.load(synthetic_root / "mask" / labels / "0002.npy").astype(np.float32)
+    )
     assert valid_f.min() == 1 and valid_h.min() == 1
 
 
@@ -72,20 +74,39 @@ def test_valid_marks_huge_flow_values(damaged_root: Path) -> None:
         (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").unlink(), "found 1; missing 0002.flo"),
         (lambda r: (r / "flow" / "head" / SEQ / "0001.flo").unlink(), "missing 0001.flo"),
         (lambda r: [(r / "mask" / SEQ / f"000{i}.npy").unlink() for i in (1, 3)], "missing 0001.npy"),
-        (lambda r: shutil.copy(r / "flow" / "facial" / SEQ / "0001.flo", r / "flow" / "facial" / SEQ / "0003.flo"), "unexpected 0003.flo"),
+        (
+            lambda r: shutil.copy(r / "flow" / "facial" / SEQ / "0001.flo", r / "flow" / "facial" / SEQ / "0003.flo"),
+            "unexpected 0003.flo",
+        ),
         (lambda r: (r / "image" / "facial" / SEQ / "0003.jpg").unlink(), "unexpected 0002.flo"),
         (lambda r: shutil.rmtree(r / "mask" / SEQ), "mask folder"),
         # a gap: a count check alone accepts masks 0001, 0003 and pairs frame 0002 with mask 0003
         (lambda r: (r / "mask" / SEQ / "0002.npy").unlink(), "found 2; missing 0002.npy"),
-        (lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").rename(r / "flow" / "facial" / SEQ / "0005.flo"),
-         "found 2; missing 0002.flo; unexpected 0005.flo"),
-        (lambda r: (r / "flow" / "head" / SEQ / "0002.flo").rename(r / "flow" / "head" / SEQ / "0002b.flo"),
-         "missing 0002.flo; unexpected 0002b.flo"),
-        (lambda r: shutil.copy(r / "mask" / SEQ / "0001.npy", r / "mask" / SEQ / "0001.NPY"),
-         "0001.NPY and 0001.npy both name frame 0001"),
+        (
+            lambda r: (r / "flow" / "facial" / SEQ / "0002.flo").rename(r / "flow" / "facial" / SEQ / "0005.flo"),
+            "found 2; missing 0002.flo; unexpected 0005.flo",
+        ),
+        (
+            lambda r: (r / "flow" / "head" / SEQ / "0002.flo").rename(r / "flow" / "head" / SEQ / "0002b.flo"),
+            "missing 0002.flo; unexpected 0002b.flo",
+        ),
+        (
+            lambda r: shutil.copy(r / "mask" / SEQ / "0001.npy", r / "mask" / SEQ / "0001.NPY"),
+            "0001.NPY and 0001.npy both name frame 0001",
+        ),
     ],
-    ids=["facial-flow", "head-flow", "mask", "extra-flow", "missing-frame", "mask-folder", "mask-gap",
-         "renumbered-flow", "misnamed-flow", "duplicate-mask"],
+    ids=[
+        "facial-flow",
+        "head-flow",
+        "mask",
+        "extra-flow",
+        "missing-frame",
+        "mask-folder",
+        "mask-gap",
+        "renumbered-flow",
+        "misnamed-flow",
+        "duplicate-mask",
+    ],
 )
 def test_damaged_sequence_is_named(damaged_root: Path, damage, message: str) -> None:
     damage(damaged_root)
@@ -152,10 +173,19 @@ def test_non_finite_ground_truth_is_invalid_zeroed_and_found(damaged_root: Path)
     assert nonfinite_ground_truth(raw, valid_f).nonzero().tolist() == [[3, 4], [6, 2]]
 
 
-@pytest.mark.parametrize("stored, face", [
-    (np.float32(0.99), True), (np.float64(0.2), False), (np.float32(0.5), False), (np.uint16(256), True),
-    (np.int32(-1), True), (np.uint8(0), False), (True, True),
-], ids=["soft-0.99", "soft-0.2", "soft-0.5", "uint16-256", "int-negative", "uint8-0", "bool"])
+@pytest.mark.parametrize(
+    "stored, face",
+    [
+        (np.float32(0.99), True),
+        (np.float64(0.2), False),
+        (np.float32(0.5), False),
+        (np.uint16(256), True),
+        (np.int32(-1), True),
+        (np.uint8(0), False),
+        (True, True),
+    ],
+    ids=["soft-0.99", "soft-0.2", "soft-0.5", "uint16-256", "int-negative", "uint8-0", "bool"],
+)
 def test_mask_values_are_binarised_by_dtype(damaged_root: Path, stored, face: bool) -> None:
     mask = np.zeros((128, 128), np.asarray(stored).dtype)
     mask[10:20, 30:50] = stored
@@ -259,8 +289,17 @@ def test_dataset_augmentation_returns_crops(synthetic_root: Path) -> None:
 
 
 def _loader(root, *, stage="facialflow", batch_size=2, num_workers=0):
-    return build_train_loader(stage=stage, image_size=(96, 96), root=root, per_process_batch=batch_size, seed=0,
-                              num_workers=num_workers, rank=0, world_size=1, start_step=0)
+    return build_train_loader(
+        stage=stage,
+        image_size=(96, 96),
+        root=root,
+        per_process_batch=batch_size,
+        seed=0,
+        num_workers=num_workers,
+        rank=0,
+        world_size=1,
+        start_step=0,
+    )
 
 
 def test_training_loader(synthetic_root: Path) -> None:

@@ -4,6 +4,7 @@ The masked metrics are checked against an independent numpy computation from the
 files that get_flow.py writes for the same pairs (128x128 frames: no padding, so the
 "exp" padding of evaluate.py and the "symmetric" one of get_flow.py agree).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,9 +89,27 @@ def test_empty_masks_are_counted_and_skipped() -> None:
 def test_cli_json_schema(synthetic_root: Path, decflow_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "results" / "decflow.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), "--model", str(decflow_checkpoint), "--dataset", "facialflow",
-         "--root", str(synthetic_root), "--iters", str(ITERS), "--device", "cpu", "--output_json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "evaluate.py"),
+            "--model",
+            str(decflow_checkpoint),
+            "--dataset",
+            "facialflow",
+            "--root",
+            str(synthetic_root),
+            "--iters",
+            str(ITERS),
+            "--device",
+            "cpu",
+            "--output_json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ffn_protocol" in proc.stdout and "expression" in proc.stdout
     doc = json.loads(out.read_text())
@@ -111,27 +130,50 @@ def test_cli_json_schema(synthetic_root: Path, decflow_checkpoint: Path, tmp_pat
     assert meta["torch_version"] == torch.__version__
 
 
-def test_masked_metrics_match_numpy_from_get_flow(synthetic_root: Path, decflow_checkpoint: Path,
-                                                  tmp_path: Path) -> None:
-    doc = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-                       "--no-mixed_precision")
+def test_masked_metrics_match_numpy_from_get_flow(
+    synthetic_root: Path, decflow_checkpoint: Path, tmp_path: Path
+) -> None:
+    doc = run_evaluate(
+        "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS), "--no-mixed_precision"
+    )
     dataset = FacialFlow(None, split="test", dataset_root=synthetic_root)
     blocks: dict[str, dict[str, list]] = {}
-    for frames, flow_facial, flow_head, mask_path, info in zip(dataset.image_list, dataset.flow_facial_list,
-                                                              dataset.flow_head_list, dataset.mask_list,
-                                                              dataset.extra_info):
+    for frames, flow_facial, flow_head, mask_path, info in zip(
+        dataset.image_list, dataset.flow_facial_list, dataset.flow_head_list, dataset.mask_list, dataset.extra_info
+    ):
         out = tmp_path / info.emotion / info.subject / frames[0].stem  # one folder per pair
-        get_flow.main(get_flow.get_args_parser().parse_args(
-            ["--model", str(decflow_checkpoint), "--image1", str(frames[0]), "--image2", str(frames[1]),
-             "--iters", str(ITERS), "--device", "cpu", "--no-mixed_precision", "--save_flo", "--output", str(out)]))
+        get_flow.main(
+            get_flow.get_args_parser().parse_args(
+                [
+                    "--model",
+                    str(decflow_checkpoint),
+                    "--image1",
+                    str(frames[0]),
+                    "--image2",
+                    str(frames[1]),
+                    "--iters",
+                    str(ITERS),
+                    "--device",
+                    "cpu",
+                    "--no-mixed_precision",
+                    "--save_flo",
+                    "--output",
+                    str(out),
+                ]
+            )
+        )
         written = {kind: sorted(out.glob(f"*_{kind}.flo")) for kind in ("facial", "head", "expression")}
         assert all(len(paths) == 1 for paths in written.values()), written
         facial, head = read_flo(written["facial"][0]), read_flo(written["head"][0])
         np.testing.assert_allclose(read_flo(written["expression"][0]), facial - head, atol=1e-5)
         gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
         mask = np.load(mask_path).astype(bool)
-        pair = {"facial": numpy_metrics(facial, gt_f, mask), "head": numpy_metrics(head, gt_h, mask),
-                "expression": numpy_metrics(facial - head, gt_f - gt_h, mask), "ffn_protocol": numpy_ffn(facial, gt_f, mask)}
+        pair = {
+            "facial": numpy_metrics(facial, gt_f, mask),
+            "head": numpy_metrics(head, gt_h, mask),
+            "expression": numpy_metrics(facial - head, gt_f - gt_h, mask),
+            "ffn_protocol": numpy_ffn(facial, gt_f, mask),
+        }
         for group in ("all", info.emotion):
             for kind, value in pair.items():
                 blocks.setdefault(group, {}).setdefault(kind, []).append(value)
@@ -148,7 +190,7 @@ def test_baselines(synthetic_root: Path, tmp_path: Path) -> None:
         mask = np.load(mask_path).astype(bool)
         gt_f, gt_h = read_flo(flow_facial).astype(np.float64), read_flo(flow_head).astype(np.float64)
         for kind, flow in (("facial", gt_f), ("head", gt_h), ("expression", gt_f - gt_h)):
-            magnitude[kind].append(np.sqrt((flow ** 2).sum(axis=2))[mask].mean())
+            magnitude[kind].append(np.sqrt((flow**2).sum(axis=2))[mask].mean())
 
     zero = run_evaluate("--method", "zero", "--root", str(synthetic_root), "--output_json", str(tmp_path / "z.json"))
     assert json.loads((tmp_path / "z.json").read_text()) == json.loads(json.dumps(zero))
@@ -179,15 +221,25 @@ def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint
     results = evaluation.evaluate_facialflow(model, dataset, iters=ITERS, max_pairs=1)
     assert model.training and results["pairs"] == 1
     assert results["facial"]["epe"] > 0 and results["ffn_protocol"]["epe"] > 0
-    script = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-                          "--max_pairs", "1")
+    script = run_evaluate(
+        "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS), "--max_pairs", "1"
+    )
     assert_block_close(results["facial"], script["facial"], tol=1e-5)
 
 
 def test_batch_size_gives_the_metrics_of_one_pair_at_a_time(synthetic_root: Path, decflow_checkpoint: Path) -> None:
     """--batch_size 3 on the 4 test pairs (a batch of 3, then 1): every number as at batch 1 (float32)."""
-    common = ("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-              "--device", "cpu", "--no-mixed_precision")
+    common = (
+        "--model",
+        str(decflow_checkpoint),
+        "--root",
+        str(synthetic_root),
+        "--iters",
+        str(ITERS),
+        "--device",
+        "cpu",
+        "--no-mixed_precision",
+    )
     single, batched = run_evaluate(*common), run_evaluate(*common, "--batch_size", "3")
     assert batched["pairs"] == single["pairs"] == 4
     for kind in ("facial", "head", "expression", "ffn_protocol"):
@@ -200,8 +252,18 @@ def test_batch_size_gives_the_metrics_of_one_pair_at_a_time(synthetic_root: Path
 def test_batches_hold_pairs_of_one_size() -> None:
     """Consecutive pairs of another size start a new batch; the predictor sees [B, 3, H, W]."""
     shapes = [(8, 8), (8, 8), (16, 8), (8, 8)]
-    dataset = [(torch.zeros(3, *s), torch.zeros(3, *s), torch.ones(2, *s), torch.ones(2, *s), torch.ones(*s),
-                torch.ones(*s), torch.ones(*s)) for s in shapes]
+    dataset = [
+        (
+            torch.zeros(3, *s),
+            torch.zeros(3, *s),
+            torch.ones(2, *s),
+            torch.ones(2, *s),
+            torch.ones(*s),
+            torch.ones(*s),
+            torch.ones(*s),
+        )
+        for s in shapes
+    ]
     seen = []
 
     def zero(image1: torch.Tensor, image2: torch.Tensor):
@@ -216,14 +278,17 @@ def test_batches_hold_pairs_of_one_size() -> None:
 
 
 # ------------------------------------------------------------------ user errors: one line, no traceback
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "missing.pth"], "checkpoint missing.pth not found"),
-    ([], "--model CHECKPOINT is required"),
-    (["--method", "zero", "--root", "{tmp}/nowhere"], "dataset folder"),
-    (["--method", "zero", "--root", "{tmp}", "--split", "val"], "split 'val' not found"),
-    (["--method", "zero", "--iters", "0"], "--iters must be >= 1"),
-    (["--method", "zero", "--batch_size", "0"], "--batch_size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "missing.pth"], "checkpoint missing.pth not found"),
+        ([], "--model CHECKPOINT is required"),
+        (["--method", "zero", "--root", "{tmp}/nowhere"], "dataset folder"),
+        (["--method", "zero", "--root", "{tmp}", "--split", "val"], "split 'val' not found"),
+        (["--method", "zero", "--iters", "0"], "--iters must be >= 1"),
+        (["--method", "zero", "--batch_size", "0"], "--batch_size must be >= 1"),
+    ],
+)
 def test_user_errors(argv: list[str], message: str, synthetic_root: Path, tmp_path: Path) -> None:
     argv = [a.format(tmp=tmp_path) for a in argv]
     if "--root" not in argv:
@@ -235,8 +300,13 @@ def test_user_errors(argv: list[str], message: str, synthetic_root: Path, tmp_pa
 
 
 def test_user_error_from_the_script(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--model", "nope.pth", "--root", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "--model", "nope.pth", "--root", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "evaluate.py: error:" in proc.stderr
@@ -256,17 +326,32 @@ def test_mismatched_model_options_are_a_one_line_error(synthetic_root: Path, tmp
     save_checkpoint(DecFlow(), weights, description={"step": 1})
     with pytest.raises(SystemExit) as error:
         run_evaluate("--model", str(weights), "--root", str(synthetic_root), "--position_and_content")
-    assert str(error.value) == (f"evaluate.py: error: {weights} was trained with position_and_content=False (see "
-                                f"{tmp_path / 'content.json'}), but the model options give position_and_content=True")
+    assert str(error.value) == (
+        f"evaluate.py: error: {weights} was trained with position_and_content=False (see "
+        f"{tmp_path / 'content.json'}), but the model options give position_and_content=True"
+    )
 
 
 def test_model_options_mixed_precision_and_alternate_corr(synthetic_root: Path, decflow_checkpoint: Path) -> None:
     """bf16 autocast (asked for explicitly, so on any CPU) and the memory-bounded correlation:
     recorded in meta, close to float32."""
-    reference = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-                             "--max_pairs", "1")
-    doc = run_evaluate("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS),
-                       "--max_pairs", "1", "--mixed_precision", "--amp_dtype", "bfloat16", "--alternate_corr")
+    reference = run_evaluate(
+        "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS), "--max_pairs", "1"
+    )
+    doc = run_evaluate(
+        "--model",
+        str(decflow_checkpoint),
+        "--root",
+        str(synthetic_root),
+        "--iters",
+        str(ITERS),
+        "--max_pairs",
+        "1",
+        "--mixed_precision",
+        "--amp_dtype",
+        "bfloat16",
+        "--alternate_corr",
+    )
     assert doc["meta"]["precision"] == "bfloat16 autocast"
     assert doc["meta"]["model_options"]["alternate_corr"] is True
     assert doc["facial"]["epe"] == pytest.approx(reference["facial"]["epe"], rel=0.05)
@@ -355,16 +440,21 @@ def test_non_finite_ground_truth_is_counted_reported_and_left_out(tmp_path: Path
     assert printed.count("not finite") == 1 and f"at {10 * 30 + 2 * 3 + 64 * 64} facial and 0 head" in printed
 
 
-@pytest.mark.parametrize("target, message", [
-    ("{tmp}", "--output_json {tmp} is a directory"),
-    ("{tmp}/file.txt/results.json", "--output_json {tmp}/file.txt/results.json: {tmp}/file.txt is a file"),
-    ("{tmp}/file.txt/more/results.json", "{tmp}/file.txt is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("{tmp}", "--output_json {tmp} is a directory"),
+        ("{tmp}/file.txt/results.json", "--output_json {tmp}/file.txt/results.json: {tmp}/file.txt is a file"),
+        ("{tmp}/file.txt/more/results.json", "{tmp}/file.txt is a file, not a folder"),
+    ],
+)
 def test_bad_output_json_fails_before_any_work(tmp_path: Path, target: str, message: str) -> None:
     (tmp_path / "file.txt").write_text("x")
     # the dataset folder does not exist: only a check made before reading it can name --output_json
     with pytest.raises(SystemExit) as error:
-        run_evaluate("--method", "zero", "--root", str(tmp_path / "nowhere"), "--output_json", target.format(tmp=tmp_path))
+        run_evaluate(
+            "--method", "zero", "--root", str(tmp_path / "nowhere"), "--output_json", target.format(tmp=tmp_path)
+        )
     text = str(error.value)
     assert text.startswith("evaluate.py: error:") and "\n" not in text
     assert message.format(tmp=tmp_path) in text

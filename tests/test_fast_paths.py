@@ -1,5 +1,6 @@
 """The fast inference path, mixed precision and the memory-bounded mode agree with the
 straightforward per-spec forward (core/reference.py). No timing here: see benchmarks/."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -13,7 +14,7 @@ from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict
 
-STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
+STATE = {k[len("module.") :]: v for k, v in authors_state_dict().items()}
 
 
 def _model(**options) -> DecFlow:
@@ -73,8 +74,10 @@ def test_training_step_launches_do_not_grow_with_the_batch():
     image1, image2 = _pair(128, 128, batch=2)
     straightforward = partial(straightforward_forward, model)
     fast = {iters: count_step(model, image1, image2, iters=iters, train=True).kernels for iters in (2, 3)}
-    plain = {iters: count_step(model, image1, image2, iters=iters, train=True, forward=straightforward).kernels
-             for iters in (2, 3)}
+    plain = {
+        iters: count_step(model, image1, image2, iters=iters, train=True, forward=straightforward).kernels
+        for iters in (2, 3)
+    }
     larger_batch = count_step(model, *_pair(128, 128, batch=3), iters=2, train=True).kernels
     assert larger_batch == fast[2]  # (at batch 1 a few layout copies are no-ops, hence 2 and 3)
     assert fast[3] - fast[2] < plain[3] - plain[2], (fast, plain)
@@ -123,14 +126,18 @@ def test_benchmark_script_prints_every_table(capsys, monkeypatch, native_bf16):
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda *a, **k: native_bf16)
     args = benchmark.get_args_parser().parse_args(
-        ["inference", "--size", "128", "128", "--iters", "1", "--warmup", "0", "--repeats", "1"])
+        ["inference", "--size", "128", "128", "--iters", "1", "--warmup", "0", "--repeats", "1"]
+    )
     benchmark.main(args)
     out = capsys.readouterr().out
     assert "convolution peak on this CPU" in out
     for column in ("pairs_per_s", "speedup", "gflop_per_s", "max_diff_px"):
         assert column in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split() and line.split()[0] in ("straightforward", "fast", "fast-bf16", "alternate")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split() and line.split()[0] in ("straightforward", "fast", "fast-bf16", "alternate")
+    }
     expected = {"straightforward", "fast", "alternate"} | ({"fast-bf16"} if native_bf16 else set())
     assert set(rows) == expected
     assert out.count("no native bfloat16") == (0 if native_bf16 else 1)

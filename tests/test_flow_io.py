@@ -46,7 +46,17 @@ def test_flo_round_trip_is_exact_and_little_endian(tmp_path: Path, flow: np.ndar
         (_flo_bytes(4, 3, 4 * 3 * 2 + 1), "trailing"),
         (_flo_bytes(4, 3, 4 * 3 * 2) + b"x", "trailing"),
     ],
-    ids=["empty", "short-header", "truncated-data", "magic", "zero-width", "negative", "huge", "extra-value", "extra-byte"],
+    ids=[
+        "empty",
+        "short-header",
+        "truncated-data",
+        "magic",
+        "zero-width",
+        "negative",
+        "huge",
+        "extra-value",
+        "extra-byte",
+    ],
 )
 def test_malformed_flo_raises_naming_the_file(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "broken.flo"

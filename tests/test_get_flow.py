@@ -1,5 +1,6 @@
 """get_flow.py: demo pair, odd and tiny sizes, grayscale/RGBA, frames folders, videos, output
 names, default checkpoints, damaged videos, errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -55,25 +56,56 @@ def test_demo_and_missing_default_checkpoint(decflow_checkpoint: Path, tmp_path:
     assert proc.returncode != 0
     message = proc.stderr.strip()
     assert "Traceback" not in message and "\n" not in message
-    for name in ("checkpoints/decflow-facialflownet.pth", "checkpoints/decflow.pth", "checkpoints/README.md",
-                 "--model"):
+    for name in (
+        "checkpoints/decflow-facialflownet.pth",
+        "checkpoints/decflow.pth",
+        "checkpoints/README.md",
+        "--model",
+    ):
         assert name in message
 
-    proc = subprocess.run([sys.executable, script, "--model", str(decflow_checkpoint), "--iters", str(ITERS),
-                           "--device", "cpu", "--output", "out"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--model",
+            str(decflow_checkpoint),
+            "--iters",
+            str(ITERS),
+            "--device",
+            "cpu",
+            "--output",
+            "out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     vis = read_rgb(tmp_path / "out" / "demo_frame1-frame2_flow.png")  # the demo pair is 256x256
     assert vis.shape == canvas_shape(256, 256)
 
 
-def test_odd_size_grayscale_and_rgba(odd_frames: list[np.ndarray], decflow_checkpoint: Path,
-                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_odd_size_grayscale_and_rgba(
+    odd_frames: list[np.ndarray], decflow_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     first, second = tmp_path / "first.png", tmp_path / "second.png"
     Image.fromarray(odd_frames[0]).convert("L").save(first)
     Image.fromarray(odd_frames[1]).convert("RGBA").save(second)
-    written = run("--model", str(decflow_checkpoint), "--image1", str(first), "--image2", str(second),
-                  "--iters", str(ITERS), "--save_flo", "--output", str(tmp_path / "out"))
+    written = run(
+        "--model",
+        str(decflow_checkpoint),
+        "--image1",
+        str(first),
+        "--image2",
+        str(second),
+        "--iters",
+        str(ITERS),
+        "--save_flo",
+        "--output",
+        str(tmp_path / "out"),
+    )
     name = f"{tmp_path.name}_first-second"  # <folder>_<stem1>-<stem2>
     assert written == [tmp_path / "out" / f"{name}_flow.png"]
     printed = capsys.readouterr().out
@@ -98,8 +130,20 @@ def test_frames_folder_natural_order_warm_start(decflow_checkpoint: Path, tmp_pa
         Image.fromarray(frame).save(folder / name)
     (folder / "notes.txt").write_text("not a frame")
     out = tmp_path / "out"
-    written = run("--model", str(decflow_checkpoint), "--frames", str(folder), "--iters", str(ITERS),
-                  "--warm_start", "--max_flow", "4", "--save_flo", "--output", str(out))
+    written = run(
+        "--model",
+        str(decflow_checkpoint),
+        "--frames",
+        str(folder),
+        "--iters",
+        str(ITERS),
+        "--warm_start",
+        "--max_flow",
+        "4",
+        "--save_flo",
+        "--output",
+        str(out),
+    )
     assert written == [out / "frames_f1-f2_flow.png", out / "frames_f2-f10_flow.png"]
     assert read_flo(out / "frames_f2-f10_facial.flo").shape == (128, 160, 2)
 
@@ -113,8 +157,20 @@ def test_video_stride_max_frames_and_mp4(decflow_checkpoint: Path, tmp_path: Pat
         writer.write(np.ascontiguousarray(frame[..., ::-1]))
     writer.release()
     out = tmp_path / "out"
-    written = run("--model", str(decflow_checkpoint), "--video", str(video), "--stride", "2", "--max_frames", "3",
-                  "--iters", str(ITERS), "--output", str(out))
+    written = run(
+        "--model",
+        str(decflow_checkpoint),
+        "--video",
+        str(video),
+        "--stride",
+        "2",
+        "--max_frames",
+        "3",
+        "--iters",
+        str(ITERS),
+        "--output",
+        str(out),
+    )
     assert written == [out / "clip_000000_flow.png", out / "clip_000002_flow.png"]  # frames 0, 2, 4
     capture = cv2.VideoCapture(str(out / "clip_flow.mp4"))
     assert capture.isOpened()
@@ -132,8 +188,8 @@ def test_visualisation_shares_one_scale() -> None:
     canvas, scale = flow_viz.render_flow_panels(image, facial, head, facial - head)
     assert scale == pytest.approx(4.0)
     # head and expression are the same flow (2 px to the right): identical panels
-    head_panel = canvas[HEADER:, 2 * 128:3 * 128]
-    expression_panel = canvas[HEADER:, 3 * 128:4 * 128]
+    head_panel = canvas[HEADER:, 2 * 128 : 3 * 128]
+    expression_panel = canvas[HEADER:, 3 * 128 : 4 * 128]
     np.testing.assert_array_equal(head_panel, expression_panel)
     _, fixed = flow_viz.render_flow_panels(image, facial, head, facial - head, max_flow=10.0)
     assert fixed == 10.0
@@ -148,11 +204,27 @@ def test_frames_in_batches_give_the_flow_of_one_pair_at_a_time(decflow_checkpoin
         Image.fromarray(frame).save(folder / f"{i}.png")
     written = {}
     for batch in ("1", "2"):
-        written[batch] = run("--model", str(decflow_checkpoint), "--frames", str(folder), "--iters", str(ITERS),
-                             "--device", "cpu", "--no-mixed_precision", "--save_flo", "--batch_size", batch,
-                             "--output", str(tmp_path / batch))
-    assert [p.name for p in written["1"]] == [p.name for p in written["2"]] == [f"frames_{i}-{i + 1}_flow.png"
-                                                                                for i in range(3)]
+        written[batch] = run(
+            "--model",
+            str(decflow_checkpoint),
+            "--frames",
+            str(folder),
+            "--iters",
+            str(ITERS),
+            "--device",
+            "cpu",
+            "--no-mixed_precision",
+            "--save_flo",
+            "--batch_size",
+            batch,
+            "--output",
+            str(tmp_path / batch),
+        )
+    assert (
+        [p.name for p in written["1"]]
+        == [p.name for p in written["2"]]
+        == [f"frames_{i}-{i + 1}_flow.png" for i in range(3)]
+    )
     for i in range(3):
         for kind in ("facial", "head", "expression"):
             single, batched = (read_flo(tmp_path / batch / f"frames_{i}-{i + 1}_{kind}.flo") for batch in ("1", "2"))
@@ -220,8 +292,9 @@ def test_output_is_checked_before_any_work(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ tiny images
-def _random_pair(folder: Path, size: tuple[int, int], names: tuple[str, str] = ("a.png", "b.png"),
-                 seed: int = 0) -> tuple[Path, Path, np.ndarray]:
+def _random_pair(
+    folder: Path, size: tuple[int, int], names: tuple[str, str] = ("a.png", "b.png"), seed: int = 0
+) -> tuple[Path, Path, np.ndarray]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in names]
@@ -233,20 +306,32 @@ def _random_pair(folder: Path, size: tuple[int, int], names: tuple[str, str] = (
 @pytest.mark.parametrize("size", [(20, 30), (32, 32)])
 def test_tiny_images_work(size: tuple[int, int], decflow_checkpoint: Path, tmp_path: Path) -> None:
     first, second, image = _random_pair(tmp_path / "tiny", size)
-    written = run("--model", str(decflow_checkpoint), "--image1", str(first), "--image2", str(second),
-                  "--iters", "1", "--save_flo", "--output", str(tmp_path / "out"))
+    written = run(
+        "--model",
+        str(decflow_checkpoint),
+        "--image1",
+        str(first),
+        "--image2",
+        str(second),
+        "--iters",
+        "1",
+        "--save_flo",
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert written == [tmp_path / "out" / "tiny_a-b_flow.png"]
     assert read_flo(tmp_path / "out" / "tiny_a-b_facial.flo").shape == (*size, 2)
     vis = read_rgb(written[0])
     assert vis.shape == canvas_shape(*size)
     height, width = size
-    np.testing.assert_array_equal(vis[HEADER:HEADER + height, :width], image)  # the input panel, lossless PNG
-    assert (vis[HEADER + height + 1:, :width] == 255).all()  # white margin below it
+    np.testing.assert_array_equal(vis[HEADER : HEADER + height, :width], image)  # the input panel, lossless PNG
+    assert (vis[HEADER + height + 1 :, :width] == 255).all()  # white margin below it
 
 
 # ------------------------------------------------------------------ output names
-def test_output_names_are_unique_per_pair(decflow_checkpoint: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_output_names_are_unique_per_pair(
+    decflow_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     model = ("--model", str(decflow_checkpoint), "--iters", "1", "--output", str(tmp_path / "out"))
     # two pairs with the same file names in different folders: no overwriting
     for folder in ("seq1", "seq2"):
@@ -262,10 +347,15 @@ def test_output_names_are_unique_per_pair(decflow_checkpoint: Path, tmp_path: Pa
     assert written == [tmp_path / "out" / f"{name}_flow.png" for name in names]
     printed = capsys.readouterr().out
     assert f"wrote 3 visualisations to {tmp_path / 'out'}/: {names[0]}_flow.png ... {names[-1]}_flow.png (" in printed
-    assert (f"wrote 9 flow files to {tmp_path / 'out'}/: {names[0]}_{{facial,head,expression}}.flo ... "
-            f"{names[-1]}_{{facial,head,expression}}.flo") in printed
-    assert all((tmp_path / "out" / f"{name}_{kind}.flo").is_file()
-               for name in names for kind in ("facial", "head", "expression"))
+    assert (
+        f"wrote 9 flow files to {tmp_path / 'out'}/: {names[0]}_{{facial,head,expression}}.flo ... "
+        f"{names[-1]}_{{facial,head,expression}}.flo"
+    ) in printed
+    assert all(
+        (tmp_path / "out" / f"{name}_{kind}.flo").is_file()
+        for name in names
+        for kind in ("facial", "head", "expression")
+    )
 
 
 def test_save_formats_hold_the_same_flows(decflow_checkpoint: Path, tmp_path: Path) -> None:
@@ -273,14 +363,20 @@ def test_save_formats_hold_the_same_flows(decflow_checkpoint: Path, tmp_path: Pa
     first, second, _ = _random_pair(tmp_path / "pair", (24, 24))
     model = ("--model", str(decflow_checkpoint), "--iters", "1", "--image1", str(first), "--image2", str(second))
     run(*model, "--save_flo", "--output", str(tmp_path / "flo"))
-    readers = {"pfm": lambda p: frame_utils.read_pfm(p)[..., :2], "npy": np.load,
-               "kitti": lambda p: frame_utils.read_kitti_flow(p)[0]}
+    readers = {
+        "pfm": lambda p: frame_utils.read_pfm(p)[..., :2],
+        "npy": np.load,
+        "kitti": lambda p: frame_utils.read_kitti_flow(p)[0],
+    }
     for fmt, extension in (("pfm", ".pfm"), ("npy", ".npy"), ("kitti", ".png")):
         run(*model, "--save_format", fmt, "--output", str(tmp_path / fmt))
         for kind in ("facial", "head", "expression"):
             expected = read_flo(tmp_path / "flo" / f"pair_a-b_{kind}.flo")
-            np.testing.assert_allclose(readers[fmt](tmp_path / fmt / f"pair_a-b_{kind}{extension}"), expected,
-                                       atol=1 / 64 if fmt == "kitti" else 0)
+            np.testing.assert_allclose(
+                readers[fmt](tmp_path / fmt / f"pair_a-b_{kind}{extension}"),
+                expected,
+                atol=1 / 64 if fmt == "kitti" else 0,
+            )
     assert "does not go with" in _error(*model, "--save_flo", "--save_format", "npy")
 
 
@@ -296,9 +392,9 @@ def test_a_name_repeated_within_a_run_is_disambiguated(decflow_checkpoint: Path,
 
 
 # ------------------------------------------------------------------ default checkpoint
-def test_default_checkpoint_release_first_then_seed_training(decflow_checkpoint: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_default_checkpoint_release_first_then_seed_training(
+    decflow_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     first, second, _ = _random_pair(tmp_path / "pair", (24, 24))
     argv = ("--image1", str(first), "--image2", str(second), "--iters", "1", "--output", "out")
@@ -309,14 +405,20 @@ def test_default_checkpoint_release_first_then_seed_training(decflow_checkpoint:
     # the authors' release comes first (a broken one here, so the message says which file was taken)
     (tmp_path / "checkpoints" / "decflow-facialflownet.pth").write_bytes(b"<html>not found</html>")
     text = _error(*argv)
-    assert text == ("get_flow.py: error: checkpoints/decflow-facialflownet.pth: not a PyTorch checkpoint "
-                    "(neither a zip archive nor a pickle)")
+    assert text == (
+        "get_flow.py: error: checkpoints/decflow-facialflownet.pth: not a PyTorch checkpoint "
+        "(neither a zip archive nor a pickle)"
+    )
     assert "checkpoint: checkpoints/decflow-facialflownet.pth (default" in capsys.readouterr().out
 
 
-def test_evaluate_uses_the_default_checkpoint(decflow_checkpoint: Path, synthetic_root: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_uses_the_default_checkpoint(
+    decflow_checkpoint: Path,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     monkeypatch.chdir(tmp_path)
     argv = ["--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1", "--device", "cpu", "--no_progress"]
     with pytest.raises(SystemExit) as error:
@@ -352,28 +454,53 @@ def _decodable_frames(path: Path) -> tuple[int, int]:
     return announced, decoded
 
 
-def test_truncated_video_warns_with_both_numbers(decflow_checkpoint: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_truncated_video_warns_with_both_numbers(
+    decflow_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     whole = tmp_path / "whole.avi"
     _write_video(whole, "MJPG", 10)
     cut = tmp_path / "cut.avi"
     data = whole.read_bytes()
-    cut.write_bytes(data[:int(len(data) * 0.55)])
+    cut.write_bytes(data[: int(len(data) * 0.55)])
     assert _decodable_frames(cut) == (10, 5), "OpenCV reads a cut AVI differently here"
     out = tmp_path / "out"
     written = run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out))
     assert len(written) == 4
     captured = capsys.readouterr()
     warning = [line for line in captured.err.splitlines() if "warning" in line]
-    assert warning == [f"get_flow.py: warning: video {cut}: decoding failed at frame 5 of the 10 frames its "
-                       "container announces (truncated or damaged file?): used 5 frames instead of 10, "
-                       "4 pairs instead of 9"]
+    assert warning == [
+        f"get_flow.py: warning: video {cut}: decoding failed at frame 5 of the 10 frames its "
+        "container announces (truncated or damaged file?): used 5 frames instead of 10, "
+        "4 pairs instead of 9"
+    ]
     assert "wrote 4 visualisations" in captured.out
-    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(out),
-        "--stride", "2", "--max_frames", "4")  # frames 0, 2, 4 of the 0, 2, 4, 6 asked for
+    run(
+        "--model",
+        str(decflow_checkpoint),
+        "--video",
+        str(cut),
+        "--iters",
+        "1",
+        "--output",
+        str(out),
+        "--stride",
+        "2",
+        "--max_frames",
+        "4",
+    )  # frames 0, 2, 4 of the 0, 2, 4, 6 asked for
     assert "used 3 frames instead of 4 (--stride 2 --max_frames 4), 2 pairs instead of 3" in capsys.readouterr().err
-    run("--model", str(decflow_checkpoint), "--video", str(cut), "--iters", "1", "--output", str(tmp_path / "out3"),
-        "--max_frames", "3")  # all the frames asked for decode: nothing to say (a new --output: the same input)
+    run(
+        "--model",
+        str(decflow_checkpoint),
+        "--video",
+        str(cut),
+        "--iters",
+        "1",
+        "--output",
+        str(tmp_path / "out3"),
+        "--max_frames",
+        "3",
+    )  # all the frames asked for decode: nothing to say (a new --output: the same input)
     assert "warning" not in capsys.readouterr().err
 
 
@@ -384,10 +511,13 @@ def test_undecodable_video_says_where_decoding_failed(decflow_checkpoint: Path, 
     start, end = data.find(b"mdat"), data.find(b"moov")
     assert 0 < start < end, "expected the mp4 index (moov) after the frames (mdat)"
     cut_from = start + (end - start) // 5  # garble from inside the first frame's data to the index
-    data[cut_from:end - 4] = b"\xff" * (end - 4 - cut_from)
+    data[cut_from : end - 4] = b"\xff" * (end - 4 - cut_from)
     video.write_bytes(bytes(data))
     assert _decodable_frames(video) == (4, 1), "OpenCV reads this garbled mp4 differently here"
-    text = _error("--model", str(decflow_checkpoint), "--video", str(video), "--iters", "1",
-                  "--output", str(tmp_path / "out"))
-    assert text == (f"get_flow.py: error: video {video}: decoding failed at frame 1 of the 4 frames its container "
-                    "announces (truncated or damaged file?): used 1 frames instead of 4, 0 pairs instead of 3")
+    text = _error(
+        "--model", str(decflow_checkpoint), "--video", str(video), "--iters", "1", "--output", str(tmp_path / "out")
+    )
+    assert text == (
+        f"get_flow.py: error: video {video}: decoding failed at frame 1 of the 4 frames its container "
+        "announces (truncated or damaged file?): used 1 frames instead of 4, 0 pairs instead of 3"
+    )

@@ -1,5 +1,6 @@
 """hubconf.py through torch.hub.load(source="local"): the release weights, fetched through the
 registry from a local HTTP server, or the untrained network."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,11 @@ def hub(tmp_path, monkeypatch, decflow_checkpoint):
 
 def test_pretrained_model_has_the_release_weights(hub, decflow_checkpoint, tmp_path, monkeypatch):
     release = weights.REGISTRY[weights.RELEASE]
-    monkeypatch.setitem(weights.REGISTRY, release.name, dataclasses.replace(
-        release, checksum=Checksum("git-blob", git_blob_id(decflow_checkpoint.read_bytes()))))
+    monkeypatch.setitem(
+        weights.REGISTRY,
+        release.name,
+        dataclasses.replace(release, checksum=Checksum("git-blob", git_blob_id(decflow_checkpoint.read_bytes()))),
+    )
     model = torch.hub.load(str(REPO), "decflow", source="local", pretrained=True, progress=False)
     assert isinstance(model, DecFlow) and not model.training
     expected = read_state_dict(decflow_checkpoint)
@@ -49,8 +53,10 @@ def test_pretrained_model_has_the_release_weights(hub, decflow_checkpoint, tmp_p
 
 def test_pretrained_refuses_a_file_that_is_not_the_release(hub, tmp_path):
     """With the real registry entry, the served stand-in has the wrong git blob id: refused, deleted."""
-    with pytest.raises(WeightsUnavailable, match="checksum mismatch: expected git blob id "
-                                                 "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61, got"):
+    with pytest.raises(
+        WeightsUnavailable,
+        match="checksum mismatch: expected git blob id fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61, got",
+    ):
         torch.hub.load(str(REPO), "decflow", source="local", pretrained=True, progress=False)
     assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []
 

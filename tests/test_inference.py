@@ -1,5 +1,6 @@
 """core.inference (pad, infer, crop, warm start; CUDA graphs) and the device-aware correlation
 policy. CUDA-only checks run where CUDA is present and are skipped elsewhere."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import json
 import pytest
 import torch
 
-from core.corr import CorrBlock, coords_grid
 from core.checkpoint import save_checkpoint
+from core.corr import CorrBlock, coords_grid
 from core.inference import FlowEstimator, GraphedEstimate, load_model
 from core.network import DecFlow, DecFlowConfig, dense_from_level
 from core.reference import straightforward_forward
 from core.utils.padder import InputPadder
 from tests.model_helpers import authors_state_dict
 
-STATE = {k[len("module."):]: v for k, v in authors_state_dict().items()}
+STATE = {k[len("module.") :]: v for k, v in authors_state_dict().items()}
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")  # the device of the CUDA-only tests
 
@@ -85,9 +86,9 @@ def test_correlation_storage_policy_per_device():
     assert dense_from_level(1, 60 * 60, cpu) == 0
     assert dense_from_level(1, full_hd, cpu) == 1  # over the CPU's 512 MiB
     # CUDA: the whole pyramid (4.2 GB finest level in float32 at 1920x1080) while it fits half the free memory
-    assert dense_from_level(1, full_hd, cuda, free_bytes=80 * 2 ** 30) == 0
-    assert dense_from_level(1, full_hd, cuda, free_bytes=8 * 2 ** 30) == 1
-    assert dense_from_level(1, full_hd, cuda, bytes_per_value=2, free_bytes=8 * 2 ** 30) == 0
+    assert dense_from_level(1, full_hd, cuda, free_bytes=80 * 2**30) == 0
+    assert dense_from_level(1, full_hd, cuda, free_bytes=8 * 2**30) == 1
+    assert dense_from_level(1, full_hd, cuda, bytes_per_value=2, free_bytes=8 * 2**30) == 0
 
 
 @pytest.mark.parametrize("stored_from", [0, 1, 4])
@@ -157,8 +158,10 @@ def test_load_model_refuses_a_description_of_another_architecture(tmp_path):
     assert model.config.position_only and not model.training
     with pytest.raises(ValueError) as error:
         load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))
-    assert str(error.value) == (f"{weights} was trained with position_only=True (see {tmp_path / 'run.json'}), "
-                                "but the model options give position_only=False")
+    assert str(error.value) == (
+        f"{weights} was trained with position_only=True (see {tmp_path / 'run.json'}), "
+        "but the model options give position_only=False"
+    )
     weights.with_suffix(".json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="run.json: not a description of run.pth"):
         load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))

@@ -1,5 +1,6 @@
 """The learning check runs end to end through train.py and evaluate.py (tiny sizes: its table,
 not its numbers)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,15 +16,45 @@ def table_rows(out: str) -> dict[str, list[str]]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("run "))
     end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
-    return {line[:learning.LABEL_WIDTH].strip(): line[learning.LABEL_WIDTH:].split() for line in lines[start + 1:end]}
+    return {
+        line[: learning.LABEL_WIDTH].strip(): line[learning.LABEL_WIDTH :].split() for line in lines[start + 1 : end]
+    }
 
 
 def test_learning_check_prints_every_row(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
-        ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1",
-         "--subjects", "1", "--frames", "3", "--frame_size", "128", "128", "--val_points", "2", "--val_pairs", "1",
-         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--curves", str(tmp_path / "plots" / "c.png"),
-         "--parallel"])
+        [
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--size",
+            "128",
+            "128",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--subjects",
+            "1",
+            "--frames",
+            "3",
+            "--frame_size",
+            "128",
+            "128",
+            "--val_points",
+            "2",
+            "--val_pairs",
+            "1",
+            "--amp_dtype",
+            "bfloat16",
+            "--workdir",
+            str(tmp_path),
+            "--curves",
+            str(tmp_path / "plots" / "c.png"),
+            "--parallel",
+        ]
+    )
     learning.main(args)
     out = capsys.readouterr().out
     rows = table_rows(out)
@@ -45,10 +76,41 @@ def test_learning_check_prints_every_row(tmp_path, capsys):
 
 def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
-        ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1",
-         "--eval_iters", "1", "--subjects", "1", "--frames", "3", "--frame_size", "128", "128",
-         "--amp_dtype", "bfloat16", "--workdir", str(tmp_path), "--seeds", "3", "4", "--parallel",
-         "--val_points", "0", "--curves", str(tmp_path / "c.png")])
+        [
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--size",
+            "128",
+            "128",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--eval_iters",
+            "1",
+            "--subjects",
+            "1",
+            "--frames",
+            "3",
+            "--frame_size",
+            "128",
+            "128",
+            "--amp_dtype",
+            "bfloat16",
+            "--workdir",
+            str(tmp_path),
+            "--seeds",
+            "3",
+            "4",
+            "--parallel",
+            "--val_points",
+            "0",
+            "--curves",
+            str(tmp_path / "c.png"),
+        ]
+    )
     learning.main(args)
     rows = table_rows(capsys.readouterr().out)
     for precision in ("DecFlow fp32", "DecFlow bfloat16 autocast"):
@@ -64,8 +126,10 @@ def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys
 
 def test_skipped_steps_reads_the_last_done_line(tmp_path):
     log = tmp_path / "amp.log"
-    log.write_text("2026-01-01 00:00:00 done: a.pth (7 of 300 steps skipped by the GradScaler)\n"
-                   "2026-01-01 00:00:09 done: a.pth (9 of 400 steps skipped by the GradScaler)\n")
+    log.write_text(
+        "2026-01-01 00:00:00 done: a.pth (7 of 300 steps skipped by the GradScaler)\n"
+        "2026-01-01 00:00:09 done: a.pth (9 of 400 steps skipped by the GradScaler)\n"
+    )
     assert learning.skipped_steps(log) == "9/400"
     log.write_text("2026-01-01 00:00:00 done: a.pth\n")
     assert learning.skipped_steps(log) == "-"
@@ -79,7 +143,8 @@ def test_read_curves_takes_print_and_validation_lines(tmp_path):
         "grad_norm 30.5, skipped 0/10 (GradScaler, 0 in all)\n"
         "2026-01-01 00:00:02 validation facialflow/test at step 10 (3 s): facial_epe 5.0000, facial_1px 0.0500, "
         "head_epe nan, ffn_epe 12.5\n"
-        "2026-01-01 00:00:03 [    20, lr 0.0007] loss 3.5, facial_epe 2.5e-01, head_epe 0.3\n")
+        "2026-01-01 00:00:03 [    20, lr 0.0007] loss 3.5, facial_epe 2.5e-01, head_epe 0.3\n"
+    )
     curves = learning.read_curves(log)
     assert curves["train"]["facial_epe"] == [(10, 4.25), (20, 0.25)]
     assert curves["train"]["head_epe"] == [(10, 4.1), (20, 0.3)]

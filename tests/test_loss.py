@@ -1,4 +1,5 @@
 """core.loss.sequence_loss against hand-computed values."""
+
 import math
 
 import pytest
@@ -97,5 +98,6 @@ def test_gamma_weights_and_gradients():
 
 def test_mismatched_prediction_lists():
     with pytest.raises(ValueError):
-        sequence_loss([], [], torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1),
-                      torch.ones(1, 1, 1), 0.85)
+        sequence_loss(
+            [], [], torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1), torch.ones(1, 1, 1), torch.ones(1, 1, 1), 0.85
+        )

@@ -1,4 +1,5 @@
 """DecFlow architecture: state dict, trainable sets, lookup order, upsampling, inputs, outputs."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ from tests.model_helpers import authors_state_dict, read_spec
 @pytest.fixture(scope="module")
 def model() -> DecFlow:
     net = DecFlow()
-    net.load_state_dict({k[len("module."):]: v for k, v in authors_state_dict().items()})
+    net.load_state_dict({k[len("module.") :]: v for k, v in authors_state_dict().items()})
     return net.eval()
 
 
@@ -91,8 +92,12 @@ def test_correlation_lookup_equals_bilinear_sampling_of_the_pyramid(dense_from_l
     generator = torch.Generator().manual_seed(6)
     fmap1, fmap2 = torch.randn(2, 2, 16, 16, 24, generator=generator)
     base = coords_grid(2, 16, 24)
-    coords = [base + 5 * torch.randn(2, 2, 16, 24, generator=generator), base.round() + 1.0,
-              torch.full_like(base, 23.0), base + 40.0 * torch.randn(2, 2, 16, 24, generator=generator)]
+    coords = [
+        base + 5 * torch.randn(2, 2, 16, 24, generator=generator),
+        base.round() + 1.0,
+        torch.full_like(base, 23.0),
+        base + 40.0 * torch.randn(2, 2, 16, 24, generator=generator),
+    ]
     pyramid = straightforward_pyramid(fmap1, fmap2)
     lookups = CorrBlock(fmap1, fmap2, dense_from_level=dense_from_level)(coords)
     for field, got in zip(coords, lookups):
@@ -107,8 +112,10 @@ def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, wh
     monkeypatch.setattr(corr_module, "SMALL_LEVEL_PIXELS", whole_rows_up_to)
     generator = torch.Generator().manual_seed(4)
     fmap1, fmap2 = torch.randn(2, 2, 32, 17, 23, generator=generator)
-    coords = [coords_grid(2, 17, 23) + 6 * torch.randn(2, 2, 17, 23, generator=generator),
-              coords_grid(2, 17, 23).round() - 2.0]  # integer centres, some windows outside
+    coords = [
+        coords_grid(2, 17, 23) + 6 * torch.randn(2, 2, 17, 23, generator=generator),
+        coords_grid(2, 17, 23).round() - 2.0,
+    ]  # integer centres, some windows outside
     dense = CorrBlock(fmap1, fmap2)(coords)
     mixed = CorrBlock(fmap1, fmap2, dense_from_level=dense_from_level, chunk_elements=40_000)(coords)
     for a, b in zip(dense, mixed):
@@ -160,13 +167,16 @@ def test_convex_upsampling_neighbour_and_subpixel_order():
     assert up[0, 0, 8 + 2, 8 + 4].item() == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("shape1, shape2, fragment", [
-    ((1, 3, 130, 160), (1, 3, 130, 160), "multiples of 8"),
-    ((1, 3, 120, 160), (1, 3, 120, 160), "at least 128"),
-    ((1, 3, 128, 160), (1, 3, 128, 168), "differ in shape"),
-    ((1, 1, 128, 160), (1, 1, 128, 160), "[B, 3, H, W]"),
-    ((3, 128, 160), (3, 128, 160), "[B, 3, H, W]"),
-])
+@pytest.mark.parametrize(
+    "shape1, shape2, fragment",
+    [
+        ((1, 3, 130, 160), (1, 3, 130, 160), "multiples of 8"),
+        ((1, 3, 120, 160), (1, 3, 120, 160), "at least 128"),
+        ((1, 3, 128, 160), (1, 3, 128, 168), "differ in shape"),
+        ((1, 1, 128, 160), (1, 1, 128, 160), "[B, 3, H, W]"),
+        ((3, 128, 160), (3, 128, 160), "[B, 3, H, W]"),
+    ],
+)
 def test_invalid_inputs_raise_with_shape(model, shape1, shape2, fragment):
     with pytest.raises(ValueError) as error:
         model(torch.zeros(shape1), torch.zeros(shape2), iters=1)
@@ -264,7 +274,11 @@ def test_non_finite_or_double_inputs_are_value_errors(case):
     else:
         flow_init = torch.zeros(1, 2, 16, 16)
         flow_init[0, 0, 3, 3] = float("nan")
-    expected = {"nan_image": "image1 holds 1 non-finite", "inf_image2": "image2 holds 1 non-finite",
-                "float64": "image1 must be float32", "nan_flow_init": "flow_init holds 1 non-finite"}[case]
+    expected = {
+        "nan_image": "image1 holds 1 non-finite",
+        "inf_image2": "image2 holds 1 non-finite",
+        "float64": "image1 must be float32",
+        "nan_flow_init": "flow_init holds 1 non-finite",
+    }[case]
     with torch.no_grad(), pytest.raises(ValueError, match=expected):
         model(image1, image2, iters=1, flow_init=flow_init, test_mode=True)

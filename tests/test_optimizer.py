@@ -1,5 +1,6 @@
 """The training optimiser's multi-tensor kernels (foreach, fused) against AdamW's plain loop:
 the same parameters after a few scheduled steps, on DecFlow's own parameter list."""
+
 from __future__ import annotations
 
 import copy

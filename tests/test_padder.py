@@ -1,4 +1,5 @@
 """InputPadder: padding amounts of both modes, the 128 px minimum, and exact unpadding."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,10 +8,13 @@ import torch
 from core.utils.padder import InputPadder
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("symmetric", (1, 2, 3, 3)),  # 250x333 -> 256x336: width 1+2, height 3+3
-    ("exp", (1, 2, 0, 6)),  # the reference evaluation: height padded at the bottom only
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("symmetric", (1, 2, 3, 3)),  # 250x333 -> 256x336: width 1+2, height 3+3
+        ("exp", (1, 2, 0, 6)),  # the reference evaluation: height padded at the bottom only
+    ],
+)
 def test_padding_amounts_and_round_trip(mode, expected):
     padder = InputPadder((1, 3, 250, 333), mode=mode)
     assert padder.padding == expected and padder.padded_shape == (256, 336)
@@ -20,7 +24,7 @@ def test_padding_amounts_and_round_trip(mode, expected):
     assert torch.equal(padder.unpad(padded), image)
     # replicate padding: the border rows/columns repeat the image's edge
     left, _, top, _ = padder.padding
-    assert torch.equal(padded[..., top, left:left + 333], image[..., 0, :])
+    assert torch.equal(padded[..., top, left : left + 333], image[..., 0, :])
 
 
 def test_multiples_of_eight_are_left_alone():

@@ -22,6 +22,7 @@ developers and CI, so two sets of tests check the same arithmetic:
 
 Regenerate the golden file from the fixture with ``python -m tests.test_parity``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ GOLDEN_CALLS = {
 }
 FIXTURE_KEYS = {"content": "{flow}_test12", "pos_and_content": "{flow}_test12", "flowinit": "{flow}_test6"}
 
-needs_fixture = pytest.mark.skipif(not (PARITY / "expected_outputs.npz").is_file(),
-                                   reason="shared parity fixture not available")
+needs_fixture = pytest.mark.skipif(
+    not (PARITY / "expected_outputs.npz").is_file(), reason="shared parity fixture not available"
+)
 
 
 # ------------------------------------------------------------------ the weights, rebuilt in the repository
@@ -120,8 +122,12 @@ def write_golden(path: Path = GOLDEN) -> None:
     module = _fill_weights_module()
     expected = dict(np.load(PARITY / "expected_outputs.npz"))
     pixels = golden_pixels(*expected["image1"].shape[1:])
-    arrays = {"image1": expected["image1"], "image2": expected["image2"], "pixels": pixels,
-              "weights_sha256": np.array(weights_sha256(module.filled_state_dict(SHARED_SPEC / "decflow_state_dict.tsv")))}
+    arrays = {
+        "image1": expected["image1"],
+        "image2": expected["image2"],
+        "pixels": pixels,
+        "weights_sha256": np.array(weights_sha256(module.filled_state_dict(SHARED_SPEC / "decflow_state_dict.tsv"))),
+    }
     for name, template in FIXTURE_KEYS.items():
         for flow in ("facial", "head"):
             arrays[f"{name}_{flow}"] = expected[template.format(flow=f"{name}_{flow}")][0][:, pixels]
@@ -204,8 +210,12 @@ def test_parity_with_golden_file(golden, outputs, name: str) -> None:
     facial, head = out.facial[0][:, pixels].numpy(), out.head[0][:, pixels].numpy()
     np.testing.assert_allclose(facial, golden[f"{name}_facial"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(head, golden[f"{name}_head"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(out.expression[0][:, pixels].numpy(), golden[f"{name}_facial"] - golden[f"{name}_head"],
-                               atol=2 * TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        out.expression[0][:, pixels].numpy(),
+        golden[f"{name}_facial"] - golden[f"{name}_head"],
+        atol=2 * TOLERANCE,
+        rtol=0,
+    )
 
 
 def test_golden_values_tell_close_variants_apart(golden) -> None:
@@ -247,9 +257,12 @@ def test_parity_with_reference(outputs, expected, prefix: str) -> None:
     out = outputs(prefix)
     np.testing.assert_allclose(out.facial.numpy(), expected[f"{prefix}_facial_test12"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(out.head.numpy(), expected[f"{prefix}_head_test12"], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(out.expression.numpy(),
-                               expected[f"{prefix}_facial_test12"] - expected[f"{prefix}_head_test12"],
-                               atol=2 * TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        out.expression.numpy(),
+        expected[f"{prefix}_facial_test12"] - expected[f"{prefix}_head_test12"],
+        atol=2 * TOLERANCE,
+        rtol=0,
+    )
 
 
 @needs_fixture

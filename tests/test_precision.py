@@ -1,5 +1,6 @@
 """Mixed precision: where it runs (native bfloat16 only on CPUs), float16 training gradients as
 safe as the reference's, GradScaler bookkeeping, and the one-line fallbacks of the scripts."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,8 @@ from core.loss import sequence_loss
 from core.network import DecFlow
 from core.reference import straightforward_forward
 from core.synthetic import generate
-from core.utils.frame_utils import write_flo
 from core.training import step as training_step
+from core.utils.frame_utils import write_flo
 from tests.model_helpers import GMA_TSV, authors_state_dict
 from tests.train_helpers import make_dataset, run
 
@@ -27,13 +28,16 @@ FALLBACK = "no native bfloat16"
 
 
 # ----------------------------------------------------------------------------- the decision
-@pytest.mark.parametrize("capability, flags, native", [
-    ("AVX2", {"avx2", "avx512_bf16"}, False),  # PyTorch runs AVX2 kernels: no native bf16 whatever the flags
-    ("AVX512", {"avx512f", "avx512bw"}, False),  # AVX-512 without BF16 only emulates it
-    ("AVX512", {"avx512f", "avx512_bf16"}, True),
-    ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, True),
-    ("DEFAULT", set(), False),
-])
+@pytest.mark.parametrize(
+    "capability, flags, native",
+    [
+        ("AVX2", {"avx2", "avx512_bf16"}, False),  # PyTorch runs AVX2 kernels: no native bf16 whatever the flags
+        ("AVX512", {"avx512f", "avx512bw"}, False),  # AVX-512 without BF16 only emulates it
+        ("AVX512", {"avx512f", "avx512_bf16"}, True),
+        ("AVX512", {"avx512f", "amx_bf16", "amx_tile"}, True),
+        ("DEFAULT", set(), False),
+    ],
+)
 def test_native_bf16_follows_capability_and_flags(capability, flags, native):
     assert precision.cpu_has_native_bf16(capability, frozenset(flags)) is native
 
@@ -54,8 +58,9 @@ def test_resolve_amp_dtype_falls_back_in_one_line():
     assert len(lines) == 1 and FALLBACK in lines[0] and "float32" in lines[0]
     # asked for explicitly, a dtype is honoured on any CPU (float16 emulates the CUDA recipe)
     assert precision.resolve_amp_dtype(True, CPU, torch.float16, warn=lines.append, native_bf16=False) is torch.float16
-    assert precision.resolve_amp_dtype(True, CPU, torch.bfloat16, warn=lines.append, native_bf16=False) \
-        is torch.bfloat16
+    assert (
+        precision.resolve_amp_dtype(True, CPU, torch.bfloat16, warn=lines.append, native_bf16=False) is torch.bfloat16
+    )
     assert precision.resolve_amp_dtype(True, torch.device("cuda"), warn=lines.append) is torch.float16
     assert len(lines) == 1
     assert precision.needs_grad_scaler(torch.float16) and not precision.needs_grad_scaler(torch.bfloat16)
@@ -72,9 +77,31 @@ def no_native_bf16(monkeypatch):
 def test_train_mixed_precision_without_native_bf16_runs_float32(tmp_path, no_native_bf16):
     root = make_dataset(tmp_path / "FacialFlowNet")
     out = tmp_path / "out"
-    run(["--name", "mp", "--output", str(out), "--root", str(root), "--frozen", "--image_size", "128", "128",
-         "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "1", "--device", "cpu",
-         "--mixed_precision"])
+    run(
+        [
+            "--name",
+            "mp",
+            "--output",
+            str(out),
+            "--root",
+            str(root),
+            "--frozen",
+            "--image_size",
+            "128",
+            "128",
+            "--batch_size",
+            "1",
+            "--iters",
+            "2",
+            "--num_workers",
+            "0",
+            "--num_steps",
+            "1",
+            "--device",
+            "cpu",
+            "--mixed_precision",
+        ]
+    )
     log = (out / "mp.log").read_text()
     assert log.count(FALLBACK) == 1
     assert "on cpu, float32:" in log
@@ -82,16 +109,44 @@ def test_train_mixed_precision_without_native_bf16_runs_float32(tmp_path, no_nat
     assert state["config"]["mixed_precision"] is False and not state["scaler"]  # no GradScaler state
 
 
-def test_evaluate_and_get_flow_fall_back_in_one_line(synthetic_root, decflow_checkpoint, tmp_path, capsys,
-                                                     no_native_bf16):
-    document = evaluate.main(evaluate.get_args_parser().parse_args(
-        ["--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1",
-         "--device", "cpu", "--mixed_precision", "--no_progress"]))
+def test_evaluate_and_get_flow_fall_back_in_one_line(
+    synthetic_root, decflow_checkpoint, tmp_path, capsys, no_native_bf16
+):
+    document = evaluate.main(
+        evaluate.get_args_parser().parse_args(
+            [
+                "--model",
+                str(decflow_checkpoint),
+                "--root",
+                str(synthetic_root),
+                "--iters",
+                "1",
+                "--max_pairs",
+                "1",
+                "--device",
+                "cpu",
+                "--mixed_precision",
+                "--no_progress",
+            ]
+        )
+    )
     assert document["meta"]["precision"] == "float32"
     assert capsys.readouterr().err.count(FALLBACK) == 1
-    get_flow.main(get_flow.get_args_parser().parse_args(
-        ["--model", str(decflow_checkpoint), "--iters", "1", "--device", "cpu", "--mixed_precision",
-         "--output", str(tmp_path / "flow")]))
+    get_flow.main(
+        get_flow.get_args_parser().parse_args(
+            [
+                "--model",
+                str(decflow_checkpoint),
+                "--iters",
+                "1",
+                "--device",
+                "cpu",
+                "--mixed_precision",
+                "--output",
+                str(tmp_path / "flow"),
+            ]
+        )
+    )
     captured = capsys.readouterr()
     assert captured.err.count(FALLBACK) == 1 and "float32 on cpu" in captured.out
 
@@ -123,11 +178,15 @@ def gma_start_and_batch(tmp_path_factory):
     batch = [torch.stack([sample[k] for sample in samples]) for k in range(7)]
     torch.manual_seed(0)
     model = DecFlow()
-    report = load_state_dict_checked(model, strip_data_parallel_prefix(authors_state_dict(tsv=GMA_TSV)),
-                                     strict=False)
+    report = load_state_dict_checked(model, strip_data_parallel_prefix(authors_state_dict(tsv=GMA_TSV)), strict=False)
     # what a GMA start leaves at initialisation, as train.py reports it for stage 1
-    assert set(report.initialised) == {"update_block_head", "dad_encoder", "dad_encoder.model.3 (unused stage)",
-                                       "change_dim", "res1"}, report.initialised
+    assert set(report.initialised) == {
+        "update_block_head",
+        "dad_encoder",
+        "dad_encoder.model.3 (unused stage)",
+        "change_dim",
+        "res1",
+    }, report.initialised
     return model.train(), batch
 
 
@@ -166,8 +225,13 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
     assert not nonfinite, nonfinite
     assert ours.keys() == exact.keys()
     reference = _scaled_gradients(
-        model, batch, lambda a, b: straightforward_forward(model, _channels_last(a), _channels_last(b), iters=12,
-                                                           amp_dtype=torch.float16), 4096.0)
+        model,
+        batch,
+        lambda a, b: straightforward_forward(
+            model, _channels_last(a), _channels_last(b), iters=12, amp_dtype=torch.float16
+        ),
+        4096.0,
+    )
     assert all(torch.isfinite(grad).all() for grad in reference.values())
     assert _relative_error(ours, exact) <= 1.05 * _relative_error(reference, exact)  # 8.19e-3 vs 8.16e-3 here
 
@@ -187,13 +251,39 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
     monkeypatch.setattr(training_step, "sequence_loss", overflowing_first_loss)
     root = make_dataset(tmp_path / "FacialFlowNet")
     out = tmp_path / "out"
-    run(["--name", "fp16", "--output", str(out), "--root", str(root), "--frozen", "--image_size", "128", "128",
-         "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "2", "--print_freq", "2",
-         "--device", "cpu", "--mixed_precision", "--amp_dtype", "float16"])
+    run(
+        [
+            "--name",
+            "fp16",
+            "--output",
+            str(out),
+            "--root",
+            str(root),
+            "--frozen",
+            "--image_size",
+            "128",
+            "128",
+            "--batch_size",
+            "1",
+            "--iters",
+            "2",
+            "--num_workers",
+            "0",
+            "--num_steps",
+            "2",
+            "--print_freq",
+            "2",
+            "--device",
+            "cpu",
+            "--mixed_precision",
+            "--amp_dtype",
+            "float16",
+        ]
+    )
     state = torch.load(out / "fp16_state.pth", weights_only=True)
     assert state["config"]["mixed_precision"] is True and state["config"]["amp_dtype"] == "float16"
     skipped = state["scaler_skipped"]  # step 1 for sure; step 2 too if float16 overflows again
-    assert skipped >= 1 and state["scaler"]["scale"] == 65536.0 / 2 ** skipped  # one halving per skipped step
+    assert skipped >= 1 and state["scaler"]["scale"] == 65536.0 / 2**skipped  # one halving per skipped step
     log = (out / "fp16.log").read_text()
     assert "float16 autocast with a GradScaler" in log
     assert f"skipped {skipped}/2 (GradScaler, {skipped} in all)" in log
@@ -211,9 +301,34 @@ def test_all_nan_ground_truth_stops_the_run(tmp_path):
         write_flo(flo, np.full((160, 160, 2), np.nan, np.float32))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        run(["--name", "nan", "--output", str(out), "--root", str(root), "--frozen", "--image_size", "128", "128",
-             "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "6", "--print_freq", "2",
-             "--max_nonfinite", "10", "--device", "cpu"])
+        run(
+            [
+                "--name",
+                "nan",
+                "--output",
+                str(out),
+                "--root",
+                str(root),
+                "--frozen",
+                "--image_size",
+                "128",
+                "128",
+                "--batch_size",
+                "1",
+                "--iters",
+                "2",
+                "--num_workers",
+                "0",
+                "--num_steps",
+                "6",
+                "--print_freq",
+                "2",
+                "--max_nonfinite",
+                "10",
+                "--device",
+                "cpu",
+            ]
+        )
     assert "stopping at step 2" in str(exc.value.code)
     log = (out / "nan.log").read_text()
     assert "step 1: no valid ground-truth pixel" in log and "done:" not in log
@@ -225,9 +340,32 @@ def test_all_nan_ground_truth_stops_the_run(tmp_path):
 def test_cuda_float16_training_steps_are_finite(tmp_path: Path):
     root = make_dataset(tmp_path / "FacialFlowNet")
     out = tmp_path / "out"
-    metrics = run(["--name", "cuda", "--output", str(out), "--root", str(root), "--image_size", "128", "128",
-                   "--batch_size", "2", "--iters", "4", "--num_workers", "0", "--num_steps", "3", "--print_freq", "3",
-                   "--device", "cuda", "--mixed_precision"])
+    metrics = run(
+        [
+            "--name",
+            "cuda",
+            "--output",
+            str(out),
+            "--root",
+            str(root),
+            "--image_size",
+            "128",
+            "128",
+            "--batch_size",
+            "2",
+            "--iters",
+            "4",
+            "--num_workers",
+            "0",
+            "--num_steps",
+            "3",
+            "--print_freq",
+            "3",
+            "--device",
+            "cuda",
+            "--mixed_precision",
+        ]
+    )
     assert np.isfinite(metrics["loss"])
     assert "float16 autocast with a GradScaler" in (out / "cuda.log").read_text()
 

@@ -72,7 +72,11 @@ def test_layout_counts_masks_and_head_sequence(synthetic_root: Path) -> None:
     for seq in seqs:
         rel = seq.relative_to(synthetic_root / "image" / "facial")
         assert [p.name for p in sorted(seq.iterdir())] == ["0001.jpg", "0002.jpg", "0003.jpg"]
-        assert sorted(p.name for p in (synthetic_root / "image" / "head" / rel).iterdir()) == ["0001.jpg", "0002.jpg", "0003.jpg"]
+        assert sorted(p.name for p in (synthetic_root / "image" / "head" / rel).iterdir()) == [
+            "0001.jpg",
+            "0002.jpg",
+            "0003.jpg",
+        ]
         for kind in ("facial", "head"):
             assert sorted(p.name for p in (synthetic_root / "flow" / kind / rel).iterdir()) == ["0001.flo", "0002.flo"]
         masks = sorted((synthetic_root / "mask" / rel).iterdir())
@@ -83,7 +87,8 @@ def test_layout_counts_masks_and_head_sequence(synthetic_root: Path) -> None:
             assert 0.03 < mask.mean() < 0.6
         # head frame 1 is facial frame 1 (expression held at the first frame)
         np.testing.assert_array_equal(
-            frame_utils.read_image(seq / "0001.jpg"), frame_utils.read_image(synthetic_root / "image" / "head" / rel / "0001.jpg")
+            frame_utils.read_image(seq / "0001.jpg"),
+            frame_utils.read_image(synthetic_root / "image" / "head" / rel / "0001.jpg"),
         )
         for stem in ("0001", "0002"):
             facial = frame_utils.read_flo(synthetic_root / "flow" / "facial" / rel / f"{stem}.flo")
@@ -119,14 +124,37 @@ def test_cli_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         synthetic.main(["--help"])
     text = capsys.readouterr().out
-    for option in ("--root", "--subjects", "--frames", "--size", "--seed", "--frame_interval", "--splits", "--verify",
-                   "--no-progress"):
+    for option in (
+        "--root",
+        "--subjects",
+        "--frames",
+        "--size",
+        "--seed",
+        "--frame_interval",
+        "--splits",
+        "--verify",
+        "--no-progress",
+    ):
         assert option in text
 
 
 def test_cli_writes_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     synthetic.main(
-        ["--root", str(tmp_path), "--subjects", "1", "--frames", "2", "--size", "64", "64", "--splits", "val", "--verify", "--no-progress"]
+        [
+            "--root",
+            str(tmp_path),
+            "--subjects",
+            "1",
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "64",
+            "--splits",
+            "val",
+            "--verify",
+            "--no-progress",
+        ]
     )
     out = capsys.readouterr().out
     assert "wrote 1 sequences (1 pairs, 64x64)" in out and "warp error" in out
@@ -134,10 +162,12 @@ def test_cli_writes_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 @pytest.mark.parametrize("flags, bar", [([], True), (["--no-progress"], False), (["--no_progress"], False)])
-def test_cli_accepts_both_spellings_of_no_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                   flags: list[str], bar: bool) -> None:
-    synthetic.main(["--root", str(tmp_path), "--subjects", "1", "--frames", "2", "--size", "32", "32", "--splits", "val",
-                    *flags])
+def test_cli_accepts_both_spellings_of_no_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], bar: bool
+) -> None:
+    synthetic.main(
+        ["--root", str(tmp_path), "--subjects", "1", "--frames", "2", "--size", "32", "32", "--splits", "val", *flags]
+    )
     captured = capsys.readouterr()
     assert "wrote 1 sequences" in captured.out
     assert ("synthetic FacialFlowNet" in captured.err) == bar  # the progress bar
@@ -160,19 +190,22 @@ def test_frame_interval_renders_the_same_motion_at_a_lower_frame_rate() -> None:
     np.testing.assert_array_equal(fast.facial_frames[1], slow.facial_frames[2])
     np.testing.assert_array_equal(fast.head_frames[1], slow.head_frames[2])
     np.testing.assert_array_equal(fast.masks[1], slow.masks[2])
-    assert_first_facial_flow_exact(synthetic.SyntheticSubject.random((96, 96), seed=4, emotion="surprise",
-                                                                     frame_interval=2.0))
+    assert_first_facial_flow_exact(
+        synthetic.SyntheticSubject.random((96, 96), seed=4, emotion="surprise", frame_interval=2.0)
+    )
     with pytest.raises(ValueError, match="frame_interval"):
         synthetic.render_sequence((64, 64), 2, seed=0, frame_interval=0.0)
 
 
 def test_frame_interval_scales_the_motion_per_frame() -> None:
     """Interval 2 at 128x128 moves the face about as far per frame as interval 1 at 256x256: pixels, not a fraction."""
+
     def mean_face_motion(size: int, interval: float) -> float:
         magnitudes = []
         for j in range(6):
-            seq = synthetic.render_sequence((size, size), 3, seed=[9, j], emotion=synthetic.EMOTIONS[j % 5],
-                                            frame_interval=interval)
+            seq = synthetic.render_sequence(
+                (size, size), 3, seed=[9, j], emotion=synthetic.EMOTIONS[j % 5], frame_interval=interval
+            )
             magnitudes += [np.linalg.norm(f[m], axis=-1).mean() for f, m in zip(seq.flows_facial, seq.masks)]
         return float(np.mean(magnitudes))
 

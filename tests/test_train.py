@@ -3,6 +3,7 @@
 Everything runs on CPU with a tiny synthetic dataset (160x160 frames, 128x128 crops),
 batch 1-2, 2-3 steps and 2 recurrent iterations.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,35 +22,66 @@ from core.network import DecFlowConfig
 from core.training import step as training_step
 from core.training.data import ResumableSampler
 from core.training.stages import set_trainable
-from tests.train_helpers import ROOT, free_port, load_weights, make_dataset, make_gma_checkpoint, run, scaled, \
-    subprocess_env, train
+from tests.train_helpers import (
+    ROOT,
+    free_port,
+    load_weights,
+    make_dataset,
+    make_gma_checkpoint,
+    run,
+    scaled,
+    subprocess_env,
+    train,
+)
 
-SEED_PART1 = ("--name decflow-facialflownet-part1 --stage facialflow --validation facialflow --output checkpoints "
-              "--restore_ckpt checkpoints/gma-sintel.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
-              "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
-              "--mixed_precision")
-SEED_PART2 = ("--name decflow --stage facialflow --validation facialflow  --output checkpoints --restore_ckpt "
-              "checkpoints/decflow-facialflownet-part1.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
-              "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
-              "--mixed_precision --frozen")
+SEED_PART1 = (
+    "--name decflow-facialflownet-part1 --stage facialflow --validation facialflow --output checkpoints "
+    "--restore_ckpt checkpoints/gma-sintel.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
+    "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
+    "--mixed_precision"
+)
+SEED_PART2 = (
+    "--name decflow --stage facialflow --validation facialflow  --output checkpoints --restore_ckpt "
+    "checkpoints/decflow-facialflownet-part1.pth  --num_steps 10000 --lr 0.000125 --image_size 480 480 "
+    "--wdecay 0.00001 --gamma 0.85 --gpus 0 --batch_size 6 --val_freq 1000 --print_freq 100 "
+    "--mixed_precision --frozen"
+)
 # on CPU whether or not CUDA is present (runs must be comparable to the CPU-made expectations)
-SMALL = dict(image_size="128 128", batch_size="1", iters="2", val_iters="2", val_max_pairs="1", num_workers="0",
-             print_freq="1", device="cpu")
+SMALL = dict(
+    image_size="128 128",
+    batch_size="1",
+    iters="2",
+    val_iters="2",
+    val_max_pairs="1",
+    num_workers="0",
+    print_freq="1",
+    device="cpu",
+)
 CPU = ["--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
-    return {"root": make_dataset(base / "FacialFlowNet"), "gma": make_gma_checkpoint(base / "gma-sintel.pth"),
-            "base": base}
+    return {
+        "root": make_dataset(base / "FacialFlowNet"),
+        "gma": make_gma_checkpoint(base / "gma-sintel.pth"),
+        "base": base,
+    }
 
 
 @pytest.fixture(scope="module")
 def stage1(files):
     out = files["base"] / "stage1"
-    argv = scaled(SEED_PART1, output=str(out), restore_ckpt=str(files["gma"]), root=str(files["root"]),
-                  num_steps="2", val_freq="1", **SMALL)
+    argv = scaled(
+        SEED_PART1,
+        output=str(out),
+        restore_ckpt=str(files["gma"]),
+        root=str(files["root"]),
+        num_steps="2",
+        val_freq="1",
+        **SMALL,
+    )
     metrics = run(argv)
     return out, metrics
 
@@ -58,8 +90,14 @@ def test_seed_commands_parse_as_written():
     parser = train.get_args_parser()
     a1 = parser.parse_args(SEED_PART1.split())
     a2 = parser.parse_args(SEED_PART2.split())
-    assert (a1.num_steps, a1.lr, a1.image_size, a1.wdecay, a1.gamma, a1.batch_size) == \
-        (10000, 0.000125, [480, 480], 0.00001, 0.85, 6)
+    assert (a1.num_steps, a1.lr, a1.image_size, a1.wdecay, a1.gamma, a1.batch_size) == (
+        10000,
+        0.000125,
+        [480, 480],
+        0.00001,
+        0.85,
+        6,
+    )
     assert (a1.val_freq, a1.print_freq, a1.mixed_precision, a1.frozen, a1.gpus) == (1000, 100, True, False, [0])
     assert a1.validation == ["facialflow"] and a2.frozen and a2.name == "decflow"
     assert (a1.iters, a1.clip, a1.epsilon, a1.seed, a1.val_iters, a1.val_split) == (12, 1.0, 1e-8, 1234, 32, "test")
@@ -68,15 +106,23 @@ def test_seed_commands_parse_as_written():
 def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     out, metrics = stage1
     name = "decflow-facialflownet-part1"
-    for filename in (f"1_{name}.pth", f"2_{name}.pth", f"{name}.pth", f"{name}_state.pth", f"{name}.log",
-                     f"{name}_loss.png", f"{name}_epe.png"):
+    for filename in (
+        f"1_{name}.pth",
+        f"2_{name}.pth",
+        f"{name}.pth",
+        f"{name}_state.pth",
+        f"{name}.log",
+        f"{name}_loss.png",
+        f"{name}_epe.png",
+    ):
         assert (out / filename).is_file(), filename
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "runs" / name)).Reload().Tags()
     assert {"train/loss", "train/facial_epe", "train/lr", "val/facial_epe", "val/ffn_epe"} <= set(events["scalars"])
-    assert {f"flow/{kind} (prediction | ground truth)" for kind in ("facial", "head", "expression")} \
-        <= set(events["images"])
+    assert {f"flow/{kind} (prediction | ground truth)" for kind in ("facial", "head", "expression")} <= set(
+        events["images"]
+    )
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     log = (out / f"{name}.log").read_text()
     assert "warning: running on cpu: --gpus 0 is ignored" in log
@@ -90,7 +136,7 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
 
     # 2 warm-up steps (lr <= 7e-5) move no weight by more than ~1.5e-4: the trained GMA
     # groups must still sit on the GMA values; freshly initialised weights would be far off.
-    gma = {k[len("module."):]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
+    gma = {k[len("module.") :]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
     final = load_weights(out / f"{name}.pth")
     params = {n for n, _ in train.DecFlow().named_parameters()}
     for key, value in gma.items():
@@ -102,8 +148,12 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     # beside each weights file: its architecture, step and training arguments
     for weights, step in ((f"1_{name}.pth", 1), (f"{name}.pth", 2)):
         description = json.loads((out / weights).with_suffix(".json").read_text())
-        assert description["config"] == {"num_heads": 1, "position_only": False, "position_and_content": False,
-                                         "dropout": 0.0}
+        assert description["config"] == {
+            "num_heads": 1,
+            "position_only": False,
+            "position_and_content": False,
+            "dropout": 0.0,
+        }
         assert description["step"] == step and description["training"]["name"] == name
         assert description["training"]["lr"] == 0.000125 and description["training"]["image_size"] == [128, 128]
 
@@ -112,8 +162,17 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
     stage1_out, _ = stage1
     out = files["base"] / "stage2"
     start = stage1_out / "decflow-facialflownet-part1.pth"
-    run(scaled(SEED_PART2, output=str(out), restore_ckpt=str(start), root=str(files["root"]),
-               num_steps="2", val_freq="2", **SMALL))
+    run(
+        scaled(
+            SEED_PART2,
+            output=str(out),
+            restore_ckpt=str(start),
+            root=str(files["root"]),
+            num_steps="2",
+            val_freq="2",
+            **SMALL,
+        )
+    )
     before, after = load_weights(start), load_weights(out / "decflow.pth")
     model = train.DecFlow()
     set_trainable(model, 2)
@@ -129,9 +188,32 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
 
 
 def test_resume_reproduces_an_uninterrupted_run(files):
-    common = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
-              "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
-              "--num_steps", "2", "--val_freq", "2", "--print_freq", "1", "--lr", "0.001", *CPU]
+    common = [
+        "--stage",
+        "facialflow",
+        "--root",
+        str(files["root"]),
+        "--restore_ckpt",
+        str(files["gma"]),
+        "--image_size",
+        "128",
+        "128",
+        "--batch_size",
+        "1",
+        "--iters",
+        "2",
+        "--num_workers",
+        "0",
+        "--num_steps",
+        "2",
+        "--val_freq",
+        "2",
+        "--print_freq",
+        "1",
+        "--lr",
+        "0.001",
+        *CPU,
+    ]
     out_a, out_b = files["base"] / "resume_a", files["base"] / "resume_b"
     run(common + ["--name", "a", "--output", str(out_a)])
     # slot 1: stop after step 1 (as a time-limited job would)
@@ -164,8 +246,29 @@ def test_sigint_saves_state_and_exits(files, monkeypatch):
     out = files["base"] / "sigint"
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs as a background job
     with pytest.raises(SystemExit) as exc:  # stage 2 from random weights: cheap steps
-        run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
-             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "3", *CPU])
+        run(
+            [
+                "--name",
+                "s",
+                "--output",
+                str(out),
+                "--root",
+                str(files["root"]),
+                "--frozen",
+                "--image_size",
+                "128",
+                "128",
+                "--batch_size",
+                "1",
+                "--iters",
+                "2",
+                "--num_workers",
+                "0",
+                "--num_steps",
+                "3",
+                *CPU,
+            ]
+        )
     assert exc.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     assert torch.load(out / "s_state.pth", weights_only=True)["step"] == 1
@@ -183,9 +286,31 @@ def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
     monkeypatch.setattr(training_step, "sequence_loss", nan_loss)
     out = files["base"] / "nan"
     with pytest.raises(SystemExit) as exc:
-        run(["--name", "n", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
-             "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "5",
-             "--max_nonfinite", "2", *CPU])
+        run(
+            [
+                "--name",
+                "n",
+                "--output",
+                str(out),
+                "--root",
+                str(files["root"]),
+                "--frozen",
+                "--image_size",
+                "128",
+                "128",
+                "--batch_size",
+                "1",
+                "--iters",
+                "2",
+                "--num_workers",
+                "0",
+                "--num_steps",
+                "5",
+                "--max_nonfinite",
+                "2",
+                *CPU,
+            ]
+        )
     assert "aborting at step 2" in str(exc.value.code)
     assert "step 1: non-finite loss" in (out / "n.log").read_text()
     assert not (out / "n.pth").exists()
@@ -207,18 +332,41 @@ def test_sampler_resumes_and_shards():
     assert len(full) == 6  # 3 whole batches of 2 per epoch, the 7th pair dropped
     epoch0 = [i for i, _ in stream[:6]]
     assert len(set(epoch0)) == 6
-    ranks = [[i for i, _ in itertools.islice(iter(ResumableSampler(7, 1, seed=3, rank=r, world_size=2)), 3)]
-             for r in range(2)]
+    ranks = [
+        [i for i, _ in itertools.islice(iter(ResumableSampler(7, 1, seed=3, rank=r, world_size=2)), 3)]
+        for r in range(2)
+    ]
     assert not set(ranks[0]) & set(ranks[1])
 
 
 def test_torchrun_two_processes_gloo(files):
     out = files["base"] / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "train.py"),
-           *scaled(SEED_PART1, name="ddp", output=str(out), restore_ckpt=str(files["gma"]),
-                   root=str(files["root"]), num_steps="2", val_freq="2", gpus="", mixed_precision="",
-                   **{**SMALL, "batch_size": "2", "val_max_pairs": "2"})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "train.py"),
+        *scaled(
+            SEED_PART1,
+            name="ddp",
+            output=str(out),
+            restore_ckpt=str(files["gma"]),
+            root=str(files["root"]),
+            num_steps="2",
+            val_freq="2",
+            gpus="",
+            mixed_precision="",
+            **{**SMALL, "batch_size": "2", "val_max_pairs": "2"},
+        ),
+    ]
     cmd.remove("--gpus")
     cmd.remove("--mixed_precision")
     proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -237,9 +385,32 @@ def _bn_stats(weights: dict) -> dict:
 @pytest.mark.parametrize("freeze_bn", [False, True])
 def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
     out = files["base"] / f"bn_{freeze_bn}"
-    argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
-            "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
-            "--num_steps", "1", "--val_freq", "10", "--name", "bn", "--output", str(out), *CPU]
+    argv = [
+        "--stage",
+        "facialflow",
+        "--root",
+        str(files["root"]),
+        "--restore_ckpt",
+        str(files["gma"]),
+        "--image_size",
+        "128",
+        "128",
+        "--batch_size",
+        "1",
+        "--iters",
+        "2",
+        "--num_workers",
+        "0",
+        "--num_steps",
+        "1",
+        "--val_freq",
+        "10",
+        "--name",
+        "bn",
+        "--output",
+        str(out),
+        *CPU,
+    ]
     run(argv + (["--freeze_bn"] if freeze_bn else []))
     before, after = _bn_stats(load_weights(files["gma"])), _bn_stats(load_weights(out / "bn.pth"))
     assert before and before.keys() == after.keys()
@@ -250,10 +421,36 @@ def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
 
 def test_optimiser_and_schedule_follow_the_recipe(files):
     out = files["base"] / "recipe"
-    argv = ["--stage", "facialflow", "--root", str(files["root"]), "--restore_ckpt", str(files["gma"]),
-            "--image_size", "128", "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0",
-            "--num_steps", "3", "--val_freq", "10", "--name", "recipe", "--output", str(out),
-            "--lr", "0.000125", "--wdecay", "0.00001", *CPU]
+    argv = [
+        "--stage",
+        "facialflow",
+        "--root",
+        str(files["root"]),
+        "--restore_ckpt",
+        str(files["gma"]),
+        "--image_size",
+        "128",
+        "128",
+        "--batch_size",
+        "1",
+        "--iters",
+        "2",
+        "--num_workers",
+        "0",
+        "--num_steps",
+        "3",
+        "--val_freq",
+        "10",
+        "--name",
+        "recipe",
+        "--output",
+        str(out),
+        "--lr",
+        "0.000125",
+        "--wdecay",
+        "0.00001",
+        *CPU,
+    ]
     run(argv)
     state = torch.load(out / "recipe_state.pth", weights_only=True)
     group = state["optimizer"]["param_groups"][0]
@@ -261,8 +458,9 @@ def test_optimiser_and_schedule_follow_the_recipe(files):
     # the reference schedule, rebuilt by hand: OneCycle over num_steps + 100, 5 % warm-up, linear
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=0.000125, weight_decay=1e-5, eps=1e-8)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.000125, total_steps=3 + 100, pct_start=0.05,
-                                                   cycle_momentum=False, anneal_strategy="linear")
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.000125, total_steps=3 + 100, pct_start=0.05, cycle_momentum=False, anneal_strategy="linear"
+    )
     for _ in range(3):
         optimizer.step()
         schedule.step()
@@ -274,9 +472,18 @@ def test_seed_recipe_with_mixed_precision_and_validation_resumes(files):
     """The seed flags as written (`--validation facialflow --mixed_precision`), cut by --stop_at and
     resumed: the state file holds plain values only and the run ends with the same weights as an
     uninterrupted one (bfloat16 where this CPU has it natively, else float32 with a warning)."""
+
     def argv(name: str, out) -> list[str]:
-        return scaled(SEED_PART1, name=name, output=str(out), restore_ckpt=str(files["gma"]), root=str(files["root"]),
-                      num_steps="2", val_freq="2", **SMALL)
+        return scaled(
+            SEED_PART1,
+            name=name,
+            output=str(out),
+            restore_ckpt=str(files["gma"]),
+            root=str(files["root"]),
+            num_steps="2",
+            val_freq="2",
+            **SMALL,
+        )
 
     out_a, out_b = files["base"] / "seed_a", files["base"] / "seed_b"
     run(argv("a", out_a))
@@ -300,9 +507,11 @@ def test_bad_optimiser_values_are_one_line_errors(tmp_path, capsys):
 
 def test_impossible_model_options_are_one_line_errors(tmp_path, capsys):
     """train.py checks its model options as evaluate.py and get_flow.py do (core.cli.model_config)."""
-    for argv, message in ((["--position_only", "--position_and_content"], "mutually exclusive"),
-                          (["--num_heads", "0"], "--num_heads must be >= 1"),
-                          (["--dropout", "1.5"], "--dropout must be in [0, 1]")):
+    for argv, message in (
+        (["--position_only", "--position_and_content"], "mutually exclusive"),
+        (["--num_heads", "0"], "--num_heads must be >= 1"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1]"),
+    ):
         with pytest.raises(SystemExit) as exc:
             run([*argv, "--output", str(tmp_path)])
         assert exc.value.code == 2
@@ -333,8 +542,29 @@ def test_stale_temporaries_of_a_killed_save_are_removed(files, tmp_path):
     out.mkdir()
     stale = out / ".s_state.pth.abc123xy.tmp"
     stale.write_bytes(b"\0" * 64)
-    run(["--name", "s", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
-         "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "1", *CPU])
+    run(
+        [
+            "--name",
+            "s",
+            "--output",
+            str(out),
+            "--root",
+            str(files["root"]),
+            "--frozen",
+            "--image_size",
+            "128",
+            "128",
+            "--batch_size",
+            "1",
+            "--iters",
+            "2",
+            "--num_workers",
+            "0",
+            "--num_steps",
+            "1",
+            *CPU,
+        ]
+    )
     assert not stale.exists() and "left by an interrupted save" in (out / "s.log").read_text()
 
 
@@ -351,8 +581,27 @@ def test_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_damaged_training_state_is_refused(files, tmp_path):
     out = tmp_path / "damaged"
-    argv = ["--name", "d", "--output", str(out), "--root", str(files["root"]), "--frozen", "--image_size", "128",
-            "128", "--batch_size", "1", "--iters", "2", "--num_workers", "0", "--num_steps", "2", *CPU]
+    argv = [
+        "--name",
+        "d",
+        "--output",
+        str(out),
+        "--root",
+        str(files["root"]),
+        "--frozen",
+        "--image_size",
+        "128",
+        "128",
+        "--batch_size",
+        "1",
+        "--iters",
+        "2",
+        "--num_workers",
+        "0",
+        "--num_steps",
+        "2",
+        *CPU,
+    ]
     run(argv + ["--stop_at", "1"])
     state_path = out / "d_state.pth"
     state = torch.load(state_path, weights_only=True)

@@ -2,6 +2,7 @@
 hash, truncation, HTML, Git LFS pointer, connection refused, offline, a killed download)
 and weights by name through get_flow.py, evaluate.py and train.py. Nothing here touches
 the internet: every URL is 127.0.0.1."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,8 @@ from core import weights
 from core.checkpoint import read_state_dict
 from core.weights import Checksum, WeightsEntry, WeightsUnavailable, ensure, git_blob_id
 from tests.server_helpers import Route, Server
-from tests.train_helpers import free_port, make_dataset, make_gma_checkpoint, run as run_train, subprocess_env
+from tests.train_helpers import free_port, make_dataset, make_gma_checkpoint, subprocess_env
+from tests.train_helpers import run as run_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,9 +56,16 @@ def tiny_weights() -> bytes:
 
 def entry_for(data: bytes, name: str = "tiny") -> WeightsEntry:
     """A registry entry like the authors' ones, with the checksum of `data`."""
-    return WeightsEntry(name=name, file=f"{name}.pth", what="test weights", source="the test server",
-                        checksum=Checksum("git-blob", git_blob_id(data)), base_url="http://127.0.0.1:9",
-                        url_path=f"checkpoints/{name}.pth", mirrored=True)
+    return WeightsEntry(
+        name=name,
+        file=f"{name}.pth",
+        what="test weights",
+        source="the test server",
+        checksum=Checksum("git-blob", git_blob_id(data)),
+        base_url="http://127.0.0.1:9",
+        url_path=f"checkpoints/{name}.pth",
+        mirrored=True,
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -79,8 +88,10 @@ def test_registry_pins_the_authors_files_and_torchvision_resnet(monkeypatch):
     assert resnet.checksum == Checksum("sha256", "0676ba61")
     assert resnet.destination() == Path(torch.hub.get_dir()) / "checkpoints" / "resnet50-0676ba61.pth"
     # a mirror replaces the base; the path under it and the checksum stay
-    assert release.url({weights.BASE_URL_VARIABLE: "http://mirror/x/"}) == \
-        "http://mirror/x/checkpoints/decflow-facialflownet.pth"
+    assert (
+        release.url({weights.BASE_URL_VARIABLE: "http://mirror/x/"})
+        == "http://mirror/x/checkpoints/decflow-facialflownet.pth"
+    )
     assert resnet.url({weights.BASE_URL_VARIABLE: "http://mirror/x/"}) == resnet.url({})
 
 
@@ -89,8 +100,9 @@ def test_git_blob_id_is_gits(tmp_path):
     (tmp_path / "f").write_bytes(data)
     assert Checksum("git-blob", "").of(tmp_path / "f") == git_blob_id(data)
     if shutil.which("git"):
-        assert subprocess.run(["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True,
-                              check=True).stdout.strip() == git_blob_id(data)
+        assert subprocess.run(
+            ["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True
+        ).stdout.strip() == git_blob_id(data)
     assert git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's empty blob
 
 
@@ -119,12 +131,16 @@ def test_download_verifies_then_renames(online, tmp_path):
 def test_bad_downloads_are_refused_and_deleted(case, online, tmp_path):
     data = tiny_weights()
     entry = entry_for(data)
-    route = {"wrong hash": Route(data[:-1] + b"!"),
-             "truncated": Route(data[: len(data) // 2], length=len(data)),
-             "html": Route(b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", content_type="text/html"),
-             "lfs pointer": Route(b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64
-                                  + b"\nsize 80843701\n", content_type="text/plain"),
-             "not found": None}[case]
+    route = {
+        "wrong hash": Route(data[:-1] + b"!"),
+        "truncated": Route(data[: len(data) // 2], length=len(data)),
+        "html": Route(b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", content_type="text/html"),
+        "lfs pointer": Route(
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 80843701\n",
+            content_type="text/plain",
+        ),
+        "not found": None,
+    }[case]
     if route is not None:
         online.routes["/checkpoints/tiny.pth"] = route
     with pytest.raises(WeightsUnavailable) as error:
@@ -133,9 +149,13 @@ def test_bad_downloads_are_refused_and_deleted(case, online, tmp_path):
     url = f"{online.url}/checkpoints/tiny.pth"
     assert "\n" not in message and url in message and str(tmp_path / "tiny.pth") in message
     assert "python -m core.weights fetch tiny" in message
-    expected = {"wrong hash": "checksum mismatch", "truncated": f"cut short ({len(data) // 2} of {len(data)} bytes)",
-                "html": "an HTML page, not the weights", "lfs pointer": "a Git LFS pointer, not the weights",
-                "not found": "HTTP 404"}[case]
+    expected = {
+        "wrong hash": "checksum mismatch",
+        "truncated": f"cut short ({len(data) // 2} of {len(data)} bytes)",
+        "html": "an HTML page, not the weights",
+        "lfs pointer": "a Git LFS pointer, not the weights",
+        "not found": "HTTP 404",
+    }[case]
     assert expected in message, message
     if case in ("wrong hash", "truncated"):  # both hashes named
         got = git_blob_id(route.body)
@@ -167,8 +187,13 @@ def test_a_killed_download_is_never_taken_for_weights(online, tmp_path, monkeypa
     stall = threading.Event()
     online.routes["/checkpoints/gma-sintel.pth"] = Route(data, stall=stall)
     folder = tmp_path / "ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "core.weights", "fetch", "gma-sintel", "--folder", str(folder)],
-                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.weights", "fetch", "gma-sintel", "--folder", str(folder)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not any(p.stat().st_size for p in folder.glob(".gma-sintel.pth.*.part")):
@@ -194,8 +219,14 @@ def test_list_and_fetch_commands(online, tmp_path):
     env = {**subprocess_env(), weights.BASE_URL_VARIABLE: online.url}
     env.pop(weights.OFFLINE_VARIABLE, None)
     (tmp_path / "gma-sintel.pth").write_bytes(b"not the release")
-    listing = subprocess.run([sys.executable, "-m", "core.weights", "list", "--folder", str(tmp_path)], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "core.weights", "list", "--folder", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listing.returncode == 0, listing.stderr
     out = listing.stdout
     assert f"decflow-facialflownet: {tmp_path / 'decflow-facialflownet.pth'} [missing]" in out
@@ -204,12 +235,24 @@ def test_list_and_fetch_commands(online, tmp_path):
     assert "fbd307fcf6c3e1dcaa033d87b82cabfc6f71bf61" in out and "resnet50-imagenet" in out
     assert f"{online.url}/checkpoints/gma-sintel.pth" in out
 
-    fetch = subprocess.run([sys.executable, "-m", "core.weights", "fetch", "nonsense"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
+    fetch = subprocess.run(
+        [sys.executable, "-m", "core.weights", "fetch", "nonsense"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fetch.returncode != 0 and "decflow-facialflownet, gma-sintel, resnet50-imagenet" in fetch.stderr
     online.routes["/checkpoints/decflow-facialflownet.pth"] = Route(b"<html>moved</html>", content_type="text/html")
-    fetch = subprocess.run([sys.executable, "-m", "core.weights", "fetch", "decflow-facialflownet", "--folder",
-                            str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    fetch = subprocess.run(
+        [sys.executable, "-m", "core.weights", "fetch", "decflow-facialflownet", "--folder", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert fetch.returncode == 1 and "Traceback" not in fetch.stderr
     assert "an HTML page" in fetch.stderr and not (tmp_path / "decflow-facialflownet.pth").exists()
     assert online.requests == ["/checkpoints/decflow-facialflownet.pth"]
@@ -222,8 +265,9 @@ def served_release(online, decflow_checkpoint, monkeypatch):
     data = decflow_checkpoint.read_bytes()
     online.routes["/checkpoints/decflow-facialflownet.pth"] = Route(data)
     release = weights.REGISTRY["decflow-facialflownet"]
-    monkeypatch.setitem(weights.REGISTRY, release.name,
-                        dataclasses.replace(release, checksum=Checksum("git-blob", git_blob_id(data))))
+    monkeypatch.setitem(
+        weights.REGISTRY, release.name, dataclasses.replace(release, checksum=Checksum("git-blob", git_blob_id(data)))
+    )
     return data
 
 
@@ -249,16 +293,26 @@ def test_offline_and_failed_fetches_are_one_line(served_release, online, tmp_pat
             get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--device", "cpu"]))
         text = str(error.value)
         assert text.startswith("get_flow.py: error:") and "\n" not in text
-        for part in (url, "checkpoints/decflow-facialflownet.pth", "python -m core.weights fetch decflow-facialflownet",
-                     "downloads are off"):
+        for part in (
+            url,
+            "checkpoints/decflow-facialflownet.pth",
+            "python -m core.weights fetch decflow-facialflownet",
+            "downloads are off",
+        ):
             assert part in text, text
     assert online.requests == []
 
     # a failed download, as a real script: one line, no traceback
     env = {**subprocess_env(), weights.BASE_URL_VARIABLE: f"http://127.0.0.1:{free_port()}"}
     env.pop(weights.OFFLINE_VARIABLE, None)
-    proc = subprocess.run([sys.executable, str(REPO / "get_flow.py"), "--device", "cpu"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "get_flow.py"), "--device", "cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("get_flow.py: error:") and "cannot connect" in last
@@ -292,16 +346,43 @@ def test_train_fetches_gma_sintel_for_stage_1(online, tmp_path, monkeypatch, cap
     gma = make_gma_checkpoint(tmp_path / "served-gma.pth").read_bytes()
     online.routes["/checkpoints/gma-sintel.pth"] = Route(gma)
     entry = weights.REGISTRY["gma-sintel"]
-    monkeypatch.setitem(weights.REGISTRY, entry.name,
-                        dataclasses.replace(entry, checksum=Checksum("git-blob", git_blob_id(gma))))
+    monkeypatch.setitem(
+        weights.REGISTRY, entry.name, dataclasses.replace(entry, checksum=Checksum("git-blob", git_blob_id(gma)))
+    )
     root = make_dataset(tmp_path / "FacialFlowNet")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no ResNet there, none downloaded
-    monkeypatch.setitem(weights.REGISTRY, "resnet50-imagenet",
-                        dataclasses.replace(weights.REGISTRY["resnet50-imagenet"],
-                                            base_url=online.url))
-    run_train(["--restore_ckpt", "checkpoints/gma-sintel.pth", "--root", str(root), "--output", "out",
-               "--num_steps", "1", "--val_freq", "5", "--batch_size", "1", "--image_size", "128", "128",
-               "--iters", "1", "--num_workers", "0", "--device", "cpu", "--name", "s1"])
+    monkeypatch.setitem(
+        weights.REGISTRY,
+        "resnet50-imagenet",
+        dataclasses.replace(weights.REGISTRY["resnet50-imagenet"], base_url=online.url),
+    )
+    run_train(
+        [
+            "--restore_ckpt",
+            "checkpoints/gma-sintel.pth",
+            "--root",
+            str(root),
+            "--output",
+            "out",
+            "--num_steps",
+            "1",
+            "--val_freq",
+            "5",
+            "--batch_size",
+            "1",
+            "--image_size",
+            "128",
+            "128",
+            "--iters",
+            "1",
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--name",
+            "s1",
+        ]
+    )
     err = capsys.readouterr().err
     assert f"downloading gma-sintel from {online.url}/checkpoints/gma-sintel.pth to checkpoints/gma-sintel.pth" in err
     assert Path("checkpoints/gma-sintel.pth").read_bytes() == gma

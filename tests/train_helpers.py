@@ -1,4 +1,5 @@
 """Helpers for the train.py tests: a tiny synthetic dataset, a GMA-format checkpoint, runs."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def make_dataset(root: Path) -> Path:
 def make_gma_checkpoint(path: Path) -> Path:
     """A GMA-format checkpoint: deterministic fnet/cnet/update_block/att weights, `module.` keys."""
     state = authors_state_dict(tsv=GMA_TSV)
-    assert state and all(k.startswith("module.") and k[len("module."):].startswith(GMA_GROUPS) for k in state)
+    assert state and all(k.startswith("module.") and k[len("module.") :].startswith(GMA_GROUPS) for k in state)
     torch.save(state, path)
     return path
 

@@ -36,8 +36,14 @@ expression field), :mod:`.sequence` (a subject rendered into frames and exact fl
 
 from core.synthetic.check import backward_warp, erode, verify, warp_error
 from core.synthetic.cli import main
-from core.synthetic.motion import (EMOTION_PEAKS, ExpressionField, HeadMotion, Oscillation, apply_homography,
-                                   make_expression)
+from core.synthetic.motion import (
+    EMOTION_PEAKS,
+    ExpressionField,
+    HeadMotion,
+    Oscillation,
+    apply_homography,
+    make_expression,
+)
 from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL, SyntheticSequence, SyntheticSubject, render_sequence
 from core.synthetic.texture import FaceLayout, FaceTexture, make_background, make_face_texture
 from core.synthetic.writer import EMOTIONS, JPEG_QUALITY, SPLITS, generate, subject_folder, write_sequence

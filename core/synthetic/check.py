@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -23,7 +23,9 @@ def backward_warp(image: Array, flow: Array) -> tuple[Array, Array]:
     h, w = flow.shape[:2]
     py, px = np.mgrid[0:h, 0:w].astype(np.float32)
     mx, my = px + flow[..., 0], py + flow[..., 1]
-    warped = cv2.remap(image.astype(np.float32), mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped = cv2.remap(
+        image.astype(np.float32), mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     inside = (mx >= 0) & (mx <= w - 1) & (my >= 0) & (my <= h - 1)
     return warped, inside
 

@@ -36,7 +36,7 @@ class Oscillation:
         return float(self.amplitude * np.sin(self.omega * t + self.phase) - offset)
 
     @staticmethod
-    def random(rng: np.random.Generator, max_amplitude: float, centred: bool = True) -> "Oscillation":
+    def random(rng: np.random.Generator, max_amplitude: float, centred: bool = True) -> Oscillation:
         return Oscillation(
             amplitude=float(rng.uniform(0.0, max_amplitude)),
             omega=float(rng.uniform(0.2, 0.5)),
@@ -148,9 +148,21 @@ EMOTION_PEAKS: dict[str, dict[str, tuple[float, float]]] = {
     # channel -> (low, high) of the peak activation; negative smile = corners down, frown pulls brows in
     "angry": {"open": (0.0, 0.4), "smile": (-0.5, 0.0), "raise": (0.0, 0.1), "frown": (0.6, 1.0), "close": (0.2, 0.5)},
     "happy": {"open": (0.0, 0.5), "smile": (0.6, 1.0), "raise": (0.0, 0.3), "frown": (0.0, 0.0), "close": (0.1, 0.5)},
-    "neutral": {"open": (0.3, 0.8), "smile": (-0.2, 0.2), "raise": (0.0, 0.3), "frown": (0.0, 0.2), "close": (0.0, 0.9)},
+    "neutral": {
+        "open": (0.3, 0.8),
+        "smile": (-0.2, 0.2),
+        "raise": (0.0, 0.3),
+        "frown": (0.0, 0.2),
+        "close": (0.0, 0.9),
+    },
     "sad": {"open": (0.0, 0.3), "smile": (-1.0, -0.5), "raise": (0.2, 0.5), "frown": (0.2, 0.5), "close": (0.2, 0.6)},
-    "surprise": {"open": (0.6, 1.0), "smile": (-0.1, 0.2), "raise": (0.6, 1.0), "frown": (0.0, 0.0), "close": (0.0, 0.1)},
+    "surprise": {
+        "open": (0.6, 1.0),
+        "smile": (-0.1, 0.2),
+        "raise": (0.6, 1.0),
+        "frown": (0.0, 0.0),
+        "close": (0.0, 0.1),
+    },
 }
 
 
@@ -176,10 +188,19 @@ def make_expression(rng: np.random.Generator, layout: FaceLayout, emotion: str) 
     bumps.append(((0.0, layout.mouth_y - 0.08 * b), (0.5 * a, 0.25 * b), (0.0, -0.05 * b), "open"))
     for side in (-1, 1):
         ex = side * layout.eye_x
-        bumps.append(((side * layout.mouth_w, layout.mouth_y), (0.4 * a, 0.3 * b), (side * 0.12 * a, -0.1 * b), "smile"))
+        bumps.append(
+            ((side * layout.mouth_w, layout.mouth_y), (0.4 * a, 0.3 * b), (side * 0.12 * a, -0.1 * b), "smile")
+        )
         bumps.append(((ex, layout.brow_y), (0.45 * a, 0.3 * b), (0.0, -0.12 * b), "raise"))
         bumps.append(((ex, layout.brow_y), (0.45 * a, 0.3 * b), (-side * 0.08 * a, 0.08 * b), "frown"))
-        bumps.append(((ex, layout.eye_y - 0.6 * layout.eye_h), (1.4 * layout.eye_w, 2.6 * layout.eye_h), (0.0, 0.9 * layout.eye_h), "close"))
+        bumps.append(
+            (
+                (ex, layout.eye_y - 0.6 * layout.eye_h),
+                (1.4 * layout.eye_w, 2.6 * layout.eye_h),
+                (0.0, 0.9 * layout.eye_h),
+                "close",
+            )
+        )
 
     centres, radii, vectors, acts = [], [], [], []
     channel_act = {
@@ -195,10 +216,14 @@ def make_expression(rng: np.random.Generator, layout: FaceLayout, emotion: str) 
         radii.append(rad)
         vectors.append(v)
         acts.append(channel_act[ch])
-    field = ExpressionField(np.array(centres).reshape(-1, 2), np.array(radii).reshape(-1, 2), np.array(vectors).reshape(-1, 2), tuple(acts))
+    field = ExpressionField(
+        np.array(centres).reshape(-1, 2), np.array(radii).reshape(-1, 2), np.array(vectors).reshape(-1, 2), tuple(acts)
+    )
     grid = np.linspace(-1.5 * b, 1.5 * b, 241)
     gx, gy = np.meshgrid(grid, grid)
     bound = field.lipschitz_bound(gx, gy)
     if bound > MAX_EXPRESSION_LIPSCHITZ:
-        field = ExpressionField(field.centres, field.radii, field.vectors * (MAX_EXPRESSION_LIPSCHITZ / bound), field.activations)
+        field = ExpressionField(
+            field.centres, field.radii, field.vectors * (MAX_EXPRESSION_LIPSCHITZ / bound), field.activations
+        )
     return field

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-from core.synthetic.motion import (EMOTION_PEAKS, ExpressionField, HeadMotion, Oscillation, apply_homography,
-                                   make_expression)
+from core.synthetic.motion import (
+    EMOTION_PEAKS,
+    ExpressionField,
+    HeadMotion,
+    Oscillation,
+    apply_homography,
+    make_expression,
+)
 from core.synthetic.texture import Array, FaceLayout, FaceTexture, make_background, make_face_texture
 
 #: Motion time between consecutive frames. Every motion (head pose, expression, background) is
@@ -56,8 +62,13 @@ class SyntheticSubject:
     frame_interval: float = FRAME_INTERVAL  # motion time between frames ``t`` and ``t + 1``
 
     @staticmethod
-    def random(size: tuple[int, int], seed: int | Sequence[int], emotion: str = "happy",
-               frame_interval: float = FRAME_INTERVAL, face_scale: float = FACE_SCALE) -> "SyntheticSubject":
+    def random(
+        size: tuple[int, int],
+        seed: int | Sequence[int],
+        emotion: str = "happy",
+        frame_interval: float = FRAME_INTERVAL,
+        face_scale: float = FACE_SCALE,
+    ) -> SyntheticSubject:
         """Draw a subject deterministically from ``seed``; ``emotion`` picks the expression preset.
 
         ``frame_interval`` is the motion time between consecutive frames (see :data:`FRAME_INTERVAL`);
@@ -90,7 +101,9 @@ class SyntheticSubject:
             persp_y=Oscillation.random(rng, 0.3 / side, centred=False),
         )
         margin = max(8, int(np.ceil(0.04 * side)) + 2)
-        canvas = make_background(rng, (h + 2 * margin, w + 2 * margin), (centre[0] + margin, centre[1] + margin), layout.a)
+        canvas = make_background(
+            rng, (h + 2 * margin, w + 2 * margin), (centre[0] + margin, centre[1] + margin), layout.a
+        )
         moving = rng.uniform() < 0.5  # half of the subjects have a gently panning background
         return SyntheticSubject(
             size=(h, w),
@@ -169,8 +182,14 @@ class SyntheticSubject:
         return flow_f.astype(np.float32), flow_h.astype(np.float32)
 
 
-def render_sequence(size: tuple[int, int], frames: int, seed: int | Sequence[int], emotion: str = "happy",
-                    frame_interval: float = FRAME_INTERVAL, face_scale: float = FACE_SCALE) -> SyntheticSequence:
+def render_sequence(
+    size: tuple[int, int],
+    frames: int,
+    seed: int | Sequence[int],
+    emotion: str = "happy",
+    frame_interval: float = FRAME_INTERVAL,
+    face_scale: float = FACE_SCALE,
+) -> SyntheticSequence:
     """Render one synthetic subject of ``frames`` frames at ``size = (H, W)``.
 
     ``frames=2`` gives a single demo pair. Deterministic for a given ``seed``;

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -41,8 +41,22 @@ def _paint(img: Array, coverage: Array, colour: Sequence[float]) -> None:
     img += coverage[..., None] * (np.asarray(colour, dtype=np.float32) - img)
 
 
-SKIN_TONES = ((0.98, 0.86, 0.76), (0.95, 0.79, 0.67), (0.87, 0.66, 0.52), (0.76, 0.55, 0.41), (0.55, 0.38, 0.27), (0.38, 0.26, 0.18))
-HAIR_COLOURS = ((0.08, 0.06, 0.05), (0.25, 0.15, 0.08), (0.45, 0.30, 0.15), (0.80, 0.65, 0.40), (0.55, 0.22, 0.10), (0.65, 0.65, 0.65))
+SKIN_TONES = (
+    (0.98, 0.86, 0.76),
+    (0.95, 0.79, 0.67),
+    (0.87, 0.66, 0.52),
+    (0.76, 0.55, 0.41),
+    (0.55, 0.38, 0.27),
+    (0.38, 0.26, 0.18),
+)
+HAIR_COLOURS = (
+    (0.08, 0.06, 0.05),
+    (0.25, 0.15, 0.08),
+    (0.45, 0.30, 0.15),
+    (0.80, 0.65, 0.40),
+    (0.55, 0.22, 0.10),
+    (0.65, 0.65, 0.65),
+)
 IRIS_COLOURS = ((0.35, 0.22, 0.12), (0.25, 0.40, 0.60), (0.30, 0.45, 0.30), (0.45, 0.45, 0.50))
 
 
@@ -85,7 +99,7 @@ class FaceLayout:
     mouth_w: float
 
     @staticmethod
-    def random(rng: np.random.Generator, a: float) -> "FaceLayout":
+    def random(rng: np.random.Generator, a: float) -> FaceLayout:
         b = a * rng.uniform(1.2, 1.4)
         eye_w = a * rng.uniform(0.2, 0.26)
         eye_y = -b * rng.uniform(0.05, 0.15)
@@ -150,7 +164,7 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
 
     # nose: bridge shading, tip highlight, nostrils
     nose_y = 0.5 * (layout.eye_y + layout.mouth_y) + 0.05 * b
-    bridge = np.exp(-((x - 0.12 * a) / (0.05 * a)) ** 2) * (y > layout.eye_y) * (y < nose_y)
+    bridge = np.exp(-(((x - 0.12 * a) / (0.05 * a)) ** 2)) * (y > layout.eye_y) * (y < nose_y)
     _paint(rgb, 0.25 * bridge.astype(np.float32), tone * 0.6)
     _paint(rgb, 0.5 * _ellipse(x, y, 0, nose_y - 0.04 * b, 0.14 * a, 0.07 * b, 3 * edge), tone * 1.1)
     for side in (-1, 1):
@@ -172,8 +186,12 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
         length = b * rng.uniform(0.2, 0.9)
         above = np.maximum(above, (1.0 - face) * _smooth_step(length - y, edge))
     hair = cap * above if rng.uniform() > 0.08 else np.zeros_like(cap)  # some subjects are bald
-    strands = cv2.GaussianBlur(rng.uniform(-1, 1, (size, size)).astype(np.float32), (0, 0), sigmaX=0.6 * s, sigmaY=4 * s)
-    hair_rgb = hair_colour.astype(np.float32) * (1.0 + 0.6 * strands[..., None] + 0.15 * _noise(rng, (size, size), 8 * s)[..., None])
+    strands = cv2.GaussianBlur(
+        rng.uniform(-1, 1, (size, size)).astype(np.float32), (0, 0), sigmaX=0.6 * s, sigmaY=4 * s
+    )
+    hair_rgb = hair_colour.astype(np.float32) * (
+        1.0 + 0.6 * strands[..., None] + 0.15 * _noise(rng, (size, size), 8 * s)[..., None]
+    )
     rgb += hair[..., None] * (hair_rgb - rgb)
 
     rgb = cv2.GaussianBlur(np.clip(rgb, 0.0, 1.0), (0, 0), sigmaX=0.9 * s)  # pre-filter against aliasing
@@ -186,7 +204,9 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
     )
 
 
-def make_background(rng: np.random.Generator, shape: tuple[int, int], face_centre: tuple[float, float], face_a: float) -> Array:
+def make_background(
+    rng: np.random.Generator, shape: tuple[int, int], face_centre: tuple[float, float], face_a: float
+) -> Array:
     """Procedural background (gradient wall, blurred shapes, grain, shoulders), float32 RGB 0..1."""
     h, w = shape
     top, bottom = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
@@ -197,7 +217,7 @@ def make_background(rng: np.random.Generator, shape: tuple[int, int], face_centr
         colour = rng.uniform(0.05, 0.95, 3)
         if rng.uniform() < 0.5:
             x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
-            box = ((xx > x0) & (xx < x0 + rng.uniform(0.1, 0.4) * w) & (yy > y0) & (yy < y0 + rng.uniform(0.1, 0.4) * h))
+            box = (xx > x0) & (xx < x0 + rng.uniform(0.1, 0.4) * w) & (yy > y0) & (yy < y0 + rng.uniform(0.1, 0.4) * h)
             cover = box.astype(np.float32)
         else:
             r = rng.uniform(0.05, 0.2) * min(h, w)

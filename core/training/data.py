@@ -1,4 +1,5 @@
 """The training data stream: resumable, seeded per sample, shared among processes."""
+
 from __future__ import annotations
 
 import random
@@ -28,14 +29,16 @@ class ResumableSampler(data.Sampler):
     augmentation, a function of (seed, epoch, position) only.
     """
 
-    def __init__(self, length: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0) -> None:
+    def __init__(
+        self, length: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, start_batch: int = 0
+    ) -> None:
         self.length, self.batch_size, self.seed = length, batch_size, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
         self.batches_per_epoch = (length // world_size) // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{length} training pairs are fewer than one batch of {batch_size} per process "
-                             f"x {world_size} processes")
+            raise ValueError(
+                f"{length} training pairs are fewer than one batch of {batch_size} per process x {world_size} processes"
+            )
 
     def __iter__(self):
         epoch, batch = divmod(self.start_batch, self.batches_per_epoch)
@@ -43,7 +46,7 @@ class ResumableSampler(data.Sampler):
         while True:
             order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + 7919 * epoch))
             positions = range(self.rank, self.length, self.world_size)[:per_epoch]
-            for position in list(positions)[batch * self.batch_size:]:
+            for position in list(positions)[batch * self.batch_size :]:
                 yield int(order[position]), sample_seed(self.seed, epoch, position)
             epoch, batch = epoch + 1, 0
 
@@ -91,15 +94,33 @@ class SeededSamples(data.Dataset):
             random.setstate(python_state)
 
 
-def build_train_loader(*, stage: str, image_size: tuple[int, int], root: str, per_process_batch: int, seed: int,
-                       num_workers: int, rank: int, world_size: int, start_step: int) -> data.DataLoader:
+def build_train_loader(
+    *,
+    stage: str,
+    image_size: tuple[int, int],
+    root: str,
+    per_process_batch: int,
+    seed: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    start_step: int,
+) -> data.DataLoader:
     """The endless training loader of one process, starting at batch `start_step`."""
     dataset = training_dataset(stage, image_size, batch_size=per_process_batch, root=root)
-    sampler = ResumableSampler(len(dataset), per_process_batch, seed=seed, rank=rank,
-                               world_size=world_size, start_batch=start_step)
-    return data.DataLoader(SeededSamples(dataset), batch_size=per_process_batch, sampler=sampler,
-                           num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
-                           worker_init_fn=seed_worker, persistent_workers=num_workers > 0)
+    sampler = ResumableSampler(
+        len(dataset), per_process_batch, seed=seed, rank=rank, world_size=world_size, start_batch=start_step
+    )
+    return data.DataLoader(
+        SeededSamples(dataset),
+        batch_size=per_process_batch,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        worker_init_fn=seed_worker,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def upscaling_note(loader: data.DataLoader, image_size: tuple[int, int]) -> str | None:
@@ -111,6 +132,8 @@ def upscaling_note(loader: data.DataLoader, image_size: tuple[int, int]) -> str 
     if image_size[0] + CROP_MARGIN <= height and image_size[1] + CROP_MARGIN <= width:
         return None
     factor = max((image_size[0] + CROP_MARGIN) / height, (image_size[1] + CROP_MARGIN) / width)
-    return (f"warning: --image_size {image_size[0]} {image_size[1]} is larger than the training frames "
-            f"({height}x{width}, e.g. {first}) less the crop margin of {CROP_MARGIN} px: every sample is "
-            f"upscaled, by at least {factor:.2f}x")
+    return (
+        f"warning: --image_size {image_size[0]} {image_size[1]} is larger than the training frames "
+        f"({height}x{width}, e.g. {first}) less the crop margin of {CROP_MARGIN} px: every sample is "
+        f"upscaled, by at least {factor:.2f}x"
+    )

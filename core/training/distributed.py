@@ -1,5 +1,6 @@
 """Devices and processes: torchrun's process group, DataParallel/DDP wrapping, values
 shared across ranks."""
+
 from __future__ import annotations
 
 import os
@@ -55,17 +56,22 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
-def wrap_model(model: nn.Module, *, device: torch.device, distributed: bool, gpus: list[int] | None,
-               unused_parameters: bool) -> nn.Module:
+def wrap_model(
+    model: nn.Module, *, device: torch.device, distributed: bool, gpus: list[int] | None, unused_parameters: bool
+) -> nn.Module:
     """DistributedDataParallel under torchrun, DataParallel for several `gpus`, else the model.
     `unused_parameters`: some trainable parameters get no gradient (DDP must look for them)."""
     if distributed:
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=unused_parameters)
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused_parameters,
+        )
     if device.type == "cuda" and gpus is not None and len(gpus) > 1:
         if device != torch.device(f"cuda:{gpus[0]}"):
-            raise ValueError(f"with --gpus {' '.join(map(str, gpus))} the model lives on "
-                             f"cuda:{gpus[0]}; drop --device {device} or make it cuda:{gpus[0]}")
+            raise ValueError(
+                f"with --gpus {' '.join(map(str, gpus))} the model lives on "
+                f"cuda:{gpus[0]}; drop --device {device} or make it cuda:{gpus[0]}"
+            )
         return nn.DataParallel(model, device_ids=gpus)
     return model

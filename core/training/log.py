@@ -1,5 +1,6 @@
 """The run log of rank 0: text file and console, TensorBoard scalars and images, PNG curves;
 the print windows of the training loop."""
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,11 @@ class RunLog:
         if not self.enabled:
             return
         _, _, flow_f, flow_h, *_ = batch
-        pairs = {"facial": (facial_pred[0], flow_f[0]), "head": (head_pred[0], flow_h[0]),
-                 "expression": (facial_pred[0] - head_pred[0], flow_f[0] - flow_h[0])}
+        pairs = {
+            "facial": (facial_pred[0], flow_f[0]),
+            "head": (head_pred[0], flow_h[0]),
+            "expression": (facial_pred[0] - head_pred[0], flow_f[0] - flow_h[0]),
+        }
         for kind, (pred, gt) in pairs.items():
             pred = pred.detach().float().cpu().permute(1, 2, 0).numpy()
             gt = gt.detach().float().cpu().permute(1, 2, 0).numpy()
@@ -80,15 +84,16 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         train, val = self.history["train"], self.history["val"]
-        for filename, keys in ((f"{self.name}_loss.png", ("loss", "facial_loss", "head_loss", "expression_loss")),
-                               (f"{self.name}_epe.png", ("facial_epe", "head_epe", "expression_epe"))):
+        for filename, keys in (
+            (f"{self.name}_loss.png", ("loss", "facial_loss", "head_loss", "expression_loss")),
+            (f"{self.name}_epe.png", ("facial_epe", "head_epe", "expression_epe")),
+        ):
             fig, ax = plt.subplots(figsize=(7, 4))
             for key in keys:
                 if train.get(key):
                     steps, values = zip(*train[key])
                     # markers while there are few points: a line alone would not show them
-                    ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3,
-                            label=f"train {key}")
+                    ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3, label=f"train {key}")
                 if filename.endswith("epe.png") and val.get(key):
                     steps, values = zip(*val[key])
                     ax.plot(steps, values, "o--", label=f"val {key}")
@@ -131,8 +136,16 @@ class PrintWindow:
         return {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in self.metrics.items()}
 
 
-def report_window(log: RunLog, window: PrintWindow, step: int, lr: float, *, scaler: torch.amp.GradScaler,
-                  skipped_total: int, state_path: Path) -> dict[str, float] | None:
+def report_window(
+    log: RunLog,
+    window: PrintWindow,
+    step: int,
+    lr: float,
+    *,
+    scaler: torch.amp.GradScaler,
+    skipped_total: int,
+    state_path: Path,
+) -> dict[str, float] | None:
     """The print line, TensorBoard scalars and warnings of a print window; its mean metrics.
 
     A window in which every step was refused stops the run (TrainingStopped, naming the step
@@ -140,17 +153,29 @@ def report_window(log: RunLog, window: PrintWindow, step: int, lr: float, *, sca
     GradScaler skipped in the whole run.
     """
     if window.steps and window.bad == window.steps:
-        raise TrainingStopped(f"stopping at step {step}: every step of steps {window.first_step}-{step} had a "
-                              f"non-finite loss or gradient, or no valid ground truth (see the warnings above; "
-                              f"last good state: {state_path})")
+        raise TrainingStopped(
+            f"stopping at step {step}: every step of steps {window.first_step}-{step} had a "
+            f"non-finite loss or gradient, or no valid ground truth (see the warnings above; "
+            f"last good state: {state_path})"
+        )
     means = window.means()
     log.scalars("train", step, {**means, "lr": lr, "skipped_steps": float(skipped_total)})
-    log(f"[{step:6d}, lr {lr:.7f}] " + ", ".join(
-        f"{k} {means[k]:.4f}" for k in ("loss", "facial_epe", "head_epe", "expression_epe", "facial_1px",
-                                        "grad_norm") if k in means)
-        + (f", skipped {window.scaler_skipped}/{window.steps} (GradScaler, {skipped_total} in all)"
-           if scaler.is_enabled() else ""))
+    log(
+        f"[{step:6d}, lr {lr:.7f}] "
+        + ", ".join(
+            f"{k} {means[k]:.4f}"
+            for k in ("loss", "facial_epe", "head_epe", "expression_epe", "facial_1px", "grad_norm")
+            if k in means
+        )
+        + (
+            f", skipped {window.scaler_skipped}/{window.steps} (GradScaler, {skipped_total} in all)"
+            if scaler.is_enabled()
+            else ""
+        )
+    )
     if window.scaler_skipped > SKIPPED_STEPS_WARNING * window.steps:
-        log(f"warning: the GradScaler skipped {window.scaler_skipped} of the {window.steps} steps "
-            f"{window.first_step}-{step} (float16 gradients overflowed; scale now {scaler.get_scale():g})")
+        log(
+            f"warning: the GradScaler skipped {window.scaler_skipped} of the {window.steps} steps "
+            f"{window.first_step}-{step} (float16 gradients overflowed; scale now {scaler.get_scale():g})"
+        )
     return means or None

@@ -4,6 +4,7 @@ The semantic encoder (`dad_encoder`) and the fusion block (`res1`) never train, 
 either stage (their BatchNorm statistics still update in training mode, as in the
 reference).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,15 @@ def set_trainable(model: nn.Module, stage: int) -> None:
         module.requires_grad_(name in TRAINABLE[stage])
 
 
-def initialise(model: nn.Module, stage: int, *, restore_ckpt: str | os.PathLike | None,
-               semantic_weights: str | os.PathLike | None, log: Callable[[str], None],
-               offline: bool = False) -> None:
+def initialise(
+    model: nn.Module,
+    stage: int,
+    *,
+    restore_ckpt: str | os.PathLike | None,
+    semantic_weights: str | os.PathLike | None,
+    log: Callable[[str], None],
+    offline: bool = False,
+) -> None:
     """A new run's weights. Stage 1: the ImageNet semantic encoder (`semantic_weights`, or
     torchvision's cache, or downloaded there unless `offline`, or a warning that it stays
     random), then the GMA checkpoint

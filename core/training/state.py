@@ -1,4 +1,5 @@
 """Training state: RNG, the state file of `--resume` (save, read, checks) and stop signals."""
+
 from __future__ import annotations
 
 import random
@@ -22,10 +23,17 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     numpy_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"name": numpy_state[0], "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
-                       "pos": int(numpy_state[2]), "has_gauss": int(numpy_state[3]),
-                       "cached_gaussian": float(numpy_state[4])}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "name": numpy_state[0],
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -35,8 +43,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -71,7 +80,9 @@ def nonfinite_entries(tree, prefix: str = "") -> list[str]:
     if isinstance(tree, torch.Tensor):
         return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    return [name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))]
+    return [
+        name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
 
 
 def plain_arguments(args: object) -> dict:
@@ -84,16 +95,39 @@ def plain_arguments(args: object) -> dict:
     return dict(values)
 
 
-def save_state(path: Path, *, model, optimizer, scheduler, scaler, step: int, args: object, history: dict,
-               scaler_skipped: int = 0, amp_dtype: torch.dtype | None = None) -> None:
+def save_state(
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    step: int,
+    args: object,
+    history: dict,
+    scaler_skipped: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> None:
     """The training state, with the SHA-256 of its payload; its "config" is the architecture and
     the precision (`amp_dtype`) of the run."""
-    config = {**asdict(unwrap(model).config), "mixed_precision": amp_dtype is not None,
-              "amp_dtype": None if amp_dtype is None else amp_dtype_name(amp_dtype), "alternate_corr": False}
-    state = {"model": reference_state_dict(model), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-             "scaler_skipped": scaler_skipped, "rng": rng_state(), "args": plain_arguments(args),
-             "config": config, "history": history}
+    config = {
+        **asdict(unwrap(model).config),
+        "mixed_precision": amp_dtype is not None,
+        "amp_dtype": None if amp_dtype is None else amp_dtype_name(amp_dtype),
+        "alternate_corr": False,
+    }
+    state = {
+        "model": reference_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "scaler_skipped": scaler_skipped,
+        "rng": rng_state(),
+        "args": plain_arguments(args),
+        "config": config,
+        "history": history,
+    }
     atomic_save({**state, "sha256": payload_sha256(state)}, path)
 
 
@@ -109,16 +143,21 @@ def read_state(path: Path, expected: dict) -> dict:
         raise ValueError(f"--resume {path} is not a training-state file (no step, args, optimizer and model)")
     damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
     if damaged:
-        raise ValueError(f"--resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
-                         + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-                         + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead")
+        raise ValueError(
+            f"--resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
+            + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+            + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead"
+        )
     try:
         verify_payload(path, state)
     except ValueError as error:
         raise ValueError(f"--resume: {error}") from None
-    mismatched = [f"--{k} {state['args'].get(k)} (saved) vs {value}" for k, value in expected.items()
-                  if state["args"].get(k) != value
-                  and not (isinstance(state["args"].get(k), list) and list(value) == state["args"][k])]
+    mismatched = [
+        f"--{k} {state['args'].get(k)} (saved) vs {value}"
+        for k, value in expected.items()
+        if state["args"].get(k) != value
+        and not (isinstance(state["args"].get(k), list) and list(value) == state["args"][k])
+    ]
     if mismatched:
         raise ValueError(f"cannot resume {path}: " + "; ".join(mismatched))
     return state

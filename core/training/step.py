@@ -1,5 +1,6 @@
 """One optimisation step: forward, sequence loss, scaled backward, clipping, update; and
 what it reports (refused updates, GradScaler skips)."""
+
 from __future__ import annotations
 
 import math
@@ -12,15 +13,19 @@ from core.loss import sequence_loss
 from core.training.distributed import any_across_ranks
 
 
-def build_optimizer(parameters: list[nn.Parameter], *, lr: float, wdecay: float, epsilon: float, num_steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimizer(
+    parameters: list[nn.Parameter], *, lr: float, wdecay: float, epsilon: float, num_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The reference's optimiser: AdamW, and a one-cycle schedule with linear annealing."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=wdecay, eps=epsilon, **adamw_kernels(parameters))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, lr,
+        optimizer,
+        lr,
         total_steps=num_steps + 100,  # as the reference: the schedule never reaches its end
         pct_start=0.05,  # 5 % warm-up
-        cycle_momentum=False, anneal_strategy="linear")
+        cycle_momentum=False,
+        anneal_strategy="linear",
+    )
     return optimizer, scheduler
 
 
@@ -52,9 +57,20 @@ class StepResult:
     scaler_skipped: bool = False
 
 
-def train_step(model: nn.Module, batch: tuple, *, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               iters: int, gamma: float, clip: float, device: torch.device, distributed: bool,
-               noise_generator: torch.Generator | None = None, amp_dtype: torch.dtype | None = None) -> StepResult:
+def train_step(
+    model: nn.Module,
+    batch: tuple,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    iters: int,
+    gamma: float,
+    clip: float,
+    device: torch.device,
+    distributed: bool,
+    noise_generator: torch.Generator | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> StepResult:
     """One optimisation step (forward autocast to `amp_dtype` (None: float32), loss, scaled
     backward, clipping, update)."""
     image1, image2, flow_f, flow_h, valid_f, valid_h, _ = [x.to(device, non_blocking=True) for x in batch]
@@ -81,4 +97,6 @@ def train_step(model: nn.Module, batch: tuple, *, optimizer: torch.optim.Optimiz
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     scaler.step(optimizer)  # with float16 the scaler itself skips steps with inf/NaN gradients
     scaler.update()  # ... and then lowers its scale
-    return StepResult(metrics, facial_preds, head_preds, scaler_skipped=scaler.is_enabled() and scaler.get_scale() < scale)
+    return StepResult(
+        metrics, facial_preds, head_preds, scaler_skipped=scaler.is_enabled() and scaler.get_scale() < scale
+    )

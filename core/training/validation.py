@@ -1,5 +1,6 @@
 """Validation during training: the evaluation of core.evaluation, its pairs shared among
 the processes of a distributed run."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,17 @@ from core.evaluation import evaluate_facialflow
 from core.training.distributed import unwrap
 
 
-def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS, device: torch.device,
-             amp_dtype: torch.dtype | None = None, max_pairs: int | None = None, rank: int = 0,
-             world_size: int = 1) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    dataset: data.Dataset,
+    *,
+    iters: int = VAL_ITERS,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    max_pairs: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, float]:
     """Validation during training with evaluate.py's metrics (core.evaluation): facial, head and expression EPE
     and 1/3/5 px over the valid face-mask pixels (`{kind}_{metric}`), plus the reference
     protocol (`ffn_{metric}`, the paper's numbers), each averaged over pairs.
@@ -33,14 +42,20 @@ def validate(model: nn.Module, dataset: data.Dataset, *, iters: int = VAL_ITERS,
     mine = indices[rank::world_size]
     if mine:
         # its own progress bar (rank 0): validation takes a while on CPUs
-        results = evaluate_facialflow(unwrap(model), data.Subset(dataset, mine), iters=iters, device=device,
-                                      amp_dtype=amp_dtype, progress=rank == 0)
+        results = evaluate_facialflow(
+            unwrap(model),
+            data.Subset(dataset, mine),
+            iters=iters,
+            device=device,
+            amp_dtype=amp_dtype,
+            progress=rank == 0,
+        )
         for k, (kind, _) in enumerate(kinds):
             block = results.get(kind)
             if block:  # None: no pair with a face mask
                 pairs = results["scored_pairs"][kind]
                 base = k * (len(metrics) + 1)
-                sums[base:base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
+                sums[base : base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
                 sums[base + len(metrics)] = pairs
     if world_size > 1:
         sums = sums.to(device)

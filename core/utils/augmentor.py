@@ -14,7 +14,7 @@ both reproduces an augmentation exactly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -117,6 +117,7 @@ class FacialFlowAugmentor:
         # here such images are always rescaled (to at least crop + 8).
         too_small = ht <= crop_h or wd <= crop_w
         if np.random.rand() < self.spatial_prob or too_small:
+
             def resize(a: np.ndarray, interp: int) -> np.ndarray:
                 return cv2.resize(a, None, fx=scale_x, fy=scale_y, interpolation=interp)
 

@@ -122,7 +122,7 @@ def _legend(height: int, scale: float) -> np.ndarray:
     legend = np.full((legend_height, legend_width, 3), 255, np.uint8)
     top = 4
     left = (legend_width - wheel.shape[1]) // 2
-    legend[top:top + wheel.shape[0], left:left + wheel.shape[1]] = wheel
+    legend[top : top + wheel.shape[0], left : left + wheel.shape[1]] = wheel
     font = 0.4 if legend_width < 140 else 0.5
     text_y = min(top + wheel.shape[0] + 16, legend_height - 20)
     _put_text(legend, "rim = max flow", (6, text_y), font * 0.9)
@@ -130,9 +130,15 @@ def _legend(height: int, scale: float) -> np.ndarray:
     return legend
 
 
-def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, expression: np.ndarray, *,
-                       max_flow: float | None = None, titles: tuple[str, ...] = PANEL_TITLES
-                       ) -> tuple[np.ndarray, float]:
+def render_flow_panels(
+    image: np.ndarray,
+    facial: np.ndarray,
+    head: np.ndarray,
+    expression: np.ndarray,
+    *,
+    max_flow: float | None = None,
+    titles: tuple[str, ...] = PANEL_TITLES,
+) -> tuple[np.ndarray, float]:
     """Side-by-side RGB image `image | facial | head | expression | legend` under a title strip.
 
     `image`: uint8 `[H, W, 3]` RGB; flows: `[H, W, 2]` (x first). All three flows use one
@@ -151,12 +157,12 @@ def render_flow_panels(image: np.ndarray, facial: np.ndarray, head: np.ndarray, 
     canvas = np.full((header + body_height, len(panels) * column + legend.shape[1], 3), 255, np.uint8)
     for i, panel in enumerate(panels):
         left = i * column
-        canvas[header:header + height, left:left + width] = panel
+        canvas[header : header + height, left : left + width] = panel
         if column > width:  # a grey edge where a small panel ends, so the margin does not look like flow
-            canvas[header:header + height + 1, left + width] = 192
+            canvas[header : header + height + 1, left + width] = 192
         if body_height > height:
-            canvas[header + height, left:left + width + 1] = 192
-    canvas[header:, len(panels) * column:] = legend
+            canvas[header + height, left : left + width + 1] = 192
+    canvas[header:, len(panels) * column :] = legend
     for i, title in enumerate(titles):
         _put_text(canvas, title, (i * column + 6, 16), TITLE_FONT)
     _put_text(canvas, "legend", (len(panels) * column + 6, 16), TITLE_FONT)

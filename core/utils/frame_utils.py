@@ -60,10 +60,7 @@ def read_flo(path: PathLike) -> np.ndarray:
     """
     data = Path(path).read_bytes()
     if len(data) < _FLO_HEADER_BYTES:
-        raise ValueError(
-            f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs "
-            f"{_FLO_HEADER_BYTES})"
-        )
+        raise ValueError(f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs {_FLO_HEADER_BYTES})")
     magic = np.frombuffer(data, dtype="<f4", count=1, offset=0)[0]
     if magic != np.float32(FLO_MAGIC):
         raise ValueError(f"{path}: not a .flo file (magic number {magic!r}, expected {FLO_MAGIC})")
@@ -77,10 +74,7 @@ def read_flo(path: PathLike) -> np.ndarray:
             f"({expected} bytes) but the file has {len(data)} bytes"
         )
     if len(data) > expected:
-        raise ValueError(
-            f"{path}: {len(data) - expected} unexpected trailing bytes after "
-            f"{width}x{height} flow data"
-        )
+        raise ValueError(f"{path}: {len(data) - expected} unexpected trailing bytes after {width}x{height} flow data")
     flow = np.frombuffer(data, dtype="<f4", count=width * height * 2, offset=_FLO_HEADER_BYTES)
     return flow.reshape(height, width, 2).astype(np.float32)
 
@@ -124,8 +118,7 @@ def read_pfm(path: PathLike) -> np.ndarray:
     count = width * height * channels
     if len(payload) != count * 4:
         raise ValueError(
-            f"{path}: PFM data has {len(payload)} bytes, expected {count * 4} for "
-            f"{width}x{height}x{channels}"
+            f"{path}: PFM data has {len(payload)} bytes, expected {count * 4} for {width}x{height}x{channels}"
         )
     dtype = "<f4" if scale < 0 else ">f4"
     data = np.frombuffer(payload, dtype=dtype).astype(np.float32)
@@ -191,8 +184,9 @@ def read_image(path: PathLike) -> np.ndarray:
                 stat = os.stat(path)
                 damage = _jpeg_damage_once(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
                 if damage:
-                    raise ValueError(f"{path}: damaged JPEG image data ({damage}): the decoder would return a "
-                                     "wrong image")
+                    raise ValueError(
+                        f"{path}: damaged JPEG image data ({damage}): the decoder would return a wrong image"
+                    )
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 grey = np.asarray(img, dtype=np.float64)

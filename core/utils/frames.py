@@ -1,5 +1,6 @@
 """Frame sources of get_flow.py: an image pair, a folder of frames, a video; frames are
 read one at a time. Problems raise ValueError with a one-line message naming the file."""
+
 from __future__ import annotations
 
 import re
@@ -44,12 +45,13 @@ class Frame:
 def folder_prefix(folder: Path, depth: int) -> str:
     """The last `depth` folder names of `folder` (resolved) joined by `_` ("root" for none)."""
     parts = folder.resolve().parts[1:]
-    return "_".join(parts[len(parts) - depth:]) if parts else "root"
+    return "_".join(parts[len(parts) - depth :]) if parts else "root"
 
 
 def frame_tokens(paths: list[Path]) -> list[str]:
     """Per file: its stem, or `<stem>_<extension>` where two files of one folder share a
     stem (0001.jpg, 0001.png)."""
+
     def key(path: Path) -> tuple[Path, str]:
         return path.parent, path.stem.casefold()
 
@@ -150,8 +152,9 @@ class VideoFrames:
             capture.release()
 
     def frame(self, index: int, rgb: np.ndarray | None = None) -> Frame:
-        return Frame(f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}", rgb,
-                     f"{self.path.resolve()} frame {index}")
+        return Frame(
+            f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}", rgb, f"{self.path.resolve()} frame {index}"
+        )
 
     def planned(self) -> Iterator[tuple[Frame, Frame]]:
         """The pairs an iteration gives if the video decodes as its container announces
@@ -174,9 +177,11 @@ class VideoFrames:
         options = (("--stride", self.stride if self.stride > 1 else None), ("--max_frames", self.max_frames))
         selection = " ".join(f"{flag} {value}" for flag, value in options if value)
         wanted = f"{self.expected}" + (f" ({selection})" if selection else "")
-        return (f"video {self.path}: decoding failed at frame {self.failed_at} of the {self.announced} frames its "
-                f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
-                f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}")
+        return (
+            f"video {self.path}: decoding failed at frame {self.failed_at} of the {self.announced} frames its "
+            f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
+            f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}"
+        )
 
 
 def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = None) -> ImageFiles:
@@ -185,17 +190,22 @@ def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = Non
         raise ValueError(f"frames folder {folder} is a file, not a folder (use --video for a video file)")
     if not folder.is_dir():
         raise ValueError(f"frames folder {folder} not found")
-    paths = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                   key=natural_key)[::stride]
+    paths = sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
+    )[::stride]
     if max_frames is not None:
         paths = paths[:max_frames]
     if len(paths) < 2:
-        raise ValueError(f"frames folder {folder} has {len(paths)} usable image(s) "
-                         f"({', '.join(sorted(IMAGE_EXTENSIONS))}); a pair needs at least 2")
+        raise ValueError(
+            f"frames folder {folder} has {len(paths)} usable image(s) "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}); a pair needs at least 2"
+        )
     return ImageFiles(paths)
 
 
 def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray) -> None:
     if rgb1.shape != rgb2.shape:
-        raise ValueError(f"{label1} ({rgb1.shape[0]}x{rgb1.shape[1]}) and {label2} ({rgb2.shape[0]}x{rgb2.shape[1]}) "
-                        "differ in size; both images of a pair must have the same size")
+        raise ValueError(
+            f"{label1} ({rgb1.shape[0]}x{rgb1.shape[1]}) and {label2} ({rgb2.shape[0]}x{rgb2.shape[1]}) "
+            "differ in size; both images of a pair must have the same size"
+        )

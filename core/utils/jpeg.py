@@ -8,6 +8,7 @@ does not fit the image: a code no table has, a block of more than 64 coefficient
 that ends before the last block, or bytes left over after it (libjpeg's "extraneous
 bytes"). Progressive, arithmetic-coded and lossless JPEGs are not checked.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ def _lookup_table(counts: bytes, symbols: bytes) -> list[int]:
     for length, count in enumerate(counts, start=1):
         for _ in range(count):
             start = code << (PEEK_BITS - length)
-            table[start:start + (1 << (PEEK_BITS - length))] = length << 8 | symbols[index]
+            table[start : start + (1 << (PEEK_BITS - length))] = length << 8 | symbols[index]
             code, index = code + 1, index + 1
         code <<= 1
     return table.tolist()
@@ -124,13 +125,16 @@ def _check(data: bytes) -> None:
         while at < len(data) and data[at] == 0xFF and at + 1 < len(data) and data[at + 1] == 0xFF:
             at += 1  # fill bytes
         if at + 1 >= len(data) or data[at] != 0xFF:
-            raise _Damage("the file ends before its end marker" if at + 1 >= len(data)
-                          else f"unexpected bytes at offset {at} where a marker should be")
+            raise _Damage(
+                "the file ends before its end marker"
+                if at + 1 >= len(data)
+                else f"unexpected bytes at offset {at} where a marker should be"
+            )
         marker = data[at + 1]
         if marker == EOI:
             return
-        length = int.from_bytes(data[at + 2:at + 4], "big")
-        body = data[at + 4:at + 2 + length]
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        body = data[at + 4 : at + 2 + length]
         if len(body) != length - 2:
             raise _Damage("the file ends inside a header")
         at += 2 + length
@@ -143,8 +147,8 @@ def _check(data: bytes) -> None:
         elif marker == DHT:
             offset = 0
             while offset < len(body):
-                kind, counts = body[offset], body[offset + 1:offset + 17]
-                symbols = body[offset + 17:offset + 17 + sum(counts)]
+                kind, counts = body[offset], body[offset + 1 : offset + 17]
+                symbols = body[offset + 17 : offset + 17 + sum(counts)]
                 (ac_tables if kind >> 4 else dc_tables)[kind & 15] = _lookup_table(counts, symbols)
                 offset += 17 + sum(counts)
         elif marker == DRI:
@@ -169,8 +173,11 @@ def _check_scan(body: bytes, frame, dc_tables, ac_tables, restart_interval: int,
         blocks = [(dc_tables[scan[0][1] >> 4], ac_tables[scan[0][1] & 15])]
     else:
         columns, rows = _ceil_div(width, 8 * h_max), _ceil_div(height, 8 * v_max)
-        blocks = [(dc_tables[tables >> 4], ac_tables[tables & 15])
-                  for ident, tables in scan for _ in range(components[ident][0] * components[ident][1])]
+        blocks = [
+            (dc_tables[tables >> 4], ac_tables[tables & 15])
+            for ident, tables in scan
+            for _ in range(components[ident][0] * components[ident][1])
+        ]
     total = columns * rows
     per_segment = restart_interval or total
     expected = _ceil_div(total, per_segment)

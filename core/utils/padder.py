@@ -1,4 +1,5 @@
 """Pad images to sizes the network accepts and crop flow back to the input size."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ class InputPadder:
     images up to that many pixels (DecFlow needs 128 px per side).
     """
 
-    def __init__(self, dims: torch.Size | tuple[int, ...], *, mode: str = "symmetric", divisor: int = 8,
-                 min_side: int = 0) -> None:
+    def __init__(
+        self, dims: torch.Size | tuple[int, ...], *, mode: str = "symmetric", divisor: int = 8, min_side: int = 0
+    ) -> None:
         if mode not in PAD_MODES:
             raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
         self.height, self.width = int(dims[-2]), int(dims[-1])
@@ -42,4 +44,4 @@ class InputPadder:
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         left, _, top, _ = self.padding
-        return x[..., top:top + self.height, left:left + self.width]
+        return x[..., top : top + self.height, left : left + self.width]
