@@ -223,8 +223,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--device",
         default="cpu",
         choices=("cpu", "cuda"),
-        help="cpu (the default, also where CUDA is present), or cuda: inference at 480x480, 1024x1024 and 1920x1080 (or --size) and a training "
-        "step at the seed recipe (480x480, batch 6)",
+        help="cpu (the default, also where CUDA is present), or cuda: inference at 480x480, 1024x1024 and "
+        "1920x1080 (or --size) and a training step at the seed recipe (480x480, batch 6)",
     )
     return parser
 

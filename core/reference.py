@@ -1,13 +1,14 @@
 """The straightforward DecFlow forward: the spec's steps one by one, no shortcuts.
 
-Read this first: it is the algorithm of the paper (and of /work/shared/spec/DECFLOW.md
-"Forward pass") as plain code, while `core.network.DecFlow.forward` is the same
-computation arranged for speed and memory. It runs the same modules (and weights) as
-`DecFlow.forward` but as the reference does:
-the correlation pyramid sampled with `grid_sample`, the attention matrix as one einsum +
-softmax, a separate correlation lookup for each decoder, the plain update block (whole GRU input convolved every iteration, mask head every
-iteration) and convex upsampling of both decoders at every iteration, in fp32. The fast path
-must agree with it (tests) and beat it (benchmarks).
+Read this first: it is the algorithm of the paper (and of the "Forward pass" of the
+project's behavioural specification of the reference, DECFLOW.md) as plain code, while
+`core.network.DecFlow.forward` is the same computation arranged for speed and memory. It
+runs the same modules (and weights) as `DecFlow.forward` but as the reference does: the
+correlation pyramid sampled with `grid_sample`, the attention matrix as one einsum +
+softmax, a separate correlation lookup for each decoder, the plain update block (whole GRU
+input convolved every iteration, mask head every iteration) and convex upsampling of both
+decoders at every iteration, in fp32. The fast path must agree with it (tests) and beat it
+(benchmarks).
 
 With `amp_dtype` it autocasts as the reference's `--mixed_precision` does: one region for
 fnet, one for the context, one per iteration for each update block; the correlation and

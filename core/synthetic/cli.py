@@ -70,11 +70,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     elapsed = time.perf_counter() - start
     pairs = len(written) * (args.frames - 1)
     print(
-        f"wrote {len(written)} sequences ({pairs} pairs, {args.size[0]}x{args.size[1]}) to {args.root} in {elapsed:.2f} s"
+        f"wrote {len(written)} sequences ({pairs} pairs, {args.size[0]}x{args.size[1]}) to {args.root} "
+        f"in {elapsed:.2f} s"
     )
     if args.verify:
         err = verify(args.root, args.splits)
         print(
-            f"mean warp error on face pixels (0..255): facial {err['facial']:.2f} (zero flow {err['facial_zero']:.2f}), "
-            f"head {err['head']:.2f} (zero flow {err['head_zero']:.2f})"
+            f"mean warp error on face pixels (0..255): facial {err['facial']:.2f} "
+            f"(zero flow {err['facial_zero']:.2f}), head {err['head']:.2f} (zero flow {err['head_zero']:.2f})"
         )
