@@ -225,7 +225,8 @@ def test_cli_frame_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_face_scale_enlarges_the_face_and_keeps_the_default() -> None:
-    """face_scale 1 is the default draw (identical frames); 2 makes the face about 4x larger in area, with exact flow."""
+    """face_scale 1 is the default draw (identical frames); 2 makes the face about 4x larger in area,
+    with exact flow."""
     default = synthetic.render_sequence((96, 96), 2, seed=5, emotion="sad")
     same = synthetic.render_sequence((96, 96), 2, seed=5, emotion="sad", face_scale=1.0)
     np.testing.assert_array_equal(same.facial_frames[0], default.facial_frames[0])
