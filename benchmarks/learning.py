@@ -3,11 +3,14 @@
     python -m benchmarks.learning                      # CPU: 128x128 crops of 160x160 frames, about 10 minutes
     python -m benchmarks.learning --steps 300 --size 480 480 --batch 6 --iters 12   # CUDA: the seed recipe
 
-It generates a synthetic FacialFlowNet copy (train and test splits), writes a fixed start (a
-seeded DecFlow in the authors' format), trains stage 1 from it with `train.py` (the seed
-recipe's optimiser flags) once in float32 and once with `--mixed_precision`, and scores both
-with `evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through
-the real scripts, as a user would run them.
+It generates a synthetic FacialFlowNet copy (train and test splits), takes a fixed start (by
+default a seeded DecFlow in the authors' format; `--start gma-sintel` is the seed recipe's
+stage-1 start, fetched by name), trains stage 1 from it with `train.py` (the seed recipe's
+optimiser flags) once in float32 and once with `--mixed_precision`, and scores both with
+`evaluate.py` on the test split, next to zero flow and OpenCV DIS. Every run goes through the
+real scripts, as a user would run them. From the random start, the CPU defaults do not learn
+(they end at zero flow's EPE; see the README): a randomly initialised feature encoder does not
+match, and the few hundred steps a CPU allows do not get it there.
 
 Training and scoring see the same kind of data: crops close to the frame size, the same
 recurrent iterations (`--eval_iters` defaults to `--iters`), and on the CPU frames rendered at
@@ -43,15 +46,17 @@ import torch
 from matplotlib.figure import Figure
 
 from core.checkpoint import save_checkpoint
-from core.cli import DocstringHelpFormatter
+from core.cli import DocstringHelpFormatter, UserError, add_offline_argument, exit_on_error, resolve_weights
 from core.inference import resolve_inference_precision
 from core.network import DecFlow
 from core.precision import AMP_DTYPES, amp_dtype_name
 from core.synthetic import FACE_SCALE, generate
+from core.weights import offline_requested
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("facial", "head", "expression")
 CURVE_KINDS = ("facial", "head")  # drawn in the curves and compared with zero flow
+RANDOM_START = "random"  # --start: a seeded DecFlow, written by the check
 TARGET_RATIO = 0.7  # a run that learns ends at most this share of zero flow's EPE (issue 19)
 DATA_SPLITS = ("train", "test")  # the check never uses a val split
 LABEL_WIDTH = 40  # first column of the table
@@ -164,6 +169,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--val_pairs", type=int, default=16, help="test pairs of each validation during training")
     parser.add_argument(
+        "--start",
+        default=RANDOM_START,
+        metavar="random|PATH|NAME",
+        help="weights both runs start from: 'random' (default: a seeded DecFlow, no download), a "
+        "checkpoint file, or a registered name: gma-sintel is the seed recipe's stage-1 start "
+        "(downloaded and verified when absent; python -m core.weights list)",
+    )
+    add_offline_argument(parser)
+    parser.add_argument(
         "--curves",
         type=Path,
         default=Path("outputs", "learning_curves.png"),
@@ -230,6 +244,8 @@ def train_and_score(
             str(root),
             "--restore_ckpt",
             str(start),
+            # a random start replaces the ImageNet semantic encoder: nothing to download for it
+            *(["--offline"] if args.offline or args.start == RANDOM_START else []),
             "--num_steps",
             str(args.steps),
             "--lr",
@@ -274,6 +290,21 @@ def train_and_score(
     )
 
 
+def starting_weights(spec: str, work: Path, *, offline: bool) -> Path:
+    """The fixed start of both runs: with `RANDOM_START` a seeded DecFlow written to `work`, else
+    the checkpoint file or registered name `spec` (fetched unless `offline`); train.py restores
+    it as stage 1 does, non-strictly."""
+    if spec == RANDOM_START:
+        start = work / "start.pth"
+        torch.manual_seed(0)
+        save_checkpoint(DecFlow(), start)
+        return start
+    try:
+        return Path(resolve_weights(spec, "--start", offline=offline)).resolve()  # train.py runs in the repo
+    except UserError as error:
+        raise SystemExit(str(error)) from None
+
+
 def score(argv: list[str], root: Path, output: Path) -> dict:
     _run("evaluate.py", [*argv, "--root", str(root), "--split", "test", "--no_progress", "--output_json", str(output)])
     return json.loads(output.read_text())
@@ -287,6 +318,8 @@ def main(args: argparse.Namespace) -> None:
     )
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        start = starting_weights(args.start, work, offline=offline_requested(args.offline))  # before the data
         root = work / "FacialFlowNet"
         if not root.is_dir():
             for split in DATA_SPLITS:
@@ -300,9 +333,6 @@ def main(args: argparse.Namespace) -> None:
                     frame_interval=args.frame_interval,
                     face_scale=args.face_scale,
                 )
-        start = work / "start.pth"
-        torch.manual_seed(0)
-        save_checkpoint(DecFlow(), start)  # the fixed start of both runs
         print(
             f"learning check on {device} (CPU capability {torch.backends.cpu.get_cpu_capability()}): "
             f"{args.steps} steps, lr {args.lr}, crop {args.size[0]}x{args.size[1]}, batch {args.batch}, "
@@ -310,7 +340,7 @@ def main(args: argparse.Namespace) -> None:
             f"{args.frames - 1} pairs at "
             f"{args.frame_size[0]}x{args.frame_size[1]}, frame interval {args.frame_interval:g}, "
             f"face scale {args.face_scale:g}; "
-            f"evaluation {evaluation_iters(args)} iterations on the test split",
+            f"evaluation {evaluation_iters(args)} iterations on the test split; start: {start}",
             flush=True,
         )
         rows = {
@@ -445,4 +475,4 @@ def print_table(rows: dict[str, tuple[dict, float | None, str]]) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    exit_on_error(lambda: main(get_args_parser().parse_args()))

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from benchmarks import learning
+from core.checkpoint import load_checkpoint
+from core.network import DecFlow
 from core.utils import frame_utils
+from tests.model_helpers import GMA_TSV, authors_state_dict
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
@@ -75,6 +78,9 @@ def test_learning_check_prints_every_row(tmp_path, capsys):
 
 
 def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys):
+    """From a GMA-format start (as the seed recipe's stage 1), each seed trained and summarised."""
+    gma_start = tmp_path / "gma.pth"
+    torch.save(authors_state_dict(tsv=GMA_TSV), gma_start)
     args = learning.get_args_parser().parse_args(
         [
             "--device",
@@ -104,6 +110,8 @@ def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys
             "--seeds",
             "3",
             "4",
+            "--start",
+            str(gma_start),
             "--parallel",
             "--val_points",
             "0",
@@ -122,6 +130,26 @@ def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys
         assert (tmp_path / f"{'fp32' if 'fp32' in precision else 'amp'}_seed4.pth").is_file()
     # the seed reaches train.py: another data order, other weights
     assert any(a != b for a, b in zip(*[rows[f"DecFlow fp32 seed {seed}"][:3] for seed in (3, 4)]))
+    assert "stage 1 (non-strict)" in (tmp_path / "fp32_seed3.log").read_text(encoding="utf-8")
+    assert not (tmp_path / "start.pth").exists()  # the given start, not a random one
+
+
+def test_start_is_random_a_file_or_a_registered_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the registry's checkpoints/ folder: empty
+    start = learning.starting_weights("random", tmp_path, offline=True)
+    assert start == tmp_path / "start.pth"
+    first = start.read_bytes()
+    assert learning.starting_weights("random", tmp_path, offline=True).read_bytes() == first  # seeded
+    load_checkpoint(DecFlow(), start)  # a whole DecFlow: loads strictly
+    assert learning.starting_weights(str(start), tmp_path / "elsewhere", offline=True) == start
+    with pytest.raises(SystemExit) as error:
+        learning.starting_weights("gma-sintell", tmp_path, offline=True)
+    assert str(error.value).startswith("--start: checkpoint gma-sintell not found") and "gma-sintel" in str(error.value)
+    with pytest.raises(SystemExit) as error:
+        learning.starting_weights("gma-sintel", tmp_path, offline=True)
+    text = str(error.value)
+    assert text.startswith("--start gma-sintel:") and "python -m core.weights fetch gma-sintel" in text, text
+    assert "\n" not in text and not (tmp_path / "checkpoints" / "gma-sintel.pth").exists()
 
 
 def test_skipped_steps_reads_the_last_done_line(tmp_path):
