@@ -30,7 +30,9 @@ def validate(
     protocol (`ffn_{metric}`, the paper's numbers), each averaged over pairs.
 
     `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
-    processes of a distributed run and the means combined, so every rank must call this.
+    processes of a distributed run and the means combined, so every rank must call this; an
+    error of one rank's pairs (ValueError, FileNotFoundError) is raised there and a ValueError
+    on every other rank, so that no rank is left waiting.
     The model runs autocast to `amp_dtype` (None: float32), the training run's precision.
     """
     indices = list(range(len(dataset)))
@@ -40,27 +42,38 @@ def validate(
     metrics = ("epe", "1px", "3px", "5px")
     sums = torch.zeros(len(kinds) * (len(metrics) + 1), dtype=torch.float64)
     mine = indices[rank::world_size]
+    error: ValueError | FileNotFoundError | None = None
     if mine:
-        # its own progress bar (rank 0): validation takes a while on CPUs
-        results = evaluate_facialflow(
-            unwrap(model),
-            data.Subset(dataset, mine),
-            iters=iters,
-            device=device,
-            amp_dtype=amp_dtype,
-            progress=rank == 0,
-        )
-        for k, (kind, _) in enumerate(kinds):
-            block = results.get(kind)
-            if block:  # None: no pair with a face mask
-                pairs = results["scored_pairs"][kind]
-                base = k * (len(metrics) + 1)
-                sums[base : base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
-                sums[base + len(metrics)] = pairs
+        try:
+            # its own progress bar (rank 0): validation takes a while on CPUs
+            results = evaluate_facialflow(
+                unwrap(model),
+                data.Subset(dataset, mine),
+                iters=iters,
+                device=device,
+                amp_dtype=amp_dtype,
+                progress=rank == 0,
+            )
+        except (ValueError, FileNotFoundError) as caught:  # a damaged file of the split, or non-finite flow
+            error = caught
+        else:
+            for k, (kind, _) in enumerate(kinds):
+                block = results.get(kind)
+                if block:  # None: no pair with a face mask
+                    pairs = results["scored_pairs"][kind]
+                    base = k * (len(metrics) + 1)
+                    sums[base : base + len(metrics)] = torch.tensor([block[m] * pairs for m in metrics])
+                    sums[base + len(metrics)] = pairs
+    failed = float(error is not None)
     if world_size > 1:
-        sums = sums.to(device)
-        dist.all_reduce(sums)
-        sums = sums.cpu()
+        # the failure count travels with the sums: a rank that failed stops every rank, none waits for it
+        packed = torch.cat([sums, torch.tensor([failed], dtype=sums.dtype)]).to(device)
+        dist.all_reduce(packed)
+        sums, failed = packed[:-1].cpu(), packed[-1].item()
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError(f"validation failed in {failed:.0f} other process(es) of this run, which printed the error")
     out = {}
     for k, (_, prefix) in enumerate(kinds):
         base = k * (len(metrics) + 1)
