@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from core import synthetic
+from core.checkpoint import save_checkpoint
+from core.network import DecFlow
 
 # No test touches the internet: the scripts run by the tests (in this process or as
 # subprocesses) never download weights unless a test turns this off for its local server.
@@ -29,9 +31,6 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded random DecFlow in the authors' format (shared by the test modules of a session)."""
-    from core.checkpoint import save_checkpoint
-    from core.network import DecFlow
-
     path = tmp_path_factory.getbasetemp() / "decflow_seeded.pth"
     if not path.is_file():
         torch.manual_seed(1234)

@@ -20,11 +20,11 @@ import torch
 
 import evaluate
 import get_flow
-from core import evaluation
-from core.checkpoint import save_checkpoint
+from core import evaluation, synthetic
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.datasets import FacialFlow
 from core.network import DecFlow
-from core.utils.frame_utils import read_flo
+from core.utils.frame_utils import read_flo, write_flo
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 2
@@ -211,9 +211,6 @@ def test_baselines(synthetic_root: Path, tmp_path: Path) -> None:
 
 def test_evaluate_facialflow_in_process(synthetic_root: Path, decflow_checkpoint: Path) -> None:
     """The function train.py calls: restores the training mode, agrees with the script."""
-    from core.checkpoint import load_checkpoint
-    from core.network import DecFlow
-
     model = DecFlow()
     load_checkpoint(model, decflow_checkpoint, verbose=False)
     model.train()
@@ -397,7 +394,6 @@ def test_raw_non_finite_ground_truth_is_left_out() -> None:
 
 
 def _poison(path: Path, rows: slice, cols: slice, value: float) -> None:
-    from core.utils.frame_utils import write_flo
 
     flow = read_flo(path)
     flow[rows, cols, 0] = value
@@ -405,7 +401,6 @@ def _poison(path: Path, rows: slice, cols: slice, value: float) -> None:
 
 
 def test_non_finite_ground_truth_is_counted_reported_and_left_out(tmp_path: Path, capsys) -> None:
-    from core import synthetic
 
     root = tmp_path / "FacialFlowNet"
     synthetic.generate(root, 2, 3, (64, 64), seed=5, splits=("test",))

@@ -8,8 +8,9 @@ from functools import partial
 import pytest
 import torch
 
+from benchmarks import benchmark
 from benchmarks.op_count import count_step
-from core import network
+from core import network, precision
 from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict
@@ -121,8 +122,6 @@ def test_mixed_precision_stays_close_to_fp32_straightforward_forward():
 def test_benchmark_script_prints_every_table(capsys, monkeypatch, native_bf16):
     # The benchmark itself (tiny sizes, one run each): its tables and their columns, not its times.
     # Mixed-precision rows only where the CPU has native bfloat16 (mocked both ways).
-    from benchmarks import benchmark
-    from core import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda *a, **k: native_bf16)
     args = benchmark.get_args_parser().parse_args(

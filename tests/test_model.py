@@ -7,6 +7,7 @@ import torch
 
 from core import corr as corr_module
 from core.corr import CorrBlock, coords_grid
+from core.encoders import InstanceNorm2d
 from core.network import DecFlow, DecFlowConfig, DecFlowOutput, convex_upsample
 from core.reference import straightforward_lookup, straightforward_pyramid
 from core.training.stages import set_trainable
@@ -124,7 +125,6 @@ def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, wh
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_instance_norm_keeps_channels_last_and_matches_pytorch(grad):
-    from core.encoders import InstanceNorm2d
 
     generator = torch.Generator().manual_seed(7)
     x = (3 * torch.randn(2, 16, 12, 20, generator=generator) + 5).contiguous(memory_format=torch.channels_last)

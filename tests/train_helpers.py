@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 import train
+from core.checkpoint import read_state_dict
+from core.synthetic import generate
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +20,6 @@ GMA_GROUPS = ("fnet.", "cnet.", "update_block.", "att.")
 
 def make_dataset(root: Path) -> Path:
     """1 subject x 4 frames (3 pairs) at 160x160 in the train and test splits."""
-    from core.synthetic import generate
-
     generate(root, subjects=1, frames=4, size=(160, 160), seed=7, splits=("train", "test"))
     return root
 
@@ -53,7 +53,6 @@ def run(argv: list[str]) -> dict:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from core.checkpoint import read_state_dict
 
     return read_state_dict(path)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from core.utils.flow_viz import flow_to_image, shared_max_flow
@@ -78,17 +79,13 @@ class RunLog:
         """The reference's PNG curves: training loss, training and validation EPE."""
         if not self.enabled:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         train, val = self.history["train"], self.history["val"]
         for filename, keys in (
             (f"{self.name}_loss.png", ("loss", "facial_loss", "head_loss", "expression_loss")),
             (f"{self.name}_epe.png", ("facial_epe", "head_epe", "expression_epe")),
         ):
-            fig, ax = plt.subplots(figsize=(7, 4))
+            fig = Figure(figsize=(7, 4))  # no pyplot: no global backend or figure registry
+            ax = fig.subplots()
             for key in keys:
                 if train.get(key):
                     steps, values = zip(*train[key])
@@ -105,7 +102,6 @@ class RunLog:
             fig.tight_layout()
             tmp = self.output / f".{filename}.tmp.png"
             fig.savefig(tmp, dpi=100)
-            plt.close(fig)
             os.replace(tmp, self.output / filename)
 
     def plain_history(self) -> dict:
