@@ -13,6 +13,10 @@ from core.network import DecFlow
 from core.utils import frame_utils
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
+# two steps of batch 1 at 1 iteration on one subject's 2 pairs of 128x128 frames
+TINY = ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1"]
+TINY += ["--subjects", "1", "--frames", "3", "--frame_size", "128", "128"]
+
 
 def table_rows(out: str) -> dict[str, list[str]]:
     """The printed table's rows by run label (from its header to the first blank line)."""
@@ -27,24 +31,7 @@ def table_rows(out: str) -> dict[str, list[str]]:
 def test_learning_check_prints_every_row(tmp_path, capsys):
     args = learning.get_args_parser().parse_args(
         [
-            "--device",
-            "cpu",
-            "--steps",
-            "2",
-            "--size",
-            "128",
-            "128",
-            "--batch",
-            "1",
-            "--iters",
-            "1",
-            "--subjects",
-            "1",
-            "--frames",
-            "3",
-            "--frame_size",
-            "128",
-            "128",
+            *TINY,
             "--val_points",
             "2",
             "--val_pairs",
@@ -83,26 +70,9 @@ def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys
     torch.save(authors_state_dict(tsv=GMA_TSV), gma_start)
     args = learning.get_args_parser().parse_args(
         [
-            "--device",
-            "cpu",
-            "--steps",
-            "2",
-            "--size",
-            "128",
-            "128",
-            "--batch",
-            "1",
-            "--iters",
-            "1",
+            *TINY,
             "--eval_iters",
             "1",
-            "--subjects",
-            "1",
-            "--frames",
-            "3",
-            "--frame_size",
-            "128",
-            "128",
             "--amp_dtype",
             "bfloat16",
             "--workdir",
