@@ -54,7 +54,7 @@ from core.cli import (
     UserError,
     add_model_arguments,
     add_offline_argument,
-    check_not_an_input,
+    check_none_is_an_input,
     check_output,
     device_and_precision,
     exit_on_error,
@@ -306,8 +306,7 @@ def plan_names(
     files = [path for name, _ in planned for path in pair_files(output, name, extension)]
     if source.output_stem() is not None:
         files.append(output / f"{source.output_stem()}_flow.mp4")
-    for path in files:
-        check_not_an_input(path, "--output", inputs)
+    check_none_is_an_input(files, "--output", inputs)
     existing = [path for path in files if path.exists()]
     if existing and not overwrite:
         more = f" and {len(existing) - 1} more of this run's files" if len(existing) > 1 else ""

@@ -42,7 +42,7 @@ from core.cli import (
     UserError,
     add_model_arguments,
     add_offline_argument,
-    check_not_an_input,
+    check_none_is_an_input,
     check_output,
     exit_on_error,
     model_config,
@@ -253,8 +253,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for name in ("num_steps", "batch_size", "val_freq", "print_freq", "iters", "val_iters", "max_nonfinite"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if image_size_problem(*args.image_size):
-        parser.error(f"--image_size: {image_size_problem(*args.image_size)}, got {args.image_size}")
+    if problem := image_size_problem(*args.image_size):
+        parser.error(f"--image_size: {problem}, got {args.image_size}")
     for name in ("lr", "clip", "epsilon"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
@@ -298,8 +298,8 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         inputs = [("--restore_ckpt", args.restore_ckpt), ("--semantic_weights", args.semantic_weights)]
         if args.resume not in (None, "auto") and Path(args.resume).resolve() != state_path.resolve():
             inputs.append(("--resume", args.resume))
-        for path in run_outputs(output, args, [given for _, given in inputs if given is not None]):
-            check_not_an_input(path, "--output/--name:", inputs)
+        outputs = run_outputs(output, args, [given for _, given in inputs if given is not None])
+        check_none_is_an_input(outputs, "--output/--name:", inputs)
     except FileInTheWay as error:
         parser.error(f"{error} (a file is in the way of the output folder)")
     except UserError as error:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -123,9 +124,7 @@ def bench_train(
     model = build_model()
     image1, image2 = make_pair(batch, *size)
 
-    def straightforward(*args, **kwargs):
-        return straightforward_forward(model, *args, **kwargs)
-
+    straightforward = partial(straightforward_forward, model)
     modes = {
         "straightforward": (straightforward, None),
         "fast": (model, None),

@@ -14,6 +14,7 @@ holds the memory that their replays reuse).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -152,9 +153,7 @@ def bench_train_cuda(
 ) -> list[dict]:
     """A training step (forward, sequence loss, backward, clip, AdamW) per mode: ms and peak GB."""
 
-    def straightforward(*args, **kwargs):
-        return straightforward_forward(model, *args, **kwargs)
-
+    straightforward = partial(straightforward_forward, model)
     modes = {
         "straightforward": (straightforward, None),
         "straightforward-amp": (straightforward, amp_dtype),

@@ -86,7 +86,7 @@ def build_lever(
             for module in (decoder.encoder, decoder.flow_head, decoder.mask):
                 module.compile(dynamic=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, **ADAMW[lever.adamw])
-    forward = partial(straightforward_forward, model, amp_dtype=amp_dtype) if lever.straightforward else model
+    forward = partial(straightforward_forward, model) if lever.straightforward else model
     return make_step(model, optimizer, forward, amp_dtype, image1, image2, random_targets(image1), iters=iters)
 
 

@@ -39,7 +39,7 @@ from torch import nn
 from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
 from core.semantic import semantic_state_from_resnet50
 from core.training.distributed import unwrap
-from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure
+from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, hash_file
 
 DATA_PARALLEL_PREFIX = "module."
 # Keys a checkpoint may lack without harm: the semantic encoder's stage 3 is never run,
@@ -152,18 +152,14 @@ def load_plain(path: str | os.PathLike) -> object:
 
 def sha256_of(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hash_file(hashlib.sha256(), path)
 
 
 def _digest_tree(digest, tree) -> None:
     if isinstance(tree, torch.Tensor):
         tensor = tree.detach().cpu().contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # hashlib reads the buffer: no copy
     elif isinstance(tree, Mapping):
         digest.update(f"D{len(tree)}".encode())
         for key in sorted(tree, key=repr):
@@ -205,8 +201,14 @@ def verify_file_checksum(path: str | os.PathLike) -> None:
         )
 
 
-def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+def nonfinite_entries(tree, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
+    items = tree.items() if isinstance(tree, Mapping) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [
+        name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -226,7 +228,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = obj["model"]  # a training-state file written by train.py
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
-    damaged = nonfinite_tensors(obj)
+    damaged = nonfinite_entries(obj)
     if damaged:
         raise ValueError(
             f"{path}: damaged weights: non-finite values (NaN or inf) in {damaged[0]}"

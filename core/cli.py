@@ -197,18 +197,15 @@ def check_output(
     flag: str,
     *,
     folder: bool = False,
-    inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
 ) -> Path:
     """`path` as a Path if a file (or, with `folder`, a folder) can be written there: missing
-    folders are created later. `inputs`: (what, path) of the files the script reads (None:
-    not given); an output that is one of them, symlinks resolved, is refused. UserError
-    naming `flag` and the path otherwise (FileInTheWay when a file blocks a folder)."""
+    folders are created later. UserError naming `flag` and the path otherwise (FileInTheWay
+    when a file blocks a folder). `check_not_an_input` refuses an output that is an input."""
     out = Path(path)
     if folder:
         _check_folder(out, flag)
     else:
         _check_file(out, flag)
-    check_not_an_input(out, flag, inputs)
     return out
 
 
@@ -216,9 +213,21 @@ def check_not_an_input(
     out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]
 ) -> None:
     """UserError when the output `out` is (symlinks resolved) one of the `inputs` (what, path)."""
-    target = Path(out).resolve()
+    check_none_is_an_input([out], flag, inputs)
+
+
+def check_none_is_an_input(
+    outputs: Iterable[str | os.PathLike], flag: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]
+) -> None:
+    """`check_not_an_input` for many outputs, each input resolved once (a folder of frames has thousands)."""
+    resolved: dict[Path, tuple[str, str | os.PathLike]] = {}
     for what, given in inputs:
-        if given is not None and Path(given).resolve() == target:
+        if given is not None:
+            resolved.setdefault(Path(given).resolve(), (what, given))
+    for out in outputs:
+        found = resolved.get(Path(out).resolve())
+        if found is not None:
+            what, given = found
             named = f" ({given})" if str(given) != str(out) else ""
             raise UserError(f"{flag} {out} is the input {what}{named}: refusing to overwrite an input")
 

@@ -296,7 +296,6 @@ def evaluate_facialflow(
     pad_mode: str = "exp",
     max_pairs: int | None = None,
     progress: bool = False,
-    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Evaluate a DecFlow model (optionally DataParallel-wrapped) on `dataset` with a
     core.inference.FlowEstimator (autocast to `amp_dtype`, None: float32).
@@ -311,9 +310,7 @@ def evaluate_facialflow(
     model.eval()
     try:
         estimator = FlowEstimator(unwrap(model), iters=iters, device=device, amp_dtype=amp_dtype, pad_mode=pad_mode)
-        return evaluate_predictor(
-            decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress, batch_size=batch_size
-        )
+        return evaluate_predictor(decflow_predictor(estimator), dataset, max_pairs=max_pairs, progress=progress)
     finally:
         for module, training in modes:
             module.training = training

@@ -58,11 +58,6 @@ def cpu_has_native_bf16(capability: str | None = None, flags: frozenset[str] | N
     return bool(NATIVE_BF16_FLAGS & flags)
 
 
-def default_amp_dtype(device: torch.device) -> torch.dtype:
-    """float16 on CUDA (the paper's recipe), bfloat16 elsewhere."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
 def resolve_amp_dtype(
     mixed_precision: bool,
     device: torch.device,

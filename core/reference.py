@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from core.corr import coords_grid
+from core.defaults import ITERS
 from core.network import (
     CONTEXT_DIM,
     CORR_LEVELS,
@@ -81,7 +82,7 @@ def straightforward_forward(
     model: DecFlow,
     image1: torch.Tensor,
     image2: torch.Tensor,
-    iters: int = 12,
+    iters: int = ITERS,
     flow_init: torch.Tensor | None = None,
     test_mode: bool = False,
     amp_dtype: torch.dtype | None = None,

@@ -57,6 +57,15 @@ class WeightsUnavailable(RuntimeError):
 
 
 # ---------------------------------------------------------------- checksums
+def hash_file(digest, path: str | os.PathLike) -> str:
+    """`digest` (a hashlib object) updated with the bytes of the file at `path`, read in
+    chunks; its hex digest."""
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Checksum:
     """`kind` "git-blob" (sha1 of the git blob) or "sha256"; `value` a hex digest, for
@@ -72,13 +81,10 @@ class Checksum:
     def of(self, path: str | os.PathLike) -> str:
         """This kind of digest of the file at `path` (the full hex digest)."""
         path = Path(path)
-        digest = hashlib.sha1() if self.kind == "git-blob" else hashlib.sha256()
         if self.kind == "git-blob":
-            digest.update(b"blob %d\0" % path.stat().st_size)
-        with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(CHUNK), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+            digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+            return hash_file(digest, path)
+        return hash_file(hashlib.sha256(), path)
 
     def matches(self, digest: str) -> bool:
         return digest.startswith(self.value) if self.kind == "sha256" else digest == self.value

@@ -26,7 +26,7 @@ from core.cli import exit_on_error
 from core.inference import FlowEstimator
 from core.network import DecFlow
 from core.synthetic import generate
-from tests.train_helpers import ROOT, make_dataset, subprocess_env
+from tests.train_helpers import ROOT, make_dataset, run, subprocess_env
 
 SCRIPTS = {"train.py": train, "evaluate.py": evaluate, "get_flow.py": get_flow}
 TINY_TRAIN = [
@@ -99,17 +99,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("trained")
     root = make_dataset(base / "FacialFlowNet")
     out = base / "out"
-    sizes = ["--image_size", "160", "160"]
-    train.main(
-        train.get_args_parser().parse_args(
-            ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, *sizes]
-        )
-    )
-    return {
-        "root": root,
-        "out": out,
-        "argv": ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, *sizes],
-    }
+    argv = ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, "--image_size", "160", "160"]
+    run(argv)
+    return {"root": root, "out": out, "argv": argv}
 
 
 # ------------------------------------------------------------------ 1. an output is never an input
@@ -119,7 +111,6 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
     shutil.copy(description_path(data["weights"]), description_path(weights))
     link = tmp_path / "results.json"
     link.symlink_to(weights)
-    before = tree(tmp_path)
     for target in (weights, link, description_path(weights)):
         code, line = cli(
             "evaluate.py",
@@ -254,11 +245,7 @@ def test_changed_training_state_is_refused_on_resume(trained, tmp_path, capsys):
     code, line = cli("train.py", *trained["argv"], "--resume", str(copy), capsys=capsys)
     assert code == 2 and str(copy) in line and "checksum" in line
     # an untouched state resumes (the checksum survives torch.save/torch.load)
-    train.main(
-        train.get_args_parser().parse_args(
-            [*trained["argv"], "--output", str(tmp_path / "resumed"), "--resume", str(state_path)]
-        )
-    )
+    run([*trained["argv"], "--output", str(tmp_path / "resumed"), "--resume", str(state_path)])
     assert (tmp_path / "resumed" / "run.pth").is_file()
 
 
@@ -424,7 +411,7 @@ def test_bad_restore_ckpt_and_semantic_weights_are_one_line_at_start_up(data, tm
     torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
     base = ["--name", "r", "--output", str(tmp_path / "t"), "--root", str(data["root"]), *TINY_TRAIN]
     for flag, path in (("--restore_ckpt", truncated), ("--restore_ckpt", wrong), ("--semantic_weights", garbage)):
-        argv = [*base, flag, str(path)] + (["--frozen"] if flag == "--restore_ckpt" else [])
+        argv = [*base, flag, str(path)]
         if flag == "--semantic_weights":
             argv.remove("--frozen")  # stage 1 reads the ImageNet weights
         code, line = cli("train.py", *argv, capsys=capsys)

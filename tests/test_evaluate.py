@@ -233,8 +233,6 @@ def test_batch_size_gives_the_metrics_of_one_pair_at_a_time(synthetic_root: Path
         str(synthetic_root),
         "--iters",
         str(ITERS),
-        "--device",
-        "cpu",
         "--no-mixed_precision",
     )
     single, batched = run_evaluate(*common), run_evaluate(*common, "--batch_size", "3")
@@ -394,14 +392,12 @@ def test_raw_non_finite_ground_truth_is_left_out() -> None:
 
 
 def _poison(path: Path, rows: slice, cols: slice, value: float) -> None:
-
     flow = read_flo(path)
     flow[rows, cols, 0] = value
     write_flo(path, flow)
 
 
 def test_non_finite_ground_truth_is_counted_reported_and_left_out(tmp_path: Path, capsys) -> None:
-
     root = tmp_path / "FacialFlowNet"
     synthetic.generate(root, 2, 3, (64, 64), seed=5, splits=("test",))
     dataset = FacialFlow(None, split="test", dataset_root=root)

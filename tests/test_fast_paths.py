@@ -15,7 +15,7 @@ from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict
 
-STATE = {k[len("module.") :]: v for k, v in authors_state_dict().items()}
+STATE = authors_state_dict(prefix="")
 
 
 def _model(**options) -> DecFlow:

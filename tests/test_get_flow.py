@@ -195,7 +195,6 @@ def test_visualisation_shares_one_scale() -> None:
     assert fixed == 10.0
 
 
-# ------------------------------------------------------------------ user errors: one line, no traceback
 def test_frames_in_batches_give_the_flow_of_one_pair_at_a_time(decflow_checkpoint: Path, tmp_path: Path) -> None:
     """--batch_size 2 on 3 pairs (a batch of 2, then 1): the same files and, in float32, the same flow."""
     folder = tmp_path / "frames"
@@ -211,8 +210,6 @@ def test_frames_in_batches_give_the_flow_of_one_pair_at_a_time(decflow_checkpoin
             str(folder),
             "--iters",
             str(ITERS),
-            "--device",
-            "cpu",
             "--no-mixed_precision",
             "--save_flo",
             "--batch_size",
@@ -231,6 +228,7 @@ def test_frames_in_batches_give_the_flow_of_one_pair_at_a_time(decflow_checkpoin
             assert np.abs(batched - single).max() <= 1e-4, (i, kind)
 
 
+# ------------------------------------------------------------------ user errors: one line, no traceback
 def _error(*argv: str) -> str:
     with pytest.raises(SystemExit) as error:
         run(*argv)

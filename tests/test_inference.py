@@ -16,7 +16,7 @@ from core.reference import straightforward_forward
 from core.utils.padder import InputPadder
 from tests.model_helpers import authors_state_dict
 
-STATE = {k[len("module.") :]: v for k, v in authors_state_dict().items()}
+STATE = authors_state_dict(prefix="")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")  # the device of the CUDA-only tests
 

@@ -11,7 +11,7 @@ from benchmarks import learning
 from core.checkpoint import load_checkpoint
 from core.network import DecFlow
 from core.utils import frame_utils
-from tests.model_helpers import GMA_TSV, authors_state_dict
+from tests.train_helpers import make_gma_checkpoint
 
 # two steps of batch 1 at 1 iteration on one subject's 2 pairs of 128x128 frames
 TINY = ["--device", "cpu", "--steps", "2", "--size", "128", "128", "--batch", "1", "--iters", "1"]
@@ -59,20 +59,17 @@ def test_learning_check_prints_every_row(tmp_path, capsys):
         curve = learning.read_curves(tmp_path / f"{name}.log")
         assert [step for step, _ in curve["test"]["facial_epe"]] == [1, 2]
         assert [step for step, _ in curve["train"]["facial_epe"]] == [1, 2]
-        assert learning.evaluation_iters(args) == 1
+    assert learning.evaluation_iters(args) == 1
     assert (tmp_path / "plots" / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "DecFlow fp32: facial EPE, training batches" in out and "x zero flow's" in out
 
 
 def test_learning_check_with_seeds_prints_their_mean_and_spread(tmp_path, capsys):
     """From a GMA-format start (as the seed recipe's stage 1), each seed trained and summarised."""
-    gma_start = tmp_path / "gma.pth"
-    torch.save(authors_state_dict(tsv=GMA_TSV), gma_start)
+    gma_start = make_gma_checkpoint(tmp_path / "gma.pth")
     args = learning.get_args_parser().parse_args(
         [
             *TINY,
-            "--eval_iters",
-            "1",
             "--amp_dtype",
             "bfloat16",
             "--workdir",

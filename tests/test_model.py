@@ -17,7 +17,7 @@ from tests.model_helpers import authors_state_dict, read_spec
 @pytest.fixture(scope="module")
 def model() -> DecFlow:
     net = DecFlow()
-    net.load_state_dict({k[len("module.") :]: v for k, v in authors_state_dict().items()})
+    net.load_state_dict(authors_state_dict(prefix=""))
     return net.eval()
 
 
@@ -125,7 +125,6 @@ def test_correlation_computed_on_the_fly_equals_the_pyramid(dense_from_level, wh
 
 @pytest.mark.parametrize("grad", [False, True])
 def test_instance_norm_keeps_channels_last_and_matches_pytorch(grad):
-
     generator = torch.Generator().manual_seed(7)
     x = (3 * torch.randn(2, 16, 12, 20, generator=generator) + 5).contiguous(memory_format=torch.channels_last)
     with torch.set_grad_enabled(grad):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import evaluate
 import get_flow
@@ -295,7 +296,6 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
     assert f"skipped {skipped}/2 (GradScaler, {skipped} in all)" in log
     assert f"warning: the GradScaler skipped {skipped} of the 2 steps 1-2" in log
     assert f"({skipped} of 2 steps skipped by the GradScaler)" in log
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "runs" / "fp16")).Reload()
     assert [e.value for e in events.Scalars("train/skipped_steps")] == [float(skipped)]

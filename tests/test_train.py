@@ -17,7 +17,9 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from core.checkpoint import read_state_dict
 from core.network import DecFlowConfig
 from core.training import step as training_step
 from core.training.data import ResumableSampler
@@ -25,7 +27,6 @@ from core.training.stages import set_trainable
 from tests.train_helpers import (
     ROOT,
     free_port,
-    load_weights,
     make_dataset,
     make_gma_checkpoint,
     run,
@@ -116,7 +117,6 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
         f"{name}_epe.png",
     ):
         assert (out / filename).is_file(), filename
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "runs" / name)).Reload().Tags()
     assert {"train/loss", "train/facial_epe", "train/lr", "val/facial_epe", "val/ffn_epe"} <= set(events["scalars"])
@@ -137,12 +137,12 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     # 2 warm-up steps (lr <= 7e-5) move no weight by more than ~1.5e-4: the trained GMA
     # groups must still sit on the GMA values; freshly initialised weights would be far off.
     gma = {k[len("module.") :]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
-    final = load_weights(out / f"{name}.pth")
+    final = read_state_dict(out / f"{name}.pth")
     params = {n for n, _ in train.DecFlow().named_parameters()}
     for key, value in gma.items():
         if key in params:
             assert (final[key] - value).abs().max() < 1e-3, key
-    step1 = load_weights(out / f"1_{name}.pth")
+    step1 = read_state_dict(out / f"1_{name}.pth")
     assert not torch.equal(step1["fnet.conv1.weight"], gma["fnet.conv1.weight"])  # but it trained
 
     # beside each weights file: its architecture, step and training arguments
@@ -173,7 +173,7 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
             **SMALL,
         )
     )
-    before, after = load_weights(start), load_weights(out / "decflow.pth")
+    before, after = read_state_dict(start), read_state_dict(out / "decflow.pth")
     model = train.DecFlow()
     set_trainable(model, 2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -222,7 +222,7 @@ def test_resume_reproduces_an_uninterrupted_run(files):
     assert not (out_b / "b.pth").exists()
     # slot 2: --resume (auto: {output}/{name}_state.pth) finishes
     run(common + ["--name", "b", "--output", str(out_b), "--resume"])
-    a, b = load_weights(out_a / "a.pth"), load_weights(out_b / "b.pth")
+    a, b = read_state_dict(out_a / "a.pth"), read_state_dict(out_b / "b.pth")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
@@ -375,7 +375,7 @@ def test_torchrun_two_processes_gloo(files):
         assert (out / filename).is_file(), filename
     log = (out / "ddp.log").read_text()
     assert "2 processes (DistributedDataParallel)" in log and log.count("done:") == 1
-    assert set(load_weights(out / "ddp.pth")) == set(train.DecFlow().state_dict())
+    assert set(read_state_dict(out / "ddp.pth")) == set(train.DecFlow().state_dict())
 
 
 def _bn_stats(weights: dict) -> dict:
@@ -412,7 +412,7 @@ def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
         *CPU,
     ]
     run(argv + (["--freeze_bn"] if freeze_bn else []))
-    before, after = _bn_stats(load_weights(files["gma"])), _bn_stats(load_weights(out / "bn.pth"))
+    before, after = _bn_stats(read_state_dict(files["gma"])), _bn_stats(read_state_dict(out / "bn.pth"))
     assert before and before.keys() == after.keys()
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
     # the reference keeps BatchNorm in training mode (statistics update); --freeze_bn keeps them fixed
@@ -491,7 +491,7 @@ def test_seed_recipe_with_mixed_precision_and_validation_resumes(files):
     state = torch.load(out_b / "b_state.pth", weights_only=True)  # no dataset object in the arguments
     assert state["step"] == 1 and state["args"]["validation"] == ["facialflow"] and state["args"]["mixed_precision"]
     run(argv("b", out_b) + ["--resume"])
-    a, b = load_weights(out_a / "a.pth"), load_weights(out_b / "b.pth")
+    a, b = read_state_dict(out_a / "a.pth"), read_state_dict(out_b / "b.pth")
     for key in a:
         assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
 

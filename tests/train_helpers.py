@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 import train
-from core.checkpoint import read_state_dict
 from core.synthetic import generate
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
@@ -50,11 +49,6 @@ def scaled(command: str, **overrides: str) -> list[str]:
 
 def run(argv: list[str]) -> dict:
     return train.main(train.get_args_parser().parse_args(argv))
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-
-    return read_state_dict(path)
 
 
 def free_port() -> int:

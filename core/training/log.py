@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from core.utils.flow_viz import flow_to_image, shared_max_flow
@@ -38,8 +39,6 @@ class RunLog:
         if enabled:
             output.mkdir(parents=True, exist_ok=True)
             self.file = open(output / f"{name}.log", "a", encoding="utf-8")
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer = SummaryWriter(log_dir=str(output / "runs" / name), purge_step=start_step or None)
 
     def __call__(self, message: str) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoint import atomic_save, load_plain, payload_sha256, reference_state_dict, verify_payload
+from core.checkpoint import (
+    atomic_save,
+    load_plain,
+    nonfinite_entries,
+    payload_sha256,
+    reference_state_dict,
+    verify_payload,
+)
 from core.precision import amp_dtype_name
 from core.training.distributed import unwrap
 
@@ -73,16 +80,6 @@ class StopRequest:
     def restore(self) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def nonfinite_entries(tree, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in a nested dict/list that hold NaN or inf."""
-    if isinstance(tree, torch.Tensor):
-        return [prefix or "tensor"] if tree.is_floating_point() and not torch.isfinite(tree).all() else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    return [
-        name for key, value in items for name in nonfinite_entries(value, f"{prefix}.{key}" if prefix else str(key))
-    ]
 
 
 def plain_arguments(args: object) -> dict:

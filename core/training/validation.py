@@ -11,7 +11,6 @@ from torch.utils import data
 
 from core.defaults import VAL_ITERS
 from core.evaluation import evaluate_facialflow
-from core.training.distributed import unwrap
 
 
 def validate(
@@ -47,7 +46,7 @@ def validate(
         try:
             # its own progress bar (rank 0): validation takes a while on CPUs
             results = evaluate_facialflow(
-                unwrap(model),
+                model,  # evaluate_facialflow unwraps it
                 data.Subset(dataset, mine),
                 iters=iters,
                 device=device,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SOI, EOI, SOS, DHT, DRI = 0xD8, 0xD9, 0xDA, 0xC4, 0xDD
+EOI, SOS, DHT, DRI = 0xD9, 0xDA, 0xC4, 0xDD
 SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # baseline, extended sequential
 OTHER_FRAMES = (0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)  # not checked
 RESTARTS = range(0xD0, 0xD8)
@@ -120,7 +120,7 @@ def _check(data: bytes) -> None:
     ac_tables: dict[int, list[int]] = {}
     frame = None
     restart_interval = 0
-    at, scans = 2, 0
+    at = 2
     while True:
         while at < len(data) and data[at] == 0xFF and at + 1 < len(data) and data[at + 1] == 0xFF:
             at += 1  # fill bytes
@@ -156,7 +156,6 @@ def _check(data: bytes) -> None:
         elif marker == SOS:
             if frame is None:
                 raise _Damage("image data before the frame header")
-            scans += 1
             segments, at = _scan_segments(data, at)
             _check_scan(body, frame, dc_tables, ac_tables, restart_interval, segments)
 
