@@ -35,11 +35,18 @@ def run(*argv: str) -> list[Path]:
     return get_flow.main(args)
 
 
+def widest_title() -> int:
+    """The widest panel title in this OpenCV build's font metrics, plus the 6 px margins on either
+    side: "expression" at scale 0.5 is 84 px in OpenCV 4.14 and 78 px in 5.1, so no width is
+    hard-coded."""
+    return max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0] for t in flow_viz.PANEL_TITLES) + 12
+
+
 def canvas_shape(height: int, width: int) -> tuple[int, int, int]:
     """Title strip + four panels + legend, rounded up to even sides (for MP4). Panels are at
-    least 84 px wide (the widest title) and the legend at least 76 px high (a 32 px wheel
-    and two lines of text)."""
-    h, w = max(height, 76) + HEADER, 4 * max(width, 84) + int(np.clip(height * 0.6, 96, 200))
+    least as wide as the widest title and the legend at least 76 px high (a 32 px wheel and
+    two lines of text)."""
+    h, w = max(height, 76) + HEADER, 4 * max(width, widest_title()) + int(np.clip(height * 0.6, 96, 200))
     return h + h % 2, w + w % 2, 3
 
 
