@@ -132,7 +132,9 @@ def plan_outputs(
         (plan.own if recorded and recorded[0] == origins[0] else plan.foreign).append(plan.video)
     if plan.foreign and not overwrite:
         more = f" and {len(plan.foreign) - 1} more" if len(plan.foreign) > 1 else ""
-        raise ValueError(f"{plan.foreign[0].name}{more} in {output}: not from a run on this input (--overwrite replaces)")
+        raise ValueError(
+            f"{plan.foreign[0].name}{more} in {output}: not from a run on this input (--overwrite replaces)"
+        )
     return plan
 
 
