@@ -1,0 +1,85 @@
+"""get_flow.py's options checked against the estimator run by hand: --warm_start and the default
+iterations (the reference demo's 24; evaluate.py's 12, the reference evaluation's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import get_flow
+from core.inference import FlowEstimator, load_model
+from core.network import DecFlowConfig
+
+SIZE = (40, 48)  # padded to 128 x 128 by the estimator: cheap, and the warm start's low flows have one size
+
+
+def _frames(folder: Path, count: int) -> list[np.ndarray]:
+    """`count` frames of one random texture shifted 2 px right per frame (a real motion to follow)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 256, (SIZE[0], SIZE[1] + 2 * count, 3), dtype=np.uint8)
+    frames = [np.ascontiguousarray(texture[:, 2 * (count - i) : 2 * (count - i) + SIZE[1]]) for i in range(count)]
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:04d}.png")
+    return frames
+
+
+def _estimator(checkpoint: Path, iters: int) -> FlowEstimator:
+    model = load_model(checkpoint, config=DecFlowConfig(), device=torch.device("cpu"))
+    return FlowEstimator(model, iters=iters, device="cpu", pad_mode="symmetric")
+
+
+def _tensor(frame: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frame).permute(2, 0, 1).float()
+
+
+def _run(*argv: str) -> None:
+    get_flow.main(get_flow.get_args_parser().parse_args([*argv, "--device", "cpu"]))
+
+
+def test_warm_start_starts_each_pair_from_the_previous_pairs_low_flows(decflow_checkpoint: Path, tmp_path: Path):
+    frames = _frames(tmp_path / "seq", 3)
+    out = tmp_path / "out"
+    argv = ("--model", str(decflow_checkpoint), "--frames", str(tmp_path / "seq"), "--iters", "2")
+    _run(*argv, "--warm_start", "--save_format", "npy", "--output", str(out))
+    estimator = _estimator(decflow_checkpoint, iters=2)
+    first = estimator(_tensor(frames[0]), _tensor(frames[1]))
+    warm = estimator(_tensor(frames[1]), _tensor(frames[2]), flow_init=(first.facial_low, first.head_low))
+    cold = estimator(_tensor(frames[1]), _tensor(frames[2]))
+    for kind in ("facial", "head"):
+        written = np.load(out / f"seq_0001-0002_{kind}.npy")
+        expected = getattr(warm, kind)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(written, expected, atol=1e-4)
+        # the option matters: a cold start gives another flow
+        assert np.abs(written - getattr(cold, kind)[0].permute(1, 2, 0).numpy()).max() > 1e-3
+    # the first pair has no previous pair: a cold start
+    np.testing.assert_allclose(
+        np.load(out / "seq_0000-0001_facial.npy"), first.facial[0].permute(1, 2, 0).numpy(), atol=1e-4
+    )
+
+
+def test_get_flow_runs_24_iterations_by_default(decflow_checkpoint: Path, tmp_path: Path):
+    """The reference demo's 24 iterations, checked on the flow (not only the parser): the file equals
+    24 iterations run by hand and differs from 12."""
+    frames = _frames(tmp_path / "seq", 2)
+    out = tmp_path / "out"
+    paths = [str(tmp_path / "seq" / f"{i:04d}.png") for i in range(2)]
+    _run("--model", str(decflow_checkpoint), "--image1", paths[0], "--image2", paths[1], "--save_format", "npy",
+         "--output", str(out))  # fmt: skip
+    written = np.load(out / "seq_0000-0001_facial.npy")
+    pair = (_tensor(frames[0]), _tensor(frames[1]))
+    expected = _estimator(decflow_checkpoint, iters=24)(*pair).facial[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+    fewer = _estimator(decflow_checkpoint, iters=12)(*pair).facial[0].permute(1, 2, 0).numpy()
+    assert np.abs(written - fewer).max() > 1e-3
+
+
+@pytest.mark.parametrize("script, iters", [(evaluate, 12), (get_flow, 24)])
+def test_script_defaults_are_the_references(script, iters: int):
+    """The reference evaluates FacialFlowNet at 12 iterations and runs its demo at 24."""
+    assert script.get_args_parser().parse_args([]).iters == iters
