@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
+from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
-from core.training.distributed import unwrap
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, hash_file
 
 DATA_PARALLEL_PREFIX = "module."
