@@ -167,11 +167,14 @@ def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tup
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
-def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device) -> DecFlow:
-    """core.inference.load_model with the model options of `args`; problems as UserError."""
+def load_model_from_args(
+    args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device, *, sha256: str | None = None
+) -> DecFlow:
+    """core.inference.load_model with the model options of `args` (and the file's `sha256` when
+    the caller has it); problems as UserError."""
     config = model_config(args)
     try:
-        return load_model(checkpoint, config=config, device=device)
+        return load_model(checkpoint, config=config, device=device, sha256=sha256)
     except ValueError as error:
         raise UserError(str(error)) from None
 
