@@ -34,14 +34,13 @@ from core.cli import (
     check_output,
     device_and_precision,
     exit_on_error,
-    load_model_from_args,
+    load_estimator,
     model_options,
     resolve_checkpoint,
 )
 from core.datasets import FacialFlow, split_problem
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
-from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.atomic import write_text_atomic
 from core.weights import offline_requested
@@ -190,15 +189,7 @@ def build_decflow(
 ) -> tuple[Callable, dict[str, Any]]:
     """DecFlow of `checkpoint` as a predictor, and what it is for the meta (the file hashed once)."""
     sha256 = sha256_of(checkpoint)
-    model = load_model_from_args(args, checkpoint, device, sha256=sha256)
-    estimator = FlowEstimator(
-        model,
-        iters=args.iters,
-        device=device,
-        amp_dtype=amp_dtype,
-        alternate_corr=args.alternate_corr,
-        pad_mode="exp",
-    )
+    estimator = load_estimator(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="exp", sha256=sha256)
     described = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256,
