@@ -10,7 +10,6 @@ Parts (`PARTS`), run one after another in this order of priority:
   benchmark     python -m benchmarks.benchmark all --device cuda
   learning      python -m benchmarks.learning with its GPU defaults (--parallel)
   train_levers  python -m benchmarks.levers --device cuda (training-step levers at the seed recipe)
-  export        python -m benchmarks.export --device cuda (the ONNX export in onnxruntime against eager)
 
 Each part is a process group with its own time budget, killed when the budget or the whole
 run's `--budget` runs out, so that a part that overruns costs only its own result; a part
@@ -125,29 +124,6 @@ PARTS = {
             "1",
         ),
         budget_s=240,
-    ),
-    # the ONNX export through onnxruntime's CUDA provider (onnxruntime-gpu) against eager float16;
-    # most of the time is the export itself (traced on the CPU)
-    "export": Part(
-        (PYTHON, "-m", "benchmarks.export", "--device", "cuda", "--parity_size", "480", "480"),
-        (
-            PYTHON,
-            "-m",
-            "benchmarks.export",
-            "--iters",
-            "1",
-            "--size",
-            "128",
-            "128",
-            "--parity_size",
-            "128",
-            "128",
-            "--warmup",
-            "0",
-            "--repeats",
-            "1",
-        ),
-        budget_s=300,
     ),
 }
 
