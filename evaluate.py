@@ -34,14 +34,13 @@ from core.cli import (
     check_output,
     device_and_precision,
     exit_on_error,
-    load_model_from_args,
+    load_estimator,
     model_options,
     resolve_checkpoint,
 )
-from core.datasets import FacialFlow
+from core.datasets import FacialFlow, split_problem
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
-from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.utils.atomic import write_text_atomic
 from core.weights import offline_requested
@@ -102,43 +101,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The pixels each metric is over, as the JSON document states it.
+MASK_NOTE = (
+    "masked metrics: face-mask pixels (mask != 0) with valid ground truth (finite and "
+    "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
+    "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator"
+)
+# Counts of the evaluation that go to the document's "meta" (and out of every results block).
+COUNT_KEYS = ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate as the command line asks; returns the JSON document. Raises UserError."""
+    out = check_arguments(args)
+    decflow = args.method == "decflow"
+    device, amp_dtype = device_and_precision(args, mixed=decflow)
+    dataset = open_split(args)
+    # after the dataset checks: a mistyped --root costs no download
+    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
+    if out is not None:
+        check_json_is_no_input(out, checkpoint=checkpoint, root=dataset.root, args=args)
+    meta = run_meta(args, device=device, root=dataset.root)
+    if decflow:
+        predictor, described = build_decflow(args, checkpoint=checkpoint, device=device, amp_dtype=amp_dtype)
+    else:
+        predictor, described = build_baseline(args.method)
+    meta.update(described, mask=MASK_NOTE)
+    results = score(predictor, dataset, args)
+    return make_document(args, results, meta)
+
+
+def check_arguments(args: argparse.Namespace) -> Path | None:
+    """The numbers of the command line, and `--output_json` (as a Path, None without it)."""
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     if args.max_pairs is not None and args.max_pairs < 1:
         raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    # the path itself before any work, so that no result is lost to a bad one (its inputs below)
-    out = check_output(args.output_json, "--output_json") if args.output_json else None
-    decflow = args.method == "decflow"
-    device, amp_dtype = device_and_precision(args, mixed=decflow)
+    # the path itself before any work, so that no result is lost to a bad one (its inputs later)
+    return check_output(args.output_json, "--output_json") if args.output_json else None
 
-    root = Path(args.root)
-    if not root.is_dir():
-        raise UserError(f"dataset folder {root} not found (pass the FacialFlowNet folder with --root)")
-    split_dir = root / "image" / "facial" / args.split
-    if not split_dir.is_dir():
-        raise UserError(f"split '{args.split}' not found: {split_dir} does not exist")
+
+def open_split(args: argparse.Namespace) -> FacialFlow:
+    """The split of `--root` to evaluate on (its folders checked first, each problem one line)."""
+    if problem := split_problem(args.root, args.split):
+        raise UserError(problem)
     try:
-        dataset = FacialFlow(None, split=args.split, dataset_root=root)
+        return FacialFlow(None, split=args.split, dataset_root=args.root)
     except ValueError as error:
         raise UserError(str(error).splitlines()[0]) from None
-    # after the dataset checks: a mistyped --root costs no download
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline)) if decflow else None
-    if out is not None:  # never one of the inputs
-        check_not_an_input(
-            out,
-            "--output_json",
-            [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))],
-        )
-        if out.exists() and out.resolve().is_relative_to(root.resolve()):
-            raise UserError(
-                f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to overwrite an input"
-            )
 
-    meta: dict[str, Any] = {
+
+def check_json_is_no_input(out: Path, *, checkpoint: str | None, root: Path, args: argparse.Namespace) -> None:
+    """`--output_json` is neither the checkpoint, nor its description, nor a file of the dataset."""
+    check_not_an_input(
+        out,
+        "--output_json",
+        [("checkpoint", checkpoint), ("description", checkpoint and description_path(checkpoint))],
+    )
+    if out.exists() and out.resolve().is_relative_to(root.resolve()):
+        raise UserError(
+            f"--output_json {out} is a file of the dataset (--root {args.root}): refusing to overwrite an input"
+        )
+
+
+def run_meta(args: argparse.Namespace, *, device: torch.device, root: Path) -> dict[str, Any]:
+    """What the run was, as far as the method does not change it (build_decflow, build_baseline add theirs)."""
+    return {
         "method": args.method,
         "checkpoint": None,
         "checkpoint_sha256": None,
@@ -152,38 +182,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_root": str(root),
         "max_pairs": args.max_pairs,
     }
-    if decflow:
-        model = load_model_from_args(args, checkpoint, device)
-        estimator = FlowEstimator(
-            model,
-            iters=args.iters,
-            device=device,
-            amp_dtype=amp_dtype,
-            alternate_corr=args.alternate_corr,
-            pad_mode="exp",
-        )
-        predictor: Callable = decflow_predictor(estimator)
-        meta.update(
-            checkpoint=str(checkpoint),
-            checkpoint_sha256=sha256_of(checkpoint),
-            iters=args.iters,
-            padding_mode="exp",
-            precision=precision_name(amp_dtype),
-            model_options=model_options(args),
-        )
-    else:
-        predictor = BASELINES[args.method]()
-        meta["device"] = "cpu"
-        if hasattr(predictor, "description"):
-            meta.update(opencv_version=cv2.__version__, baseline=predictor.description)
-    meta["mask"] = (
-        "masked metrics: face-mask pixels (mask != 0) with valid ground truth (finite and "
-        "|u|,|v| < 1000; expression: facial and head valid); ffn_protocol: whole-image sums over "
-        "pixels with finite ground truth, mask != 0 pixels with finite ground truth as denominator"
-    )
 
-    try:  # a damaged file of the split (named in the message) or a non-finite prediction
-        results = evaluate_predictor(
+
+def build_decflow(
+    args: argparse.Namespace, *, checkpoint: str, device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[Callable, dict[str, Any]]:
+    """DecFlow of `checkpoint` as a predictor, and what it is for the meta (the file hashed once)."""
+    sha256 = sha256_of(checkpoint)
+    estimator = load_estimator(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="exp", sha256=sha256)
+    described = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256,
+        "iters": args.iters,
+        "padding_mode": "exp",
+        "precision": precision_name(amp_dtype),
+        "model_options": model_options(args),
+    }
+    return decflow_predictor(estimator), described
+
+
+def build_baseline(method: str) -> tuple[Callable, dict[str, Any]]:
+    """A classical baseline (it runs on the CPU) as a predictor, and what it is for the meta."""
+    predictor = BASELINES[method]()
+    described: dict[str, Any] = {"device": "cpu"}
+    if hasattr(predictor, "description"):
+        described.update(opencv_version=cv2.__version__, baseline=predictor.description)
+    return predictor, described
+
+
+def score(predictor: Callable, dataset: FacialFlow, args: argparse.Namespace) -> dict[str, Any]:
+    """core.evaluation's results of `predictor` on `dataset`; a damaged file of the split (named)
+    or a non-finite prediction as UserError."""
+    try:
+        return evaluate_predictor(
             predictor,
             dataset,
             max_pairs=args.max_pairs,
@@ -193,17 +224,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     except (ValueError, FileNotFoundError) as error:
         raise UserError(str(error).splitlines()[0]) from None
-    meta["pairs_without_mask"] = results.pop("pairs_without_mask")
-    meta["scored_pairs"] = results.pop("scored_pairs")
-    meta["nonfinite_gt_pixels"] = results.pop("nonfinite_gt_pixels")
+
+
+def make_document(args: argparse.Namespace, results: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document: the results blocks, and the counts of the evaluation in `meta`."""
+    for key in COUNT_KEYS:
+        meta[key] = results.pop(key)
     for block in results["per_emotion"].values():
-        for key in ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels"):
+        for key in COUNT_KEYS:
             block.pop(key)
     return {
         "dataset": args.dataset,
         "split": args.split,
         "pairs": results["pairs"],
-        "iters": args.iters if decflow else None,
+        "iters": args.iters if args.method == "decflow" else None,
         "facial": results["facial"],
         "head": results["head"],
         "expression": results["expression"],
@@ -222,7 +256,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     method = args.method if args.method != "decflow" else f"DecFlow {meta['checkpoint']}, {args.iters} iterations"
     print(
         format_results(
-            {**document, **{key: meta[key] for key in ("pairs_without_mask", "scored_pairs", "nonfinite_gt_pixels")}},
+            {**document, **{key: meta[key] for key in COUNT_KEYS}},
             title=f"{args.dataset} {args.split} | {method} | {document['meta']['precision']} "
             f"on {document['meta']['device']}",
         )

@@ -15,7 +15,13 @@ and EPE curves `{name}_loss.png` / `{name}_epe.png` and TensorBoard logs in
 `runs/{name}`. A run name is one file name (no folders: `--output` chooses the folder), and
 no output may be one of the run's inputs (`--restore_ckpt`, `--semantic_weights`).
 Problems with the inputs or the data stop the run with one line, `error: ...`, naming the
-file (from the command line: exit code 2).
+file (from the command line: exit code 2). The arguments, `--root` and its splits, `--output`
+and `--name` are checked before a model, a download or a file of the run exists, and the log's
+files appear only once the run has started: a start that fails leaves no file behind.
+
+`main` reads as the run happens: check_args, resolve_inputs (data, resumed state, weights),
+setup_run (log, device, model, restore, wrap, optimiser), train_loop (the steps, saves,
+validation, stops) and finish_run.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from core.cli import (
     model_config,
     resolve_weights,
 )
-from core.datasets import FacialFlow, default_num_workers
+from core.datasets import FacialFlow, default_num_workers, split_problem
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
 from core.network import DecFlow, DecFlowConfig, image_size_problem
 from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
@@ -317,7 +323,87 @@ def run_outputs(output: Path, args: argparse.Namespace, inputs: list[str]) -> li
     return [output / name for name in names]
 
 
-# ============================================================================ training
+# ============================================================================ the run
+def main(args: argparse.Namespace) -> dict[str, float]:
+    """Train; returns the last averaged training metrics (and validation metrics if any)."""
+    check_args(get_args_parser(), args)
+    distributed, rank, world_size, device = setup_distributed(args.device)
+    try:
+        inputs = resolve_inputs(args, rank=rank, world_size=world_size)
+        run = setup_run(args, inputs, distributed=distributed, rank=rank, world_size=world_size, device=device)
+        try:
+            return train_loop(run, args)
+        except TrainingStopped as error:
+            raise SystemExit(f"error: {error}") from None
+        finally:
+            run.close()
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class Inputs:
+    """What a run starts from, all checked before a model, a download or a file of the run exists."""
+
+    output: Path
+    loader: data.DataLoader  # the training split, verified, from the resumed step on
+    val_dataset: data.Dataset | None  # the validation split, verified (None without --validation)
+    state: dict | None  # the training state of --resume (None: a new run)
+    resume_path: Path | None
+    restore_ckpt: str | None  # the file of --restore_ckpt (a registered name resolved, downloaded)
+    offline: bool
+
+    @property
+    def start_step(self) -> int:
+        return self.state["step"] if self.state else 0
+
+
+def resolve_inputs(args: argparse.Namespace, *, rank: int, world_size: int) -> Inputs:
+    """The data (`--root`, its split folders, their files), the state of `--resume`, then the
+    weights of `--restore_ckpt` (downloaded if need be). SystemExit (one line) at the first problem."""
+    for split in ("train", *([args.val_split] if "facialflow" in args.validation else [])):
+        if problem := split_problem(args.root, split):
+            raise SystemExit(f"error: {problem}")
+    if args.batch_size % world_size:
+        raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
+    output = Path(args.output)
+    resume_path = resolve_resume(args, output)
+    state = load_training_state(resume_path, args) if resume_path is not None else None
+    try:
+        loader = build_train_loader(
+            stage=args.stage,
+            image_size=tuple(args.image_size),
+            root=args.root,
+            per_process_batch=args.batch_size // world_size,
+            seed=args.seed,
+            num_workers=args.num_workers if args.num_workers is not None else default_num_workers(),
+            rank=rank,
+            world_size=world_size,
+            start_step=state["step"] if state else 0,
+        )
+        # the validation split now too, so that a damaged one fails at start-up, not at step val_freq
+        val_dataset = build_val_dataset(args)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    offline = offline_requested(args.offline)
+    try:  # a registered name, or its file when absent: downloaded once everything else is known to be right
+        restore_ckpt = (
+            resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt else None
+        )
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
+    return Inputs(
+        output=output,
+        loader=loader,
+        val_dataset=val_dataset,
+        state=state,
+        resume_path=resume_path,
+        restore_ckpt=restore_ckpt,
+        offline=offline,
+    )
+
+
 def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
     if args.resume is None:
         return None
@@ -325,11 +411,6 @@ def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
         path = output / f"{args.name}{STATE_SUFFIX}"
         return path if path.is_file() else None
     return Path(args.resume)
-
-
-def build_val_dataset(args: argparse.Namespace):
-    """The validation split (None without --validation facialflow)."""
-    return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
 
 
 def load_training_state(path: Path, args: argparse.Namespace) -> dict:
@@ -340,46 +421,9 @@ def load_training_state(path: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: {error}") from None
 
 
-def build_model(args: argparse.Namespace) -> DecFlow:
-    """DecFlow with the architecture of `args`, trainable as in stage 2 (`--frozen`) or stage 1."""
-    model = DecFlow(model_config(args))
-    set_trainable(model, 2 if args.frozen else 1)
-    return model
-
-
-def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train; returns the last averaged training metrics (and validation metrics if any)."""
-    parser = get_args_parser()
-    check_args(parser, args)
-    offline = offline_requested(args.offline)
-    try:  # a registered name, or its file when absent: downloaded before anything starts
-        restore_ckpt = (
-            resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt else None
-        )
-    except UserError as error:
-        raise SystemExit(f"error: {error}") from None
-    output = Path(args.output)
-    distributed, rank, world_size, device = setup_distributed(args.device)
-    try:
-        run = setup_run(
-            args,
-            output=output,
-            distributed=distributed,
-            rank=rank,
-            world_size=world_size,
-            device=device,
-            restore_ckpt=restore_ckpt,
-            offline=offline,
-        )
-        try:
-            return train_loop(run, args)
-        except TrainingStopped as error:
-            raise SystemExit(f"error: {error}") from None
-        finally:
-            run.close()
-    finally:
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
+def build_val_dataset(args: argparse.Namespace):
+    """The validation split (None without --validation facialflow)."""
+    return FacialFlow(None, split=args.val_split, dataset_root=args.root) if "facialflow" in args.validation else None
 
 
 @dataclass
@@ -421,114 +465,41 @@ class Run:
 
 def setup_run(
     args: argparse.Namespace,
+    inputs: Inputs,
     *,
-    output: Path,
     distributed: bool,
     rank: int,
     world_size: int,
     device: torch.device | None,
-    restore_ckpt: str | None,
-    offline: bool,
 ) -> Run:
-    """Log, device, precision, model (restored from the file `restore_ckpt`, or resumed), wrapper,
-    optimiser and data; the ImageNet weights of stage 1 are downloaded unless `offline`."""
-    resume_path = resolve_resume(args, output)
-    state = load_training_state(resume_path, args) if resume_path is not None else None
-    start_step = state["step"] if state else 0
-    log = RunLog(output, args.name, enabled=rank == 0, start_step=start_step, history=state and state["history"])
+    """Log, device and precision, the model (restored from `--restore_ckpt`, or resumed), its
+    wrapper and the optimiser; the log's files appear once all of it has worked."""
+    state = inputs.state
+    log = RunLog(
+        inputs.output, args.name, enabled=rank == 0, start_step=inputs.start_step, history=state and state["history"]
+    )
     try:
-        if rank == 0:  # what a killed save of this run left behind
-            for path in (output / f"{args.name}{STATE_SUFFIX}", output / f"{args.name}.pth"):
-                for stale in remove_stale_temporaries(path):
-                    log(f"removed {stale}, left by an interrupted save")
-        if distributed:
-            if args.gpus is not None:
-                log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
-        else:
-            device = choose_device(device, args.gpus, log)
-        amp_dtype = resolve_amp_dtype(args.mixed_precision, device, parse_amp_dtype(args.amp_dtype), warn=log)
-        log(
-            f"DecFlow training '{args.name}' on {device}, {precision_name(amp_dtype)}"
-            + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "")
-            + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
-            + ": "
-            + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items()))
-        )
-        if args.validation:
-            log(
-                f"validation runs {args.val_iters} iterations (--val_iters; {VAL_ITERS} as the reference's), "
-                f"evaluate.py {ITERS} by default: their EPEs differ"
-            )
-
-        seed_everything(args.seed)
+        if rank == 0:
+            remove_stale_saves(inputs.output, args.name, log)
+        device, amp_dtype = choose_device_and_precision(args, device, distributed=distributed, log=log)
+        log_header(args, device=device, amp_dtype=amp_dtype, distributed=distributed, world_size=world_size, log=log)
         model = build_model(args)
-        if state is not None:
-            try:
-                model.load_state_dict(strip_data_parallel_prefix(state["model"]), strict=True)
-            except RuntimeError as error:
-                raise SystemExit(
-                    f"error: --resume {resume_path} does not fit this model: "
-                    f"{str(error).strip().splitlines()[-1].strip()}"
-                ) from None
-            log(f"resuming {resume_path} at step {start_step}")
-        else:
-            if args.resume == "auto":
-                log(f"--resume: no {output / (args.name + STATE_SUFFIX)} yet, starting fresh")
-            try:
-                initialise(
-                    model,
-                    2 if args.frozen else 1,
-                    restore_ckpt=restore_ckpt,
-                    semantic_weights=args.semantic_weights,
-                    log=log,
-                    offline=offline,
-                )
-            except (ValueError, FileNotFoundError) as error:  # a damaged or mismatched file, named
-                raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+        restore(model, args, inputs, log)
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(
             f"{'stage 2 (--frozen)' if args.frozen else 'stage 1'}: {sum(p.numel() for p in trainable):,} "
             f"trainable parameters of {sum(p.numel() for p in model.parameters()):,}"
         )
-        # content-only attention leaves the (trainable in stage 1) relative-position tables unused
-        unused = not args.frozen and not (args.position_only or args.position_and_content)
-        try:
-            wrapped = wrap_model(
-                model, device=device, distributed=distributed, gpus=args.gpus, unused_parameters=unused
-            )
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-        if args.batch_size % world_size:
-            raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
-
-        optimizer, scheduler = build_optimizer(
-            trainable, lr=args.lr, wdecay=args.wdecay, epsilon=args.epsilon, num_steps=args.num_steps
-        )
-        scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
+        wrapped = wrap(model, args, device=device, distributed=distributed)
+        optimizer, scheduler, scaler = build_optimisation(trainable, args, device=device, amp_dtype=amp_dtype)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-        try:
-            loader = build_train_loader(
-                stage=args.stage,
-                image_size=tuple(args.image_size),
-                root=args.root,
-                per_process_batch=args.batch_size // world_size,
-                seed=args.seed,
-                num_workers=args.num_workers if args.num_workers is not None else default_num_workers(),
-                rank=rank,
-                world_size=world_size,
-                start_step=start_step,
-            )
-            # built (and verified) now, so that a damaged split fails at start-up, not at step val_freq
-            val_dataset = build_val_dataset(args)
-        except ValueError as error:
-            raise SystemExit(f"error: {error}") from None
-        note = upscaling_note(loader, tuple(args.image_size))
-        if note:
+        if note := upscaling_note(inputs.loader, tuple(args.image_size)):
             log(note)
+        log.start()
     except BaseException:
         log.close()
         raise
@@ -538,33 +509,126 @@ def setup_run(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
-        loader=loader,
-        val_dataset=val_dataset,
+        loader=inputs.loader,
+        val_dataset=inputs.val_dataset,
         log=log,
         device=device,
         amp_dtype=amp_dtype,
         distributed=distributed,
         rank=rank,
         world_size=world_size,
-        output=output,
-        start_step=start_step,
+        output=inputs.output,
+        start_step=inputs.start_step,
         scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
         resume_rng=state["rng"] if state else None,
     )
 
 
+def remove_stale_saves(output: Path, name: str, log: RunLog) -> None:
+    """What a killed save of this run left behind."""
+    for path in (output / f"{name}{STATE_SUFFIX}", output / f"{name}.pth"):
+        for stale in remove_stale_temporaries(path):
+            log(f"removed {stale}, left by an interrupted save")
+
+
+def choose_device_and_precision(
+    args: argparse.Namespace, device: torch.device | None, *, distributed: bool, log: RunLog
+) -> tuple[torch.device, torch.dtype | None]:
+    """The device (torchrun's, else `--device` / `--gpus`) and the autocast dtype of `--mixed_precision` there."""
+    if distributed:
+        if args.gpus is not None:
+            log("warning: under torchrun every process uses its LOCAL_RANK device: --gpus is ignored")
+    else:
+        device = choose_device(device, args.gpus, log)
+    return device, resolve_amp_dtype(args.mixed_precision, device, parse_amp_dtype(args.amp_dtype), warn=log)
+
+
+def log_header(
+    args: argparse.Namespace,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    distributed: bool,
+    world_size: int,
+    log: RunLog,
+) -> None:
+    """The run's first lines: where and how it runs, every argument, and a note on validation."""
+    log(
+        f"DecFlow training '{args.name}' on {device}, {precision_name(amp_dtype)}"
+        + (" with a GradScaler" if needs_grad_scaler(amp_dtype) else "")
+        + (f", {world_size} processes (DistributedDataParallel)" if distributed else "")
+        + ": "
+        + " ".join(f"--{k} {v}" for k, v in sorted(vars(args).items()))
+    )
+    if args.validation:
+        log(
+            f"validation runs {args.val_iters} iterations (--val_iters; {VAL_ITERS} as the reference's), "
+            f"evaluate.py {ITERS} by default: their EPEs differ"
+        )
+
+
+def build_model(args: argparse.Namespace) -> DecFlow:
+    """DecFlow with the architecture of `args`, initialised from `--seed`, trainable as in stage 2
+    (`--frozen`) or stage 1."""
+    seed_everything(args.seed)
+    model = DecFlow(model_config(args))
+    set_trainable(model, 2 if args.frozen else 1)
+    return model
+
+
+def restore(model: DecFlow, args: argparse.Namespace, inputs: Inputs, log: RunLog) -> None:
+    """The weights of the resumed state, else those of a new run (core.training.stages.initialise)."""
+    if inputs.state is not None:
+        try:
+            model.load_state_dict(strip_data_parallel_prefix(inputs.state["model"]), strict=True)
+        except RuntimeError as error:
+            raise SystemExit(
+                f"error: --resume {inputs.resume_path} does not fit this model: "
+                f"{str(error).strip().splitlines()[-1].strip()}"
+            ) from None
+        log(f"resuming {inputs.resume_path} at step {inputs.start_step}")
+        return
+    if args.resume == "auto":
+        log(f"--resume: no {inputs.output / (args.name + STATE_SUFFIX)} yet, starting fresh")
+    try:
+        initialise(
+            model,
+            2 if args.frozen else 1,
+            restore_ckpt=inputs.restore_ckpt,
+            semantic_weights=args.semantic_weights,
+            log=log,
+            offline=inputs.offline,
+        )
+    except (ValueError, FileNotFoundError) as error:  # a damaged or mismatched file, named
+        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+
+
+def wrap(model: DecFlow, args: argparse.Namespace, *, device: torch.device, distributed: bool) -> nn.Module:
+    """What the steps call: DistributedDataParallel, DataParallel over `--gpus`, or the model itself."""
+    # content-only attention leaves the (trainable in stage 1) relative-position tables unused
+    unused = not args.frozen and not (args.position_only or args.position_and_content)
+    try:
+        return wrap_model(model, device=device, distributed=distributed, gpus=args.gpus, unused_parameters=unused)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def build_optimisation(
+    trainable: list[nn.Parameter], args: argparse.Namespace, *, device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler]:
+    """AdamW and its one-cycle schedule over the `trainable` parameters, and the GradScaler of float16."""
+    optimizer, scheduler = build_optimizer(
+        trainable, lr=args.lr, wdecay=args.wdecay, epsilon=args.epsilon, num_steps=args.num_steps
+    )
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp_dtype))
+
+
+# ============================================================================ the steps
 def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     """Steps until `--num_steps` (or `--stop_at`, or a signal); returns the last averaged
     training metrics, with the final validation metrics (`val_*`) when the run ends."""
-    batches = iter(run.loader)
-    if run.resume_rng is not None:  # after everything that draws random numbers at start-up
-        set_rng_state(run.resume_rng)
-    run.wrapped.train()
-    if args.freeze_bn:
-        set_bn_eval(run.model)
+    batches = start_steps(run, args)
     vis_freq = args.val_freq if args.vis_freq is None else args.vis_freq
-    run.stop = StopRequest()
-    run.stop.install()
     bar = tqdm(
         total=args.num_steps,
         initial=run.start_step,
@@ -580,80 +644,110 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     try:
         while step < args.num_steps:
             batch = next_batch(run, batches, step, args)
-            noise = (
-                torch.Generator().manual_seed(sample_seed(args.seed, -1, step * run.world_size + run.rank))
-                if args.add_noise
-                else None
-            )
-            result = train_step(
-                run.wrapped,
-                batch,
-                optimizer=run.optimizer,
-                scaler=run.scaler,
-                iters=args.iters,
-                gamma=args.gamma,
-                clip=args.clip,
-                device=run.device,
-                distributed=run.distributed,
-                noise_generator=noise,
-                amp_dtype=run.amp_dtype,
-            )
-            with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
-                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-                run.scheduler.step()
+            result = optimise(run, batch, step, args)
             step += 1
             consecutive_bad = record_step(run, window, result, step, consecutive_bad, args)
             lr = run.scheduler.get_last_lr()[0]
-            bar.update(1)
-            if not result.skipped:
-                bar.set_postfix(
-                    loss=f"{result.metrics['loss']:.3f}",
-                    epe=f"{result.metrics['facial_epe']:.3f}",
-                    lr=f"{lr:.2e}",
-                    refresh=False,
-                )
+            show_step(bar, result, lr)
             if step % args.print_freq == 0 or step == args.num_steps:
-                last = (
-                    report_window(
-                        run.log,
-                        window,
-                        step,
-                        lr,
-                        scaler=run.scaler,
-                        skipped_total=run.scaler_skipped,
-                        state_path=run.state_path,
-                    )
-                    or last
-                )
+                last = report(run, window, step, lr) or last
                 window = PrintWindow.starting_at(step + 1)
             if vis_freq and step % vis_freq == 0 and not result.skipped:
                 run.log.flow_images(step, batch, result.facial_preds[-1], result.head_preds[-1])
             del result
-
             if step % args.val_freq == 0 and step != args.num_steps:
-                if run.is_main:
-                    save_weights(run, step, args, run.output / f"{step}_{args.name}.pth")
-                save_run_state(run, step, args)
-                run_validation(run, args, step=step)
-                run.log.curves()
+                save_and_validate(run, step, args)
                 bar.unpause()  # saving and validation stay out of the step rate
-            if (
-                any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed)
-                and step < args.num_steps
-            ):
-                save_run_state(run, step, args)
-                reason = "stopped by --stop_at" if step == args.stop_at else "interrupted by a signal"
-                run.log(
-                    f"{reason} after step {step}: training state saved to {run.state_path}; continue with "
-                    f"--resume {run.state_path}"
-                )
-                run.log.curves()
-                if run.stop.signum is not None:
-                    raise SystemExit(128 + run.stop.signum)
+            if stop_requested(run, step, args):
                 return last
         return {**last, **finish_run(run, step, args)}
     finally:
         bar.close()
+
+
+def start_steps(run: Run, args: argparse.Namespace):
+    """The batch stream, the RNG of a resumed run, training mode and the stop signals; returns the stream."""
+    batches = iter(run.loader)
+    if run.resume_rng is not None:  # after everything that draws random numbers at start-up
+        set_rng_state(run.resume_rng)
+    run.wrapped.train()
+    if args.freeze_bn:
+        set_bn_eval(run.model)
+    run.stop = StopRequest()
+    run.stop.install()
+    return batches
+
+
+def optimise(run: Run, batch, step: int, args: argparse.Namespace) -> StepResult:
+    """One optimisation step on `batch` (noise of `--add_noise` seeded by the step), then the schedule's."""
+    noise = (
+        torch.Generator().manual_seed(sample_seed(args.seed, -1, step * run.world_size + run.rank))
+        if args.add_noise
+        else None
+    )
+    result = train_step(
+        run.wrapped,
+        batch,
+        optimizer=run.optimizer,
+        scaler=run.scaler,
+        iters=args.iters,
+        gamma=args.gamma,
+        clip=args.clip,
+        device=run.device,
+        distributed=run.distributed,
+        noise_generator=noise,
+        amp_dtype=run.amp_dtype,
+    )
+    with warnings.catch_warnings():  # a skipped first step: "scheduler.step() before optimizer.step()"
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+        run.scheduler.step()
+    return result
+
+
+def show_step(bar: tqdm, result: StepResult, lr: float) -> None:
+    bar.update(1)
+    if not result.skipped:
+        bar.set_postfix(
+            loss=f"{result.metrics['loss']:.3f}",
+            epe=f"{result.metrics['facial_epe']:.3f}",
+            lr=f"{lr:.2e}",
+            refresh=False,
+        )
+
+
+def report(run: Run, window: PrintWindow, step: int, lr: float) -> dict[str, float] | None:
+    """The print line of `window` (log, TensorBoard, curves' history); its mean metrics."""
+    return report_window(
+        run.log, window, step, lr, scaler=run.scaler, skipped_total=run.scaler_skipped, state_path=run.state_path
+    )
+
+
+def save_and_validate(run: Run, step: int, args: argparse.Namespace) -> None:
+    """Every `--val_freq` steps: `{step}_{name}.pth`, the training state, validation and the curves."""
+    if run.is_main:
+        save_weights(run, step, args, run.output / f"{step}_{args.name}.pth")
+    save_run_state(run, step, args)
+    run_validation(run, args, step=step)
+    run.log.curves()
+
+
+def stop_requested(run: Run, step: int, args: argparse.Namespace) -> bool:
+    """Whether the run stops here before `--num_steps`: at `--stop_at` (True) or on a signal
+    (SystemExit 128 + signal); either way the training state is saved first."""
+    if not (
+        any_across_ranks(run.stop.signum is not None or step == args.stop_at, run.device, run.distributed)
+        and step < args.num_steps
+    ):
+        return False
+    save_run_state(run, step, args)
+    reason = "stopped by --stop_at" if step == args.stop_at else "interrupted by a signal"
+    run.log(
+        f"{reason} after step {step}: training state saved to {run.state_path}; continue with --resume {run.state_path}"
+    )
+    run.log.curves()
+    if run.stop.signum is not None:
+        raise SystemExit(128 + run.stop.signum)
+    return True
 
 
 def next_batch(run: Run, batches, step: int, args: argparse.Namespace):

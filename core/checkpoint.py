@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
+from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
-from core.training.distributed import unwrap
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, hash_file
 
 DATA_PARALLEL_PREFIX = "module."
@@ -190,11 +190,12 @@ def verify_payload(path: str | os.PathLike, state: Mapping) -> None:
         raise ValueError(f"{path}: damaged file: its content does not match the checksum stored in it")
 
 
-def verify_file_checksum(path: str | os.PathLike) -> None:
-    """ValueError naming both files when the `.json` beside `path` gives another checksum."""
+def verify_file_checksum(path: str | os.PathLike, *, sha256: str | None = None) -> None:
+    """ValueError naming both files when the `.json` beside `path` gives another checksum.
+    `sha256`: the file's digest when the caller has it already (the file is then not read again)."""
     description = read_description(path)
     expected = (description or {}).get("sha256")
-    if expected is not None and sha256_of(path) != expected:
+    if expected is not None and (sha256 or sha256_of(path)) != expected:
         raise ValueError(
             f"{path}: damaged file: its SHA-256 differs from the one in {description_path(path)} "
             "(changed since it was written?)"
@@ -211,9 +212,10 @@ def nonfinite_entries(tree, prefix: str = "") -> list[str]:
     ]
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a weights file (authors' format, ours, or a training-state file) as a plain
-    state dict without the `module.` prefix, after verifying its checksum if it has one.
+    state dict without the `module.` prefix, after verifying its checksum if it has one
+    (against `sha256`, the file's digest, when the caller has it already).
 
     FileNotFoundError when missing; ValueError (one line, naming the file) when it is not
     a PyTorch checkpoint, is damaged (checksum mismatch, non-finite tensors), or holds
@@ -222,7 +224,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    verify_file_checksum(path)
+    verify_file_checksum(path, sha256=sha256)
     obj = state = load_plain(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]  # a training-state file written by train.py
@@ -291,10 +293,12 @@ def load_state_dict_checked(
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, strict: bool = True, *, verbose: bool = True
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, *, verbose: bool = True, sha256: str | None = None
 ) -> LoadReport:
-    """Load an authors' DecFlow/GMA checkpoint or one of ours into `model` (see module doc)."""
-    report = load_state_dict_checked(model, read_state_dict(path), strict=strict, source=str(path))
+    """Load an authors' DecFlow/GMA checkpoint or one of ours into `model` (see module doc);
+    `sha256`: the file's digest when the caller has it already (see read_state_dict)."""
+    state = read_state_dict(path, sha256=sha256)
+    report = load_state_dict_checked(model, state, strict=strict, source=str(path))
     if verbose:
         print(report.summary(), flush=True)
     return report

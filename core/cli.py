@@ -17,7 +17,7 @@ import torch
 
 from core.checkpoint import default_checkpoint
 from core.defaults import CHECKPOINTS_README
-from core.inference import COMPARED_FIELDS, load_model, resolve_device, resolve_inference_precision
+from core.inference import COMPARED_FIELDS, FlowEstimator, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
 from core.weights import (
@@ -167,13 +167,38 @@ def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tup
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
-def load_model_from_args(args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device) -> DecFlow:
-    """core.inference.load_model with the model options of `args`; problems as UserError."""
+def load_model_from_args(
+    args: argparse.Namespace, checkpoint: str | os.PathLike, device: torch.device, *, sha256: str | None = None
+) -> DecFlow:
+    """core.inference.load_model with the model options of `args` (and the file's `sha256` when
+    the caller has it); problems as UserError."""
     config = model_config(args)
     try:
-        return load_model(checkpoint, config=config, device=device)
+        return load_model(checkpoint, config=config, device=device, sha256=sha256)
     except ValueError as error:
         raise UserError(str(error)) from None
+
+
+def load_estimator(
+    args: argparse.Namespace,
+    checkpoint: str | os.PathLike,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    pad_mode: str,
+    sha256: str | None = None,
+) -> FlowEstimator:
+    """The FlowEstimator of the scripts: the weights `checkpoint` (load_model_from_args), run with
+    `--iters` and `--alternate_corr` of `args`, autocast to `amp_dtype`, inputs padded in `pad_mode`."""
+    model = load_model_from_args(args, checkpoint, device, sha256=sha256)
+    return FlowEstimator(
+        model,
+        iters=args.iters,
+        device=device,
+        amp_dtype=amp_dtype,
+        alternate_corr=args.alternate_corr,
+        pad_mode=pad_mode,
+    )
 
 
 def exit_on_error(main: Callable[[], object]) -> None:

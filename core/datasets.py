@@ -145,6 +145,21 @@ def _match_labels(
     return _Pairing(files[: len(stems)], (files[0].name, stems[0]))
 
 
+def split_folder(root: str | os.PathLike, split: str) -> Path:
+    """The frame folder of `split` (train, val or test) in the FacialFlowNet folder `root`."""
+    return Path(root) / "image" / "facial" / split
+
+
+def split_problem(root: str | os.PathLike, split: str) -> str | None:
+    """Why `split` of the FacialFlowNet folder `root` cannot be read, in one line: the folder
+    or the split's frame folder is missing (None: both are there; FacialFlow checks the rest)."""
+    if not Path(root).is_dir():
+        return f"dataset folder {root} not found (pass the FacialFlowNet folder with --root)"
+    if not split_folder(root, split).is_dir():
+        return f"split '{split}' not found: {split_folder(root, split)} does not exist"
+    return None
+
+
 class FacialFlow(data.Dataset):
     """FacialFlowNet pairs ``(img1, img2, flow_facial, flow_head, valid_facial, valid_head, mask)``.
 
@@ -181,7 +196,7 @@ class FacialFlow(data.Dataset):
         self.mask_list: list[Path] = []
         self.extra_info: list[SampleInfo] = []
 
-        self.image_root = image_root = self.root / "image" / "facial" / split
+        self.image_root = image_root = split_folder(self.root, split)
         layout = EXPECTED_LAYOUT.format(root=self.root, split=split)
         if not image_root.is_dir():
             raise ValueError(f"split folder {image_root} does not exist\n{layout}")

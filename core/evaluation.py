@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -47,7 +47,8 @@ from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
 from core.inference import FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
-from core.training.distributed import unwrap
+from core.parallel import unwrap
+from core.utils.batching import batches_of_one_size
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -220,19 +221,6 @@ def _summarise(per_pair: Sequence[Mapping[str, Any]], has_head: bool) -> dict[st
     return summary
 
 
-def _batches(dataset: Any, indices: Iterable[int], batch_size: int) -> Iterator[list[tuple[int, Sequence]]]:
-    """`(index, sample)` of consecutive pairs, at most `batch_size` at a time, all of one image size."""
-    batch: list[tuple[int, Sequence]] = []
-    for index in indices:
-        sample = dataset[index]
-        if batch and (len(batch) == batch_size or sample[0].shape != batch[0][1][0].shape):
-            yield batch
-            batch = []
-        batch.append((index, sample))
-    if batch:
-        yield batch
-
-
 def evaluate_predictor(
     predictor: Predictor,
     dataset: Any,
@@ -261,14 +249,13 @@ def evaluate_predictor(
     pixels that were NaN or inf, which no metric uses. A prediction that is not finite
     everywhere is never scored: ValueError naming the pair.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
     if progress:
         indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
     per_pair, emotions = [], []
-    for batch in _batches(dataset, indices, batch_size):
+    samples = ((index, dataset[index]) for index in indices)
+    for batch in batches_of_one_size(samples, batch_size=batch_size, size=lambda item: item[1][0].shape):
         facial, head = predictor(*(torch.stack([sample[k] for _, sample in batch]) for k in (0, 1)))
         for k, (index, sample) in enumerate(batch):
             pair_facial, pair_head = facial[k], None if head is None else head[k]

@@ -61,16 +61,19 @@ def resolve_inference_precision(
     return resolve_amp_dtype(mixed, device, parse_amp_dtype(amp_dtype), warn=warn)
 
 
-def load_model(checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device) -> DecFlow:
+def load_model(
+    checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device, sha256: str | None = None
+) -> DecFlow:
     """DecFlow of architecture `config` with the weights of `checkpoint` (strict), on `device`,
-    in eval mode. ValueError (one line) if the file is missing or does not fit."""
+    in eval mode. ValueError (one line) if the file is missing or does not fit. `sha256`: the
+    file's digest when the caller has it already (it is then not hashed again)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} not found")
     check_config(path, config)
     model = DecFlow(config)
     try:
-        load_checkpoint(model, path, strict=True, verbose=False)
+        load_checkpoint(model, path, strict=True, verbose=False, sha256=sha256)
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(str(error).replace("\n", " ")) from None
     return model.to(device).eval()

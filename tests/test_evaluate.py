@@ -20,7 +20,9 @@ import torch
 
 import evaluate
 import get_flow
+from core import checkpoint as checkpoint_module
 from core import evaluation, synthetic
+from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.datasets import FacialFlow
 from core.network import DecFlow
@@ -128,6 +130,30 @@ def test_cli_json_schema(synthetic_root: Path, decflow_checkpoint: Path, tmp_pat
     assert meta["checkpoint_sha256"] == hashlib.sha256(decflow_checkpoint.read_bytes()).hexdigest()
     assert (meta["iters"], meta["padding_mode"], meta["precision"], meta["device"]) == (ITERS, "exp", "float32", "cpu")
     assert meta["torch_version"] == torch.__version__
+
+
+def test_the_checkpoint_is_hashed_once(synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading verifies the file against the SHA-256 in its .json, and the meta reports it: one read."""
+    weights = tmp_path / "described.pth"
+    save_checkpoint(DecFlow(), weights, description={"step": 0})  # the .json train.py writes, with the SHA-256
+    hashed = []
+
+    def counting(digest, path):
+        hashed.append(Path(path).resolve())
+        return real_hash_file(digest, path)
+
+    real_hash_file = checkpoint_module.hash_file
+    monkeypatch.setattr(checkpoint_module, "hash_file", counting)
+    monkeypatch.setattr(weights_module, "hash_file", counting)
+    argv = ("--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1")
+    doc = run_evaluate("--model", str(weights), *argv)
+    assert hashed == [weights.resolve()]
+    assert doc["meta"]["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # a file changed after its .json was written is still refused: the one digest is the one compared
+    with weights.open("ab") as stream:
+        stream.write(b"\0")
+    with pytest.raises(SystemExit, match="SHA-256 differs"):
+        run_evaluate("--model", str(weights), *argv)
 
 
 def test_masked_metrics_match_numpy_from_get_flow(

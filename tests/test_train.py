@@ -20,6 +20,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from core.checkpoint import read_state_dict
+from core.cli import exit_on_error
 from core.network import DecFlowConfig
 from core.training import step as training_step
 from core.training.data import ResumableSampler
@@ -322,6 +323,44 @@ def test_missing_restore_ckpt_is_a_one_line_error(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--restore_ckpt: file not found" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("problem", ["no root", "no train split", "no validation split"])
+def test_a_wrong_root_stops_before_anything_is_built(problem, files, tmp_path, capsys):
+    """One line, exit 2, nothing printed before it (no model, no download) and no file of the run."""
+    root = {"no root": tmp_path / "missing", "no train split": tmp_path, "no validation split": files["root"]}[problem]
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    argv = ["--name", "w", "--output", str(out), "--root", str(root), "--batch_size", "1", "--offline", *CPU]
+    if problem == "no validation split":  # the dataset has train and test splits only
+        argv += ["--validation", "facialflow", "--val_split", "val"]
+    with pytest.raises(SystemExit) as exc:
+        exit_on_error(lambda: run(argv))
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    missing = {
+        "no root": root,
+        "no train split": root / "image/facial/train",
+        "no validation split": root / "image/facial/val",
+    }
+    assert captured.err.startswith("error: ") and str(missing[problem]) in captured.err
+    assert captured.err.count("\n") == 1 and len(captured.err) < 200 and captured.out == ""
+    assert list(out.iterdir()) == []  # no w.log, no runs/w, no weights or state
+
+
+def test_a_start_that_fails_after_the_model_is_built_leaves_no_file(files, tmp_path, capsys):
+    """A --restore_ckpt that is no checkpoint fails once the model exists: still no log, no runs/, no weights."""
+    garbage = tmp_path / "stage1.pth"
+    garbage.write_bytes(b"not weights")
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    argv = ["--name", "w", "--output", str(out), "--root", str(files["root"]), "--restore_ckpt", str(garbage)]
+    with pytest.raises(SystemExit) as exc:
+        exit_on_error(lambda: run([*argv, "--frozen", "--batch_size", "1", "--offline", *CPU]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {garbage}: not a PyTorch checkpoint") and err.count("\n") == 1
+    assert list(out.iterdir()) == []
 
 
 def test_sampler_resumes_and_shards():

@@ -10,6 +10,10 @@ import numpy as np
 
 #: Texture atlas pixels per canonical pixel.
 ATLAS_SCALE = 2
+#: Half the atlas side, in face half-heights (room for the hair around the face).
+ATLAS_HALF_SIZE = 1.35
+#: Width of the anti-aliasing ramp of the drawn shapes, in canonical pixels.
+EDGE = 1.2
 
 Array = np.ndarray
 
@@ -118,15 +122,30 @@ class FaceLayout:
 
 def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTexture:
     """Draw a procedural face (skin, hair, eyes, brows, nose, mouth) into an atlas."""
-    a, b, s = layout.a, layout.b, ATLAS_SCALE
-    half = 1.35 * b
-    size = int(np.ceil(2 * half * s))
+    half = ATLAS_HALF_SIZE * layout.b
+    size = int(np.ceil(2 * half * ATLAS_SCALE))
     offset = size / 2.0
-    coords = (np.arange(size, dtype=np.float32) - offset) / s
-    x, y = np.meshgrid(coords, coords)
-    edge = 1.2  # canonical pixels of anti-aliasing ramp
+    coords = (np.arange(size, dtype=np.float32) - offset) / ATLAS_SCALE
+    x, y = np.meshgrid(coords, coords)  # canonical coordinates of the atlas pixels, [size, size] each
+    rgb, tone, rho = _paint_skin(rng, x, y, layout)
+    hair_colour = _paint_eyes_and_brows(rgb, rng, x, y, layout, tone)
+    _paint_nose(rgb, x, y, layout, tone)
+    _paint_mouth(rgb, rng, x, y, layout, tone)
+    face, hair = _paint_hair(rgb, rng, x, y, layout, rho, hair_colour)
+    rgb = cv2.GaussianBlur(np.clip(rgb, 0.0, 1.0), (0, 0), sigmaX=0.9 * ATLAS_SCALE)  # pre-filter against aliasing
+    return FaceTexture(
+        rgb=rgb.astype(np.float32),
+        head=np.maximum(face, hair).astype(np.float32),
+        face=(face * (1.0 - hair)).astype(np.float32),
+        offset=offset,
+        scale=ATLAS_SCALE,
+    )
 
-    # skin: tone, low-frequency blotches, fine grain, shading toward the rim, blush
+
+def _paint_skin(rng: np.random.Generator, x: Array, y: Array, layout: FaceLayout) -> tuple[Array, Array, Array]:
+    """The skin: tone, low-frequency blotches, fine grain, shading toward the rim, blush, moles.
+    Returns the atlas `[size, size, 3]`, the skin tone and `rho`, the face's elliptic radius (1 at its rim)."""
+    a, b, s, size = layout.a, layout.b, ATLAS_SCALE, x.shape[0]
     tone = np.array(SKIN_TONES[rng.integers(len(SKIN_TONES))]) * rng.uniform(0.92, 1.05, 3)
     rgb = np.ones((size, size, 3), np.float32) * tone.astype(np.float32)
     variation = 0.08 * _noise(rng, (size, size), 12 * s) + 0.05 * _noise(rng, (size, size), 3 * s)
@@ -141,13 +160,20 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
         _paint(rgb, 0.25 * blush.astype(np.float32), (0.85, 0.35, 0.35))
     for _ in range(rng.integers(0, 6)):  # moles and freckles
         mx, my = rng.uniform(-0.7, 0.7) * a, rng.uniform(-0.5, 0.8) * b
-        _paint(rgb, _ellipse(x, y, mx, my, 1.2, 1.2, edge), tone * 0.55)
+        _paint(rgb, _ellipse(x, y, mx, my, 1.2, 1.2, EDGE), tone * 0.55)
+    return rgb, tone, rho
 
-    # eyes: sclera, iris, pupil, highlight, lid line; brows
+
+def _paint_eyes_and_brows(
+    rgb: Array, rng: np.random.Generator, x: Array, y: Array, layout: FaceLayout, tone: Array
+) -> Array:
+    """Eyes (socket shadow, sclera, iris, pupil, highlight, lid line) and brows; returns the hair
+    colour (the brows', drawn here, so that the random draws keep their order)."""
     hair_colour = np.array(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))])
     iris_colour = IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))]
     gaze = rng.uniform(-0.3, 0.3, 2)
     brow_tilt = rng.uniform(-0.25, 0.2)
+    edge = EDGE
     for side in (-1, 1):
         ex, ey, ew, eh = side * layout.eye_x, layout.eye_y, layout.eye_w, layout.eye_h
         _paint(rgb, _ellipse(x, y, ex, ey, ew * 1.15, eh * 1.25, edge), tone * 0.7)  # socket shadow
@@ -161,30 +187,43 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
         _paint(rgb, 0.8 * lid, (0.1, 0.07, 0.06))
         brow = _ellipse(x, y, ex, layout.brow_y, ew * 1.3, eh * rng.uniform(0.3, 0.5), edge, angle=side * brow_tilt)
         _paint(rgb, 0.9 * brow, hair_colour * 0.8)
+    return hair_colour
 
-    # nose: bridge shading, tip highlight, nostrils
+
+def _paint_nose(rgb: Array, x: Array, y: Array, layout: FaceLayout, tone: Array) -> None:
+    """Bridge shading, tip highlight, nostrils."""
+    a, b = layout.a, layout.b
     nose_y = 0.5 * (layout.eye_y + layout.mouth_y) + 0.05 * b
     bridge = np.exp(-(((x - 0.12 * a) / (0.05 * a)) ** 2)) * (y > layout.eye_y) * (y < nose_y)
     _paint(rgb, 0.25 * bridge.astype(np.float32), tone * 0.6)
-    _paint(rgb, 0.5 * _ellipse(x, y, 0, nose_y - 0.04 * b, 0.14 * a, 0.07 * b, 3 * edge), tone * 1.1)
+    _paint(rgb, 0.5 * _ellipse(x, y, 0, nose_y - 0.04 * b, 0.14 * a, 0.07 * b, 3 * EDGE), tone * 1.1)
     for side in (-1, 1):
-        _paint(rgb, _ellipse(x, y, side * 0.09 * a, nose_y + 0.02 * b, 0.06 * a, 0.03 * b, edge), tone * 0.3)
+        _paint(rgb, _ellipse(x, y, side * 0.09 * a, nose_y + 0.02 * b, 0.06 * a, 0.03 * b, EDGE), tone * 0.3)
 
-    # mouth: lips with a dark gap (the gap widens when the expression opens the mouth)
+
+def _paint_mouth(rgb: Array, rng: np.random.Generator, x: Array, y: Array, layout: FaceLayout, tone: Array) -> None:
+    """Lips with a dark gap (the gap widens when the expression opens the mouth)."""
+    b = layout.b
     lip_colour = np.clip(tone * np.array([0.95, 0.55, 0.55]) * rng.uniform(0.8, 1.0), 0, 1)
     my, mw = layout.mouth_y, layout.mouth_w
-    _paint(rgb, _ellipse(x, y, 0, my - 0.035 * b, mw, 0.05 * b, edge), lip_colour)
-    _paint(rgb, _ellipse(x, y, 0, my + 0.045 * b, mw * 0.9, 0.065 * b, edge), lip_colour * 1.08)
-    _paint(rgb, _ellipse(x, y, 0, my, mw * 0.95, 0.015 * b, edge), (0.2, 0.05, 0.05))
+    _paint(rgb, _ellipse(x, y, 0, my - 0.035 * b, mw, 0.05 * b, EDGE), lip_colour)
+    _paint(rgb, _ellipse(x, y, 0, my + 0.045 * b, mw * 0.9, 0.065 * b, EDGE), lip_colour * 1.08)
+    _paint(rgb, _ellipse(x, y, 0, my, mw * 0.95, 0.015 * b, EDGE), (0.2, 0.05, 0.05))
 
-    # hair: cap above a hairline, optionally long on the sides, behind the face
-    face = _smooth_step((1.0 - rho) * a, edge)
-    cap = _ellipse(x, y, 0, -0.12 * b, a * rng.uniform(1.08, 1.18), b * rng.uniform(1.04, 1.12), edge)
+
+def _paint_hair(
+    rgb: Array, rng: np.random.Generator, x: Array, y: Array, layout: FaceLayout, rho: Array, hair_colour: Array
+) -> tuple[Array, Array]:
+    """Hair: a cap above a hairline, optionally long on the sides, behind the face (some subjects
+    are bald). Returns the coverages of the face (hair or not) and of the hair."""
+    a, b, s, size = layout.a, layout.b, ATLAS_SCALE, x.shape[0]
+    face = _smooth_step((1.0 - rho) * a, EDGE)
+    cap = _ellipse(x, y, 0, -0.12 * b, a * rng.uniform(1.08, 1.18), b * rng.uniform(1.04, 1.12), EDGE)
     hairline = -b * (rng.uniform(0.48, 0.62) - 0.25 * (x / a) ** 2)
-    above = _smooth_step(hairline - y, edge)
+    above = _smooth_step(hairline - y, EDGE)
     if rng.uniform() < 0.5:  # long hair beside the face
         length = b * rng.uniform(0.2, 0.9)
-        above = np.maximum(above, (1.0 - face) * _smooth_step(length - y, edge))
+        above = np.maximum(above, (1.0 - face) * _smooth_step(length - y, EDGE))
     hair = cap * above if rng.uniform() > 0.08 else np.zeros_like(cap)  # some subjects are bald
     strands = cv2.GaussianBlur(
         rng.uniform(-1, 1, (size, size)).astype(np.float32), (0, 0), sigmaX=0.6 * s, sigmaY=4 * s
@@ -193,15 +232,7 @@ def make_face_texture(rng: np.random.Generator, layout: FaceLayout) -> FaceTextu
         1.0 + 0.6 * strands[..., None] + 0.15 * _noise(rng, (size, size), 8 * s)[..., None]
     )
     rgb += hair[..., None] * (hair_rgb - rgb)
-
-    rgb = cv2.GaussianBlur(np.clip(rgb, 0.0, 1.0), (0, 0), sigmaX=0.9 * s)  # pre-filter against aliasing
-    return FaceTexture(
-        rgb=rgb.astype(np.float32),
-        head=np.maximum(face, hair).astype(np.float32),
-        face=(face * (1.0 - hair)).astype(np.float32),
-        offset=offset,
-        scale=s,
-    )
+    return face, hair
 
 
 def make_background(

@@ -51,15 +51,11 @@ def average_across_ranks(metrics: dict[str, float], device: torch.device, distri
     return dict(zip(keys, tensor.tolist()))
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DataParallel / DistributedDataParallel wrappers (`wrap_model`'s)."""
-    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
-
-
 def wrap_model(
     model: nn.Module, *, device: torch.device, distributed: bool, gpus: list[int] | None, unused_parameters: bool
 ) -> nn.Module:
-    """DistributedDataParallel under torchrun, DataParallel for several `gpus`, else the model.
+    """DistributedDataParallel under torchrun, DataParallel for several `gpus`, else the model
+    (core.parallel.unwrap gives it back).
     `unused_parameters`: some trainable parameters get no gradient (DDP must look for them)."""
     if distributed:
         return nn.parallel.DistributedDataParallel(

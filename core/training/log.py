@@ -28,25 +28,39 @@ class TrainingStopped(RuntimeError):
 
 
 class RunLog:
-    """Rank-0 observability: text log, console (through tqdm), TensorBoard, PNG curves."""
+    """Rank-0 observability: text log, console (through tqdm), TensorBoard, PNG curves.
+
+    Its files appear at `start`, once the run has started: a start that fails leaves none
+    (what it said until then went to the console, and goes to the text log at `start`)."""
 
     def __init__(self, output: Path, name: str, *, enabled: bool, start_step: int, history: dict | None) -> None:
-        self.enabled, self.output, self.name = enabled, output, name
+        self.enabled, self.output, self.name, self.start_step = enabled, output, name, start_step
         self.history = history or {"train": defaultdict(list), "val": defaultdict(list)}
         self.history = {k: defaultdict(list, v) for k, v in self.history.items()}
         self.writer = None
         self.file = None
-        if enabled:
-            output.mkdir(parents=True, exist_ok=True)
-            self.file = open(output / f"{name}.log", "a", encoding="utf-8")
-            self.writer = SummaryWriter(log_dir=str(output / "runs" / name), purge_step=start_step or None)
+        self.pending: list[str] = []  # lines said before `start`
+
+    def start(self) -> None:
+        """Open the text log (appending, with the lines said so far) and the TensorBoard folder."""
+        if not self.enabled:
+            return
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.output / f"{self.name}.log", "a", encoding="utf-8")
+        self.file.writelines(self.pending)
+        self.file.flush()
+        self.pending.clear()
+        self.writer = SummaryWriter(log_dir=str(self.output / "runs" / self.name), purge_step=self.start_step or None)
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
             return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.file.write(f"{stamp} {message}\n")
-        self.file.flush()
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n"
+        if self.file is None:
+            self.pending.append(line)
+        else:
+            self.file.write(line)
+            self.file.flush()
         tqdm.write(message, file=sys.stdout)
         sys.stdout.flush()
 

@@ -18,8 +18,8 @@ from core.checkpoint import (
     reference_state_dict,
     verify_payload,
 )
+from core.parallel import unwrap
 from core.precision import amp_dtype_name
-from core.training.distributed import unwrap
 
 
 def seed_everything(seed: int) -> None:
