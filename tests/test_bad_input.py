@@ -165,7 +165,7 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
         "cpu",
         capsys=capsys,
     )
-    assert code == 2 and "x_a-b_flow.png" in line and "input" in line
+    assert code == 2 and "x_a-b_flow.png" in line and " is an input (" in line and "input input" not in line
     assert tree(tmp_path) == before
 
 
