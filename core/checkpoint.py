@@ -465,8 +465,8 @@ def init_semantic_encoder(
             weights = ensure(REGISTRY[SEMANTIC], offline=not allow_download)
         except WeightsUnavailable as error:
             warnings.warn(
-                f"no ImageNet ResNet-50 weights (pass --semantic_weights FILE): {error}: the FROZEN "
-                "semantic encoder stays RANDOM",
+                f"no ImageNet ResNet-50 weights, the FROZEN semantic encoder stays RANDOM: {error.reason}\n"
+                f"  pass --semantic_weights FILE, or\n{error.remedy}",
                 stacklevel=2,
             )
             return "random initialisation"
