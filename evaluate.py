@@ -43,6 +43,7 @@ from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
 from core.inference import FlowEstimator
 from core.precision import precision_name
+from core.utils.atomic import write_text_atomic
 from core.weights import offline_requested
 
 METHODS = ("decflow", *BASELINES)
@@ -230,7 +231,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.output_json)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(_finite_or_null(document), indent=2, allow_nan=False) + "\n")
+            write_text_atomic(out, json.dumps(_finite_or_null(document), indent=2, allow_nan=False) + "\n")
         except OSError as error:
             raise SystemExit(f"evaluate.py: error: --output_json {out}: {error.strerror or error}") from None
         print(f"results written to {out}")

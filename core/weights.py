@@ -101,8 +101,10 @@ class Checksum:
         return digest.startswith(self.value) if self.kind == "sha256" else digest == self.value
 
     def describe(self, digest: str | None = None) -> str:
-        label = "git blob id" if self.kind == "git-blob" else "sha256" + (" prefix" if len(self.value) < 64 else "")
-        return f"{label} {self.value if digest is None else digest}"
+        """The expected value in words, or a file's `digest` (always whole: never called a prefix)."""
+        shown = self.value if digest is None else digest
+        label = "git blob id" if self.kind == "git-blob" else "sha256" + (" prefix" if len(shown) < 64 else "")
+        return f"{label} {shown}"
 
 
 def git_blob_id(data: bytes) -> str:

@@ -9,6 +9,7 @@ import torch
 from core import synthetic
 from core.checkpoint import save_checkpoint
 from core.network import DecFlow
+from tests.model_helpers import SHARED_SPEC, require_shared
 
 # No test touches the internet: the scripts run by the tests (in this process or as
 # subprocesses) never download weights unless a test turns this off for its local server.
@@ -36,3 +37,10 @@ def decflow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         torch.manual_seed(1234)
         save_checkpoint(DecFlow(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def parity_fixture() -> Path:
+    """The shared parity fixture's folder: its tests skip where it is missing, and fail
+    under CI=true (`tests.model_helpers.require_shared`)."""
+    return require_shared(SHARED_SPEC / "parity" / "expected_outputs.npz").parent

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
 import torch
 
 DATA = Path(__file__).parent / "data"
@@ -13,6 +16,18 @@ GMA_TSV = DATA / "gma_state_dict.tsv"
 # The project's shared specification folder sits next to the repository in development
 # and CI; users of the project do not have it.
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+
+
+def require_shared(path: Path, environ: Mapping[str, str] = os.environ) -> Path:
+    """`path` (a file of the shared specification folder) when it exists. Missing, it skips the
+    test, except under `CI=true` (as CI services set it), where the test fails: CI must run the
+    parity checks, a silent skip there would hide a missing fixture."""
+    if path.is_file():
+        return path
+    message = f"shared parity fixture {path} not available"
+    if environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"CI=true: {message} (CI must run the parity tests: put the shared folder beside the clone)")
+    pytest.skip(message)
 
 
 def read_spec(path: Path = SPEC_TSV) -> list[tuple[str, tuple[int, ...], str]]:

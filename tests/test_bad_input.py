@@ -180,8 +180,8 @@ def test_train_name_must_be_one_path_component(name, data, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-# ------------------------------------------------------------------ 3. get_flow never replaces an earlier run
-def test_get_flow_names_stay_unique_across_runs_and_overwrite_is_asked_for(data, tmp_path, capsys):
+# ------------------------------------------------------------------ 3. get_flow: reruns replace their own files only
+def test_get_flow_reruns_replace_their_own_files_and_never_another_inputs(data, tmp_path, capsys):
     rng = np.random.default_rng(0)
     for emotion in ("happy", "sad"):
         (tmp_path / emotion / "subject001").mkdir(parents=True)
@@ -200,11 +200,46 @@ def test_get_flow_names_stay_unique_across_runs_and_overwrite_is_asked_for(data,
     ]
     before = tree(out)
     assert len(before) == 8
+    # a rerun on the same input replaces its own four files, says so, and leaves the other input's alone
+    (out / "subject001_0001-0002_facial.flo").write_bytes(b"stale")
+    capsys.readouterr()
+    written = get_flow.main(get_flow.get_args_parser().parse_args([*common, *happy]))
+    assert written == [out / "subject001_0001-0002_flow.png"]
+    assert f"replacing 4 files of an earlier run on the same input in {out}" in capsys.readouterr().out
+    assert tree(out) == before  # the stale file replaced by the same flow; sad's files untouched
+    # a file in the way that no run on this input wrote (no visualisation records its input) needs --overwrite
+    (out / "subject001_0001-0002_flow.png").unlink()
     code, line = cli("get_flow.py", *common, *happy, capsys=capsys)
-    assert code == 2 and "subject001_0001-0002_flow.png" in line and "--overwrite" in line
-    assert tree(out) == before
+    assert code == 2 and "subject001_0001-0002_facial.flo" in line and "--overwrite" in line and len(line) < 200
     written = get_flow.main(get_flow.get_args_parser().parse_args([*common, *happy, "--overwrite"]))
-    assert written == [out / "subject001_0001-0002_flow.png"] and tree(out).keys() == before.keys()
+    assert written == [out / "subject001_0001-0002_flow.png"] and tree(out) == before
+
+
+def test_get_flow_replaces_a_symbolic_link_and_never_writes_its_target(data, tmp_path):
+    """Every output goes to a temporary file in --output, then a rename: a link in the way is replaced."""
+    rng = np.random.default_rng(1)
+    frames = tmp_path / "seq"
+    frames.mkdir()
+    for stem in ("0001", "0002"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(frames / f"{stem}.png")
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    targets = {}
+    for suffix in ("_flow.png", "_facial.npy"):
+        target = outside / f"precious{suffix}"
+        target.write_bytes(b"not yours")
+        (out / f"seq_0001-0002{suffix}").symlink_to(target)
+        targets[target] = b"not yours"
+    argv = ["--model", str(data["weights"]), "--iters", "1", "--device", "cpu", "--output", str(out)]
+    frames_argv = ["--frames", str(frames), "--save_format", "npy", "--overwrite"]  # the links are in the way
+    get_flow.main(get_flow.get_args_parser().parse_args([*argv, *frames_argv]))
+    assert {target: target.read_bytes() for target in targets} == targets  # no target written through
+    for suffix in ("_flow.png", "_facial.npy", "_head.npy", "_expression.npy"):
+        path = out / f"seq_0001-0002{suffix}"
+        assert path.is_file() and not path.is_symlink(), path
+    assert np.load(out / "seq_0001-0002_facial.npy").shape == (32, 32, 2)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 # ------------------------------------------------------------------ 4. checksums

@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from core.network import DecFlow, DecFlowConfig
-from tests.model_helpers import DATA, SHARED_SPEC, SPEC_TSV, read_spec
+from tests.model_helpers import DATA, SHARED_SPEC, SPEC_TSV, read_spec, require_shared
 
 PARITY = SHARED_SPEC / "parity"
 GOLDEN = DATA / "decflow_parity_golden.npz.xz"
@@ -54,9 +54,8 @@ GOLDEN_CALLS = {
 }
 FIXTURE_KEYS = {"content": "{flow}_test12", "pos_and_content": "{flow}_test12", "flowinit": "{flow}_test6"}
 
-needs_fixture = pytest.mark.skipif(
-    not (PARITY / "expected_outputs.npz").is_file(), reason="shared parity fixture not available"
-)
+# the shared folder's tests: skipped without it, failed under CI=true (conftest's parity_fixture)
+needs_fixture = pytest.mark.usefixtures("parity_fixture")
 
 
 # ------------------------------------------------------------------ the weights, rebuilt in the repository
@@ -225,9 +224,21 @@ def test_golden_values_tell_close_variants_apart(golden) -> None:
 
 
 # ------------------------------------------------------------------ fixture tests (shared folder only)
+def test_a_missing_fixture_skips_but_fails_under_ci(tmp_path) -> None:
+    missing = tmp_path / "expected_outputs.npz"
+    for environ in ({}, {"CI": "false"}, {"CI": ""}):
+        with pytest.raises(pytest.skip.Exception, match="not available"):
+            require_shared(missing, environ)
+    for value in ("true", "TRUE", " true"):
+        with pytest.raises(pytest.fail.Exception, match=f"CI=true: shared parity fixture {missing} not available"):
+            require_shared(missing, {"CI": value})
+    missing.write_bytes(b"")
+    assert require_shared(missing, {"CI": "true"}) == missing
+
+
 @pytest.fixture(scope="module")
-def expected() -> dict[str, np.ndarray]:
-    return dict(np.load(PARITY / "expected_outputs.npz"))
+def expected(parity_fixture) -> dict[str, np.ndarray]:
+    return dict(np.load(parity_fixture / "expected_outputs.npz"))
 
 
 @needs_fixture

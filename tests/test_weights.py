@@ -6,6 +6,7 @@ the internet: every URL is 127.0.0.1."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import shutil
@@ -162,6 +163,49 @@ def test_bad_downloads_are_refused_and_deleted(case, online, tmp_path):
     if case == "wrong hash":  # both hashes named
         assert f"expected git blob id {entry.checksum.value}, got {git_blob_id(route.body)}; deleted" in first
     assert not (tmp_path / "tiny.pth").exists() and leftovers(tmp_path) == []
+
+
+def test_sha256_prefix_checksums_accept_the_file_and_refuse_another(online, tmp_path):
+    """The ImageNet ResNet-50's kind of checksum (torch.hub's sha256 prefix in the file name):
+    digest against hashlib and a published test vector, downloads of the right and a wrong
+    file, and the status of a file already there."""
+    abc = tmp_path / "abc"
+    abc.write_bytes(b"abc")
+    # FIPS 180-2's test vector for "abc"
+    assert Checksum("sha256", "").of(abc) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    data = tiny_weights()
+    full = hashlib.sha256(data).hexdigest()
+    entry = dataclasses.replace(
+        entry_for(data, name="hub"),
+        checksum=Checksum("sha256", full[:8]),
+        base_url=online.url,
+        url_path="hub.pth",
+        mirrored=False,
+    )
+    assert entry.checksum.describe() == f"sha256 prefix {full[:8]}"
+    assert Checksum("sha256", full).describe() == f"sha256 {full}"  # a whole digest is not called a prefix
+    # a file whose sha256 starts otherwise (one changed byte changes the digest from its first digit on)
+    wrong = data[:-1] + b"!"
+    assert not hashlib.sha256(wrong).hexdigest().startswith(full[:8])
+    online.routes["/hub.pth"] = Route(wrong)
+    with pytest.raises(WeightsUnavailable) as error:
+        ensure(entry, folder=tmp_path / "cache", progress=False)
+    message = str(error.value)
+    assert (
+        f"checksum mismatch: expected sha256 prefix {full[:8]}, got sha256 {hashlib.sha256(wrong).hexdigest()}"
+        in message
+    ), message
+    assert not (tmp_path / "cache" / "hub.pth").exists() and leftovers(tmp_path / "cache") == []
+    # the right file: accepted by its prefix, and `status` verifies it; a wrong one in its place differs
+    online.routes["/hub.pth"] = Route(data)
+    path = ensure(entry, folder=tmp_path / "cache", progress=False)
+    assert path.read_bytes() == data and weights.status(entry, tmp_path / "cache") == "verified"
+    path.write_bytes(wrong)
+    assert weights.status(entry, tmp_path / "cache") == (
+        f"checksum differs (sha256 {hashlib.sha256(wrong).hexdigest()})"
+    )
+    # the full digest is compared as a prefix too; a digest that only shares a shorter prefix is refused
+    assert Checksum("sha256", full).matches(full) and not Checksum("sha256", full[:7] + "x").matches(full)
 
 
 def test_connection_refused_and_offline_make_no_file(tmp_path, monkeypatch, server):

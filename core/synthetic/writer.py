@@ -13,6 +13,7 @@ from tqdm import tqdm
 from core.datasets import LABEL_FOLDERS
 from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL, SyntheticSequence, render_sequence
 from core.utils import frame_utils
+from core.utils.atomic import atomic_path
 
 EMOTIONS = ("angry", "happy", "neutral", "sad", "surprise")
 SPLITS = ("train", "val", "test")
@@ -39,9 +40,11 @@ def write_sequence(seq: SyntheticSequence, root: Path, split: str, emotion: str,
     for i, (facial, head, mask) in enumerate(zip(seq.facial_frames, seq.head_frames, seq.masks)):
         stem = f"{i + 1:04d}"
         for key, image in (("image/facial", facial), ("image/head", head)):
-            if not cv2.imwrite(str(dirs[key] / f"{stem}.jpg"), image[:, :, ::-1], jpeg):
-                raise OSError(f"could not write {dirs[key] / f'{stem}.jpg'}")
-        np.save(dirs["mask"] / f"{stem}.npy", mask)
+            with atomic_path(dirs[key] / f"{stem}.jpg") as tmp:
+                if not cv2.imwrite(str(tmp), image[:, :, ::-1], jpeg):
+                    raise OSError(f"could not write {dirs[key] / f'{stem}.jpg'}")
+        with atomic_path(dirs["mask"] / f"{stem}.npy") as tmp:
+            np.save(tmp, mask)
         if i < len(seq.flows_facial):
             frame_utils.write_flo(dirs["flow/facial"] / f"{stem}.flo", seq.flows_facial[i])
             frame_utils.write_flo(dirs["flow/head"] / f"{stem}.flo", seq.flows_head[i])

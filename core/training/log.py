@@ -4,7 +4,6 @@ the print windows of the training loop."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections import defaultdict
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from core.utils.atomic import atomic_path
 from core.utils.flow_viz import flow_to_image, shared_max_flow
 
 # Warn when the GradScaler skips more than this share of the steps of a print window.
@@ -99,9 +99,8 @@ class RunLog:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
             fig.tight_layout()
-            tmp = self.output / f".{filename}.tmp.png"
-            fig.savefig(tmp, dpi=100)
-            os.replace(tmp, self.output / filename)
+            with atomic_path(self.output / filename) as tmp:
+                fig.savefig(tmp, dpi=100)
 
     def plain_history(self) -> dict:
         return {k: {key: list(v) for key, v in d.items()} for k, d in self.history.items()}

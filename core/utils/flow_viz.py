@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from core.utils.atomic import atomic_path
+
 # Number of hue steps between the six primary/secondary colours of the wheel
 # (red-yellow, yellow-green, green-cyan, cyan-blue, blue-magenta, magenta-red).
 _SEGMENTS = (15, 6, 4, 11, 13, 6)
@@ -179,7 +181,8 @@ def write_png(path: Path, rgb: np.ndarray, *, text: Mapping[str, str] | None = N
     for key, value in (text or {}).items():
         info.add_text(key, value)
     try:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG", pnginfo=info, compress_level=1)
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG", pnginfo=info, compress_level=1)
     except (OSError, ValueError) as error:
         raise OSError(f"cannot write {path} ({error})") from None
 

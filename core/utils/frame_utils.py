@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.utils.atomic import atomic_path
 from core.utils.jpeg import jpeg_damage
 
 PathLike = Union[str, os.PathLike]
@@ -93,7 +94,7 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
     """Write a ``[H, W, 2]`` flow to a Middlebury ``.flo`` file (little-endian)."""
     flow = _check_flow_array(flow, path)
     height, width = flow.shape[:2]
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(np.array([FLO_MAGIC], dtype="<f4").tobytes())
         f.write(np.array([width, height], dtype="<i4").tobytes())
         f.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
@@ -101,7 +102,9 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
 
 def write_npy(path: PathLike, flow: np.ndarray) -> None:
     """Write a ``[H, W, 2]`` flow as a float32 ``.npy`` array (no pickling)."""
-    np.save(path, _check_flow_array(flow, path), allow_pickle=False)
+    flow = _check_flow_array(flow, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, flow, allow_pickle=False)
 
 
 def read_pfm(path: PathLike) -> np.ndarray:
@@ -145,7 +148,7 @@ def write_pfm(path: PathLike, data: np.ndarray) -> None:
         raise ValueError(f"{path}: PFM data must be [H, W], [H, W, 2] or [H, W, 3], got {data.shape}")
     height, width = data.shape[:2]
     kind = b"PF" if data.ndim == 3 else b"Pf"
-    with open(path, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(kind + b"\n" + f"{width} {height}\n".encode() + b"-1.0\n")
         f.write(np.ascontiguousarray(np.flipud(data), dtype="<f4").tobytes())
 
@@ -178,8 +181,9 @@ def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: np.ndarray | None 
         raise ValueError(f"{path}: flow exceeds the KITTI PNG range of +-512 px")
     valid_channel = np.ones(flow.shape[:2]) if valid is None else (np.asarray(valid) > 0)
     rgb = np.dstack([encoded, valid_channel]).astype(np.uint16)
-    if not cv2.imwrite(os.fspath(path), rgb[:, :, ::-1]):
-        raise ValueError(f"{path}: could not write KITTI flow PNG")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(os.fspath(tmp), rgb[:, :, ::-1]):
+            raise ValueError(f"{path}: could not write KITTI flow PNG")
 
 
 def read_image(path: PathLike) -> np.ndarray:

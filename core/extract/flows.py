@@ -1,0 +1,72 @@
+"""The facial, head and expression flow of every pair of consecutive frames of a sequence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from core.inference import FlowEstimator
+from core.utils.frames import Frame, check_same_size
+
+FLOW_KINDS = ("facial", "head", "expression")
+
+
+class PairFlow(NamedTuple):
+    """The flows of one pair of frames, each `[H, W, 2]` float32 (x, y)."""
+
+    first: Frame
+    second: Frame
+    facial: np.ndarray
+    head: np.ndarray
+    expression: np.ndarray
+
+    @property
+    def flows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.facial, self.head, self.expression
+
+
+def sequence_flows(
+    estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1, warm_start: bool = False
+) -> Iterator[PairFlow]:
+    """The flow of every pair of consecutive frames, in order, estimated `batch_size` pairs (of
+    one size) at a time. `warm_start` (batch 1 only) starts each pair from the previous pair's
+    low-resolution flows, each decoder from its own."""
+    previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
+    batch: list[tuple[Frame, Frame]] = []
+
+    def run_batch() -> Iterator[PairFlow]:
+        nonlocal previous_low
+        image1, image2 = (
+            torch.stack([torch.from_numpy(pair[k].rgb).permute(2, 0, 1) for pair in batch]).float() for k in (0, 1)
+        )
+        flows = estimator(image1, image2, flow_init=previous_low if warm_start else None)
+        previous_low = (flows.facial_low, flows.head_low)
+        arrays = [f.permute(0, 2, 3, 1).cpu().numpy() for f in (flows.facial, flows.head, flows.expression)]
+        done = [PairFlow(first, second, *(a[k] for a in arrays)) for k, (first, second) in enumerate(batch)]
+        batch.clear()
+        yield from done
+
+    previous = next(frames, None)
+    for current in frames:
+        check_same_size(previous.label, previous.rgb, current.label, current.rgb)
+        if batch and batch[0][0].rgb.shape != previous.rgb.shape:
+            yield from run_batch()
+        batch.append((previous, current))
+        if len(batch) == batch_size:
+            yield from run_batch()
+        previous = current
+    if batch:
+        yield from run_batch()
+
+
+def check_flows_finite(pair: PairFlow) -> None:
+    """ValueError naming the pair when one of its flows has a NaN or an infinity."""
+    for kind, flow in zip(FLOW_KINDS, pair.flows):
+        if not np.isfinite(flow).all():
+            raise ValueError(
+                f"non-finite {kind} flow (NaN or inf) for the pair {pair.first.label} -> {pair.second.label}; "
+                "nothing written for it"
+            )

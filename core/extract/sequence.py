@@ -1,0 +1,110 @@
+"""One sequence, from its frame source to its files in `--output`: `extract_sequence`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.extract.flows import check_flows_finite, sequence_flows
+from core.extract.outputs import SAVE_FORMATS, SequenceWriter, describe_replaced, plan_outputs
+from core.extract.sources import FrameSource
+from core.inference import FlowEstimator
+from core.utils.frames import ImageFiles, VideoFrames
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How a sequence's flows are computed and written (the options of get_flow.py that act on one sequence)."""
+
+    output: Path
+    save_format: str | None = None  # a key of SAVE_FORMATS (None: visualisations only)
+    max_flow: float | None = None  # px of full colour saturation (None: each pair's largest magnitude)
+    batch_size: int = 1
+    warm_start: bool = False
+    overwrite: bool = False  # replace files in the way that no run on this input wrote
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size > 1 and self.warm_start:
+            raise ValueError("--warm_start starts each pair from the previous one: it needs --batch_size 1")
+        if self.max_flow is not None and not (math.isfinite(self.max_flow) and self.max_flow > 0):
+            raise ValueError(f"--max_flow must be a positive number, got {self.max_flow}")
+        if self.save_format is not None and self.save_format not in SAVE_FORMATS:
+            raise ValueError(f"unknown flow format {self.save_format!r} (one of {', '.join(sorted(SAVE_FORMATS))})")
+
+    @property
+    def extension(self) -> str | None:
+        return SAVE_FORMATS[self.save_format][0] if self.save_format else None
+
+
+@dataclass
+class SequenceResult:
+    """What `extract_sequence` wrote."""
+
+    output: Path
+    names: list[str]  # one per pair, in order
+    extension: str | None
+    video: Path | None
+    warning: str | None = None  # a video that decoded fewer frames than its container announces
+
+    @property
+    def visualisations(self) -> list[Path]:
+        return [self.output / f"{name}_flow.png" for name in self.names]
+
+
+def _make_folder(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
+
+
+def _shows_progress(source: FrameSource) -> bool:
+    return isinstance(source, VideoFrames) or (isinstance(source, ImageFiles) and source.role != "pair")
+
+
+def extract_sequence(
+    source: FrameSource,
+    estimator: FlowEstimator,
+    options: ExtractOptions,
+    *,
+    inputs: list[tuple[str, Path | str]],
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> SequenceResult:
+    """Estimate and write the flows of every pair of `source`; ValueError (one line) when an output
+    would be an input (`inputs`: (what, path)), a file of another run is in the way, a flow is not
+    finite, a file cannot be written, or the source gives no pair."""
+    plan = plan_outputs(source, options.output, options.extension, overwrite=options.overwrite, inputs=inputs)
+    _make_folder(options.output)
+    if (line := describe_replaced(plan)) is not None:
+        log(line)
+    show = progress and _shows_progress(source)
+    bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True) if show else None
+    writer = SequenceWriter(
+        plan, source, save_format=options.save_format, max_flow=options.max_flow, overwrite=options.overwrite
+    )
+    try:
+        with writer:
+            pairs = sequence_flows(
+                estimator, iter(source), batch_size=options.batch_size, warm_start=options.warm_start
+            )
+            for pair in pairs:
+                check_flows_finite(pair)
+                writer.write(pair)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    shortfall = source.shortfall() if isinstance(source, VideoFrames) else None
+    if not writer.names:
+        if isinstance(source, VideoFrames) and not shortfall:
+            shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
+        raise ValueError(shortfall or "no pair to process: the input has fewer than 2 frames")
+    return SequenceResult(options.output, writer.names, options.extension, plan.video, shortfall)
