@@ -1,35 +1,93 @@
 """torch.hub entry points.
 
-    model = torch.hub.load("path/to/DecFlow", "decflow", source="local", pretrained=True)
-    out = model(image1, image2, iters=12, test_mode=True)   # images [B,3,H,W], 0..255, H,W % 8 == 0, >= 128
+    estimator = torch.hub.load("path/to/DecFlow", "decflow_estimator", source="local")
+    out = estimator(image1, image2)   # [3, H, W] or [B, 3, H, W] RGB 0..255, any size
+    out.facial, out.head, out.expression   # [B, 2, H, W], cropped back to the input size
 
-`pretrained=True` loads the FacialFlowNet authors' release (registry name
-`decflow-facialflownet`), downloaded and verified into torch.hub's cache
-(`torch.hub.get_dir()/checkpoints`) on first use; `pretrained=False` gives the untrained
-network. Either way the model is in eval mode.
+    model = torch.hub.load("path/to/DecFlow", "decflow", source="local")
+    out = model(image1, image2, iters=12, test_mode=True)   # H, W multiples of 8 and >= 128
+
+`pretrained=True` (the default) loads the FacialFlowNet authors' release (registry name
+`decflow-facialflownet`): the repository's `checkpoints/decflow-facialflownet.pth` when it
+is there and verified, else the copy in torch.hub's cache (`torch.hub.get_dir()/checkpoints`),
+downloaded and verified on first use (not with DECFLOW_OFFLINE=1). `pretrained=False`
+gives the untrained network.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
 from core.checkpoint import load_checkpoint
+from core.defaults import CHECKPOINTS_DIR, DEMO_ITERS
+from core.inference import FlowEstimator, resolve_device, resolve_inference_precision
 from core.network import DecFlow
-from core.weights import REGISTRY, RELEASE, ensure, offline_requested
+from core.weights import REGISTRY, RELEASE, ensure, offline_requested, status
 
 dependencies = ["torch", "torchvision", "einops", "tqdm"]
+
+REPO = Path(__file__).resolve().parent
+
+
+def _release_weights(*, progress: bool = True) -> Path:
+    """The release's file: the repository's checkpoints/ copy when it is verified, else torch.hub's
+    cached copy (downloaded and verified when absent). An unverified repository copy is said."""
+    entry = REGISTRY[RELEASE]
+    local = REPO / CHECKPOINTS_DIR
+    state = status(entry, local)
+    if state == "verified":
+        return entry.destination(local)
+    if state != "missing":
+        print(
+            f"note: {entry.destination(local)} is not the verified release ({state}): using torch.hub's copy",
+            file=sys.stderr,
+            flush=True,
+        )
+    return ensure(entry, folder=f"{torch.hub.get_dir()}/checkpoints", offline=offline_requested(), progress=progress)
 
 
 def decflow(pretrained: bool = True, progress: bool = True) -> DecFlow:
     """DecFlow in the paper's configuration, in eval mode; with `pretrained`, the authors'
-    released weights (downloaded unless DECFLOW_OFFLINE=1; loaded strictly, weights_only)."""
+    released weights (see the module doc; loaded strictly, weights_only).
+
+    Call it in test mode: `model(image1, image2, iters=12, test_mode=True)` returns a
+    `DecFlowOutput` (`facial`, `head`, `expression`: `[B, 2, H, W]`; `facial_low`, `head_low`:
+    `[B, 2, H/8, W/8]`) for images `[B, 3, H, W]`, RGB 0..255, H and W multiples of 8 and at
+    least 128 px. Without `test_mode=True` it returns what training uses, even in eval mode:
+    two lists of `iters` predictions (facial, head). For images of any size, padded and
+    cropped back, use `decflow_estimator`.
+    """
     model = DecFlow()
     if pretrained:
-        path = ensure(
-            REGISTRY[RELEASE],
-            folder=f"{torch.hub.get_dir()}/checkpoints",
-            offline=offline_requested(),
-            progress=progress,
-        )
-        load_checkpoint(model, path, strict=True, verbose=False)
+        load_checkpoint(model, _release_weights(progress=progress), strict=True, verbose=False)
     return model.eval()
+
+
+def decflow_estimator(
+    pretrained: bool = True,
+    progress: bool = True,
+    *,
+    iters: int = DEMO_ITERS,
+    device: str | None = None,
+    mixed_precision: bool | None = None,
+    amp_dtype: str | None = None,
+    alternate_corr: bool = False,
+) -> FlowEstimator:
+    """The `FlowEstimator` that get_flow.py runs: `estimator(image1, image2)` takes images
+    `[3, H, W]` or `[B, 3, H, W]`, RGB 0..255, of any size (padded symmetrically to multiples
+    of 8 and at least 128 px, the flows cropped back) and returns a `DecFlowOutput` in test
+    mode. `device` (default: cuda when available), `mixed_precision` (default: on for CUDA),
+    `amp_dtype` ("float16", "bfloat16") and `iters` (default 24) as get_flow.py's options."""
+    resolved = resolve_device(device)
+    model = decflow(pretrained, progress).to(resolved)
+    return FlowEstimator(
+        model,
+        iters=iters,
+        device=resolved,
+        amp_dtype=resolve_inference_precision(mixed_precision, amp_dtype, resolved),
+        alternate_corr=alternate_corr,
+        pad_mode="symmetric",
+    )

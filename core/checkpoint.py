@@ -36,7 +36,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from core.defaults import CHECKPOINTS_README, RELEASE_CHECKPOINT, SEED_CHECKPOINT
+from core.defaults import RELEASE_CHECKPOINT, SEED_CHECKPOINT
 from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, hash_file
@@ -85,10 +85,7 @@ def default_checkpoint() -> Path:
     for candidate in DEFAULT_CHECKPOINTS:
         if Path(candidate).is_file():
             return Path(candidate)
-    raise FileNotFoundError(
-        f"no default checkpoint: neither {RELEASE_CHECKPOINT} (the authors' release) nor "
-        f"{SEED_CHECKPOINT} (stage 2 of the seed training) exists; see {CHECKPOINTS_README}"
-    )
+    raise FileNotFoundError(f"neither {RELEASE_CHECKPOINT} (the release) nor {SEED_CHECKPOINT} (seed stage 2) exists")
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
@@ -472,8 +469,8 @@ def init_semantic_encoder(
             weights = ensure(REGISTRY[SEMANTIC], offline=not allow_download)
         except WeightsUnavailable as error:
             warnings.warn(
-                f"no ImageNet ResNet-50 weights (pass --semantic_weights FILE): {error}: the FROZEN "
-                "semantic encoder stays RANDOM",
+                f"no ImageNet ResNet-50 weights, the FROZEN semantic encoder stays RANDOM: {error.reason}\n"
+                f"  pass --semantic_weights FILE, or\n{error.remedy}",
                 stacklevel=2,
             )
             return "random initialisation"

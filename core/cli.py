@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from core.checkpoint import default_checkpoint
-from core.defaults import CHECKPOINTS_README
+from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
 from core.inference import COMPARED_FIELDS, FlowEstimator, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
@@ -28,6 +28,7 @@ from core.weights import (
     ensure,
     registered_entry,
     registered_names,
+    verified,
 )
 
 
@@ -108,6 +109,7 @@ def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
     is downloaded and verified when absent unless `offline`. UserError otherwise (a
     failed or refused download, or neither a file nor a name: the names are listed)."""
     if Path(spec).is_file():
+        note_if_unverified(spec)
         return spec
     entry = registered_entry(spec)
     if entry is None:
@@ -118,13 +120,22 @@ def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
     try:
         return str(ensure(entry, offline=offline))
     except WeightsUnavailable as error:
-        raise UserError(f"{flag} {spec}: {error}") from None
+        raise UserError(f"{flag} {spec}: {error.reason}\n{error.remedy}") from None
+
+
+def note_if_unverified(path: str | os.PathLike) -> None:
+    """A file at the usual place of a registered name (e.g. checkpoints/decflow-facialflownet.pth)
+    that is not the verified file is used all the same, with a note (core.weights.verified)."""
+    entry = registered_entry(path)
+    if entry is not None and Path(path).absolute() == entry.destination().absolute():
+        verified(entry, path)
 
 
 def resolve_checkpoint(model: str | None, *, offline: bool) -> str:
     """The weights of `--model` (see resolve_weights), else the default checkpoint (said on
-    one line): the first of core.checkpoint.DEFAULT_CHECKPOINTS there is, else the authors'
-    release, downloaded unless `offline`."""
+    one line): the first of core.checkpoint.DEFAULT_CHECKPOINTS there is (the release with a
+    note when it is not the verified file), else the authors' release, downloaded unless
+    `offline`. UserError: what is missing on the first line, how to get it on the next."""
     if model:
         return resolve_weights(model, "--model", offline=offline)
     try:
@@ -134,8 +145,11 @@ def resolve_checkpoint(model: str | None, *, offline: bool) -> str:
             path = ensure(REGISTRY[RELEASE], offline=offline)
         except WeightsUnavailable as fetch_error:
             raise UserError(
-                f"--model CHECKPOINT is required when there is no default checkpoint: {error}; {fetch_error}"
+                f"no weights: {error}; pass --model PATH, or get the release:\n"
+                f"  {RELEASE}: {fetch_error.reason}\n{fetch_error.remedy}"
             ) from None
+    else:
+        note_if_unverified(path)
     print(f"checkpoint: {path} (default; --model PATH chooses another)", flush=True)
     return str(path)
 
@@ -203,14 +217,14 @@ def load_estimator(
 
 def exit_on_error(main: Callable[[], object]) -> None:
     """Run a script's `main` from the command line: its one-line errors (a SystemExit with a
-    message) go to stderr with exit code 2, as argparse's do."""
+    message) go to stderr with exit code USAGE_ERROR_STATUS (2), as argparse's do."""
     try:
         main()
     except SystemExit as stop:
         if not isinstance(stop.code, str):
             raise
         print(stop.code, file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(USAGE_ERROR_STATUS) from None
 
 
 class FileInTheWay(UserError):
@@ -237,7 +251,8 @@ def check_output(
 def check_not_an_input(
     out: str | os.PathLike, flag: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]
 ) -> None:
-    """UserError when the output `out` is (symlinks resolved) one of the `inputs` (what, path)."""
+    """UserError when the output `out` is (symlinks resolved) one of the `inputs` (what, path):
+    `what` names the input's role (`checkpoint`, `--restore_ckpt`), or is `input` for a plain one."""
     check_none_is_an_input([out], flag, inputs)
 
 
@@ -254,7 +269,8 @@ def check_none_is_an_input(
         if found is not None:
             what, given = found
             named = f" ({given})" if str(given) != str(out) else ""
-            raise UserError(f"{flag} {out} is the input {what}{named}: refusing to overwrite an input")
+            role = "an input" if what == "input" else f"the input {what}"
+            raise UserError(f"{flag} {out} is {role}{named}: refusing to overwrite an input")
 
 
 def _check_file(out: Path, flag: str) -> None:

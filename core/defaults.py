@@ -16,3 +16,6 @@ CHECKPOINTS_DIR = "checkpoints"  # where core.weights stores the authors' files
 CHECKPOINTS_README = "checkpoints/README.md"
 RELEASE_CHECKPOINT = "checkpoints/decflow-facialflownet.pth"  # the FacialFlowNet authors' release
 SEED_CHECKPOINT = "checkpoints/decflow.pth"  # stage 2 of the README's seed training commands
+
+# Exit status of every entry point for a usage or input error (argparse's).
+USAGE_ERROR_STATUS = 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import http.client
 import os
@@ -37,7 +38,7 @@ import torch
 from torchvision.models import ResNet50_Weights
 from tqdm import tqdm
 
-from core.defaults import CHECKPOINTS_DIR
+from core.defaults import CHECKPOINTS_DIR, USAGE_ERROR_STATUS
 
 AUTHORS_COMMIT = "b5f2442f7e0419d1c0941796b22a1815cdb4052e"
 AUTHORS_BASE_URL = f"https://raw.githubusercontent.com/RIA1159/FacialFlowNet/{AUTHORS_COMMIT}"
@@ -53,7 +54,17 @@ PARTIAL_SUFFIX = ".part"
 
 
 class WeightsUnavailable(RuntimeError):
-    """Weights that could not be had: one line naming the URL, the destination and the command to run by hand."""
+    """Weights that could not be had. `reason`: what went wrong, one line; `remedy`: the lines
+    below it, the command to run by hand and the URL and destination of a manual download.
+    The message is `{name}: {reason}`, then the remedy."""
+
+    def __init__(self, entry: WeightsEntry, reason: str, *, url: str, destination: Path) -> None:
+        self.reason = reason
+        self.remedy = (
+            f"  run where there is internet: {fetch_command(entry, destination)}\n"
+            f"  (or download {url} to {destination})"
+        )
+        super().__init__(f"{entry.name}: {reason}\n{self.remedy}")
 
 
 # ---------------------------------------------------------------- checksums
@@ -266,8 +277,8 @@ def download(
 ) -> Path:
     """Download `entry` to `destination` through a verified temporary file (see module doc).
 
-    WeightsUnavailable (one line: URL, destination, what went wrong, the command to run
-    by hand) when the transfer fails, is cut short, is not weights or has another checksum.
+    WeightsUnavailable (what went wrong; the command to run by hand, the URL and the
+    destination) when the transfer fails, is cut short, is not weights or has another checksum.
     """
     url = entry.url(environ)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -283,20 +294,14 @@ def download(
         problem = None
         digest = entry.checksum.of(partial)
         if expected is not None and received != expected:
-            problem = (
-                f"the transfer was cut short ({received} of {expected} bytes): expected "
-                f"{entry.checksum.describe()}, got {entry.checksum.describe(digest)}"
-            )
+            problem = f"the transfer was cut short ({received} of {expected} bytes)"
         elif not entry.checksum.matches(digest):
-            problem = (
-                f"checksum mismatch: expected {entry.checksum.describe()}, got "
-                f"{entry.checksum.describe(digest)} ({received} bytes)"
-            )
+            problem = f"checksum mismatch: expected {entry.checksum.describe()}, got {digest}"
         if problem:
-            raise ValueError(problem + "; the download was deleted")
+            raise ValueError(problem + "; deleted")
         os.replace(partial, destination)
     except (OSError, ValueError, http.client.HTTPException) as error:  # HTTP errors, refused, timeout, disk
-        raise WeightsUnavailable(_unavailable(entry, url, destination, _reason(error))) from None
+        raise WeightsUnavailable(entry, _reason(error), url=url, destination=destination) from None
     finally:
         with contextlib.suppress(OSError):
             partial.unlink()
@@ -319,13 +324,6 @@ def fetch_command(entry: WeightsEntry, destination: Path | None = None) -> str:
     return f"{FETCH_COMMAND} {entry.name}{folder}"
 
 
-def _unavailable(entry: WeightsEntry, url: str, destination: Path, reason: str) -> str:
-    return (
-        f"{entry.name}: {reason}; it comes from {url} and goes to {destination}: run "
-        f"`{fetch_command(entry, destination)}` where there is internet, or download the URL there"
-    )
-
-
 def ensure(
     entry: WeightsEntry,
     *,
@@ -335,21 +333,42 @@ def ensure(
     progress: bool = True,
 ) -> Path:
     """The local file of `entry`, downloaded (and verified) when it is absent and `offline`
-    is False. A file already there is taken as it is; WeightsUnavailable when it is absent
-    and cannot be had."""
+    is False. A file already there is used as it is, with a note when it is not the verified
+    file (`verified`); WeightsUnavailable when it is absent and cannot be had."""
     destination = entry.destination(folder)
     if destination.is_file():
+        verified(entry, destination)
         return destination
     if offline:
         raise WeightsUnavailable(
-            _unavailable(
-                entry,
-                entry.url(environ),
-                destination,
-                f"{destination} is missing and downloads are off (--offline or {OFFLINE_VARIABLE}=1)",
-            )
+            entry,
+            f"{destination} is missing and downloads are off (--offline or {OFFLINE_VARIABLE}=1)",
+            url=entry.url(environ),
+            destination=destination,
         )
     return download(entry, destination, environ=environ, progress=progress)
+
+
+def verified(entry: WeightsEntry, path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is `entry`'s, by its checksum. When it is not, one line on
+    stderr says so and that it is used as it is: once per version of the file in a process."""
+    stat = Path(path).stat()
+    return _verified_once(entry, str(path), str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _verified_once(entry: WeightsEntry, path: str, resolved: str, size: int, mtime_ns: int) -> bool:
+    """`verified` of one version of a file (`resolved`, `size`, `mtime_ns`); `path` as given, for the note."""
+    digest = entry.checksum.of(resolved)
+    if entry.checksum.matches(digest):
+        return True
+    print(
+        f"note: {path} is not the verified {entry.name} ({entry.checksum.describe(digest)}, expected "
+        f"{entry.checksum.value}): using it as it is",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def status(entry: WeightsEntry, folder: str | os.PathLike | None = None) -> str:
@@ -394,9 +413,9 @@ def _list(folder: str | None) -> int:
 def _fetch(names: list[str], folder: str | None, force: bool) -> int:
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
-        raise SystemExit(f"core.weights: error: unknown name {', '.join(unknown)} (registered: {registered_names()})")
+        return _error(f"unknown name {', '.join(unknown)} (registered: {registered_names()})")
     if offline_requested():
-        raise SystemExit(f"core.weights: error: downloads are off ({OFFLINE_VARIABLE} is set)")
+        return _error(f"downloads are off ({OFFLINE_VARIABLE} is set)")
     failed = 0
     for entry in map(REGISTRY.get, names):
         destination = entry.destination(folder)
@@ -405,21 +424,23 @@ def _fetch(names: list[str], folder: str | None, force: bool) -> int:
             print(f"{entry.name}: {destination} is already there ({entry.checksum.describe()} verified)")
             continue
         if state != "missing" and not force:
-            print(
-                f"core.weights: error: {entry.name}: {destination} is there but its {state}; "
-                f"`{FETCH_COMMAND} {entry.name} --force` replaces it",
-                file=sys.stderr,
+            failed = _error(
+                f"{entry.name}: {destination} is there but its {state}\n  {FETCH_COMMAND} {entry.name} --force"
             )
-            failed += 1
             continue
         try:
             download(entry, destination)
         except WeightsUnavailable as error:
-            print(f"core.weights: error: {error}", file=sys.stderr)
-            failed += 1
+            failed = _error(str(error))
             continue
         print(f"{entry.name}: {destination} ({entry.checksum.describe()} verified)")
-    return 1 if failed else 0
+    return failed
+
+
+def _error(message: str) -> int:
+    """Print `core.weights: error: {message}`; the exit status of a usage or input error (2, as argparse's)."""
+    print(f"core.weights: error: {message}", file=sys.stderr, flush=True)
+    return USAGE_ERROR_STATUS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def test_default_checkpoint_prefers_the_release_then_the_seed_training(tmp_path,
     assert DEFAULT_CHECKPOINTS == ("checkpoints/decflow-facialflownet.pth", "checkpoints/decflow.pth")
     with pytest.raises(FileNotFoundError) as error:
         default_checkpoint()
-    assert all(name in str(error.value) for name in (*DEFAULT_CHECKPOINTS, "checkpoints/README.md"))
+    assert all(name in str(error.value) for name in DEFAULT_CHECKPOINTS)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "decflow.pth").write_bytes(b"seed stage 2")
     assert default_checkpoint() == Path("checkpoints/decflow.pth")

@@ -1,8 +1,10 @@
-"""What a new user meets in the first hour: the results table's labels and the benchmark
-commands' help."""
+"""What a new user meets in the first hour: the README's commands and links, the results
+table's labels and the benchmark commands' help."""
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +12,49 @@ from pathlib import Path
 import pytest
 
 import evaluate
+import get_flow
+import train
 from benchmarks import learning
+from core import weights
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+# The README's commands whose options are checked, by how they start.
+PARSERS = {
+    "python train.py": train.get_args_parser,
+    "python evaluate.py": evaluate.get_args_parser,
+    "python get_flow.py": get_flow.get_args_parser,
+    "python -m core.weights": weights.get_args_parser,
+}
+
+
+def readme_commands() -> list[str]:
+    """The lines of the README's bash blocks, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    return [line.split("  #")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_parse():
+    """Every train.py / evaluate.py / get_flow.py / core.weights command of the README, the seed
+    commands included, has only options that its script knows (argparse exits 2 otherwise)."""
+    checked = 0
+    for command in readme_commands():
+        start = next((s for s in PARSERS if command.startswith(s + " ") or command == s), None)
+        if start is not None:
+            parser = PARSERS[start]()
+            parser.allow_abbrev = False  # the README spells every option in full
+            parser.parse_args(shlex.split(command)[len(start.split()) :])
+            checked += 1
+    seed = [c for c in readme_commands() if c.startswith("python train.py --name decflow")]
+    assert checked >= 15 and len(seed) == 2 and all("--num_steps 10000" in c for c in seed)
+
+
+def test_the_readme_links_and_size():
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(((?:docs|datasets|assets)/[^)#]+)", text)
+    assert {"docs/benchmarks.md", "docs/learning-check.md", "docs/differences.md"} <= set(links)
+    assert all((REPO / link).is_file() for link in links), [link for link in links if not (REPO / link).is_file()]
+    assert len(text.splitlines()) <= 250  # for users; history and benchmark tables live in docs/
 
 
 def test_ffn_protocol_row_has_its_own_labels(synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:

@@ -116,7 +116,7 @@ def test_start_is_random_a_file_or_a_registered_name(tmp_path, monkeypatch):
         learning.starting_weights("gma-sintel", tmp_path, offline=True)
     text = str(error.value)
     assert text.startswith("--start gma-sintel:") and "python -m core.weights fetch gma-sintel" in text, text
-    assert "\n" not in text and not (tmp_path / "checkpoints" / "gma-sintel.pth").exists()
+    assert len(text.splitlines()[0]) < 200 and not (tmp_path / "checkpoints" / "gma-sintel.pth").exists()
 
 
 def test_skipped_steps_reads_the_last_done_line(tmp_path):

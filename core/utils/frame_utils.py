@@ -41,6 +41,16 @@ FLO_MAGIC = 202021.25
 _FLO_HEADER_BYTES = 12
 _KITTI_SCALE = 64.0
 _KITTI_OFFSET = 2.0**15
+NPY_MAGIC = b"\x93NUMPY"
+# First bytes of the files a mislabelled `.npy` most often is, and what to call each.
+FILE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"PIEH", "a .flo flow file"),  # FLO_MAGIC as little-endian float32
+    (b"PK\x03\x04", "a zip archive (an .npz file, or a PyTorch checkpoint)"),
+    (b"\x80", "a Python pickle"),
+    (b"version https://git-lfs.github.com/spec/", "a Git LFS pointer (`git lfs pull` fetches the file itself)"),
+)
 
 
 def _check_flow_array(flow: np.ndarray, path: PathLike) -> np.ndarray:
@@ -215,15 +225,33 @@ def read_npy(path: PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: naming the file, if it is not a readable ``.npy`` array (e.g. pickled
-            objects, a truncated file, another format).
+        ValueError: naming the file and what it is, if it is not a readable ``.npy`` array
+            of numbers (another format, an array of Python objects, a truncated file).
     """
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as stream:
+            head = stream.read(max(len(magic) for magic, _ in FILE_SIGNATURES))
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError) as err:
+    except OSError as err:
         raise ValueError(f"{path}: cannot read .npy array ({err})") from err
+    if not head.startswith(NPY_MAGIC):
+        raise ValueError(f"{path}: not a .npy array but {_file_kind(head)}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        if "Object arrays" in str(err):  # numpy's words for an array of pickled Python objects
+            raise ValueError(f"{path}: a .npy array of Python objects, not of numbers (never unpickled)") from err
+        raise ValueError(f"{path}: cannot read .npy array ({err})") from err
+
+
+def _file_kind(head: bytes) -> str:
+    """What a file that begins with `head` is, in words (FILE_SIGNATURES)."""
+    if not head:
+        return "an empty file"
+    return next(
+        (name for magic, name in FILE_SIGNATURES if head.startswith(magic)), f"a file starting with {head[:8]!r}"
+    )
 
 
 def read_gen(path: PathLike) -> np.ndarray:
