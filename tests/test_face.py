@@ -94,6 +94,11 @@ def test_choice_persistence_confidence_and_the_largest_of_several_faces() -> Non
     jumpy = [[Detection((100.0 + 200 * (i % 2), 100.0, 50.0, 50.0), 5.0)] for i in range(4)]
     assert choose_face(jumpy)[0].hits.keys() == {0, 2}
     assert choose_face([[], []]) is None
+    crop = crop_around_face(
+        [[face], [], [face]], ["a", "b", "c"], (300, 300), FaceCropOptions(detector=HaarDetector()), "x"
+    )
+    assert crop.failed == ["b"] and crop.sampled == ["a", "b", "c"]
+    assert (crop.x, crop.y, crop.side) == (88, 88, 75)  # a quarter of the 50 px face on each side, centred
 
 
 def test_crop_pads_by_repeating_the_edge() -> None:

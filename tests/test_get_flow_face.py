@@ -146,6 +146,13 @@ def test_a_pair_list_gives_the_flow_of_image1_image2(decflow_checkpoint: Path, t
     table = (tmp_path / "list" / "video_strain.csv").read_text().splitlines()
     assert table[0].startswith("name,facial,head,expression,strain,") and table[1].startswith("v_onset_apex,")
     assert len(table) == 2 and not (tmp_path / "list" / "v_onset_apex_strain.csv").exists()  # one table per list
+    # a rerun on the same list replaces its own table; a table no run on this list wrote stays unless --overwrite
+    images = ("--pairs", str(tmp_path / "images.csv"), "--save_strain", "--output", str(tmp_path / "list"))
+    run(*model, *images)
+    (tmp_path / "list" / "images_strain.csv").write_text("name,score\nsomeone else's,1\n")
+    assert error_of(*model, *images).startswith("images_strain.csv in ")
+    run(*model, *images, "--overwrite")
+    assert (tmp_path / "list" / "images_strain.csv").read_text().startswith("name,facial,")
 
 
 @pytest.mark.parametrize(
