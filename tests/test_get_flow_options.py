@@ -1,5 +1,6 @@
-"""get_flow.py's options checked against the estimator run by hand: --warm_start and the default
-iterations (the reference demo's 24; evaluate.py's 12, the reference evaluation's)."""
+"""The scripts' options checked against the model run by hand: get_flow's --warm_start, the default
+iterations (the reference demo's 24; evaluate.py's 12, the reference evaluation's) and the
+evaluation's padding."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 import evaluate
 import get_flow
+from core import synthetic
+from core.datasets import FacialFlow
 from core.inference import FlowEstimator, load_model
 from core.network import DecFlowConfig
+from core.utils.frame_utils import read_flo
 
 SIZE = (40, 48)  # padded to 128 x 128 by the estimator: cheap, and the warm start's low flows have one size
 
@@ -83,3 +88,33 @@ def test_get_flow_runs_24_iterations_by_default(decflow_checkpoint: Path, tmp_pa
 def test_script_defaults_are_the_references(script, iters: int):
     """The reference evaluates FacialFlowNet at 12 iterations and runs its demo at 24."""
     assert script.get_args_parser().parse_args([]).iters == iters
+
+
+def test_evaluation_pads_as_the_reference_bottom_and_both_sides(decflow_checkpoint: Path, tmp_path: Path):
+    """Frames that need padding (132 x 138): evaluate.py's EPE is the one of frames padded by hand as
+    the reference's FacialFlowNet evaluation does (replicate; height at the bottom, width split
+    evenly), not of the demo's symmetric padding, and meta says which mode ran."""
+    root = tmp_path / "FacialFlowNet"
+    synthetic.generate(root, 1, 2, (132, 138), seed=0, splits=("test",))
+    args = evaluate.get_args_parser().parse_args(
+        ["--model", str(decflow_checkpoint), "--root", str(root), "--iters", "2", "--no_progress", "--device", "cpu"]
+    )
+    doc = evaluate.main(args)
+    assert doc["meta"]["padding_mode"] == "exp" and doc["pairs"] == 1
+    dataset = FacialFlow(None, split="test", dataset_root=root)
+    frames, gt_path, mask_path = dataset.image_list[0], dataset.flow_facial_list[0], dataset.mask_list[0]
+    images = [_tensor(np.asarray(Image.open(path).convert("RGB")))[None] for path in frames]
+    model = load_model(decflow_checkpoint, config=DecFlowConfig(), device=torch.device("cpu"))
+    gt, mask = read_flo(gt_path).astype(np.float64), np.load(mask_path).astype(bool)
+
+    def epe_with(padding: tuple[int, int, int, int]) -> float:  # F.pad order: left, right, top, bottom
+        padded = [F.pad(image, padding, mode="replicate") for image in images]
+        with torch.inference_mode():
+            flow = model.estimate(*padded, iters=2, test_mode=True).facial[0]
+        left, top = padding[0], padding[2]
+        flow = flow[:, top : top + 132, left : left + 138].permute(1, 2, 0).numpy()
+        return float(np.sqrt(((flow - gt) ** 2).sum(axis=2))[mask].mean())
+
+    reference, symmetric = epe_with((3, 3, 0, 4)), epe_with((3, 3, 2, 2))
+    assert doc["facial"]["epe"] == pytest.approx(reference, rel=1e-4)
+    assert abs(symmetric - reference) > 1e-3  # the two modes are told apart on these frames
