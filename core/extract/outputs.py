@@ -163,7 +163,9 @@ def plan_outputs(
     check_none_is_an_input(files + whole, "--output", inputs)
     for name, text, origin in zip(names, recorded, origins):
         (plan.own if text == origin else plan.foreign).extend(_existing(kinds.pair_files(output, name)))
-    (plan.own if recorded and recorded[0] == origins[0] else plan.foreign).extend(_existing(whole))
+    pictures = [read_png_text(path, SOURCE_KEY) for path in plan.sequence if path.suffix == ".png"]
+    ours = bool(recorded) and origins[0] in (recorded[0], *pictures)  # the face picture records it too
+    (plan.own if ours else plan.foreign).extend(_existing(whole))
     if plan.foreign and not overwrite:
         more = f" and {len(plan.foreign) - 1} more" if len(plan.foreign) > 1 else ""
         raise ValueError(
