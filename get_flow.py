@@ -5,6 +5,8 @@
     python get_flow.py --frames seq/ --warm_start --max_flow 8
     python get_flow.py --video clip.mp4 --stride 2 --max_frames 100
     python get_flow.py --frames seq/ --batch_size 8         # 8 pairs per forward pass (GPUs)
+    python get_flow.py --video interview.mp4 --face_crop --paste_back --save_format npy
+    python get_flow.py --pairs onset_apex.csv --face_crop --save_strain   # listed pairs only
 
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
@@ -13,6 +15,19 @@ legend (colour wheel + the scale in pixels). `--save_format flo` (or `--save_flo
 `<name>_facial.flo`, `<name>_head.flo` and `<name>_expression.flo`; `pfm`, `kitti` (16-bit
 PNG, 1/64 px, +-512 px) and `npy` (float32 [H, W, 2]) give the same three in those formats.
 Videos also give `<video>_flow.mp4`.
+
+`--face_crop` detects the face on a few sampled frames (OpenCV's Haar cascade, no download; or
+`--face_detector yunet:PATH`), chooses it from the evidence across them, and crops every frame
+of the sequence to ONE fixed square around it (`--face_margin`), resized to `--face_size` and
+padded by repeating the edge where the square leaves the frame; `<sequence>_face.json` records
+the box [x, y, w, h] in frame pixels, the scale, the detector and the frames where detection
+failed, `<sequence>_face.png` shows it. `--paste_back` adds `<name>_<flow>_full<ext>`: the flows
+in frame coordinates (vectors divided by the scale, NaN outside the square). `--pairs FILE.csv`
+(`name,image1,image2` or `name,video,frame1,frame2`) computes just the listed pairs, named by
+`name`. `--save_strain` adds the expression flow's optical strain `<name>_strain.npy` ([H, W, 3]
+e_xx, e_yy, e_xy), `<name>_strain_magnitude.npy` and a table of the per-pair mean facial, head
+and expression magnitude and strain inside the face box (`<sequence>_strain.csv`, or
+`<list>_strain.csv` for a pair list).
 
 `<name>` names the pair: `<folder>_<stem1>-<stem2>` for an image pair and for frames
 (`<folder>`: the folder of the first image; a stem shared by two frames of the folder,
@@ -57,9 +72,12 @@ from core.cli import (
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
-from core.extract.outputs import SAVE_FORMATS, describe_written
+from core.extract.outputs import SAVE_FORMATS, describe_files, describe_written
+from core.extract.pairs import extract_pairs, read_pairs, table_path
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
 from core.extract.sources import FrameSource, open_source
+from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
+from core.face.detect import make_detector
 from core.inference import FlowEstimator
 from core.precision import precision_name
 from core.weights import offline_requested
@@ -84,6 +102,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--video", default=None, help="video file (any format OpenCV decodes)")
     inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
     inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
+    inputs.add_argument(
+        "--pairs",
+        default=None,
+        help="CSV of just the pairs to compute: columns name,image1,image2 (image files) or name,video,frame1,frame2 "
+        "(0-based frame indices); paths relative to the CSV's folder; files named by name",
+    )
+    faces = parser.add_argument_group("face crop")
+    faces.add_argument(
+        "--face_crop",
+        action="store_true",
+        help="crop every frame of a sequence (or pair-list row) to one fixed square around the face",
+    )
+    faces.add_argument(
+        "--face_detector", default=None, help="haar (OpenCV's cascade, default) or yunet:PATH (your YuNet ONNX file)"
+    )
+    faces.add_argument(
+        "--face_margin",
+        type=float,
+        default=None,
+        help=f"margin on each side of the face, in face sides (default {FACE_MARGIN}: the face spans 2/3 of the crop)",
+    )
+    faces.add_argument(
+        "--face_size",
+        type=int,
+        default=None,
+        help=f"side of the resized crop, px (default {FACE_SIZE}, the training size)",
+    )
+    faces.add_argument(
+        "--paste_back",
+        action="store_true",
+        help="also write the flows in full-frame coordinates (<name>_<flow>_full<ext>, NaN outside the crop)",
+    )
+    parser.add_argument(
+        "--save_strain",
+        action="store_true",
+        help="write the expression flow's optical strain (<name>_strain.npy, <name>_strain_magnitude.npy) and "
+        "a CSV of per-pair mean magnitudes and strain inside the face box",
+    )
     parser.add_argument(
         "--iters",
         type=int,
@@ -148,8 +204,43 @@ def save_format(args: argparse.Namespace) -> str | None:
     return "flo" if args.save_flo else args.save_format
 
 
-def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSource]:
-    """The options and the frame source, checked before any model loads."""
+def face_options(args: argparse.Namespace) -> FaceCropOptions | None:
+    """The face crop's options (None without --face_crop); its options alone are an error."""
+    given = [f"--{name}" for name in ("face_detector", "face_margin", "face_size") if getattr(args, name) is not None]
+    given += ["--paste_back"] if args.paste_back else []
+    if not args.face_crop:
+        if given:
+            raise UserError(f"{given[0]} acts on the face crop: add --face_crop")
+        return None
+    return FaceCropOptions(
+        detector=make_detector(args.face_detector or "haar"),
+        margin=FACE_MARGIN if args.face_margin is None else args.face_margin,
+        size=FACE_SIZE if args.face_size is None else args.face_size,
+        paste_back=args.paste_back,
+    )
+
+
+def open_sources(args: argparse.Namespace) -> list[FrameSource]:
+    """The rows of --pairs, or the one source of the other input options."""
+    if not args.pairs:
+        return [
+            open_source(
+                image1=args.image1,
+                image2=args.image2,
+                frames=args.frames,
+                video=args.video,
+                stride=args.stride,
+                max_frames=args.max_frames,
+            )
+        ]
+    others = [flag for flag in ("image1", "image2", "frames", "video", "max_frames") if getattr(args, flag)]
+    if others or args.stride != 1:
+        raise UserError(f"--pairs lists its own frames: it does not go with --{(others or ['stride'])[0]}")
+    return read_pairs(Path(args.pairs))
+
+
+def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, list[FrameSource]]:
+    """The options and the frame sources, checked before any model loads."""
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
@@ -159,16 +250,10 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSourc
         batch_size=args.batch_size,
         warm_start=args.warm_start,
         overwrite=args.overwrite,
+        face=face_options(args),
+        save_strain=args.save_strain,
     )
-    source = open_source(
-        image1=args.image1,
-        image2=args.image2,
-        frames=args.frames,
-        video=args.video,
-        stride=args.stride,
-        max_frames=args.max_frames,
-    )
-    return options, source
+    return options, open_sources(args)
 
 
 def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEstimator, str]:
@@ -186,23 +271,37 @@ def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEsti
     return estimator, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}"
 
 
-def report(result: SequenceResult, details: str) -> None:
-    if result.warning:
-        print(f"get_flow.py: warning: {result.warning}", file=sys.stderr, flush=True)
-    for line in describe_written(result.output, result.names, result.extension, details):
+def report(results: list[SequenceResult], details: str, table: Path | None) -> None:
+    for result in results:
+        if result.warning:
+            print(f"get_flow.py: warning: {result.warning}", file=sys.stderr, flush=True)
+    first = results[0]
+    for line in describe_written(first.output, [n for r in results for n in r.names], first.kinds, details):
         print(line)
-    if result.video is not None:
-        print(f"wrote {result.video}")
+    own = [path for result in results for path in result.sequence_files] + ([table] if table else [])
+    videos = [result.video for result in results if result.video is not None]
+    if own or videos:
+        print(describe_files(first.output, videos + own))
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
-    options, source = resolve_inputs(args)
+    options, sources = resolve_inputs(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)
-    inputs = [("checkpoint", checkpoint), *(("input", path) for path in source.paths)]
-    result = extract_sequence(source, estimator, options, inputs=inputs, log=lambda line: print(line, flush=True))
-    report(result, details)
-    return result.visualisations
+    inputs = [("checkpoint", checkpoint), *(("input", path) for source in sources for path in source.paths)]
+    if args.pairs:
+        table = table_path(Path(args.pairs), options)
+        results = extract_pairs(
+            sources, estimator, options, table=table, inputs=[*inputs, ("--pairs", args.pairs)], log=say
+        )
+    else:
+        table, results = None, [extract_sequence(sources[0], estimator, options, inputs=inputs, log=say)]
+    report(results, details, table)
+    return [path for result in results for path in result.visualisations]
 
 
 if __name__ == "__main__":

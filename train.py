@@ -55,7 +55,7 @@ from core.cli import (
     resolve_weights,
 )
 from core.datasets import FacialFlow, default_num_workers, split_problem
-from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, VAL_ITERS
+from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, TRAIN_IMAGE_SIZE, VAL_ITERS
 from core.network import DecFlow, DecFlowConfig, image_size_problem
 from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import SampleError, build_train_loader, sample_seed, upscaling_note
@@ -166,7 +166,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--image_size",
         type=int,
         nargs=2,
-        default=[480, 480],
+        default=list(TRAIN_IMAGE_SIZE),
         metavar=("H", "W"),
         help="training crop (multiples of 8, >= 128)",
     )

@@ -11,6 +11,9 @@ ITERS = 12
 VAL_ITERS = 32
 DEMO_ITERS = 24
 
+# Training crop [H, W] (the reference's stage-2 size); get_flow's --face_size resizes face crops to its side.
+TRAIN_IMAGE_SIZE = (480, 480)
+
 # Weights, relative to the current folder (see checkpoints/README.md).
 CHECKPOINTS_DIR = "checkpoints"  # where core.weights stores the authors' files
 CHECKPOINTS_README = "checkpoints/README.md"

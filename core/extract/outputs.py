@@ -2,12 +2,18 @@
 
 Every pair of frames gives `<name>_flow.png` (the visualisation, which records its input pair
 in a PNG text entry) and, with a flow format, `<name>_{facial,head,expression}<ext>`; a video
-gives `<stem>_flow.mp4` too. Names are never used twice in one run, and never one that an
-earlier run gave another input: the names take as many parent folders as tell the inputs apart.
+gives `<stem>_flow.mp4` too. With a face crop, the sequence gives `<sequence>_face.json` (the
+crop) and `<sequence>_face.png` (its first sampled frame with the crop drawn), and `paste_back`
+adds `<name>_{facial,head,expression}_full<ext>` (full-frame coordinates, NaN outside the crop).
+Strain adds `<name>_strain.npy` ([H, W, 3] e_xx, e_yy, e_xy), `<name>_strain_magnitude.npy`
+([H, W]) and the sequence's table `<sequence>_strain.csv` (one row per pair).
+
+Names are never used twice in one run, and never one that an earlier run gave another input:
+the names take as many parent folders as tell the inputs apart.
 
 Files already in `--output`:
-- those of an earlier run on the same input (the visualisation records this pair) are replaced,
-  with one line saying so: a rerun just works;
+- those of an earlier run on the same input (the visualisation records this pair; a sequence's
+  own files go with its first pair) are replaced, with one line saying so: a rerun just works;
 - any other file in the way (no record of its input) is replaced only with `overwrite`;
 - an input is never an output.
 Every file is written to a temporary file in `--output` and renamed into place
@@ -16,8 +22,11 @@ Every file is written to a temporary file in `--output` and renamed into place
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +37,9 @@ import numpy as np
 from core.cli import check_none_is_an_input
 from core.extract.flows import FLOW_KINDS, PairFlow
 from core.extract.sources import FrameSource
-from core.utils.atomic import atomic_path
+from core.face.crop import FaceCrop
+from core.strain import PairMeasures, measure_pair, strain_magnitude, strain_tensor
+from core.utils.atomic import atomic_path, write_text_atomic
 from core.utils.flow_viz import read_png_text, render_flow_panels, write_png
 from core.utils.frame_utils import write_flo, write_kitti_flow, write_npy, write_pfm
 from core.utils.frames import Frame
@@ -42,6 +53,7 @@ SAVE_FORMATS = {
 }
 SOURCE_KEY = "DecFlow input"  # PNG text entry of a visualisation: the pair it shows
 VIDEO_CODEC = "mp4v"
+CROP_COLOUR, FACE_COLOUR = (0, 255, 0), (255, 0, 0)  # <sequence>_face.png: the crop, the face's detections
 
 
 class OutputNames:
@@ -64,11 +76,31 @@ def pair_origin(first: Frame, second: Frame) -> str:
     return f"{first.source} -> {second.source}"
 
 
-def pair_files(output: Path, name: str, extension: str | None) -> list[Path]:
-    """The visualisation, then the three flow files (with a flow format)."""
-    return [output / f"{name}_flow.png"] + (
-        [output / f"{name}_{kind}{extension}" for kind in FLOW_KINDS] if extension else []
-    )
+@dataclass(frozen=True)
+class OutputKinds:
+    """Which files a run writes, beyond each pair's visualisation."""
+
+    extension: str | None = None  # of the three flow files (None: none)
+    paste_back: bool = False  # the flows in full-frame coordinates too (needs `extension`)
+    face: bool = False  # the sequence's face crop: JSON and picture
+    strain: bool = False  # the expression flow's strain maps
+    table: bool = False  # the sequence's strain table
+
+    def pair_files(self, output: Path, name: str) -> list[Path]:
+        """The visualisation, the three flow files, their full-frame copies, the two strain maps."""
+        files = [output / f"{name}_flow.png"]
+        if self.extension:
+            files += [output / f"{name}_{kind}{self.extension}" for kind in FLOW_KINDS]
+        if self.paste_back:
+            files += [output / f"{name}_{kind}_full{self.extension}" for kind in FLOW_KINDS]
+        if self.strain:
+            files += [output / f"{name}_strain.npy", output / f"{name}_strain_magnitude.npy"]
+        return files
+
+    def sequence_files(self, output: Path, stem: str) -> list[Path]:
+        """The face crop's JSON and picture, the strain table."""
+        face = [output / f"{stem}_face.json", output / f"{stem}_face.png"] if self.face else []
+        return face + ([output / f"{stem}_strain.csv"] if self.table else [])
 
 
 def _existing(paths: Iterable[Path]) -> list[Path]:
@@ -80,9 +112,10 @@ class OutputPlan:
     """The names of a sequence's pairs (in the order the source gives them) and the files in the way."""
 
     output: Path
-    extension: str | None
+    kinds: OutputKinds
     names: list[str]
     video: Path | None
+    sequence: list[Path]  # the sequence's own files (face crop, strain table)
     taken: OutputNames
     own: list[Path] = field(default_factory=list)  # files of an earlier run on the same input
     foreign: list[Path] = field(default_factory=list)  # other files in the way (replaced only with overwrite)
@@ -93,7 +126,7 @@ class OutputPlan:
         if index < len(self.names):
             return self.names[index]
         name = self.taken.unique(source.pair_name(first, second))
-        files = _existing(pair_files(self.output, name, self.extension))
+        files = _existing(self.kinds.pair_files(self.output, name))
         if files and not overwrite and read_png_text(files[0], SOURCE_KEY) != pair_origin(first, second):
             raise ValueError(f"{files[0]} already exists: pass --overwrite to replace it, or choose another --output")
         return name
@@ -108,7 +141,7 @@ def _names_at_depth(source: FrameSource) -> tuple[OutputNames, list[str], list[s
 def plan_outputs(
     source: FrameSource,
     output: Path,
-    extension: str | None,
+    kinds: OutputKinds,
     *,
     overwrite: bool,
     inputs: list[tuple[str, Path | str]],
@@ -123,13 +156,16 @@ def plan_outputs(
         if all(text is None or text == origin for text, origin in zip(recorded, origins)):
             break  # no name taken by another input
     stem = source.output_stem()
-    plan = OutputPlan(output, extension, names, output / f"{stem}_flow.mp4" if stem is not None else None, taken)
-    files = [path for name in names for path in pair_files(output, name, extension)]
-    check_none_is_an_input(files + ([plan.video] if plan.video else []), "--output", inputs)
+    video = output / f"{stem}_flow.mp4" if stem is not None else None
+    plan = OutputPlan(output, kinds, names, video, kinds.sequence_files(output, source.sequence_name()), taken)
+    whole = ([video] if video else []) + plan.sequence  # files of the whole sequence: its first pair's rule
+    files = [path for name in names for path in kinds.pair_files(output, name)]
+    check_none_is_an_input(files + whole, "--output", inputs)
     for name, text, origin in zip(names, recorded, origins):
-        (plan.own if text == origin else plan.foreign).extend(_existing(pair_files(output, name, extension)))
-    if plan.video is not None and os.path.lexists(plan.video):
-        (plan.own if recorded and recorded[0] == origins[0] else plan.foreign).append(plan.video)
+        (plan.own if text == origin else plan.foreign).extend(_existing(kinds.pair_files(output, name)))
+    pictures = [read_png_text(path, SOURCE_KEY) for path in plan.sequence if path.suffix == ".png"]
+    ours = bool(recorded) and origins[0] in (recorded[0], *pictures)  # the face picture records it too
+    (plan.own if ours else plan.foreign).extend(_existing(whole))
     if plan.foreign and not overwrite:
         more = f" and {len(plan.foreign) - 1} more" if len(plan.foreign) > 1 else ""
         raise ValueError(
@@ -148,18 +184,72 @@ def describe_replaced(plan: OutputPlan) -> str | None:
     return f"replacing {' and '.join(parts)} in {plan.output}" if parts else None
 
 
+def write_array(path: Path, array: np.ndarray) -> None:
+    """A float32 `.npy` array (no pickling), through a temporary file."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+
+
+def write_full_flow(save_format: str, path: Path, flow: np.ndarray) -> None:
+    """A full-frame flow (NaN outside the crop); KITTI PNGs mark those pixels invalid instead."""
+    if save_format == "kitti":
+        write_kitti_flow(path, np.nan_to_num(flow), valid=np.isfinite(flow).all(axis=-1))
+    else:
+        SAVE_FORMATS[save_format][1](path, flow)
+
+
+def write_face_files(plan: OutputPlan, crop: FaceCrop, record: dict, picture: np.ndarray, origin: str) -> None:
+    """The sequence's `<sequence>_face.json` (`record`) and `<sequence>_face.png`: `picture` (a sampled
+    frame) with the crop square and the face's detections drawn; ValueError naming a file it cannot write."""
+    drawn = np.ascontiguousarray(picture.copy())
+    cv2.rectangle(drawn, (crop.x, crop.y), (crop.x + crop.side - 1, crop.y + crop.side - 1), CROP_COLOUR, 2)
+    x, y, w, h = (int(round(v)) for v in crop.face)
+    cv2.rectangle(drawn, (x, y), (x + w - 1, y + h - 1), FACE_COLOUR, 1)
+    json_path, png_path = plan.sequence[:2]
+    try:
+        write_text_atomic(
+            json_path, "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) + "\n}\n"
+        )
+        write_png(png_path, drawn, text={SOURCE_KEY: origin})
+    except OSError as error:
+        raise ValueError(f"cannot write {json_path.name} or {png_path.name} in {plan.output} ({error})") from None
+
+
+def write_strain_table(path: Path, rows: Sequence[PairMeasures]) -> None:
+    """One CSV row per pair (`PairMeasures.header()` columns), through a temporary file."""
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(PairMeasures.header())
+    table.writerows(row.row() for row in rows)
+    try:
+        write_text_atomic(path, text.getvalue())
+    except OSError as error:
+        raise ValueError(f"cannot write {path} ({error.strerror or error})") from None
+
+
 class SequenceWriter:
     """Writes a sequence's files as its pairs arrive; the video goes to a temporary file that
-    `close()` renames into place (an error leaves the earlier video as it was)."""
+    `close()` renames into place (an error leaves the earlier video as it was). With a face crop,
+    `paste_back` flows are the crop's flows in frame coordinates, and the strain table's means
+    cover the face box; without one, the whole frame."""
 
     def __init__(
-        self, plan: OutputPlan, source: FrameSource, *, save_format: str | None, max_flow: float | None, overwrite: bool
+        self,
+        plan: OutputPlan,
+        source: FrameSource,
+        *,
+        save_format: str | None,
+        max_flow: float | None,
+        overwrite: bool,
+        crop: FaceCrop | None = None,
     ) -> None:
         self.plan, self.source, self.max_flow, self.overwrite = plan, source, max_flow, overwrite
+        self.save_format, self.crop = save_format, crop
         self.write_flow: Callable[[Path, np.ndarray], None] | None = (
             SAVE_FORMATS[save_format][1] if save_format else None
         )
         self.names: list[str] = []
+        self.measures: list[PairMeasures] = []  # with strain: one per pair
         self._stack = ExitStack()
         self._video: cv2.VideoWriter | None = None
 
@@ -175,17 +265,31 @@ class SequenceWriter:
         """Write one pair's files; returns its name. ValueError naming the file when one cannot be written."""
         name = self.plan.name(len(self.names), self.source, pair.first, pair.second, overwrite=self.overwrite)
         canvas, _ = render_flow_panels(pair.first.rgb, *pair.flows, max_flow=self.max_flow)
-        files = pair_files(self.plan.output, name, self.plan.extension)
+        kinds = self.plan.kinds
+        files = iter(kinds.pair_files(self.plan.output, name))  # in the order they are written below
         try:
-            write_png(files[0], canvas, text={SOURCE_KEY: pair_origin(pair.first, pair.second)})
-            for path, flow in zip(files[1:], pair.flows):
-                self.write_flow(path, flow)
+            write_png(next(files), canvas, text={SOURCE_KEY: pair_origin(pair.first, pair.second)})
+            for flow in pair.flows if kinds.extension else ():
+                self.write_flow(next(files), flow)
+            for flow in pair.flows if kinds.paste_back else ():
+                write_full_flow(self.save_format, next(files), self.crop.paste_back(flow))
+            if kinds.strain:
+                self.measures.append(self._write_strain(name, pair, next(files), next(files)))
         except OSError as error:
             raise ValueError(str(error)) from None
         if self.plan.video is not None:
             self._add_frame(canvas)
         self.names.append(name)
         return name
+
+    def _write_strain(self, name: str, pair: PairFlow, tensor_path: Path, magnitude_path: Path) -> PairMeasures:
+        tensor = strain_tensor(pair.expression)  # [H, W, 3]
+        magnitude = strain_magnitude(tensor)  # [H, W]
+        write_array(tensor_path, tensor)
+        write_array(magnitude_path, magnitude)
+        height, width = magnitude.shape
+        box = self.crop.face_in_crop() if self.crop is not None else (0.0, 0.0, float(width), float(height))
+        return measure_pair(name, pair.flows, magnitude, box)
 
     def _add_frame(self, canvas: np.ndarray) -> None:
         if self._video is None:
@@ -202,15 +306,31 @@ def _file_list(folder: Path, names: list[str]) -> str:
     return f"{folder}/: {names[0]}" + (f", {names[1]}" if len(names) == 2 else f" ... {names[-1]}")
 
 
-def describe_written(output: Path, pairs: list[str], extension: str | None, details: str) -> list[str]:
-    """The files written, one or two lines."""
+def describe_files(output: Path, files: list[Path]) -> str:
+    """`wrote a, b` for up to three files, else `wrote N files to folder/: first ... last`."""
+    if len(files) <= 3:
+        return "wrote " + ", ".join(map(str, files))
+    return f"wrote {len(files)} files to {_file_list(output, [f.name for f in files])}"
+
+
+def describe_written(output: Path, pairs: list[str], kinds: OutputKinds, details: str) -> list[str]:
+    """The files written, one line per kind."""
     if len(pairs) == 1:
         lines = [f"wrote {output / (pairs[0] + '_flow.png')} ({details})"]
-        if extension:
-            lines.append("wrote " + ", ".join(str(output / f"{pairs[0]}_{kind}{extension}") for kind in FLOW_KINDS))
-        return lines
-    lines = [f"wrote {len(pairs)} visualisations to {_file_list(output, [p + '_flow.png' for p in pairs])} ({details})"]
-    if extension:
-        flows = [p + "_{" + ",".join(FLOW_KINDS) + "}" + extension for p in pairs]
-        lines.append(f"wrote {3 * len(pairs)} flow files to " + _file_list(output, flows))
+    else:
+        visualisations = _file_list(output, [p + "_flow.png" for p in pairs])
+        lines = [f"wrote {len(pairs)} visualisations to {visualisations} ({details})"]
+    groups = (  # (written, what, suffixes, extension)
+        (kinds.extension, "flow files", FLOW_KINDS, kinds.extension),
+        (kinds.paste_back, "full-frame flow files", [f"{kind}_full" for kind in FLOW_KINDS], kinds.extension),
+        (kinds.strain, "strain maps", ["strain", "strain_magnitude"], ".npy"),
+    )
+    for written, what, suffixes, extension in groups:
+        if not written:
+            continue
+        if len(pairs) == 1:
+            lines.append("wrote " + ", ".join(str(output / f"{pairs[0]}_{s}{extension}") for s in suffixes))
+        else:
+            pattern = [p + "_{" + ",".join(suffixes) + "}" + extension for p in pairs]
+            lines.append(f"wrote {len(suffixes) * len(pairs)} {what} to " + _file_list(output, pattern))
     return lines

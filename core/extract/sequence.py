@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from core.extract.faces import crop_frames, face_crop, face_note, face_record
 from core.extract.flows import check_flows_finite, sequence_flows
-from core.extract.outputs import SAVE_FORMATS, SequenceWriter, describe_replaced, plan_outputs
+from core.extract.outputs import (
+    SAVE_FORMATS,
+    OutputKinds,
+    OutputPlan,
+    SequenceWriter,
+    describe_replaced,
+    pair_origin,
+    plan_outputs,
+    write_face_files,
+    write_strain_table,
+)
 from core.extract.sources import FrameSource
+from core.face.crop import FaceCrop, FaceCropOptions
 from core.inference import FlowEstimator
-from core.utils.frames import ImageFiles, VideoFrames
+from core.strain import PairMeasures
+from core.utils.frames import Frame, ImageFiles, VideoFrames
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,8 @@ class ExtractOptions:
     batch_size: int = 1
     warm_start: bool = False
     overwrite: bool = False  # replace files in the way that no run on this input wrote
+    face: FaceCropOptions | None = None  # crop every frame to the face (None: the whole frame)
+    save_strain: bool = False  # the expression flow's strain maps and the per-pair means
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -36,10 +51,19 @@ class ExtractOptions:
             raise ValueError(f"--max_flow must be a positive number, got {self.max_flow}")
         if self.save_format is not None and self.save_format not in SAVE_FORMATS:
             raise ValueError(f"unknown flow format {self.save_format!r} (one of {', '.join(sorted(SAVE_FORMATS))})")
+        if self.face is not None and self.face.paste_back and self.save_format is None:
+            raise ValueError("--paste_back writes flow files: give --save_format (or --save_flo)")
 
     @property
     def extension(self) -> str | None:
         return SAVE_FORMATS[self.save_format][0] if self.save_format else None
+
+    def kinds(self, *, table: bool = True) -> OutputKinds:
+        """The files of each pair and of the sequence (`table`: the sequence's own strain table)."""
+        paste_back = self.face is not None and self.face.paste_back
+        return OutputKinds(
+            self.extension, paste_back, self.face is not None, self.save_strain, self.save_strain and table
+        )
 
 
 @dataclass
@@ -48,9 +72,12 @@ class SequenceResult:
 
     output: Path
     names: list[str]  # one per pair, in order
-    extension: str | None
+    kinds: OutputKinds
     video: Path | None
     warning: str | None = None  # a video that decoded fewer frames than its container announces
+    crop: FaceCrop | None = None
+    measures: list[PairMeasures] = field(default_factory=list)  # with save_strain: one per pair
+    sequence_files: list[Path] = field(default_factory=list)  # face crop JSON and picture, strain table
 
     @property
     def visualisations(self) -> list[Path]:
@@ -68,6 +95,21 @@ def _shows_progress(source: FrameSource) -> bool:
     return isinstance(source, VideoFrames) or (isinstance(source, ImageFiles) and source.role != "pair")
 
 
+def _cropped(
+    source: FrameSource, options: ExtractOptions, plan: OutputPlan, log: Callable[[str], None]
+) -> tuple[Iterator[Frame], FaceCrop | None]:
+    """The frames the flow sees: the source's, or (face crop) each cropped to the sequence's one
+    square, planned from sampled frames and recorded in `<sequence>_face.json` first."""
+    if options.face is None:
+        return iter(source), None
+    crop, first = face_crop(source, options.face)
+    if (note := face_note(crop, source)) is not None:
+        log(note)
+    origin = pair_origin(*next(source.planned()))
+    write_face_files(plan, crop, face_record(source, crop, options.face), first.rgb, origin)
+    return crop_frames(iter(source), crop), crop
+
+
 def extract_sequence(
     source: FrameSource,
     estimator: FlowEstimator,
@@ -76,24 +118,32 @@ def extract_sequence(
     inputs: list[tuple[str, Path | str]],
     log: Callable[[str], None] = print,
     progress: bool = True,
+    strain_table: bool = True,
 ) -> SequenceResult:
     """Estimate and write the flows of every pair of `source`; ValueError (one line) when an output
     would be an input (`inputs`: (what, path)), a file of another run is in the way, a flow is not
-    finite, a file cannot be written, or the source gives no pair."""
-    plan = plan_outputs(source, options.output, options.extension, overwrite=options.overwrite, inputs=inputs)
+    finite, a file cannot be written, no sampled frame has a face (face crop), or the source gives
+    no pair. `strain_table` (with `save_strain`): write the sequence's `<sequence>_strain.csv`
+    (a caller that gathers several sequences' `measures` in one table passes False)."""
+    kinds = options.kinds(table=strain_table)
+    plan = plan_outputs(source, options.output, kinds, overwrite=options.overwrite, inputs=inputs)
     _make_folder(options.output)
     if (line := describe_replaced(plan)) is not None:
         log(line)
+    frames, crop = _cropped(source, options, plan, log)
     show = progress and _shows_progress(source)
     bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True) if show else None
     writer = SequenceWriter(
-        plan, source, save_format=options.save_format, max_flow=options.max_flow, overwrite=options.overwrite
+        plan,
+        source,
+        save_format=options.save_format,
+        max_flow=options.max_flow,
+        overwrite=options.overwrite,
+        crop=crop,
     )
     try:
         with writer:
-            pairs = sequence_flows(
-                estimator, iter(source), batch_size=options.batch_size, warm_start=options.warm_start
-            )
+            pairs = sequence_flows(estimator, frames, batch_size=options.batch_size, warm_start=options.warm_start)
             for pair in pairs:
                 check_flows_finite(pair)
                 writer.write(pair)
@@ -107,4 +157,8 @@ def extract_sequence(
         if isinstance(source, VideoFrames) and not shortfall:
             shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
         raise ValueError(shortfall or "no pair to process: the input has fewer than 2 frames")
-    return SequenceResult(options.output, writer.names, options.extension, plan.video, shortfall)
+    if kinds.table:
+        write_strain_table(plan.sequence[-1], writer.measures)
+    return SequenceResult(
+        options.output, writer.names, kinds, plan.video, shortfall, crop, writer.measures, plan.sequence
+    )

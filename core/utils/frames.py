@@ -59,6 +59,11 @@ def frame_tokens(paths: list[Path]) -> list[str]:
     return [f"{path.stem}_{path.suffix.lstrip('.')}" if shared[key(path)] > 1 else path.stem for path in paths]
 
 
+def video_frame(path: Path, index: int, rgb: np.ndarray | None = None) -> Frame:
+    """Frame `index` (0-based) of a video."""
+    return Frame(f"{path.stem}_{index:06d}", f"{path} frame {index}", rgb, f"{path.resolve()} frame {index}")
+
+
 class ImageFiles:
     """Frames from a list of image files (a pair, or a sorted folder), read lazily unless given decoded."""
 
@@ -74,9 +79,13 @@ class ImageFiles:
         self.tokens = frame_tokens(paths)
 
     def __iter__(self) -> Iterator[Frame]:
-        for i, path in enumerate(self.paths):
-            role = f"image{i + 1}" if self.role == "pair" else self.role
-            yield self.frame(i, self.decoded[i] if self.decoded else read_rgb(path, role))
+        for i in range(len(self.paths)):
+            yield self.read(i)
+
+    def read(self, i: int) -> Frame:
+        """The `i`-th frame, decoded."""
+        role = f"image{i + 1}" if self.role == "pair" else self.role
+        return self.frame(i, self.decoded[i] if self.decoded else read_rgb(self.paths[i], role))
 
     def frame(self, i: int, rgb: np.ndarray | None = None) -> Frame:
         return Frame(self.tokens[i], str(self.paths[i]), rgb, str(self.paths[i].resolve()))
@@ -91,6 +100,12 @@ class ImageFiles:
 
     def output_stem(self) -> str | None:
         return None
+
+    def sequence_name(self) -> str:
+        """The name of the sequence's own files: the pair's name, or the folder's."""
+        if self.role == "pair":
+            return self.pair_name(self.frame(0), self.frame(1))
+        return folder_prefix(self.paths[0].parent, self.depth)
 
 
 class VideoFrames:
@@ -152,9 +167,7 @@ class VideoFrames:
             capture.release()
 
     def frame(self, index: int, rgb: np.ndarray | None = None) -> Frame:
-        return Frame(
-            f"{self.path.stem}_{index:06d}", f"{self.path} frame {index}", rgb, f"{self.path.resolve()} frame {index}"
-        )
+        return video_frame(self.path, index, rgb)
 
     def planned(self) -> Iterator[tuple[Frame, Frame]]:
         """The pairs an iteration gives if the video decodes as its container announces
@@ -170,6 +183,9 @@ class VideoFrames:
         """The name of the output video, without `_flow.mp4`."""
         return f"{folder_prefix(self.path.parent, self.depth)}_{self.video_name}" if self.depth else self.video_name
 
+    def sequence_name(self) -> str:
+        return self.output_stem()
+
     def shortfall(self) -> str | None:
         """One line when the last iteration decoded fewer frames than the container announces."""
         if self.expected is None or self.failed_at is None or self.used >= self.expected:
@@ -182,6 +198,35 @@ class VideoFrames:
             f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
             f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}"
         )
+
+
+def decode_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+    """The RGB frames of a video at `indices` (0-based), decoded in order up to the last; those it
+    cannot decode are missing from the answer."""
+    capture = cv2.VideoCapture(str(path))
+    found: dict[int, np.ndarray] = {}
+    try:
+        for index in range(max(indices) + 1):
+            if not capture.grab():
+                break
+            if index in indices:
+                ok, bgr = capture.retrieve()
+                if ok:
+                    found[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    return found
+
+
+def video_frame_count(path: Path) -> int:
+    """Frames a video's container announces (0: unknown); ValueError naming it when OpenCV cannot open it."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot open video {path} (not a video OpenCV can decode)")
+        return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    finally:
+        capture.release()
 
 
 def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = None) -> ImageFiles:
