@@ -5,6 +5,8 @@
     python get_flow.py --frames seq/ --warm_start --max_flow 8
     python get_flow.py --video clip.mp4 --stride 2 --max_frames 100
     python get_flow.py --frames seq/ --batch_size 8         # 8 pairs per forward pass (GPUs)
+    python get_flow.py --corpus data/ --output flows/       # every sequence under data/, resumable
+    torchrun --nproc_per_node 4 get_flow.py --corpus data/ --output flows/   # 4 processes (GPUs)
 
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
@@ -37,13 +39,26 @@ least 128 px per side; tiny images get a white margin in the visualisation); gra
 and RGBA frames are converted to RGB. Frames are streamed: only `--batch_size` + 1 are in
 memory at a time (a batch holds consecutive pairs of one size). A video that decodes fewer
 frames than its container announces gives a warning.
+
+`--corpus DIR` takes every leaf folder of frames and every video file under DIR as one
+sequence (the options above apply inside each) and writes its files to the same relative path
+under `--output` (a video's into a folder named after the file), each sequence into a hidden
+folder first, with a manifest, renamed into place when complete. A rerun skips the sequences
+whose manifest matches and whose files are all there. A sequence that fails goes into
+`failures.jsonl` and the run goes on; the exit status says how many failed. Under torchrun each
+process takes whole sequences (its LOCAL_RANK's GPU); `--shard I/N` does the same for SLURM
+arrays. The rules are in core/extract/corpus.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.cli import (
@@ -54,15 +69,18 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_model_from_args,
+    model_options,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
+from core.extract.corpus import CorpusJob, Sequence, Shard, check_summary, extract_corpus, find_sequences, resolve_shard
 from core.extract.outputs import SAVE_FORMATS, describe_written
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
-from core.extract.sources import FrameSource, open_source
+from core.extract.sources import FrameSource, check_selection, open_source
 from core.inference import FlowEstimator
 from core.precision import precision_name
-from core.weights import offline_requested
+from core.training.distributed import rank_device
+from core.weights import hash_file, offline_requested
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,6 +100,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--image2", default=None, help="second image of a pair")
     inputs.add_argument("--frames", default=None, help="folder of frames, pairs (i, i+1) in natural sort order")
     inputs.add_argument("--video", default=None, help="video file (any format OpenCV decodes)")
+    inputs.add_argument(
+        "--corpus",
+        default=None,
+        help="folder of sequences: every leaf folder of frames and every video file under it, written to the "
+        "same relative paths under --output; a rerun skips the sequences already complete",
+    )
     inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
     inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
     parser.add_argument(
@@ -122,12 +146,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also write the three flows in this format: flo (Middlebury), pfm, kitti (16-bit PNG), "
         "npy (float32 [H, W, 2])",
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="with --corpus: take only sequences I, I+N, I+2N, ... (SLURM arrays: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); under torchrun RANK/WORLD_SIZE share the corpus",
+    )
     parser.add_argument("--output", default="outputs", help="output folder (default outputs/)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace files in --output that no run on this input wrote (an earlier run's own files are "
-        "always replaced)",
+        "always replaced); with --corpus: redo every sequence",
     )
     add_model_arguments(parser)
     return parser
@@ -148,8 +179,8 @@ def save_format(args: argparse.Namespace) -> str | None:
     return "flo" if args.save_flo else args.save_format
 
 
-def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSource]:
-    """The options and the frame source, checked before any model loads."""
+def resolve_inputs(args: argparse.Namespace, *, source: bool = True) -> tuple[ExtractOptions, FrameSource | None]:
+    """The options and (with `source`) the frame source, checked before any model loads."""
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
@@ -160,6 +191,9 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSourc
         warm_start=args.warm_start,
         overwrite=args.overwrite,
     )
+    if not source:
+        check_selection(stride=args.stride, max_frames=args.max_frames)
+        return options, None
     source = open_source(
         image1=args.image1,
         image2=args.image2,
@@ -195,7 +229,60 @@ def report(result: SequenceResult, details: str) -> None:
         print(f"wrote {result.video}")
 
 
+def resolve_corpus(args: argparse.Namespace) -> tuple[ExtractOptions, list[Sequence], list[str], Shard]:
+    """The options, every sequence of --corpus, the folders that are none, and this process's share."""
+    given = [flag for flag in ("image1", "image2", "frames", "video") if getattr(args, flag)]
+    if given:
+        raise UserError(f"give only one input: --corpus and --{given[0]} were both given")
+    options, _ = resolve_inputs(args, source=False)
+    shard = resolve_shard(args.shard, os.environ)
+    sequences, mixed = find_sequences(Path(args.corpus), options.output)
+    return options, sequences, mixed, shard
+
+
+def run_corpus(args: argparse.Namespace) -> list[Path]:
+    options, sequences, mixed, shard = resolve_corpus(args)
+    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    if shard.torchrun:  # each process on its own GPU, as train.py's
+        args = argparse.Namespace(**{**vars(args), "device": str(rank_device(args.device, shard.local_rank))})
+    estimator, details = build_estimator(args, checkpoint)
+    if estimator.device.type == "cuda":
+        torch.cuda.set_device(estimator.device)
+    recipe = {
+        **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
+        "save_format": options.save_format,
+        "precision": precision_name(estimator.options["amp_dtype"]),
+        **model_options(args),
+    }
+    job = CorpusJob(
+        output=options.output,
+        options=options,
+        stride=args.stride,
+        max_frames=args.max_frames,
+        weights_sha256=hash_file(hashlib.sha256(), checkpoint),
+        recipe=recipe,
+        overwrite=args.overwrite,
+        inputs=(("checkpoint", checkpoint),),
+    )
+    if mixed and shard.leads:
+        print(
+            f"get_flow.py: warning: {len(mixed)} folders hold frames besides subfolders or videos and are "
+            f"no sequence: {', '.join(mixed[:3])}{' ...' if len(mixed) > 3 else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+    summary = extract_corpus(sequences, shard, job, estimator)
+    if summary is not None:
+        print(f"{summary.line()}; {details}", flush=True)
+        check_summary(summary, Path(args.corpus))
+    return [options.output / sequence.relative for sequence in shard.take(sequences)]
+
+
 def run(args: argparse.Namespace) -> list[Path]:
+    if args.corpus is not None:
+        return run_corpus(args)
+    if args.shard is not None:
+        raise UserError("--shard shares a --corpus among processes: give --corpus")
     options, source = resolve_inputs(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)

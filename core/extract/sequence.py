@@ -76,10 +76,12 @@ def extract_sequence(
     inputs: list[tuple[str, Path | str]],
     log: Callable[[str], None] = print,
     progress: bool = True,
+    on_pair: Callable[[], None] | None = None,
 ) -> SequenceResult:
     """Estimate and write the flows of every pair of `source`; ValueError (one line) when an output
     would be an input (`inputs`: (what, path)), a file of another run is in the way, a flow is not
-    finite, a file cannot be written, or the source gives no pair."""
+    finite, a file cannot be written, or the source gives no pair. `progress`: a bar over the
+    pairs of a folder or video; `on_pair` is called after each pair written (a corpus's bar)."""
     plan = plan_outputs(source, options.output, options.extension, overwrite=options.overwrite, inputs=inputs)
     _make_folder(options.output)
     if (line := describe_replaced(plan)) is not None:
@@ -99,6 +101,8 @@ def extract_sequence(
                 writer.write(pair)
                 if bar is not None:
                     bar.update(1)
+                if on_pair is not None:
+                    on_pair()
     finally:
         if bar is not None:
             bar.close()
