@@ -274,7 +274,7 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
     summary = extract_corpus(sequences, shard, job, estimator)
     if summary is not None:
         print(f"{summary.line()}; {details}", flush=True)
-        check_summary(summary, Path(args.corpus))
+        check_summary(summary)
     return [options.output / sequence.relative for sequence in shard.take(sequences)]
 
 

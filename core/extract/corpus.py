@@ -298,6 +298,11 @@ class Tally:
         )
 
 
+def write_failures(path: Path, failures: list[dict]) -> None:
+    """The failures file: one JSON line per failed sequence ({"sequence", "error"})."""
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in failures))
+
+
 class Progress:
     """This process's tally; on the lead, a bar over `total` sequences with the pairs and pairs
     per second of every process (under torchrun, read from the ranks' progress files)."""
@@ -319,8 +324,7 @@ class Progress:
         if self.shard.torchrun:
             write_text_atomic(self._file(self.shard.index), json.dumps(self.tally.__dict__))
         if self.tally.failures and not self.shard.torchrun:
-            lines = "".join(json.dumps(record) + "\n" for record in self.tally.failures)
-            write_text_atomic(self.output / self.shard.failures_name, lines)
+            write_failures(self.output / self.shard.failures_name, self.tally.failures)
 
     def everyone(self) -> Tally:
         """Every process's tally that can be seen: this one's, under torchrun with the other ranks'."""
@@ -351,7 +355,9 @@ class Progress:
         if not self.shard.leads:
             self._save()
             return
-        total = self.everyone()
+        self._draw(self.everyone())
+
+    def _draw(self, total: Tally) -> None:
         self.bar.n = total.sequences
         rate = total.pairs / max(self.elapsed(), 1e-9)
         self.bar.set_postfix_str(f"{total.pairs} pairs, {rate:.2f} pairs/s, {total.failed} failed", refresh=False)
@@ -384,11 +390,10 @@ class Progress:
                 self.tick()
                 time.sleep(PROGRESS_INTERVAL_S)
             if total.failures:
-                lines = "".join(json.dumps(record) + "\n" for record in total.failures)
-                write_text_atomic(self.output / FAILURES_FILE, lines)
+                write_failures(self.output / FAILURES_FILE, total.failures)
             shutil.rmtree(self.output / PROGRESS_FOLDER, ignore_errors=True)
         if self.bar is not None:
-            self.tick(force=True)
+            self._draw(total)
             self.bar.close()
         return total
 
@@ -500,12 +505,12 @@ def extract_corpus(
     )
 
 
-def check_summary(summary: CorpusSummary, root: Path) -> None:
+def check_summary(summary: CorpusSummary) -> None:
     """ValueError (one line) when sequences failed: none readable, or how many."""
     t = summary.tally
     if not t.failed:
         return
     where = f"reasons in {summary.failures_file}"
     if t.done + t.skipped == 0:
-        raise ValueError(f"--corpus {root}: no readable sequence ({t.failed} failed; {where})")
+        raise ValueError(f"no readable sequence in --corpus ({t.failed} failed; {where})")
     raise ValueError(f"{t.failed} of {summary.sequences} sequences failed ({where})")
