@@ -361,3 +361,25 @@ def test_kill_9_mid_run_then_rerun_redoes_at_most_the_sequence_in_flight(
         pairs = [f"{name}_0000-0001_flow.png", f"{name}_0001-0002_flow.png"]
         assert sorted(manifest["files"]) == pairs  # no file twice, none missing
         assert sorted(p.name for p in (out / name).iterdir()) == sorted(pairs + [MANIFEST_NAME])
+
+
+def test_torchrun_ranks_share_the_corpus_and_rank_0_reports_it(decflow_checkpoint: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU (gloo) processes: the real launcher, its environment and the barrier
+    (about 35 s on 2 loaded cores: two processes import torch and load the model)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    for i in range(3):
+        write_frames(corpus / f"s{i}", 2, seed=i)
+    write_frames(corpus / "single", 1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "get_flow.py"]
+    command += ["--corpus", str(corpus), "--output", str(out), "--model", str(decflow_checkpoint), "--iters", "1"]
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400
+    )
+    assert result.returncode != 0  # rank 0 exits with the failure
+    summaries = [line for line in result.stdout.splitlines() if " done, " in line]
+    assert len(summaries) == 1 and summary(summaries[0]) == (3, 0, 1)  # one summary, over both ranks
+    assert "1 of 4 sequences failed" in result.stderr
+    assert result.stderr.count("corpus:   0%") == 1  # one bar
+    records = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [r["sequence"] for r in records] == ["single"]  # from rank 1 (sequences s0, s2 / s1, single)
+    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "s0", "s1", "s2"]  # no progress files left
