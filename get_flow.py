@@ -73,7 +73,16 @@ from core.cli import (
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
-from core.extract.corpus import CorpusJob, Sequence, Shard, check_summary, extract_corpus, find_sequences, resolve_shard
+from core.extract.corpus import (
+    CorpusJob,
+    Sequence,
+    Shard,
+    check_summary,
+    describe_mixed,
+    extract_corpus,
+    find_sequences,
+    resolve_shard,
+)
 from core.extract.outputs import SAVE_FORMATS, describe_written
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
 from core.extract.sources import FrameSource, check_selection, open_source
@@ -244,10 +253,11 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
     options, sequences, mixed, shard = resolve_corpus(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     if shard.torchrun:  # each process on its own GPU, as train.py's
-        args = argparse.Namespace(**{**vars(args), "device": str(rank_device(args.device, shard.local_rank))})
+        device = rank_device(args.device, shard.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        args = argparse.Namespace(**{**vars(args), "device": str(device)})
     estimator, details = build_estimator(args, checkpoint)
-    if estimator.device.type == "cuda":
-        torch.cuda.set_device(estimator.device)
     recipe = {
         **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
         "save_format": options.save_format,
@@ -265,12 +275,7 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
         inputs=(("checkpoint", checkpoint),),
     )
     if mixed and shard.leads:
-        print(
-            f"get_flow.py: warning: {len(mixed)} folders hold frames besides subfolders or videos and are "
-            f"no sequence: {', '.join(mixed[:3])}{' ...' if len(mixed) > 3 else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"get_flow.py: warning: {describe_mixed(mixed)}", file=sys.stderr, flush=True)
     summary = extract_corpus(sequences, shard, job, estimator)
     if summary is not None:
         print(f"{summary.line()}; {details}", flush=True)

@@ -25,6 +25,7 @@ from core.extract.corpus import (
     Progress,
     Sequence,
     Shard,
+    describe_mixed,
     discover_sequences,
     parse_shard,
     remove_leftovers,
@@ -97,6 +98,9 @@ def test_sequences_are_leaf_folders_of_frames_and_video_files(tmp_path: Path) ->
     ]
     assert sequences[0].path == root / "a" / "s1" and sequences[2].path == root / "b" / "clip.MP4"
     assert mixed == ["mixed"]  # frames beside a subfolder: its outputs would hold another sequence's
+    assert describe_mixed(["a", "b", "c", "d"]).startswith(
+        "4 folders hold frames"
+    ) and "(a, b, c ...)" in describe_mixed(["a", "b", "c", "d"])
 
 
 def test_shards_take_whole_sequences_once_each() -> None:

@@ -89,6 +89,12 @@ def discover_sequences(root: Path) -> tuple[list[Sequence], list[str]]:
     return sorted(sequences, key=_relative_key), sorted(mixed)
 
 
+def describe_mixed(mixed: list[str]) -> str:
+    """One line on the folders of frames that are no sequence."""
+    shown = ", ".join(mixed[:3]) + (" ..." if len(mixed) > 3 else "")
+    return f"{len(mixed)} folders hold frames besides subfolders or videos: not sequences ({shown})"
+
+
 def check_corpus(root: Path, output: Path) -> None:
     """ValueError when `root` is no folder, or when `output` and `root` overlap (outputs would be inputs)."""
     if not root.is_dir():
