@@ -7,6 +7,8 @@
     python get_flow.py --frames seq/ --batch_size 8         # 8 pairs per forward pass (GPUs)
     python get_flow.py --video interview.mp4 --face_crop --paste_back --save_format npy
     python get_flow.py --pairs onset_apex.csv --face_crop --save_strain   # listed pairs only
+    python get_flow.py --corpus data/ --output flows/       # every sequence under data/, resumable
+    torchrun --nproc_per_node 4 get_flow.py --corpus data/ --output flows/   # 4 processes (GPUs)
 
 For every pair (frame i, frame i+1) it writes `<output>/<name>_flow.png`: the first
 frame, then the facial, head and expression flow drawn with the Middlebury colour wheel
@@ -52,13 +54,26 @@ least 128 px per side; tiny images get a white margin in the visualisation); gra
 and RGBA frames are converted to RGB. Frames are streamed: only `--batch_size` + 1 are in
 memory at a time (a batch holds consecutive pairs of one size). A video that decodes fewer
 frames than its container announces gives a warning.
+
+`--corpus DIR` takes every leaf folder of frames and every video file under DIR as one
+sequence (the options above apply inside each) and writes its files to the same relative path
+under `--output` (a video's into a folder named after the file), each sequence into a hidden
+folder first, with a manifest, renamed into place when complete. A rerun skips the sequences
+whose manifest matches and whose files are all there. A sequence that fails goes into
+`failures.jsonl` and the run goes on; the exit status says how many failed. Under torchrun each
+process takes whole sequences (its LOCAL_RANK's GPU); `--shard I/N` does the same for SLURM
+arrays. The rules are in core/extract/corpus.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.cli import (
@@ -69,18 +84,30 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_model_from_args,
+    model_options,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
+from core.extract.corpus import (
+    CorpusJob,
+    Sequence,
+    Shard,
+    check_summary,
+    describe_mixed,
+    extract_corpus,
+    find_sequences,
+    resolve_shard,
+)
 from core.extract.outputs import SAVE_FORMATS, describe_files, describe_written
 from core.extract.pairs import extract_pairs, read_pairs, table_path
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
-from core.extract.sources import FrameSource, open_source
+from core.extract.sources import FrameSource, check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
 from core.inference import FlowEstimator
 from core.precision import precision_name
-from core.weights import offline_requested
+from core.training.distributed import rank_device
+from core.weights import hash_file, offline_requested
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -100,6 +127,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--image2", default=None, help="second image of a pair")
     inputs.add_argument("--frames", default=None, help="folder of frames, pairs (i, i+1) in natural sort order")
     inputs.add_argument("--video", default=None, help="video file (any format OpenCV decodes)")
+    inputs.add_argument(
+        "--corpus",
+        default=None,
+        help="folder of sequences: every leaf folder of frames and every video file under it, written to the "
+        "same relative paths under --output; a rerun skips the sequences already complete",
+    )
     inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
     inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
     inputs.add_argument(
@@ -178,12 +211,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also write the three flows in this format: flo (Middlebury), pfm, kitti (16-bit PNG), "
         "npy (float32 [H, W, 2])",
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="with --corpus: take only sequences I, I+N, I+2N, ... (SLURM arrays: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); under torchrun RANK/WORLD_SIZE share the corpus",
+    )
     parser.add_argument("--output", default="outputs", help="output folder (default outputs/)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace files in --output that no run on this input wrote (an earlier run's own files are "
-        "always replaced)",
+        "always replaced); with --corpus: redo every sequence",
     )
     add_model_arguments(parser)
     return parser
@@ -220,6 +260,12 @@ def face_options(args: argparse.Namespace) -> FaceCropOptions | None:
     )
 
 
+def face_recipe(args: argparse.Namespace, face: FaceCropOptions) -> dict:
+    """The face crop's options as a corpus manifest records them (a change redoes the sequence)."""
+    detector = args.face_detector or "haar"
+    return {"detector": detector, "margin": face.margin, "size": face.size, "paste_back": face.paste_back}
+
+
 def open_sources(args: argparse.Namespace) -> list[FrameSource]:
     """The rows of --pairs, or the one source of the other input options."""
     if not args.pairs:
@@ -239,8 +285,8 @@ def open_sources(args: argparse.Namespace) -> list[FrameSource]:
     return read_pairs(Path(args.pairs))
 
 
-def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, list[FrameSource]]:
-    """The options and the frame sources, checked before any model loads."""
+def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[ExtractOptions, list[FrameSource]]:
+    """The options and (with `sources`) the frame sources, checked before any model loads."""
     if args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
@@ -253,6 +299,9 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, list[Frame
         face=face_options(args),
         save_strain=args.save_strain,
     )
+    if not sources:
+        check_selection(stride=args.stride, max_frames=args.max_frames)
+        return options, []
     return options, open_sources(args)
 
 
@@ -288,7 +337,58 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def resolve_corpus(args: argparse.Namespace) -> tuple[ExtractOptions, list[Sequence], list[str], Shard]:
+    """The options, every sequence of --corpus, the folders that are none, and this process's share."""
+    given = [flag for flag in ("image1", "image2", "frames", "video", "pairs") if getattr(args, flag)]
+    if given:
+        raise UserError(f"give only one input: --corpus and --{given[0]} were both given")
+    options, _ = resolve_inputs(args, sources=False)
+    shard = resolve_shard(args.shard, os.environ)
+    sequences, mixed = find_sequences(Path(args.corpus), options.output)
+    return options, sequences, mixed, shard
+
+
+def run_corpus(args: argparse.Namespace) -> list[Path]:
+    options, sequences, mixed, shard = resolve_corpus(args)
+    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    if shard.torchrun:  # each process on its own GPU, as train.py's
+        device = rank_device(args.device, shard.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        args = argparse.Namespace(**{**vars(args), "device": str(device)})
+    estimator, details = build_estimator(args, checkpoint)
+    recipe = {
+        **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
+        "save_format": options.save_format,
+        "save_strain": options.save_strain,
+        "face_crop": None if options.face is None else face_recipe(args, options.face),
+        "precision": precision_name(estimator.options["amp_dtype"]),
+        **model_options(args),
+    }
+    job = CorpusJob(
+        output=options.output,
+        options=options,
+        stride=args.stride,
+        max_frames=args.max_frames,
+        weights_sha256=hash_file(hashlib.sha256(), checkpoint),
+        recipe=recipe,
+        overwrite=args.overwrite,
+        inputs=(("checkpoint", checkpoint),),
+    )
+    if mixed and shard.leads:
+        print(f"get_flow.py: warning: {describe_mixed(mixed)}", file=sys.stderr, flush=True)
+    summary = extract_corpus(sequences, shard, job, estimator)
+    if summary is not None:
+        print(f"{summary.line()}; {details}", flush=True)
+        check_summary(summary)
+    return [options.output / sequence.relative for sequence in shard.take(sequences)]
+
+
 def run(args: argparse.Namespace) -> list[Path]:
+    if args.corpus is not None:
+        return run_corpus(args)
+    if args.shard is not None:
+        raise UserError("--shard shares a --corpus among processes: give --corpus")
     options, sources = resolve_inputs(args)
     checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)

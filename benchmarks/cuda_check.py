@@ -10,6 +10,8 @@ Parts (`PARTS`), run one after another in this order of priority:
   benchmark     python -m benchmarks.benchmark all --device cuda
   learning      python -m benchmarks.learning with its GPU defaults (--parallel)
   train_levers  python -m benchmarks.levers --device cuda (training-step levers at the seed recipe)
+  corpus        python -m benchmarks.corpus --device cuda (get_flow --corpus: N processes on N GPUs
+                give >= 0.9 N x one process's pairs/s; needs 2 GPUs, else shown for information)
 
 Each part is a process group with its own time budget, killed when the budget or the whole
 run's `--budget` runs out, so that a part that overruns costs only its own result; a part
@@ -124,6 +126,11 @@ PARTS = {
             "1",
         ),
         budget_s=240,
+    ),
+    "corpus": Part(
+        (PYTHON, "-m", "benchmarks.corpus", "--device", "cuda"),
+        (PYTHON, "-m", "benchmarks.corpus", "--device", "cpu", "--sequences", "2", "--frames", "2", "--iters", "1"),
+        budget_s=150,
     ),
 }
 

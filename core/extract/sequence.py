@@ -119,12 +119,15 @@ def extract_sequence(
     log: Callable[[str], None] = print,
     progress: bool = True,
     strain_table: bool = True,
+    on_pair: Callable[[], None] | None = None,
 ) -> SequenceResult:
     """Estimate and write the flows of every pair of `source`; ValueError (one line) when an output
     would be an input (`inputs`: (what, path)), a file of another run is in the way, a flow is not
     finite, a file cannot be written, no sampled frame has a face (face crop), or the source gives
-    no pair. `strain_table` (with `save_strain`): write the sequence's `<sequence>_strain.csv`
-    (a caller that gathers several sequences' `measures` in one table passes False)."""
+    no pair. `progress`: a bar over the pairs of a folder or video; `on_pair` is called after each
+    pair written (a corpus's bar). `strain_table` (with `save_strain`): write the sequence's
+    `<sequence>_strain.csv` (a caller that gathers several sequences' `measures` in one table
+    passes False)."""
     kinds = options.kinds(table=strain_table)
     plan = plan_outputs(source, options.output, kinds, overwrite=options.overwrite, inputs=inputs)
     _make_folder(options.output)
@@ -149,6 +152,8 @@ def extract_sequence(
                 writer.write(pair)
                 if bar is not None:
                     bar.update(1)
+                if on_pair is not None:
+                    on_pair()
     finally:
         if bar is not None:
             bar.close()

@@ -76,6 +76,14 @@ class PairRow:
 FrameSource = Union[ImageFiles, VideoFrames, PairRow]
 
 
+def check_selection(*, stride: int, max_frames: int | None) -> None:
+    """ValueError naming `--stride` or `--max_frames` when they select no pair."""
+    if stride < 1:
+        raise ValueError(f"--stride must be >= 1, got {stride}")
+    if max_frames is not None and max_frames < 2:
+        raise ValueError(f"--max_frames must be >= 2 (a pair needs two frames), got {max_frames}")
+
+
 def open_source(
     *,
     image1: str | None = None,
@@ -94,10 +102,7 @@ def open_source(
     ]
     if len(chosen) > 1:
         raise ValueError(f"give only one input: {' and '.join(chosen)} were both given")
-    if stride < 1:
-        raise ValueError(f"--stride must be >= 1, got {stride}")
-    if max_frames is not None and max_frames < 2:
-        raise ValueError(f"--max_frames must be >= 2 (a pair needs two frames), got {max_frames}")
+    check_selection(stride=stride, max_frames=max_frames)
     if video:
         source = VideoFrames(Path(video), stride, max_frames)
         if source.pairs == 0:

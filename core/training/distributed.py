@@ -10,14 +10,22 @@ import torch.distributed as dist
 from torch import nn
 
 
+def rank_device(name: str | None, local_rank: int) -> torch.device:
+    """The device of torchrun's process `local_rank` on this machine: its own GPU (cuda:LOCAL_RANK)
+    where CUDA is available and `name` (--device) asks for none or for CUDA, else the CPU."""
+    if torch.cuda.is_available() and (name is None or name.startswith("cuda")):
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
 def setup_distributed(device_arg: str | None) -> tuple[bool, int, int, torch.device]:
     """Initialise the process group under torchrun. Returns (distributed, rank, world_size, device)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 or "RANK" not in os.environ:
         return False, 0, 1, torch.device(device_arg) if device_arg else None
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
-    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    device = rank_device(device_arg, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -15,6 +15,8 @@ import numpy as np
 from core.utils.frame_utils import read_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
+# files a corpus (get_flow.py --corpus) takes for videos; any other format still works with --video
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
 
 
 def natural_key(path: Path) -> list:
