@@ -35,13 +35,11 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_estimator,
-    model_options,
     resolve_checkpoint,
 )
 from core.datasets import FacialFlow, split_problem
 from core.defaults import DATASET_ROOT, ITERS
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
-from core.precision import precision_name
 from core.utils.atomic import write_text_atomic
 from core.weights import offline_requested
 
@@ -190,14 +188,7 @@ def build_decflow(
     """DecFlow of `checkpoint` as a predictor, and what it is for the meta (the file hashed once)."""
     sha256 = sha256_of(checkpoint)
     estimator = load_estimator(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="exp", sha256=sha256)
-    described = {
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": sha256,
-        "iters": args.iters,
-        "padding_mode": "exp",
-        "precision": precision_name(amp_dtype),
-        "model_options": model_options(args),
-    }
+    described = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **estimator.description()}
     return decflow_predictor(estimator), described
 
 

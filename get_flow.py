@@ -84,7 +84,6 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_model_from_args,
-    model_options,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
@@ -357,13 +356,14 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
             torch.cuda.set_device(device)
         args = argparse.Namespace(**{**vars(args), "device": str(device)})
     estimator, details = build_estimator(args, checkpoint)
+    described = estimator.description()
     recipe = {
         **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
         "save_format": options.save_format,
         "save_strain": options.save_strain,
         "face_crop": None if options.face is None else face_recipe(args, options.face),
-        "precision": precision_name(estimator.options["amp_dtype"]),
-        **model_options(args),
+        "precision": described["precision"],
+        **described["model_options"],
     }
     job = CorpusJob(
         output=options.output,

@@ -15,12 +15,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from core.checkpoint import description_path, load_checkpoint, read_description
 from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowConfig, DecFlowOutput
-from core.precision import parse_amp_dtype, resolve_amp_dtype
+from core.precision import parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.utils.padder import InputPadder
 
 # Graphs kept at once (each holds the memory of one forward); a sequence or an evaluation
@@ -247,6 +248,19 @@ class FlowEstimator:
         if use_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, got {self.device}")
         self.graphed = GraphedEstimate(model) if use_graphs else None
+
+    def description(self) -> dict[str, Any]:
+        """What this estimator runs, read from itself and its model (not from the options asked
+        for), as result files record it: iterations, padding, precision and the model options."""
+        return {
+            "iters": self.iters,
+            "padding_mode": self.pad_mode,
+            "precision": precision_name(self.options["amp_dtype"]),
+            "model_options": {
+                **{name: getattr(self.model.config, name) for name in COMPARED_FIELDS},
+                "alternate_corr": self.options["alternate_corr"],
+            },
+        }
 
     @torch.inference_mode()
     def __call__(

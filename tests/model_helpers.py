@@ -30,6 +30,18 @@ def require_shared(path: Path, environ: Mapping[str, str] = os.environ) -> Path:
     pytest.skip(message)
 
 
+# bfloat16 keeps 8 significant bits: rounding moves a value by up to 2^-8 of itself. The floor
+# of the bf16 tolerances, for CPUs whose native bf16 kernels round otherwise than the AVX2
+# emulation the deviations were measured with.
+BF16_RELATIVE_STEP = 2**-8
+
+
+def bf16_tolerance(measured: float) -> float:
+    """A relative bf16 tolerance: 3x the deviation `measured` (relative, on an AVX2 CPU with
+    bf16 emulated), at least one bf16 rounding step."""
+    return max(3 * measured, BF16_RELATIVE_STEP)
+
+
 def read_spec(path: Path = SPEC_TSV) -> list[tuple[str, tuple[int, ...], str]]:
     rows = []
     for line in path.read_text().splitlines():

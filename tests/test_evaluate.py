@@ -21,12 +21,13 @@ import torch
 import evaluate
 import get_flow
 from core import checkpoint as checkpoint_module
-from core import evaluation, synthetic
+from core import evaluation, inference, synthetic
 from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.datasets import FacialFlow
 from core.network import DecFlow
 from core.utils.frame_utils import read_flo, write_flo
+from tests.model_helpers import bf16_tolerance
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 2
@@ -353,29 +354,59 @@ def test_mismatched_model_options_are_a_one_line_error(synthetic_root: Path, tmp
     )
 
 
-def test_model_options_mixed_precision_and_alternate_corr(synthetic_root: Path, decflow_checkpoint: Path) -> None:
-    """bf16 autocast (asked for explicitly, so on any CPU) and the memory-bounded correlation:
-    recorded in meta, close to float32."""
-    reference = run_evaluate(
-        "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS), "--max_pairs", "1"
-    )
-    doc = run_evaluate(
-        "--model",
-        str(decflow_checkpoint),
-        "--root",
-        str(synthetic_root),
-        "--iters",
-        str(ITERS),
-        "--max_pairs",
-        "1",
-        "--mixed_precision",
-        "--amp_dtype",
-        "bfloat16",
-        "--alternate_corr",
-    )
+# Measured relative deviation of the facial EPE, bf16 autocast with --alternate_corr against
+# float32 (2 iterations, 1 pair): 0.00099 (AMD EPYC, AVX2, bf16 emulated; head 4e-5, expression 7e-4).
+MEASURED_BF16_EPE = 0.00099
+
+
+def test_mixed_precision_is_recorded_and_close_to_float32(synthetic_root: Path, decflow_checkpoint: Path) -> None:
+    """bf16 autocast (asked for explicitly, so on any CPU) with the memory-bounded correlation:
+    recorded in meta, within bf16's rounding of float32, and not float32 itself."""
+    common = ("--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS))
+    reference = run_evaluate(*common, "--max_pairs", "1")
+    doc = run_evaluate(*common, "--max_pairs", "1", "--mixed_precision", "--amp_dtype", "bfloat16", "--alternate_corr")
     assert doc["meta"]["precision"] == "bfloat16 autocast"
     assert doc["meta"]["model_options"]["alternate_corr"] is True
-    assert doc["facial"]["epe"] == pytest.approx(reference["facial"]["epe"], rel=0.05)
+    for kind in ("facial", "expression"):
+        assert doc[kind]["epe"] == pytest.approx(reference[kind]["epe"], rel=bf16_tolerance(MEASURED_BF16_EPE)), kind
+    assert doc["facial"]["epe"] != reference["facial"]["epe"]  # bf16 really ran
+
+
+@pytest.mark.parametrize("alternate", [False, True])
+def test_alternate_corr_reaches_the_model_and_meta_says_what_ran(
+    synthetic_root: Path, decflow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, alternate: bool
+) -> None:
+    """`--alternate_corr` (bit for bit the same flow in float32, so observed on the model's
+    forward): every forward evaluate.py runs gets it, and meta records the estimator's options,
+    padding and precision, not the command line's."""
+    calls: list[dict] = []
+    padders: list[str] = []
+    estimate, padder = DecFlow.estimate, inference.InputPadder
+
+    def recording_estimate(self: DecFlow, *args, **kwargs):
+        calls.append({"alternate_corr": kwargs.get("alternate_corr", False), "amp_dtype": kwargs.get("amp_dtype")})
+        return estimate(self, *args, **kwargs)
+
+    def recording_padder(*args, **kwargs):
+        padders.append(kwargs["mode"])
+        return padder(*args, **kwargs)
+
+    monkeypatch.setattr(DecFlow, "estimate", recording_estimate)
+    monkeypatch.setattr(inference, "InputPadder", recording_padder)
+    flag = ("--alternate_corr",) if alternate else ()
+    doc = run_evaluate(
+        "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", "1", "--max_pairs", "2", *flag
+    )
+    assert calls == [{"alternate_corr": alternate, "amp_dtype": None}] * 2
+    assert padders == ["exp"] * 2
+    meta = doc["meta"]
+    assert meta["model_options"] == {
+        "num_heads": 1,
+        "position_only": False,
+        "position_and_content": False,
+        "alternate_corr": alternate,
+    }
+    assert (meta["padding_mode"], meta["precision"], meta["iters"]) == ("exp", "float32", 1)
 
 
 def test_subset_keeps_emotions_and_counts(synthetic_root: Path) -> None:
