@@ -61,6 +61,7 @@ from core.extract.outputs import SAVE_FORMATS, describe_written
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
 from core.extract.sources import FrameSource, open_source
 from core.inference import FlowEstimator
+from core.onnx_runtime import OnnxFlowEstimator
 from core.precision import precision_name
 from core.weights import offline_requested
 
@@ -87,8 +88,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iters",
         type=int,
-        default=DEMO_ITERS,
-        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)",
+        default=None,
+        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo; with --onnx the file's)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        help="run this export of python -m core.export through onnxruntime (CPU) instead of --model",
     )
     parser.add_argument(
         "--warm_start",
@@ -150,7 +156,7 @@ def save_format(args: argparse.Namespace) -> str | None:
 
 def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSource]:
     """The options and the frame source, checked before any model loads."""
-    if args.iters < 1:
+    if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
         output=check_output(args.output, "--output", folder=True),
@@ -173,17 +179,23 @@ def resolve_inputs(args: argparse.Namespace) -> tuple[ExtractOptions, FrameSourc
 
 def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEstimator, str]:
     """The estimator, and how it runs in words (for the report)."""
+    if args.onnx:
+        if args.warm_start or args.model:
+            raise UserError("--onnx runs the exported file: it takes neither --model nor --warm_start")
+        estimator = OnnxFlowEstimator(args.onnx, iters=args.iters, pad_mode="symmetric")
+        return estimator, f"{estimator.iters} iterations, float32 through onnxruntime"
+    iters = DEMO_ITERS if args.iters is None else args.iters
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device)
     estimator = FlowEstimator(
         model,
-        iters=args.iters,
+        iters=iters,
         device=device,
         amp_dtype=amp_dtype,
         alternate_corr=args.alternate_corr,
         pad_mode="symmetric",
     )
-    return estimator, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}"
+    return estimator, f"{iters} iterations, {precision_name(amp_dtype)} on {device}"
 
 
 def report(result: SequenceResult, details: str) -> None:
@@ -197,7 +209,7 @@ def report(result: SequenceResult, details: str) -> None:
 
 def run(args: argparse.Namespace) -> list[Path]:
     options, source = resolve_inputs(args)
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)
     inputs = [("checkpoint", checkpoint), *(("input", path) for path in source.paths)]
     result = extract_sequence(source, estimator, options, inputs=inputs, log=lambda line: print(line, flush=True))
