@@ -105,6 +105,7 @@ from core.extract.sources import FrameSource, check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
 from core.inference import FlowEstimator
+from core.onnx_runtime import OnnxFlowEstimator
 from core.precision import precision_name
 from core.training.distributed import rank_device
 from core.weights import hash_file, offline_requested
@@ -176,8 +177,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iters",
         type=int,
-        default=DEMO_ITERS,
-        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)",
+        default=None,
+        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo; with --onnx the file's)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        help="run this export of python -m core.export through onnxruntime (CPU) instead of --model",
     )
     parser.add_argument(
         "--warm_start",
@@ -287,7 +293,7 @@ def open_sources(args: argparse.Namespace) -> list[FrameSource]:
 
 def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[ExtractOptions, list[FrameSource]]:
     """The options and (with `sources`) the frame sources, checked before any model loads."""
-    if args.iters < 1:
+    if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
         output=check_output(args.output, "--output", folder=True),
@@ -307,17 +313,23 @@ def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[E
 
 def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEstimator, str]:
     """The estimator, and how it runs in words (for the report)."""
+    if args.onnx:
+        if args.warm_start or args.model:
+            raise UserError("--onnx runs the exported file: it takes neither --model nor --warm_start")
+        estimator = OnnxFlowEstimator(args.onnx, iters=args.iters, pad_mode="symmetric")
+        return estimator, f"{estimator.iters} iterations, float32 through onnxruntime"
+    iters = DEMO_ITERS if args.iters is None else args.iters
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device)
     estimator = FlowEstimator(
         model,
-        iters=args.iters,
+        iters=iters,
         device=device,
         amp_dtype=amp_dtype,
         alternate_corr=args.alternate_corr,
         pad_mode="symmetric",
     )
-    return estimator, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}"
+    return estimator, f"{iters} iterations, {precision_name(amp_dtype)} on {device}"
 
 
 def report(results: list[SequenceResult], details: str, table: Path | None) -> None:
@@ -350,7 +362,7 @@ def resolve_corpus(args: argparse.Namespace) -> tuple[ExtractOptions, list[Seque
 
 def run_corpus(args: argparse.Namespace) -> list[Path]:
     options, sequences, mixed, shard = resolve_corpus(args)
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     if shard.torchrun:  # each process on its own GPU, as train.py's
         device = rank_device(args.device, shard.local_rank)
         if device.type == "cuda":
@@ -358,11 +370,12 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
         args = argparse.Namespace(**{**vars(args), "device": str(device)})
     estimator, details = build_estimator(args, checkpoint)
     recipe = {
-        **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
+        **{name: getattr(args, name) for name in ("warm_start", "stride", "max_frames", "max_flow")},
+        "iters": estimator.iters,
         "save_format": options.save_format,
         "save_strain": options.save_strain,
         "face_crop": None if options.face is None else face_recipe(args, options.face),
-        "precision": precision_name(estimator.options["amp_dtype"]),
+        "precision": "onnxruntime" if args.onnx else precision_name(estimator.options["amp_dtype"]),
         **model_options(args),
     }
     job = CorpusJob(
@@ -390,7 +403,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.shard is not None:
         raise UserError("--shard shares a --corpus among processes: give --corpus")
     options, sources = resolve_inputs(args)
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)
     inputs = [("checkpoint", checkpoint), *(("input", path) for source in sources for path in source.paths)]
     if args.pairs:

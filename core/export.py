@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from core.checkpoint import atomic_write, sha256_of
+from core.checkpoint import sha256_of
 from core.cli import (
     DocstringHelpFormatter,
     UserError,
@@ -56,6 +56,7 @@ from core.onnx_runtime import (
     OnnxFlowEstimator,
     SizeRule,
 )
+from core.utils.atomic import write_bytes_atomic
 from core.weights import offline_requested
 
 OPSET = 18  # ONNX opset of the file (onnxruntime >= 1.14 runs it)
@@ -131,7 +132,7 @@ def export_file(
         CONFIG_KEY: json.dumps(asdict(model.config), sort_keys=True),
     }
     proto = export_model(model, iters=iters, size=size, metadata=metadata)
-    atomic_write(output, lambda stream: stream.write(proto.SerializeToString()))
+    write_bytes_atomic(output, proto.SerializeToString())
     return metadata
 
 

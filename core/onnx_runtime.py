@@ -3,7 +3,7 @@
 `OnnxFlowEstimator` has the call interface of `core.inference.FlowEstimator`: images of any
 size in, the flows cropped to that size out. The file says how it was made in its metadata
 (`METADATA`): the iterations it unrolls, the weights' SHA-256 and the size rule it accepts.
-onnxruntime is imported here only, so that the rest of the project runs without it.
+onnxruntime is optional: the rest of the project runs without it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+try:  # optional (requirements-export.txt): the scripts run without it, --onnx says what is missing
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+except ImportError:
+    ort = None
 
 from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlowOutput, check_inputs
 from core.utils.padder import InputPadder
@@ -30,7 +34,7 @@ WEIGHTS_KEY = "decflow.weights_sha256"
 SIZE_RULE_KEY = "decflow.size_rule"
 CONFIG_KEY = "decflow.config"
 # What onnxruntime raises for a file it cannot read as a model.
-LOAD_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.NoSuchFile)
+LOAD_ERRORS = () if ort is None else (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def open_session(path: str | os.PathLike, *, providers: list[str] | None = None)
     """An onnxruntime session of the DecFlow export at `path`; ValueError naming the file if it
     is missing, not an ONNX model, or not a DecFlow export with this module's inputs and outputs."""
     path = Path(path)
+    if ort is None:
+        raise ValueError(f"{path}: running an ONNX file needs onnxruntime (pip install -r requirements-export.txt)")
     if not path.is_file():
         raise ValueError(f"ONNX file {path} not found")
     try:
@@ -76,9 +82,7 @@ def open_session(path: str | os.PathLike, *, providers: list[str] | None = None)
     if session.get_modelmeta().custom_metadata_map.get(FORMAT_KEY) != FORMAT:
         raise ValueError(f"{path} is not a DecFlow export of python -m core.export (no {FORMAT_KEY} metadata)")
     if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-        raise ValueError(
-            f"{path}: a DecFlow export must map {INPUT_NAMES} to {OUTPUT_NAMES}, got {inputs} -> {outputs}"
-        )
+        raise ValueError(f"{path}: a DecFlow export maps {INPUT_NAMES} to {OUTPUT_NAMES}, not {inputs} -> {outputs}")
     return session
 
 
