@@ -171,7 +171,6 @@ class Lookup(torch.nn.Module):
         return CorrBlock(fmap1, fmap2, num_levels=4, radius=4)(coords)
 
 
-@pytest.mark.skip(reason="runs for more than 5 minutes in the TorchScript exporter on this machine: to investigate")
 def test_the_legacy_torchscript_exporter_exports_the_correlation_lookup(tmp_path):
     generator = torch.Generator().manual_seed(0)
     fmap1, fmap2 = torch.randn(2, 1, 32, 16, 20, generator=generator)
