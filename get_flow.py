@@ -308,6 +308,11 @@ def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[E
     if not sources:
         check_selection(stride=args.stride, max_frames=args.max_frames)
         return options, []
+    if args.frames and Path(args.frames).resolve() == options.output.resolve():
+        raise UserError(
+            f"--output {args.output} is the --frames folder: the pictures written there would be frames of the next "
+            "run; choose another --output"
+        )
     return options, open_sources(args)
 
 
