@@ -84,6 +84,7 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_model_from_args,
+    model_options,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
@@ -104,6 +105,7 @@ from core.extract.sources import FrameSource, check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
 from core.inference import FlowEstimator
+from core.onnx_runtime import OnnxFlowEstimator
 from core.precision import precision_name
 from core.training.distributed import rank_device
 from core.weights import hash_file, offline_requested
@@ -175,8 +177,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--iters",
         type=int,
-        default=DEMO_ITERS,
-        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo)",
+        default=None,
+        help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo; with --onnx the file's)",
+    )
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        help="run this export of python -m core.export through onnxruntime (CPU) instead of --model",
     )
     parser.add_argument(
         "--warm_start",
@@ -286,7 +293,7 @@ def open_sources(args: argparse.Namespace) -> list[FrameSource]:
 
 def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[ExtractOptions, list[FrameSource]]:
     """The options and (with `sources`) the frame sources, checked before any model loads."""
-    if args.iters < 1:
+    if args.iters is not None and args.iters < 1:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
         output=check_output(args.output, "--output", folder=True),
@@ -301,22 +308,33 @@ def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[E
     if not sources:
         check_selection(stride=args.stride, max_frames=args.max_frames)
         return options, []
+    if args.frames and Path(args.frames).resolve() == options.output.resolve():
+        raise UserError(
+            f"--output {args.output} is the --frames folder: the pictures written there would be frames of the next "
+            "run; choose another --output"
+        )
     return options, open_sources(args)
 
 
 def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEstimator, str]:
     """The estimator, and how it runs in words (for the report)."""
+    if args.onnx:
+        if args.warm_start or args.model:
+            raise UserError("--onnx runs the exported file: it takes neither --model nor --warm_start")
+        estimator = OnnxFlowEstimator(args.onnx, iters=args.iters, pad_mode="symmetric")
+        return estimator, f"{estimator.iters} iterations, float32 through onnxruntime"
+    iters = DEMO_ITERS if args.iters is None else args.iters
     device, amp_dtype = device_and_precision(args)
     model = load_model_from_args(args, checkpoint, device)
     estimator = FlowEstimator(
         model,
-        iters=args.iters,
+        iters=iters,
         device=device,
         amp_dtype=amp_dtype,
         alternate_corr=args.alternate_corr,
         pad_mode="symmetric",
     )
-    return estimator, f"{args.iters} iterations, {precision_name(amp_dtype)} on {device}"
+    return estimator, f"{iters} iterations, {precision_name(amp_dtype)} on {device}"
 
 
 def report(results: list[SequenceResult], details: str, table: Path | None) -> None:
@@ -349,21 +367,21 @@ def resolve_corpus(args: argparse.Namespace) -> tuple[ExtractOptions, list[Seque
 
 def run_corpus(args: argparse.Namespace) -> list[Path]:
     options, sequences, mixed, shard = resolve_corpus(args)
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     if shard.torchrun:  # each process on its own GPU, as train.py's
         device = rank_device(args.device, shard.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         args = argparse.Namespace(**{**vars(args), "device": str(device)})
     estimator, details = build_estimator(args, checkpoint)
-    described = estimator.description()
     recipe = {
-        **{name: getattr(args, name) for name in ("iters", "warm_start", "stride", "max_frames", "max_flow")},
+        **{name: getattr(args, name) for name in ("warm_start", "stride", "max_frames", "max_flow")},
+        "iters": estimator.iters,
         "save_format": options.save_format,
         "save_strain": options.save_strain,
         "face_crop": None if options.face is None else face_recipe(args, options.face),
-        "precision": described["precision"],
-        **described["model_options"],
+        "precision": "onnxruntime" if args.onnx else precision_name(estimator.options["amp_dtype"]),
+        **model_options(args),
     }
     job = CorpusJob(
         output=options.output,
@@ -390,7 +408,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.shard is not None:
         raise UserError("--shard shares a --corpus among processes: give --corpus")
     options, sources = resolve_inputs(args)
-    checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
+    checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)
     inputs = [("checkpoint", checkpoint), *(("input", path) for source in sources for path in source.paths)]
     if args.pairs:

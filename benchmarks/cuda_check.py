@@ -12,6 +12,7 @@ Parts (`PARTS`), run one after another in this order of priority:
   train_levers  python -m benchmarks.levers --device cuda (training-step levers at the seed recipe)
   corpus        python -m benchmarks.corpus --device cuda (get_flow --corpus: N processes on N GPUs
                 give >= 0.9 N x one process's pairs/s; needs 2 GPUs, else shown for information)
+  export        python -m benchmarks.export --device cuda (the ONNX export in onnxruntime against eager)
 
 Each part is a process group with its own time budget, killed when the budget or the whole
 run's `--budget` runs out, so that a part that overruns costs only its own result; a part
@@ -131,6 +132,29 @@ PARTS = {
         (PYTHON, "-m", "benchmarks.corpus", "--device", "cuda"),
         (PYTHON, "-m", "benchmarks.corpus", "--device", "cpu", "--sequences", "2", "--frames", "2", "--iters", "1"),
         budget_s=150,
+    ),
+    # the ONNX export through onnxruntime's CUDA provider (onnxruntime-gpu) against eager float16;
+    # most of the time is the export itself (traced on the CPU)
+    "export": Part(
+        (PYTHON, "-m", "benchmarks.export", "--device", "cuda", "--parity_size", "480", "480"),
+        (
+            PYTHON,
+            "-m",
+            "benchmarks.export",
+            "--iters",
+            "1",
+            "--size",
+            "128",
+            "128",
+            "--parity_size",
+            "128",
+            "128",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+        ),
+        budget_s=300,
     ),
 }
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from core.chunking import row_blocks
+
 
 def coords_grid(batch: int, height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
     """Pixel-centre coordinates `[B, 2, H, W]`, channel 0 = x (column), channel 1 = y (row)."""
@@ -59,10 +61,10 @@ def _as_fields(lookup: torch.Tensor, batch: int, height: int, width: int) -> lis
     return [field.contiguous(memory_format=torch.channels_last) for field in lookup.unbind(0)]
 
 
-def _column(values: Sequence[int | float], device: torch.device | None) -> torch.Tensor:
+def _column(values: Sequence[int | float], device: torch.device | None, dtype: torch.dtype) -> torch.Tensor:
     """`[L, 1]` tensor of `values`, made with fill kernels on the device (no host-to-device
-    copy, so a CUDA graph can capture it)."""
-    return torch.stack([torch.full((), value, device=device) for value in values])[:, None]
+    copy, so a CUDA graph can capture it; shape-derived values stay symbolic in torch.export)."""
+    return torch.stack([torch.full((), value, device=device, dtype=dtype) for value in values])[:, None]
 
 
 class WindowGrid:
@@ -89,10 +91,10 @@ class WindowGrid:
         self.starts = [sum(p + 1 for p in self.pixels[:i]) for i in range(len(sizes))]  # of each level in a row
         self.zero_entries = [start + p for start, p in zip(self.starts, self.pixels)]
         self.row_length = self.zero_entries[-1] + 1  # of a row holding every level
-        self._scale = _column([float(s) for s in scales], device)  # [L, 1] each
-        self._height, self._width = _column([h for h, _ in sizes], device), _column([w for _, w in sizes], device)
+        self._scale = _column(scales, device, torch.float32)  # [L, 1] each
+        self._height, self._width = (_column(side, device, torch.int64) for side in zip(*sizes))
         self._pixels, self._start, self._zero_entry = (
-            _column(values, device) for values in (self.pixels, self.starts, self.zero_entries)
+            _column(values, device, torch.int64) for values in (self.pixels, self.starts, self.zero_entries)
         )
         self._steps = torch.arange(2 * radius + 2, device=device)
 
@@ -112,7 +114,7 @@ class WindowGrid:
         xs = torch.where((xs >= 0) & (xs < self._width), xs + self._start, self._zero_entry)
         ys = torch.where((ys >= 0) & (ys < self._height), ys * self._width, self._pixels)
         index = xs[..., :, None] + ys[..., None, :]  # [..., K, L, x, y]
-        index = torch.minimum(index, self._zero_entry[..., None], out=index)
+        index = index.clamp_max_(self._zero_entry[..., None])
         return index.flatten(-2), scaled - corner
 
     def interpolate(self, grid: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
@@ -193,17 +195,17 @@ class CorrBlock:
             self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length, dtype=dtype)
             first = pooled[dense_from_level].to(dtype)
             grid = self.dense_grid
-            chunk = max(1, chunk_elements // grid.pixels[0])
-            for begin in range(0, height * width, chunk):
-                rows = slice(begin, begin + chunk)
+            for rows in row_blocks(height * width, row_elements=grid.pixels[0], budget=chunk_elements):
                 corr = torch.matmul(self.fmap1[:, rows], first.flatten(2))  # [B, n, h_l*w_l]
                 level_map = corr.view(-1, 1, *first.shape[-2:])  # [B*n, 1, h_l, w_l]
                 for offset, (start, pixels) in enumerate(zip(grid.starts, grid.pixels)):
                     if offset:
                         level_map = F.avg_pool2d(level_map, 2, stride=2)
                     self.volume[:, rows, start : start + pixels] = level_map.view(batch, -1, pixels)
-            for entry in grid.zero_entries:  # slices, not a list index: no host-to-device copy
-                self.volume[:, :, entry] = 0.0
+            # slices, not a list index: no host-to-device copy; not an int index either: torch.export
+            # would freeze it at the traced size
+            for entry in grid.zero_entries:
+                self.volume[:, :, entry : entry + 1] = 0.0
 
     @property
     def out_channels(self) -> int:
@@ -227,11 +229,10 @@ class CorrBlock:
             per_query = grid.row_length + corners  # a row of correlations and its windows
         else:
             per_query = corners * self.fmap1.shape[-1]  # the window pixels' features
-        chunk = max(1, self.chunk_elements // (batch * per_query))
         windows = []
-        for start in range(0, queries, chunk):
-            # a slice of every row would give the volume's gradient one more full-size buffer
-            rows = slice(None) if chunk >= queries else slice(start, start + chunk)
+        # one block: `slice(None)`, since a slice of every row would give the volume's gradient
+        # one more full-size buffer
+        for rows in row_blocks(queries, row_elements=batch * per_query, budget=self.chunk_elements):
             index, frac = grid.index(centres[:, rows])  # [B, n, K, L, (2r+2)^2]
             flat = index.flatten(2)  # [B, n, corners]
             if level is None:

@@ -23,6 +23,11 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     group per channel is the same normalisation and has a channels-last kernel (several
     times faster here, float32 and bfloat16). Under autograd the instance-norm kernel's
     backward is the faster one (measured), so training keeps it, as does CUDA.
+
+    Group norm's CPU kernel takes the variance in one pass (mean of squares minus squared
+    mean), which loses precision when a channel's mean is large against its spread, as in
+    trained encoders: 2e-2 off float64 at mean 30, std 0.5. Each channel is centred first
+    (about 2 ms more per norm at 64x240x240 on 2 AVX2 cores, against 5 s for the forward).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +38,8 @@ class InstanceNorm2d(nn.InstanceNorm2d):
             or not x.is_contiguous(memory_format=torch.channels_last)
         ):
             return super().forward(x)
-        return F.group_norm(x, x.shape[1], eps=self.eps)
+        centred = x - x.mean(dim=(2, 3), keepdim=True)  # [B, C, H, W], channels-last
+        return F.group_norm(centred, x.shape[1], eps=self.eps)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

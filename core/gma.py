@@ -10,6 +10,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from core.chunking import row_blocks
+
 
 class RelativePositionEmbedding(nn.Module):
     """Learned relative-position logits for 2-D attention (`pos_emb` of the checkpoints).
@@ -60,16 +62,16 @@ class AttentionLogits:
         self.q, self.k = q, k
         self.content, self.position = content, position
         self.height, self.width = q.shape[2:4]
-        # image rows of queries per block, so that one block of logits holds ~chunk_elements
-        self.rows_per_block = max(
-            1, chunk_elements // (q.shape[0] * q.shape[1] * self.width * self.height * self.width)
-        )
+        self.chunk_elements = chunk_elements
 
     def blocks(self):
-        """Yield (query slice in flattened h*w order, softmax block `[B, heads, n, h*w]`)."""
+        """Yield (query slice in flattened h*w order, softmax block `[B, heads, n, h*w]`), blocks of
+        image rows of queries holding about `chunk_elements` logits; `slice(None)` for one block."""
         keys = self.k.flatten(2, 3)  # [B, heads, h*w, d]
-        for row in range(0, self.height, self.rows_per_block):
-            q = self.q[:, :, row : row + self.rows_per_block]  # [B, heads, rows, w, d]
+        row_elements = self.q.shape[0] * self.q.shape[1] * self.width * self.height * self.width
+        for rows in row_blocks(self.height, row_elements=row_elements, budget=self.chunk_elements):
+            q = self.q[:, :, rows]  # [B, heads, rows, w, d]
+            row = rows.start or 0
             logits = None
             if self.content:
                 logits = torch.matmul(q.flatten(2, 3), keys.transpose(-1, -2))
@@ -78,7 +80,8 @@ class AttentionLogits:
                 logits = pos if logits is None else logits + pos
             # float32 softmax under autograd, as CUDA's autocast does for the reference
             dtype = torch.float32 if torch.is_grad_enabled() else None
-            yield slice(row * self.width, (row + q.shape[2]) * self.width), logits.softmax(dim=-1, dtype=dtype)
+            queries = rows if rows == slice(None) else slice(row * self.width, (row + q.shape[2]) * self.width)
+            yield queries, logits.softmax(dim=-1, dtype=dtype)
 
 
 class ChunkedAttention:
@@ -139,14 +142,16 @@ class Attention(nn.Module):
         if not materialise:
             return ChunkedAttention(logits)
         height, width = fmap.shape[-2:]
+        # At inference under autocast the matrix is kept in the autocast dtype it is used in.
+        # Under autograd it stays float32 (softmax's dtype), as in the reference: each use
+        # casts it afresh, so the gradients of all iterations add up in float32.
+        low = torch.is_autocast_enabled(fmap.device.type) and not torch.is_grad_enabled()
         attention = None
         for rows, block in logits.blocks():
+            dtype = torch.get_autocast_dtype(fmap.device.type) if low else block.dtype
+            if rows == slice(None):  # one block is the whole matrix
+                return block.to(dtype)
             if attention is None:
-                # At inference under autocast the matrix is kept in the autocast dtype it is used in.
-                # Under autograd it stays float32 (softmax's dtype), as in the reference: each use
-                # casts it afresh, so the gradients of all iterations add up in float32.
-                low = torch.is_autocast_enabled(fmap.device.type) and not torch.is_grad_enabled()
-                dtype = torch.get_autocast_dtype(fmap.device.type) if low else block.dtype
                 attention = block.new_empty(*block.shape[:2], height * width, height * width, dtype=dtype)
             attention[:, :, rows] = block
         return attention

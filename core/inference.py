@@ -20,7 +20,16 @@ from typing import Any
 import torch
 
 from core.checkpoint import description_path, load_checkpoint, read_description
-from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlow, DecFlowConfig, DecFlowOutput
+from core.network import (
+    MIN_IMAGE_SIDE,
+    UPSAMPLE_FACTOR,
+    DecFlow,
+    DecFlowConfig,
+    DecFlowOutput,
+    check_flow_init,
+    check_inputs,
+    corr_levels_stored_from,
+)
 from core.precision import parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.utils.padder import InputPadder
 
@@ -188,9 +197,7 @@ class GraphedEstimate:
         batch, _, height, width = inputs[0].shape
         # decided here: the policy asks the driver for free memory, which a capture must not do
         pixels = (height // UPSAMPLE_FACTOR) * (width // UPSAMPLE_FACTOR)
-        stored_from = model.corr_levels_stored_from(
-            batch, pixels, device, amp_dtype=amp_dtype, alternate_corr=alternate_corr
-        )
+        stored_from = corr_levels_stored_from(batch, pixels, device, amp_dtype=amp_dtype, alternate_corr=alternate_corr)
 
         def run() -> DecFlowOutput:
             return model.estimate(
@@ -282,8 +289,8 @@ class FlowEstimator:
             raise ValueError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
         padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
         image1, image2 = padder.pad(image1.to(self.device), image2.to(self.device))
-        self.model.check_inputs(image1, image2)
-        inits = self.model.check_flow_init(flow_init, image1.shape)
+        check_inputs(image1, image2)
+        inits = check_flow_init(flow_init, image1.shape)
         if self.graphed is not None:
             output = self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
         else:

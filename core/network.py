@@ -133,6 +133,76 @@ def start_coordinates(
     return coords
 
 
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The autocast region of the forward: `amp_dtype` on `device` (None: off)."""
+    # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
+    # per iteration: one cached float16 copy shared by all iterations would sum their gradients
+    # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
+    # only saves work.
+    return torch.autocast(
+        device_type=device.type,
+        dtype=amp_dtype or torch.float32,
+        enabled=amp_dtype is not None,
+        cache_enabled=not torch.is_grad_enabled(),
+    )
+
+
+def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
+    """dtype of the stored correlation volume and the on-the-fly products: `amp_dtype` on
+    CUDA (tensor cores, half the memory), else float32. Lookups interpolate in float32 either way."""
+    return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32
+
+
+def corr_levels_stored_from(
+    batch: int,
+    pixels: int,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    alternate_corr: bool = False,
+) -> int:
+    """First correlation level kept as a volume (finer levels are computed on the fly)."""
+    if alternate_corr:
+        return CORR_LEVELS  # memory-bounded: no volume at all
+    return dense_from_level(batch, pixels, device, bytes_per_value=volume_dtype(device, amp_dtype).itemsize)
+
+
+def check_inputs(image1: torch.Tensor, image2: torch.Tensor) -> None:
+    """Raise ValueError unless both images are `[B, 3, H, W]` of one shape, H, W % 8 == 0, >= 128."""
+    for name, image in (("image1", image1), ("image2", image2)):
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
+        if image.dtype not in (torch.float32, torch.uint8):
+            raise ValueError(
+                f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it with .float()"
+            )
+        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
+    if image1.shape != image2.shape:
+        raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
+    problem = image_size_problem(*image1.shape[-2:])
+    if problem:
+        raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
+
+
+def check_flow_init(
+    flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`flow_init` as (facial start, head start); ValueError unless each is a finite
+    `[B, 2, H/8, W/8]` (or None)."""
+    batch, _, height, width = image_shape
+    shape = (batch, 2, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
+    inits = tuple(flow_init) if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
+    if len(inits) != 2:
+        raise ValueError(f"flow_init must be one tensor or a (facial, head) pair, got {len(inits)} tensors")
+    for init in inits:
+        if init is not None and tuple(init.shape) != shape:
+            raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {shape}, got {tuple(init.shape)}")
+        if init is not None and not bool(torch.isfinite(init).all()):
+            raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
+    return inits[0], inits[1]
+
+
 class DecFlow(nn.Module):
     """DecFlow network. Images are `[B, 3, H, W]` RGB floats in 0..255, H and W multiples
     of 8 and at least 128 px."""
@@ -173,77 +243,6 @@ class DecFlow(nn.Module):
         self.dad_encoder.requires_grad_(False)
         self.res1.requires_grad_(False)
 
-    @staticmethod
-    def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-        # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
-        # per iteration: one cached float16 copy shared by all iterations would sum their gradients
-        # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
-        # only saves work.
-        return torch.autocast(
-            device_type=device.type,
-            dtype=amp_dtype or torch.float32,
-            enabled=amp_dtype is not None,
-            cache_enabled=not torch.is_grad_enabled(),
-        )
-
-    @staticmethod
-    def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
-        """dtype of the stored correlation volume and the on-the-fly products: `amp_dtype` on
-        CUDA (tensor cores, half the memory), else float32. Lookups interpolate in float32 either way."""
-        return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32
-
-    @classmethod
-    def corr_levels_stored_from(
-        cls,
-        batch: int,
-        pixels: int,
-        device: torch.device,
-        *,
-        amp_dtype: torch.dtype | None = None,
-        alternate_corr: bool = False,
-    ) -> int:
-        """First correlation level kept as a volume (finer levels are computed on the fly)."""
-        if alternate_corr:
-            return CORR_LEVELS  # memory-bounded: no volume at all
-        return dense_from_level(batch, pixels, device, bytes_per_value=cls.volume_dtype(device, amp_dtype).itemsize)
-
-    # ------------------------------------------------------------------ input checks
-    @staticmethod
-    def check_inputs(image1: torch.Tensor, image2: torch.Tensor) -> None:
-        """Raise ValueError unless both images are `[B, 3, H, W]` of one shape, H, W % 8 == 0, >= 128."""
-        for name, image in (("image1", image1), ("image2", image2)):
-            if image.dim() != 4 or image.shape[1] != 3:
-                raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
-            if image.dtype not in (torch.float32, torch.uint8):
-                raise ValueError(
-                    f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it with .float()"
-                )
-            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-                raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
-        if image1.shape != image2.shape:
-            raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
-        problem = image_size_problem(*image1.shape[-2:])
-        if problem:
-            raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
-
-    @staticmethod
-    def check_flow_init(
-        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """`flow_init` as (facial start, head start); ValueError unless each is a finite
-        `[B, 2, H/8, W/8]` (or None)."""
-        batch, _, height, width = image_shape
-        shape = (batch, 2, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
-        inits = tuple(flow_init) if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
-        if len(inits) != 2:
-            raise ValueError(f"flow_init must be one tensor or a (facial, head) pair, got {len(inits)} tensors")
-        for init in inits:
-            if init is not None and tuple(init.shape) != shape:
-                raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {shape}, got {tuple(init.shape)}")
-            if init is not None and not bool(torch.isfinite(init).all()):
-                raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
-        return inits[0], inits[1]
-
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -269,14 +268,14 @@ class DecFlow(nn.Module):
         float16 on CUDA), `alternate_corr` is the memory-bounded mode (correlation and
         attention computed in chunks, on the fly: same flow, less memory, slower).
         """
-        self.check_inputs(image1, image2)
+        check_inputs(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
         return self.estimate(
             image1,
             image2,
             iters=iters,
-            flow_init=self.check_flow_init(flow_init, image1.shape),
+            flow_init=check_flow_init(flow_init, image1.shape),
             test_mode=test_mode,
             amp_dtype=amp_dtype,
             alternate_corr=alternate_corr,
@@ -302,12 +301,12 @@ class DecFlow(nn.Module):
         # channels-last activations suit oneDNN (CPU) and tensor-core (CUDA) convolutions;
         # the layout propagates through every convolution of the network
         image1, image2 = (normalise_image(image) for image in (image1, image2))
-        with self._autocast(image1.device, amp_dtype):
-            fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).chunk(2, dim=0)  # [B, 256, h, w] each
+        with autocast(image1.device, amp_dtype):
+            fmap1, fmap2 = self.fnet(torch.cat([image1, image2], dim=0)).split([batch, batch])  # [B, 256, h, w] each
             net, inp, attention = self.encode_context(image1, alternate_corr=alternate_corr)
         low = (height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
         if stored_from is None:
-            stored_from = self.corr_levels_stored_from(
+            stored_from = corr_levels_stored_from(
                 batch, low[0] * low[1], image1.device, amp_dtype=amp_dtype, alternate_corr=alternate_corr
             )
         corr_fn = CorrBlock(
@@ -316,7 +315,7 @@ class DecFlow(nn.Module):
             num_levels=CORR_LEVELS,
             radius=CORR_RADIUS,
             dense_from_level=stored_from,
-            dtype=self.volume_dtype(image1.device, amp_dtype),
+            dtype=volume_dtype(image1.device, amp_dtype),
         )
         # [B, 2, h, w], x first; channels-last like everything fed to the convolutions
         coords0 = coords_grid(batch, *low, device=image1.device).contiguous(memory_format=torch.channels_last)
@@ -371,7 +370,7 @@ class DecFlow(nn.Module):
         decoders = (self.update_block, self.update_block_head)  # facial, head
         predictions: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         # One autocast region for the whole recurrence (weights cast once per forward at inference).
-        with self._autocast(coords0.device, amp_dtype):
+        with autocast(coords0.device, amp_dtype):
             prepared = [decoder.prepare(inp) for decoder in decoders]
             hidden = [net, net]
             for itr in range(iters):

@@ -32,6 +32,7 @@ from core.network import (
     UPSAMPLE_FACTOR,
     DecFlow,
     DecFlowOutput,
+    check_inputs,
     convex_upsample,
 )
 
@@ -88,7 +89,7 @@ def straightforward_forward(
     amp_dtype: torch.dtype | None = None,
 ):
     """Same contract as `DecFlow.forward`; float32, or the reference's autocast regions in `amp_dtype`."""
-    model.check_inputs(image1, image2)
+    check_inputs(image1, image2)
 
     def region() -> contextlib.AbstractContextManager:
         return torch.autocast(image1.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)

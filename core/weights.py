@@ -296,7 +296,10 @@ def download(
         if expected is not None and received != expected:
             problem = f"the transfer was cut short ({received} of {expected} bytes)"
         elif not entry.checksum.matches(digest):
-            problem = f"checksum mismatch: expected {entry.checksum.describe()}, got {digest}"
+            problem = (
+                f"checksum mismatch: expected {entry.checksum.describe()}, got "
+                f"{entry.checksum.describe(digest)} ({received} bytes)"
+            )
         if problem:
             raise ValueError(problem + "; deleted")
         os.replace(partial, destination)

@@ -145,27 +145,24 @@ def test_an_output_that_is_an_input_is_refused(data, tmp_path, capsys):
         capsys=capsys,
     )
     assert code == 2 and str(weights) in line and "--restore_ckpt" in line
-    # get_flow: a frame of the folder is named like the visualisation of its first pair
+    # get_flow: --output is the --frames folder (its pictures would be frames of the next run)
     frames = tmp_path / "x"
     frames.mkdir()
-    for name in ("a.png", "b.png", "x_a-b_flow.png"):
+    for name in ("a.png", "b.png"):
         Image.fromarray(np.full((32, 32, 3), len(name) * 9, np.uint8)).save(frames / name)
     before = tree(tmp_path)
-    code, line = cli(
-        "get_flow.py",
-        "--model",
-        str(weights),
-        "--frames",
-        str(frames),
-        "--output",
-        str(frames),
-        "--iters",
-        "1",
-        "--device",
-        "cpu",
-        capsys=capsys,
+    flow_run = ("get_flow.py", "--model", str(weights), "--iters", "1", "--device", "cpu")
+    code, line = cli(*flow_run, "--frames", str(frames), "--output", str(frames), capsys=capsys)
+    assert code == 2 and line == (
+        f"get_flow.py: error: --output {frames} is the --frames folder: the pictures written there would be "
+        "frames of the next run; choose another --output"
     )
-    assert code == 2 and "x_a-b_flow.png" in line and " is an input: refusing" in line and "input input" not in line
+    # get_flow: a pair list's image named like the pair's visualisation, in --output
+    (frames / "n_flow.png").write_bytes((frames / "a.png").read_bytes())
+    (tmp_path / "pairs.csv").write_text("name,image1,image2\nn,x/n_flow.png,x/b.png\n")
+    before = tree(tmp_path)
+    code, line = cli(*flow_run, "--pairs", str(tmp_path / "pairs.csv"), "--output", str(frames), capsys=capsys)
+    assert code == 2 and "n_flow.png" in line and " is an input: refusing" in line and "input input" not in line
     assert tree(tmp_path) == before
 
 

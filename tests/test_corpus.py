@@ -33,6 +33,7 @@ from core.extract.corpus import (
     staged_folder,
 )
 from core.utils.frame_utils import read_flo
+from tests.face_helpers import astronaut_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (48, 64)  # frames are padded to the network's 128 px: tiny files, the same cost per pair
@@ -383,7 +384,38 @@ def test_torchrun_ranks_share_the_corpus_and_rank_0_reports_it(decflow_checkpoin
     summaries = [line for line in result.stdout.splitlines() if " done, " in line]
     assert len(summaries) == 1 and summary(summaries[0]) == (3, 0, 1)  # one summary, over both ranks
     assert "1 of 4 sequences failed" in result.stderr
-    assert result.stderr.count("corpus:   0%") == 1  # one bar
+    assert result.stderr.count("0/4 [00:00<?, ?seq/s]") == 1  # one bar (its first drawing; redrawn as pairs finish)
     records = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [r["sequence"] for r in records] == ["single"]  # from rank 1 (sequences s0, s2 / s1, single)
     assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "s0", "s1", "s2"]  # no progress files left
+
+
+def test_face_crop_and_strain_inside_a_corpus(decflow_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """The astronaut clip (3 frames of 1280x720) as one sequence of a corpus (about 10 s on 2 cores:
+    Haar on each frame): the crop and strain files of a single run, and a manifest that records the
+    face crop's options, so that another margin redoes the sequence."""
+    corpus = tmp_path / "corpus"
+    (corpus / "clip").mkdir(parents=True)
+    for i, frame in enumerate(astronaut_clip(3)):
+        cv2.imwrite(str(corpus / "clip" / f"{i:04d}.png"), frame[:, :, ::-1])
+    options = ("--face_crop", "--face_size", "128", "--save_strain", "--save_format", "npy")
+    corpus_run = ("--corpus", str(corpus), "--output", str(tmp_path / "out"), *options)
+    run(decflow_checkpoint, *corpus_run)
+    run(decflow_checkpoint, "--frames", str(corpus / "clip"), "--output", str(tmp_path / "one"), *options)
+    folder = tmp_path / "out" / "clip"
+    for name in ("clip_0000-0001_expression.npy", "clip_0001-0002_strain.npy"):
+        np.testing.assert_array_equal(np.load(folder / name), np.load(tmp_path / "one" / name))
+    assert (
+        json.loads((folder / "clip_face.json").read_text())["box"]
+        == json.loads((tmp_path / "one" / "clip_face.json").read_text())["box"]
+    )
+    assert (folder / "clip_strain.csv").read_text() == (tmp_path / "one" / "clip_strain.csv").read_text()
+    recorded = json.loads((folder / MANIFEST_NAME).read_text())["request"]["options"]
+    assert recorded["face_crop"] == {"detector": "haar", "margin": 0.25, "size": 128, "paste_back": False}
+    assert recorded["save_strain"] is True
+    capsys.readouterr()
+    run(decflow_checkpoint, *corpus_run)
+    assert summary(capsys.readouterr().out) == (0, 1, 0)
+    run(decflow_checkpoint, *corpus_run, "--face_margin", "0.5")
+    assert summary(capsys.readouterr().out) == (1, 0, 0)
+    assert json.loads((folder / MANIFEST_NAME).read_text())["request"]["options"]["face_crop"]["margin"] == 0.5

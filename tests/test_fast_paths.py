@@ -100,7 +100,7 @@ def test_large_frames_compute_the_finest_correlation_level_on_the_fly(monkeypatc
     model = _model()
     dense = model(image1, image2, iters=3, test_mode=True)
     monkeypatch.setattr(network, "MAX_DENSE_CORRELATION", 0)  # as if the frames were large
-    assert model.corr_levels_stored_from(1, 17 * 20, torch.device("cpu")) == 1
+    assert network.corr_levels_stored_from(1, 17 * 20, torch.device("cpu")) == 1
     on_the_fly = model(image1, image2, iters=3, test_mode=True)
     for name in ("facial", "head"):
         assert (getattr(on_the_fly, name) - getattr(dense, name)).abs().max() <= 1e-3, name

@@ -161,7 +161,8 @@ def test_bad_downloads_are_refused_and_deleted(case, online, tmp_path):
     }[case]
     assert expected in first, message
     if case == "wrong hash":  # both hashes named
-        assert f"expected git blob id {entry.checksum.value}, got {git_blob_id(route.body)}; deleted" in first
+        expected_and_got = f"expected git blob id {entry.checksum.value}, got git blob id {git_blob_id(route.body)}"
+        assert f"{expected_and_got} ({len(route.body)} bytes); deleted" in first
     assert not (tmp_path / "tiny.pth").exists() and leftovers(tmp_path) == []
 
 

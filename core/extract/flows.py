@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from core.inference import FlowEstimator
+from core.utils.batching import batches_of_one_size
 from core.utils.frames import Frame, check_same_size
 
 FLOW_KINDS = ("facial", "head", "expression")
@@ -28,38 +29,31 @@ class PairFlow(NamedTuple):
         return self.facial, self.head, self.expression
 
 
+def consecutive_pairs(frames: Iterator[Frame]) -> Iterator[tuple[Frame, Frame]]:
+    """(frame i, frame i+1) for every i; ValueError naming both when their sizes differ."""
+    previous = next(frames, None)
+    for current in frames:
+        check_same_size(previous.label, previous.rgb, current.label, current.rgb)
+        yield previous, current
+        previous = current
+
+
 def sequence_flows(
     estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1, warm_start: bool = False
 ) -> Iterator[PairFlow]:
     """The flow of every pair of consecutive frames, in order, estimated `batch_size` pairs (of
-    one size) at a time. `warm_start` (batch 1 only) starts each pair from the previous pair's
-    low-resolution flows, each decoder from its own."""
+    one size) at a time, as evaluation batches them. `warm_start` (batch 1 only) starts each pair
+    from the previous pair's low-resolution flows, each decoder from its own."""
     previous_low: tuple[torch.Tensor, torch.Tensor] | None = None
-    batch: list[tuple[Frame, Frame]] = []
-
-    def run_batch() -> Iterator[PairFlow]:
-        nonlocal previous_low
+    pairs = consecutive_pairs(frames)
+    for batch in batches_of_one_size(pairs, batch_size=batch_size, size=lambda pair: pair[0].rgb.shape):
         image1, image2 = (
             torch.stack([torch.from_numpy(pair[k].rgb).permute(2, 0, 1) for pair in batch]).float() for k in (0, 1)
-        )
+        )  # [B, 3, H, W] each
         flows = estimator(image1, image2, flow_init=previous_low if warm_start else None)
         previous_low = (flows.facial_low, flows.head_low)
         arrays = [f.permute(0, 2, 3, 1).cpu().numpy() for f in (flows.facial, flows.head, flows.expression)]
-        done = [PairFlow(first, second, *(a[k] for a in arrays)) for k, (first, second) in enumerate(batch)]
-        batch.clear()
-        yield from done
-
-    previous = next(frames, None)
-    for current in frames:
-        check_same_size(previous.label, previous.rgb, current.label, current.rgb)
-        if batch and batch[0][0].rgb.shape != previous.rgb.shape:
-            yield from run_batch()
-        batch.append((previous, current))
-        if len(batch) == batch_size:
-            yield from run_batch()
-        previous = current
-    if batch:
-        yield from run_batch()
+        yield from (PairFlow(first, second, *(a[k] for a in arrays)) for k, (first, second) in enumerate(batch))
 
 
 def check_flows_finite(pair: PairFlow) -> None:
