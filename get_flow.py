@@ -84,7 +84,6 @@ from core.cli import (
     device_and_precision,
     exit_on_error,
     load_model_from_args,
-    model_options,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
@@ -374,14 +373,15 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
             torch.cuda.set_device(device)
         args = argparse.Namespace(**{**vars(args), "device": str(device)})
     estimator, details = build_estimator(args, checkpoint)
+    described = estimator.description()  # what runs, not what was asked for
     recipe = {
         **{name: getattr(args, name) for name in ("warm_start", "stride", "max_frames", "max_flow")},
-        "iters": estimator.iters,
+        "iters": described["iters"],
         "save_format": options.save_format,
         "save_strain": options.save_strain,
         "face_crop": None if options.face is None else face_recipe(args, options.face),
-        "precision": "onnxruntime" if args.onnx else precision_name(estimator.options["amp_dtype"]),
-        **model_options(args),
+        "precision": described["precision"],
+        **described["model_options"],
     }
     job = CorpusJob(
         output=options.output,

@@ -11,13 +11,12 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from core.checkpoint import default_checkpoint
 from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
-from core.inference import COMPARED_FIELDS, FlowEstimator, load_model, resolve_device, resolve_inference_precision
+from core.inference import FlowEstimator, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
 from core.weights import (
@@ -164,12 +163,6 @@ def model_config(args: argparse.Namespace) -> DecFlowConfig:
     if "dropout" in args and not 0 <= args.dropout <= 1:
         raise UserError(f"--dropout must be in [0, 1], got {args.dropout}")
     return DecFlowConfig(**{f.name: getattr(args, f.name) for f in fields(DecFlowConfig) if f.name in args})
-
-
-def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The inference model options of the command line, as get_flow.py's corpus recipe records them
-    (evaluate.py records the estimator's own, FlowEstimator.description)."""
-    return {**{name: getattr(args, name) for name in COMPARED_FIELDS}, "alternate_corr": args.alternate_corr}
 
 
 def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tuple[torch.device, torch.dtype | None]:

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ try:  # optional (requirements-export.txt): the scripts run without it, --onnx s
 except ImportError:
     ort = None
 
+from core.inference import COMPARED_FIELDS
 from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlowOutput, check_inputs
 from core.utils.padder import InputPadder
 
@@ -113,6 +115,16 @@ class OnnxFlowEstimator:
         self.weights_sha256 = metadata[WEIGHTS_KEY]
         self.config = json.loads(metadata[CONFIG_KEY])
         self.pad_mode = pad_mode
+
+    def description(self) -> dict[str, Any]:
+        """What this file runs, as FlowEstimator.description says it: float32, and the whole
+        correlation pyramid stored (never the memory-bounded correlation)."""
+        return {
+            "iters": self.iters,
+            "padding_mode": self.pad_mode,
+            "precision": "float32 (onnxruntime)",
+            "model_options": {**{name: self.config[name] for name in COMPARED_FIELDS}, "alternate_corr": False},
+        }
 
     def __call__(
         self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None

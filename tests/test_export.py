@@ -80,6 +80,17 @@ def test_onnxruntime_matches_eager_at_sizes_and_batches_other_than_the_traced_on
 def test_export_records_iterations_weights_and_size_rule_and_checks_parity(exported, release_checkpoint):
     estimator = OnnxFlowEstimator(exported["output"], iters=ITERS)
     assert estimator.iters == ITERS
+    assert estimator.description() == {
+        "iters": ITERS,
+        "padding_mode": "exp",
+        "precision": "float32 (onnxruntime)",
+        "model_options": {
+            "num_heads": 1,
+            "position_only": False,
+            "position_and_content": False,
+            "alternate_corr": False,
+        },
+    }
     assert estimator.weights_sha256 == sha256_of(release_checkpoint)
     assert estimator.size_rule == SizeRule(multiple_of=8, min_side=128, max_side=None)
     assert estimator.config == {"num_heads": 1, "position_only": False, "position_and_content": False, "dropout": 0.0}
