@@ -254,13 +254,42 @@ def _torchvision_resnet50_file(tmp_path):
 
 
 def test_semantic_encoder_from_torchvision_weights(tmp_path):
-    weights, path = _torchvision_resnet50_file(tmp_path)
+    """Every tensor of the encoder is one tensor of the ResNet-50 file, each used once, found by
+    value (every file tensor drawn at random, so that no two are equal), not by the mapping's names;
+    the file's tensors left over are exactly layer4's and fc's, which the encoder has no room for."""
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet50(weights=None).state_dict()  # He-initialised convolutions: all distinct
+    generator = torch.Generator().manual_seed(0)
+
+    def distinct(i: int, key: str, value: torch.Tensor) -> torch.Tensor:
+        if not value.is_floating_point():
+            return value + i  # num_batches_tracked
+        if ".bn" in key or key.startswith("bn1") or "downsample.1" in key:  # 1, 0, 0, 1 in every norm
+            noise = 0.1 * torch.randn(value.shape, generator=generator)
+            return value + (noise.abs() if key.endswith("running_var") else noise)
+        return value
+
+    weights = {key: distinct(i, key, value) for i, (key, value) in enumerate(resnet.items())}
+    path = tmp_path / "resnet50.pth"
+    torch.save(weights, path)
     model = DecFlow()
     assert init_semantic_encoder(model, path) == str(path)
-    encoder = model.dad_encoder.model
-    assert torch.equal(encoder[0].conv.conv.weight, weights["conv1.weight"])
-    assert torch.equal(encoder[1].unit1.identity_conv.bn.running_var, weights["layer1.0.downsample.1.running_var"])
-    assert torch.equal(encoder[2].unit4.body.conv3.conv.weight, weights["layer2.3.conv3.weight"])
+    encoder = model.dad_encoder.state_dict()
+    by_value = {(tuple(v.shape), v.dtype, float(v.double().sum())): k for k, v in weights.items()}
+    sources = [by_value.get((tuple(v.shape), v.dtype, float(v.double().sum()))) for v in encoder.values()]
+    assert None not in sources and len(set(sources)) == len(sources) == 258
+    assert all(torch.equal(value, weights[source]) for value, source in zip(encoder.values(), sources))
+    assert {key.split(".")[0] for key in weights.keys() - set(sources)} == {"layer4", "fc"}
+    # and each in its place: the stages the encoder runs compute torchvision's stem, layer1, layer2 (with
+    # the downsampling stride in the first 1x1 conv: v1)
+    reference = torchvision.models.resnet50(weights=None)
+    reference.load_state_dict(weights)
+    reference.layer2[0].conv1.stride, reference.layer2[0].conv2.stride = (2, 2), (1, 1)  # ResNet v1, as the spec
+    x = torch.randn(1, 3, 64, 64, generator=generator)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*list(reference.children())[:6]).eval()(x)  # conv1 .. layer2
+        stages = model.dad_encoder.model[: model.dad_encoder.used_stages].eval()
+        torch.testing.assert_close(stages(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 def test_semantic_encoder_from_pytorchcv_naming_matches_torchvision(tmp_path):
