@@ -278,18 +278,26 @@ def test_changed_training_state_is_refused_on_resume(trained, tmp_path, capsys):
     assert code == 2 and str(copy) in line and "checksum" in line
     # an untouched state resumes (the checksum survives torch.save/torch.load)
     run([*trained["argv"], "--output", str(tmp_path / "resumed"), "--resume", str(state_path)])
-    assert (tmp_path / "resumed" / "run.pth").is_file()
+    resumed = torch.load(tmp_path / "resumed" / "run.pth", weights_only=True)
+    final = torch.load(trained["out"] / "run.pth", weights_only=True)  # the state is the run's last step
+    assert resumed.keys() == final.keys() and all(torch.equal(resumed[k], final[k]) for k in final)
 
 
 def test_the_authors_files_without_a_checksum_load_as_before(data, tmp_path):
+    """A bare state dict (no description, no checksum) gives the flow of the described file."""
     bare = tmp_path / "authors.pth"
     torch.save(torch.load(data["weights"], weights_only=True), bare)
-    written = get_flow.main(
-        get_flow.get_args_parser().parse_args(
-            ["--model", str(bare), "--iters", "1", "--device", "cpu", "--output", str(tmp_path / "out")]
+    for weights, out in ((bare, "bare"), (data["weights"], "described")):
+        get_flow.main(
+            get_flow.get_args_parser().parse_args(
+                ["--model", str(weights), "--iters", "1", "--device", "cpu", "--save_format", "npy"]
+                + ["--output", str(tmp_path / out)]
+            )
         )
-    )
-    assert written[0].is_file()
+    names = sorted(path.name for path in (tmp_path / "described").glob("*.npy"))
+    assert len(names) == 3 and names == sorted(path.name for path in (tmp_path / "bare").glob("*.npy"))
+    for name in names:
+        np.testing.assert_array_equal(np.load(tmp_path / "bare" / name), np.load(tmp_path / "described" / name))
 
 
 # ------------------------------------------------------------------ 5. non-finite weights and flows

@@ -166,4 +166,8 @@ def test_load_model_refuses_a_description_of_another_architecture(tmp_path):
     with pytest.raises(ValueError, match="run.json: not a description of run.pth"):
         load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))
     weights.with_suffix(".json").unlink()  # the authors' files come without one: strict loading only
-    assert load_model(weights, config=DecFlowConfig(), device=torch.device("cpu")) is not None
+    bare = load_model(weights, config=DecFlowConfig(), device=torch.device("cpu"))
+    assert not bare.config.position_only  # the options given, nothing to contradict them
+    expected = trained.state_dict()
+    assert bare.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in bare.state_dict().items())
