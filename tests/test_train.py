@@ -417,6 +417,30 @@ def test_torchrun_two_processes_gloo(files):
     assert set(read_state_dict(out / "ddp.pth")) == set(train.DecFlow().state_dict())
 
 
+@pytest.mark.parametrize("length, world_size, batch", [(10, 2, 2), (13, 2, 3), (29, 4, 2), (9, 3, 1)])
+def test_processes_split_the_global_batch_of_one_process(length: int, world_size: int, batch: int) -> None:
+    """Under torchrun each of `world_size` processes takes `batch` pairs (train.py: --batch_size //
+    world_size); at every step their batches together are the one process's batch of
+    world_size * batch, pair for pair and with the same augmentation seeds, over several epochs.
+    (Trained values are not compared with one process: DDP averages the gradients, but each
+    process's batch norm sees its own share.)"""
+    steps = 3 * (length // (world_size * batch))  # three epochs
+    single = list(
+        itertools.islice(iter(ResumableSampler(length, world_size * batch, seed=5)), steps * world_size * batch)
+    )
+    ranks = [
+        list(
+            itertools.islice(
+                iter(ResumableSampler(length, batch, seed=5, rank=r, world_size=world_size)), steps * batch
+            )
+        )
+        for r in range(world_size)
+    ]
+    for step in range(steps):
+        together = sorted(pair for rank in ranks for pair in rank[step * batch : (step + 1) * batch])
+        assert together == sorted(single[step * world_size * batch : (step + 1) * world_size * batch]), step
+
+
 def _bn_stats(weights: dict) -> dict:
     return {k: v for k, v in weights.items() if k.startswith("cnet.") and k.endswith("running_mean")}
 
