@@ -19,6 +19,8 @@ DRY_PARTS = ["suite", "benchmark", "train_levers"]
 
 
 def test_dry_run_runs_its_parts_and_writes_the_summary(tmp_path, capsys):
+    """The suite, benchmark and train_levers parts' CPU stand-ins, each in its own process group (about
+    60 s on 2 cores: a small pytest run and benchmarks at tiny sizes): the GPU check must not break unseen."""
     args = cuda_check.get_args_parser().parse_args(
         ["--dry-run", "--out", str(tmp_path), "--budget", "1500", "--parts", ",".join(DRY_PARTS)]
     )

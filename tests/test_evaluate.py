@@ -160,6 +160,8 @@ def test_the_checkpoint_is_hashed_once(synthetic_root: Path, tmp_path: Path, mon
 def test_masked_metrics_match_numpy_from_get_flow(
     synthetic_root: Path, decflow_checkpoint: Path, tmp_path: Path
 ) -> None:
+    """evaluate.py's metrics against numpy on get_flow's written flows for every test pair (about 10 s:
+    one get_flow run per pair)."""
     doc = run_evaluate(
         "--model", str(decflow_checkpoint), "--root", str(synthetic_root), "--iters", str(ITERS), "--no-mixed_precision"
     )

@@ -66,6 +66,7 @@ def images(batch: int, height: int, width: int, seed: int) -> tuple[torch.Tensor
 def test_onnxruntime_matches_eager_at_sizes_and_batches_other_than_the_traced_one(
     exported, release_checkpoint, batch, height, width
 ):
+    """Slow only through the module's `exported` fixture (about 100 s: the export itself); the check is 1-2 s."""
     model = load_model(release_checkpoint, config=DecFlowConfig(), device=torch.device("cpu"))
     image1, image2 = images(batch, height, width, seed=height)
     eager = FlowEstimator(model, iters=ITERS, device="cpu", cuda_graphs=False)(image1, image2)

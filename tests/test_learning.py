@@ -29,6 +29,8 @@ def table_rows(out: str) -> dict[str, list[str]]:
 
 
 def test_learning_check_prints_every_row(tmp_path, capsys):
+    """Two tiny trainings (float32 and bfloat16 autocast, emulated on AVX2: about 60 s on 2 cores) through the
+    real benchmark; its rows and curves, not its numbers."""
     args = learning.get_args_parser().parse_args(
         [
             *TINY,

@@ -379,6 +379,8 @@ def test_sampler_resumes_and_shards():
 
 
 def test_torchrun_two_processes_gloo(files):
+    """The real torchrun launcher with 2 gloo processes and 2 steps (about 15 s: two processes import torch
+    and build the model)."""
     out = files["base"] / "ddp"
     cmd = [
         sys.executable,

@@ -40,6 +40,8 @@ def validate_in_process(rank: int, port: int, root: str, results: str) -> None:
 
 
 def test_a_damaged_pair_on_one_rank_stops_both(tmp_path):
+    """Two spawned gloo processes validating (about 10 s: each imports torch and builds the model); a
+    damaged pair in rank 1's share stops both with its name."""
     root = tmp_path / "FacialFlowNet"
     generate(root, subjects=1, frames=4, size=(128, 128), seed=3, splits=("test",), progress=False)
     flows = sorted((root / "flow" / "facial" / "test").rglob("*.flo"))

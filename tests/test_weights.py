@@ -264,6 +264,8 @@ def test_a_killed_download_is_never_taken_for_weights(online, tmp_path, monkeypa
 
 # ------------------------------------------------------------------ python -m core.weights
 def test_list_and_fetch_commands(online, tmp_path):
+    """`python -m core.weights list` and `fetch` as subprocesses against the local server (about 15 s:
+    each starts Python and torch)."""
     env = {**subprocess_env(), weights.BASE_URL_VARIABLE: online.url}
     env.pop(weights.OFFLINE_VARIABLE, None)
     (tmp_path / "gma-sintel.pth").write_bytes(b"not the release")
