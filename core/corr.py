@@ -190,22 +190,35 @@ class CorrBlock:
                 scales=[2**level for level in levels],
                 device=fmap1.device,
             )
-            # [B, h*w, row_length]: every dense level of a query pixel side by side, each followed
-            # by its zero entry; filled a block of query pixels at a time (no second copy).
-            self.volume = fmap1.new_empty(batch, height * width, self.dense_grid.row_length, dtype=dtype)
-            first = pooled[dense_from_level].to(dtype)
-            grid = self.dense_grid
-            for rows in row_blocks(height * width, row_elements=grid.pixels[0], budget=chunk_elements):
-                corr = torch.matmul(self.fmap1[:, rows], first.flatten(2))  # [B, n, h_l*w_l]
-                level_map = corr.view(-1, 1, *first.shape[-2:])  # [B*n, 1, h_l, w_l]
-                for offset, (start, pixels) in enumerate(zip(grid.starts, grid.pixels)):
-                    if offset:
-                        level_map = F.avg_pool2d(level_map, 2, stride=2)
-                    self.volume[:, rows, start : start + pixels] = level_map.view(batch, -1, pixels)
-            # slices, not a list index: no host-to-device copy; not an int index either: torch.export
-            # would freeze it at the traced size
-            for entry in grid.zero_entries:
-                self.volume[:, :, entry : entry + 1] = 0.0
+            self.volume = self._dense_volume(pooled[dense_from_level].to(dtype))  # [B, h*w, row_length]
+
+    def _dense_volume(self, first: torch.Tensor) -> torch.Tensor:
+        """`[B, h*w, row_length]`: for every query pixel, each dense level (from `first`, the image-2
+        features of the finest one) followed by its zero entry. A single block of query pixels is
+        one concatenation (an exported graph then has no in-place slice writes, which ONNX spells
+        as transposes of the whole volume); several are written into one buffer (no second copy)."""
+        batch, queries, _ = self.fmap1.shape
+        grid = self.dense_grid
+        blocks = row_blocks(queries, row_elements=grid.pixels[0], budget=self.chunk_elements)
+        if len(blocks) == 1:
+            return self._dense_rows(first, blocks[0])
+        volume = self.fmap1.new_empty(batch, queries, grid.row_length)
+        for rows in blocks:
+            volume[:, rows] = self._dense_rows(first, rows)
+        return volume
+
+    def _dense_rows(self, first: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The volume's rows of the query pixels `rows`: `[B, n, row_length]`."""
+        corr = torch.matmul(self.fmap1[:, rows], first.flatten(2))  # [B, n, h_l*w_l]
+        batch, queries, _ = corr.shape
+        level_map = corr.view(-1, 1, *first.shape[-2:])  # [B*n, 1, h_l, w_l]
+        zero_entry = corr.new_zeros(batch, queries, 1)
+        entries = []
+        for offset, pixels in enumerate(self.dense_grid.pixels):
+            if offset:
+                level_map = F.avg_pool2d(level_map, 2, stride=2)
+            entries += [level_map.view(batch, queries, pixels), zero_entry]
+        return torch.cat(entries, dim=2)
 
     @property
     def out_channels(self) -> int:
