@@ -66,6 +66,17 @@ class SizeRule:
         return None
 
 
+def session_options() -> ort.SessionOptions:
+    """onnxruntime's options for an export: as many CPU threads as PyTorch uses here
+    (torch.get_num_threads, which OMP_NUM_THREADS sets), and threads that sleep between runs
+    instead of spinning (spinning threads slow whatever runs next on these cores, and were no
+    faster; docs/export.md)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def open_session(path: str | os.PathLike, *, providers: list[str] | None = None) -> ort.InferenceSession:
     """An onnxruntime session of the DecFlow export at `path`; ValueError naming the file if it
     is missing, not an ONNX model, or not a DecFlow export with this module's inputs and outputs."""
@@ -75,7 +86,7 @@ def open_session(path: str | os.PathLike, *, providers: list[str] | None = None)
     if not path.is_file():
         raise ValueError(f"ONNX file {path} not found")
     try:
-        session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(), providers=providers or ["CPUExecutionProvider"])
     except LOAD_ERRORS as error:
         reason = str(error).strip().splitlines()[0][:80]
         raise ValueError(f"{path} is not an ONNX model onnxruntime can load ({reason})") from None

@@ -27,7 +27,7 @@ from core.checkpoint import sha256_of  # noqa: E402
 from core.corr import CorrBlock, coords_grid  # noqa: E402
 from core.inference import FlowEstimator, load_model  # noqa: E402
 from core.network import DecFlowConfig  # noqa: E402
-from core.onnx_runtime import OUTPUT_NAMES, OnnxFlowEstimator, SizeRule  # noqa: E402
+from core.onnx_runtime import OUTPUT_NAMES, OnnxFlowEstimator, SizeRule, open_session  # noqa: E402
 from tests.model_helpers import authors_state_dict  # noqa: E402
 
 ITERS = 2
@@ -145,6 +145,14 @@ def test_estimator_names_a_file_that_is_not_a_decflow_export(tmp_path):
     other.write_bytes(foreign.SerializeToString())
     with pytest.raises(ValueError, match=f"{other} is not a DecFlow export"):
         OnnxFlowEstimator(other)
+
+
+def test_sessions_use_pytorchs_threads_and_do_not_spin(exported):
+    """onnxruntime's default is one thread per core and spinning workers, which slowed the next
+    PyTorch run on the same cores (docs/export.md)."""
+    options = open_session(exported["output"]).get_session_options()
+    assert options.intra_op_num_threads == torch.get_num_threads()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def run_get_flow(*argv: str) -> None:
