@@ -16,6 +16,7 @@ import torch
 
 from core.checkpoint import default_checkpoint
 from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
+from core.errors import UserError
 from core.inference import FlowEstimator, load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
@@ -40,10 +41,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """HelpFormatter for a description that is a module docstring (its lines kept as written)."""
-
-
-class UserError(Exception):
-    """A mistake in the command line or the inputs: reported as one line, no traceback."""
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False) -> None:
