@@ -426,7 +426,7 @@ def _frame_roots(path: Path, holds: Callable[[Path], bool]) -> list[Path]:
 def _choose_root(name: str, path: Path, roots: list[Path], what: str) -> Path:
     if not roots:
         raise UserError(f"{name}: no folder of {what} in {path} or its subfolders")
-    cropped = [root for root in roots if "crop" in root.name.casefold()]
+    cropped = [root for root in roots if "crop" in str(root.relative_to(path)).casefold()]
     if len(roots) > 1 and len(cropped) != 1:
         raise UserError(f"{name}: several folders of {what} in {path} ({roots[0].name}, {roots[1].name}): name one")
     return cropped[0] if len(roots) > 1 else roots[0]
