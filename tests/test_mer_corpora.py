@@ -252,3 +252,10 @@ def test_read_dataset_spec_errors():
         read_dataset("casme2")
     with pytest.raises(UserError, match="'casme3' has no reader"):
         read_dataset("casme3=/nowhere")
+
+
+def test_an_annotation_file_that_is_no_workbook_is_named(tmp_path):
+    root = _casme2(tmp_path / "CASME2", CASME2_ROWS)
+    (root / "CASME2-coding-20140508.xlsx").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=r"cannot read .*CASME2-coding-20140508.xlsx as an xlsx workbook"):
+        read_dataset(f"casme2={root}")

@@ -37,9 +37,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from zipfile import BadZipFile
 
 import numpy as np
 import openpyxl
+from openpyxl.utils.exceptions import InvalidFileException
 
 from core.errors import UserError
 from core.mer.clips import CANONICAL_COLUMNS, Clip
@@ -313,7 +315,7 @@ def read_sheet(path: Path, columns: Sequence[str]) -> list[tuple[int, dict[str, 
     matched without case and spaces): (sheet row number, {column: cell}), empty rows left out."""
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as error:  # openpyxl raises many types for a file that is not a workbook
+    except (InvalidFileException, BadZipFile, KeyError, ValueError, OSError) as error:  # not a workbook
         raise UserError(f"cannot read {path} as an xlsx workbook ({type(error).__name__}: {error})") from None
     try:
         rows = list(book.worksheets[0].iter_rows(values_only=True))
