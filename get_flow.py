@@ -20,16 +20,16 @@ Videos also give `<video>_flow.mp4`.
 
 `--face_crop` detects the face on a few sampled frames (OpenCV's Haar cascade, no download; or
 `--face_detector yunet:PATH`), chooses it from the evidence across them, and crops every frame
-of the sequence to ONE fixed square around it (`--face_margin`), resized to `--face_size` and
-padded by repeating the edge where the square leaves the frame; `<sequence>_face.json` records
-the box [x, y, w, h] in frame pixels, the scale, the detector and the frames where detection
-failed, `<sequence>_face.png` shows it. `--paste_back` adds `<name>_<flow>_full<ext>`: the flows
-in frame coordinates (vectors divided by the scale, NaN outside the square). `--pairs FILE.csv`
-(`name,image1,image2` or `name,video,frame1,frame2`) computes just the listed pairs, named by
-`name`. `--save_strain` adds the expression flow's optical strain `<name>_strain.npy` ([H, W, 3]
-e_xx, e_yy, e_xy), `<name>_strain_magnitude.npy` and a table of the per-pair mean facial, head
-and expression magnitude and strain inside the face box (`<sequence>_strain.csv`, or
-`<list>_strain.csv` for a pair list).
+of the sequence to ONE fixed square around it (`--face_margin`; never larger than the frame's
+shorter side, shifted inside the frame), resized to `--face_size`; `<sequence>_face.json`
+records the square (`box_xywh_frame_px`), the scale, the detector and the frames where detection
+failed, `<sequence>_face.png` shows it (field names and units: docs/outputs.md). `--paste_back`
+adds `<name>_<flow>_full<ext>`: the flows in frame coordinates (vectors divided by the scale,
+NaN outside the square). `--pairs FILE.csv` (`name,image1,image2` or `name,video,frame1,frame2`)
+computes just the listed pairs, named by `name`. `--save_strain` adds the expression flow's
+optical strain `<name>_strain.npy` ([H, W, 3] e_xx, e_yy, e_xy), `<name>_strain_magnitude.npy`
+and a table of the per-pair mean facial, head and expression magnitude and strain inside the
+face box (`<sequence>_strain.csv`, or `<list>_strain.csv` for a pair list).
 
 `<name>` names the pair: `<folder>_<stem1>-<stem2>` for an image pair and for frames
 (`<folder>`: the folder of the first image; a stem shared by two frames of the folder,
@@ -268,7 +268,12 @@ def face_options(args: argparse.Namespace) -> FaceCropOptions | None:
 def face_recipe(args: argparse.Namespace, face: FaceCropOptions) -> dict:
     """The face crop's options as a corpus manifest records them (a change redoes the sequence)."""
     detector = args.face_detector or "haar"
-    return {"detector": detector, "margin": face.margin, "size": face.size, "paste_back": face.paste_back}
+    return {
+        "detector": detector,
+        "margin_face_sides": face.margin,
+        "crop_side_px": face.size,
+        "paste_back": face.paste_back,
+    }
 
 
 def open_sources(args: argparse.Namespace) -> list[FrameSource]:

@@ -45,7 +45,7 @@ def check_pyramid_size(height: int, width: int, num_levels: int) -> None:
     min_side = 2 ** (num_levels - 1) * 2
     if min(height, width) < min_side:
         raise ValueError(
-            f"feature maps of {height}x{width} are too small for a {num_levels}-level pyramid: "
+            f"feature maps of {width}x{height} are too small for a {num_levels}-level pyramid: "
             f"each side must be at least {min_side} (image sides >= {8 * min_side} px)"
         )
 

@@ -37,7 +37,7 @@ class RelativePositionEmbedding(nn.Module):
         if max(height, width) > self.max_positions:
             raise ValueError(
                 f"relative position attention supports at most {self.max_positions} positions per side "
-                f"at 1/8 resolution ({8 * self.max_positions} px); got {height}x{width}"
+                f"at 1/8 resolution ({8 * self.max_positions} px); got {width}x{height}"
             )
         emb_h = self.rel_height(self.rel_ind[row_offset : row_offset + rows, :height])  # [rows(x), h(u), d]
         emb_w = self.rel_width(self.rel_ind[:width, :width])  # [w(y), w(v), d]

@@ -43,19 +43,32 @@ def box_mean(values: np.ndarray, box: Sequence[float]) -> float:
     return float(inside.mean())
 
 
+# The pixels a strain table's flows and box are in: the face crop's (--face_crop), or the frame's
+TABLE_PIXELS = ("crop", "frame")
+# The columns of tables written before they named their pixels (a rerun still knows them as tables)
+LEGACY_HEADER = ["name", "facial", "head", "expression", "strain", "box_x", "box_y", "box_w", "box_h"]
+
+
 class PairMeasures(NamedTuple):
-    """One row of a sequence's strain table: means inside the face box (crop pixels)."""
+    """One row of a sequence's strain table: means inside the face box, in the flow's pixels."""
 
     name: str
     facial: float  # mean |facial flow|, px
     head: float
     expression: float
-    strain: float  # mean strain magnitude of the expression flow
+    strain: float  # mean strain magnitude of the expression flow (no unit)
     box: tuple[float, float, float, float]  # (x, y, w, h) the means cover, in the flow's pixels
 
     @staticmethod
-    def header() -> list[str]:
-        return ["name", "facial", "head", "expression", "strain", "box_x", "box_y", "box_w", "box_h"]
+    def header(pixels: str) -> list[str]:
+        """The table's columns, naming the pixels (one of `TABLE_PIXELS`) of the flows and the box."""
+        means = [f"{kind}_mean_{pixels}_px" for kind in ("facial", "head", "expression")]
+        return ["name", *means, "strain_mean", *(f"box_{axis}_{pixels}_px" for axis in "xywh")]
+
+    @staticmethod
+    def is_header(columns: Sequence[str]) -> bool:
+        """Whether `columns` are a strain table's, of this version or an earlier one."""
+        return list(columns) in [*(PairMeasures.header(p) for p in TABLE_PIXELS), LEGACY_HEADER]
 
     def row(self) -> list[str]:
         numbers = (self.facial, self.head, self.expression, self.strain)

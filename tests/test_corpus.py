@@ -200,7 +200,7 @@ def test_options_work_inside_each_sequence_as_for_one_sequence(decflow_checkpoin
                     np.load(tmp_path / "out" / folder / name), np.load(tmp_path / "one" / name)
                 )
     manifest = json.loads((tmp_path / "out" / "happy" / "s1" / MANIFEST_NAME).read_text())
-    assert manifest["frames"] == 3 and [name for name, *_ in manifest["request"]["inputs"]] == [
+    assert manifest["frames"] == 3 and [entry["name"] for entry in manifest["request"]["inputs"]] == [
         "0000.png",
         "0002.png",
         "0004.png",
@@ -209,7 +209,8 @@ def test_options_work_inside_each_sequence_as_for_one_sequence(decflow_checkpoin
     assert {"warm_start": True, "stride": 2, "max_frames": 3, "iters": 1}.items() <= recorded.items()
     ran = {"precision": "float32", "alternate_corr": False, "num_heads": 1, "position_only": False}
     assert ran.items() <= recorded.items()  # from the estimator that ran (FlowEstimator.description)
-    assert manifest["files"] == {n: (tmp_path / "out" / "happy" / "s1" / n).stat().st_size for n in manifest["files"]}
+    files = manifest["file_bytes"]
+    assert files == {n: (tmp_path / "out" / "happy" / "s1" / n).stat().st_size for n in files}
     run(
         decflow_checkpoint,
         "--corpus",
@@ -269,6 +270,35 @@ def test_rerun_skips_what_matches_and_redoes_the_rest(decflow_checkpoint: Path, 
     assert "in the way: no --corpus run wrote it" in (out / "failures.jsonl").read_text()
     assert (out / "s4" / "mine.txt").is_file()
     assert frames["s1"][0].is_file() and hidden_entries(out) == []
+
+
+def test_a_manifest_of_an_earlier_version_is_redone(decflow_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    """A manifest as version 1 wrote it (input sizes and file sizes without their units): the rerun
+    redoes the sequence, and its new manifest names the units."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    frames = write_frames(corpus / "s1", 2)
+    run(decflow_checkpoint, "--corpus", str(corpus), "--output", str(out))
+    manifest = json.loads((out / "s1" / MANIFEST_NAME).read_text())
+    older = {
+        "sequence": "s1",
+        "request": {
+            **manifest["request"],
+            "version": 1,
+            "inputs": [[path.name, path.stat().st_size, path.stat().st_mtime_ns] for path in frames],
+        },
+        "frames": 2,
+        "files": manifest["file_bytes"],
+    }
+    (out / "s1" / MANIFEST_NAME).write_text(json.dumps(older))
+    capsys.readouterr()
+    run(decflow_checkpoint, "--corpus", str(corpus), "--output", str(out))
+    assert summary(capsys.readouterr().out) == (1, 0, 0)
+    manifest = json.loads((out / "s1" / MANIFEST_NAME).read_text())
+    assert manifest["request"]["version"] == 2
+    assert manifest["request"]["inputs"] == [
+        {"name": path.name, "size_bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns} for path in frames
+    ]
+    assert manifest["file_bytes"] == {"s1_0000-0001_flow.png": (out / "s1" / "s1_0000-0001_flow.png").stat().st_size}
 
 
 def test_failures_do_not_stop_the_corpus(decflow_checkpoint: Path, tmp_path: Path) -> None:
@@ -365,7 +395,7 @@ def test_kill_9_mid_run_then_rerun_redoes_at_most_the_sequence_in_flight(
     for name in names:
         manifest = json.loads((out / name / MANIFEST_NAME).read_text())
         pairs = [f"{name}_0000-0001_flow.png", f"{name}_0001-0002_flow.png"]
-        assert sorted(manifest["files"]) == pairs  # no file twice, none missing
+        assert sorted(manifest["file_bytes"]) == pairs  # no file twice, none missing
         assert sorted(p.name for p in (out / name).iterdir()) == sorted(pairs + [MANIFEST_NAME])
 
 
@@ -407,16 +437,22 @@ def test_face_crop_and_strain_inside_a_corpus(decflow_checkpoint: Path, tmp_path
     for name in ("clip_0000-0001_expression.npy", "clip_0001-0002_strain.npy"):
         np.testing.assert_array_equal(np.load(folder / name), np.load(tmp_path / "one" / name))
     assert (
-        json.loads((folder / "clip_face.json").read_text())["box"]
-        == json.loads((tmp_path / "one" / "clip_face.json").read_text())["box"]
+        json.loads((folder / "clip_face.json").read_text())["box_xywh_frame_px"]
+        == json.loads((tmp_path / "one" / "clip_face.json").read_text())["box_xywh_frame_px"]
     )
     assert (folder / "clip_strain.csv").read_text() == (tmp_path / "one" / "clip_strain.csv").read_text()
     recorded = json.loads((folder / MANIFEST_NAME).read_text())["request"]["options"]
-    assert recorded["face_crop"] == {"detector": "haar", "margin": 0.25, "size": 128, "paste_back": False}
+    assert recorded["face_crop"] == {
+        "detector": "haar",
+        "margin_face_sides": 0.25,
+        "crop_side_px": 128,
+        "paste_back": False,
+    }
     assert recorded["save_strain"] is True
     capsys.readouterr()
     run(decflow_checkpoint, *corpus_run)
     assert summary(capsys.readouterr().out) == (0, 1, 0)
     run(decflow_checkpoint, *corpus_run, "--face_margin", "0.5")
     assert summary(capsys.readouterr().out) == (1, 0, 0)
-    assert json.loads((folder / MANIFEST_NAME).read_text())["request"]["options"]["face_crop"]["margin"] == 0.5
+    recorded = json.loads((folder / MANIFEST_NAME).read_text())["request"]["options"]
+    assert recorded["face_crop"]["margin_face_sides"] == 0.5

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from core.extract.faces import crop_frames
+from core.extract.faces import crop_frames, face_note
+from core.extract.outputs import CROP_COLOUR, FACE_COLOUR, draw_crop
 from core.face.crop import FaceCrop, FaceCropOptions, choose_face, crop_around_face, iou, plan_crop
 from core.face.detect import Detection, HaarDetector, make_detector
-from core.utils.frames import Frame
+from core.utils.frames import Frame, ImageFiles
 from tests.face_helpers import CANVAS, astronaut_clip, contains, real_face
 
 CLIP_FRAMES = 8
@@ -69,7 +70,7 @@ def test_the_crop_holds_the_real_face_in_every_frame_and_the_face_is_not_small(
         assert contains(square, real_face(i)), (i, square)
     # the face fills about half the crop: 95 px faces, 42 px of motion, a quarter face side of margin
     assert 0.45 <= real_face(0)[2] / crop.side <= 0.67
-    assert crop.failed == [] and not crop.padded and crop.scale == 128 / crop.side
+    assert crop.failed == [] and crop.padding() == (0, 0, 0, 0) and crop.scale == 128 / crop.side
 
 
 def test_every_frame_gets_the_same_crop(clip: list[np.ndarray]) -> None:
@@ -101,13 +102,70 @@ def test_choice_persistence_confidence_and_the_largest_of_several_faces() -> Non
     assert (crop.x, crop.y, crop.side) == (88, 88, 75)  # a quarter of the 50 px face on each side, centred
 
 
+# The astronaut photo cut to her face (rows 40-189, columns 165-284): a 120x150 frame that the face fills,
+# as in a pre-cropped corpus. Haar finds the face at (13, 27), 93 px: a quarter face side of margin would
+# make a 140 px square, wider than the frame.
+FACE_FILLS_FRAME = (slice(40, 190), slice(165, 285))
+
+
+def test_a_face_that_fills_the_frame_gets_a_square_inside_it_and_no_padding() -> None:
+    frame = np.ascontiguousarray(data.astronaut()[FACE_FILLS_FRAME])
+    crop = plan_crop([("a", frame), ("b", frame)], FaceCropOptions(detector=HaarDetector(), size=64), "pre-cropped")
+    assert crop.face == (13.0, 27.0, 93.0, 93.0)
+    # the square: 120 px (the shorter side), centred on the face's centre (59.5, 73.5), then shifted inside
+    assert (crop.x, crop.y, crop.side) == (0, 14, 120) and crop.padding() == (0, 0, 0, 0)
+    expected = cv2.resize(frame[14:134, 0:120], (64, 64), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(crop.crop(frame), expected)  # frame pixels only: no repeated edge bands
+    assert crop.record()["padding_frame_px"] == {"left": 0, "top": 0, "right": 0, "bottom": 0}
+
+
+@pytest.mark.parametrize(
+    ("face", "frame_size", "square"),
+    [
+        ((5.0, 100.0, 50.0, 50.0), (300, 400), (0, 88, 75)),  # 75 px centred at x 30 starts at -7.5: shifted right
+        ((380.0, 260.0, 20.0, 20.0), (300, 400), (370, 255, 30)),  # ends at 405 > 400: shifted left
+        ((100.0, 10.0, 90.0, 90.0), (100, 300), (95, 0, 100)),  # 135 px > the 100 px height: 100 px, at the top
+    ],
+)
+def test_a_face_near_an_edge_is_shifted_not_padded(
+    face: tuple[float, float, float, float], frame_size: tuple[int, int], square: tuple[int, int, int]
+) -> None:
+    detections = [[Detection(face, 5.0)]] * 2
+    crop = crop_around_face(detections, ["a", "b"], frame_size, FaceCropOptions(detector=HaarDetector()), "x")
+    assert (crop.x, crop.y, crop.side) == square and crop.padding() == (0, 0, 0, 0)
+
+
+def test_the_picture_shows_the_square_clipped_to_the_frame() -> None:
+    """A square that leaves the frame (built by hand: planned ones never do) is drawn along the
+    frame's edge; the outline is 2 px wide inside the square, the face's 1 px inside its box."""
+    crop = _crop(x=-10, y=20, side=60, face=(20.0, 40.0, 10.0, 10.0))  # 80x100 frame: columns -10..49 -> 0..49
+    drawn = draw_crop(np.zeros((100, 80, 3), np.uint8), crop)
+    rows, cols = np.mgrid[0:100, 0:80]
+    inside = (rows >= 20) & (rows < 80) & (cols < 50)
+    outline = inside & ((rows < 22) | (rows >= 78) | (cols < 2) | (cols >= 48))
+    face = (rows >= 40) & (rows < 50) & (cols >= 20) & (cols < 30)
+    face_outline = face & ((rows == 40) | (rows == 49) | (cols == 20) | (cols == 29))
+    assert (drawn[outline] == CROP_COLOUR).all() and (drawn[face_outline] == FACE_COLOUR).all()
+    assert not drawn[~outline & ~face_outline].any()
+
+
+def test_a_note_when_the_face_is_larger_than_the_square(tmp_path: Path) -> None:
+    source = ImageFiles([tmp_path / "seq" / "0000.png", tmp_path / "seq" / "0001.png"])
+    assert face_note(_crop(face=(0.0, 0.0, 50.0, 50.0)), source) is None
+    assert face_note(_crop(face=(0.0, 0.0, 70.0, 64.0)), source) == (
+        f"frames folder {tmp_path / 'seq'}: the face's detections span 70x64 px, more than the frame's shorter "
+        "side: the 60x60 px square holds part of them"
+    )
+
+
 def test_crop_pads_by_repeating_the_edge() -> None:
     rgb = np.random.default_rng(0).integers(0, 256, (100, 80, 3), dtype=np.uint8)
     crop = _crop(x=-10, y=20, side=60, size=60)  # 10 columns left of the frame
     cropped = crop.crop(rgb)
     np.testing.assert_array_equal(cropped[:, 10:], rgb[20:80, :50])
     np.testing.assert_array_equal(cropped[:, :10], np.repeat(rgb[20:80, :1], 10, axis=1))
-    assert crop.padded and not _crop(x=0).padded
+    assert crop.padding() == (10, 0, 0, 0) and _crop(x=0).padding() == (0, 0, 0, 0)
+    assert _crop(x=30, y=-5, side=80).padding() == (0, 5, 30, 0)  # 80 px frame wide, 100 px high
 
 
 @pytest.mark.parametrize(("side", "size"), [(60, 120), (60, 45)])

@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data
 
 import get_flow
+from core.extract.outputs import CROP_COLOUR
 from core.extract.pairs import read_pairs
 from tests.face_helpers import astronaut_clip, contains, real_face
 
@@ -68,11 +70,11 @@ def test_face_crop_on_the_astronaut_clip(decflow_checkpoint: Path, tmp_path: Pat
         str(out),
     )
     record = json.loads((out / "clip_face.json").read_text())
-    x, y, side, same = record["box"]
-    assert side == same and record["scale"] == SIZE / side and record["frame"] == [1280, 720]
+    x, y, side, same = record["box_xywh_frame_px"]
+    assert side == same and record["crop_px_per_frame_px"] == SIZE / side and record["frame_wh_px"] == [1280, 720]
     assert record["detector"].startswith("haar") and record["failed"] == [] and len(record["sampled"]) == 4
     for i in range(4):  # the one crop holds the real face in every frame, and the face fills half of it or more
-        assert contains((x, y, side, side), real_face(i)), (i, record["box"])
+        assert contains((x, y, side, side), real_face(i)), (i, record["box_xywh_frame_px"])
     assert real_face(0)[2] / side >= 0.5
     for i, name in enumerate(["clip_0000-0001", "clip_0001-0002", "clip_0002-0003"]):
         picture = np.asarray(Image.open(out / f"{name}_flow.png").convert("RGB"))
@@ -93,22 +95,60 @@ def test_face_crop_on_the_astronaut_clip(decflow_checkpoint: Path, tmp_path: Pat
     with open(out / "clip_strain.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["name"] for r in rows] == ["clip_0000-0001", "clip_0001-0002", "clip_0002-0003"]
-    fx, fy, fw, fh = ((v - o) * SIZE / side for v, o in zip(record["face"], (x, y, 0, 0)))
+    fx, fy, fw, fh = ((v - o) * SIZE / side for v, o in zip(record["face_xywh_frame_px"], (x, y, 0, 0)))
     cols = slice(int(np.ceil(fx - 0.5)), int(np.ceil(fx + fw - 0.5)))
     rows_ = slice(int(np.ceil(fy - 0.5)), int(np.ceil(fy + fh - 0.5)))
     head = np.load(out / "clip_0000-0001_head.npy")
-    assert float(rows[0]["head"]) == pytest.approx(np.linalg.norm(head, axis=-1)[rows_, cols].mean(), rel=1e-5)
+    expected_head = np.linalg.norm(head, axis=-1)[rows_, cols].mean()
+    assert float(rows[0]["head_mean_crop_px"]) == pytest.approx(expected_head, rel=1e-5)
 
     # a pair list applies the crop per row: its own sampled frames, its own JSON
     (tmp_path / "list.csv").write_text("name,image1,image2\nonset_apex,clip/0000.png,clip/0003.png\n")
     run(*model, "--pairs", str(tmp_path / "list.csv"), *face, "--output", str(out))
     row = json.loads((out / "onset_apex_face.json").read_text())
-    assert len(row["sampled"]) == 2 and all(contains(tuple(row["box"]), real_face(i)) for i in (0, 3))
+    assert len(row["sampled"]) == 2 and all(contains(tuple(row["box_xywh_frame_px"]), real_face(i)) for i in (0, 3))
     assert (out / "onset_apex_flow.png").is_file()
     # the crop's picture records its input too: a run stopped before its first pair's files is rerun as is
     (out / "onset_apex_flow.png").unlink()
     run(*model, "--pairs", str(tmp_path / "list.csv"), *face, "--output", str(out))
     assert (out / "onset_apex_flow.png").is_file()
+
+
+def test_a_face_that_fills_the_frame_names_and_units(
+    decflow_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The astronaut photo cut to her face (a 120x150 frame it fills, as a pre-cropped corpus's): the
+    square is the frame's width, no padding, drawn in the picture, and every output names its axes,
+    its pixels and its units (docs/outputs.md, Conventions). About 5 s on 2 loaded cores."""
+    frame = np.ascontiguousarray(data.astronaut()[40:190, 165:285])  # Haar: the face at (13, 27), 93 px
+    save_frames(tmp_path / "face", [frame, frame])
+    out = tmp_path / "out"
+    run("--model", str(decflow_checkpoint), "--frames", str(tmp_path / "face"), "--face_crop", "--face_size",
+        str(SIZE), "--save_strain", "--output", str(out))  # fmt: skip
+    record = json.loads((out / "face_face.json").read_text())
+    # 93 px + 2 x 0.25 x 93 = 140 px > the 120 px width: 120 px, centred on y 73.5 -> top 14
+    assert record["frame_wh_px"] == [120, 150] and record["box_xywh_frame_px"] == [0, 14, 120, 120]
+    assert record["padding_frame_px"] == {"left": 0, "top": 0, "right": 0, "bottom": 0}
+    assert record["face_xywh_frame_px"] == [13.0, 27.0, 93.0, 93.0] and record["crop_wh_px"] == [SIZE, SIZE]
+    assert record["crop_px_per_frame_px"] == SIZE / 120 and record["margin_face_sides"] == 0.25
+    picture = np.asarray(Image.open(out / "face_face.png").convert("RGB"))
+    assert picture.shape == (150, 120, 3)
+    green = (picture == CROP_COLOUR).all(axis=-1)
+    assert green[14:134, [0, 119]].all() and green[[14, 133], :].all()  # the square's edges: the frame's sides
+    assert not green[:13].any() and not green[135:].any()
+    # the strain table: the face box in crop pixels, (13 - 0, 27 - 14, 93, 93) x 128 / 120
+    with open(out / "face_strain.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    box = [float(row[f"box_{axis}_crop_px"]) for axis in "xywh"]
+    assert box == [13.9, 13.9, 99.2, 99.2]
+    # messages give sizes as width x height
+    Image.fromarray(frame[:, :100]).save(tmp_path / "narrow.png")
+    monkeypatch.chdir(tmp_path)  # short paths in the message
+    message = error_of("--model", str(decflow_checkpoint), "--image1", "face/0000.png", "--image2", "narrow.png")
+    assert message == (
+        "face/0000.png (120x150 px) and narrow.png (100x150 px) differ in size; "
+        "both images of a pair must have the same size"
+    )
 
 
 def _video(path: Path, frames: list[np.ndarray]) -> None:
@@ -149,7 +189,8 @@ def test_a_pair_list_gives_the_flow_of_image1_image2(decflow_checkpoint: Path, t
                 np.load(tmp_path / "single" / f"{single}_{kind}.npy"),
             )
     table = (tmp_path / "list" / "video_strain.csv").read_text().splitlines()
-    assert table[0].startswith("name,facial,head,expression,strain,") and table[1].startswith("v_onset_apex,")
+    assert table[0].startswith("name,facial_mean_frame_px,head_mean_frame_px,expression_mean_frame_px,strain_mean,")
+    assert table[1].startswith("v_onset_apex,")
     assert len(table) == 2 and not (tmp_path / "list" / "v_onset_apex_strain.csv").exists()  # one table per list
     # a rerun on the same list replaces its own table; a table no run on this list wrote stays unless --overwrite
     images = ("--pairs", str(tmp_path / "images.csv"), "--save_strain", "--output", str(tmp_path / "list"))
@@ -157,7 +198,13 @@ def test_a_pair_list_gives_the_flow_of_image1_image2(decflow_checkpoint: Path, t
     (tmp_path / "list" / "images_strain.csv").write_text("name,score\nsomeone else's,1\n")
     assert error_of(*model, *images).startswith("images_strain.csv in ")
     run(*model, *images, "--overwrite")
-    assert (tmp_path / "list" / "images_strain.csv").read_text().startswith("name,facial,")
+    assert (tmp_path / "list" / "images_strain.csv").read_text().startswith("name,facial_mean_frame_px,")
+    # a table that an older version wrote on this list (columns without their pixels) is this list's too
+    (tmp_path / "list" / "images_strain.csv").write_text(
+        "name,facial,head,expression,strain,box_x,box_y,box_w,box_h\nfirst,1,1,0,0,0.0,0.0,60.0,40.0\n"
+    )
+    run(*model, *images)
+    assert (tmp_path / "list" / "images_strain.csv").read_text().startswith("name,facial_mean_frame_px,")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ among processes, resumable after a kill.
 - Atomic and resumable: a sequence is written into a hidden folder beside its place
   (`.<name>.<pid>-<random>.partial`), with `manifest.json` (the weights' sha256, the options that
   change the outputs, the input files with sizes and times, the frame count, every file and its
-  size), then renamed into place. A rerun skips a sequence whose manifest matches the request and
+  size in bytes), then renamed into place. A rerun skips a sequence whose manifest matches the request and
   whose files are all there, redoes one whose manifest does not match, and, with `overwrite`,
   redoes all; a folder in the way that no corpus run wrote is a failure unless `overwrite`. What a
   killed run leaves (its in-flight hidden folders) is removed by the next run's owner of the sequence.
@@ -47,7 +47,8 @@ from core.utils.atomic import write_text_atomic
 from core.utils.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, folder_frames, natural_key
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1  # raise when a manifest's meaning changes: older ones are then redone
+# Raise when a manifest's meaning changes: older ones are then redone (2: sizes named with their units)
+MANIFEST_VERSION = 2
 PARTIAL_SUFFIX = ".partial"  # a sequence being written
 REPLACED_SUFFIX = ".replaced"  # an earlier output being swapped out
 PROGRESS_FOLDER = ".corpus"  # in --output, under torchrun: one progress file per rank
@@ -249,9 +250,11 @@ def input_files(sequence: Sequence, *, stride: int, max_frames: int | None) -> l
     return folder_frames(sequence.path, stride=stride, max_frames=max_frames).paths
 
 
-def fingerprint(paths: list[Path]) -> list[list]:
-    """[name, size, modification time in ns] per input file: a changed input does not match."""
-    return [[path.name, (stat := path.stat()).st_size, stat.st_mtime_ns] for path in paths]
+def fingerprint(paths: list[Path]) -> list[dict]:
+    """The name, size and modification time of each input file: a changed input does not match."""
+    return [
+        {"name": path.name, "size_bytes": (stat := path.stat()).st_size, "mtime_ns": stat.st_mtime_ns} for path in paths
+    ]
 
 
 def read_manifest(folder: Path) -> dict | None:
@@ -265,7 +268,7 @@ def read_manifest(folder: Path) -> dict | None:
 
 def is_complete(folder: Path, manifest: dict, request: dict) -> bool:
     """The manifest records this request, and its files are all there with their sizes."""
-    files = manifest.get("files")
+    files = manifest.get("file_bytes")
     if manifest["request"] != request or not isinstance(files, dict):
         return False
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
@@ -273,7 +276,7 @@ def is_complete(folder: Path, manifest: dict, request: dict) -> bool:
 
 def write_manifest(folder: Path, sequence: Sequence, request: dict, pairs: int) -> None:
     files = {path.name: path.stat().st_size for path in sorted(folder.iterdir()) if path.name != MANIFEST_NAME}
-    manifest = {"sequence": sequence.relative, "request": request, "frames": pairs + 1, "files": files}
+    manifest = {"sequence": sequence.relative, "request": request, "frames": pairs + 1, "file_bytes": files}
     write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
 
 

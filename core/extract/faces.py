@@ -46,20 +46,28 @@ def crop_frames(frames: Iterator[Frame], crop: FaceCrop) -> Iterator[Frame]:
 
 
 def face_record(source: FrameSource, crop: FaceCrop, options: FaceCropOptions) -> dict:
-    """The sequence's `<sequence>_face.json`: the input, the crop (box [x, y, w, h] in frame pixels,
-    scale, detector, the sampled frames where detection failed) and the margin."""
+    """The sequence's `<sequence>_face.json`: the input, the crop (`FaceCrop.record`: the square in
+    frame pixels, the scale, the padding, the detector, the sampled frames where detection failed)
+    and the margin, in face sides."""
     inputs = [str(path.resolve()) for path in source.paths]
     if isinstance(source, PairRow) and source.video is not None:
         inputs = [f"{inputs[0]} frame {index}" for index in source.indices]
-    return {"sequence": source.sequence_name(), "input": inputs, **crop.record(), "margin": options.margin}
+    return {"sequence": source.sequence_name(), "input": inputs, **crop.record(), "margin_face_sides": options.margin}
 
 
 def face_note(crop: FaceCrop, source: FrameSource) -> str | None:
-    """One line when the evidence supports several faces (the largest is cropped), or when the
-    detection failed in some sampled frames."""
+    """One line when the evidence supports several faces (the largest is cropped), when the
+    detection failed in some sampled frames, or when the face's detections span more than the
+    square (it is never larger than the frame's shorter side)."""
     notes = []
     if crop.faces > 1:
         notes.append(f"{crop.faces} faces found, cropping the largest")
     if crop.failed:
         notes.append(f"no face detected in {len(crop.failed)} of {len(crop.sampled)} sampled frames")
+    _, _, width, height = crop.face
+    if max(width, height) > crop.side:
+        notes.append(
+            f"the face's detections span {width:.0f}x{height:.0f} px, more than the frame's shorter side: "
+            f"the {crop.side}x{crop.side} px square holds part of them"
+        )
     return f"{input_label(source)}: {'; '.join(notes)}" if notes else None

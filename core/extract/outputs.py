@@ -54,6 +54,7 @@ SAVE_FORMATS = {
 SOURCE_KEY = "DecFlow input"  # PNG text entry of a visualisation: the pair it shows
 VIDEO_CODEC = "mp4v"
 CROP_COLOUR, FACE_COLOUR = (0, 255, 0), (255, 0, 0)  # <sequence>_face.png: the crop, the face's detections
+CROP_LINE_PX, FACE_LINE_PX = 2, 1  # their outlines' widths, drawn inside the boxes
 
 
 class OutputNames:
@@ -198,13 +199,32 @@ def write_full_flow(save_format: str, path: Path, flow: np.ndarray) -> None:
         SAVE_FORMATS[save_format][1](path, flow)
 
 
+def draw_outline(image: np.ndarray, box: Sequence[float], colour: tuple[int, int, int], thickness: int) -> None:
+    """Draw the (x, y, w, h) box's outline, `thickness` px inside its edges, clipped to the image:
+    the edges that lie outside it are drawn along its border."""
+    height, width = image.shape[:2]
+    x, y, w, h = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+    if x0 >= x1 or y0 >= y1:
+        return
+    image[y0 : y0 + thickness, x0:x1] = colour
+    image[max(y1 - thickness, y0) : y1, x0:x1] = colour
+    image[y0:y1, x0 : x0 + thickness] = colour
+    image[y0:y1, max(x1 - thickness, x0) : x1] = colour
+
+
+def draw_crop(picture: np.ndarray, crop: FaceCrop) -> np.ndarray:
+    """A copy of `picture` (a sampled frame) with the crop's square and the face's detections drawn."""
+    drawn = picture.copy()
+    draw_outline(drawn, (crop.x, crop.y, crop.side, crop.side), CROP_COLOUR, CROP_LINE_PX)
+    draw_outline(drawn, crop.face, FACE_COLOUR, FACE_LINE_PX)
+    return drawn
+
+
 def write_face_files(plan: OutputPlan, crop: FaceCrop, record: dict, picture: np.ndarray, origin: str) -> None:
-    """The sequence's `<sequence>_face.json` (`record`) and `<sequence>_face.png`: `picture` (a sampled
-    frame) with the crop square and the face's detections drawn; ValueError naming a file it cannot write."""
-    drawn = np.ascontiguousarray(picture.copy())
-    cv2.rectangle(drawn, (crop.x, crop.y), (crop.x + crop.side - 1, crop.y + crop.side - 1), CROP_COLOUR, 2)
-    x, y, w, h = (int(round(v)) for v in crop.face)
-    cv2.rectangle(drawn, (x, y), (x + w - 1, y + h - 1), FACE_COLOUR, 1)
+    """The sequence's `<sequence>_face.json` (`record`) and `<sequence>_face.png` (`draw_crop`);
+    ValueError naming a file it cannot write."""
+    drawn = draw_crop(picture, crop)
     json_path, png_path = plan.sequence[:2]
     try:
         write_text_atomic(
@@ -215,11 +235,12 @@ def write_face_files(plan: OutputPlan, crop: FaceCrop, record: dict, picture: np
         raise ValueError(f"cannot write {json_path.name} or {png_path.name} in {plan.output} ({error})") from None
 
 
-def write_strain_table(path: Path, rows: Sequence[PairMeasures]) -> None:
-    """One CSV row per pair (`PairMeasures.header()` columns), through a temporary file."""
+def write_strain_table(path: Path, rows: Sequence[PairMeasures], *, cropped: bool) -> None:
+    """One CSV row per pair (`PairMeasures.header` columns, in crop pixels when `cropped`, else in
+    frame pixels), through a temporary file."""
     text = io.StringIO()
     table = csv.writer(text, lineterminator="\n")
-    table.writerow(PairMeasures.header())
+    table.writerow(PairMeasures.header("crop" if cropped else "frame"))
     table.writerows(row.row() for row in rows)
     try:
         write_text_atomic(path, text.getvalue())

@@ -122,7 +122,7 @@ def _check_table(table: Path, rows: list[PairRow], overwrite: bool) -> None:
             lines = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error):
         lines = []
-    if not (lines and lines[0] == PairMeasures.header() and [v[0] for v in lines[1:]] == [r.name for r in rows]):
+    if not (lines and PairMeasures.is_header(lines[0]) and [v[0] for v in lines[1:]] == [r.name for r in rows]):
         raise ValueError(f"{table.name} in {table.parent}: not from a run on this pair list (--overwrite replaces)")
 
 
@@ -147,5 +147,6 @@ def extract_pairs(
         for row in rows
     ]
     if table is not None:
-        write_strain_table(table, [measure for result in results for measure in result.measures])
+        measures = [measure for result in results for measure in result.measures]
+        write_strain_table(table, measures, cropped=options.face is not None)
     return results

@@ -163,7 +163,7 @@ def extract_sequence(
             shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
         raise ValueError(shortfall or "no pair to process: the input has fewer than 2 frames")
     if kinds.table:
-        write_strain_table(plan.sequence[-1], writer.measures)
+        write_strain_table(plan.sequence[-1], writer.measures, cropped=crop is not None)
     return SequenceResult(
         options.output, writer.names, kinds, plan.video, shortfall, crop, writer.measures, plan.sequence
     )

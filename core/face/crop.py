@@ -13,8 +13,12 @@ the face is chosen from the evidence of each track:
 - several faces (tracks with at least `CANDIDATE_EVIDENCE` of the strongest's evidence): the
   largest.
 The crop is the square around the union of the face's boxes, enlarged by `margin` times the
-face's side on every side, resized to `size`; where it leaves the frame the frame's edge pixels
-are repeated (replicate padding, as the flow's own input padder).
+face's side on every side, but never larger than the frame's shorter side (a face that already
+fills the frame, as in a pre-cropped corpus, gets less margin), then shifted inside the frame
+(a face near an edge is off-centre in its crop): a planned square never leaves the frame, and
+no pixel is invented. It is resized to `size`. A `FaceCrop` built by hand may leave the frame;
+there the frame's edge pixels are repeated (replicate padding, as the flow's own input padder)
+and `padding()` says how many on each side.
 """
 
 from __future__ import annotations
@@ -148,20 +152,22 @@ class FaceCrop:
         """Crop pixels per frame pixel."""
         return self.size / self.side
 
-    @property
-    def padded(self) -> bool:
+    def padding(self) -> tuple[int, int, int, int]:
+        """Frame pixels of the square outside the frame (left, top, right, bottom): the rows and
+        columns the crop fills by repeating the frame's edge (all 0 for a planned crop)."""
         height, width = self.frame_size
-        return self.x < 0 or self.y < 0 or self.x + self.side > width or self.y + self.side > height
+        return (
+            max(-self.x, 0),
+            max(-self.y, 0),
+            max(self.x + self.side - width, 0),
+            max(self.y + self.side - height, 0),
+        )
 
     def _window(self) -> tuple[slice, slice, slice, slice]:
         """(rows, columns) of the frame inside the square, then the same pixels in the square."""
-        height, width = self.frame_size
-        x0, y0, x1, y1 = self.x, self.y, self.x + self.side, self.y + self.side
-        frame = (slice(max(y0, 0), min(y1, height)), slice(max(x0, 0), min(x1, width)))
-        square = (
-            slice(max(-y0, 0), self.side - max(y1 - height, 0)),
-            slice(max(-x0, 0), self.side - max(x1 - width, 0)),
-        )
+        left, top, right, bottom = self.padding()
+        frame = (slice(self.y + top, self.y + self.side - bottom), slice(self.x + left, self.x + self.side - right))
+        square = (slice(top, self.side - bottom), slice(left, self.side - right))
         return *frame, *square
 
     def _resize(self, image: np.ndarray, side: int) -> np.ndarray:
@@ -174,8 +180,9 @@ class FaceCrop:
             raise ValueError(
                 f"frame of {rgb.shape[1]}x{rgb.shape[0]} px in a sequence of {self.frame_size[1]}x{self.frame_size[0]}"
             )
-        rows, cols, square_rows, square_cols = self._window()
-        pads = (square_rows.start, self.side - square_rows.stop, square_cols.start, self.side - square_cols.stop)
+        rows, cols, _, _ = self._window()
+        left, top, right, bottom = self.padding()
+        pads = (top, bottom, left, right)  # copyMakeBorder's order
         square = cv2.copyMakeBorder(rgb[rows, cols], *pads, cv2.BORDER_REPLICATE) if any(pads) else rgb[rows, cols]
         return np.ascontiguousarray(self._resize(square, self.size))
 
@@ -195,20 +202,31 @@ class FaceCrop:
         return (x - self.x) * s, (y - self.y) * s, w * s, h * s
 
     def record(self) -> dict:
-        """What the sequence's JSON says of the crop."""
+        """What the sequence's JSON says of the crop (names and units: docs/outputs.md, Conventions)."""
         height, width = self.frame_size
+        left, top, right, bottom = self.padding()
         return {
-            "box": [self.x, self.y, self.side, self.side],
-            "scale": self.scale,
-            "size": self.size,
-            "frame": [width, height],
-            "padded": self.padded,
-            "face": [round(v, 1) for v in self.face],
+            "box_xywh_frame_px": [self.x, self.y, self.side, self.side],
+            "crop_px_per_frame_px": self.scale,
+            "crop_wh_px": [self.size, self.size],
+            "frame_wh_px": [width, height],
+            "padding_frame_px": {"left": left, "top": top, "right": right, "bottom": bottom},
+            "face_xywh_frame_px": [round(v, 1) for v in self.face],
             "faces": self.faces,
             "detector": self.detector,
             "sampled": self.sampled,
             "failed": self.failed,
         }
+
+
+def fit_square(centre: tuple[float, float], side: float, frame_size: tuple[int, int]) -> tuple[int, int, int]:
+    """(x, y, side) of the square of `side` px centred on `centre` (x, y), shrunk to the frame's
+    shorter side and shifted inside the frame (`frame_size`: (H, W)), so that it never leaves it."""
+    height, width = frame_size
+    side = min(int(round(side)), height, width)
+    x = min(max(int(round(centre[0] - side / 2)), 0), width - side)
+    y = min(max(int(round(centre[1] - side / 2)), 0), height - side)
+    return x, y, side
 
 
 def plan_crop(frames: Sequence[tuple[str, np.ndarray]], options: FaceCropOptions, what: str) -> FaceCrop:
@@ -234,8 +252,7 @@ def crop_around_face(
         )
     track, faces = chosen
     x, y, w, h = track.union()
-    side = int(round(max(w, h) + 2 * options.margin * track.side()))
-    left, top = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+    left, top, side = fit_square((x + w / 2, y + h / 2), max(w, h) + 2 * options.margin * track.side(), frame_size)
     return FaceCrop(
         x=left,
         y=top,

@@ -253,6 +253,6 @@ def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = Non
 def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray) -> None:
     if rgb1.shape != rgb2.shape:
         raise ValueError(
-            f"{label1} ({rgb1.shape[0]}x{rgb1.shape[1]}) and {label2} ({rgb2.shape[0]}x{rgb2.shape[1]}) "
+            f"{label1} ({rgb1.shape[1]}x{rgb1.shape[0]} px) and {label2} ({rgb2.shape[1]}x{rgb2.shape[0]} px) "
             "differ in size; both images of a pair must have the same size"
         )
