@@ -113,12 +113,14 @@ def test_a_duplicate_row_is_named_with_its_first_row(tmp_path):
         read_dataset(f"casme2={root}")
 
 
-def _samm(root: Path) -> Path:
-    # clip 006_1_2: 5-digit frames 5560-5566; clip 007_3_1: 4-digit frames 0120-0126
-    rows = [
-        [6, "006_1_2", "006_1", 5560, 5563, 5566, 7, "Micro - 1/2", "R12", "", "Happiness"],
-        ["007", "007_3_1", "007_3", 120, "/", 126, 7, "Micro - 1/2", "AU4", "", "Anger "],
-    ]
+SAMM_ROWS = [
+    [6, "006_1_2", "006_1", 5560, 5563, 5566, 7, "Micro - 1/2", "R12", "", "Happiness"],
+    ["007", "007_3_1", "007_3", 120, "/", 126, 7, "Micro - 1/2", "AU4", "", "Anger "],
+]
+
+
+def _samm(root: Path, rows: list[list] = SAMM_ROWS) -> Path:
+    """A SAMM copy: clip 006_1_2 with 5-digit frames 5560-5566, clip 007_3_1 with 4-digit frames 0120-0126."""
     _sheet(root / "SAMM_Micro_FACS_Codes_v2.xlsx", [SAMM_HEADER] + rows, header_row=SAMM_HEADER_ROW)
     _frames(root / "006/006_1_2", [f"006_{n:05d}.jpg" for n in range(5560, 5567)])
     _frames(root / "007/007_3_1", [f"007_{n:04d}.jpg" for n in range(120, 127)])
@@ -135,6 +137,15 @@ def test_samm_header_on_row_14_subjects_padded_four_and_five_digit_frames(tmp_pa
     ]
     assert frame_file(copy.clips[1], 123).name == "007_0123.jpg"
     assert any("rows 16: apex '/'" in note for note in copy.notes)  # header on 14, clips on 15 and 16
+
+
+def test_samm_minus_one_is_an_unknown_apex_or_offset(tmp_path):
+    # SAMM's sheets write -1 where nobody annotated the apex or offset: the apex is then the middle frame
+    rows = [SAMM_ROWS[0][:4] + [-1] + SAMM_ROWS[0][5:], SAMM_ROWS[1][:4] + [123, -1] + SAMM_ROWS[1][6:]]
+    copy = read_dataset(f"samm={_samm(tmp_path / 'SAMM', rows)}")
+    assert [(clip.onset, clip.apex, clip.offset) for clip in copy.clips] == [(5560, 5563, 5566), (120, 123, None)]
+    notes = "\n".join(copy.notes)
+    assert "rows 15: apex '/' or -1" in notes and "rows 16: offset 0, '/' or -1" in notes
 
 
 def _smic(root: Path) -> Path:

@@ -22,11 +22,11 @@ The readers (frame numbers as in `core.mer.clips`: the number ending a frame fil
 - CAS(ME)^3 part A has no reader: its annotation files and frame folders come in several versions
   whose layout cannot be checked here; write it as a canonical CSV (`write_canonical`).
 
-Annotation rules (each one said in `notes`, naming the rows): an apex written `/` (unknown) is
-the middle frame of [onset, offset]; an offset of 0 or `/` is unknown (apex is then only checked
-to be >= onset); a subject written as a number is zero-padded as the folders name it (`sub01`,
-`006`); labels and file names lose surrounding spaces. An empty row is not a clip; any other
-row a rule cannot read is an error naming it.
+Annotation rules (each one said in `notes`, naming the rows): an apex written `/` or -1 (unknown:
+CASME II writes `/`, SAMM's sheets -1) is the middle frame of [onset, offset]; an offset of 0, `/`
+or -1 is unknown (apex is then only checked to be >= onset); a subject written as a number is
+zero-padded as the folders name it (`sub01`, `006`); labels and file names lose surrounding spaces.
+An empty row is not a clip; any other row a rule cannot read is an error naming it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ OPTIONAL_COLUMNS = ("offset", "cropped")  # canonical CSV columns that may be le
 TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("0", "false", "no", "")
 TRAILING_NUMBER = re.compile(r"(\d+)$")
-UNKNOWN_FRAME = "/"  # how CASME II and SAMM write an apex (or offset) nobody annotated
+UNKNOWN_FRAMES = ("/", "-1")  # how CASME II ("/") and SAMM's sheets (-1) write an apex or offset nobody annotated
 UNKNOWN_OFFSET = 0  # CASME II writes 0 for an offset nobody annotated
 CROPPED_PREFIX = "reg_"  # CASME II's and SMIC's face-crop frames: reg_img46.jpg, reg_image106720.bmp
 HEADER_SEARCH_ROWS = 30  # SAMM's header is on sheet row 14; CASME II's on row 1
@@ -343,7 +343,7 @@ def _cell_text(cell: object) -> str:
 
 def _cell_frame(where: str, column: str, cell: object, *, unknown_allowed: bool) -> int | None:
     text = _cell_text(cell).strip()
-    if unknown_allowed and text == UNKNOWN_FRAME:
+    if unknown_allowed and text in UNKNOWN_FRAMES:
         return None
     if not text.isdigit():
         raise UserError(f"{where}: {column} {text!r} is not a frame number")
@@ -383,8 +383,8 @@ class SheetNotes:
 
     def lines(self, name: str, sheet: Path) -> list[str]:
         rules = (
-            (self.apex_unknown, "apex '/' (unknown): the middle frame of [onset, offset]"),
-            (self.offset_unknown, "offset 0 or '/' (unknown): apex only checked to be >= onset"),
+            (self.apex_unknown, "apex '/' or -1 (unknown): the middle frame of [onset, offset]"),
+            (self.offset_unknown, "offset 0, '/' or -1 (unknown): apex only checked to be >= onset"),
             (self.spaces, "spaces around the label or file name: stripped"),
         )
         return [
