@@ -83,6 +83,16 @@ def test_casme2_raw_frames_when_path_names_the_raw_folder(tmp_path):
     assert abs(int(onset.mean()) - 0) <= 2 and abs(int(apex.mean()) - 30) <= 2  # frame 49 is the 4th: grey 30
 
 
+def test_casme2_frames_unpacked_into_a_folder_of_their_own_name(tmp_path):
+    root = _casme2(tmp_path / "CASME2", CASME2_ROWS)
+    for kind in ("CASME2_RAW_selected", "Cropped"):  # Cropped/sub01 -> Cropped/Cropped/sub01, as archives unpack
+        (root / kind).rename(root / f"{kind}.tmp")
+        (root / kind).mkdir()
+        (root / f"{kind}.tmp").rename(root / kind / kind)
+    copy = read_dataset(f"casme2={root}")
+    assert copy.cropped and copy.clips[0].frames == root / "Cropped/Cropped/sub01/EP02_01f"
+
+
 def test_casme2_offset_zero_is_unknown(tmp_path):
     root = _casme2(tmp_path / "CASME2", [[1, "EP02_01f", 46, 49, 0, "happiness"]])
     copy = read_dataset(f"casme2={root}")

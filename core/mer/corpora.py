@@ -10,8 +10,9 @@ The readers (frame numbers as in `core.mer.clips`: the number ending a frame fil
 - `casme2`: `CASME2-coding-*.xlsx` in PATH (or its parent, so PATH may name a frame folder) with
   Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame, Estimated Emotion; frames
   `sub{NN}/{Filename}/img{N}.jpg` (`reg_img{N}.jpg` in the cropped set). The frame folder is PATH
-  itself when it holds `sub{NN}` folders, else the subfolder of PATH that does; of several, the one
-  named like `Cropped` (the set CASME II ships of face crops, so no face detection runs).
+  itself when it holds `sub{NN}` folders, else the subfolder of PATH that does (or, where none does,
+  the subfolder's subfolder: archives unpack as `Cropped/Cropped`); of several, the one named like
+  `Cropped` (the set CASME II ships of face crops, so no face detection runs). SAMM's alike.
 - `samm`: `SAMM_Micro_FACS_Codes_v2.xlsx` (its header row found among the first rows: row 14) with
   Subject, Filename, Onset Frame, Apex Frame, Offset Frame, Estimated Emotion; frames
   `{subject}/{Filename}/{subject}_{frame:05d}.jpg` (4 digits in some clips). SAMM ships no crops.
@@ -418,11 +419,18 @@ def _sheet_clip(layout: SheetLayout, root: Path, where: str, number: int, cells:
     return Clip(layout.name, subject, clip, root / subject / clip, onset, apex, texts[2].strip(), offset)
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    return [child for child in sorted(folder.iterdir()) if child.is_dir()]
+
+
 def _frame_roots(path: Path, holds: Callable[[Path], bool]) -> list[Path]:
-    """PATH when it holds the subject folders, else its subfolders that do."""
+    """PATH when it holds the subject folders, else its subfolders that do, else its subfolders' subfolders
+    that do (archives often unpack into a folder of their own name: `Cropped/Cropped/sub01`)."""
     if holds(path):
         return [path]
-    return [child for child in sorted(path.iterdir()) if child.is_dir() and holds(child)]
+    children = _subfolders(path)
+    found = [child for child in children if holds(child)]
+    return found or [inner for child in children for inner in _subfolders(child) if holds(inner)]
 
 
 def _choose_root(name: str, path: Path, roots: list[Path], what: str) -> Path:
@@ -482,7 +490,7 @@ def read_samm(path: Path) -> DatasetCopy:
 def _smic_roots(path: Path) -> list[Path]:
     if path.name.casefold() == "hs":
         return [path]
-    places = [path] + [child for child in sorted(path.iterdir()) if child.is_dir()]
+    places = [path] + _subfolders(path)
     return [place / "HS" for place in places if (place / "HS").is_dir()]
 
 
