@@ -223,8 +223,9 @@ def test_canonical_without_cropped_column_is_full_frames(tmp_path):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("dataset,subject,clip,frames,onset,apex\n", r"line 1: columns missing 'label'"),
-        ("dataset,subject,clip,frames,onset,apex,label,extra\n", r"line 1: columns unknown 'extra'"),
+        ("dataset,subject,clip,frames,onset,apex\n", r"line 1: no column 'label'"),
+        ("dataset,subject,clip,frames,onset,apex,label,extra\n", r"line 1: unknown column 'extra'"),
+        ("dataset,subject,clip,frames,onset,apex,label,offset,offset\n", r"line 1: a column repeated"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,c1,c1,one,2,joy\n", r"line 2: onset 'one' is not"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,,c1,1,2,joy\n", r"line 2: clip is empty"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,c1,c1,1,2\n", r"line 2: 6 fields, the header has 7"),

@@ -46,6 +46,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from core.errors import UserError
 from core.mer.clips import CANONICAL_COLUMNS, Clip
+from core.mer.tables import csv_rows
 from core.utils.atomic import write_text_atomic
 from core.utils.frame_utils import read_image
 from core.utils.frames import IMAGE_EXTENSIONS, decode_frames, video_frame_count
@@ -199,16 +200,6 @@ def _parse_int(where: str, column: str, value: str) -> int:
         raise UserError(f"{where}: {column} {value!r} is not a frame number (an integer)") from None
 
 
-def _canonical_header(path: Path, header: list[str]) -> list[str]:
-    columns = [column.strip() for column in header]
-    unknown = [column for column in columns if column not in CANONICAL_COLUMNS + OPTIONAL_COLUMNS]
-    missing = [column for column in CANONICAL_COLUMNS if column not in columns]
-    if unknown or missing or len(set(columns)) < len(columns):
-        problem = f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}" if missing else "repeated"
-        raise UserError(f"{path} line 1: columns {problem} (columns: {','.join(CANONICAL_COLUMNS)}[,offset,cropped])")
-    return columns
-
-
 def _canonical_clip(path: Path, where: str, row: dict[str, str]) -> Clip:
     empty = [column for column in CANONICAL_COLUMNS if not row[column]]
     if empty:
@@ -229,23 +220,9 @@ def _canonical_clip(path: Path, where: str, row: dict[str, str]) -> Clip:
 
 def _read_canonical_table(path: Path) -> tuple[list[Clip], list[str], list[bool | None]]:
     """The clips, each one's line, and its `cropped` value (None without the column)."""
-    if not path.is_file():
-        raise UserError(f"canonical CSV {path} not found")
-    try:
-        lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{path}: cannot read it as CSV ({error})") from None
-    if not lines:
-        raise UserError(f"{path} is empty (expected the header {','.join(CANONICAL_COLUMNS)})")
-    columns = _canonical_header(path, lines[0])
     clips, wheres, cropped = [], [], []
-    for number, values in enumerate(lines[1:], start=2):
-        if not any(value.strip() for value in values):
-            continue
+    for number, row in csv_rows(path, "canonical CSV", CANONICAL_COLUMNS, optional=OPTIONAL_COLUMNS):
         where = f"{path} line {number}"
-        if len(values) != len(columns):
-            raise UserError(f"{where}: {len(values)} fields, the header has {len(columns)}")
-        row = {column: value.strip() for column, value in zip(columns, values)}
         clips.append(_canonical_clip(path, where, row))
         wheres.append(f"line {number}")
         cropped.append(_parse_flag(where, row["cropped"]) if "cropped" in row else None)

@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.mer.clips import Clip
+from core.mer.tables import csv_rows
 
 CLASS_WORDS = ("negative", "positive", "surprise")  # the MEGC 2019 classes
 ANY_DATASET = "*"
@@ -92,33 +91,12 @@ def _megc2019_table() -> dict[tuple[str, str], str | None]:
 MEGC2019_MAPPING = ClassMapping(MEGC2019, CLASS_WORDS, _megc2019_table())
 
 
-def _read_csv(path: Path, flag: str, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of a CSV with at least `columns` (values stripped, empty lines left out)."""
-    if not path.is_file():
-        raise UserError(f"{flag} {path} not found")
-    try:
-        lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{flag} {path}: cannot read it as CSV ({error})") from None
-    header = [column.strip() for column in lines[0]] if lines else []
-    missing = [column for column in columns if column not in header]
-    if missing:
-        raise UserError(f"{flag} {path} line 1: no column {missing[0]!r} (columns: {','.join(columns)})")
-    rows = []
-    for number, values in enumerate(lines[1:], start=2):
-        if any(value.strip() for value in values):
-            if len(values) != len(header):
-                raise UserError(f"{flag} {path} line {number}: {len(values)} fields, the header has {len(header)}")
-            rows.append((number, {column: value.strip() for column, value in zip(header, values)}))
-    return rows
-
-
 def read_class_mapping(path: Path) -> ClassMapping:
     """The user's mapping (`--classes FILE`): CSV dataset,label,class; classes in order of first appearance."""
     table: dict[tuple[str, str], str | None] = {}
     lines: dict[tuple[str, str], int] = {}
     classes: list[str] = []
-    for number, row in _read_csv(path, "--classes", CLASS_FILE_COLUMNS):
+    for number, row in csv_rows(path, "--classes", CLASS_FILE_COLUMNS):
         key = (row["dataset"], row["label"].casefold())
         if not row["dataset"] or not row["label"]:
             raise UserError(f"--classes {path} line {number}: dataset and label must not be empty")
@@ -158,7 +136,7 @@ def _frozen_list(clips: Sequence[Clip], path: Path) -> list[Clip]:
     by_key = {clip.key: clip for clip in clips}
     chosen: list[Clip] = []
     lines: dict[tuple[str, str, str], int] = {}
-    for number, row in _read_csv(path, "--clips", CLIP_LIST_COLUMNS):
+    for number, row in csv_rows(path, "--clips", CLIP_LIST_COLUMNS):
         key = (row["dataset"], row["subject"], row["clip"])
         if key in lines:
             raise UserError(f"--clips {path} line {number}: {'/'.join(key)} again (line {lines[key]})")
