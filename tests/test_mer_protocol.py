@@ -124,5 +124,5 @@ def test_groupings_composite_and_per_dataset():
         _clips("smic", 2, {"negative": 2, "positive": 1, "surprise": 1}) + _clips("samm", 1, {"Anger": 1}),
         MEGC2019_MAPPING,
     )
-    with pytest.raises(UserError, match="dataset samm has fewer than 2 subjects"):
+    with pytest.raises(UserError, match="dataset samm has under 2 subjects"):
         groupings(one, "per-dataset")

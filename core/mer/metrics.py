@@ -32,16 +32,19 @@ COMPOSITE = "composite"  # the report's row over every dataset
 
 @dataclass
 class Scores:
-    uf1: float
-    uar: float
-    accuracy: float
-    n: int
+    """The scores of one set of pooled predictions over K classes."""
+
+    uf1: float  # mean of the classes' F1
+    uar: float  # mean of the classes' recalls
+    accuracy: float  # share of right predictions
+    n: int  # clips scored
     confusion: np.ndarray  # [K, K] int64: rows the labels, columns the predictions
-    f1: dict  # class -> one-vs-rest F1
-    recall: dict  # class -> one-vs-rest recall
-    warnings: list[str]
+    f1: dict[str, float]  # class -> one-vs-rest F1
+    recall: dict[str, float]  # class -> one-vs-rest recall
+    warnings: list[str]  # one line per class that never occurs among the labels
 
     def summary(self) -> dict:
+        """The JSON entry of one row of the report: uf1, uar, accuracy, n."""
         return {"uf1": self.uf1, "uar": self.uar, "accuracy": self.accuracy, "n": self.n}
 
 
@@ -82,6 +85,8 @@ def score(labels: Sequence[str], predictions: Sequence[str], classes: Sequence[s
 
 @dataclass(frozen=True)
 class Prediction:
+    """One row of a predictions file: a clip, its class and the predicted class."""
+
     dataset: str
     subject: str
     clip: str
@@ -140,8 +145,10 @@ def prediction_classes(rows: Sequence[Prediction]) -> tuple[str, ...]:
 
 @dataclass
 class Report:
+    """The scores of all predictions pooled and of each dataset's slice of them."""
+
     composite: Scores
-    datasets: dict  # name -> Scores, in order of first appearance
+    datasets: dict[str, Scores]  # in order of first appearance
 
     @property
     def warnings(self) -> list[str]:

@@ -123,7 +123,7 @@ class Selection:
     clips: list[Clip]
     classes: tuple[str, ...]
     targets: list[int]  # per clip, its class's index in `classes`
-    left_out: dict  # (dataset, label) -> clips left out by design, counted and reported
+    left_out: dict  # {(dataset, label): clips} left out by design, counted and reported
     mapping: str = MEGC2019  # the mapping's name: the published counts apply to megc2019's
 
     @property
@@ -152,7 +152,7 @@ def _frozen_list(clips: Sequence[Clip], path: Path) -> list[Clip]:
 def _check_selection(selection: Selection) -> None:
     subjects = set(selection.groups)
     if len(subjects) < MIN_SUBJECTS:
-        raise UserError(f"{len(subjects)} subject(s) after the class mapping; leave-one-subject-out needs 2")
+        raise UserError(f"{len(subjects)} subject(s) after the class mapping; LOSO needs {MIN_SUBJECTS} at least")
     counts = Counter(selection.targets)
     empty = [name for i, name in enumerate(selection.classes) if not counts[i]]
     if empty:
@@ -193,7 +193,7 @@ def groupings(selection: Selection, protocol: str) -> list[tuple[str, list[int]]
         runs.setdefault(clip.dataset, []).append(i)
     for name, indices in runs.items():
         if len({selection.clips[i].subject for i in indices}) < MIN_SUBJECTS:
-            raise UserError(f"--protocol per-dataset: dataset {name} has fewer than 2 subjects for its LOSO")
+            raise UserError(f"--protocol {PER_DATASET}: dataset {name} has under {MIN_SUBJECTS} subjects for its LOSO")
     return list(runs.items())
 
 
