@@ -165,10 +165,8 @@ def select(clips: Sequence[Clip], mapping: ClassMapping, *, clip_list: Path | No
     kept, targets, left_out = [], [], Counter()
     for clip in chosen:
         if not mapping.known(clip):
-            raise UserError(
-                f"clip {'/'.join(clip.key)} ({clip.frames}): label {clip.label!r} is unknown to the class mapping "
-                f"{mapping.name} (give --classes FILE with a dataset,label,class row for it)"
-            )
+            where = f"clip {'/'.join(clip.key)}: label {clip.label!r}"  # the key names the row; a path may be long
+            raise UserError(f"{where} is not in the class mapping {mapping.name} (map it: --classes FILE)")
         name = mapping.lookup(clip)
         if name is None and clip_list is not None:
             raise UserError(f"--clips {clip_list}: clip {'/'.join(clip.key)}'s label {clip.label!r} is left out")
