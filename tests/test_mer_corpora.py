@@ -83,6 +83,16 @@ def test_casme2_raw_frames_when_path_names_the_raw_folder(tmp_path):
     assert abs(int(onset.mean()) - 0) <= 2 and abs(int(apex.mean()) - 30) <= 2  # frame 49 is the 4th: grey 30
 
 
+def test_casme2_frames_unpacked_into_a_folder_of_their_own_name(tmp_path):
+    root = _casme2(tmp_path / "CASME2", CASME2_ROWS)
+    for kind in ("CASME2_RAW_selected", "Cropped"):  # Cropped/sub01 -> Cropped/Cropped/sub01, as archives unpack
+        (root / kind).rename(root / f"{kind}.tmp")
+        (root / kind).mkdir()
+        (root / f"{kind}.tmp").rename(root / kind / kind)
+    copy = read_dataset(f"casme2={root}")
+    assert copy.cropped and copy.clips[0].frames == root / "Cropped/Cropped/sub01/EP02_01f"
+
+
 def test_casme2_offset_zero_is_unknown(tmp_path):
     root = _casme2(tmp_path / "CASME2", [[1, "EP02_01f", 46, 49, 0, "happiness"]])
     copy = read_dataset(f"casme2={root}")
@@ -113,12 +123,14 @@ def test_a_duplicate_row_is_named_with_its_first_row(tmp_path):
         read_dataset(f"casme2={root}")
 
 
-def _samm(root: Path) -> Path:
-    # clip 006_1_2: 5-digit frames 5560-5566; clip 007_3_1: 4-digit frames 0120-0126
-    rows = [
-        [6, "006_1_2", "006_1", 5560, 5563, 5566, 7, "Micro - 1/2", "R12", "", "Happiness"],
-        ["007", "007_3_1", "007_3", 120, "/", 126, 7, "Micro - 1/2", "AU4", "", "Anger "],
-    ]
+SAMM_ROWS = [
+    [6, "006_1_2", "006_1", 5560, 5563, 5566, 7, "Micro - 1/2", "R12", "", "Happiness"],
+    ["007", "007_3_1", "007_3", 120, "/", 126, 7, "Micro - 1/2", "AU4", "", "Anger "],
+]
+
+
+def _samm(root: Path, rows: list[list] = SAMM_ROWS) -> Path:
+    """A SAMM copy: clip 006_1_2 with 5-digit frames 5560-5566, clip 007_3_1 with 4-digit frames 0120-0126."""
     _sheet(root / "SAMM_Micro_FACS_Codes_v2.xlsx", [SAMM_HEADER] + rows, header_row=SAMM_HEADER_ROW)
     _frames(root / "006/006_1_2", [f"006_{n:05d}.jpg" for n in range(5560, 5567)])
     _frames(root / "007/007_3_1", [f"007_{n:04d}.jpg" for n in range(120, 127)])
@@ -135,6 +147,15 @@ def test_samm_header_on_row_14_subjects_padded_four_and_five_digit_frames(tmp_pa
     ]
     assert frame_file(copy.clips[1], 123).name == "007_0123.jpg"
     assert any("rows 16: apex '/'" in note for note in copy.notes)  # header on 14, clips on 15 and 16
+
+
+def test_samm_minus_one_is_an_unknown_apex_or_offset(tmp_path):
+    # SAMM's sheets write -1 where nobody annotated the apex or offset: the apex is then the middle frame
+    rows = [SAMM_ROWS[0][:4] + [-1] + SAMM_ROWS[0][5:], SAMM_ROWS[1][:4] + [123, -1] + SAMM_ROWS[1][6:]]
+    copy = read_dataset(f"samm={_samm(tmp_path / 'SAMM', rows)}")
+    assert [(clip.onset, clip.apex, clip.offset) for clip in copy.clips] == [(5560, 5563, 5566), (120, 123, None)]
+    notes = "\n".join(copy.notes)
+    assert "rows 15: apex '/' or -1" in notes and "rows 16: offset 0, '/' or -1" in notes
 
 
 def _smic(root: Path) -> Path:
@@ -202,8 +223,9 @@ def test_canonical_without_cropped_column_is_full_frames(tmp_path):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("dataset,subject,clip,frames,onset,apex\n", r"line 1: columns missing 'label'"),
-        ("dataset,subject,clip,frames,onset,apex,label,extra\n", r"line 1: columns unknown 'extra'"),
+        ("dataset,subject,clip,frames,onset,apex\n", r"line 1: no column 'label'"),
+        ("dataset,subject,clip,frames,onset,apex,label,extra\n", r"line 1: unknown column 'extra'"),
+        ("dataset,subject,clip,frames,onset,apex,label,offset,offset\n", r"line 1: a column repeated"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,c1,c1,one,2,joy\n", r"line 2: onset 'one' is not"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,,c1,1,2,joy\n", r"line 2: clip is empty"),
         ("dataset,subject,clip,frames,onset,apex,label\nmine,a,c1,c1,1,2\n", r"line 2: 6 fields, the header has 7"),

@@ -10,8 +10,9 @@ The readers (frame numbers as in `core.mer.clips`: the number ending a frame fil
 - `casme2`: `CASME2-coding-*.xlsx` in PATH (or its parent, so PATH may name a frame folder) with
   Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame, Estimated Emotion; frames
   `sub{NN}/{Filename}/img{N}.jpg` (`reg_img{N}.jpg` in the cropped set). The frame folder is PATH
-  itself when it holds `sub{NN}` folders, else the subfolder of PATH that does; of several, the one
-  named like `Cropped` (the set CASME II ships of face crops, so no face detection runs).
+  itself when it holds `sub{NN}` folders, else the subfolder of PATH that does (or, where none does,
+  the subfolder's subfolder: archives unpack as `Cropped/Cropped`); of several, the one named like
+  `Cropped` (the set CASME II ships of face crops, so no face detection runs). SAMM's alike.
 - `samm`: `SAMM_Micro_FACS_Codes_v2.xlsx` (its header row found among the first rows: row 14) with
   Subject, Filename, Onset Frame, Apex Frame, Offset Frame, Estimated Emotion; frames
   `{subject}/{Filename}/{subject}_{frame:05d}.jpg` (4 digits in some clips). SAMM ships no crops.
@@ -22,11 +23,11 @@ The readers (frame numbers as in `core.mer.clips`: the number ending a frame fil
 - CAS(ME)^3 part A has no reader: its annotation files and frame folders come in several versions
   whose layout cannot be checked here; write it as a canonical CSV (`write_canonical`).
 
-Annotation rules (each one said in `notes`, naming the rows): an apex written `/` (unknown) is
-the middle frame of [onset, offset]; an offset of 0 or `/` is unknown (apex is then only checked
-to be >= onset); a subject written as a number is zero-padded as the folders name it (`sub01`,
-`006`); labels and file names lose surrounding spaces. An empty row is not a clip; any other
-row a rule cannot read is an error naming it.
+Annotation rules (each one said in `notes`, naming the rows): an apex written `/` or -1 (unknown:
+CASME II writes `/`, SAMM's sheets -1) is the middle frame of [onset, offset]; an offset of 0, `/`
+or -1 is unknown (apex is then only checked to be >= onset); a subject written as a number is
+zero-padded as the folders name it (`sub01`, `006`); labels and file names lose surrounding spaces.
+An empty row is not a clip; any other row a rule cannot read is an error naming it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from core.errors import UserError
 from core.mer.clips import CANONICAL_COLUMNS, Clip
+from core.mer.tables import csv_rows
 from core.utils.atomic import write_text_atomic
 from core.utils.frame_utils import read_image
 from core.utils.frames import IMAGE_EXTENSIONS, decode_frames, video_frame_count
@@ -53,7 +55,7 @@ OPTIONAL_COLUMNS = ("offset", "cropped")  # canonical CSV columns that may be le
 TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("0", "false", "no", "")
 TRAILING_NUMBER = re.compile(r"(\d+)$")
-UNKNOWN_FRAME = "/"  # how CASME II and SAMM write an apex (or offset) nobody annotated
+UNKNOWN_FRAMES = ("/", "-1")  # how CASME II ("/") and SAMM's sheets (-1) write an apex or offset nobody annotated
 UNKNOWN_OFFSET = 0  # CASME II writes 0 for an offset nobody annotated
 CROPPED_PREFIX = "reg_"  # CASME II's and SMIC's face-crop frames: reg_img46.jpg, reg_image106720.bmp
 HEADER_SEARCH_ROWS = 30  # SAMM's header is on sheet row 14; CASME II's on row 1
@@ -198,16 +200,6 @@ def _parse_int(where: str, column: str, value: str) -> int:
         raise UserError(f"{where}: {column} {value!r} is not a frame number (an integer)") from None
 
 
-def _canonical_header(path: Path, header: list[str]) -> list[str]:
-    columns = [column.strip() for column in header]
-    unknown = [column for column in columns if column not in CANONICAL_COLUMNS + OPTIONAL_COLUMNS]
-    missing = [column for column in CANONICAL_COLUMNS if column not in columns]
-    if unknown or missing or len(set(columns)) < len(columns):
-        problem = f"unknown {unknown[0]!r}" if unknown else f"missing {missing[0]!r}" if missing else "repeated"
-        raise UserError(f"{path} line 1: columns {problem} (columns: {','.join(CANONICAL_COLUMNS)}[,offset,cropped])")
-    return columns
-
-
 def _canonical_clip(path: Path, where: str, row: dict[str, str]) -> Clip:
     empty = [column for column in CANONICAL_COLUMNS if not row[column]]
     if empty:
@@ -228,23 +220,9 @@ def _canonical_clip(path: Path, where: str, row: dict[str, str]) -> Clip:
 
 def _read_canonical_table(path: Path) -> tuple[list[Clip], list[str], list[bool | None]]:
     """The clips, each one's line, and its `cropped` value (None without the column)."""
-    if not path.is_file():
-        raise UserError(f"canonical CSV {path} not found")
-    try:
-        lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{path}: cannot read it as CSV ({error})") from None
-    if not lines:
-        raise UserError(f"{path} is empty (expected the header {','.join(CANONICAL_COLUMNS)})")
-    columns = _canonical_header(path, lines[0])
     clips, wheres, cropped = [], [], []
-    for number, values in enumerate(lines[1:], start=2):
-        if not any(value.strip() for value in values):
-            continue
+    for number, row in csv_rows(path, "canonical CSV", CANONICAL_COLUMNS, optional=OPTIONAL_COLUMNS):
         where = f"{path} line {number}"
-        if len(values) != len(columns):
-            raise UserError(f"{where}: {len(values)} fields, the header has {len(columns)}")
-        row = {column: value.strip() for column, value in zip(columns, values)}
         clips.append(_canonical_clip(path, where, row))
         wheres.append(f"line {number}")
         cropped.append(_parse_flag(where, row["cropped"]) if "cropped" in row else None)
@@ -343,7 +321,7 @@ def _cell_text(cell: object) -> str:
 
 def _cell_frame(where: str, column: str, cell: object, *, unknown_allowed: bool) -> int | None:
     text = _cell_text(cell).strip()
-    if unknown_allowed and text == UNKNOWN_FRAME:
+    if unknown_allowed and text in UNKNOWN_FRAMES:
         return None
     if not text.isdigit():
         raise UserError(f"{where}: {column} {text!r} is not a frame number")
@@ -383,8 +361,8 @@ class SheetNotes:
 
     def lines(self, name: str, sheet: Path) -> list[str]:
         rules = (
-            (self.apex_unknown, "apex '/' (unknown): the middle frame of [onset, offset]"),
-            (self.offset_unknown, "offset 0 or '/' (unknown): apex only checked to be >= onset"),
+            (self.apex_unknown, "apex '/' or -1 (unknown): the middle frame of [onset, offset]"),
+            (self.offset_unknown, "offset 0, '/' or -1 (unknown): apex only checked to be >= onset"),
             (self.spaces, "spaces around the label or file name: stripped"),
         )
         return [
@@ -418,11 +396,18 @@ def _sheet_clip(layout: SheetLayout, root: Path, where: str, number: int, cells:
     return Clip(layout.name, subject, clip, root / subject / clip, onset, apex, texts[2].strip(), offset)
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    return [child for child in sorted(folder.iterdir()) if child.is_dir()]
+
+
 def _frame_roots(path: Path, holds: Callable[[Path], bool]) -> list[Path]:
-    """PATH when it holds the subject folders, else its subfolders that do."""
+    """PATH when it holds the subject folders, else its subfolders that do, else its subfolders' subfolders
+    that do (archives often unpack into a folder of their own name: `Cropped/Cropped/sub01`)."""
     if holds(path):
         return [path]
-    return [child for child in sorted(path.iterdir()) if child.is_dir() and holds(child)]
+    children = _subfolders(path)
+    found = [child for child in children if holds(child)]
+    return found or [inner for child in children for inner in _subfolders(child) if holds(inner)]
 
 
 def _choose_root(name: str, path: Path, roots: list[Path], what: str) -> Path:
@@ -482,7 +467,7 @@ def read_samm(path: Path) -> DatasetCopy:
 def _smic_roots(path: Path) -> list[Path]:
     if path.name.casefold() == "hs":
         return [path]
-    places = [path] + [child for child in sorted(path.iterdir()) if child.is_dir()]
+    places = [path] + _subfolders(path)
     return [place / "HS" for place in places if (place / "HS").is_dir()]
 
 

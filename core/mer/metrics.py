@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from core.mer.tables import csv_rows
 from core.utils.atomic import write_text_atomic
 
 PREDICTION_COLUMNS = ("dataset", "subject", "clip", "label", "prediction")
@@ -31,16 +32,19 @@ COMPOSITE = "composite"  # the report's row over every dataset
 
 @dataclass
 class Scores:
-    uf1: float
-    uar: float
-    accuracy: float
-    n: int
+    """The scores of one set of pooled predictions over K classes."""
+
+    uf1: float  # mean of the classes' F1
+    uar: float  # mean of the classes' recalls
+    accuracy: float  # share of right predictions
+    n: int  # clips scored
     confusion: np.ndarray  # [K, K] int64: rows the labels, columns the predictions
-    f1: dict  # class -> one-vs-rest F1
-    recall: dict  # class -> one-vs-rest recall
-    warnings: list[str]
+    f1: dict[str, float]  # class -> one-vs-rest F1
+    recall: dict[str, float]  # class -> one-vs-rest recall
+    warnings: list[str]  # one line per class that never occurs among the labels
 
     def summary(self) -> dict:
+        """The JSON entry of one row of the report: uf1, uar, accuracy, n."""
         return {"uf1": self.uf1, "uar": self.uar, "accuracy": self.accuracy, "n": self.n}
 
 
@@ -81,6 +85,8 @@ def score(labels: Sequence[str], predictions: Sequence[str], classes: Sequence[s
 
 @dataclass(frozen=True)
 class Prediction:
+    """One row of a predictions file: a clip, its class and the predicted class."""
+
     dataset: str
     subject: str
     clip: str
@@ -92,19 +98,7 @@ class Prediction:
         return (self.dataset, self.subject, self.clip)
 
 
-def _csv_lines(path: Path) -> list[list[str]]:
-    if not path.is_file():
-        raise UserError(f"predictions {path} not found")
-    try:
-        return list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"predictions {path}: cannot read it as CSV ({error})") from None
-
-
-def _prediction(where: str, header: list[str], values: list[str]) -> Prediction:
-    if len(values) != len(header):
-        raise UserError(f"{where}: {len(values)} fields, the header has {len(header)}")
-    row = {column: value.strip() for column, value in zip(header, values)}
+def _prediction(where: str, row: dict[str, str]) -> Prediction:
     empty = [column for column in PREDICTION_COLUMNS if not row[column]]
     if empty:
         raise UserError(f"{where}: {empty[0]} is empty")
@@ -114,17 +108,9 @@ def _prediction(where: str, header: list[str], values: list[str]) -> Prediction:
 def read_predictions(path: Path, *, classes: Sequence[str] | None = None) -> list[Prediction]:
     """The rows of a predictions file. Every label and prediction must be one of `classes` (default: the
     labels' classes); a clip twice is refused. UserError naming the file and line otherwise."""
-    lines = _csv_lines(path)
-    header = [column.strip() for column in lines[0]] if lines else []
-    missing = [column for column in PREDICTION_COLUMNS if column not in header]
-    if missing:
-        columns = ",".join(PREDICTION_COLUMNS)
-        raise UserError(f"predictions {path} line 1: no column {missing[0]!r} (columns: {columns})")
     rows, wheres, seen = [], [], {}
-    for number, values in enumerate(lines[1:], start=2):
-        if not any(value.strip() for value in values):
-            continue
-        row = _prediction(f"predictions {path} line {number}", header, values)
+    for number, fields in csv_rows(path, "predictions", PREDICTION_COLUMNS):
+        row = _prediction(f"predictions {path} line {number}", fields)
         if row.key in seen:
             raise UserError(f"predictions {path} line {number}: clip {'/'.join(row.key)} again (line {seen[row.key]})")
         seen[row.key] = number
@@ -159,8 +145,10 @@ def prediction_classes(rows: Sequence[Prediction]) -> tuple[str, ...]:
 
 @dataclass
 class Report:
+    """The scores of all predictions pooled and of each dataset's slice of them."""
+
     composite: Scores
-    datasets: dict  # name -> Scores, in order of first appearance
+    datasets: dict[str, Scores]  # in order of first appearance
 
     @property
     def warnings(self) -> list[str]:

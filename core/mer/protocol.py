@@ -19,8 +19,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.mer.clips import Clip
+from core.mer.tables import csv_rows
 
 CLASS_WORDS = ("negative", "positive", "surprise")  # the MEGC 2019 classes
 ANY_DATASET = "*"
@@ -92,33 +91,12 @@ def _megc2019_table() -> dict[tuple[str, str], str | None]:
 MEGC2019_MAPPING = ClassMapping(MEGC2019, CLASS_WORDS, _megc2019_table())
 
 
-def _read_csv(path: Path, flag: str, columns: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of a CSV with at least `columns` (values stripped, empty lines left out)."""
-    if not path.is_file():
-        raise UserError(f"{flag} {path} not found")
-    try:
-        lines = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"{flag} {path}: cannot read it as CSV ({error})") from None
-    header = [column.strip() for column in lines[0]] if lines else []
-    missing = [column for column in columns if column not in header]
-    if missing:
-        raise UserError(f"{flag} {path} line 1: no column {missing[0]!r} (columns: {','.join(columns)})")
-    rows = []
-    for number, values in enumerate(lines[1:], start=2):
-        if any(value.strip() for value in values):
-            if len(values) != len(header):
-                raise UserError(f"{flag} {path} line {number}: {len(values)} fields, the header has {len(header)}")
-            rows.append((number, {column: value.strip() for column, value in zip(header, values)}))
-    return rows
-
-
 def read_class_mapping(path: Path) -> ClassMapping:
     """The user's mapping (`--classes FILE`): CSV dataset,label,class; classes in order of first appearance."""
     table: dict[tuple[str, str], str | None] = {}
     lines: dict[tuple[str, str], int] = {}
     classes: list[str] = []
-    for number, row in _read_csv(path, "--classes", CLASS_FILE_COLUMNS):
+    for number, row in csv_rows(path, "--classes", CLASS_FILE_COLUMNS):
         key = (row["dataset"], row["label"].casefold())
         if not row["dataset"] or not row["label"]:
             raise UserError(f"--classes {path} line {number}: dataset and label must not be empty")
@@ -145,7 +123,7 @@ class Selection:
     clips: list[Clip]
     classes: tuple[str, ...]
     targets: list[int]  # per clip, its class's index in `classes`
-    left_out: dict  # (dataset, label) -> clips left out by design, counted and reported
+    left_out: dict  # {(dataset, label): clips} left out by design, counted and reported
     mapping: str = MEGC2019  # the mapping's name: the published counts apply to megc2019's
 
     @property
@@ -158,7 +136,7 @@ def _frozen_list(clips: Sequence[Clip], path: Path) -> list[Clip]:
     by_key = {clip.key: clip for clip in clips}
     chosen: list[Clip] = []
     lines: dict[tuple[str, str, str], int] = {}
-    for number, row in _read_csv(path, "--clips", CLIP_LIST_COLUMNS):
+    for number, row in csv_rows(path, "--clips", CLIP_LIST_COLUMNS):
         key = (row["dataset"], row["subject"], row["clip"])
         if key in lines:
             raise UserError(f"--clips {path} line {number}: {'/'.join(key)} again (line {lines[key]})")
@@ -174,7 +152,7 @@ def _frozen_list(clips: Sequence[Clip], path: Path) -> list[Clip]:
 def _check_selection(selection: Selection) -> None:
     subjects = set(selection.groups)
     if len(subjects) < MIN_SUBJECTS:
-        raise UserError(f"{len(subjects)} subject(s) after the class mapping; leave-one-subject-out needs 2")
+        raise UserError(f"{len(subjects)} subject(s) after the class mapping; LOSO needs {MIN_SUBJECTS} at least")
     counts = Counter(selection.targets)
     empty = [name for i, name in enumerate(selection.classes) if not counts[i]]
     if empty:
@@ -187,10 +165,8 @@ def select(clips: Sequence[Clip], mapping: ClassMapping, *, clip_list: Path | No
     kept, targets, left_out = [], [], Counter()
     for clip in chosen:
         if not mapping.known(clip):
-            raise UserError(
-                f"clip {'/'.join(clip.key)} ({clip.frames}): label {clip.label!r} is unknown to the class mapping "
-                f"{mapping.name} (give --classes FILE with a dataset,label,class row for it)"
-            )
+            where = f"clip {'/'.join(clip.key)}: label {clip.label!r}"  # the key names the row; a path may be long
+            raise UserError(f"{where} is not in the class mapping {mapping.name} (map it: --classes FILE)")
         name = mapping.lookup(clip)
         if name is None and clip_list is not None:
             raise UserError(f"--clips {clip_list}: clip {'/'.join(clip.key)}'s label {clip.label!r} is left out")
@@ -215,7 +191,7 @@ def groupings(selection: Selection, protocol: str) -> list[tuple[str, list[int]]
         runs.setdefault(clip.dataset, []).append(i)
     for name, indices in runs.items():
         if len({selection.clips[i].subject for i in indices}) < MIN_SUBJECTS:
-            raise UserError(f"--protocol per-dataset: dataset {name} has fewer than 2 subjects for its LOSO")
+            raise UserError(f"--protocol {PER_DATASET}: dataset {name} has under {MIN_SUBJECTS} subjects for its LOSO")
     return list(runs.items())
 
 
