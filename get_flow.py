@@ -112,8 +112,9 @@ from core.weights import hash_file, offline_requested
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
-        "Without an input option it runs on the demo pair in assets/demo/."
+        "Without an input option it runs on the demo pair in assets/demo/.",
     )
     parser.add_argument(
         "--model",

@@ -99,6 +99,7 @@ RESUME_MUST_MATCH = (
 # ============================================================================ arguments
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
         "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
         formatter_class=HelpFormatter,

@@ -386,11 +386,15 @@ def status(entry: WeightsEntry, folder: str | os.PathLike | None = None) -> str:
 # ---------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core.weights", description="List, download and verify the released weights by name."
+        allow_abbrev=False,
+        prog="python -m core.weights",
+        description="List, download and verify the released weights by name.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="registered names, their files, sources, checksums and status")
-    fetch = commands.add_parser("fetch", help="download and verify weights (kept when already there and verified)")
+    commands.add_parser("list", allow_abbrev=False, help="registered names, their files, sources, checksums and status")
+    fetch = commands.add_parser(
+        "fetch", allow_abbrev=False, help="download and verify weights (kept when already there and verified)"
+    )
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"registered names: {registered_names()}")
     fetch.add_argument("--force", action="store_true", help="download again even if the file is there")
     for sub in commands.choices.values():

@@ -4,6 +4,7 @@ commands install, the results table's labels and the benchmark commands' help.""
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import re
 import shlex
@@ -47,7 +48,6 @@ def test_the_readme_commands_parse():
         start = next((s for s in PARSERS if command.startswith(s + " ") or command == s), None)
         if start is not None:
             parser = PARSERS[start]()
-            parser.allow_abbrev = False  # the README spells every option in full
             parser.parse_args(shlex.split(command)[len(start.split()) :])
             checked += 1
     seed = [c for c in readme_commands() if c.startswith("python train.py --name decflow")]
@@ -257,3 +257,54 @@ def test_ci_installs_what_the_readme_installs_and_runs_its_test_command():
     assert test_command in ci, f"CI does not run the README's {test_command!r}"
     ci_installs = installed_by(ci[: ci.index(test_command)])
     assert readme_install_requirements() <= ci_installs, readme_install_requirements() - ci_installs
+
+
+# (module with get_args_parser, optional package it needs, arguments, a long option with its value):
+# the arguments with the option parse, and the option cut by one letter is refused.
+ABBREVIATED = [
+    ("train", None, [], ["--num_steps", "2"]),
+    ("evaluate", None, [], ["--iters", "4"]),
+    ("get_flow", None, [], ["--iters", "4"]),
+    ("core.weights", None, ["fetch", "gma-sintel"], ["--force"]),
+    ("core.weights", None, ["list"], ["--folder", "x"]),
+    ("core.synthetic.cli", None, ["--root", "x"], ["--subjects", "1"]),
+    ("core.export", "onnx", ["--iters", "4", "--output", "x.onnx"], ["--size", "128", "128"]),
+    ("benchmarks.benchmark", None, ["inference"], ["--iters", "4"]),
+    ("benchmarks.corpus", None, [], ["--iters", "4"]),
+    ("benchmarks.cuda_check", None, [], ["--budget", "10"]),
+    ("benchmarks.export", "onnxruntime", [], ["--iters", "4"]),
+    ("benchmarks.face_detection", None, [], ["--repeats", "1"]),
+    ("benchmarks.learning", None, [], ["--steps", "4"]),
+    ("benchmarks.levers", None, [], ["--iters", "4"]),
+    ("benchmarks.op_count", None, [], ["--iters", "4"]),
+]
+
+
+@pytest.mark.parametrize("module, needs, arguments, option", ABBREVIATED, ids=[case[0] for case in ABBREVIATED])
+def test_parsers_refuse_abbreviated_options(
+    module: str, needs: str | None, arguments: list[str], option: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    """`--num_step 2` ran as `--num_steps 2`, `--iter` as `--iters`: a mistyped option must stop the run."""
+    if needs is not None:
+        pytest.importorskip(needs, reason=f"{module} needs {needs} (pip install -r requirements-export.txt)")
+    get_args_parser = importlib.import_module(module).get_args_parser
+    get_args_parser().parse_args([*arguments, *option])
+    abbreviation = option[0][:-1]
+    with pytest.raises(SystemExit) as exit_info:
+        get_args_parser().parse_args([*arguments, abbreviation, *option[1:]])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {abbreviation}" in capsys.readouterr().err
+
+
+def test_every_parser_in_the_repository_refuses_abbreviations():
+    """Each `ArgumentParser(...)` and subcommand `add_parser(...)` call says `allow_abbrev=False`
+    (a subcommand's parser does not inherit it), so that a parser added later is covered too."""
+    calls = []
+    for path in REPO.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(getattr(node, "func", None), "attr", None)
+            if isinstance(node, ast.Call) and name in ("ArgumentParser", "add_parser"):
+                keywords = {k.arg: k.value for k in node.keywords}
+                refuses = isinstance(keywords.get("allow_abbrev"), ast.Constant) and not keywords["allow_abbrev"].value
+                calls.append((f"{path.relative_to(REPO)}:{node.lineno}", refuses))
+    assert len(calls) >= 16 and all(refuses for _, refuses in calls), [where for where, ok in calls if not ok]
