@@ -108,7 +108,7 @@ LOCAL_MODULES = {path.stem for path in REPO.glob("*.py")} | {path.parent.name fo
 IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
 
 
-def test_command_index(lines: list[str]) -> int:
+def index_of_test_command(lines: list[str]) -> int:
     return next(i for i, line in enumerate(lines) if "pytest" in shlex.split(line)[:3])
 
 
@@ -138,7 +138,7 @@ def installed_by(lines: list[str]) -> set[str]:
 
 def readme_install_requirements() -> set[str]:
     lines = readme_commands()
-    return installed_by(lines[: test_command_index(lines)])
+    return installed_by(lines[: index_of_test_command(lines)])
 
 
 def requirement_file_names(path: Path) -> set[str]:
@@ -253,7 +253,7 @@ def test_ci_installs_what_the_readme_installs_and_runs_its_test_command():
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     ci = [line for line in ci if line and not line.startswith("#")]
     readme = readme_commands()
-    test_command = readme[test_command_index(readme)]
+    test_command = readme[index_of_test_command(readme)]
     assert test_command in ci, f"CI does not run the README's {test_command!r}"
     ci_installs = installed_by(ci[: ci.index(test_command)])
     assert readme_install_requirements() <= ci_installs, readme_install_requirements() - ci_installs
