@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 from torchvision.models import ResNet50_Weights
-from tqdm import tqdm
 
 from core.defaults import CHECKPOINTS_DIR, USAGE_ERROR_STATUS
+from core.utils.progress import progress_bar
 
 AUTHORS_COMMIT = "b5f2442f7e0419d1c0941796b22a1815cdb4052e"
 AUTHORS_BASE_URL = f"https://raw.githubusercontent.com/RIA1159/FacialFlowNet/{AUTHORS_COMMIT}"
@@ -244,15 +244,8 @@ def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int
         expected = int(length) if length and length.isdigit() else None
         content_type = response.headers.get("Content-Type", "")
         received, head = 0, b""
-        with tqdm(
-            total=expected,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=label,
-            disable=not progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
+        with progress_bar(
+            total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
         ) as bar:
             for chunk in iter(lambda: response.read1(CHUNK), b""):  # what has arrived, up to CHUNK
                 if len(head) < HEAD_BYTES:
