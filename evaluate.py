@@ -62,8 +62,9 @@ def _finite_or_null(value: Any) -> Any:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
-        "of facial, head and expression flow over the face mask, plus the reference protocol."
+        "of facial, head and expression flow over the face mask, plus the reference protocol.",
     )
     parser.add_argument(
         "--model",

@@ -99,7 +99,7 @@ from core.extract.corpus import (
 )
 from core.extract.outputs import SAVE_FORMATS, describe_files, describe_written
 from core.extract.pairs import extract_pairs, read_pairs, table_path
-from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
+from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStopped, extract_sequence
 from core.extract.sources import FrameSource, check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
@@ -112,8 +112,9 @@ from core.weights import hash_file, offline_requested
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
-        "Without an input option it runs on the demo pair in assets/demo/."
+        "Without an input option it runs on the demo pair in assets/demo/.",
     )
     parser.add_argument(
         "--model",
@@ -416,13 +417,16 @@ def run(args: argparse.Namespace) -> list[Path]:
     checkpoint = args.onnx or resolve_checkpoint(args.model, offline=offline_requested(args.offline))
     estimator, details = build_estimator(args, checkpoint)
     inputs = [("checkpoint", checkpoint), *(("input", path) for source in sources for path in source.paths)]
-    if args.pairs:
-        table = table_path(Path(args.pairs), options)
-        results = extract_pairs(
-            sources, estimator, options, table=table, inputs=[*inputs, ("--pairs", args.pairs)], log=say
-        )
-    else:
-        table, results = None, [extract_sequence(sources[0], estimator, options, inputs=inputs, log=say)]
+    try:
+        if args.pairs:
+            table = table_path(Path(args.pairs), options)
+            results = extract_pairs(
+                sources, estimator, options, table=table, inputs=[*inputs, ("--pairs", args.pairs)], log=say
+            )
+        else:
+            table, results = None, [extract_sequence(sources[0], estimator, options, inputs=inputs, log=say)]
+    except SequenceStopped as stopped:
+        raise UserError(f"{stopped}; {stopped.written_note()}") from None
     report(results, details, table)
     return [path for result in results for path in result.visualisations]
 

@@ -11,12 +11,13 @@
 `decflow-facialflownet`): the repository's `checkpoints/decflow-facialflownet.pth` when it
 is there and verified, else the copy in torch.hub's cache (`torch.hub.get_dir()/checkpoints`),
 downloaded and verified on first use (not with DECFLOW_OFFLINE=1). `pretrained=False`
-gives the untrained network.
+gives the untrained network, with a warning that its weights (and flows) are random.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ from core.weights import REGISTRY, RELEASE, ensure, offline_requested, status
 dependencies = ["torch", "torchvision", "einops", "tqdm"]
 
 REPO = Path(__file__).resolve().parent
+# Said once per calling place (Python's default warning filter) by `pretrained=False` models.
+UNTRAINED_WARNING = "DecFlow with pretrained=False: its weights are random, so are its flows (load trained weights)"
 
 
 def _release_weights(*, progress: bool = True) -> Path:
@@ -63,6 +66,8 @@ def decflow(pretrained: bool = True, progress: bool = True) -> DecFlow:
     model = DecFlow()
     if pretrained:
         load_checkpoint(model, _release_weights(progress=progress), strict=True, verbose=False)
+    else:
+        warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
     return model.eval()
 
 

@@ -71,6 +71,7 @@ from core.training.stages import initialise, set_trainable
 from core.training.state import StopRequest, plain_arguments, read_state, save_state, seed_everything, set_rng_state
 from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
 from core.training.validation import validate
+from core.utils.progress import progress_bar
 from core.weights import offline_requested, registered_entry, registered_names
 
 STATE_SUFFIX = "_state.pth"
@@ -99,6 +100,7 @@ RESUME_MUST_MATCH = (
 # ============================================================================ arguments
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
         "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
         formatter_class=HelpFormatter,
@@ -629,13 +631,8 @@ def train_loop(run: Run, args: argparse.Namespace) -> dict[str, float]:
     training metrics, with the final validation metrics (`val_*`) when the run ends."""
     batches = start_steps(run, args)
     vis_freq = args.val_freq if args.vis_freq is None else args.vis_freq
-    bar = tqdm(
-        total=args.num_steps,
-        initial=run.start_step,
-        disable=not run.is_main,
-        dynamic_ncols=True,
-        unit="step",
-        desc=args.name,
+    bar = progress_bar(
+        total=args.num_steps, initial=run.start_step, disable=not run.is_main, unit="step", desc=args.name
     )
     window = PrintWindow.starting_at(run.start_step + 1)
     last: dict[str, float] = {}

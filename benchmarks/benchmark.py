@@ -182,7 +182,10 @@ def format_table(title: str, rows: list[dict]) -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.benchmark", description=__doc__, formatter_class=DocstringHelpFormatter
+        allow_abbrev=False,
+        prog="python -m benchmarks.benchmark",
+        description=__doc__,
+        formatter_class=DocstringHelpFormatter,
     )
     parser.add_argument("what", choices=("all", "inference", "batch", "train", "memory"), help="which benchmark")
     parser.add_argument(

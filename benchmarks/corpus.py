@@ -107,7 +107,10 @@ def cuda_modes(commands: Commands, pairs: int) -> tuple[list[dict], bool | None]
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.corpus", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        prog="python -m benchmarks.corpus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where get_flow.py runs (default cpu)")
     parser.add_argument("--sequences", type=int, default=None, help="sequences (default: 4 on CPU, 32 on CUDA)")

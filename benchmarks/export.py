@@ -35,7 +35,10 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.export", description=__doc__, formatter_class=DocstringHelpFormatter
+        allow_abbrev=False,
+        prog="python -m benchmarks.export",
+        description=__doc__,
+        formatter_class=DocstringHelpFormatter,
     )
     parser.add_argument("--model", default=None, help="checkpoint (default: benchmarks.benchmark.build_model)")
     parser.add_argument("--onnx", default=None, help="an export of --model to use instead of exporting")

@@ -32,7 +32,7 @@ GOAL = 0.10  # detection per frame / flow per pair
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DocstringHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=DocstringHelpFormatter)
     parser.add_argument("--iters", type=int, default=DEMO_ITERS, help="flow iterations (get_flow's default)")
     parser.add_argument("--face_size", type=int, default=FACE_SIZE, help="side of the crop the flow runs on")
     parser.add_argument("--repeats", type=int, default=3, help="detection: best of N")

@@ -70,6 +70,7 @@ METRIC = re.compile(r"(\w+) (-?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))(?:,|$)")
 def get_args_parser() -> argparse.ArgumentParser:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m benchmarks.learning",
         description=__doc__,
         formatter_class=DocstringHelpFormatter,

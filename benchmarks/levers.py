@@ -187,7 +187,9 @@ def measure_peak(name: str, size: tuple[int, int], batch: int, iters: int, dtype
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the steps run")
     parser.add_argument(
         "--levers",

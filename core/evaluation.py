@@ -41,7 +41,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
@@ -49,6 +48,7 @@ from core.inference import FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
 from core.parallel import unwrap
 from core.utils.batching import batches_of_one_size
+from core.utils.progress import progress_bar
 
 METRIC_KEYS = ("epe", *(f"{t}px" for t in THRESHOLDS))
 FLOW_KINDS = ("facial", "head", "expression")
@@ -252,7 +252,7 @@ def evaluate_predictor(
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
     if progress:
-        indices = tqdm(indices, desc="evaluating", unit="pair", dynamic_ncols=True)
+        indices = progress_bar(indices, desc="evaluating", unit="pair")
     per_pair, emotions = [], []
     samples = ((index, dataset[index]) for index in indices)
     for batch in batches_of_one_size(samples, batch_size=batch_size, size=lambda item: item[1][0].shape):

@@ -150,7 +150,7 @@ def parity(
 # --------------------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core.export", description=__doc__, formatter_class=DocstringHelpFormatter
+        allow_abbrev=False, prog="python -m core.export", description=__doc__, formatter_class=DocstringHelpFormatter
     )
     parser.add_argument("--model", default=None, help="checkpoint file or registered name (as get_flow.py)")
     add_offline_argument(parser)

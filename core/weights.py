@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 from torchvision.models import ResNet50_Weights
-from tqdm import tqdm
 
 from core.defaults import CHECKPOINTS_DIR, USAGE_ERROR_STATUS
+from core.utils.progress import progress_bar
 
 AUTHORS_COMMIT = "b5f2442f7e0419d1c0941796b22a1815cdb4052e"
 AUTHORS_BASE_URL = f"https://raw.githubusercontent.com/RIA1159/FacialFlowNet/{AUTHORS_COMMIT}"
@@ -244,15 +244,8 @@ def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int
         expected = int(length) if length and length.isdigit() else None
         content_type = response.headers.get("Content-Type", "")
         received, head = 0, b""
-        with tqdm(
-            total=expected,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=label,
-            disable=not progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
+        with progress_bar(
+            total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
         ) as bar:
             for chunk in iter(lambda: response.read1(CHUNK), b""):  # what has arrived, up to CHUNK
                 if len(head) < HEAD_BYTES:
@@ -386,11 +379,15 @@ def status(entry: WeightsEntry, folder: str | os.PathLike | None = None) -> str:
 # ---------------------------------------------------------------- command line
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core.weights", description="List, download and verify the released weights by name."
+        allow_abbrev=False,
+        prog="python -m core.weights",
+        description="List, download and verify the released weights by name.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="registered names, their files, sources, checksums and status")
-    fetch = commands.add_parser("fetch", help="download and verify weights (kept when already there and verified)")
+    commands.add_parser("list", allow_abbrev=False, help="registered names, their files, sources, checksums and status")
+    fetch = commands.add_parser(
+        "fetch", allow_abbrev=False, help="download and verify weights (kept when already there and verified)"
+    )
     fetch.add_argument("names", nargs="+", metavar="NAME", help=f"registered names: {registered_names()}")
     fetch.add_argument("--force", action="store_true", help="download again even if the file is there")
     for sub in commands.choices.values():

@@ -45,6 +45,7 @@ from core.extract.sources import open_source
 from core.inference import FlowEstimator
 from core.utils.atomic import write_text_atomic
 from core.utils.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, folder_frames, natural_key
+from core.utils.progress import progress_bar
 
 MANIFEST_NAME = "manifest.json"
 # Raise when a manifest's meaning changes: older ones are then redone (2: sizes named with their units)
@@ -323,7 +324,7 @@ class Progress:
         self.last = float("-inf")
         self.bar = None
         if shard.leads:
-            self.bar = tqdm(total=total, desc="corpus", unit="seq", file=stream, dynamic_ncols=True)
+            self.bar = progress_bar(total=total, desc="corpus", unit="seq", file=stream)
         self._save()
 
     def _file(self, index: int) -> Path:

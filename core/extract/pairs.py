@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.cli import check_none_is_an_input
+from core.errors import UserError
 from core.extract.outputs import plan_outputs, write_strain_table
-from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
+from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStopped, extract_sequence
 from core.extract.sources import PairRow
 from core.inference import FlowEstimator
 from core.strain import PairMeasures
@@ -142,10 +143,16 @@ def extract_pairs(
     if table is not None:
         check_none_is_an_input([table], "--output", inputs)
         _check_table(table, rows, options.overwrite)
-    results = [
-        extract_sequence(row, estimator, options, inputs=inputs, log=log, progress=False, strain_table=False)
-        for row in rows
-    ]
+    results: list[SequenceResult] = []
+    for row in rows:
+        try:
+            results.append(
+                extract_sequence(row, estimator, options, inputs=inputs, log=log, progress=False, strain_table=False)
+            )
+        except (UserError, ValueError) as error:  # the rows before it are written
+            written = [name for result in results for name in result.names]
+            written += error.written if isinstance(error, SequenceStopped) else []
+            raise SequenceStopped(error, output=options.output, written=written) from error
     if table is not None:
         measures = [measure for result in results for measure in result.measures]
         write_strain_table(table, measures, cropped=options.face is not None)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
+from core.errors import UserError
 from core.extract.faces import crop_frames, face_crop, face_note, face_record
 from core.extract.flows import check_flows_finite, sequence_flows
 from core.extract.outputs import (
@@ -27,6 +26,7 @@ from core.face.crop import FaceCrop, FaceCropOptions
 from core.inference import FlowEstimator
 from core.strain import PairMeasures
 from core.utils.frames import Frame, ImageFiles, VideoFrames
+from core.utils.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,25 @@ class SequenceResult:
         return [self.output / f"{name}_flow.png" for name in self.names]
 
 
+class SequenceStopped(UserError, ValueError):
+    """Bad input (a damaged frame, a flow that is not finite, a file in the way) stopped a sequence
+    after `written` pairs had been written to `output`; its message is the cause's. It is both a
+    UserError and a ValueError, so that callers catch it as they caught the cause."""
+
+    def __init__(self, cause: Exception, *, output: Path, written: list[str]) -> None:
+        super().__init__(str(cause))
+        self.output, self.written = output, written
+
+    def written_note(self) -> str:
+        """What the stopped sequence left, for a run of this sequence alone."""
+        if not self.written:
+            return "no pair was written"
+        if len(self.written) == 1:
+            return f"written before it: 1 pair in {self.output} ({self.written[0]})"
+        pairs = f"{self.written[0]} to {self.written[-1]}"
+        return f"written before it: {len(self.written)} pairs in {self.output} ({pairs})"
+
+
 def _make_folder(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -135,7 +154,7 @@ def extract_sequence(
         log(line)
     frames, crop = _cropped(source, options, plan, log)
     show = progress and _shows_progress(source)
-    bar = tqdm(total=source.pairs, desc="flow", unit="pair", dynamic_ncols=True) if show else None
+    bar = progress_bar(total=source.pairs, desc="flow", unit="pair") if show else None
     writer = SequenceWriter(
         plan,
         source,
@@ -154,6 +173,8 @@ def extract_sequence(
                     bar.update(1)
                 if on_pair is not None:
                     on_pair()
+    except (UserError, ValueError) as error:
+        raise SequenceStopped(error, output=options.output, written=list(writer.names)) from error
     finally:
         if bar is not None:
             bar.close()

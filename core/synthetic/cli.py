@@ -12,9 +12,9 @@ from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL
 from core.synthetic.writer import SPLITS, generate
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point (``python -m core.synthetic --help``)."""
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m core.synthetic",
         description="Write a synthetic dataset in the FacialFlowNet layout (image/facial, image/head, "
         "flow/facial, flow/head, mask) with exact ground-truth facial and head flow.",
@@ -53,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--verify", action="store_true", help="after writing, report the warp error of the ground truth on face pixels"
     )
     parser.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (``python -m core.synthetic --help``)."""
+    args = get_args_parser().parse_args(argv)
 
     start = time.perf_counter()
     written = generate(

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from core.datasets import LABEL_FOLDERS
 from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL, SyntheticSequence, render_sequence
 from core.utils import frame_utils
 from core.utils.atomic import atomic_path
+from core.utils.progress import progress_bar
 
 EMOTIONS = ("angry", "happy", "neutral", "sad", "surprise")
 SPLITS = ("train", "val", "test")
@@ -73,7 +73,7 @@ def generate(
     root = Path(root)
     jobs = [(split, j) for split in splits for j in range(subjects)]
     written = []
-    for split, j in tqdm(jobs, desc="synthetic FacialFlowNet", unit="subject", disable=not progress):
+    for split, j in progress_bar(jobs, desc="synthetic FacialFlowNet", unit="subject", disable=not progress):
         emotion, name = subject_folder(j)
         seq = render_sequence(tuple(size), frames, _split_seed(seed, split, j), emotion, frame_interval, face_scale)
         write_sequence(seq, root, split, emotion, name)
