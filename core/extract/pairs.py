@@ -20,7 +20,7 @@ from core.cli import check_none_is_an_input
 from core.extract.outputs import plan_outputs, write_strain_table
 from core.extract.sequence import ExtractOptions, SequenceResult, extract_sequence
 from core.extract.sources import PairRow
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.strain import PairMeasures
 from core.utils.frames import video_frame_count
 
@@ -128,7 +128,7 @@ def _check_table(table: Path, rows: list[PairRow], overwrite: bool) -> None:
 
 def extract_pairs(
     rows: list[PairRow],
-    estimator: FlowEstimator,
+    estimator: Estimator,
     options: ExtractOptions,
     *,
     table: Path | None,
