@@ -33,12 +33,13 @@ from core.cli import (
     check_not_an_input,
     check_output,
     device_and_precision,
+    estimator_spec,
     exit_on_error,
-    load_estimator,
     resolve_checkpoint,
 )
 from core.datasets import FacialFlow, split_problem
 from core.defaults import DATASET_ROOT, ITERS
+from core.estimators import build_estimator
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
 from core.utils.atomic import write_text_atomic
 from core.weights import offline_requested
@@ -188,7 +189,8 @@ def build_decflow(
 ) -> tuple[Callable, dict[str, Any]]:
     """DecFlow of `checkpoint` as a predictor, and what it is for the meta (the file hashed once)."""
     sha256 = sha256_of(checkpoint)
-    estimator = load_estimator(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="exp", sha256=sha256)
+    spec = estimator_spec(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="exp", sha256=sha256)
+    estimator = build_estimator(spec)
     described = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256, **estimator.description()}
     return decflow_predictor(estimator), described
 

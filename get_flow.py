@@ -75,6 +75,7 @@ from pathlib import Path
 
 import torch
 
+from core import estimators
 from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.cli import (
     UserError,
@@ -82,8 +83,8 @@ from core.cli import (
     add_offline_argument,
     check_output,
     device_and_precision,
+    estimator_spec,
     exit_on_error,
-    load_model_from_args,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
@@ -103,8 +104,7 @@ from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStoppe
 from core.extract.sources import FrameSource, check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
-from core.inference import FlowEstimator
-from core.onnx_runtime import OnnxFlowEstimator
+from core.inference import Estimator
 from core.precision import precision_name
 from core.training.distributed import rank_device
 from core.weights import hash_file, offline_requested
@@ -321,25 +321,20 @@ def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[E
     return options, open_sources(args)
 
 
-def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[FlowEstimator, str]:
+def build_estimator(args: argparse.Namespace, checkpoint: str) -> tuple[Estimator, str]:
     """The estimator, and how it runs in words (for the report)."""
     if args.onnx:
         if args.warm_start or args.model:
             raise UserError("--onnx runs the exported file: it takes neither --model nor --warm_start")
-        estimator = OnnxFlowEstimator(args.onnx, iters=args.iters, pad_mode="symmetric")
+        estimator = estimators.build_estimator(
+            estimators.EstimatorSpec(onnx=Path(args.onnx), iters=args.iters, pad_mode="symmetric")
+        )
         return estimator, f"{estimator.iters} iterations, float32 through onnxruntime"
-    iters = DEMO_ITERS if args.iters is None else args.iters
     device, amp_dtype = device_and_precision(args)
-    model = load_model_from_args(args, checkpoint, device)
-    estimator = FlowEstimator(
-        model,
-        iters=iters,
-        device=device,
-        amp_dtype=amp_dtype,
-        alternate_corr=args.alternate_corr,
-        pad_mode="symmetric",
+    estimator = estimators.build_estimator(
+        estimator_spec(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="symmetric")
     )
-    return estimator, f"{iters} iterations, {precision_name(amp_dtype)} on {device}"
+    return estimator, f"{estimator.iters} iterations, {precision_name(amp_dtype)} on {device}"
 
 
 def report(results: list[SequenceResult], details: str, table: Path | None) -> None:

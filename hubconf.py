@@ -24,7 +24,8 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.defaults import CHECKPOINTS_DIR, DEMO_ITERS
-from core.inference import FlowEstimator, resolve_device, resolve_inference_precision
+from core.estimators import EstimatorSpec, build_estimator
+from core.inference import Estimator, resolve_device, resolve_inference_precision
 from core.network import DecFlow
 from core.weights import REGISTRY, RELEASE, ensure, offline_requested, status
 
@@ -80,19 +81,19 @@ def decflow_estimator(
     mixed_precision: bool | None = None,
     amp_dtype: str | None = None,
     alternate_corr: bool = False,
-) -> FlowEstimator:
+) -> Estimator:
     """The `FlowEstimator` that get_flow.py runs: `estimator(image1, image2)` takes images
     `[3, H, W]` or `[B, 3, H, W]`, RGB 0..255, of any size (padded symmetrically to multiples
     of 8 and at least 128 px, the flows cropped back) and returns a `DecFlowOutput` in test
     mode. `device` (default: cuda when available), `mixed_precision` (default: on for CUDA),
     `amp_dtype` ("float16", "bfloat16") and `iters` (default 24) as get_flow.py's options."""
     resolved = resolve_device(device)
-    model = decflow(pretrained, progress).to(resolved)
-    return FlowEstimator(
-        model,
+    spec = EstimatorSpec(
+        weights=_release_weights(progress=progress) if pretrained else None,
         iters=iters,
         device=resolved,
         amp_dtype=resolve_inference_precision(mixed_precision, amp_dtype, resolved),
         alternate_corr=alternate_corr,
         pad_mode="symmetric",
     )
+    return build_estimator(spec)

@@ -17,7 +17,8 @@ import torch
 from core.checkpoint import default_checkpoint
 from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
 from core.errors import UserError
-from core.inference import FlowEstimator, load_model, resolve_device, resolve_inference_precision
+from core.estimators import EstimatorSpec
+from core.inference import load_model, resolve_device, resolve_inference_precision
 from core.network import DecFlow, DecFlowConfig
 from core.precision import AMP_DTYPES
 from core.weights import (
@@ -184,7 +185,7 @@ def load_model_from_args(
         raise UserError(str(error)) from None
 
 
-def load_estimator(
+def estimator_spec(
     args: argparse.Namespace,
     checkpoint: str | os.PathLike,
     *,
@@ -192,17 +193,20 @@ def load_estimator(
     amp_dtype: torch.dtype | None,
     pad_mode: str,
     sha256: str | None = None,
-) -> FlowEstimator:
-    """The FlowEstimator of the scripts: the weights `checkpoint` (load_model_from_args), run with
-    `--iters` and `--alternate_corr` of `args`, autocast to `amp_dtype`, inputs padded in `pad_mode`."""
-    model = load_model_from_args(args, checkpoint, device, sha256=sha256)
-    return FlowEstimator(
-        model,
+) -> EstimatorSpec:
+    """The estimator of the scripts (core.estimators.build_estimator builds it): the weights
+    `checkpoint` with the model options (model_config), `--iters` and `--alternate_corr` of
+    `args`, on `device`, autocast to `amp_dtype`, inputs padded in `pad_mode`; the file's
+    `sha256` when the caller has it."""
+    return EstimatorSpec(
+        weights=Path(checkpoint),
+        config=model_config(args),
         iters=args.iters,
         device=device,
         amp_dtype=amp_dtype,
         alternate_corr=args.alternate_corr,
         pad_mode=pad_mode,
+        sha256=sha256,
     )
 
 

@@ -26,7 +26,7 @@ Used by evaluate.py and by train.py's validation::
     results["facial"]["epe"], results["ffn_protocol"]["epe"]
 
 Pieces: `masked_metrics`, `ffn_protocol_metrics` (one pair, torch tensors),
-`decflow_predictor` (a core.inference.FlowEstimator as a predictor) and the `BASELINES`
+`decflow_predictor` (a core.inference.Estimator as a predictor) and the `BASELINES`
 (callables mapping a batch of pairs to flows), `evaluate_predictor` (the loop over a
 dataset, `batch_size` pairs of one size at a time), `format_results` (table).
 """
@@ -44,7 +44,7 @@ import torch
 
 from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
-from core.inference import FlowEstimator
+from core.inference import Estimator, FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
 from core.parallel import unwrap
 from core.utils.batching import batches_of_one_size
@@ -106,7 +106,7 @@ def mean_metrics(per_pair: Sequence[Mapping[str, float]]) -> dict[str, float] | 
     return {key: float(np.mean([m[key] for m in per_pair])) for key in METRIC_KEYS}
 
 
-def decflow_predictor(estimator: FlowEstimator) -> Predictor:
+def decflow_predictor(estimator: Estimator) -> Predictor:
     """DecFlow's facial and head flow, as the estimator pads, runs and crops them."""
 
     def predict(image1: torch.Tensor, image2: torch.Tensor) -> Prediction:

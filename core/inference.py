@@ -1,16 +1,19 @@
 """Running a trained DecFlow on image pairs: padding, warm starts and, on CUDA, graphs.
 
-`FlowEstimator` pads a pair to what the network accepts, runs it and crops the flows
-back. On CUDA it replays the test-mode forward from CUDA graphs (`GraphedEstimate`): at
-batch 1 the recurrence launches thousands of small kernels, and a graph launches them
-all at once. Graphs give the same flow as the eager forward; anywhere else (CPU, autograd)
-the eager forward runs.
+`Estimator` pads a pair to what the network accepts, runs it and crops the flows back;
+`FlowEstimator` runs a PyTorch model (`core.onnx_runtime.OnnxFlowEstimator` an ONNX export;
+`core.estimators.build_estimator` makes either from a file). On CUDA `FlowEstimator`
+replays the test-mode forward from CUDA graphs (`GraphedEstimate`): at batch 1 the
+recurrence launches thousands of small kernels, and a graph launches them all at once.
+Graphs give the same flow as the eager forward; anywhere else (CPU, autograd) the eager
+forward runs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields
@@ -222,9 +225,88 @@ class GraphedEstimate:
         self.graphs[key] = (graph, static_inputs, static_output)
 
 
-class FlowEstimator:
-    """A DecFlow model on one device: pad, infer, crop; optional warm start. The one way the
-    scripts, the evaluation, training's validation and the benchmarks run a trained model.
+class Estimator(ABC):
+    """What the scripts run on image pairs: `estimator(image1, image2, flow_init=None)`.
+
+    Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 of any size are checked, padded to what
+    the network accepts (InputPadder's `pad_mode`: sides multiples of `divisor`, at least
+    `min_side` px), run (`run`, the one part a subclass supplies with `to_input`) and the
+    flows cropped back to the input size. `iters` is the refinement iterations it runs;
+    `description()` says what it runs as result files record it.
+    """
+
+    def __init__(
+        self, *, iters: int, pad_mode: str, divisor: int = UPSAMPLE_FACTOR, min_side: int = MIN_IMAGE_SIDE
+    ) -> None:
+        self.iters = iters
+        self.pad_mode = pad_mode
+        self.divisor = divisor
+        self.min_side = min_side
+
+    @abstractmethod
+    def to_input(self, image: torch.Tensor) -> torch.Tensor:
+        """`image` `[B, 3, H, W]` where and as `run` takes it (before padding)."""
+
+    @abstractmethod
+    def run(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> DecFlowOutput:
+        """Padded, checked images `[B, 3, H', W']` -> the flows of the padded pair."""
+
+    @abstractmethod
+    def precision(self) -> str:
+        """The arithmetic it runs in, in words (description's "precision")."""
+
+    @abstractmethod
+    def model_options(self) -> dict[str, Any]:
+        """The architecture and correlation mode it runs (description's "model_options")."""
+
+    def description(self) -> dict[str, Any]:
+        """What this estimator runs, read from itself (not from the options asked for), as result
+        files record it: iterations, padding, precision and the model options."""
+        return {
+            "iters": self.iters,
+            "padding_mode": self.pad_mode,
+            "precision": self.precision(),
+            "model_options": self.model_options(),
+        }
+
+    def __call__(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DecFlowOutput:
+        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> the flows cropped
+        to the input size, `[B, 2, H, W]`, and the decoders' final low-resolution flows of the
+        padded pair, `[B, 2, H'/8, W'/8]` (a warm start's input; None where `run` gives none).
+        `flow_init`: a previous result's `(facial_low, head_low)` for the same size, or None."""
+        given = (tuple(image1.shape), tuple(image2.shape))  # the caller's shapes, for messages
+        if given[0] != given[1]:
+            raise ValueError(f"image1 and image2 differ in shape: {given[0]} vs {given[1]}")
+        if image1.dim() == 3:
+            image1, image2 = image1[None], image2[None]
+        if image1.dim() != 4 or image1.shape[1] != 3:
+            raise ValueError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
+        padder = InputPadder(image1.shape, mode=self.pad_mode, divisor=self.divisor, min_side=self.min_side)
+        image1, image2 = padder.pad(self.to_input(image1), self.to_input(image2))
+        check_inputs(image1, image2)
+        output = self.run(image1, image2, flow_init)
+        return DecFlowOutput(
+            facial=padder.unpad(output.facial),
+            head=padder.unpad(output.head),
+            expression=padder.unpad(output.expression),
+            facial_low=output.facial_low,
+            head_low=output.head_low,
+        )
+
+
+class FlowEstimator(Estimator):
+    """A DecFlow model on one device (an Estimator); optional warm start. The one way the
+    scripts, the evaluation, training's validation and the benchmarks run a PyTorch model.
 
     The model must already be on `device` and in eval mode. `amp_dtype` autocasts
     (None: float32), `alternate_corr` is the memory-bounded mode (see `DecFlow.forward`).
@@ -246,61 +328,35 @@ class FlowEstimator:
     ) -> None:
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
+        super().__init__(iters=iters, pad_mode=pad_mode)
         self.model = model
-        self.iters = iters
         self.device = torch.device(device)
         self.options = dict(amp_dtype=amp_dtype, alternate_corr=alternate_corr)
-        self.pad_mode = pad_mode
         use_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if use_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, got {self.device}")
         self.graphed = GraphedEstimate(model) if use_graphs else None
 
-    def description(self) -> dict[str, Any]:
-        """What this estimator runs, read from itself and its model (not from the options asked
-        for), as result files record it: iterations, padding, precision and the model options."""
+    def precision(self) -> str:
+        return precision_name(self.options["amp_dtype"])
+
+    def model_options(self) -> dict[str, Any]:
         return {
-            "iters": self.iters,
-            "padding_mode": self.pad_mode,
-            "precision": precision_name(self.options["amp_dtype"]),
-            "model_options": {
-                **{name: getattr(self.model.config, name) for name in COMPARED_FIELDS},
-                "alternate_corr": self.options["alternate_corr"],
-            },
+            **{name: getattr(self.model.config, name) for name in COMPARED_FIELDS},
+            "alternate_corr": self.options["alternate_corr"],
         }
 
+    def to_input(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(self.device)
+
     @torch.inference_mode()
-    def __call__(
+    def run(
         self,
         image1: torch.Tensor,
         image2: torch.Tensor,
-        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     ) -> DecFlowOutput:
-        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 (any size >= 1 px) -> the flows cropped
-        to the input size, `[B, 2, H, W]`, and the decoders' final low-resolution flows of the
-        padded pair, `[B, 2, H'/8, W'/8]` (a warm start's input). `flow_init`: a previous
-        result's `(facial_low, head_low)` for the same size, or None."""
-        given = (tuple(image1.shape), tuple(image2.shape))  # the caller's shapes, for messages
-        if given[0] != given[1]:
-            raise ValueError(f"image1 and image2 differ in shape: {given[0]} vs {given[1]}")
-        if image1.dim() == 3:
-            image1, image2 = image1[None], image2[None]
-        if image1.dim() != 4 or image1.shape[1] != 3:
-            raise ValueError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
-        padder = InputPadder(image1.shape, mode=self.pad_mode, min_side=MIN_IMAGE_SIDE)
-        image1, image2 = padder.pad(image1.to(self.device), image2.to(self.device))
-        check_inputs(image1, image2)
         inits = check_flow_init(flow_init, image1.shape)
         if self.graphed is not None:
-            output = self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
-        else:
-            output = self.model.estimate(
-                image1, image2, iters=self.iters, flow_init=inits, test_mode=True, **self.options
-            )
-        return DecFlowOutput(
-            facial=padder.unpad(output.facial),
-            head=padder.unpad(output.head),
-            expression=padder.unpad(output.expression),
-            facial_low=output.facial_low,
-            head_low=output.head_low,
-        )
+            return self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
+        return self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True, **self.options)

@@ -1,7 +1,7 @@
 """Running an ONNX export of DecFlow (`python -m core.export`) through onnxruntime.
 
-`OnnxFlowEstimator` has the call interface of `core.inference.FlowEstimator`: images of any
-size in, the flows cropped to that size out. The file says how it was made in its metadata
+`OnnxFlowEstimator` is a `core.inference.Estimator`, as `FlowEstimator`: images of any size
+in, the flows cropped to that size out. The file says how it was made in its metadata
 (`METADATA`): the iterations it unrolls, the weights' SHA-256 and the size rule it accepts.
 onnxruntime is optional: the rest of the project runs without it.
 """
@@ -23,9 +23,8 @@ try:  # optional (requirements-export.txt): the scripts run without it, --onnx s
 except ImportError:
     ort = None
 
-from core.inference import COMPARED_FIELDS
-from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlowOutput, check_inputs
-from core.utils.padder import InputPadder
+from core.inference import COMPARED_FIELDS, Estimator
+from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlowOutput
 
 INPUT_NAMES = ("image1", "image2")  # float32 [B, 3, H, W], RGB 0..255
 OUTPUT_NAMES = ("facial", "head", "expression")  # float32 [B, 2, H, W]
@@ -99,8 +98,8 @@ def open_session(path: str | os.PathLike, *, providers: list[str] | None = None)
     return session
 
 
-class OnnxFlowEstimator:
-    """An ONNX export of DecFlow in onnxruntime: pad, infer, crop (as FlowEstimator).
+class OnnxFlowEstimator(Estimator):
+    """An ONNX export of DecFlow in onnxruntime (an Estimator: pad, infer, crop as FlowEstimator).
 
     `iters`, when given, must be the export's (it unrolls a fixed number); `pad_mode` is
     InputPadder's. There is no warm start (`flow_init`) and no low-resolution output: the
@@ -119,40 +118,40 @@ class OnnxFlowEstimator:
         self.path = Path(path)
         self.session = open_session(self.path, providers=providers)
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.iters = int(metadata[ITERS_KEY])
-        if iters is not None and iters != self.iters:
-            raise ValueError(f"{self.path} was exported with {self.iters} iterations; --iters {iters} differs")
+        exported_iters = int(metadata[ITERS_KEY])
+        if iters is not None and iters != exported_iters:
+            raise ValueError(f"{self.path} was exported with {exported_iters} iterations; --iters {iters} differs")
         self.size_rule = SizeRule.from_json(metadata[SIZE_RULE_KEY])
+        super().__init__(
+            iters=exported_iters,
+            pad_mode=pad_mode,
+            divisor=self.size_rule.multiple_of,
+            min_side=self.size_rule.min_side,
+        )
         self.weights_sha256 = metadata[WEIGHTS_KEY]
         self.config = json.loads(metadata[CONFIG_KEY])
-        self.pad_mode = pad_mode
 
-    def description(self) -> dict[str, Any]:
-        """What this file runs, as FlowEstimator.description says it: float32, and the whole
-        correlation pyramid stored (never the memory-bounded correlation)."""
-        return {
-            "iters": self.iters,
-            "padding_mode": self.pad_mode,
-            "precision": "float32 (onnxruntime)",
-            "model_options": {**{name: self.config[name] for name in COMPARED_FIELDS}, "alternate_corr": False},
-        }
+    def precision(self) -> str:
+        return "float32 (onnxruntime)"
 
-    def __call__(
-        self, image1: torch.Tensor, image2: torch.Tensor, flow_init: torch.Tensor | None = None
+    def model_options(self) -> dict[str, Any]:
+        """The file's architecture, and the whole correlation pyramid stored (never the memory-bounded correlation)."""
+        return {**{name: self.config[name] for name in COMPARED_FIELDS}, "alternate_corr": False}
+
+    def to_input(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float()
+
+    def run(
+        self,
+        image1: torch.Tensor,
+        image2: torch.Tensor,
+        flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     ) -> DecFlowOutput:
-        """Images `[3, H, W]` or `[B, 3, H, W]` RGB 0..255 -> the flows cropped to the input size."""
         if flow_init is not None:
             raise ValueError(f"{self.path}: an ONNX export has no warm start (flow_init)")
-        if image1.dim() == 3:
-            image1, image2 = image1[None], image2[None]
-        padder = InputPadder(
-            image1.shape, mode=self.pad_mode, divisor=self.size_rule.multiple_of, min_side=self.size_rule.min_side
-        )
-        image1, image2 = padder.pad(image1.float(), image2.float())
-        check_inputs(image1, image2)
         problem = self.size_rule.problem(*image1.shape[-2:])
         if problem:
             raise ValueError(f"{self.path}: {problem}, got shape {tuple(image1.shape)} after padding")
         feed = {name: np.ascontiguousarray(image.cpu().numpy()) for name, image in zip(INPUT_NAMES, (image1, image2))}
-        facial, head, expression = (padder.unpad(torch.from_numpy(out)) for out in self.session.run(None, feed))
+        facial, head, expression = (torch.from_numpy(out) for out in self.session.run(None, feed))
         return DecFlowOutput(facial=facial, head=head, expression=expression, facial_low=None, head_low=None)

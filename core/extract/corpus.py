@@ -42,7 +42,7 @@ from tqdm import tqdm
 from core.cli import UserError
 from core.extract.sequence import ExtractOptions, extract_sequence
 from core.extract.sources import open_source
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.utils.atomic import write_text_atomic
 from core.utils.frames import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, folder_frames, natural_key
 from core.utils.progress import progress_bar
@@ -455,7 +455,7 @@ def _error_text(error: Exception) -> str:
     return text if isinstance(error, (ValueError, UserError)) else f"{type(error).__name__}: {text}"
 
 
-def extract_one(sequence: Sequence, job: CorpusJob, estimator: FlowEstimator, progress: Progress) -> str:
+def extract_one(sequence: Sequence, job: CorpusJob, estimator: Estimator, progress: Progress) -> str:
     """Skip, or write, one sequence; returns "skipped" or "done". Errors propagate (one line)."""
     target = job.output / sequence.relative
     request = job.request(input_files(sequence, stride=job.stride, max_frames=job.max_frames))
@@ -486,7 +486,7 @@ def extract_one(sequence: Sequence, job: CorpusJob, estimator: FlowEstimator, pr
 
 
 def extract_corpus(
-    sequences: list[Sequence], shard: Shard, job: CorpusJob, estimator: FlowEstimator
+    sequences: list[Sequence], shard: Shard, job: CorpusJob, estimator: Estimator
 ) -> CorpusSummary | None:
     """Extract this process's share of `sequences`; a sequence that fails is recorded and the run
     goes on. Returns the summary to print (None for torchrun's other ranks: rank 0 reports)."""

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.utils.batching import batches_of_one_size
 from core.utils.frames import Frame, check_same_size
 
@@ -39,7 +39,7 @@ def consecutive_pairs(frames: Iterator[Frame]) -> Iterator[tuple[Frame, Frame]]:
 
 
 def sequence_flows(
-    estimator: FlowEstimator, frames: Iterator[Frame], *, batch_size: int = 1, warm_start: bool = False
+    estimator: Estimator, frames: Iterator[Frame], *, batch_size: int = 1, warm_start: bool = False
 ) -> Iterator[PairFlow]:
     """The flow of every pair of consecutive frames, in order, estimated `batch_size` pairs (of
     one size) at a time, as evaluation batches them. `warm_start` (batch 1 only) starts each pair

@@ -21,7 +21,7 @@ from core.errors import UserError
 from core.extract.outputs import plan_outputs, write_strain_table
 from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStopped, extract_sequence
 from core.extract.sources import PairRow
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.strain import PairMeasures
 from core.utils.frames import video_frame_count
 
@@ -129,7 +129,7 @@ def _check_table(table: Path, rows: list[PairRow], overwrite: bool) -> None:
 
 def extract_pairs(
     rows: list[PairRow],
-    estimator: FlowEstimator,
+    estimator: Estimator,
     options: ExtractOptions,
     *,
     table: Path | None,

@@ -23,7 +23,7 @@ from core.extract.outputs import (
 )
 from core.extract.sources import FrameSource
 from core.face.crop import FaceCrop, FaceCropOptions
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.strain import PairMeasures
 from core.utils.frames import Frame, ImageFiles, VideoFrames
 from core.utils.progress import progress_bar
@@ -131,7 +131,7 @@ def _cropped(
 
 def extract_sequence(
     source: FrameSource,
-    estimator: FlowEstimator,
+    estimator: Estimator,
     options: ExtractOptions,
     *,
     inputs: list[tuple[str, Path | str]],
