@@ -88,6 +88,8 @@ def decflow_estimator(
     mode. `device` (default: cuda when available), `mixed_precision` (default: on for CUDA),
     `amp_dtype` ("float16", "bfloat16") and `iters` (default 24) as get_flow.py's options."""
     resolved = resolve_device(device)
+    if not pretrained:
+        warnings.warn(UNTRAINED_WARNING, UserWarning, stacklevel=2)
     spec = EstimatorSpec(
         weights=_release_weights(progress=progress) if pretrained else None,
         iters=iters,
