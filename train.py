@@ -41,11 +41,20 @@ from torch import nn
 from torch.utils import data
 from tqdm import tqdm
 
-from core.checkpoint import link_checkpoint, remove_stale_temporaries, save_checkpoint, strip_data_parallel_prefix
+from core.checkpoint import (
+    RANDOM_INITIALISATION,
+    SEMANTIC_SOURCE,
+    link_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    strip_data_parallel_prefix,
+)
 from core.cli import (
     FileInTheWay,
     HelpFormatter,
+    OneLineErrorParser,
     UserError,
+    WeightsNotFetched,
     add_model_arguments,
     add_offline_argument,
     check_none_is_an_input,
@@ -72,9 +81,21 @@ from core.training.state import StopRequest, plain_arguments, read_state, save_s
 from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
 from core.training.validation import validate
 from core.utils.progress import progress_bar
-from core.weights import offline_requested, registered_entry, registered_names
+from core.weights import (
+    REGISTRY,
+    SEMANTIC,
+    WeightsUnavailable,
+    ensure,
+    offline_requested,
+    registered_entry,
+    registered_names,
+)
 
 STATE_SUFFIX = "_state.pth"
+# `--resume` alone: continue {output}/{name}_state.pth, which must exist.
+RESUME_THIS_RUN = "this-run"
+# `--resume auto` (job scripts): continue {output}/{name}_state.pth if it exists, else start fresh.
+RESUME_AUTO = "auto"
 # Training-state entries that must match for a resumed run to continue the same run.
 RESUME_MUST_MATCH = (
     "num_steps",
@@ -99,7 +120,7 @@ RESUME_MUST_MATCH = (
 
 # ============================================================================ arguments
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         allow_abbrev=False,
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
         "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
@@ -133,11 +154,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         nargs="?",
-        const="auto",
+        const=RESUME_THIS_RUN,
         default=None,
         metavar="STATE",
-        help="continue from a training-state file; without a value: {output}/{name}_state.pth if it "
-        "exists, else start fresh (handy for preemptible jobs)",
+        help="continue this run, {output}/{name}_state.pth (an error when it does not exist); "
+        f"--resume STATE: from that training-state file; --resume {RESUME_AUTO}: continue when there is a "
+        "state file, else start fresh (preemptible jobs)",
     )
     run.add_argument("--seed", type=int, default=1234, help="seed of torch, numpy, random and the data order")
     run.add_argument(
@@ -219,8 +241,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="ImageNet ResNet-50 weights (torchvision or pytorchcv naming) for the frozen "
-        "semantic encoder in stage 1 (default: torchvision's cache, else it stays random "
-        "with a warning)",
+        "semantic encoder in stage 1 (default: torchvision's file in torch.hub's cache, downloaded "
+        "when absent; with --offline and none there it stays random, said in the log and the weights' .json)",
     )
     add_model_arguments(model_group, training=True)  # architecture and precision, as evaluate.py and get_flow.py
 
@@ -257,7 +279,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Reject inconsistent arguments with parser.error (one line, exit code 2)."""
+    """Reject inconsistent arguments with parser.error (one line, exit code 2, no usage block)."""
     for name in ("num_steps", "batch_size", "val_freq", "print_freq", "iters", "val_iters", "max_nonfinite"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -283,7 +305,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         )
     if args.semantic_weights is not None and not Path(args.semantic_weights).is_file():
         parser.error(f"--semantic_weights: file not found: {args.semantic_weights}")
-    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+    if args.resume == RESUME_THIS_RUN and not this_run_state(args).is_file():
+        parser.error(
+            f"--resume: nothing to continue, no training state {this_run_state(args)} (check --name and "
+            f"--output; --resume {RESUME_AUTO} starts fresh when there is none)"
+        )
+    if args.resume not in (None, RESUME_THIS_RUN, RESUME_AUTO) and not Path(args.resume).is_file():
         parser.error(f"--resume: training-state file not found: {args.resume}")
     if args.vis_freq is not None and args.vis_freq < 0:
         parser.error("--vis_freq must be >= 0")
@@ -302,9 +329,11 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     """`--output` must be a folder that can be made, and no file of the run one of its inputs."""
     try:
         output = check_output(args.output, "--output", folder=True)
-        state_path = output / f"{args.name}{STATE_SUFFIX}"
         inputs = [("--restore_ckpt", args.restore_ckpt), ("--semantic_weights", args.semantic_weights)]
-        if args.resume not in (None, "auto") and Path(args.resume).resolve() != state_path.resolve():
+        if (
+            args.resume not in (None, RESUME_THIS_RUN, RESUME_AUTO)
+            and Path(args.resume).resolve() != this_run_state(args).resolve()
+        ):
             inputs.append(("--resume", args.resume))
         outputs = run_outputs(output, args, [given for _, given in inputs if given is not None])
         check_none_is_an_input(outputs, "--output/--name:", inputs)
@@ -312,6 +341,11 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"{error} (a file is in the way of the output folder)")
     except UserError as error:
         parser.error(str(error))
+
+
+def this_run_state(args: argparse.Namespace) -> Path:
+    """The training-state file of the run `--output`/`--name`: what a bare `--resume` continues."""
+    return Path(args.output) / f"{args.name}{STATE_SUFFIX}"
 
 
 def run_outputs(output: Path, args: argparse.Namespace, inputs: list[str]) -> list[Path]:
@@ -354,6 +388,7 @@ class Inputs:
     state: dict | None  # the training state of --resume (None: a new run)
     resume_path: Path | None
     restore_ckpt: str | None  # the file of --restore_ckpt (a registered name resolved, downloaded)
+    semantic_weights: str | None  # a new stage 1's ImageNet weights (None: absent and --offline, or unused)
     offline: bool
 
     @property
@@ -363,14 +398,15 @@ class Inputs:
 
 def resolve_inputs(args: argparse.Namespace, *, rank: int, world_size: int) -> Inputs:
     """The data (`--root`, its split folders, their files), the state of `--resume`, then the
-    weights of `--restore_ckpt` (downloaded if need be). SystemExit (one line) at the first problem."""
+    weights of `--restore_ckpt` and of the semantic encoder (downloaded if need be). SystemExit
+    (one line) at the first problem."""
     for split in ("train", *([args.val_split] if "facialflow" in args.validation else [])):
         if problem := split_problem(args.root, split):
             raise SystemExit(f"error: {problem}")
     if args.batch_size % world_size:
         raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by {world_size} processes")
     output = Path(args.output)
-    resume_path = resolve_resume(args, output)
+    resume_path = resolve_resume(args)
     state = load_training_state(resume_path, args) if resume_path is not None else None
     try:
         loader = build_train_loader(
@@ -393,8 +429,11 @@ def resolve_inputs(args: argparse.Namespace, *, rank: int, world_size: int) -> I
         restore_ckpt = (
             resolve_weights(args.restore_ckpt, "--restore_ckpt", offline=offline) if args.restore_ckpt else None
         )
+    except WeightsNotFetched as error:
+        raise SystemExit(f"error: --restore_ckpt {args.restore_ckpt}: {error.unavailable.line()}") from None
     except UserError as error:
         raise SystemExit(f"error: {error}") from None
+    new_stage_1 = state is None and not args.frozen
     return Inputs(
         output=output,
         loader=loader,
@@ -402,17 +441,34 @@ def resolve_inputs(args: argparse.Namespace, *, rank: int, world_size: int) -> I
         state=state,
         resume_path=resume_path,
         restore_ckpt=restore_ckpt,
+        semantic_weights=resolve_semantic_weights(args, offline=offline) if new_stage_1 else None,
         offline=offline,
     )
 
 
-def resolve_resume(args: argparse.Namespace, output: Path) -> Path | None:
+def resolve_resume(args: argparse.Namespace) -> Path | None:
+    """The state file the run continues (None: a new run); check_args saw that the named ones exist."""
     if args.resume is None:
         return None
-    if args.resume == "auto":
-        path = output / f"{args.name}{STATE_SUFFIX}"
-        return path if path.is_file() else None
+    if args.resume in (RESUME_THIS_RUN, RESUME_AUTO):
+        path = this_run_state(args)
+        return path if path.is_file() or args.resume == RESUME_THIS_RUN else None
     return Path(args.resume)
+
+
+def resolve_semantic_weights(args: argparse.Namespace, *, offline: bool) -> str | None:
+    """The ImageNet ResNet-50 of a new stage 1's semantic encoder: `--semantic_weights`, else
+    torchvision's file in torch.hub's cache, downloaded when absent. Absent with `offline`: None
+    (the encoder stays random, said in the log and recorded in the run's files). A failed
+    download: SystemExit, one line naming the file and the command that fetches it."""
+    if args.semantic_weights is not None:
+        return args.semantic_weights
+    try:
+        return str(ensure(REGISTRY[SEMANTIC], offline=offline))
+    except WeightsUnavailable as error:
+        if offline:
+            return None
+        raise SystemExit(f"error: ImageNet weights of the semantic encoder: {error.line()}") from None
 
 
 def load_training_state(path: Path, args: argparse.Namespace) -> dict:
@@ -447,6 +503,7 @@ class Run:
     world_size: int
     output: Path
     start_step: int
+    semantic_encoder: str | None  # where its weights come from (RANDOM_INITIALISATION; None: not recorded)
     scaler_skipped: int  # optimizer steps the GradScaler skipped so far (the whole run)
     resume_rng: dict | None  # RNG states of a resumed run, restored once the loader has started
     stop: StopRequest | None = None
@@ -486,7 +543,7 @@ def setup_run(
         device, amp_dtype = choose_device_and_precision(args, device, distributed=distributed, log=log)
         log_header(args, device=device, amp_dtype=amp_dtype, distributed=distributed, world_size=world_size, log=log)
         model = build_model(args)
-        restore(model, args, inputs, log)
+        semantic_encoder = restore(model, args, inputs, log)
         model.to(device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         log(
@@ -521,6 +578,7 @@ def setup_run(
         world_size=world_size,
         output=inputs.output,
         start_step=inputs.start_step,
+        semantic_encoder=semantic_encoder,
         scaler_skipped=state.get("scaler_skipped", 0) if state else 0,
         resume_rng=state["rng"] if state else None,
     )
@@ -578,8 +636,9 @@ def build_model(args: argparse.Namespace) -> DecFlow:
     return model
 
 
-def restore(model: DecFlow, args: argparse.Namespace, inputs: Inputs, log: RunLog) -> None:
-    """The weights of the resumed state, else those of a new run (core.training.stages.initialise)."""
+def restore(model: DecFlow, args: argparse.Namespace, inputs: Inputs, log: RunLog) -> str | None:
+    """The weights of the resumed state, else those of a new run (core.training.stages.initialise);
+    returns where the semantic encoder's come from (None: a state file that does not say)."""
     if inputs.state is not None:
         try:
             model.load_state_dict(strip_data_parallel_prefix(inputs.state["model"]), strict=True)
@@ -589,15 +648,15 @@ def restore(model: DecFlow, args: argparse.Namespace, inputs: Inputs, log: RunLo
                 f"{str(error).strip().splitlines()[-1].strip()}"
             ) from None
         log(f"resuming {inputs.resume_path} at step {inputs.start_step}")
-        return
-    if args.resume == "auto":
-        log(f"--resume: no {inputs.output / (args.name + STATE_SUFFIX)} yet, starting fresh")
+        return inputs.state.get(SEMANTIC_SOURCE)
+    if args.resume == RESUME_AUTO:
+        log(f"--resume {RESUME_AUTO}: no {this_run_state(args)} yet, starting fresh")
     try:
-        initialise(
+        return initialise(
             model,
             2 if args.frozen else 1,
             restore_ckpt=inputs.restore_ckpt,
-            semantic_weights=args.semantic_weights,
+            semantic_weights=inputs.semantic_weights,
             log=log,
             offline=inputs.offline,
         )
@@ -803,13 +862,20 @@ def finish_run(run: Run, step: int, args: argparse.Namespace) -> dict[str, float
     val = run_validation(run, args, step=step)
     run.log.curves()
     skipped = f" ({run.scaler_skipped} of {step} steps skipped by the GradScaler)" if run.scaler.is_enabled() else ""
-    run.log(f"done: {run.output / (args.name + '.pth')}{skipped}")
+    random = (
+        "; WARNING: its frozen semantic encoder is RANDOM (no ImageNet weights): not the paper's model"
+        if run.semantic_encoder == RANDOM_INITIALISATION
+        else ""
+    )
+    run.log(f"done: {run.output / (args.name + '.pth')}{skipped}{random}")
     return {f"val_{k}": v for k, v in val.items()}
 
 
 def save_weights(run: Run, step: int, args: argparse.Namespace, path: Path) -> None:
-    """Weights in the authors' format, and beside them `.json`: architecture, step, arguments."""
-    save_checkpoint(run.model, path, description={"step": step, "training": plain_arguments(args)})
+    """Weights in the authors' format, and beside them `.json`: architecture, step, arguments and
+    where the semantic encoder's weights come from."""
+    description = {"step": step, "training": plain_arguments(args), SEMANTIC_SOURCE: run.semantic_encoder}
+    save_checkpoint(run.model, path, description=description)
 
 
 def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
@@ -825,6 +891,7 @@ def save_run_state(run: Run, step: int, args: argparse.Namespace) -> None:
             history=run.log.plain_history(),
             scaler_skipped=run.scaler_skipped,
             amp_dtype=run.amp_dtype,
+            semantic_encoder=run.semantic_encoder,
         )
 
 

@@ -46,6 +46,11 @@ DATA_PARALLEL_PREFIX = "module."
 # `rel_ind` is a constant index table, and `num_batches_tracked` only counts batches.
 OPTIONAL_KEY_PATTERNS = (r"^dad_encoder\.model\.3\.", r"\.rel_ind$", r"\.num_batches_tracked$")
 
+# What init_semantic_encoder returns when no ImageNet weights were had: the encoder stays random.
+RANDOM_INITIALISATION = "random initialisation"
+# The key of a weights description (save_checkpoint) and a training state that says where the
+# semantic encoder's weights come from: a file, or RANDOM_INITIALISATION.
+SEMANTIC_SOURCE = "semantic_encoder"
 # Default weights of evaluate.py and get_flow.py, in order of preference.
 DEFAULT_CHECKPOINTS = (RELEASE_CHECKPOINT, SEED_CHECKPOINT)
 
@@ -473,7 +478,7 @@ def init_semantic_encoder(
                 f"  pass --semantic_weights FILE, or\n{error.remedy}",
                 stacklevel=2,
             )
-            return "random initialisation"
+            return RANDOM_INITIALISATION
     source = str(weights)
     converted = semantic_state_from_resnet50(read_state_dict(weights), source)
     own = encoder.state_dict()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -42,6 +43,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class DocstringHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """HelpFormatter for a description that is a module docstring (its lines kept as written)."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are the project's one line, `{prog}: error: {message}`,
+    on stderr with exit code USAGE_ERROR_STATUS (2): argparse's usage block is not printed
+    before it (`--help` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR_STATUS, f"{self.prog}: error: {message}\n")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False) -> None:
@@ -100,11 +110,20 @@ def add_offline_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class WeightsNotFetched(UserError):
+    """Registered weights that are absent and could not be had (a failed or refused download):
+    `unavailable` names the file, what went wrong and the command that fetches it."""
+
+    def __init__(self, message: str, unavailable: WeightsUnavailable) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
 def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
     """`spec` of `flag` (`--model`, `--restore_ckpt`): an existing file as given, else a
     registered name or the usual place of one (e.g. `checkpoints/gma-sintel.pth`), which
-    is downloaded and verified when absent unless `offline`. UserError otherwise (a
-    failed or refused download, or neither a file nor a name: the names are listed)."""
+    is downloaded and verified when absent unless `offline`. UserError otherwise (WeightsNotFetched
+    for a failed or refused download; neither a file nor a name: the names are listed)."""
     if Path(spec).is_file():
         note_if_unverified(spec)
         return spec
@@ -117,7 +136,7 @@ def resolve_weights(spec: str, flag: str, *, offline: bool) -> str:
     try:
         return str(ensure(entry, offline=offline))
     except WeightsUnavailable as error:
-        raise UserError(f"{flag} {spec}: {error.reason}\n{error.remedy}") from None
+        raise WeightsNotFetched(f"{flag} {spec}: {error.reason}\n{error.remedy}", error) from None
 
 
 def note_if_unverified(path: str | os.PathLike) -> None:

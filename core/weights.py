@@ -60,11 +60,15 @@ class WeightsUnavailable(RuntimeError):
 
     def __init__(self, entry: WeightsEntry, reason: str, *, url: str, destination: Path) -> None:
         self.reason = reason
-        self.remedy = (
-            f"  run where there is internet: {fetch_command(entry, destination)}\n"
-            f"  (or download {url} to {destination})"
-        )
+        self.destination = destination
+        self.command = fetch_command(entry, destination)
+        self.remedy = f"  run where there is internet: {self.command}\n  (or download {url} to {destination})"
         super().__init__(f"{entry.name}: {reason}\n{self.remedy}")
+
+    def line(self) -> str:
+        """The failure on one line: the file, what went wrong, the command that fetches it."""
+        where = "" if str(self.destination) in self.reason else f"{self.destination}: "
+        return f"{where}{self.reason}; run where there is internet: {self.command}"
 
 
 # ---------------------------------------------------------------- checksums

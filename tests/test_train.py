@@ -60,6 +60,20 @@ SMALL = dict(
     device="cpu",
 )
 CPU = ["--device", "cpu"]
+# the cheapest run: stage 2 from initialisation, 128x128, one iteration
+TINY_STAGE_2 = [
+    "--frozen",
+    "--image_size",
+    "128",
+    "128",
+    "--batch_size",
+    "1",
+    "--iters",
+    "1",
+    "--num_workers",
+    "0",
+    *CPU,
+]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +235,7 @@ def test_resume_reproduces_an_uninterrupted_run(files):
     run(common + ["--name", "b", "--output", str(out_b), "--stop_at", "1"])
     assert torch.load(out_b / "b_state.pth", weights_only=True)["step"] == 1
     assert not (out_b / "b.pth").exists()
-    # slot 2: --resume (auto: {output}/{name}_state.pth) finishes
+    # slot 2: --resume (this run: {output}/{name}_state.pth) finishes
     run(common + ["--name", "b", "--output", str(out_b), "--resume"])
     a, b = read_state_dict(out_a / "a.pth"), read_state_dict(out_b / "b.pth")
     assert a.keys() == b.keys()
@@ -315,6 +329,47 @@ def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
     assert "aborting at step 2" in str(exc.value.code)
     assert "step 1: non-finite loss" in (out / "n.log").read_text()
     assert not (out / "n.pth").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--num_steps", "x"], "argument --num_steps: invalid int value: 'x'"),
+        (["--stage", "sintel"], "argument --stage: invalid choice: 'sintel'"),
+        (["--no_such_option"], "unrecognized arguments: --no_such_option"),
+        (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    ],
+)
+def test_a_bad_argument_is_one_line_without_the_usage_block(argv, message, tmp_path, capsys):
+    """argparse's own errors and check_args's: `train.py: error: ...` alone on stderr, exit code 2."""
+    with pytest.raises(SystemExit) as exc:
+        exit_on_error(lambda: run([*argv, "--output", str(tmp_path / "out")]))
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], captured.err
+    assert "usage:" not in captured.err and captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_resume_continues_this_run_and_resume_auto_may_start_fresh(files, tmp_path, capsys):
+    """A bare --resume with a mistyped --name is a one-line error naming the missing state file;
+    `--resume auto` (job scripts) starts fresh when there is none, and continues when there is."""
+    out = tmp_path / "out"
+    argv = ["--root", str(files["root"]), "--output", str(out), *TINY_STAGE_2, "--num_steps", "2"]
+    with pytest.raises(SystemExit) as exc:
+        exit_on_error(lambda: run([*argv, "--name", "ghostt", "--resume"]))
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        f"error: --resume: nothing to continue, no training state {out / 'ghostt_state.pth'} (check --name and "
+        "--output; --resume auto starts fresh when there is none)"
+    )
+    assert not out.exists()
+    run([*argv, "--name", "ghost", "--resume", "auto", "--stop_at", "1"])
+    run([*argv, "--name", "ghost", "--resume", "auto"])
+    log = (out / "ghost.log").read_text()
+    assert f"--resume auto: no {out / 'ghost_state.pth'} yet, starting fresh" in log
+    assert f"resuming {out / 'ghost_state.pth'} at step 1" in log and log.count("done:") == 1
 
 
 def test_missing_restore_ckpt_is_a_one_line_error(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.models import resnet50
 
 import evaluate
 import get_flow
 from core import weights
 from core.checkpoint import read_state_dict
+from core.cli import exit_on_error
 from core.weights import Checksum, WeightsEntry, WeightsUnavailable, ensure, git_blob_id
 from tests.server_helpers import Route, Server
 from tests.train_helpers import free_port, make_dataset, make_gma_checkpoint, subprocess_env
@@ -420,53 +423,131 @@ def test_a_name_that_is_neither_registered_nor_a_file_lists_the_names(tmp_path, 
     assert "--restore_ckpt: file not found: gma-things" in err and "decflow-facialflownet, gma-sintel" in err
 
 
-def test_train_fetches_gma_sintel_for_stage_1(online, tmp_path, monkeypatch, capsys):
-    """The seed stage-1 command's `--restore_ckpt checkpoints/gma-sintel.pth`, absent: downloaded, then loaded."""
-    monkeypatch.chdir(tmp_path)
+TRAIN_ONE_STEP = [
+    "--num_steps",
+    "1",
+    "--val_freq",
+    "5",
+    "--batch_size",
+    "1",
+    "--image_size",
+    "128",
+    "128",
+    "--iters",
+    "1",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+]
+
+
+def imagenet_resnet50_stand_in() -> bytes:
+    """What the semantic encoder reads of torchvision's ResNet-50 (stem, layer1, layer2; seeded, random)."""
+    torch.manual_seed(0)
+    state = {k: v for k, v in resnet50().state_dict().items() if k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def served_weights(online, tmp_path, monkeypatch):
+    """gma-sintel and the ImageNet ResNet-50 as the registry names them, with the checksums of
+    stand-ins served by the local server (a route per test); torch.hub's cache in tmp_path."""
     gma = make_gma_checkpoint(tmp_path / "served-gma.pth").read_bytes()
-    online.routes["/checkpoints/gma-sintel.pth"] = Route(gma)
+    resnet = imagenet_resnet50_stand_in()
+    resnet_sha256 = hashlib.sha256(resnet).hexdigest()
     entry = weights.REGISTRY["gma-sintel"]
     monkeypatch.setitem(
         weights.REGISTRY, entry.name, dataclasses.replace(entry, checksum=Checksum("git-blob", git_blob_id(gma)))
     )
-    root = make_dataset(tmp_path / "FacialFlowNet")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no ResNet there, none downloaded
+    entry = weights.REGISTRY["resnet50-imagenet"]
     monkeypatch.setitem(
         weights.REGISTRY,
-        "resnet50-imagenet",
-        dataclasses.replace(weights.REGISTRY["resnet50-imagenet"], base_url=online.url),
+        entry.name,
+        dataclasses.replace(entry, base_url=online.url, checksum=Checksum("sha256", resnet_sha256)),
     )
-    run_train(
-        [
-            "--restore_ckpt",
-            "checkpoints/gma-sintel.pth",
-            "--root",
-            str(root),
-            "--output",
-            "out",
-            "--num_steps",
-            "1",
-            "--val_freq",
-            "5",
-            "--batch_size",
-            "1",
-            "--image_size",
-            "128",
-            "128",
-            "--iters",
-            "1",
-            "--num_workers",
-            "0",
-            "--device",
-            "cpu",
-            "--name",
-            "s1",
-        ]
-    )
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return {"gma": gma, "resnet": resnet, "hub": tmp_path / "hub" / "checkpoints" / entry.file}
+
+
+def test_train_fetches_gma_sintel_and_the_imagenet_resnet_for_stage_1(
+    served_weights, online, tmp_path, monkeypatch, capsys
+):
+    """The seed stage-1 command's `--restore_ckpt checkpoints/gma-sintel.pth`, absent, and the
+    semantic encoder's ResNet-50: downloaded, then loaded; the weights' .json says where the
+    semantic encoder comes from."""
+    monkeypatch.chdir(tmp_path)
+    online.routes["/checkpoints/gma-sintel.pth"] = Route(served_weights["gma"])
+    online.routes["/resnet50-0676ba61.pth"] = Route(served_weights["resnet"])
+    root = make_dataset(tmp_path / "FacialFlowNet")
+    argv = ["--restore_ckpt", "checkpoints/gma-sintel.pth", "--root", str(root), "--output", "out", "--name", "s1"]
+    run_train([*argv, *TRAIN_ONE_STEP])
     err = capsys.readouterr().err
     assert f"downloading gma-sintel from {online.url}/checkpoints/gma-sintel.pth to checkpoints/gma-sintel.pth" in err
-    assert Path("checkpoints/gma-sintel.pth").read_bytes() == gma
+    assert Path("checkpoints/gma-sintel.pth").read_bytes() == served_weights["gma"]
+    assert served_weights["hub"].read_bytes() == served_weights["resnet"]
     log = Path("out/s1.log").read_text()
     assert "stage 1 (non-strict): loaded checkpoints/gma-sintel.pth" in log
-    assert "HTTP 404" in log and "FROZEN semantic encoder stays RANDOM" in log  # the ResNet fetch failed: said
+    assert f"semantic encoder: {served_weights['hub']}" in log and "RANDOM" not in log
+    assert json.loads(Path("out/s1.json").read_text())["semantic_encoder"] == str(served_weights["hub"])
     assert online.requests == ["/checkpoints/gma-sintel.pth", "/resnet50-0676ba61.pth"]
+
+
+@pytest.mark.parametrize("failure", ["semantic encoder, nothing listens", "semantic encoder, 404", "--restore_ckpt"])
+def test_a_failed_download_stops_train_before_any_step(failure, served_weights, online, tmp_path, monkeypatch, capsys):
+    """Without --offline a download that fails is a one-line error naming the file and the fetch
+    command (exit 2), before any step, and the run leaves no file."""
+    monkeypatch.chdir(tmp_path)
+    hub = served_weights["hub"]
+    if failure == "semantic encoder, nothing listens":
+        entry = weights.REGISTRY["resnet50-imagenet"]
+        unreachable = dataclasses.replace(entry, base_url=f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setitem(weights.REGISTRY, entry.name, unreachable)
+    if failure != "--restore_ckpt":
+        online.routes["/checkpoints/gma-sintel.pth"] = Route(served_weights["gma"])
+    root = make_dataset(tmp_path / "FacialFlowNet")
+    argv = ["--restore_ckpt", "gma-sintel", "--root", str(root), "--output", "out", "--name", "s1", *TRAIN_ONE_STEP]
+    with pytest.raises(SystemExit) as stop:
+        exit_on_error(lambda: run_train(argv))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    semantic = f"error: ImageNet weights of the semantic encoder: {hub}:"
+    expected = {
+        "semantic encoder, nothing listens": f"{semantic} cannot connect (",
+        "semantic encoder, 404": f"{semantic} HTTP 404 ",
+        "--restore_ckpt": "error: --restore_ckpt gma-sintel: checkpoints/gma-sintel.pth: HTTP 404 ",
+    }[failure]
+    command = "resnet50-imagenet" if failure.startswith("semantic") else "gma-sintel"
+    assert line.startswith(expected), line
+    assert line.endswith(f"; run where there is internet: python -m core.weights fetch {command}"), line
+    assert len(line) < 200 + len(str(hub))  # the cache's folder is the user's
+    assert not Path("out").exists() and not hub.exists() and leftovers(hub.parent) == []
+
+
+def test_offline_training_without_the_imagenet_resnet_records_it(tmp_path, monkeypatch):
+    """--offline and no ResNet-50 in torch.hub's cache: stage 1 goes on with a random semantic
+    encoder and says so in its log, its final line and the .json of its weights, also after a
+    resume; stage 2 from those weights records it too."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    root = make_dataset(tmp_path / "FacialFlowNet")
+    gma = make_gma_checkpoint(tmp_path / "gma.pth")
+    out = tmp_path / "out"
+    common = ["--root", str(root), "--output", str(out), "--offline", *TRAIN_ONE_STEP]
+    stage1 = [*common, "--restore_ckpt", str(gma), "--name", "s1", "--num_steps", "2", "--val_freq", "2"]
+    run_train([*stage1, "--stop_at", "1"])
+    run_train([*stage1, "--resume"])
+    log = (out / "s1.log").read_text()
+    assert "WARNING: no ImageNet ResNet-50 weights, the FROZEN semantic encoder stays RANDOM" in log
+    done = [line for line in log.splitlines() if "done: " in line]
+    assert len(done) == 1 and done[0].endswith(
+        "WARNING: its frozen semantic encoder is RANDOM (no ImageNet weights): not the paper's model"
+    )
+    for weights_file in ("s1.json", "2_s1.json"):
+        assert json.loads((out / weights_file).read_text())["semantic_encoder"] == "random initialisation"
+    run_train([*common, "--restore_ckpt", str(out / "s1.pth"), "--name", "s2", "--frozen"])
+    assert json.loads((out / "s2.json").read_text())["semantic_encoder"] == "random initialisation"
+    assert "RANDOM" in (out / "s2.log").read_text().splitlines()[-1]

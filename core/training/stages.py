@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-from core.checkpoint import init_semantic_encoder, load_checkpoint
+from core.checkpoint import (
+    RANDOM_INITIALISATION,
+    SEMANTIC_SOURCE,
+    init_semantic_encoder,
+    load_checkpoint,
+    read_description,
+)
 
 # Top-level modules that train, by stage.
 TRAINABLE = {
@@ -38,20 +44,29 @@ def initialise(
     semantic_weights: str | os.PathLike | None,
     log: Callable[[str], None],
     offline: bool = False,
-) -> None:
+) -> str:
     """A new run's weights. Stage 1: the ImageNet semantic encoder (`semantic_weights`, or
     torchvision's cache, or downloaded there unless `offline`, or a warning that it stays
     random), then the GMA checkpoint
-    non-strictly. Stage 2: the stage-1 weights strictly. Each step is said through `log`."""
+    non-strictly. Stage 2: the stage-1 weights strictly. Each step is said through `log`.
+    Returns where the semantic encoder's weights come from (`semantic_source`)."""
+    semantic = RANDOM_INITIALISATION
     if stage == 1:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            source = init_semantic_encoder(model, semantic_weights, allow_download=not offline)
+            semantic = init_semantic_encoder(model, semantic_weights, allow_download=not offline)
         for warning in caught:
             log(f"WARNING: {warning.message}")
-        log(f"semantic encoder: {source}")
+        log(f"semantic encoder: {semantic}")
     if restore_ckpt is None:
         log("no --restore_ckpt: training from initialisation")
-        return
+        return semantic
     report = load_checkpoint(model, restore_ckpt, strict=stage == 2, verbose=False)
     log(("stage 2 (strict): " if stage == 2 else "stage 1 (non-strict): ") + report.summary())
+    return semantic_source(restore_ckpt) if "dad_encoder" in report.loaded else semantic
+
+
+def semantic_source(weights: str | os.PathLike) -> str:
+    """Where the semantic encoder of the weights file `weights` comes from: what its description
+    says (e.g. the random encoder of an offline stage 1), else the file itself."""
+    return (read_description(weights) or {}).get(SEMANTIC_SOURCE, str(weights))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from core.checkpoint import (
+    SEMANTIC_SOURCE,
     atomic_save,
     load_plain,
     nonfinite_entries,
@@ -104,9 +105,11 @@ def save_state(
     history: dict,
     scaler_skipped: int = 0,
     amp_dtype: torch.dtype | None = None,
+    semantic_encoder: str | None = None,
 ) -> None:
     """The training state, with the SHA-256 of its payload; its "config" is the architecture and
-    the precision (`amp_dtype`) of the run."""
+    the precision (`amp_dtype`) of the run; `semantic_encoder`: where the semantic encoder's weights
+    come from (core.training.stages.initialise), for the weights files of a resumed run."""
     config = {
         **asdict(unwrap(model).config),
         "mixed_precision": amp_dtype is not None,
@@ -124,6 +127,7 @@ def save_state(
         "args": plain_arguments(args),
         "config": config,
         "history": history,
+        SEMANTIC_SOURCE: semantic_encoder,
     }
     atomic_save({**state, "sha256": payload_sha256(state)}, path)
 
