@@ -302,8 +302,9 @@ def test_every_parser_in_the_repository_refuses_abbreviations():
     calls = []
     for path in REPO.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            name = getattr(getattr(node, "func", None), "attr", None)
-            if isinstance(node, ast.Call) and name in ("ArgumentParser", "add_parser"):
+            func = getattr(node, "func", None)
+            name = getattr(func, "attr", None) or getattr(func, "id", None)  # argparse.X(...) or X(...)
+            if isinstance(node, ast.Call) and name in ("ArgumentParser", "OneLineErrorParser", "add_parser"):
                 keywords = {k.arg: k.value for k in node.keywords}
                 refuses = isinstance(keywords.get("allow_abbrev"), ast.Constant) and not keywords["allow_abbrev"].value
                 calls.append((f"{path.relative_to(REPO)}:{node.lineno}", refuses))
