@@ -148,6 +148,7 @@ def test_clip_counts_spread_the_composite() -> None:
         ({"subjects": 2, "clips_per_subject": [3]}, "need 2 counts"),
         ({"subjects": 2, "clips_per_subject": 2, "size": 64}, "at least 96x96"),
         ({"subjects": 2, "clips_per_subject": 2, "head_motion": -1.0}, "head_motion"),
+        ({"subjects": 2, "clips_per_subject": 2, "seed": -1}, "seed must be at least 0"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, arguments: dict, words: str) -> None:

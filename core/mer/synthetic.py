@@ -182,13 +182,10 @@ def render_clip(face: Face, label: str, *, head_motion: float, rng: np.random.Ge
     expression = make_expression(rng, face.layout, label)
     motion = make_head_motion(rng, face.subject.size[0], face.layout, head_motion)
     subject = replace(face.subject, expression=expression, motion=motion)
-    frames, on_head = [], None
-    for index in range(len(FRAME_TIMES)):
-        image, head, _ = subject.render(index)
-        frames.append(image)
-        on_head = head >= 0.5 if index == 0 else on_head
-    # frame_interval = the apex's time: "frame 1" of this subject is the apex
-    facial, head = replace(subject, frame_interval=FRAME_TIMES[APEX]).flows(0, on_head=on_head)
+    onset, head_coverage, _ = subject.render(0)
+    frames = [onset] + [subject.render(index)[0] for index in range(1, len(FRAME_TIMES))]
+    # with frame_interval = the apex's time, "frame 1" is the apex: flows(0) is onset->apex
+    facial, head = replace(subject, frame_interval=FRAME_TIMES[APEX]).flows(0, on_head=head_coverage >= 0.5)
     return RenderedClip(frames=frames, flows={"facial": facial, "head": head, "expression": facial - head})
 
 
@@ -260,6 +257,8 @@ def write_synthetic_corpus(
         raise UserError(f"synthetic frames must be at least {MIN_FRAME_SIZE}x{MIN_FRAME_SIZE}, got {size}")
     if not head_motion >= 0:
         raise UserError(f"head_motion must be at least 0, got {head_motion}")
+    if seed < 0:
+        raise UserError(f"the seed must be at least 0, got {seed}")
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root} is not an empty folder: the synthetic corpus is written into a new one")
