@@ -65,8 +65,6 @@ from core.utils.atomic import atomic_path, write_text_atomic  # noqa: E402
 from core.weights import hash_file, offline_requested  # noqa: E402
 
 PROG = "python -m core.mer"
-PROTOCOLS = ("megc2019", "per-dataset")
-DEFAULT_PROTOCOL = "megc2019"
 DEFAULT_FLOW = "expression"
 DEFAULT_OUTPUT = "mer"
 PREDICTIONS_FILE = "predictions.csv"
@@ -89,8 +87,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
-        default=DEFAULT_PROTOCOL,
+        choices=protocol.PROTOCOLS,
+        default=protocol.MEGC2019,
         help="LOSO over all subjects (megc2019: the composite) or within each dataset (per-dataset)",
     )
     group.add_argument(
@@ -178,13 +176,13 @@ def read_copies(specs: Sequence[str]) -> list[corpora.DatasetCopy]:
         crop = "its frames are face crops: the whole frame" if copy.cropped else "face detection (one crop per clip)"
         say(f"{copy.name}: {len(copy.clips)} clips in {copy.root}; crop: {crop}")
         for note in copy.notes:
-            say(f"{copy.name}: {note}")
+            say(note)
     return copies
 
 
 def select(args: argparse.Namespace, copies: Sequence[corpora.DatasetCopy]) -> protocol.Selection:
     """The protocol's clips and classes; the counts next to MEGC 2019's table, the differences warned."""
-    mapping = protocol.read_classes(Path(args.classes)) if args.classes else protocol.MEGC2019
+    mapping = protocol.class_mapping(Path(args.classes) if args.classes else None)
     clips = [clip for copy in copies for clip in copy.clips]
     selection = protocol.select(clips, mapping, clip_list=Path(args.clips) if args.clips else None)
     say(protocol.count_table(selection))
@@ -264,13 +262,13 @@ def run_extract(args: argparse.Namespace) -> protocol.Selection:
 
 
 # ---------------------------------------------------------------- evaluate
-def load_inputs(args: argparse.Namespace, selection: protocol.Selection) -> tuple[np.ndarray, list[int]]:
-    """The cached inputs `[N, 3, S, S]` of the selection's clips, and the positions of those that
+def load_inputs(args: argparse.Namespace, selection: protocol.Selection) -> tuple[np.ndarray, protocol.Selection]:
+    """The cached inputs `[N, 3, S, S]` of the selection's clips, and the selection of the clips that
     have one (a clip without one, e.g. it failed to extract, is left out with a warning)."""
     cache = cache_folder(args, method_name(args))
     found = [load_input(cache, clip, args.size) for clip in selection.clips]
     kept = [k for k, features in enumerate(found) if features is not None]
-    missing = [selection.clips[k] for k in range(len(found)) if found[k] is None]
+    missing = [clip for clip, features in zip(selection.clips, found) if features is None]
     if not kept:
         raise UserError(f"no cached input in {cache}: run `{PROG} extract` with the same --dataset, --flow and --size")
     if missing:
@@ -278,35 +276,24 @@ def load_inputs(args: argparse.Namespace, selection: protocol.Selection) -> tupl
             f"{len(missing)} of {len(found)} clips have no cached input in {cache}, left out "
             f"(first: {'/'.join(missing[0].key)}; failures.jsonl there says why)"
         )
-    return np.stack([found[k] for k in kept]), kept
-
-
-def fold_sets(clips: Sequence[Clip], protocol_name: str) -> list[list[int]]:
-    """The clip positions trained LOSO together: all (megc2019's composite) or each dataset's."""
-    if protocol_name == "megc2019":
-        return [list(range(len(clips)))]
-    datasets = sorted({clip.dataset for clip in clips})
-    return [[k for k, clip in enumerate(clips) if clip.dataset == name] for name in datasets]
+    kept_selection = replace(
+        selection, clips=[selection.clips[k] for k in kept], targets=[selection.targets[k] for k in kept]
+    )
+    return np.stack([found[k] for k in kept]), kept_selection
 
 
 def train_once(
-    features: torch.Tensor,
-    targets: torch.Tensor,
-    clips: Sequence[Clip],
-    args: argparse.Namespace,
-    seed: int,
-    num_classes: int,
+    features: torch.Tensor, selection: protocol.Selection, args: argparse.Namespace, seed: int
 ) -> np.ndarray:
-    """One whole protocol with `seed`: the pooled predictions `[N]` of every fold."""
+    """One whole protocol with `seed` (its LOSO runs: protocol.groupings): the pooled predictions `[N]`."""
     config = replace(loso.TrainConfig(), model=args.model, epochs=args.epochs, seed=seed)
-    predictions = np.zeros(len(clips), dtype=np.int64)
-    for positions in fold_sets(clips, args.protocol):
-        groups = [clips[k].group for k in positions]
-        if len(set(groups)) < 2:
-            raise UserError(f"{clips[positions[0]].dataset}: leave-one-subject-out needs two subjects, got one")
-        index = torch.tensor(positions)
+    targets = torch.tensor(selection.targets, dtype=torch.long, device=features.device)
+    predictions = np.zeros(len(selection.clips), dtype=np.int64)
+    for _, positions in protocol.groupings(selection, args.protocol):
+        index = torch.tensor(positions, device=features.device)
+        groups = [selection.groups[k] for k in positions]
         result = loso.train_loso(
-            features[index], targets[index], groups, num_classes=num_classes, config=config, progress=True
+            features[index], targets[index], groups, num_classes=len(selection.classes), config=config, progress=True
         )
         predictions[positions] = result.predictions.cpu().numpy()
     return predictions
@@ -369,17 +356,15 @@ def run_evaluate(args: argparse.Namespace, selection: protocol.Selection | None 
     started = time.perf_counter()
     selection = selection or select(args, read_copies(args.dataset))
     features, kept = load_inputs(args, selection)
-    clips = [selection.clips[k] for k in kept]
-    targets = [selection.targets[k] for k in kept]
-    inputs_t = torch.from_numpy(features).to(device)
-    targets_t = torch.tensor(targets, dtype=torch.long, device=device)
+    inputs_t = torch.from_numpy(features).to(device)  # [N, 3, S, S]
     reports, rows_of_seeds = [], []
     for seed in range(args.seeds):
-        predicted = train_once(inputs_t, targets_t, clips, args, seed, len(selection.classes))
-        rows = prediction_rows(clips, targets, predicted, selection.classes)
-        rows_of_seeds.append(rows)
-        reports.append(metrics.score_report(rows, selection.classes))
-    write_results(folder, args, selection, reports, rows_of_seeds, len(selection.clips) - len(clips))
+        predicted = train_once(inputs_t, kept, args, seed)
+        rows_of_seeds.append(prediction_rows(kept.clips, kept.targets, predicted, kept.classes))
+        reports.append(metrics.score_report(rows_of_seeds[-1], kept.classes))
+    write_results(folder, args, kept, reports, rows_of_seeds, len(selection.clips) - len(kept.clips))
+    for line in reports[0].warnings:
+        warn(line)
     say(metrics.report_table(reports[0]))
     composite = metrics.report_json(reports[0])["composite"]
     spread = ""
@@ -388,7 +373,7 @@ def run_evaluate(args: argparse.Namespace, selection: protocol.Selection | None 
         spread = f" (mean over {args.seeds} seeds: UF1 {summary['mean']['uf1']:.3f} +- {summary['std']['uf1']:.3f})"
     say(
         f"evaluate: UF1 {composite['uf1']:.3f}, UAR {composite['uar']:.3f}, accuracy {composite['accuracy']:.3f} "
-        f"over {len(clips)} clips of {len({c.group for c in clips})} subjects{spread}, {args.protocol}, "
+        f"over {len(kept.clips)} clips of {len(set(kept.groups))} subjects{spread}, {args.protocol}, "
         f"{args.model} {args.epochs} epochs, in {time.perf_counter() - started:.1f} s; results in {folder}"
     )
     return folder
@@ -433,7 +418,7 @@ def run_score(args: argparse.Namespace) -> None:
     path = Path(args.predictions)
     json_path = check_output(args.json, "--json") if args.json else None
     rows = metrics.read_predictions(path)
-    classes = sorted({row.label for row in rows} | {row.prediction for row in rows})
+    classes = metrics.prediction_classes(rows)
     report = metrics.score_report(rows, classes)
     say(metrics.report_table(report))
     if json_path is not None:
