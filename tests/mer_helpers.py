@@ -133,4 +133,3 @@ def install_stand_ins() -> None:
         module.__dict__.update(members)
         sys.modules[name] = module
         setattr(sys.modules["core.mer"], name.rsplit(".", 1)[1], module)
-
