@@ -1,0 +1,312 @@
+"""Leave-one-subject-out (LOSO) training, leak-free by construction.
+
+One model per held-out group (a subject: `Clip.group`), each trained from its own seeds for a number
+of epochs fixed in advance, on the other groups' clips only; the held-out group's clips are then
+predicted once, by the last epoch's model in eval mode. Nothing of the held-out group chooses
+anything: its inputs and labels never enter a batch, a loss, a batch-norm statistic or an optimiser
+step; there is no epoch selection, no threshold and no dataset-level normalisation (the inputs are
+normalised per clip by the recipe, `core.mer.inputs`). There is no early stopping.
+
+The recipe is STSTNet's public training code (christy1206/STSTNet, `main.py`): cross-entropy loss,
+Adam (lr 5e-5, PyTorch's default betas (0.9, 0.999), eps 1e-8, no weight decay), batch 256,
+800 epochs, dropout 0.5, the weights reset for every subject. Its DataLoader does *not* shuffle: its
+batches follow the directory listing, grouped by class, so an epoch's first batch of 256 is mostly
+the first classes. We shuffle every epoch with a seed by default (`TrainConfig.shuffle=False` keeps
+the given clip order instead, as that code does).
+
+Seeds: fold f's initial weights, its epoch orders and its dropout masks each come from a generator
+seeded by (`TrainConfig.seed`, the held-out group's name), so a fold's model does not depend on which
+other folds are trained beside it.
+
+Speed: STSTNet's folds train all at once as one `FoldedSTSTNet` (`TrainConfig.folds_at_once` at a
+time): each step, every fold takes the next batch of its own epoch order. Other `MODELS` entries train
+one fold at a time with the same recipe (`train_fold`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from core.errors import UserError
+from core.mer.models import FOLDED, MODELS, STREAMS, pool_side
+
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which STSTNet's code keeps
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe (STSTNet's code's) and the seed; the speed knob changes no result."""
+
+    model: str = "ststnet"  # a `core.mer.models.MODELS` name
+    epochs: int = 800
+    lr: float = 5e-5
+    batch_size: int = 256
+    dropout: float = 0.5
+    seed: int = 0
+    shuffle: bool = True  # STSTNet's code keeps the listing order (see the module's docstring)
+    folds_at_once: int = 17  # folds trained together (speed only: results equal to float rounding)
+
+
+@dataclass
+class LosoResult:
+    """Pooled held-out predictions of one LOSO run: clip i was predicted by the model of its own group."""
+
+    groups: list[str]  # the folds, sorted: one model per held-out group
+    predictions: torch.Tensor  # [N] long, class indices
+    logits: torch.Tensor  # [N, K] float32
+    states: dict[str, dict[str, torch.Tensor]]  # group -> its model's state dict
+    seed: int
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One held-out group: the clips it trains on and those it predicts, and its seeds."""
+
+    group: str
+    train: torch.Tensor  # [n_train] long, indices into the inputs (no clip of `group`)
+    test: torch.Tensor  # [n_test] long, the clips of `group`
+    init_seed: int
+    order_seed: int
+    dropout_seed: int
+
+
+def make_folds(groups: Sequence[str], *, seed: int) -> list[Fold]:
+    """One fold per distinct group (sorted), its seeds from (`seed`, the group's name)."""
+    names = np.asarray(groups)
+    folds = []
+    for group in sorted(set(groups)):
+        held_out = torch.from_numpy(names == group)
+        sequence = np.random.SeedSequence([seed, zlib.crc32(group.encode())])
+        init_seed, order_seed, dropout_seed = sequence.generate_state(3)
+        folds.append(
+            Fold(
+                group=group,
+                train=torch.nonzero(~held_out).flatten(),
+                test=torch.nonzero(held_out).flatten(),
+                init_seed=int(init_seed),
+                order_seed=int(order_seed),
+                dropout_seed=int(dropout_seed),
+            )
+        )
+    return folds
+
+
+def initial_model(fold: Fold, *, num_classes: int, shape: torch.Size, config: TrainConfig) -> nn.Module:
+    """The fold's freshly initialised model for inputs of `shape` `[N, C, S, S]`, from its own seed (the
+    global generator is left as it was)."""
+    builder = MODELS[config.model]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fold.init_seed)
+        return builder(num_classes=num_classes, in_channels=shape[1], size=shape[-1], dropout=config.dropout)
+
+
+def epoch_order(fold: Fold, generator: torch.Generator, *, shuffle: bool) -> torch.Tensor:
+    """`[n_train]`: the fold's training clips in this epoch's order."""
+    if not shuffle:
+        return fold.train
+    return fold.train[torch.randperm(len(fold.train), generator=generator)]
+
+
+def train_fold(
+    inputs: torch.Tensor, targets: torch.Tensor, fold: Fold, *, num_classes: int, config: TrainConfig
+) -> tuple[nn.Module, torch.Tensor]:
+    """Train one fold's model (any `MODELS` entry) by the recipe: (the model, logits of its test clips [n_test, K])."""
+    model = initial_model(fold, num_classes=num_classes, shape=inputs.shape, config=config).to(inputs.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    orders = torch.Generator().manual_seed(fold.order_seed)
+    with torch.random.fork_rng(devices=[inputs.device] if inputs.is_cuda else []):
+        torch.manual_seed(fold.dropout_seed)
+        model.train()
+        for _ in range(config.epochs):
+            for batch in epoch_order(fold, orders, shuffle=config.shuffle).split(config.batch_size):
+                batch = batch.to(inputs.device)
+                loss = F.cross_entropy(model(inputs[batch]), targets[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return model, model(inputs[fold.test.to(inputs.device)])
+
+
+class FoldAdam:
+    """Adam over parameters stacked by fold `[F, ...]`, with each fold's own step count: torch.optim.Adam's
+    arithmetic for a fold that had a batch this step; a fold without one is left exactly as it was."""
+
+    def __init__(self, params: list[nn.Parameter], *, lr: float):
+        self.params = params
+        self.lr = lr
+        self.steps = torch.zeros(params[0].shape[0], dtype=torch.float64, device=params[0].device)  # [F]
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        """One step for the folds where `active` `[F]` is True; the gradients are then cleared."""
+        beta1, beta2 = ADAM_BETAS
+        self.steps += active
+        steps = self.steps.clamp(min=1)  # a fold never stepped yet is inactive: any finite value will do
+        step_size = (self.lr / (1 - beta1**steps)).to(self.params[0].dtype)  # [F]
+        root_correction2 = (1 - beta2**steps).sqrt().to(self.params[0].dtype)
+        for param, exp_avg, exp_avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            on = active.view(shape)
+            grad = param.grad
+            exp_avg.copy_(torch.where(on, torch.lerp(exp_avg, grad, 1 - beta1), exp_avg))
+            exp_avg_sq.copy_(torch.where(on, exp_avg_sq * beta2 + (1 - beta2) * grad * grad, exp_avg_sq))
+            denom = exp_avg_sq.sqrt() / root_correction2.view(shape) + ADAM_EPS
+            param.sub_(torch.where(on, step_size.view(shape) * exp_avg / denom, 0))
+            param.grad = None
+
+
+def epoch_batches(
+    folds: Sequence[Fold], generators: Sequence[torch.Generator], *, config: TrainConfig
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This epoch's steps: `(indices [B, F], mask [B, F])`, column f the next batch of fold f's own order
+    (padded with clip 0 where its batch is shorter or it has none left; the mask marks the real ones)."""
+    pairs = zip(folds, generators, strict=True)
+    orders = [epoch_order(fold, generator, shuffle=config.shuffle) for fold, generator in pairs]
+    steps = max(math.ceil(len(order) / config.batch_size) for order in orders)
+    padded = torch.full((len(folds), steps * config.batch_size), -1, dtype=torch.long)  # [F, steps * B]
+    for f, order in enumerate(orders):
+        padded[f, : len(order)] = order
+    batches = []
+    for columns in padded.split(config.batch_size, dim=1):
+        mask = columns.T >= 0  # [B, F]
+        rows = int(mask.sum(0).max())
+        batches.append((columns.T[:rows].clamp(min=0), mask[:rows]))
+    return batches
+
+
+def dropout_keep(mask: torch.Tensor, generators: Sequence[torch.Generator], *, p: float, side: int) -> torch.Tensor:
+    """`[B, F, 16, side, side]`: each fold's dropout keep-mask, scaled by 1 / (1 - p), drawn from its own
+    generator for its own batch size (zero on the padding)."""
+    keep = torch.zeros(*mask.shape, STREAMS, side, side)
+    for f, (count, generator) in enumerate(zip(mask.sum(0).tolist(), generators, strict=True)):
+        keep[:count, f].bernoulli_(1 - p, generator=generator)
+    return keep / (1 - p)
+
+
+def train_folds_at_once(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    folds: Sequence[Fold],
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    bar: tqdm,
+) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Train `folds` together as one folded model: per fold (its state dict, logits of its test clips [n_test, K])."""
+    models = [initial_model(fold, num_classes=num_classes, shape=inputs.shape, config=config) for fold in folds]
+    net = FOLDED[config.model](models=models).to(inputs.device)
+    optimizer = FoldAdam(list(net.parameters()), lr=config.lr)
+    orders = [torch.Generator().manual_seed(fold.order_seed) for fold in folds]
+    drops = [torch.Generator().manual_seed(fold.dropout_seed) for fold in folds]
+    side = pool_side(inputs.shape[-1])
+    net.train()
+    for _ in range(config.epochs):
+        for indices, mask in epoch_batches(folds, orders, config=config):
+            indices, mask = indices.to(inputs.device), mask.to(inputs.device)
+            keep = dropout_keep(mask.cpu(), drops, p=config.dropout, side=side) if config.dropout else None
+            logits = net(inputs[indices], mask, None if keep is None else keep.to(inputs.device))  # [B, F, K]
+            losses = F.cross_entropy(logits.flatten(0, 1), targets[indices].flatten(), reduction="none")
+            losses = losses.view(mask.shape)  # [B, F]
+            per_fold = (losses * mask).sum(0) / mask.sum(0).clamp(min=1)  # [F]: each fold's mean over its batch
+            per_fold.sum().backward()  # fold f's parameters get fold f's gradient alone
+            optimizer.step(mask.any(0))
+        bar.update(len(folds))
+    net.eval()
+    tests = [fold.test for fold in folds]
+    padded = torch.nn.utils.rnn.pad_sequence(tests).to(inputs.device)  # [T, F]
+    counts = torch.tensor([len(test) for test in tests])
+    with torch.no_grad():
+        logits = net(inputs[padded], torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
+    return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
+
+
+def check_data(inputs: torch.Tensor, targets: torch.Tensor, groups: Sequence[str], *, num_classes: int) -> None:
+    """One-line UserError for inputs the protocol cannot train on."""
+    if inputs.dim() != 4 or inputs.dtype != torch.float32:
+        raise UserError(f"classifier inputs must be float32 [N, C, S, S], got {inputs.dtype} {list(inputs.shape)}")
+    if targets.shape != (inputs.shape[0],) or targets.dtype != torch.long or len(groups) != inputs.shape[0]:
+        raise UserError(f"{inputs.shape[0]} inputs need as many long targets and groups: {len(targets)}, {len(groups)}")
+    if len(set(groups)) < 2:
+        raise UserError(f"leave-one-subject-out needs at least two subjects, got {len(set(groups))}")
+    if len(targets) and not 0 <= int(targets.min()) <= int(targets.max()) < num_classes:
+        raise UserError(f"targets must lie in [0, {num_classes}), got [{int(targets.min())}, {int(targets.max())}]")
+
+
+def train_loso(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    groups: Sequence[str],
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    progress: bool = False,
+) -> LosoResult:
+    """Leave-one-group-out: one model per group, trained on the others; every clip predicted by its group's model.
+
+    `inputs` `[N, C, S, S]` float32, `targets` `[N]` long class indices, `groups[i]` clip i's subject group.
+    """
+    if config.model not in MODELS:
+        raise UserError(f"unknown classifier {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    check_data(inputs, targets, groups, num_classes=num_classes)
+    folds = make_folds(groups, seed=config.seed)
+    logits = torch.empty(len(targets), num_classes, device=inputs.device)
+    states = {}
+    with tqdm(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
+        if config.model in FOLDED:
+            trained = []
+            for start in range(0, len(folds), config.folds_at_once):
+                chunk = folds[start : start + config.folds_at_once]
+                trained += train_folds_at_once(inputs, targets, chunk, num_classes=num_classes, config=config, bar=bar)
+        else:
+            trained = []
+            for fold in folds:
+                model, fold_logits = train_fold(inputs, targets, fold, num_classes=num_classes, config=config)
+                trained.append((model.state_dict(), fold_logits))
+                bar.update(config.epochs)
+    for fold, (state, fold_logits) in zip(folds, trained, strict=True):
+        logits[fold.test.to(inputs.device)] = fold_logits
+        states[fold.group] = state
+    names = [fold.group for fold in folds]
+    return LosoResult(groups=names, predictions=logits.argmax(1), logits=logits, states=states, seed=config.seed)
+
+
+def train_loso_seeds(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    groups: Sequence[str],
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    seeds: int,
+    progress: bool = False,
+) -> list[LosoResult]:
+    """The whole protocol `seeds` times, with seeds `config.seed`, `config.seed + 1`, ...: one result per seed
+    (the caller reports the scores' mean and standard deviation)."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    return [
+        train_loso(
+            inputs,
+            targets,
+            groups,
+            num_classes=num_classes,
+            config=dataclasses.replace(config, seed=config.seed + i),
+            progress=progress,
+        )
+        for i in range(seeds)
+    ]

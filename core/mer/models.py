@@ -1,0 +1,176 @@
+"""The micro-expression classifiers: STSTNet, its many-folds-at-once form, and the registry.
+
+`STSTNet` is the shallow triple-stream network as its public PyTorch code (christy1206/STSTNet,
+`main.py`) computes it: three streams of 3x3 convolutions (3, 5 and 8 channels, padding 2) on the
+same input, each followed by ReLU, *then* batch norm, 3x3 max-pool (stride 3, padding 1) and
+dropout; the 16 channels concatenated, 2x2 average pool, one linear layer (400 -> classes at
+28x28). Its state-dict keys and shapes are that code's (`conv1`..`conv3`, `bn1`..`bn3`, `fc`), so its
+released per-subject weights load with `strict=True`. Input scaling belongs to the recipe
+(`core.mer.inputs`), not to the module.
+
+`FoldedSTSTNet` holds F STSTNets (one per leave-one-subject-out fold) as stacked parameters and
+runs them in one pass: the three streams share their input, so one convolution with 16 output
+channels computes all three, and the F folds' convolutions are one grouped convolution. Each fold
+sees its own batch; batch norm's statistics are each fold's own, over its own (masked) samples.
+
+`MODELS` maps a name to a builder `(num_classes, in_channels, size) -> nn.Module`; a user's module
+plugs in by adding an entry (the protocol trains any entry, one fold at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STREAM_CHANNELS = (3, 5, 8)  # the three streams' widths, in their concatenation order
+STREAMS = sum(STREAM_CHANNELS)  # 16 channels after the concatenation
+KERNEL = 3  # every stream's convolution is 3x3
+CONV_PADDING = 2  # the code's padding: a 28x28 input gives 30x30
+POOL = 3  # max-pool: kernel and stride 3
+POOL_PADDING = 1
+AVG_POOL = 2  # average pool: kernel and stride 2
+INPUT_SIZE = 28  # STSTNet's input side
+BN_EPS = 1e-5  # nn.BatchNorm2d's defaults, which the code keeps
+BN_MOMENTUM = 0.1
+
+
+def pool_side(size: int) -> int:
+    """Side of the max-pooled maps (where dropout acts) for a `size` x `size` input (10 for 28)."""
+    conv = size + 2 * CONV_PADDING - KERNEL + 1
+    return (conv + 2 * POOL_PADDING - POOL) // POOL + 1
+
+
+def feature_side(size: int) -> int:
+    """Side of the average-pooled maps for a `size` x `size` input (5 for STSTNet's 28)."""
+    return pool_side(size) // AVG_POOL
+
+
+class STSTNet(nn.Module):
+    """STSTNet: `[B, in_channels, size, size]` -> logits `[B, num_classes]`."""
+
+    def __init__(self, *, num_classes: int = 3, dropout: float = 0.5, in_channels: int = 3, size: int = INPUT_SIZE):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, STREAM_CHANNELS[0], KERNEL, padding=CONV_PADDING)
+        self.conv2 = nn.Conv2d(in_channels, STREAM_CHANNELS[1], KERNEL, padding=CONV_PADDING)
+        self.conv3 = nn.Conv2d(in_channels, STREAM_CHANNELS[2], KERNEL, padding=CONV_PADDING)
+        self.bn1 = nn.BatchNorm2d(STREAM_CHANNELS[0])
+        self.bn2 = nn.BatchNorm2d(STREAM_CHANNELS[1])
+        self.bn3 = nn.BatchNorm2d(STREAM_CHANNELS[2])
+        self.maxpool = nn.MaxPool2d(POOL, stride=POOL, padding=POOL_PADDING)
+        self.avgpool = nn.AvgPool2d(AVG_POOL, stride=AVG_POOL)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(STREAMS * feature_side(size) ** 2, num_classes)
+
+    def _stream(self, x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+        return self.dropout(self.maxpool(bn(torch.relu(conv(x)))))  # [B, c, S', S']
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        streams = [
+            self._stream(x, self.conv1, self.bn1),
+            self._stream(x, self.conv2, self.bn2),
+            self._stream(x, self.conv3, self.bn3),
+        ]
+        pooled = self.avgpool(torch.cat(streams, dim=1))  # [B, 16, side, side]
+        return self.fc(pooled.flatten(1))  # [B, num_classes]
+
+
+def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
+    """`[16, ...]`: the three streams' `{layer}{i}.{name}` (a parameter or buffer), in stream order."""
+    return torch.cat([getattr(model, f"{layer}{i}").state_dict()[name] for i in (1, 2, 3)])
+
+
+class FoldedSTSTNet(nn.Module):
+    """F STSTNets (one per fold) as stacked parameters `[F, ...]`, trained at once, each on its own batch.
+
+    Inputs are `[B, F, C, S, S]` (sample b of fold f's batch) with a mask `[B, F]` of the real samples
+    (the folds' batches differ in size; the rest is padding that no statistic, loss or gradient sees),
+    and in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by
+    the caller from each fold's own generator. Logits are `[B, F, K]`.
+    """
+
+    def __init__(self, *, models: list[STSTNet]):
+        super().__init__()
+        # [F, 16, C, 3, 3]: one 16-channel convolution computes the three streams of a fold
+        self.conv_weight = nn.Parameter(torch.stack([_streams(m, "conv", "weight") for m in models]))
+        self.conv_bias = nn.Parameter(torch.stack([_streams(m, "conv", "bias") for m in models]))  # [F, 16]
+        self.bn_weight = nn.Parameter(torch.stack([_streams(m, "bn", "weight") for m in models]))  # [F, 16]
+        self.bn_bias = nn.Parameter(torch.stack([_streams(m, "bn", "bias") for m in models]))  # [F, 16]
+        self.fc_weight = nn.Parameter(torch.stack([m.fc.weight.detach() for m in models]))  # [F, K, 16 * side^2]
+        self.fc_bias = nn.Parameter(torch.stack([m.fc.bias.detach() for m in models]))  # [F, K]
+        self.register_buffer("running_mean", torch.stack([_streams(m, "bn", "running_mean") for m in models]))
+        self.register_buffer("running_var", torch.stack([_streams(m, "bn", "running_var") for m in models]))
+        self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        batch, folds = mask.shape
+        weight, bias = self.conv_weight.flatten(0, 1), self.conv_bias.flatten()
+        z = F.conv2d(x.flatten(1, 2), weight, bias, padding=CONV_PADDING, groups=folds)  # [B, F * 16, S + 2, S + 2]
+        z = self._batch_norm(torch.relu(z), mask)
+        z = F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)  # [B, F * 16, P, P]
+        if keep is not None:
+            z = z * keep.flatten(1, 2)
+        features = F.avg_pool2d(z, AVG_POOL).view(batch, folds, -1)  # [B, F, 16 * side^2]
+        return torch.einsum("bfd,fkd->bfk", features, self.fc_weight) + self.fc_bias  # [B, F, K]
+
+    def _batch_norm(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each fold's batch norm over its own real samples; running statistics as nn.BatchNorm2d's."""
+        flat = (self.running_mean.view(-1), self.running_var.view(-1), self.bn_weight.view(-1), self.bn_bias.view(-1))
+        if not self.training or bool(mask.all()):
+            if self.training:
+                self.batches_tracked += 1
+            return F.batch_norm(z, *flat, training=self.training, momentum=BN_MOMENTUM, eps=BN_EPS)
+        batch, _, height, width = z.shape
+        folds = mask.shape[1]
+        per_fold = z.view(batch, folds, STREAMS, height, width)
+        weight = mask.to(z.dtype).view(batch, folds, 1, 1, 1)
+        count = mask.sum(0).to(z.dtype) * height * width  # [F] values per channel
+        denominator = count.clamp(min=1)[:, None]  # a fold without a batch this step: no NaN, no update
+        mean = (per_fold * weight).sum((0, 3, 4)) / denominator  # [F, 16]
+        centred = per_fold - mean[None, :, :, None, None]
+        var = (centred.square() * weight).sum((0, 3, 4)) / denominator  # [F, 16], biased as in training
+        scale = torch.rsqrt(var + BN_EPS) * self.bn_weight  # [F, 16]
+        out = centred * scale[None, :, :, None, None] + self.bn_bias[None, :, :, None, None]
+        self._update_running(mean.detach(), var.detach(), count)
+        return out.view_as(z)
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        active = (count > 0)[:, None]  # [F, 1]
+        unbiased = var * (count / (count - 1).clamp(min=1))[:, None]
+        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
+            running.copy_(torch.where(active, torch.lerp(running, batch, BN_MOMENTUM), running))
+        self.batches_tracked += active[:, 0].long()
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        """Fold `fold`'s weights as an `STSTNet` state dict (the public code's keys and shapes)."""
+        state = {}
+        start = 0
+        for i, width in enumerate(STREAM_CHANNELS, start=1):
+            part = slice(start, start + width)
+            state[f"conv{i}.weight"] = self.conv_weight[fold, part]
+            state[f"conv{i}.bias"] = self.conv_bias[fold, part]
+            state[f"bn{i}.weight"] = self.bn_weight[fold, part]
+            state[f"bn{i}.bias"] = self.bn_bias[fold, part]
+            state[f"bn{i}.running_mean"] = self.running_mean[fold, part]
+            state[f"bn{i}.running_var"] = self.running_var[fold, part]
+            state[f"bn{i}.num_batches_tracked"] = self.batches_tracked[fold]
+            start += width
+        state["fc.weight"] = self.fc_weight[fold]
+        state["fc.bias"] = self.fc_bias[fold]
+        return {name: value.detach().clone() for name, value in state.items()}
+
+
+Builder = Callable[..., nn.Module]  # (*, num_classes, in_channels, size, dropout) -> module [B, C, S, S] -> [B, K]
+
+
+def build_ststnet(*, num_classes: int, in_channels: int, size: int, dropout: float) -> STSTNet:
+    return STSTNet(num_classes=num_classes, dropout=dropout, in_channels=in_channels, size=size)
+
+
+# name -> builder; a user's module plugs in with `MODELS["mine"] = builder` (trained one fold at a time)
+MODELS: dict[str, Builder] = {"ststnet": build_ststnet}
+# name -> its many-folds-at-once form (built from the folds' freshly initialised modules)
+FOLDED: dict[str, Callable[..., nn.Module]] = {"ststnet": FoldedSTSTNet}
