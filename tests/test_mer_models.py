@@ -96,14 +96,17 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
     """Training mode, batches of different sizes (the padding masked): each fold's logits, batch-norm running
     statistics and weights are its own STSTNet's."""
     torch.manual_seed(4)
-    models = [STSTNet(dropout=0.0, size=12) for _ in range(3)]
+    models = [STSTNet(dropout=0.0, size=12) for _ in range(4)]
+    untouched = {name: value.clone() for name, value in models[3].state_dict().items()}
     folded = FoldedSTSTNet(models=models).train()
-    sizes = [6, 4, 1]
-    x = torch.randn(6, 3, 3, 12, 12)  # [B, F, C, S, S]
+    sizes = [6, 4, 1, 0]  # the last fold has no batch this step: nothing of it changes
+    x = torch.randn(6, 4, 3, 12, 12)  # [B, F, C, S, S]
     mask = torch.arange(6)[:, None] < torch.tensor(sizes)  # [B, F]
     logits = folded(x, mask)
-    assert logits.shape == (6, 3, 3)
-    for f, (model, size) in enumerate(zip(models, sizes, strict=True)):
+    assert logits.shape == (6, 4, 3)
+    for name, value in folded.fold_state(3).items():
+        assert torch.equal(value, untouched[name]), name
+    for f, (model, size) in enumerate(zip(models[:3], sizes, strict=False)):
         model.train()
         expected = model(x[:size, f])
         torch.testing.assert_close(logits[:size, f], expected, rtol=1e-5, atol=1e-5)
