@@ -119,3 +119,9 @@ def test_bad_input_is_one_line(change, message):
 def test_an_unknown_classifier_is_named():
     with pytest.raises(UserError, match="unknown classifier 'nope'; known: ststnet"):
         train_loso(*tiny_data(8), num_classes=3, config=TrainConfig(model="nope"))
+
+
+@pytest.mark.parametrize("change", [{"epochs": 0}, {"batch_size": 0}, {"dropout": 1.0}, {"lr": 0.0}])
+def test_a_recipe_that_cannot_run_is_one_line(change):
+    with pytest.raises(UserError, match="training needs epochs"):
+        train_loso(*tiny_data(9), num_classes=3, config=dataclasses.replace(TINY, **change))

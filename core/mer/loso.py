@@ -235,6 +235,17 @@ def train_folds_at_once(
     return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
 
 
+def check_config(config: TrainConfig) -> None:
+    """One-line UserError for a recipe that cannot run."""
+    if config.model not in MODELS:
+        raise UserError(f"unknown classifier {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    if min(config.epochs, config.batch_size, config.folds_at_once) < 1 or not 0 <= config.dropout < 1 or config.lr <= 0:
+        raise UserError(
+            "training needs epochs, batch size, folds at once >= 1, dropout in [0, 1), lr > 0; got "
+            f"{config.epochs}, {config.batch_size}, {config.folds_at_once}, {config.dropout}, {config.lr}"
+        )
+
+
 def check_data(inputs: torch.Tensor, targets: torch.Tensor, groups: Sequence[str], *, num_classes: int) -> None:
     """One-line UserError for inputs the protocol cannot train on."""
     if inputs.dim() != 4 or inputs.dtype != torch.float32:
@@ -260,20 +271,18 @@ def train_loso(
 
     `inputs` `[N, C, S, S]` float32, `targets` `[N]` long class indices, `groups[i]` clip i's subject group.
     """
-    if config.model not in MODELS:
-        raise UserError(f"unknown classifier {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    check_config(config)
     check_data(inputs, targets, groups, num_classes=num_classes)
     folds = make_folds(groups, seed=config.seed)
     logits = torch.empty(len(targets), num_classes, device=inputs.device)
     states = {}
+    trained = []
     with tqdm(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
         if config.model in FOLDED:
-            trained = []
             for start in range(0, len(folds), config.folds_at_once):
                 chunk = folds[start : start + config.folds_at_once]
                 trained += train_folds_at_once(inputs, targets, chunk, num_classes=num_classes, config=config, bar=bar)
         else:
-            trained = []
             for fold in folds:
                 model, fold_logits = train_fold(inputs, targets, fold, num_classes=num_classes, config=config)
                 trained.append((model.state_dict(), fold_logits))
