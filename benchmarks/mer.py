@@ -7,9 +7,10 @@ The inputs are random tensors of the classifier's shape (`[N, 3, 28, 28]`, 3 cla
 taking turns), so the time is the protocol's alone (STSTNet, batch 256, TrainConfig's recipe).
 Printed: clips, folds, epochs, the measured seconds and those scaled to `--full_epochs`; the
 FLOP-bound time (the convolutions' and linear layer's forward + backward FLOPs of every sample of
-every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); the same folds trained
-one at a time (`train_fold`) for comparison; and the folded step's heaviest operators (where the
-time goes).
+every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); one epoch of
+`--folds_at_once` folds trained at once against the same folds one at a time (`train_fold`), the
+two alternating so that the other load on the machine hits both alike; and the folded epoch's
+heaviest operators (where the time goes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 1
 MEGC_SUBJECTS = 68  # 24 + 28 + 16 subjects
 CLASSES = 3
 MATMUL_SIDE = 2048  # the square fp32 matmul whose rate bounds the FLOPs
-PER_FOLD_SAMPLE = 2  # folds trained one at a time for the comparison (each alone, a few epochs)
+COMPARE_REPEATS = 2  # folds at once against one at a time: best of this many alternating runs
 TOP_OPERATORS = 8
 
 
@@ -58,6 +59,25 @@ def matmul_gflops() -> float:
     a, b = torch.randn(MATMUL_SIDE, MATMUL_SIDE), torch.randn(MATMUL_SIDE, MATMUL_SIDE)
     seconds = interleaved_best({"matmul": lambda: a @ b}, warmup=2, repeats=5)["matmul"]
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
+
+
+def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> dict:
+    """Seconds per fold-epoch of `config.folds_at_once` folds trained at once and the same folds one at a
+    time (`train_fold`), one epoch each, the two modes alternating (best of `COMPARE_REPEATS`)."""
+    folds = make_folds(groups, seed=config.seed)[: config.folds_at_once]
+    one_epoch = dataclasses.replace(config, epochs=1)
+
+    def at_once() -> None:
+        with tqdm(disable=True) as bar:
+            train_folds_at_once(inputs, targets, folds, num_classes=CLASSES, config=one_epoch, bar=bar)
+
+    def one_at_a_time() -> None:
+        for fold in folds:
+            train_fold(inputs, targets, fold, num_classes=CLASSES, config=one_epoch)
+
+    runs = {"at once": at_once, "one at a time": one_at_a_time}
+    seconds = interleaved_best(runs, warmup=0, repeats=COMPARE_REPEATS)
+    return {name: value / len(folds) for name, value in seconds.items()}
 
 
 def heaviest_operators(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> str:
@@ -92,10 +112,8 @@ def main(args: argparse.Namespace) -> None:
     samples = sum(len(fold.train) for fold in folds) * args.full_epochs
     flops = flops_per_sample(args.size, config.batch_size) * samples
     rate = matmul_gflops()
-    started = time.perf_counter()
-    for fold in folds[:PER_FOLD_SAMPLE]:
-        train_fold(inputs, targets, fold, num_classes=CLASSES, config=config)
-    per_fold = (time.perf_counter() - started) / PER_FOLD_SAMPLE * len(folds) * scale
+    compared = per_fold_epoch(inputs, targets, groups, config)
+    full = {name: value * len(folds) * args.full_epochs for name, value in compared.items()}
     print(
         f"clips {args.clips}, folds {len(folds)}, epochs {args.epochs} (scaled to {args.full_epochs}), "
         f"batch {config.batch_size}, {torch.get_num_threads()} threads"
@@ -104,7 +122,11 @@ def main(args: argparse.Namespace) -> None:
         f"LOSO, {config.folds_at_once} folds at once: {seconds:.1f} s measured, {seconds * scale:.0f} s at "
         f"{args.full_epochs} epochs"
     )
-    print(f"LOSO, one fold at a time ({PER_FOLD_SAMPLE} folds timed): {per_fold:.0f} s at {args.full_epochs} epochs")
+    print(
+        f"one epoch of {config.folds_at_once} folds, alternating: at once {compared['at once']:.3f} s per fold-epoch "
+        f"({full['at once']:.0f} s at {args.full_epochs} epochs), one at a time {compared['one at a time']:.3f} s "
+        f"({full['one at a time']:.0f} s)"
+    )
     print(
         f"FLOP-bound: {flops / 1e12:.1f} TFLOP (forward + backward, {flops / samples / 1e6:.2f} MFLOP per sample) "
         f"at {rate:.0f} GFLOP/s (fp32 matmul) = {flops / rate / 1e9:.0f} s"
