@@ -7,7 +7,15 @@ import torch
 from tqdm import tqdm
 
 from core.errors import UserError
-from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso, train_loso_seeds
+from core.mer.loso import (
+    TrainConfig,
+    dropout_keep,
+    make_folds,
+    train_fold,
+    train_folds_at_once,
+    train_loso,
+    train_loso_seeds,
+)
 
 SIZE = 8  # tiny inputs: STSTNet's pooled maps are then 2x2
 # a few steps with a large learning rate; batches of 7 leave ragged last batches (folds differ in size)
@@ -125,3 +133,14 @@ def test_an_unknown_classifier_is_named():
 def test_a_recipe_that_cannot_run_is_one_line(change):
     with pytest.raises(UserError, match="training needs epochs"):
         train_loso(*tiny_data(9), num_classes=3, config=dataclasses.replace(TINY, **change))
+
+
+def test_dropout_keeps_each_value_with_probability_one_minus_p():
+    """Kept values are 1 / (1 - p), about 1 - p of them (within 1 % on 120k draws), none on the padding."""
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    mask = torch.arange(300)[:, None] < torch.tensor([300, 200, 0])  # [B, F]: fold 2 has no batch
+    keep = dropout_keep(mask, generators, p=0.25, side=5)
+    assert keep.shape == (300, 3, 16, 5, 5)
+    torch.testing.assert_close(keep.unique(), torch.tensor([0.0, 4 / 3]))
+    assert abs((keep[:, 0] > 0).float().mean().item() - 0.75) < 0.01
+    assert not keep[200:, 1].any() and not keep[:, 2].any()

@@ -42,6 +42,7 @@ from core.mer.models import FOLDED, MODELS, STREAMS, pool_side
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which STSTNet's code keeps
 ADAM_EPS = 1e-8
+DROPOUT_LEVELS = 2**16  # dropout draws uniform integers in [0, DROPOUT_LEVELS)
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,14 @@ def epoch_batches(
 
 def dropout_keep(mask: torch.Tensor, generators: Sequence[torch.Generator], *, p: float, side: int) -> torch.Tensor:
     """`[B, F, 16, side, side]`: each fold's dropout keep-mask, scaled by 1 / (1 - p), drawn from its own
-    generator for its own batch size (zero on the padding)."""
+    generator for its own batch size (zero on the padding). A value is kept when a uniform integer in
+    [0, 2^16) falls below round((1 - p) 2^16): exact for p = 0.5, and three times as fast on CPU as
+    `bernoulli_`, which took a fifth of a training step."""
     keep = torch.zeros(*mask.shape, STREAMS, side, side)
+    threshold = round((1 - p) * DROPOUT_LEVELS)
     for f, (count, generator) in enumerate(zip(mask.sum(0).tolist(), generators, strict=True)):
-        keep[:count, f].bernoulli_(1 - p, generator=generator)
+        draws = torch.randint(0, DROPOUT_LEVELS, (count, STREAMS, side, side), dtype=torch.int32, generator=generator)
+        keep[:count, f] = draws < threshold
     return keep / (1 - p)
 
 
