@@ -8,10 +8,10 @@ dropout; the 16 channels concatenated, 2x2 average pool, one linear layer (400 -
 released per-subject weights load with `strict=True`. Input scaling belongs to the recipe
 (`core.mer.inputs`), not to the module.
 
-`FoldedSTSTNet` holds F STSTNets (one per leave-one-subject-out fold) as stacked parameters and
-runs them in one pass: the three streams share their input, so one convolution with 16 output
-channels computes all three, and the F folds' convolutions are one grouped convolution. Each fold
-sees its own batch; batch norm's statistics are each fold's own, over its own (masked) samples.
+`FoldedSTSTNet` holds F STSTNets (one per leave-one-subject-out fold) as stacked parameters, trained
+together by one optimiser: the three streams share their input, so one convolution with 16 output
+channels computes all three; each fold's full-resolution stage runs on its own batch (batch norm's
+statistics its own), and the small pooled maps, the linear layers and Adam are batched over folds.
 
 `MODELS` maps a name to a builder `(num_classes, in_channels, size) -> nn.Module`; a user's module
 plugs in by adding an entry (the protocol trains any entry, one fold at a time).
