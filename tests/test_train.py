@@ -21,10 +21,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from core.checkpoint import read_state_dict
 from core.cli import exit_on_error
-from core.network import DecFlowConfig
+from core.network import DecFlow, DecFlowConfig
+from core.training import loop as training_loop
 from core.training import step as training_step
+from core.training.config import RESUME_MUST_MATCH
 from core.training.data import ResumableSampler
 from core.training.stages import set_trainable
+from core.training.state import plain_arguments
 from tests.train_helpers import (
     ROOT,
     free_port,
@@ -153,7 +156,7 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     # groups must still sit on the GMA values; freshly initialised weights would be far off.
     gma = {k[len("module.") :]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
     final = read_state_dict(out / f"{name}.pth")
-    params = {n for n, _ in train.DecFlow().named_parameters()}
+    params = {n for n, _ in DecFlow().named_parameters()}
     for key, value in gma.items():
         if key in params:
             assert (final[key] - value).abs().max() < 1e-3, key
@@ -189,7 +192,7 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
         )
     )
     before, after = read_state_dict(start), read_state_dict(out / "decflow.pth")
-    model = train.DecFlow()
+    model = DecFlow()
     set_trainable(model, 2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -250,14 +253,14 @@ def test_resume_reproduces_an_uninterrupted_run(files):
 
 
 def test_sigint_saves_state_and_exits(files, monkeypatch):
-    original = train.train_step
+    original = training_loop.train_step
 
     def interrupted_step(*args, **kwargs):
         result = original(*args, **kwargs)
         signal.raise_signal(signal.SIGINT)
         return result
 
-    monkeypatch.setattr(train, "train_step", interrupted_step)
+    monkeypatch.setattr(training_loop, "train_step", interrupted_step)
     out = files["base"] / "sigint"
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs as a background job
     with pytest.raises(SystemExit) as exc:  # stage 2 from random weights: cheap steps
@@ -471,7 +474,7 @@ def test_torchrun_two_processes_gloo(files):
         assert (out / filename).is_file(), filename
     log = (out / "ddp.log").read_text()
     assert "2 processes (DistributedDataParallel)" in log and log.count("done:") == 1
-    assert set(read_state_dict(out / "ddp.pth")) == set(train.DecFlow().state_dict())
+    assert set(read_state_dict(out / "ddp.pth")) == set(DecFlow().state_dict())
 
 
 @pytest.mark.parametrize("length, world_size, batch", [(10, 2, 2), (13, 2, 3), (29, 4, 2), (9, 3, 1)])
@@ -642,7 +645,24 @@ def test_impossible_model_options_are_one_line_errors(tmp_path, capsys):
 def test_every_architecture_field_is_a_train_option_and_a_resume_check():
     options = {option for action in train.get_args_parser()._actions for option in action.option_strings}
     for field in dataclasses.fields(DecFlowConfig):
-        assert f"--{field.name}" in options and field.name in train.RESUME_MUST_MATCH, field.name
+        assert f"--{field.name}" in options and field.name in RESUME_MUST_MATCH, field.name
+
+
+def test_the_config_records_the_arguments_as_the_namespace_did():
+    """A TrainConfig holds every option, and gives back, for state files and the weights' .json,
+    exactly the arguments' plain values (lists as argparse gives them): old state files still resume."""
+    args = train.get_args_parser().parse_args(
+        ["--gpus", "0", "1", "--validation", "facialflow", "--image_size", "160", "128", "--frozen"]
+    )
+    config = train.config_from_args(args)
+    assert plain_arguments(config) == vars(args)
+    assert config.image_size == (160, 128) and config.gpus == (0, 1) and config.training_stage == 2
+    assert config.architecture == DecFlowConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    args.unknown_option = 1  # an option the parser gained but TrainConfig lacks is not dropped silently
+    with pytest.raises(TypeError, match="unknown_option"):
+        train.config_from_args(args)
 
 
 def test_help_states_each_default_once():

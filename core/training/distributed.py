@@ -4,6 +4,7 @@ shared across ranks."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ def setup_distributed(device_arg: str | None) -> tuple[bool, int, int, torch.dev
     return True, rank, world_size, device
 
 
-def choose_device(device: torch.device | None, gpus: list[int] | None, log) -> torch.device:
+def choose_device(device: torch.device | None, gpus: Sequence[int] | None, log) -> torch.device:
     """--device if given, else the first of --gpus on CUDA machines, else the CPU."""
     if device is None:
         device = torch.device(f"cuda:{(gpus or [0])[0]}") if torch.cuda.is_available() else torch.device("cpu")
@@ -60,7 +61,7 @@ def average_across_ranks(metrics: dict[str, float], device: torch.device, distri
 
 
 def wrap_model(
-    model: nn.Module, *, device: torch.device, distributed: bool, gpus: list[int] | None, unused_parameters: bool
+    model: nn.Module, *, device: torch.device, distributed: bool, gpus: Sequence[int] | None, unused_parameters: bool
 ) -> nn.Module:
     """DistributedDataParallel under torchrun, DataParallel for several `gpus`, else the model
     (core.parallel.unwrap gives it back).

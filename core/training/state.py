@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from core.checkpoint import (
 )
 from core.parallel import unwrap
 from core.precision import amp_dtype_name
+from core.training.config import TrainConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -83,14 +84,15 @@ class StopRequest:
             signal.signal(signum, handler)
 
 
-def plain_arguments(args: object) -> dict:
-    """The arguments as plain values (what a state file may hold and `weights_only` loads)."""
+def plain_arguments(config: TrainConfig) -> dict:
+    """The options as plain values, sequences as lists as argparse gives them (what a state file
+    and a weights file's .json record, what `weights_only` loads, what `--resume` compares)."""
     plain = (str, int, float, bool, type(None))
-    values = vars(args)
+    values = {f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v for f in fields(config)}
     for key, value in values.items():
         if not (isinstance(value, plain) or (isinstance(value, list) and all(isinstance(v, plain) for v in value))):
             raise TypeError(f"argument {key} holds a {type(value).__name__}, not a plain value")
-    return dict(values)
+    return values
 
 
 def save_state(
@@ -101,7 +103,7 @@ def save_state(
     scheduler,
     scaler,
     step: int,
-    args: object,
+    config: TrainConfig,
     history: dict,
     scaler_skipped: int = 0,
     amp_dtype: torch.dtype | None = None,
@@ -110,7 +112,7 @@ def save_state(
     """The training state, with the SHA-256 of its payload; its "config" is the architecture and
     the precision (`amp_dtype`) of the run; `semantic_encoder`: where the semantic encoder's weights
     come from (core.training.stages.initialise), for the weights files of a resumed run."""
-    config = {
+    architecture_and_precision = {
         **asdict(unwrap(model).config),
         "mixed_precision": amp_dtype is not None,
         "amp_dtype": None if amp_dtype is None else amp_dtype_name(amp_dtype),
@@ -124,8 +126,8 @@ def save_state(
         "step": step,
         "scaler_skipped": scaler_skipped,
         "rng": rng_state(),
-        "args": plain_arguments(args),
-        "config": config,
+        "args": plain_arguments(config),
+        "config": architecture_and_precision,
         "history": history,
         SEMANTIC_SOURCE: semantic_encoder,
     }
