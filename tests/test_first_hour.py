@@ -59,7 +59,7 @@ def test_the_readme_links_and_size():
     links = re.findall(r"\]\(((?:docs|datasets|assets)/[^)#]+)", text)
     assert {"docs/benchmarks.md", "docs/learning-check.md", "docs/differences.md"} <= set(links)
     assert all((REPO / link).is_file() for link in links), [link for link in links if not (REPO / link).is_file()]
-    assert len(text.splitlines()) <= 260  # for users; history and benchmark tables live in docs/
+    assert len(text.splitlines()) <= 300  # for users; history and benchmark tables live in docs/
 
 
 def test_ffn_protocol_row_has_its_own_labels(synthetic_root: Path, capsys: pytest.CaptureFixture) -> None:
