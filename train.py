@@ -65,7 +65,7 @@ from core.cli import (
 )
 from core.datasets import FacialFlow, default_num_workers, split_problem
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, TRAIN_IMAGE_SIZE, VAL_ITERS
-from core.network import DecFlow, DecFlowConfig, image_size_problem
+from core.network import DecFlow, DecFlowConfig
 from core.precision import needs_grad_scaler, parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.training.data import SampleError, build_train_loader, sample_seed, upscaling_note
 from core.training.distributed import (
@@ -80,6 +80,7 @@ from core.training.stages import initialise, set_trainable
 from core.training.state import StopRequest, plain_arguments, read_state, save_state, seed_everything, set_rng_state
 from core.training.step import StepResult, build_optimizer, set_bn_eval, train_step
 from core.training.validation import validate
+from core.utils.padder import image_size_problem
 from core.utils.progress import progress_bar
 from core.weights import (
     REGISTRY,

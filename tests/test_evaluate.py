@@ -383,7 +383,7 @@ def test_alternate_corr_reaches_the_model_and_meta_says_what_ran(
     padding and precision, not the command line's."""
     calls: list[dict] = []
     padders: list[str] = []
-    estimate, padder = DecFlow.estimate, inference.InputPadder
+    estimate, padder = DecFlow.forward_unchecked, inference.InputPadder
 
     def recording_estimate(self: DecFlow, *args, **kwargs):
         calls.append({"alternate_corr": kwargs.get("alternate_corr", False), "amp_dtype": kwargs.get("amp_dtype")})
@@ -393,7 +393,7 @@ def test_alternate_corr_reaches_the_model_and_meta_says_what_ran(
         padders.append(kwargs["mode"])
         return padder(*args, **kwargs)
 
-    monkeypatch.setattr(DecFlow, "estimate", recording_estimate)
+    monkeypatch.setattr(DecFlow, "forward_unchecked", recording_estimate)
     monkeypatch.setattr(inference, "InputPadder", recording_padder)
     flag = ("--alternate_corr",) if alternate else ()
     doc = run_evaluate(
