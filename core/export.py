@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from core.checkpoint import sha256_of
 from core.cli import (
     DocstringHelpFormatter,
     UserError,
@@ -58,7 +57,7 @@ from core.onnx_runtime import (
 )
 from core.utils.atomic import write_bytes_atomic
 from core.utils.padder import UPSAMPLE_FACTOR
-from core.weights import offline_requested
+from core.weights import offline_requested, sha256_of
 
 OPSET = 18  # ONNX opset of the file (onnxruntime >= 1.14 runs it)
 TRACE_SIZE = (128, 160)  # default --size: small (quick to trace) and not square (height and width stay apart)
