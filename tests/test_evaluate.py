@@ -20,7 +20,6 @@ import torch
 
 import evaluate
 import get_flow
-from core import checkpoint as checkpoint_module
 from core import evaluation, inference, synthetic
 from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
@@ -143,8 +142,7 @@ def test_the_checkpoint_is_hashed_once(synthetic_root: Path, tmp_path: Path, mon
         hashed.append(Path(path).resolve())
         return real_hash_file(digest, path)
 
-    real_hash_file = checkpoint_module.hash_file
-    monkeypatch.setattr(checkpoint_module, "hash_file", counting)
+    real_hash_file = weights_module.hash_file
     monkeypatch.setattr(weights_module, "hash_file", counting)
     argv = ("--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1")
     doc = run_evaluate("--model", str(weights), *argv)
