@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.checkpoint import description_path, sha256_of
+from core.checkpoint import description_path
 from core.cli import (
     UserError,
     add_model_arguments,
@@ -42,7 +42,7 @@ from core.defaults import DATASET_ROOT, ITERS
 from core.estimators import build_estimator
 from core.evaluation import BASELINES, decflow_predictor, evaluate_predictor, format_results
 from core.utils.atomic import write_text_atomic
-from core.weights import offline_requested
+from core.weights import offline_requested, sha256_of
 
 METHODS = ("decflow", *BASELINES)
 DATASETS = ("facialflow",)

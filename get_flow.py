@@ -68,7 +68,6 @@ arrays. The rules are in core/extract/corpus.py.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -107,7 +106,7 @@ from core.face.detect import make_detector
 from core.inference import Estimator
 from core.precision import precision_name
 from core.training.distributed import rank_device
-from core.weights import hash_file, offline_requested
+from core.weights import offline_requested, sha256_of
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -389,7 +388,7 @@ def run_corpus(args: argparse.Namespace) -> list[Path]:
         options=options,
         stride=args.stride,
         max_frames=args.max_frames,
-        weights_sha256=hash_file(hashlib.sha256(), checkpoint),
+        weights_sha256=sha256_of(checkpoint),
         recipe=recipe,
         overwrite=args.overwrite,
         inputs=(("checkpoint", checkpoint),),

@@ -46,10 +46,10 @@ from core.cli import (
     model_config,
 )
 from core.defaults import CHECKPOINTS_README, DATASET_ROOT, ITERS, TRAIN_IMAGE_SIZE, VAL_ITERS
-from core.network import image_size_problem
 from core.training.config import RESUME_AUTO, RESUME_THIS_RUN, TrainConfig, run_outputs, state_file
 from core.training.log import TrainingStopped
 from core.training.loop import train
+from core.utils.padder import image_size_problem
 from core.weights import registered_entry, registered_names
 
 

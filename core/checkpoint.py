@@ -39,7 +39,7 @@ from torch import nn
 from core.defaults import RELEASE_CHECKPOINT, SEED_CHECKPOINT
 from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
-from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, hash_file
+from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, sha256_of
 
 DATA_PARALLEL_PREFIX = "module."
 # Keys a checkpoint may lack without harm: the semantic encoder's stage 3 is never run,
@@ -150,11 +150,6 @@ def load_plain(path: str | os.PathLike) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
         raise ValueError(_load_problem(path, error)) from error
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    return hash_file(hashlib.sha256(), path)
 
 
 def _digest_tree(digest, tree) -> None:

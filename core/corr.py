@@ -19,6 +19,17 @@ import torch
 from torch.nn import functional as F
 
 from core.chunking import row_blocks
+from core.precision import volume_dtype
+
+# Sizes of the published architecture's pyramid (the checkpoints depend on them).
+CORR_LEVELS = 4  # correlation pyramid levels (coarsest = 1/64 of the image)
+CORR_RADIUS = 4  # lookup window 9x9 at every level
+# CPU: beyond this many values (512 MiB in float32), the finest correlation level is computed on
+# the fly instead of stored (same values; at batch 1 from about 860x860 px up).
+MAX_DENSE_CORRELATION = 2**27
+# CUDA: the whole pyramid is stored while it takes at most this share of the free device memory
+# (on the fly, the finest level costs a large matrix product at every iteration).
+CUDA_DENSE_SHARE = 0.5
 
 
 def coords_grid(batch: int, height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
@@ -48,6 +59,38 @@ def check_pyramid_size(height: int, width: int, num_levels: int) -> None:
             f"feature maps of {width}x{height} are too small for a {num_levels}-level pyramid: "
             f"each side must be at least {min_side} (image sides >= {8 * min_side} px)"
         )
+
+
+def dense_from_level(
+    batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4, free_bytes: int | None = None
+) -> int:
+    """First correlation level to store as a volume for `batch` maps of `pixels` (at 1/8 scale).
+
+    0 (all levels stored) unless the finest level is too large: on CPU beyond
+    MAX_DENSE_CORRELATION values, on CUDA when the pyramid would take more than
+    CUDA_DENSE_SHARE of `free_bytes` (default: the device's free memory now).
+    """
+    values = batch * pixels * pixels
+    if device.type != "cuda":
+        return 0 if values <= MAX_DENSE_CORRELATION else 1
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    pyramid_bytes = values * bytes_per_value * sum(4**-level for level in range(CORR_LEVELS))
+    return 0 if pyramid_bytes <= CUDA_DENSE_SHARE * free_bytes else 1
+
+
+def corr_levels_stored_from(
+    batch: int,
+    pixels: int,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    alternate_corr: bool = False,
+) -> int:
+    """First correlation level kept as a volume (finer levels are computed on the fly)."""
+    if alternate_corr:
+        return CORR_LEVELS  # memory-bounded: no volume at all
+    return dense_from_level(batch, pixels, device, bytes_per_value=volume_dtype(device, amp_dtype).itemsize)
 
 
 def _centres(coords: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -147,8 +190,8 @@ class CorrBlock:
         fmap1: torch.Tensor,
         fmap2: torch.Tensor,
         *,
-        num_levels: int = 4,
-        radius: int = 4,
+        num_levels: int = CORR_LEVELS,
+        radius: int = CORR_RADIUS,
         dense_from_level: int = 0,
         chunk_elements: int = 2**24,
         dtype: torch.dtype = torch.float32,

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from core.precision import under_autograd
+
 NORM_LAYERS = ("instance", "batch", "none")
 
 
@@ -32,7 +34,7 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            torch.is_grad_enabled()
+            under_autograd()
             or x.device.type != "cpu"
             or x.dim() != 4
             or not x.is_contiguous(memory_format=torch.channels_last)

@@ -4,7 +4,7 @@
 
 The file maps `image1`, `image2` (float32 `[B, 3, H, W]`, RGB 0..255, as `DecFlow.forward`
 takes them) to `facial`, `head` and `expression` (float32 `[B, 2, H, W]`). It is the
-test-mode `DecFlow.estimate` with `--iters` iterations unrolled and the whole correlation
+test-mode `DecFlow.forward_unchecked` with `--iters` iterations unrolled and the whole correlation
 pyramid stored, traced by torch.export with a symbolic batch, height and width (at
 `--size`, batch 2), then translated by torch.onnx at opset 18. Its metadata records the
 iterations, the weights' SHA-256, the architecture and the size rule (sides multiples of 8,
@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from core.checkpoint import sha256_of
 from core.cli import (
     DocstringHelpFormatter,
     UserError,
@@ -43,7 +42,7 @@ from core.cli import (
     resolve_checkpoint,
 )
 from core.inference import FlowEstimator
-from core.network import MAX_RELATIVE_POSITIONS, UPSAMPLE_FACTOR, DecFlow, DecFlowConfig
+from core.network import MAX_RELATIVE_POSITIONS, DecFlow, DecFlowConfig
 from core.onnx_runtime import (
     CONFIG_KEY,
     FORMAT,
@@ -57,7 +56,8 @@ from core.onnx_runtime import (
     SizeRule,
 )
 from core.utils.atomic import write_bytes_atomic
-from core.weights import offline_requested
+from core.utils.padder import UPSAMPLE_FACTOR
+from core.weights import offline_requested, sha256_of
 
 OPSET = 18  # ONNX opset of the file (onnxruntime >= 1.14 runs it)
 TRACE_SIZE = (128, 160)  # default --size: small (quick to trace) and not square (height and width stay apart)
@@ -67,7 +67,7 @@ PARITY_TOLERANCE = 1e-3  # px, worst |onnxruntime - eager| allowed for every out
 
 
 class ExportedForward(nn.Module):
-    """The graph of an export: test-mode `DecFlow.estimate`, `iters` iterations, the whole
+    """The graph of an export: test-mode `DecFlow.forward_unchecked`, `iters` iterations, the whole
     correlation pyramid stored, returning (facial, head, expression)."""
 
     def __init__(self, model: DecFlow, *, iters: int) -> None:
@@ -77,7 +77,7 @@ class ExportedForward(nn.Module):
 
     def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # image1, image2: [B, 3, H, W] -> three [B, 2, H, W]
-        out = self.model.estimate(image1, image2, iters=self.iters, test_mode=True, stored_from=0)
+        out = self.model.forward_unchecked(image1, image2, iters=self.iters, test_mode=True, stored_from=0)
         return out.facial, out.head, out.expression
 
 

@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 
 from core.chunking import row_blocks
+from core.precision import inference_cast_dtype, under_autograd
 
 
 class RelativePositionEmbedding(nn.Module):
@@ -79,7 +80,7 @@ class AttentionLogits:
                 pos = self.position(q, key_height=self.height, row_offset=row).flatten(4, 5).flatten(2, 3)
                 logits = pos if logits is None else logits + pos
             # float32 softmax under autograd, as CUDA's autocast does for the reference
-            dtype = torch.float32 if torch.is_grad_enabled() else None
+            dtype = torch.float32 if under_autograd() else None
             queries = rows if rows == slice(None) else slice(row * self.width, (row + q.shape[2]) * self.width)
             yield queries, logits.softmax(dim=-1, dtype=dtype)
 
@@ -145,10 +146,10 @@ class Attention(nn.Module):
         # At inference under autocast the matrix is kept in the autocast dtype it is used in.
         # Under autograd it stays float32 (softmax's dtype), as in the reference: each use
         # casts it afresh, so the gradients of all iterations add up in float32.
-        low = torch.is_autocast_enabled(fmap.device.type) and not torch.is_grad_enabled()
+        cast_dtype = inference_cast_dtype(fmap.device.type)
         attention = None
         for rows, block in logits.blocks():
-            dtype = torch.get_autocast_dtype(fmap.device.type) if low else block.dtype
+            dtype = block.dtype if cast_dtype is None else cast_dtype
             if rows == slice(None):  # one block is the whole matrix
                 return block.to(dtype)
             if attention is None:

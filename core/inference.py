@@ -23,18 +23,10 @@ from typing import Any
 import torch
 
 from core.checkpoint import description_path, load_checkpoint, read_description
-from core.network import (
-    MIN_IMAGE_SIDE,
-    UPSAMPLE_FACTOR,
-    DecFlow,
-    DecFlowConfig,
-    DecFlowOutput,
-    check_flow_init,
-    check_inputs,
-    corr_levels_stored_from,
-)
+from core.corr import corr_levels_stored_from
+from core.network import DecFlow, DecFlowConfig, DecFlowOutput
 from core.precision import parse_amp_dtype, precision_name, resolve_amp_dtype
-from core.utils.padder import InputPadder
+from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, InputPadder, check_flow_init, check_inputs
 
 # Graphs kept at once (each holds the memory of one forward); a sequence or an evaluation
 # uses one, a padded sequence of mixed sizes a few.
@@ -111,7 +103,7 @@ def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
 
 
 class GraphedEstimate:
-    """Test-mode `DecFlow.estimate` replayed from CUDA graphs.
+    """Test-mode `DecFlow.forward_unchecked` replayed from CUDA graphs.
 
     One graph per (input shape and dtype, iterations, precision, memory mode, warm start); the
     `MAX_GRAPHS` most recent are kept. Each call copies its inputs into the graph's static
@@ -161,7 +153,9 @@ class GraphedEstimate:
         options = dict(amp_dtype=amp_dtype, alternate_corr=alternate_corr)
         key = self._key(inputs, iters, shared_start, **options)
         if key in self.failed:
-            return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options)
+            return self.model.forward_unchecked(
+                image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options
+            )
         if key not in self.graphs:
             try:
                 self._capture(key, inputs, iters, flow_init, **options)
@@ -169,7 +163,9 @@ class GraphedEstimate:
                 self.failed.add(key)
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 print(f"CUDA graph capture failed ({first_line}); running the eager forward instead", file=sys.stderr)
-                return self.model.estimate(image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options)
+                return self.model.forward_unchecked(
+                    image1, image2, iters=iters, flow_init=flow_init, test_mode=True, **options
+                )
         self.graphs.move_to_end(key)
         graph, static_inputs, static_output = self.graphs[key]
         for static, given in zip(static_inputs, inputs):
@@ -203,7 +199,7 @@ class GraphedEstimate:
         stored_from = corr_levels_stored_from(batch, pixels, device, amp_dtype=amp_dtype, alternate_corr=alternate_corr)
 
         def run() -> DecFlowOutput:
-            return model.estimate(
+            return model.forward_unchecked(
                 *static_images,
                 iters=iters,
                 flow_init=static_flow_init,
@@ -359,4 +355,6 @@ class FlowEstimator(Estimator):
         inits = check_flow_init(flow_init, image1.shape)
         if self.graphed is not None:
             return self.graphed(image1, image2, iters=self.iters, flow_init=inits, **self.options)
-        return self.model.estimate(image1, image2, iters=self.iters, flow_init=inits, test_mode=True, **self.options)
+        return self.model.forward_unchecked(
+            image1, image2, iters=self.iters, flow_init=inits, test_mode=True, **self.options
+        )

@@ -12,19 +12,20 @@ algorithm step by step, with the plain per-block `forward` methods, is
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.corr import CorrBlock, coords_grid
+from core.corr import CORR_LEVELS, CORR_RADIUS, CorrBlock, coords_grid, corr_levels_stored_from
 from core.defaults import ITERS
 from core.encoders import BasicEncoder, FusionBlock
 from core.gma import Attention
+from core.precision import autocast, volume_dtype
 from core.semantic import SemanticEncoder
 from core.update import GMAUpdateBlock
+from core.utils.padder import UPSAMPLE_FACTOR, check_flow_init, check_inputs
 
 
 @dataclass(frozen=True)
@@ -41,50 +42,13 @@ class DecFlowConfig:
     dropout: float = field(default=0.0, metadata={"inference": False})  # fnet/cnet Dropout2d in training
 
 
-# Fixed sizes of the published architecture (the checkpoints depend on all of them).
+# Fixed sizes of the published architecture (the checkpoints depend on all of them; the pyramid's
+# CORR_LEVELS and CORR_RADIUS are in core.corr, the input stride UPSAMPLE_FACTOR in core.utils.padder).
 FEATURE_DIM = 256  # fnet output channels, correlated pairwise
 HIDDEN_DIM = 128  # GRU hidden state: first half of the fused context
 CONTEXT_DIM = 128  # GRU context input: second half of the fused context
 SEMANTIC_PROJECTION_DIM = 256  # change_dim output, concatenated with the cnet output
-CORR_LEVELS = 4  # correlation pyramid levels (coarsest = 1/64 of the image)
-CORR_RADIUS = 4  # lookup window 9x9 at every level
 MAX_RELATIVE_POSITIONS = 160  # rows/columns covered by the relative-position tables
-UPSAMPLE_FACTOR = 8  # recurrent work happens at 1/8 resolution
-MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
-# CPU: beyond this many values (512 MiB in float32), the finest correlation level is computed on
-# the fly instead of stored (same values; at batch 1 from about 860x860 px up).
-MAX_DENSE_CORRELATION = 2**27
-# CUDA: the whole pyramid is stored while it takes at most this share of the free device memory
-# (on the fly, the finest level costs a large matrix product at every iteration).
-CUDA_DENSE_SHARE = 0.5
-
-
-def image_size_problem(height: int, width: int) -> str | None:
-    """What is wrong with image sides `height` x `width` for the network (None: nothing): each
-    must be a multiple of UPSAMPLE_FACTOR (8) and at least MIN_IMAGE_SIDE (128) px."""
-    if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
-        return f"image sides must be multiples of {UPSAMPLE_FACTOR}"
-    if min(height, width) < MIN_IMAGE_SIDE:
-        return f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level correlation pyramid"
-    return None
-
-
-def dense_from_level(
-    batch: int, pixels: int, device: torch.device, *, bytes_per_value: int = 4, free_bytes: int | None = None
-) -> int:
-    """First correlation level to store as a volume for `batch` maps of `pixels` (at 1/8 scale).
-
-    0 (all levels stored) unless the finest level is too large: on CPU beyond
-    MAX_DENSE_CORRELATION values, on CUDA when the pyramid would take more than
-    CUDA_DENSE_SHARE of `free_bytes` (default: the device's free memory now).
-    """
-    values = batch * pixels * pixels
-    if device.type != "cuda":
-        return 0 if values <= MAX_DENSE_CORRELATION else 1
-    if free_bytes is None:
-        free_bytes = torch.cuda.mem_get_info(device)[0]
-    pyramid_bytes = values * bytes_per_value * sum(4**-level for level in range(CORR_LEVELS))
-    return 0 if pyramid_bytes <= CUDA_DENSE_SHARE * free_bytes else 1
 
 
 @dataclass
@@ -131,76 +95,6 @@ def start_coordinates(
     coords = [start_from(facial_init)]
     coords.append(coords[0] if head_init is facial_init else start_from(head_init))
     return coords
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """The autocast region of the forward: `amp_dtype` on `device` (None: off)."""
-    # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
-    # per iteration: one cached float16 copy shared by all iterations would sum their gradients
-    # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
-    # only saves work.
-    return torch.autocast(
-        device_type=device.type,
-        dtype=amp_dtype or torch.float32,
-        enabled=amp_dtype is not None,
-        cache_enabled=not torch.is_grad_enabled(),
-    )
-
-
-def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
-    """dtype of the stored correlation volume and the on-the-fly products: `amp_dtype` on
-    CUDA (tensor cores, half the memory), else float32. Lookups interpolate in float32 either way."""
-    return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32
-
-
-def corr_levels_stored_from(
-    batch: int,
-    pixels: int,
-    device: torch.device,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    alternate_corr: bool = False,
-) -> int:
-    """First correlation level kept as a volume (finer levels are computed on the fly)."""
-    if alternate_corr:
-        return CORR_LEVELS  # memory-bounded: no volume at all
-    return dense_from_level(batch, pixels, device, bytes_per_value=volume_dtype(device, amp_dtype).itemsize)
-
-
-def check_inputs(image1: torch.Tensor, image2: torch.Tensor) -> None:
-    """Raise ValueError unless both images are `[B, 3, H, W]` of one shape, H, W % 8 == 0, >= 128."""
-    for name, image in (("image1", image1), ("image2", image2)):
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
-        if image.dtype not in (torch.float32, torch.uint8):
-            raise ValueError(
-                f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it with .float()"
-            )
-        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
-            raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
-    if image1.shape != image2.shape:
-        raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
-    problem = image_size_problem(*image1.shape[-2:])
-    if problem:
-        raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
-
-
-def check_flow_init(
-    flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """`flow_init` as (facial start, head start); ValueError unless each is a finite
-    `[B, 2, H/8, W/8]` (or None)."""
-    batch, _, height, width = image_shape
-    shape = (batch, 2, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
-    inits = tuple(flow_init) if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
-    if len(inits) != 2:
-        raise ValueError(f"flow_init must be one tensor or a (facial, head) pair, got {len(inits)} tensors")
-    for init in inits:
-        if init is not None and tuple(init.shape) != shape:
-            raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {shape}, got {tuple(init.shape)}")
-        if init is not None and not bool(torch.isfinite(init).all()):
-            raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
-    return inits[0], inits[1]
 
 
 class DecFlow(nn.Module):
@@ -271,7 +165,7 @@ class DecFlow(nn.Module):
         check_inputs(image1, image2)
         if iters < 1:
             raise ValueError(f"iters must be >= 1, got {iters}")
-        return self.estimate(
+        return self.forward_unchecked(
             image1,
             image2,
             iters=iters,
@@ -281,7 +175,7 @@ class DecFlow(nn.Module):
             alternate_corr=alternate_corr,
         )
 
-    def estimate(
+    def forward_unchecked(
         self,
         image1: torch.Tensor,
         image2: torch.Tensor,
@@ -293,10 +187,11 @@ class DecFlow(nn.Module):
         alternate_corr: bool = False,
         stored_from: int | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | DecFlowOutput:
-        """`forward` on checked inputs, without a host synchronisation (a CUDA graph can
-        capture it): encode, correlate and attend, run the two decoders, return the flows
-        (steps 1-5 of `core.reference.straightforward_forward`). `stored_from` overrides the
-        correlation-storage policy (`corr_levels_stored_from`)."""
+        """`forward` without its input checks (`check_inputs`, `check_flow_init` and `iters >= 1`
+        are the caller's), so without a host synchronisation (a CUDA graph can capture it): encode,
+        correlate and attend, run the two decoders, return the flows (steps 1-5 of
+        `core.reference.straightforward_forward`). `stored_from` overrides the correlation-storage
+        policy (`core.corr.corr_levels_stored_from`)."""
         batch, _, height, width = image1.shape
         # channels-last activations suit oneDNN (CPU) and tensor-core (CUDA) convolutions;
         # the layout propagates through every convolution of the network
@@ -379,7 +274,11 @@ class DecFlow(nn.Module):
                 coords = [c.detach() for c in coords]
                 with torch.autocast(device_type=coords0.device.type, enabled=False):
                     # float32; both decoders' windows in one lookup
-                    corrs = corr_fn(coords[:1]) * 2 if shared else corr_fn(coords)
+                    if shared:
+                        (corr,) = corr_fn(coords[:1])  # [B, 324, h, w]
+                        corrs = [corr, corr]
+                    else:
+                        corrs = corr_fn(coords)
                 motion = [decoder.encoder(c - coords0, corr) for decoder, c, corr in zip(decoders, coords, corrs)]
                 # One pass over the attention matrix aggregates both decoders' values.
                 values = [decoder.aggregator.values(m) for decoder, m in zip(decoders, motion)]

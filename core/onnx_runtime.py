@@ -24,7 +24,8 @@ except ImportError:
     ort = None
 
 from core.inference import COMPARED_FIELDS, Estimator
-from core.network import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, DecFlowOutput
+from core.network import DecFlowOutput
+from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR
 
 INPUT_NAMES = ("image1", "image2")  # float32 [B, 3, H, W], RGB 0..255
 OUTPUT_NAMES = ("facial", "head", "expression")  # float32 [B, 2, H, W]

@@ -4,10 +4,14 @@ The paper trains with float16 autocast and a GradScaler on CUDA. On a CPU, autoc
 in bfloat16, which pays only where the CPU computes bfloat16 natively (AVX512-BF16 or
 AMX); on AVX2-only CPUs it is 3-10x *slower* than float32. `resolve_amp_dtype` makes
 that decision once per run and says in one line whenever it departs from what was asked.
+
+The forward's autocast region (`autocast`, `volume_dtype`) and the one question that makes the
+network compute differently under autograd (`under_autograd`) live here too.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,3 +112,47 @@ def needs_grad_scaler(amp_dtype: torch.dtype | None) -> bool:
 def precision_name(amp_dtype: torch.dtype | None) -> str:
     """How a run computes, for logs and result files: "float32" or "float16 autocast"."""
     return "float32" if amp_dtype is None else f"{amp_dtype_name(amp_dtype)} autocast"
+
+
+def under_autograd() -> bool:
+    """Whether autograd records the computation now (training), the one grad-mode question of the network.
+
+    The answer changes how the network computes, never what (the flows agree to rounding): under
+    autograd every use of a low-precision weight or matrix is cast afresh, so that the gradients
+    of all iterations add up in float32, as in the reference's autocast region per iteration; at
+    inference one cast copy serves every iteration. Where it is asked:
+    - `autocast` (the autocast weight cache, inference only);
+    - `GMAUpdateBlock.prepare` in core/update.py and `Attention.forward` in core/gma.py, through
+      `inference_cast_dtype` (recurrent weights and attention matrix cast once, inference only);
+    - `AttentionLogits.blocks` in core/gma.py (float32 softmax under autograd, as CUDA's autocast);
+    - `InstanceNorm2d` in core/encoders.py (the faster kernel: group norm at inference on CPU).
+    """
+    return torch.is_grad_enabled()
+
+
+def inference_cast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype a tensor may be cast to once and reused for every iteration: at
+    inference inside an autocast region on `device_type`; None under autograd or without autocast."""
+    if under_autograd() or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """The autocast region of the forward: `amp_dtype` on `device` (None: off)."""
+    # Under autograd every use of a weight is cast afresh, as in the reference's autocast region
+    # per iteration: one cached float16 copy shared by all iterations would sum their gradients
+    # in float16 (and overflow) before they reach the float32 weight. Without autograd the cache
+    # only saves work.
+    return torch.autocast(
+        device_type=device.type,
+        dtype=amp_dtype or torch.float32,
+        enabled=amp_dtype is not None,
+        cache_enabled=not under_autograd(),
+    )
+
+
+def volume_dtype(device: torch.device, amp_dtype: torch.dtype | None) -> torch.dtype:
+    """dtype of the stored correlation volume and the on-the-fly products: `amp_dtype` on
+    CUDA (tensor cores, half the memory), else float32. Lookups interpolate in float32 either way."""
+    return amp_dtype if amp_dtype is not None and device.type == "cuda" else torch.float32

@@ -22,19 +22,10 @@ import contextlib
 import torch
 from torch.nn import functional as F
 
-from core.corr import coords_grid
+from core.corr import CORR_LEVELS, CORR_RADIUS, coords_grid
 from core.defaults import ITERS
-from core.network import (
-    CONTEXT_DIM,
-    CORR_LEVELS,
-    CORR_RADIUS,
-    HIDDEN_DIM,
-    UPSAMPLE_FACTOR,
-    DecFlow,
-    DecFlowOutput,
-    check_inputs,
-    convex_upsample,
-)
+from core.network import CONTEXT_DIM, HIDDEN_DIM, DecFlow, DecFlowOutput, convex_upsample
+from core.utils.padder import UPSAMPLE_FACTOR, check_inputs
 
 
 def straightforward_pyramid(fmap1: torch.Tensor, fmap2: torch.Tensor) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.gma import Aggregate
+from core.precision import inference_cast_dtype
 
 
 class MotionEncoder(nn.Module):
@@ -93,8 +94,9 @@ class SepConvGRU(nn.Module):
             recurrent = torch.cat([weight[:, :hidden], weight[:, split:]], dim=1)
             # inference: cast once, not at every step. Under autograd a shared low-precision copy
             # would sum every step's gradient in that precision, so each step casts its own.
-            if torch.is_autocast_enabled(context.device.type) and not torch.is_grad_enabled():
-                recurrent = recurrent.to(torch.get_autocast_dtype(context.device.type))
+            cast_dtype = inference_cast_dtype(context.device.type)
+            if cast_dtype is not None:
+                recurrent = recurrent.to(cast_dtype)
             context_terms = F.conv2d(context, weight[:, hidden:split], bias, padding=padding)
             passes.append(
                 GRUPass(

@@ -81,6 +81,11 @@ def hash_file(digest, path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    return hash_file(hashlib.sha256(), path)
+
+
 @dataclass(frozen=True)
 class Checksum:
     """`kind` "git-blob" (sha1 of the git blob) or "sha256"; `value` a hex digest, for
@@ -99,7 +104,7 @@ class Checksum:
         if self.kind == "git-blob":
             digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
             return hash_file(digest, path)
-        return hash_file(hashlib.sha256(), path)
+        return sha256_of(path)
 
     def matches(self, digest: str) -> bool:
         return digest.startswith(self.value) if self.kind == "sha256" else digest == self.value

@@ -20,7 +20,6 @@ import torch
 
 import evaluate
 import get_flow
-from core import checkpoint as checkpoint_module
 from core import evaluation, inference, synthetic
 from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
@@ -143,8 +142,7 @@ def test_the_checkpoint_is_hashed_once(synthetic_root: Path, tmp_path: Path, mon
         hashed.append(Path(path).resolve())
         return real_hash_file(digest, path)
 
-    real_hash_file = checkpoint_module.hash_file
-    monkeypatch.setattr(checkpoint_module, "hash_file", counting)
+    real_hash_file = weights_module.hash_file
     monkeypatch.setattr(weights_module, "hash_file", counting)
     argv = ("--root", str(synthetic_root), "--iters", "1", "--max_pairs", "1")
     doc = run_evaluate("--model", str(weights), *argv)
@@ -383,7 +381,7 @@ def test_alternate_corr_reaches_the_model_and_meta_says_what_ran(
     padding and precision, not the command line's."""
     calls: list[dict] = []
     padders: list[str] = []
-    estimate, padder = DecFlow.estimate, inference.InputPadder
+    estimate, padder = DecFlow.forward_unchecked, inference.InputPadder
 
     def recording_estimate(self: DecFlow, *args, **kwargs):
         calls.append({"alternate_corr": kwargs.get("alternate_corr", False), "amp_dtype": kwargs.get("amp_dtype")})
@@ -393,7 +391,7 @@ def test_alternate_corr_reaches_the_model_and_meta_says_what_ran(
         padders.append(kwargs["mode"])
         return padder(*args, **kwargs)
 
-    monkeypatch.setattr(DecFlow, "estimate", recording_estimate)
+    monkeypatch.setattr(DecFlow, "forward_unchecked", recording_estimate)
     monkeypatch.setattr(inference, "InputPadder", recording_padder)
     flag = ("--alternate_corr",) if alternate else ()
     doc = run_evaluate(

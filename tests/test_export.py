@@ -23,11 +23,11 @@ pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -r requirements-export.txt)")
 
 from core import export  # noqa: E402
-from core.checkpoint import sha256_of  # noqa: E402
 from core.corr import CorrBlock, coords_grid  # noqa: E402
 from core.inference import FlowEstimator, load_model  # noqa: E402
 from core.network import DecFlowConfig  # noqa: E402
 from core.onnx_runtime import OUTPUT_NAMES, OnnxFlowEstimator, SizeRule, open_session  # noqa: E402
+from core.weights import sha256_of  # noqa: E402
 from tests.model_helpers import authors_state_dict  # noqa: E402
 
 ITERS = 2

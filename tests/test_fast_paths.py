@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import benchmark
 from benchmarks.op_count import count_step
-from core import network, precision
+from core import corr, precision
 from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
 from tests.model_helpers import authors_state_dict, bf16_tolerance
@@ -99,8 +99,8 @@ def test_large_frames_compute_the_finest_correlation_level_on_the_fly(monkeypatc
     image1, image2 = _pair(height=136, width=160)
     model = _model()
     dense = model(image1, image2, iters=3, test_mode=True)
-    monkeypatch.setattr(network, "MAX_DENSE_CORRELATION", 0)  # as if the frames were large
-    assert network.corr_levels_stored_from(1, 17 * 20, torch.device("cpu")) == 1
+    monkeypatch.setattr(corr, "MAX_DENSE_CORRELATION", 0)  # as if the frames were large
+    assert corr.corr_levels_stored_from(1, 17 * 20, torch.device("cpu")) == 1
     on_the_fly = model(image1, image2, iters=3, test_mode=True)
     for name in ("facial", "head"):
         assert (getattr(on_the_fly, name) - getattr(dense, name)).abs().max() <= 1e-3, name

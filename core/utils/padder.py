@@ -1,11 +1,62 @@
-"""Pad images to sizes the network accepts and crop flow back to the input size."""
+"""The network's inputs: which ones it accepts (`check_inputs`, `check_flow_init`), and padding
+images to sizes it accepts and cropping flow back to the input size (`InputPadder`)."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
+from core.corr import CORR_LEVELS
+
 PAD_MODES = ("symmetric", "exp")
+UPSAMPLE_FACTOR = 8  # the network's recurrent work happens at 1/8 resolution
+MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
+
+
+def image_size_problem(height: int, width: int) -> str | None:
+    """What is wrong with image sides `height` x `width` for the network (None: nothing): each
+    must be a multiple of UPSAMPLE_FACTOR (8) and at least MIN_IMAGE_SIDE (128) px."""
+    if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
+        return f"image sides must be multiples of {UPSAMPLE_FACTOR}"
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level correlation pyramid"
+    return None
+
+
+def check_inputs(image1: torch.Tensor, image2: torch.Tensor) -> None:
+    """Raise ValueError unless both images are `[B, 3, H, W]` of one shape, H, W % 8 == 0, >= 128."""
+    for name, image in (("image1", image1), ("image2", image2)):
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"{name} must be [B, 3, H, W] RGB, got shape {tuple(image.shape)}")
+        if image.dtype not in (torch.float32, torch.uint8):
+            raise ValueError(
+                f"{name} must be float32 (or uint8) RGB in 0..255, got {image.dtype}; convert it with .float()"
+            )
+        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            raise ValueError(f"{name} holds {int((~torch.isfinite(image)).sum())} non-finite values (NaN/inf)")
+    if image1.shape != image2.shape:
+        raise ValueError(f"image1 and image2 differ in shape: {tuple(image1.shape)} vs {tuple(image2.shape)}")
+    problem = image_size_problem(*image1.shape[-2:])
+    if problem:
+        raise ValueError(f"{problem} (pad with core.utils.padder.InputPadder), got shape {tuple(image1.shape)}")
+
+
+def check_flow_init(
+    flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, image_shape: torch.Size
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`flow_init` as (facial start, head start); ValueError unless each is a finite
+    `[B, 2, H/8, W/8]` (or None)."""
+    batch, _, height, width = image_shape
+    shape = (batch, 2, height // UPSAMPLE_FACTOR, width // UPSAMPLE_FACTOR)
+    inits = tuple(flow_init) if isinstance(flow_init, (tuple, list)) else (flow_init, flow_init)
+    if len(inits) != 2:
+        raise ValueError(f"flow_init must be one tensor or a (facial, head) pair, got {len(inits)} tensors")
+    for init in inits:
+        if init is not None and tuple(init.shape) != shape:
+            raise ValueError(f"flow_init must be [B, 2, H/8, W/8] = {shape}, got {tuple(init.shape)}")
+        if init is not None and not bool(torch.isfinite(init).all()):
+            raise ValueError(f"flow_init holds {int((~torch.isfinite(init)).sum())} non-finite values (NaN/inf)")
+    return inits[0], inits[1]
 
 
 class InputPadder:
@@ -18,7 +69,12 @@ class InputPadder:
     """
 
     def __init__(
-        self, dims: torch.Size | tuple[int, ...], *, mode: str = "symmetric", divisor: int = 8, min_side: int = 0
+        self,
+        dims: torch.Size | tuple[int, ...],
+        *,
+        mode: str = "symmetric",
+        divisor: int = UPSAMPLE_FACTOR,
+        min_side: int = 0,
     ) -> None:
         if mode not in PAD_MODES:
             raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
