@@ -42,6 +42,7 @@ from core.mer.models import FOLDED, MODELS, STREAMS, pool_side
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which STSTNet's code keeps
 ADAM_EPS = 1e-8
+DROPOUT_LEVELS = 2**16  # dropout draws uniform integers in [0, DROPOUT_LEVELS)
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,14 @@ def epoch_batches(
 
 def dropout_keep(mask: torch.Tensor, generators: Sequence[torch.Generator], *, p: float, side: int) -> torch.Tensor:
     """`[B, F, 16, side, side]`: each fold's dropout keep-mask, scaled by 1 / (1 - p), drawn from its own
-    generator for its own batch size (zero on the padding)."""
+    generator for its own batch size (zero on the padding). A value is kept when a uniform integer in
+    [0, 2^16) falls below round((1 - p) 2^16): exact for p = 0.5, and three times as fast on CPU as
+    `bernoulli_`, which took a fifth of a training step."""
     keep = torch.zeros(*mask.shape, STREAMS, side, side)
+    threshold = round((1 - p) * DROPOUT_LEVELS)
     for f, (count, generator) in enumerate(zip(mask.sum(0).tolist(), generators, strict=True)):
-        keep[:count, f].bernoulli_(1 - p, generator=generator)
+        draws = torch.randint(0, DROPOUT_LEVELS, (count, STREAMS, side, side), dtype=torch.int32, generator=generator)
+        keep[:count, f] = draws < threshold
     return keep / (1 - p)
 
 
@@ -235,6 +240,17 @@ def train_folds_at_once(
     return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
 
 
+def check_config(config: TrainConfig) -> None:
+    """One-line UserError for a recipe that cannot run."""
+    if config.model not in MODELS:
+        raise UserError(f"unknown classifier {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    if min(config.epochs, config.batch_size, config.folds_at_once) < 1 or not 0 <= config.dropout < 1 or config.lr <= 0:
+        raise UserError(
+            "training needs epochs, batch size, folds at once >= 1, dropout in [0, 1), lr > 0; got "
+            f"{config.epochs}, {config.batch_size}, {config.folds_at_once}, {config.dropout}, {config.lr}"
+        )
+
+
 def check_data(inputs: torch.Tensor, targets: torch.Tensor, groups: Sequence[str], *, num_classes: int) -> None:
     """One-line UserError for inputs the protocol cannot train on."""
     if inputs.dim() != 4 or inputs.dtype != torch.float32:
@@ -260,20 +276,18 @@ def train_loso(
 
     `inputs` `[N, C, S, S]` float32, `targets` `[N]` long class indices, `groups[i]` clip i's subject group.
     """
-    if config.model not in MODELS:
-        raise UserError(f"unknown classifier {config.model!r}; known: {', '.join(sorted(MODELS))}")
+    check_config(config)
     check_data(inputs, targets, groups, num_classes=num_classes)
     folds = make_folds(groups, seed=config.seed)
     logits = torch.empty(len(targets), num_classes, device=inputs.device)
     states = {}
+    trained = []
     with tqdm(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
         if config.model in FOLDED:
-            trained = []
             for start in range(0, len(folds), config.folds_at_once):
                 chunk = folds[start : start + config.folds_at_once]
                 trained += train_folds_at_once(inputs, targets, chunk, num_classes=num_classes, config=config, bar=bar)
         else:
-            trained = []
             for fold in folds:
                 model, fold_logits = train_fold(inputs, targets, fold, num_classes=num_classes, config=config)
                 trained.append((model.state_dict(), fold_logits))

@@ -85,8 +85,9 @@ def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
 class FoldedSTSTNet(nn.Module):
     """F STSTNets (one per fold) as stacked parameters `[F, ...]`, trained at once, each on its own batch.
 
-    Inputs are `[B, F, C, S, S]` (sample b of fold f's batch) with a mask `[B, F]` of the real samples
-    (the folds' batches differ in size; the rest is padding that no statistic, loss or gradient sees),
+    Inputs are `[B, F, C, S, S]` (sample b of fold f's batch) with a mask `[B, F]` of the real samples, which
+    come first in each fold's column (the folds' batches differ in size; the rest is padding that no
+    statistic, loss or gradient sees),
     and in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by
     the caller from each fold's own generator. Logits are `[B, F, K]`.
     """
@@ -106,43 +107,38 @@ class FoldedSTSTNet(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         batch, folds = mask.shape
-        weight, bias = self.conv_weight.flatten(0, 1), self.conv_bias.flatten()
-        z = F.conv2d(x.flatten(1, 2), weight, bias, padding=CONV_PADDING, groups=folds)  # [B, F * 16, S + 2, S + 2]
-        z = self._batch_norm(torch.relu(z), mask)
-        z = F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)  # [B, F * 16, P, P]
+        counts = mask.sum(0).tolist()
+        params = (self.conv_weight, self.conv_bias, self.bn_weight, self.bn_bias, self.running_mean, self.running_var)
+        side = pool_side(x.shape[-1])
+        pooled = []
+        for f, (count, *fold_params) in enumerate(zip(counts, *params, strict=True)):
+            if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
+                pooled.append(x.new_zeros(batch, STREAMS, side, side))
+                continue
+            maps = self._fold_maps(x[:count, f], *fold_params)  # [count, 16, P, P]
+            pooled.append(F.pad(maps, (0, 0, 0, 0, 0, 0, 0, batch - count)))
+        if self.training:
+            self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
+        z = torch.stack(pooled, dim=1)  # [B, F, 16, P, P]
         if keep is not None:
-            z = z * keep.flatten(1, 2)
-        features = F.avg_pool2d(z, AVG_POOL).view(batch, folds, -1)  # [B, F, 16 * side^2]
+            z = z * keep
+        features = F.avg_pool2d(z.flatten(0, 1), AVG_POOL).view(batch, folds, -1)  # [B, F, 16 * side^2]
         return torch.einsum("bfd,fkd->bfk", features, self.fc_weight) + self.fc_bias  # [B, F, K]
 
-    def _batch_norm(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each fold's batch norm over its own real samples; running statistics as nn.BatchNorm2d's."""
-        flat = (self.running_mean.view(-1), self.running_var.view(-1), self.bn_weight.view(-1), self.bn_bias.view(-1))
-        if not self.training or bool(mask.all()):
-            if self.training:
-                self.batches_tracked += 1
-            return F.batch_norm(z, *flat, training=self.training, momentum=BN_MOMENTUM, eps=BN_EPS)
-        batch, _, height, width = z.shape
-        folds = mask.shape[1]
-        per_fold = z.view(batch, folds, STREAMS, height, width)
-        weight = mask.to(z.dtype).view(batch, folds, 1, 1, 1)
-        count = mask.sum(0).to(z.dtype) * height * width  # [F] values per channel
-        denominator = count.clamp(min=1)[:, None]  # a fold without a batch this step: no NaN, no update
-        mean = (per_fold * weight).sum((0, 3, 4)) / denominator  # [F, 16]
-        centred = per_fold - mean[None, :, :, None, None]
-        var = (centred.square() * weight).sum((0, 3, 4)) / denominator  # [F, 16], biased as in training
-        scale = torch.rsqrt(var + BN_EPS) * self.bn_weight  # [F, 16]
-        out = centred * scale[None, :, :, None, None] + self.bn_bias[None, :, :, None, None]
-        self._update_running(mean.detach(), var.detach(), count)
-        return out.view_as(z)
+    def _fold_maps(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        """One fold's three streams on its own real samples `[b, C, S, S]`, up to the max-pool: `[b, 16, P, P]`.
 
-    @torch.no_grad()
-    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        active = (count > 0)[:, None]  # [F, 1]
-        unbiased = var * (count / (count - 1).clamp(min=1))[:, None]
-        for running, batch in ((self.running_mean, mean), (self.running_var, unbiased)):
-            running.copy_(torch.where(active, torch.lerp(running, batch, BN_MOMENTUM), running))
-        self.batches_tracked += active[:, 0].long()
+        Each fold's full-resolution maps go through PyTorch's native kernels on that fold's samples alone
+        (batch norm's statistics and running-statistics update included); only the small pooled maps are
+        stacked. On CPU these kernels are memory-bound and already large (a batch of 256), so one call per
+        fold costs nothing, while a grouped convolution's backward is several times slower.
+        """
+        conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var = params
+        z = torch.relu(F.conv2d(x, conv_weight, conv_bias, padding=CONV_PADDING))  # [b, 16, S + 2, S + 2]
+        z = F.batch_norm(
+            z, running_mean, running_var, bn_weight, bn_bias, training=self.training, momentum=BN_MOMENTUM, eps=BN_EPS
+        )
+        return F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
         """Fold `fold`'s weights as an `STSTNet` state dict (the public code's keys and shapes)."""

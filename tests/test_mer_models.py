@@ -1,0 +1,142 @@
+"""STSTNet as its public code computes it (keys, shapes, logits), its folds-at-once form, the registry."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.mer.loso import TrainConfig, train_loso
+from core.mer.models import MODELS, FoldedSTSTNet, STSTNet
+
+# The public code's state dict (christy1206/STSTNet main.py), written out by hand: name -> shape
+PUBLIC_KEYS = {
+    "conv1.weight": (3, 3, 3, 3),
+    "conv1.bias": (3,),
+    "conv2.weight": (5, 3, 3, 3),
+    "conv2.bias": (5,),
+    "conv3.weight": (8, 3, 3, 3),
+    "conv3.bias": (8,),
+    **{
+        f"bn{i}.{name}": shape
+        for i, width in ((1, 3), (2, 5), (3, 8))
+        for name, shape in (
+            ("weight", (width,)),
+            ("bias", (width,)),
+            ("running_mean", (width,)),
+            ("running_var", (width,)),
+            ("num_batches_tracked", ()),
+        )
+    },
+    "fc.weight": (3, 400),
+    "fc.bias": (3,),
+}
+
+
+def random_state(seed: int) -> dict[str, torch.Tensor]:
+    """A state dict built by name (as a released file's), with non-trivial batch-norm statistics."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in PUBLIC_KEYS.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(7)
+        elif name.endswith("running_var"):
+            state[name] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[name] = 0.3 * torch.randn(shape, generator=generator)
+    return state
+
+
+def functional_ststnet(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The public code's eval-mode forward, written with functional ops: stream i is conv (padding 2),
+    ReLU, batch norm with the running statistics, max-pool 3/3/1; concatenation, avg-pool 2, linear."""
+    streams = []
+    for i in (1, 2, 3):
+        y = torch.relu(F.conv2d(x, state[f"conv{i}.weight"], state[f"conv{i}.bias"], padding=2))
+        mean, var = state[f"bn{i}.running_mean"], state[f"bn{i}.running_var"]
+        y = (y - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
+        y = y * state[f"bn{i}.weight"][:, None, None] + state[f"bn{i}.bias"][:, None, None]
+        streams.append(F.max_pool2d(y, 3, stride=3, padding=1))
+    pooled = F.avg_pool2d(torch.cat(streams, 1), 2)
+    return pooled.flatten(1) @ state["fc.weight"].T + state["fc.bias"]
+
+
+def test_state_dict_keys_and_shapes_are_the_public_codes():
+    state = STSTNet().state_dict()
+    assert {name: tuple(value.shape) for name, value in state.items()} == PUBLIC_KEYS
+
+
+def test_a_state_dict_built_by_name_loads_strictly_and_gives_the_public_forwards_logits():
+    state = random_state(0)
+    model = STSTNet()
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    x = torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (5, 3)
+    torch.testing.assert_close(logits, functional_ststnet(state, x), rtol=1e-5, atol=1e-5)
+
+
+def test_relu_comes_before_batch_norm():
+    """A negative pre-activation is cut to 0 *before* batch norm, so it comes out as bn(0) = beta - gamma*mean/std."""
+    state = random_state(2)
+    model = STSTNet()
+    model.load_state_dict(state)
+    model.eval()
+    swapped = dict(state)
+    for i in (1, 2, 3):
+        swapped[f"bn{i}.running_mean"] = state[f"bn{i}.running_mean"] + 1.0
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert not torch.allclose(model(x), functional_ststnet(swapped, x))
+        torch.testing.assert_close(model(x), functional_ststnet(state, x), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
+    """Training mode, batches of different sizes (the padding masked): each fold's logits, batch-norm running
+    statistics and weights are its own STSTNet's."""
+    torch.manual_seed(4)
+    models = [STSTNet(dropout=0.0, size=12) for _ in range(4)]
+    untouched = {name: value.clone() for name, value in models[3].state_dict().items()}
+    folded = FoldedSTSTNet(models=models).train()
+    sizes = [6, 4, 1, 0]  # the last fold has no batch this step: nothing of it changes
+    x = torch.randn(6, 4, 3, 12, 12)  # [B, F, C, S, S]
+    mask = torch.arange(6)[:, None] < torch.tensor(sizes)  # [B, F]
+    logits = folded(x, mask)
+    assert logits.shape == (6, 4, 3)
+    for name, value in folded.fold_state(3).items():
+        assert torch.equal(value, untouched[name]), name
+    for f, (model, size) in enumerate(zip(models[:3], sizes, strict=False)):
+        model.train()
+        expected = model(x[:size, f])
+        torch.testing.assert_close(logits[:size, f], expected, rtol=1e-5, atol=1e-5)
+        state = folded.fold_state(f)
+        fresh = STSTNet(dropout=0.0, size=12)
+        fresh.load_state_dict(state, strict=True)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_users_module_registers_and_trains(monkeypatch):
+    """A module added to MODELS trains under the protocol untouched: a linear model learns a separable class."""
+
+    def build(*, num_classes: int, in_channels: int, size: int, dropout: float) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * size * size, num_classes))
+
+    monkeypatch.setitem(MODELS, "linear", build)
+    generator = torch.Generator().manual_seed(5)
+    targets = torch.arange(24) % 3
+    inputs = 0.1 * torch.randn(24, 2, 4, 4, generator=generator)
+    inputs[torch.arange(24), 0, 0, targets] += 1.0  # class k: value k of the first row is near 1
+    groups = [f"s{i % 4}" for i in range(24)]
+    result = train_loso(
+        inputs, targets, groups, num_classes=3, config=TrainConfig(model="linear", epochs=30, lr=0.1, batch_size=32)
+    )
+    assert set(result.states["s0"]) == {"1.weight", "1.bias"}
+    assert (result.predictions == targets).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("size, features", [(28, 400), (12, 16 * 2 * 2)])
+def test_fc_input_follows_the_input_size(size, features):
+    assert STSTNet(size=size).fc.in_features == features
+    assert STSTNet(size=size)(torch.zeros(2, 3, size, size)).shape == (2, 3)
