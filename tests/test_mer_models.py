@@ -100,7 +100,7 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
     untouched = {name: value.clone() for name, value in models[3].state_dict().items()}
     folded = FoldedSTSTNet(models=models).train()
     sizes = [6, 4, 1, 0]  # the last fold has no batch this step: nothing of it changes
-    x = torch.randn(6, 4, 3, 12, 12)  # [B, F, C, S, S]
+    x = torch.randn(4, 6, 3, 12, 12)  # [F, B, C, S, S]
     mask = torch.arange(6)[:, None] < torch.tensor(sizes)  # [B, F]
     logits = folded(x, mask)
     assert logits.shape == (6, 4, 3)
@@ -108,7 +108,7 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
         assert torch.equal(value, untouched[name]), name
     for f, (model, size) in enumerate(zip(models[:3], sizes, strict=False)):
         model.train()
-        expected = model(x[:size, f])
+        expected = model(x[f, :size])
         torch.testing.assert_close(logits[:size, f], expected, rtol=1e-5, atol=1e-5)
         state = folded.fold_state(f)
         fresh = STSTNet(dropout=0.0, size=12)

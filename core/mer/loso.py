@@ -224,7 +224,7 @@ def train_folds_at_once(
         for indices, mask in epoch_batches(folds, orders, config=config):
             indices, mask = indices.to(inputs.device), mask.to(inputs.device)
             keep = dropout_keep(mask.cpu(), drops, p=config.dropout, side=side) if config.dropout else None
-            logits = net(inputs[indices], mask, None if keep is None else keep.to(inputs.device))  # [B, F, K]
+            logits = net(inputs[indices.T], mask, None if keep is None else keep.to(inputs.device))  # [B, F, K]
             losses = F.cross_entropy(logits.flatten(0, 1), targets[indices].flatten(), reduction="none")
             losses = losses.view(mask.shape)  # [B, F]
             per_fold = (losses * mask).sum(0) / mask.sum(0).clamp(min=1)  # [F]: each fold's mean over its batch
@@ -236,7 +236,7 @@ def train_folds_at_once(
     padded = torch.nn.utils.rnn.pad_sequence(tests).to(inputs.device)  # [T, F]
     counts = torch.tensor([len(test) for test in tests])
     with torch.no_grad():
-        logits = net(inputs[padded], torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
+        logits = net(inputs[padded.T], torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
     return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
 
 

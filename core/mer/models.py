@@ -8,10 +8,10 @@ dropout; the 16 channels concatenated, 2x2 average pool, one linear layer (400 -
 released per-subject weights load with `strict=True`. Input scaling belongs to the recipe
 (`core.mer.inputs`), not to the module.
 
-`FoldedSTSTNet` holds F STSTNets (one per leave-one-subject-out fold) as stacked parameters and
-runs them in one pass: the three streams share their input, so one convolution with 16 output
-channels computes all three, and the F folds' convolutions are one grouped convolution. Each fold
-sees its own batch; batch norm's statistics are each fold's own, over its own (masked) samples.
+`FoldedSTSTNet` holds F STSTNets (one per leave-one-subject-out fold) as stacked parameters, trained
+together by one optimiser: the three streams share their input, so one convolution with 16 output
+channels computes all three; each fold's full-resolution stage runs on its own batch (batch norm's
+statistics its own), and the small pooled maps, the linear layers and Adam are batched over folds.
 
 `MODELS` maps a name to a builder `(num_classes, in_channels, size) -> nn.Module`; a user's module
 plugs in by adding an entry (the protocol trains any entry, one fold at a time).
@@ -85,11 +85,11 @@ def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
 class FoldedSTSTNet(nn.Module):
     """F STSTNets (one per fold) as stacked parameters `[F, ...]`, trained at once, each on its own batch.
 
-    Inputs are `[B, F, C, S, S]` (sample b of fold f's batch) with a mask `[B, F]` of the real samples, which
-    come first in each fold's column (the folds' batches differ in size; the rest is padding that no
-    statistic, loss or gradient sees),
-    and in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by
-    the caller from each fold's own generator. Logits are `[B, F, K]`.
+    Inputs are `[F, B, C, S, S]` (sample b of fold f's batch; fold-major, so that a fold's samples are
+    contiguous) with a mask `[B, F]` of the real samples, which come first in each fold's column (the
+    folds' batches differ in size; the rest is padding that no statistic, loss or gradient sees), and
+    in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by the
+    caller from each fold's own generator. Logits are `[B, F, K]`.
     """
 
     def __init__(self, *, models: list[STSTNet]):
@@ -115,7 +115,7 @@ class FoldedSTSTNet(nn.Module):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
                 pooled.append(x.new_zeros(batch, STREAMS, side, side))
                 continue
-            maps = self._fold_maps(x[:count, f], *fold_params)  # [count, 16, P, P]
+            maps = self._fold_maps(x[f, :count], *fold_params)  # [count, 16, P, P]
             pooled.append(F.pad(maps, (0, 0, 0, 0, 0, 0, 0, batch - count)))
         if self.training:
             self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
