@@ -5,9 +5,10 @@ on data whose truth is known).
 
 Size, chosen for CI (all of it in well under 90 s on 2 cores): 6 subjects x 6 clips (each subject balanced
 over the 3 classes), 96x96 frames, head motion twice the default, STSTNet for 300 epochs per fold (each
-epoch one batch: 1 Adam step at lr 5e-5). Measured on corpus seeds 0 and 1: gt-expression UF1 1.0 at 300 and
-400 epochs (0.94 at 200), gt-facial 0.31-0.41; zero flow and shuffled labels 0.16-0.26. Training runs on one thread: on a 2-core machine shared with other processes, PyTorch's
-two threads made the small STSTNet steps 4-10x slower than one (the results are the same).
+epoch one batch: 1 Adam step at lr 5e-5). Measured on corpus seeds 0 and 1: gt-expression UF1 1.0 at 300
+and 400 epochs (0.94 at 200), gt-facial 0.31-0.41; zero flow and shuffled labels 0.16-0.26. Training runs
+on one thread: on a 2-core machine shared with other processes, PyTorch's two threads made the small
+STSTNet steps 4-10x slower than one (the results are the same).
 """
 
 from __future__ import annotations
