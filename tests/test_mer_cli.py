@@ -95,7 +95,7 @@ def test_seeds_report_mean_and_standard_deviation_of_each_seed_s_scores(tmp_path
         main(["score", str(results / f"predictions-seed{seed}.csv"), "--json", str(tmp_path / f"s{seed}.json")])
         per_seed.append(json.loads((tmp_path / f"s{seed}.json").read_text())["composite"])
     over = json.loads((results / "scores.json").read_text())["over_seeds"]
-    assert over["seeds"] == 2
+    assert over["seeds"] == 2 and per_seed[0]["uf1"] != per_seed[1]["uf1"]  # the seeds differ: a spread to check
     for name in ("uf1", "uar", "accuracy"):
         a, b = per_seed[0][name], per_seed[1][name]
         assert over["mean"][name] == pytest.approx((a + b) / 2)
