@@ -16,7 +16,6 @@ the protocol and writes `<output>/<flow>-<size>-<protocol>/`: `predictions.csv`,
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from core.checkpoint import sha256_of  # noqa: E402
 from core.cli import (  # noqa: E402
     DocstringHelpFormatter,
     HelpFormatter,
@@ -39,11 +39,12 @@ from core.cli import (  # noqa: E402
     add_offline_argument,
     check_output,
     device_and_precision,
+    estimator_spec,
     exit_on_error,
-    load_estimator,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS  # noqa: E402
+from core.estimators import build_estimator  # noqa: E402
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions  # noqa: E402
 from core.face.detect import make_detector  # noqa: E402
 from core.mer import corpora, inputs, loso, metrics, models, protocol  # noqa: E402
@@ -62,7 +63,7 @@ from core.mer.extract import (  # noqa: E402
     user_flow,
 )
 from core.utils.atomic import atomic_path, write_text_atomic  # noqa: E402
-from core.weights import hash_file, offline_requested  # noqa: E402
+from core.weights import offline_requested  # noqa: E402
 
 PROG = "python -m core.mer"
 DEFAULT_FLOW = "expression"
@@ -71,6 +72,8 @@ PREDICTIONS_FILE = "predictions.csv"
 SCORES_FILE = "scores.json"
 CONFUSION_FILE = "confusion.png"
 CONFUSION_DPI = 120
+SEED_SCORES = ("uf1", "uar", "accuracy")  # the composite's scores summarised over seeds
+LABELS = {"uf1": "UF1", "uar": "UAR", "accuracy": "accuracy"}
 
 
 # ---------------------------------------------------------------- the parser
@@ -154,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     score = verbs.add_parser("score", help="score a predictions CSV", **common)
     score.add_argument("predictions", help="CSV dataset,subject,clip,label,prediction (class names)")
     score.add_argument("--json", default=None, help="also write the scores as JSON here")
+    score.add_argument(
+        "--classes",
+        default=None,
+        help="CSV dataset,label,class: score over its classes (default: MEGC 2019's negative/positive/surprise); "
+        "a class that never occurs among the labels scores F1 0, with a warning",
+    )
     return parser
 
 
@@ -214,8 +223,9 @@ def flow_method(args: argparse.Namespace) -> FlowMethod:
         raise UserError(f"--iters must be >= 1, got {args.iters}")
     checkpoint = resolve_checkpoint(args.weights, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
-    estimator = load_estimator(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="symmetric")
-    return network_flow(estimator, detail, hash_file(hashlib.sha256(), checkpoint))
+    sha256 = sha256_of(checkpoint)
+    spec = estimator_spec(args, checkpoint, device=device, amp_dtype=amp_dtype, pad_mode="symmetric", sha256=sha256)
+    return network_flow(build_estimator(spec), detail, sha256)
 
 
 def method_name(args: argparse.Namespace) -> str:
@@ -334,11 +344,11 @@ def results_folder(args: argparse.Namespace) -> Path:
 
 def seed_summary(reports: Sequence[metrics.Report]) -> dict:
     """Mean and standard deviation over seeds of the composite's UF1, UAR and accuracy."""
-    values = {name: [report_value(r, name) for r in reports] for name in ("uf1", "uar", "accuracy")}
+    values = {name: [report_value(r, name) for r in reports] for name in SEED_SCORES}
     return {
         "seeds": len(reports),
         "mean": {name: float(np.mean(v)) for name, v in values.items()},
-        "std": {name: float(np.std(v)) for name, v in values.items()},
+        "std": {name: float(np.std(v, ddof=1)) for name, v in values.items()},  # sample std (n - 1)
     }
 
 
@@ -370,7 +380,8 @@ def run_evaluate(args: argparse.Namespace, selection: protocol.Selection | None 
     spread = ""
     if args.seeds > 1:
         summary = seed_summary(reports)
-        spread = f" (mean over {args.seeds} seeds: UF1 {summary['mean']['uf1']:.3f} +- {summary['std']['uf1']:.3f})"
+        spread = ", ".join(f"{LABELS[n]} {summary['mean'][n]:.3f} +- {summary['std'][n]:.3f}" for n in SEED_SCORES)
+        spread = f" (seed 0; over {args.seeds} seeds, mean +- standard deviation: {spread})"
     say(
         f"evaluate: UF1 {composite['uf1']:.3f}, UAR {composite['uar']:.3f}, accuracy {composite['accuracy']:.3f} "
         f"over {len(kept.clips)} clips of {len(set(kept.groups))} subjects{spread}, {args.protocol}, "
@@ -417,9 +428,11 @@ def write_results(
 def run_score(args: argparse.Namespace) -> None:
     path = Path(args.predictions)
     json_path = check_output(args.json, "--json") if args.json else None
-    rows = metrics.read_predictions(path)
-    classes = metrics.prediction_classes(rows)
+    classes = protocol.class_mapping(Path(args.classes) if args.classes else None).classes
+    rows = metrics.read_predictions(path, classes=classes)
     report = metrics.score_report(rows, classes)
+    for line in report.warnings:
+        warn(line)
     say(metrics.report_table(report))
     if json_path is not None:
         write_text_atomic(json_path, json.dumps(metrics.report_json(report), indent=1) + "\n")

@@ -1,9 +1,10 @@
 """Each clip's classifier input, from its onset->apex flow, cached per clip (`python -m core.mer extract`).
 
 For a clip: its onset and apex frames (`corpora.read_onset_apex`) -> the clip's one fixed face crop
-(`core.face.crop`, planned from frames sampled among onset..apex, as `get_flow.py --face_crop`; for a
-copy whose frames are face crops already, the whole frame, padded to a square by repeating its edge,
-no detection) resized to `crop_size` -> the onset->apex flow of the method -> `inputs.classifier_input`.
+(`core.face.crop`, planned from frames sampled among onset..apex, as `get_flow.py --face_crop`),
+resized to `crop_size`; for a copy whose frames are face crops already, the whole frame, with no
+detection, resized to `crop_size` x `crop_size` (each axis by its own factor: no padding) -> the
+onset->apex flow of the method -> `inputs.classifier_input`.
 Methods (`--flow`): DecFlow's `facial`, `expression`, `head` (one network run gives the three);
 OpenCV's `dis` and `farneback` (core.evaluation's baselines); a synthetic corpus's ground truth
 `gt-facial`, `gt-head`, `gt-expression` (`gt` is `gt-expression`); a user's flows `files:DIR`
@@ -45,14 +46,14 @@ from core.extract.corpus import (
     staged_folder,
 )
 from core.face.crop import FaceCrop, FaceCropOptions, plan_crop, sample_positions
-from core.inference import FlowEstimator
+from core.inference import Estimator
 from core.mer import inputs, synthetic
 from core.mer.clips import Clip
 from core.mer.corpora import DatasetCopy, frame_file, read_onset_apex
 from core.utils.atomic import atomic_path
 from core.utils.frame_utils import read_flo, read_image, read_npy
 
-CACHE_VERSION = 1  # raise when a cache's meaning changes (recipe, crop, layout): older clips are then redone
+CACHE_VERSION = 2  # raise when a cache's meaning changes (recipe, crop, layout): older clips are then redone
 INPUT_NAME = "input.npy"
 CACHE_FOLDER = "cache"
 NETWORK_FLOWS = ("facial", "expression", "head")  # DecFlowOutput's flows
@@ -106,7 +107,7 @@ def parse_flow(spec: str) -> tuple[str, str]:
     raise UserError(f"--flow {spec}: choose one of {', '.join(choices)}")
 
 
-def network_flow(estimator: FlowEstimator, kind: str, weights_sha256: str) -> FrameFlow:
+def network_flow(estimator: Estimator, kind: str, weights_sha256: str) -> FrameFlow:
     """DecFlow's `kind` flow (facial, expression or head) as `estimator` runs it."""
 
     def predict(image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
@@ -160,24 +161,31 @@ def read_flow_file(path: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- crops
-def whole_frame_crop(frame_size: tuple[int, int], size: int) -> FaceCrop:
-    """The crop of a copy whose frames are face crops: the whole frame, centred in a square (edge
-    pixels repeated on the shorter side), resized to `size`."""
-    height, width = frame_size
-    side = max(height, width)
-    x, y = (width - side) // 2, (height - side) // 2
-    return FaceCrop(
-        x=x,
-        y=y,
-        side=side,
-        size=size,
-        frame_size=(height, width),
-        face=(0.0, 0.0, float(width), float(height)),
-        detector=WHOLE_FRAME,
-        sampled=[],
-        failed=[],
-        faces=1,
-    )
+@dataclass(frozen=True)
+class WholeFrame:
+    """The crop of a copy whose frames are face crops: the whole frame resized to `size` x `size`,
+    each axis by its own factor (no detection, no padding; `inputs.resize_square`)."""
+
+    frame_size: tuple[int, int]  # (height, width) of the frames
+    size: int
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        """The frame resized to `[size, size, 3]`."""
+        if rgb.shape[:2] != self.frame_size:
+            raise ValueError(
+                f"frame of {rgb.shape[1]}x{rgb.shape[0]} px in a clip of {self.frame_size[1]}x{self.frame_size[0]}"
+            )
+        return np.ascontiguousarray(inputs.resize_square(rgb, self.size))
+
+    def record(self) -> dict:
+        """What the clip's manifest says of the crop (units as core.face.crop's records)."""
+        height, width = self.frame_size
+        return {
+            "detector": WHOLE_FRAME,
+            "frame_wh_px": [width, height],
+            "crop_wh_px": [self.size, self.size],
+            "crop_px_per_frame_px_xy": [self.size / width, self.size / height],
+        }
 
 
 def crop_samples(clip: Clip, onset: np.ndarray, apex: np.ndarray, samples: int) -> list[tuple[str, np.ndarray]]:
@@ -190,10 +198,12 @@ def crop_samples(clip: Clip, onset: np.ndarray, apex: np.ndarray, samples: int) 
     return [(frame_file(clip, n).name, known[n] if n in known else read_image(frame_file(clip, n))) for n in numbers]
 
 
-def clip_crop(clip: Clip, onset: np.ndarray, apex: np.ndarray, cropped: bool, face: FaceCropOptions) -> FaceCrop:
+def clip_crop(
+    clip: Clip, onset: np.ndarray, apex: np.ndarray, cropped: bool, face: FaceCropOptions
+) -> FaceCrop | WholeFrame:
     """The clip's one crop: the whole frame for a `cropped` copy, else planned from its onset..apex frames."""
     if cropped:
-        return whole_frame_crop(onset.shape[:2], face.size)
+        return WholeFrame(frame_size=onset.shape[:2], size=face.size)
     return plan_crop(crop_samples(clip, onset, apex, face.samples), face, f"clip {'/'.join(clip.key)}")
 
 
@@ -274,7 +284,7 @@ def extract_clip(clip: Clip, copy: DatasetCopy, job: ExtractJob) -> str:
             "clip": list(clip.key),
             "request": request,
             "crop_chosen": crop,
-            "files": {INPUT_NAME: (folder / INPUT_NAME).stat().st_size},
+            "file_bytes": {INPUT_NAME: (folder / INPUT_NAME).stat().st_size},
         }
         with atomic_path(folder / MANIFEST_NAME) as tmp:
             tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")

@@ -29,11 +29,12 @@ INPUT_SIZE = 28  # STSTNet's input side
 CHANNELS = ("u", "v", "strain")  # the order of the input's channels
 
 
-def _resize(channel: np.ndarray, size: int) -> np.ndarray:
-    """`[size, size]` float32 of a `[H, W]` channel: area averaging unless a side grows."""
-    height, width = channel.shape
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """`[size, size, ...]` of a `[H, W, ...]` image, each axis by its own factor: area averaging
+    unless a side grows, then bilinear."""
+    height, width = image.shape[:2]
     interpolation = cv2.INTER_AREA if size <= min(height, width) else cv2.INTER_LINEAR
-    return cv2.resize(channel.astype(np.float32), (size, size), interpolation=interpolation)
+    return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
 def _scaled(values: np.ndarray, largest: float) -> np.ndarray:
@@ -55,9 +56,10 @@ def classifier_input(flow: np.ndarray, *, size: int = INPUT_SIZE) -> np.ndarray:
         raise UserError(f"the flow has {int((~np.isfinite(flow)).sum())} non-finite values (NaN or inf)")
     height, width = flow.shape[:2]
     strain = strain_magnitude(strain_tensor(flow[::1, ::1]))
-    u = _resize(flow[..., 0], size) * np.float32(size / width)  # [size, size], output pixels
-    v = _resize(flow[..., 1], size) * np.float32(size / height)
-    strain = _resize(strain, size)
+    resized = resize_square(flow.astype(np.float32), size)  # [size, size, 2]
+    u = resized[..., 0] * np.float32(size / width)  # [size, size], output pixels
+    v = resized[..., 1] * np.float32(size / height)
+    strain = resize_square(strain.astype(np.float32), size)
     length = float(np.sqrt(u.astype(np.float64) ** 2 + v.astype(np.float64) ** 2).max())
     channels = (_scaled(u, length), _scaled(v, length), _scaled(strain, float(strain.max())))
     return np.stack(channels).astype(np.float32)  # [3, size, size]

@@ -138,11 +138,6 @@ def write_predictions(path: Path, rows: Sequence[Prediction]) -> None:
     write_text_atomic(path, text.getvalue())
 
 
-def prediction_classes(rows: Sequence[Prediction]) -> tuple[str, ...]:
-    """The classes of a predictions file without a mapping: its labels and predictions, sorted."""
-    return tuple(sorted({row.label for row in rows} | {row.prediction for row in rows}))
-
-
 @dataclass
 class Report:
     """The scores of all predictions pooled and of each dataset's slice of them."""
