@@ -138,23 +138,27 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, device: bool) -> Non
         group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
+def add_verb(verbs: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A verb's parser (a subcommand's parser does not inherit the parent's allow_abbrev)."""
+    return verbs.add_parser(name, help=summary, formatter_class=HelpFormatter, allow_abbrev=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=DocstringHelpFormatter, allow_abbrev=False
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    common = dict(formatter_class=HelpFormatter, allow_abbrev=False)
-    extract = verbs.add_parser("extract", help="cache each clip's classifier input (resumable)", **common)
+    extract = add_verb(verbs, "extract", "cache each clip's classifier input (resumable)")
     add_corpus_arguments(extract)
     add_extract_arguments(extract)
-    evaluate = verbs.add_parser("evaluate", help="train LOSO on the cache; predictions, scores, confusion", **common)
+    evaluate = add_verb(verbs, "evaluate", "train LOSO on the cache; predictions, scores, confusion")
     add_corpus_arguments(evaluate)
     add_train_arguments(evaluate, device=True)
-    run = verbs.add_parser("run", help="extract, then evaluate", **common)
+    run = add_verb(verbs, "run", "extract, then evaluate")
     add_corpus_arguments(run)
     add_extract_arguments(run)
     add_train_arguments(run, device=False)
-    score = verbs.add_parser("score", help="score a predictions CSV", **common)
+    score = add_verb(verbs, "score", "score a predictions CSV")
     score.add_argument("predictions", help="CSV dataset,subject,clip,label,prediction (class names)")
     score.add_argument("--json", default=None, help="also write the scores as JSON here")
     score.add_argument(
