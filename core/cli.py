@@ -185,10 +185,7 @@ def model_config(args: argparse.Namespace) -> DecFlowConfig:
 def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tuple[torch.device, torch.dtype | None]:
     """`--device` and the autocast dtype of `--mixed_precision/--amp_dtype` there (None: float32,
     also when `mixed` is False, e.g. for a baseline)."""
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    device = resolve_device(args.device)
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
@@ -198,10 +195,7 @@ def load_model_from_args(
     """core.inference.load_model with the model options of `args` (and the file's `sha256` when
     the caller has it); problems as UserError."""
     config = model_config(args)
-    try:
-        return load_model(checkpoint, config=config, device=device, sha256=sha256)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    return load_model(checkpoint, config=config, device=device, sha256=sha256)
 
 
 def estimator_spec(
