@@ -35,6 +35,7 @@ from core.cli import (
     device_and_precision,
     estimator_spec,
     exit_on_error,
+    exit_on_user_error,
     resolve_checkpoint,
 )
 from core.datasets import FacialFlow, split_problem
@@ -149,7 +150,7 @@ def open_split(args: argparse.Namespace) -> FacialFlow:
         raise UserError(problem)
     try:
         return FacialFlow(None, split=args.split, dataset_root=args.root)
-    except ValueError as error:
+    except UserError as error:  # the first line: the dataset's messages go on with the expected layout
         raise UserError(str(error).splitlines()[0]) from None
 
 
@@ -216,7 +217,7 @@ def score(predictor: Callable, dataset: FacialFlow, args: argparse.Namespace) ->
             has_head=args.method in ("decflow", "zero"),
             batch_size=args.batch_size,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
         raise UserError(str(error).splitlines()[0]) from None
 
 
@@ -242,10 +243,8 @@ def make_document(args: argparse.Namespace, results: dict[str, Any], meta: dict[
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    try:
+    with exit_on_user_error("evaluate.py"):
         document = run(args)
-    except UserError as error:
-        raise SystemExit(f"evaluate.py: error: {error}") from None
     meta = document["meta"]
     method = args.method if args.method != "decflow" else f"DecFlow {meta['checkpoint']}, {args.iters} iterations"
     print(

@@ -84,6 +84,7 @@ from core.cli import (
     device_and_precision,
     estimator_spec,
     exit_on_error,
+    exit_on_user_error,
     resolve_checkpoint,
 )
 from core.defaults import DEMO_ITERS
@@ -235,11 +236,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[Path]:
-    """Run as the command line asks; returns the visualisation files written."""
-    try:
+    """Run as the command line asks; returns the visualisation files written. Bad input: a
+    one-line SystemExit; anything else keeps its traceback."""
+    with exit_on_user_error("get_flow.py"):
         return run(args)
-    except (UserError, ValueError) as error:  # core's helpers raise ValueError
-        raise SystemExit(f"get_flow.py: error: {error}") from None
 
 
 def save_format(args: argparse.Namespace) -> str | None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from core.defaults import RELEASE_CHECKPOINT, SEED_CHECKPOINT
+from core.errors import UserError
 from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, sha256_of
@@ -140,16 +141,16 @@ def _load_problem(path: Path, error: Exception) -> str:
 
 
 def load_plain(path: str | os.PathLike) -> object:
-    """torch.load(path, weights_only=True) on the CPU; ValueError (one line, naming the file,
+    """torch.load(path, weights_only=True) on the CPU; UserError (one line, naming the file,
     never advice to unpickle unsafely) when it is not a PyTorch file or is damaged."""
     path = Path(path)
     problem = _format_problem(path)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors come in many types
-        raise ValueError(_load_problem(path, error)) from error
+        raise UserError(_load_problem(path, error)) from error
 
 
 def _digest_tree(digest, tree) -> None:
@@ -179,21 +180,21 @@ def payload_sha256(tree: object) -> str:
 
 
 def verify_payload(path: str | os.PathLike, state: Mapping) -> None:
-    """ValueError naming `path` when `state` carries a `sha256` that its payload does not have."""
+    """UserError naming `path` when `state` carries a `sha256` that its payload does not have."""
     expected = state.get("sha256")
     if expected is None:
         return
     if payload_sha256({k: v for k, v in state.items() if k != "sha256"}) != expected:
-        raise ValueError(f"{path}: damaged file: its content does not match the checksum stored in it")
+        raise UserError(f"{path}: damaged file: its content does not match the checksum stored in it")
 
 
 def verify_file_checksum(path: str | os.PathLike, *, sha256: str | None = None) -> None:
-    """ValueError naming both files when the `.json` beside `path` gives another checksum.
+    """UserError naming both files when the `.json` beside `path` gives another checksum.
     `sha256`: the file's digest when the caller has it already (the file is then not read again)."""
     description = read_description(path)
     expected = (description or {}).get("sha256")
     if expected is not None and (sha256 or sha256_of(path)) != expected:
-        raise ValueError(
+        raise UserError(
             f"{path}: damaged file: its SHA-256 differs from the one in {description_path(path)} "
             "(changed since it was written?)"
         )
@@ -214,7 +215,7 @@ def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
     state dict without the `module.` prefix, after verifying its checksum if it has one
     (against `sha256`, the file's digest, when the caller has it already).
 
-    FileNotFoundError when missing; ValueError (one line, naming the file) when it is not
+    FileNotFoundError when missing; UserError (one line, naming the file) when it is not
     a PyTorch checkpoint, is damaged (checksum mismatch, non-finite tensors), or holds
     something other than tensors.
     """
@@ -226,10 +227,10 @@ def read_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]  # a training-state file written by train.py
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise UserError(f"{path} does not hold a state dict of tensors")
     damaged = nonfinite_entries(obj)
     if damaged:
-        raise ValueError(
+        raise UserError(
             f"{path}: damaged weights: non-finite values (NaN or inf) in {damaged[0]}"
             + (f" and {len(damaged) - 1} more tensors" if len(damaged) > 1 else "")
         )
@@ -274,12 +275,12 @@ def load_state_dict_checked(
             )
         if mismatched:
             details.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:20]))
-        raise ValueError(f"{source} does not fit DecFlow: " + " | ".join(details))
+        raise UserError(f"{source} does not fit DecFlow: " + " | ".join(details))
     missing = [k for k in own if k not in state]
     required = [k for k in missing if not _is_optional(k)]
     if strict and required:
         groups = ", ".join(f"{g} ({n})" for g, n in _count_by_group(required).items())
-        raise ValueError(
+        raise UserError(
             f"{source} lacks {len(required)} keys of: {groups} (first: {required[0]}); "
             f"pass strict=False to start these from initialisation"
         )
@@ -428,7 +429,7 @@ def description_path(weights: str | os.PathLike) -> Path:
 
 
 def read_description(weights: str | os.PathLike) -> dict | None:
-    """The JSON description beside `weights` (None when there is none); ValueError naming
+    """The JSON description beside `weights` (None when there is none); UserError naming
     the file when it is not a JSON object, or its `config` not an object or its `sha256`
     not a string."""
     path = description_path(weights)
@@ -437,12 +438,12 @@ def read_description(weights: str | os.PathLike) -> dict | None:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable description of {Path(weights).name} ({error})") from None
+        raise UserError(f"{path}: not a readable description of {Path(weights).name} ({error})") from None
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: not a description of {Path(weights).name} (a JSON object is expected)")
+        raise UserError(f"{path}: not a description of {Path(weights).name} (a JSON object is expected)")
     for key, kind, name in (("config", dict, "an object"), ("sha256", str, "a string")):
         if key in document and not isinstance(document[key], kind):
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a description of {Path(weights).name} ({key!r} must be {name}, "
                 f"got {type(document[key]).__name__})"
             )
@@ -480,7 +481,7 @@ def init_semantic_encoder(
     required = [k for k in own if not k.startswith("model.3.") and not k.endswith("num_batches_tracked")]
     missing = [k for k in required if k not in converted]
     if missing:
-        raise ValueError(f"{source} lacks {len(missing)} semantic-encoder weights, e.g. {missing[0]}")
+        raise UserError(f"{source} lacks {len(missing)} semantic-encoder weights, e.g. {missing[0]}")
     # Non-strict only for what the check above allows to be absent: the unused stage 3 and
     # batch counters. Whatever stayed at initialisation is said, never skipped silently.
     report = load_state_dict_checked(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
@@ -185,10 +186,7 @@ def model_config(args: argparse.Namespace) -> DecFlowConfig:
 def device_and_precision(args: argparse.Namespace, *, mixed: bool = True) -> tuple[torch.device, torch.dtype | None]:
     """`--device` and the autocast dtype of `--mixed_precision/--amp_dtype` there (None: float32,
     also when `mixed` is False, e.g. for a baseline)."""
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    device = resolve_device(args.device)
     return device, resolve_inference_precision(args.mixed_precision, args.amp_dtype, device) if mixed else None
 
 
@@ -198,10 +196,7 @@ def load_model_from_args(
     """core.inference.load_model with the model options of `args` (and the file's `sha256` when
     the caller has it); problems as UserError."""
     config = model_config(args)
-    try:
-        return load_model(checkpoint, config=config, device=device, sha256=sha256)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    return load_model(checkpoint, config=config, device=device, sha256=sha256)
 
 
 def estimator_spec(
@@ -229,16 +224,31 @@ def estimator_spec(
     )
 
 
+@contextmanager
+def exit_on_user_error(prog: str) -> Iterator[None]:
+    """Bad input inside (a UserError) leaves as `SystemExit("<prog>: error: <message>")`, the
+    one-line form that exit_on_error prints; any other exception passes with its traceback."""
+    try:
+        yield
+    except UserError as error:
+        raise SystemExit(f"{prog}: error: {error}") from None
+
+
 def exit_on_error(main: Callable[[], object]) -> None:
     """Run a script's `main` from the command line: its one-line errors (a SystemExit with a
-    message) go to stderr with exit code USAGE_ERROR_STATUS (2), as argparse's do."""
+    message, or a UserError as `error: <message>`) go to stderr with exit code
+    USAGE_ERROR_STATUS (2), as argparse's do. Any other exception is a bug: it keeps its traceback."""
     try:
         main()
+        return
+    except UserError as error:
+        message = f"error: {error}"
     except SystemExit as stop:
         if not isinstance(stop.code, str):
             raise
-        print(stop.code, file=sys.stderr, flush=True)
-        raise SystemExit(USAGE_ERROR_STATUS) from None
+        message = stop.code
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(USAGE_ERROR_STATUS)
 
 
 class FileInTheWay(UserError):

@@ -14,7 +14,7 @@ last frame is allowed and unused. Unlike the reference, which pairs files by sor
 position only (so one missing file shifts every later label), every sequence is
 verified when the dataset is built; a missing folder, or a label file missing or
 named after no pair's first frame (e.g. ``0005.flo`` beside frames ``0001..0005``),
-raises ``ValueError`` naming the sequence and the file. Only a label folder in which
+raises ``UserError`` naming the sequence and the file. Only a label folder in which
 no file is named after a frame (another naming scheme) is paired by sorted order,
 after checking its count; one warning per split says so. ``image/head`` is not read
 (the reference does not use it for training).
@@ -38,6 +38,7 @@ import torch
 from torch.utils import data
 
 from core.defaults import DATASET_ROOT
+from core.errors import UserError
 from core.utils import frame_utils
 from core.utils.augmentor import FacialFlowAugmentor
 
@@ -92,8 +93,8 @@ class _Pairing(NamedTuple):
     renamed: tuple[str, str] | None
 
 
-def _label_mismatch(sequence: Path, folder: Path, suffix: str, frames: int, problems: list[str]) -> ValueError:
-    return ValueError(
+def _label_mismatch(sequence: Path, folder: Path, suffix: str, frames: int, problems: list[str]) -> UserError:
+    return UserError(
         f"sequence {sequence}: {suffix} files in {folder} do not match its {frames} frames ({'; '.join(problems)})"
     )
 
@@ -105,7 +106,7 @@ def _match_labels(
 
     When any file is named after a frame, every file must be: each of frames 1..n-1 needs
     its file and no other name is allowed (except the last frame's when `allow_one_more`),
-    otherwise a ValueError names the sequence and the missing or stray files. When no file
+    otherwise a UserError names the sequence and the missing or stray files. When no file
     is named after a frame (another naming scheme), files pair by sorted order as in the
     reference, after checking their count (n-1, or n when `allow_one_more`).
     """
@@ -199,7 +200,7 @@ class FacialFlow(data.Dataset):
         self.image_root = image_root = split_folder(self.root, split)
         layout = EXPECTED_LAYOUT.format(root=self.root, split=split)
         if not image_root.is_dir():
-            raise ValueError(f"split folder {image_root} does not exist\n{layout}")
+            raise UserError(f"split folder {image_root} does not exist\n{layout}")
         renamed: list[tuple[Path, str]] = []
         for emotion in _list_dirs(image_root):
             for subject in _list_dirs(image_root / emotion):
@@ -213,7 +214,7 @@ class FacialFlow(data.Dataset):
                     self.extra_info.append(SampleInfo(emotion, subject, i))
         self._check_no_orphan_sequences()
         if not self.image_list:
-            raise ValueError(f"split folder {image_root} contains no <emotion>/<subject> sequences\n{layout}")
+            raise UserError(f"split folder {image_root} contains no <emotion>/<subject> sequences\n{layout}")
         if renamed:
             logger.warning(
                 "split %s of %s: %d label folders name no file after a frame (e.g. %s for frame %s); "
@@ -232,11 +233,11 @@ class FacialFlow(data.Dataset):
         seq_dir = self.image_root / emotion / subject
         frames = _list_files(seq_dir, ".jpg")
         if len(frames) < 2:
-            raise ValueError(f"sequence {seq_dir}: needs at least 2 .jpg frames, found {len(frames)}")
+            raise UserError(f"sequence {seq_dir}: needs at least 2 .jpg frames, found {len(frames)}")
         dirs = self._label_dirs(emotion, subject)
         for name, folder in dirs.items():
             if not folder.is_dir():
-                raise ValueError(f"sequence {seq_dir}: {name} folder {folder} is missing")
+                raise UserError(f"sequence {seq_dir}: {name} folder {folder} is missing")
         stems = [p.stem for p in frames]
         pairings = {
             name: _match_labels(
@@ -267,7 +268,7 @@ class FacialFlow(data.Dataset):
             for emotion in _list_dirs(label_root):
                 for subject in _list_dirs(label_root / emotion):
                     if not (image_root / emotion / subject).is_dir():
-                        raise ValueError(
+                        raise UserError(
                             f"sequence {label_root / emotion / subject} has labels but no frame folder "
                             f"{image_root / emotion / subject}"
                         )
@@ -290,7 +291,7 @@ class FacialFlow(data.Dataset):
             (self.mask_list[index], mask),
         ):
             if arr.shape[:2] != shape or (arr is mask and mask.ndim != 2):
-                raise ValueError(
+                raise UserError(
                     f"{path}: shape {arr.shape} does not match frame {self.image_list[index][0]} "
                     f"of size {shape[0]}x{shape[1]}"
                 )
@@ -313,13 +314,13 @@ def binary_mask(mask: np.ndarray, path: str | os.PathLike = "mask") -> np.ndarra
     """A face mask as ``uint8`` 0/1: ``mask > 0.5`` for floats, ``mask != 0`` for integers and bools.
 
     The reference casts to uint8, which turns a soft mask of 0.99 or a 16-bit 256 into 0.
-    Other dtypes raise a ValueError naming `path`.
+    Other dtypes raise a UserError naming `path`.
     """
     if mask.dtype == np.bool_ or np.issubdtype(mask.dtype, np.integer):
         return (mask != 0).astype(np.uint8)
     if np.issubdtype(mask.dtype, np.floating):
         return (mask > 0.5).astype(np.uint8)
-    raise ValueError(f"{path}: mask dtype {mask.dtype} is not bool, integer or float")
+    raise UserError(f"{path}: mask dtype {mask.dtype} is not bool, integer or float")
 
 
 def _flow_and_valid(flow: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,7 +368,7 @@ def training_dataset(stage: str, image_size: Sequence[int], *, batch_size: int, 
     root = root or DATASET_ROOT
     dataset = FacialFlow(aug_params, split="train", dataset_root=root)
     if len(dataset) < batch_size:
-        raise ValueError(
+        raise UserError(
             f"{root}: {len(dataset)} training pairs, fewer than the batch size {batch_size} "
             "(batches are dropped when incomplete)"
         )

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from core.defaults import DEMO_ITERS
-from core.errors import UserError
 from core.inference import Estimator, FlowEstimator, load_model, resolve_device
 from core.network import DecFlow, DecFlowConfig
 from core.onnx_runtime import OnnxFlowEstimator
@@ -56,18 +55,12 @@ def build_estimator(spec: EstimatorSpec) -> Estimator:
     """The estimator `spec` describes, ready to run; UserError (one line, naming the file) for a
     file that is missing or does not fit (the architecture, the iterations of an export)."""
     if spec.onnx is not None:
-        try:
-            return OnnxFlowEstimator(spec.onnx, iters=spec.iters, pad_mode=spec.pad_mode)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        return OnnxFlowEstimator(spec.onnx, iters=spec.iters, pad_mode=spec.pad_mode)
     device = resolve_device() if spec.device is None else torch.device(spec.device)
     if spec.weights is None:
         model = DecFlow(spec.config).to(device).eval()
     else:
-        try:
-            model = load_model(spec.weights, config=spec.config, device=device, sha256=spec.sha256)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        model = load_model(spec.weights, config=spec.config, device=device, sha256=spec.sha256)
     return FlowEstimator(
         model,
         iters=DEMO_ITERS if spec.iters is None else spec.iters,

@@ -44,6 +44,7 @@ import torch
 
 from core.datasets import nonfinite_ground_truth
 from core.defaults import ITERS
+from core.errors import UserError
 from core.inference import Estimator, FlowEstimator
 from core.loss import THRESHOLDS, endpoint_metrics
 from core.parallel import unwrap
@@ -247,7 +248,7 @@ def evaluate_predictor(
     pairs each mean is over (to combine partial results, e.g. across processes, weight each
     block by it). `nonfinite_gt_pixels` (`{"facial", "head"}`) counts the ground-truth
     pixels that were NaN or inf, which no metric uses. A prediction that is not finite
-    everywhere is never scored: ValueError naming the pair.
+    everywhere is never scored: UserError naming the pair.
     """
     count = len(dataset) if max_pairs is None else min(len(dataset), max_pairs)
     indices: Any = range(count)
@@ -260,7 +261,7 @@ def evaluate_predictor(
         for k, (index, sample) in enumerate(batch):
             pair_facial, pair_head = facial[k], None if head is None else head[k]
             if not all(torch.isfinite(flow).all() for flow in (pair_facial, pair_head) if flow is not None):
-                raise ValueError(
+                raise UserError(
                     f"non-finite flow (NaN or inf) predicted for {_pair_label(dataset, index)}; nothing was scored"
                 )
             per_pair.append(_pair_metrics(pair_facial, pair_head, sample))

@@ -37,6 +37,7 @@ from core.cli import (
     check_not_an_input,
     check_output,
     exit_on_error,
+    exit_on_user_error,
     load_model_from_args,
     model_config,
     resolve_checkpoint,
@@ -185,13 +186,11 @@ def check_args(args: argparse.Namespace) -> Path:
 
 def main(args: argparse.Namespace) -> dict:
     """Export as the command line asks; returns the file, its metadata and the parity check."""
-    try:
+    with exit_on_user_error("core.export"):
         output = check_args(args)
         checkpoint = resolve_checkpoint(args.model, offline=offline_requested(args.offline))
         check_not_an_input(output, "--output", [("checkpoint", checkpoint)])
         model = load_model_from_args(args, checkpoint, torch.device("cpu"))
-    except (UserError, ValueError) as error:
-        raise SystemExit(f"core.export: error: {error}") from None
     started = time.perf_counter()
     metadata = export_file(model, output, iters=args.iters, size=tuple(args.size), weights_sha256=sha256_of(checkpoint))
     seconds = time.perf_counter() - started

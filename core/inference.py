@@ -24,6 +24,7 @@ import torch
 
 from core.checkpoint import description_path, load_checkpoint, read_description
 from core.corr import corr_levels_stored_from
+from core.errors import UserError
 from core.network import DecFlow, DecFlowConfig, DecFlowOutput
 from core.precision import parse_amp_dtype, precision_name, resolve_amp_dtype
 from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, InputPadder, check_flow_init, check_inputs
@@ -36,17 +37,17 @@ WARMUP_RUNS = 2
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """`name` as a torch.device (default: cuda when available, else cpu); ValueError if unusable."""
+    """`name` as a torch.device (default: cuda when available, else cpu); UserError if unusable."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"invalid --device {name!r}: {error}") from None
+        raise UserError(f"invalid --device {name!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+        raise UserError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
     return device
 
 
@@ -70,17 +71,17 @@ def load_model(
     checkpoint: str | os.PathLike, *, config: DecFlowConfig, device: torch.device, sha256: str | None = None
 ) -> DecFlow:
     """DecFlow of architecture `config` with the weights of `checkpoint` (strict), on `device`,
-    in eval mode. ValueError (one line) if the file is missing or does not fit. `sha256`: the
+    in eval mode. UserError (one line) if the file is missing or does not fit. `sha256`: the
     file's digest when the caller has it already (it is then not hashed again)."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} not found")
+        raise UserError(f"checkpoint {path} not found")
     check_config(path, config)
     model = DecFlow(config)
     try:
         load_checkpoint(model, path, strict=True, verbose=False, sha256=sha256)
-    except (FileNotFoundError, ValueError) as error:
-        raise ValueError(str(error).replace("\n", " ")) from None
+    except (FileNotFoundError, UserError) as error:
+        raise UserError(str(error).replace("\n", " ")) from None
     return model.to(device).eval()
 
 
@@ -89,14 +90,14 @@ COMPARED_FIELDS = tuple(f.name for f in fields(DecFlowConfig) if f.metadata.get(
 
 
 def check_config(checkpoint: Path, config: DecFlowConfig) -> None:
-    """ValueError, naming both values, when the description that train.py wrote beside
+    """UserError, naming both values, when the description that train.py wrote beside
     `checkpoint` gives another architecture than `config` (the attention modes share their
     weight keys, so strict loading alone cannot tell them apart)."""
     description = read_description(checkpoint)
     saved = (description or {}).get("config") or {}
     for name in COMPARED_FIELDS:
         if name in saved and saved[name] != getattr(config, name):
-            raise ValueError(
+            raise UserError(
                 f"{checkpoint} was trained with {name}={saved[name]} (see {description_path(checkpoint)}), "
                 f"but the model options give {name}={getattr(config, name)}"
             )
@@ -282,11 +283,11 @@ class Estimator(ABC):
         `flow_init`: a previous result's `(facial_low, head_low)` for the same size, or None."""
         given = (tuple(image1.shape), tuple(image2.shape))  # the caller's shapes, for messages
         if given[0] != given[1]:
-            raise ValueError(f"image1 and image2 differ in shape: {given[0]} vs {given[1]}")
+            raise UserError(f"image1 and image2 differ in shape: {given[0]} vs {given[1]}")
         if image1.dim() == 3:
             image1, image2 = image1[None], image2[None]
         if image1.dim() != 4 or image1.shape[1] != 3:
-            raise ValueError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
+            raise UserError(f"images must be [3, H, W] or [B, 3, H, W] RGB, got shape {given[0]}")
         padder = InputPadder(image1.shape, mode=self.pad_mode, divisor=self.divisor, min_side=self.min_side)
         image1, image2 = padder.pad(self.to_input(image1), self.to_input(image2))
         check_inputs(image1, image2)
@@ -323,7 +324,7 @@ class FlowEstimator(Estimator):
         cuda_graphs: bool | None = None,
     ) -> None:
         if iters < 1:
-            raise ValueError(f"iters must be >= 1, got {iters}")
+            raise UserError(f"iters must be >= 1, got {iters}")
         super().__init__(iters=iters, pad_mode=pad_mode)
         self.model = model
         self.device = torch.device(device)

@@ -23,6 +23,7 @@ try:  # optional (requirements-export.txt): the scripts run without it, --onnx s
 except ImportError:
     ort = None
 
+from core.errors import UserError
 from core.inference import COMPARED_FIELDS, Estimator
 from core.network import DecFlowOutput
 from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR
@@ -78,24 +79,24 @@ def session_options() -> ort.SessionOptions:
 
 
 def open_session(path: str | os.PathLike, *, providers: list[str] | None = None) -> ort.InferenceSession:
-    """An onnxruntime session of the DecFlow export at `path`; ValueError naming the file if it
+    """An onnxruntime session of the DecFlow export at `path`; UserError naming the file if it
     is missing, not an ONNX model, or not a DecFlow export with this module's inputs and outputs."""
     path = Path(path)
     if ort is None:
-        raise ValueError(f"{path}: running an ONNX file needs onnxruntime (pip install -r requirements-export.txt)")
+        raise UserError(f"{path}: running an ONNX file needs onnxruntime (pip install -r requirements-export.txt)")
     if not path.is_file():
-        raise ValueError(f"ONNX file {path} not found")
+        raise UserError(f"ONNX file {path} not found")
     try:
         session = ort.InferenceSession(str(path), session_options(), providers=providers or ["CPUExecutionProvider"])
     except LOAD_ERRORS as error:
         reason = str(error).strip().splitlines()[0][:80]
-        raise ValueError(f"{path} is not an ONNX model onnxruntime can load ({reason})") from None
+        raise UserError(f"{path} is not an ONNX model onnxruntime can load ({reason})") from None
     inputs = tuple(node.name for node in session.get_inputs())
     outputs = tuple(node.name for node in session.get_outputs())
     if session.get_modelmeta().custom_metadata_map.get(FORMAT_KEY) != FORMAT:
-        raise ValueError(f"{path} is not a DecFlow export of python -m core.export (no {FORMAT_KEY} metadata)")
+        raise UserError(f"{path} is not a DecFlow export of python -m core.export (no {FORMAT_KEY} metadata)")
     if inputs != INPUT_NAMES or outputs != OUTPUT_NAMES:
-        raise ValueError(f"{path}: a DecFlow export maps {INPUT_NAMES} to {OUTPUT_NAMES}, not {inputs} -> {outputs}")
+        raise UserError(f"{path}: a DecFlow export maps {INPUT_NAMES} to {OUTPUT_NAMES}, not {inputs} -> {outputs}")
     return session
 
 
@@ -104,7 +105,7 @@ class OnnxFlowEstimator(Estimator):
 
     `iters`, when given, must be the export's (it unrolls a fixed number); `pad_mode` is
     InputPadder's. There is no warm start (`flow_init`) and no low-resolution output: the
-    DecFlowOutput's `facial_low` and `head_low` are None. ValueError (naming the file) for
+    DecFlowOutput's `facial_low` and `head_low` are None. UserError (naming the file) for
     a file that is not such an export.
     """
 
@@ -121,7 +122,7 @@ class OnnxFlowEstimator(Estimator):
         metadata = self.session.get_modelmeta().custom_metadata_map
         exported_iters = int(metadata[ITERS_KEY])
         if iters is not None and iters != exported_iters:
-            raise ValueError(f"{self.path} was exported with {exported_iters} iterations; --iters {iters} differs")
+            raise UserError(f"{self.path} was exported with {exported_iters} iterations; --iters {iters} differs")
         self.size_rule = SizeRule.from_json(metadata[SIZE_RULE_KEY])
         super().__init__(
             iters=exported_iters,
@@ -149,10 +150,10 @@ class OnnxFlowEstimator(Estimator):
         flow_init: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
     ) -> DecFlowOutput:
         if flow_init is not None:
-            raise ValueError(f"{self.path}: an ONNX export has no warm start (flow_init)")
+            raise UserError(f"{self.path}: an ONNX export has no warm start (flow_init)")
         problem = self.size_rule.problem(*image1.shape[-2:])
         if problem:
-            raise ValueError(f"{self.path}: {problem}, got shape {tuple(image1.shape)} after padding")
+            raise UserError(f"{self.path}: {problem}, got shape {tuple(image1.shape)} after padding")
         feed = {name: np.ascontiguousarray(image.cpu().numpy()) for name, image in zip(INPUT_NAMES, (image1, image2))}
         facial, head, expression = (torch.from_numpy(out) for out in self.session.run(None, feed))
         return DecFlowOutput(facial=facial, head=head, expression=expression, facial_low=None, head_low=None)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from core.errors import UserError
+
 
 class ConvBN(nn.Module):
     """Conv (no bias) + BatchNorm, optionally followed by ReLU (pytorchcv `ConvBlock`)."""
@@ -141,7 +143,7 @@ def semantic_state_from_resnet50(state: Mapping[str, torch.Tensor], source: str)
     elif any(k.startswith("dad_encoder.") for k in state):
         convert = lambda k: k[len("dad_encoder.") :] if k.startswith("dad_encoder.") else None  # noqa: E731
     else:
-        raise ValueError(f"{source}: not a ResNet-50 state dict in torchvision or pytorchcv naming")
+        raise UserError(f"{source}: not a ResNet-50 state dict in torchvision or pytorchcv naming")
     out = {}
     for key, value in state.items():
         new = convert(key)

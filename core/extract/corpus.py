@@ -39,7 +39,7 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.cli import UserError
+from core.errors import UserError
 from core.extract.sequence import ExtractOptions, extract_sequence
 from core.extract.sources import open_source
 from core.inference import Estimator
@@ -98,25 +98,25 @@ def describe_mixed(mixed: list[str]) -> str:
 
 
 def check_corpus(root: Path, output: Path) -> None:
-    """ValueError when `root` is no folder, or when `output` and `root` overlap (outputs would be inputs)."""
+    """UserError when `root` is no folder, or when `output` and `root` overlap (outputs would be inputs)."""
     if not root.is_dir():
-        raise ValueError(f"--corpus {root} is not a folder" if root.exists() else f"--corpus {root} not found")
+        raise UserError(f"--corpus {root} is not a folder" if root.exists() else f"--corpus {root} not found")
     corpus, out = root.resolve(), output.resolve()
     if out == corpus or out.is_relative_to(corpus):
-        raise ValueError(f"--output {output} is inside --corpus {root}: outputs would become sequences")
+        raise UserError(f"--output {output} is inside --corpus {root}: outputs would become sequences")
     if corpus.is_relative_to(out):
-        raise ValueError(f"--corpus {root} is inside --output {output}: outputs would replace inputs")
+        raise UserError(f"--corpus {root} is inside --output {output}: outputs would replace inputs")
 
 
 def find_sequences(root: Path, output: Path) -> tuple[list[Sequence], list[str]]:
-    """`check_corpus`, then `discover_sequences`; ValueError when there is no sequence."""
+    """`check_corpus`, then `discover_sequences`; UserError when there is no sequence."""
     check_corpus(root, output)
     sequences, mixed = discover_sequences(root)
     if not sequences and "." in mixed and len(mixed) == 1:
-        raise ValueError(f"--corpus {root} is itself a folder of frames: use --frames {root}")
+        raise UserError(f"--corpus {root} is itself a folder of frames: use --frames {root}")
     if not sequences:
         where = f"; {len(mixed)} folders hold frames besides subfolders or videos" if mixed else ""
-        raise ValueError(f"--corpus {root}: no sequence (no leaf folder of images, no video file such as .mp4){where}")
+        raise UserError(f"--corpus {root}: no sequence (no leaf folder of images, no video file such as .mp4){where}")
     return sequences, mixed
 
 
@@ -154,13 +154,13 @@ class Shard:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """`I/N` -> (I, N); ValueError unless 0 <= I < N."""
+    """`I/N` -> (I, N); UserError unless 0 <= I < N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None:
-        raise ValueError(f"--shard {text}: give I/N, e.g. 0/4 (this process takes sequences I, I+N, I+2N, ...)")
+        raise UserError(f"--shard {text}: give I/N, e.g. 0/4 (this process takes sequences I, I+N, I+2N, ...)")
     index, count = map(int, match.groups())
     if not 0 <= index < count:
-        raise ValueError(f"--shard {text}: I must be one of 0..N-1 (N >= 1)")
+        raise UserError(f"--shard {text}: I must be one of 0..N-1 (N >= 1)")
     return index, count
 
 
@@ -169,7 +169,7 @@ def resolve_shard(spec: str | None, environ: Mapping[str, str]) -> Shard:
     world = int(environ.get("WORLD_SIZE", "1"))
     if "RANK" in environ and world > 1:
         if spec is not None:
-            raise ValueError(f"--shard {spec}: under torchrun each process takes its RANK's share: drop --shard")
+            raise UserError(f"--shard {spec}: under torchrun each process takes its RANK's share: drop --shard")
         return Shard(int(environ["RANK"]), world, int(environ.get("LOCAL_RANK", "0")))
     return Shard(*parse_shard(spec)) if spec is not None else Shard()
 
@@ -245,7 +245,7 @@ def staged_folder(target: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------- manifests
 def input_files(sequence: Sequence, *, stride: int, max_frames: int | None) -> list[Path]:
-    """The files a sequence reads with these options (ValueError: a folder with fewer than 2 frames)."""
+    """The files a sequence reads with these options (UserError: a folder with fewer than 2 frames)."""
     if sequence.kind == "video":
         return [sequence.path]
     return folder_frames(sequence.path, stride=stride, max_frames=max_frames).paths
@@ -452,7 +452,7 @@ class CorpusSummary:
 
 def _error_text(error: Exception) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
-    return text if isinstance(error, (ValueError, UserError)) else f"{type(error).__name__}: {text}"
+    return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
 
 
 def extract_one(sequence: Sequence, job: CorpusJob, estimator: Estimator, progress: Progress) -> str:
@@ -462,7 +462,7 @@ def extract_one(sequence: Sequence, job: CorpusJob, estimator: Estimator, progre
     if os.path.lexists(target):
         manifest = None if target.is_symlink() else read_manifest(target)
         if manifest is None and not job.overwrite:
-            raise ValueError(
+            raise UserError(
                 f"{target} is in the way: no --corpus run wrote it (no {MANIFEST_NAME}); --overwrite replaces it"
             )
         if manifest is not None and not job.overwrite and is_complete(target, manifest, request):
@@ -516,11 +516,11 @@ def extract_corpus(
 
 
 def check_summary(summary: CorpusSummary) -> None:
-    """ValueError (one line) when sequences failed: none readable, or how many."""
+    """UserError (one line) when sequences failed: none readable, or how many."""
     t = summary.tally
     if not t.failed:
         return
     where = f"reasons in {summary.failures_file}"
     if t.done + t.skipped == 0:
-        raise ValueError(f"no readable sequence in --corpus ({t.failed} failed; {where})")
-    raise ValueError(f"{t.failed} of {summary.sequences} sequences failed ({where})")
+        raise UserError(f"no readable sequence in --corpus ({t.failed} failed; {where})")
+    raise UserError(f"{t.failed} of {summary.sequences} sequences failed ({where})")

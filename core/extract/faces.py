@@ -30,7 +30,7 @@ def sample_frames(source: FrameSource, samples: int) -> list[Frame]:
 
 
 def face_crop(source: FrameSource, options: FaceCropOptions) -> tuple[FaceCrop, Frame]:
-    """The sequence's crop, and the first sampled frame (for the picture); ValueError naming the
+    """The sequence's crop, and the first sampled frame (for the picture); UserError naming the
     input when no sampled frame has a face."""
     frames = sample_frames(source, options.samples)
     for frame in frames[1:]:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from core.errors import UserError
 from core.inference import Estimator
 from core.utils.batching import batches_of_one_size
 from core.utils.frames import Frame, check_same_size
@@ -30,7 +31,7 @@ class PairFlow(NamedTuple):
 
 
 def consecutive_pairs(frames: Iterator[Frame]) -> Iterator[tuple[Frame, Frame]]:
-    """(frame i, frame i+1) for every i; ValueError naming both when their sizes differ."""
+    """(frame i, frame i+1) for every i; UserError naming both when their sizes differ."""
     previous = next(frames, None)
     for current in frames:
         check_same_size(previous.label, previous.rgb, current.label, current.rgb)
@@ -57,10 +58,10 @@ def sequence_flows(
 
 
 def check_flows_finite(pair: PairFlow) -> None:
-    """ValueError naming the pair when one of its flows has a NaN or an infinity."""
+    """UserError naming the pair when one of its flows has a NaN or an infinity."""
     for kind, flow in zip(FLOW_KINDS, pair.flows):
         if not np.isfinite(flow).all():
-            raise ValueError(
+            raise UserError(
                 f"non-finite {kind} flow (NaN or inf) for the pair {pair.first.label} -> {pair.second.label}; "
                 "nothing written for it"
             )

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from core.cli import check_none_is_an_input
+from core.errors import UserError
 from core.extract.flows import FLOW_KINDS, PairFlow
 from core.extract.sources import FrameSource
 from core.face.crop import FaceCrop
@@ -129,7 +130,7 @@ class OutputPlan:
         name = self.taken.unique(source.pair_name(first, second))
         files = _existing(self.kinds.pair_files(self.output, name))
         if files and not overwrite and read_png_text(files[0], SOURCE_KEY) != pair_origin(first, second):
-            raise ValueError(f"{files[0]} already exists: pass --overwrite to replace it, or choose another --output")
+            raise UserError(f"{files[0]} already exists: pass --overwrite to replace it, or choose another --output")
         return name
 
 
@@ -148,7 +149,7 @@ def plan_outputs(
     inputs: list[tuple[str, Path | str]],
 ) -> OutputPlan:
     """Choose the folders in the names (`source.depth`) so that no name is one an earlier run gave
-    another input; ValueError when an output would be one of the `inputs` (what, path), or when a
+    another input; UserError when an output would be one of the `inputs` (what, path), or when a
     file in the way is not this input's own (unless `overwrite`)."""
     for depth in range(source.depth, source.max_depth + 1):
         source.depth = depth
@@ -169,7 +170,7 @@ def plan_outputs(
     (plan.own if ours else plan.foreign).extend(_existing(whole))
     if plan.foreign and not overwrite:
         more = f" and {len(plan.foreign) - 1} more" if len(plan.foreign) > 1 else ""
-        raise ValueError(
+        raise UserError(
             f"{plan.foreign[0].name}{more} in {output}: not from a run on this input (--overwrite replaces)"
         )
     return plan
@@ -223,7 +224,7 @@ def draw_crop(picture: np.ndarray, crop: FaceCrop) -> np.ndarray:
 
 def write_face_files(plan: OutputPlan, crop: FaceCrop, record: dict, picture: np.ndarray, origin: str) -> None:
     """The sequence's `<sequence>_face.json` (`record`) and `<sequence>_face.png` (`draw_crop`);
-    ValueError naming a file it cannot write."""
+    UserError naming a file it cannot write."""
     drawn = draw_crop(picture, crop)
     json_path, png_path = plan.sequence[:2]
     try:
@@ -232,7 +233,7 @@ def write_face_files(plan: OutputPlan, crop: FaceCrop, record: dict, picture: np
         )
         write_png(png_path, drawn, text={SOURCE_KEY: origin})
     except OSError as error:
-        raise ValueError(f"cannot write {json_path.name} or {png_path.name} in {plan.output} ({error})") from None
+        raise UserError(f"cannot write {json_path.name} or {png_path.name} in {plan.output} ({error})") from None
 
 
 def write_strain_table(path: Path, rows: Sequence[PairMeasures], *, cropped: bool) -> None:
@@ -245,7 +246,7 @@ def write_strain_table(path: Path, rows: Sequence[PairMeasures], *, cropped: boo
     try:
         write_text_atomic(path, text.getvalue())
     except OSError as error:
-        raise ValueError(f"cannot write {path} ({error.strerror or error})") from None
+        raise UserError(f"cannot write {path} ({error.strerror or error})") from None
 
 
 class SequenceWriter:
@@ -283,7 +284,7 @@ class SequenceWriter:
         self._stack.__exit__(kind, error, traceback)  # renames the video only when no error came
 
     def write(self, pair: PairFlow) -> str:
-        """Write one pair's files; returns its name. ValueError naming the file when one cannot be written."""
+        """Write one pair's files; returns its name. UserError naming the file when one cannot be written."""
         name = self.plan.name(len(self.names), self.source, pair.first, pair.second, overwrite=self.overwrite)
         canvas, _ = render_flow_panels(pair.first.rgb, *pair.flows, max_flow=self.max_flow)
         kinds = self.plan.kinds
@@ -297,7 +298,7 @@ class SequenceWriter:
             if kinds.strain:
                 self.measures.append(self._write_strain(name, pair, next(files), next(files)))
         except OSError as error:
-            raise ValueError(str(error)) from None
+            raise UserError(str(error)) from None
         if self.plan.video is not None:
             self._add_frame(canvas)
         self.names.append(name)
@@ -318,7 +319,7 @@ class SequenceWriter:
             size = (canvas.shape[1], canvas.shape[0])
             self._video = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_CODEC), self.source.fps, size)
             if not self._video.isOpened():
-                raise ValueError(f"cannot write {self.plan.video} (OpenCV has no '{VIDEO_CODEC}' encoder here)")
+                raise UserError(f"cannot write {self.plan.video} (OpenCV has no '{VIDEO_CODEC}' encoder here)")
         self._video.write(np.ascontiguousarray(canvas[..., ::-1]))
 
 

@@ -34,18 +34,18 @@ def _header(path: Path, header: list[str]) -> tuple[str, ...]:
     columns = [column.strip() for column in header]
     for column in columns:
         if column not in IMAGE_COLUMNS + VIDEO_COLUMNS:
-            raise ValueError(f"{path} line 1: unknown column {column!r} (columns: {COLUMN_SETS})")
+            raise UserError(f"{path} line 1: unknown column {column!r} (columns: {COLUMN_SETS})")
     for expected in (IMAGE_COLUMNS, VIDEO_COLUMNS):
         if sorted(columns) == sorted(expected):
             return tuple(columns)
-    raise ValueError(f"{path} line 1: columns {','.join(columns)} are neither {COLUMN_SETS}")
+    raise UserError(f"{path} line 1: columns {','.join(columns)} are neither {COLUMN_SETS}")
 
 
 def _name(where: str, name: str, seen: dict[str, int], line: int) -> str:
     if not name or name in (".", "..") or any(c in name for c in '/\\:*?"<>|') or name != name.strip():
-        raise ValueError(f"{where}: name {name!r} cannot name files (empty, a path or a character like / : *)")
+        raise UserError(f"{where}: name {name!r} cannot name files (empty, a path or a character like / : *)")
     if name.casefold() in seen:
-        raise ValueError(f"{where}: duplicate name {name!r} (also line {seen[name.casefold()]})")
+        raise UserError(f"{where}: duplicate name {name!r} (also line {seen[name.casefold()]})")
     seen[name.casefold()] = line
     return name
 
@@ -53,7 +53,7 @@ def _name(where: str, name: str, seen: dict[str, int], line: int) -> str:
 def _file(where: str, folder: Path, column: str, value: str) -> Path:
     path = Path(value) if Path(value).is_absolute() else folder / value
     if not path.is_file():
-        raise ValueError(f"{where}: {column} {value} not found" + (f" (in {folder})" if path != Path(value) else ""))
+        raise UserError(f"{where}: {column} {value} not found" + (f" (in {folder})" if path != Path(value) else ""))
     return path
 
 
@@ -61,26 +61,26 @@ def _index(where: str, column: str, value: str, video: Path, count: int) -> int:
     try:
         index = int(value)
     except ValueError:
-        raise ValueError(f"{where}: {column} {value!r} is not a frame index (0-based integer)") from None
+        raise UserError(f"{where}: {column} {value!r} is not a frame index (0-based integer)") from None
     if index < 0:
-        raise ValueError(f"{where}: {column} {index} is negative (indices are 0-based)")
+        raise UserError(f"{where}: {column} {index} is negative (indices are 0-based)")
     if count and index >= count:
-        raise ValueError(f"{where}: {column} {index} is past the end of {video.name} ({count} frames, 0-based)")
+        raise UserError(f"{where}: {column} {index} is past the end of {video.name} ({count} frames, 0-based)")
     return index
 
 
 def read_pairs(path: Path) -> list[PairRow]:
     """The rows of a pair list, every row checked (files exist, indices within the video, names
-    unique) before any work; ValueError naming the file and line otherwise."""
+    unique) before any work; UserError naming the file and line otherwise."""
     if not path.is_file():
-        raise ValueError(f"--pairs {path} not found")
+        raise UserError(f"--pairs {path} not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             lines = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise ValueError(f"--pairs {path}: cannot read it as CSV ({error})") from None
+        raise UserError(f"--pairs {path}: cannot read it as CSV ({error})") from None
     if not lines:
-        raise ValueError(f"--pairs {path} is empty (columns: {COLUMN_SETS})")
+        raise UserError(f"--pairs {path} is empty (columns: {COLUMN_SETS})")
     columns = _header(path, lines[0])
     folder, seen, counts, rows = path.parent, {}, {}, []
     for line, values in enumerate(lines[1:], start=2):
@@ -88,7 +88,7 @@ def read_pairs(path: Path) -> list[PairRow]:
             continue  # blank line
         where = f"{path} line {line}"
         if len(values) != len(columns):
-            raise ValueError(f"{where}: {len(values)} values for the {len(columns)} columns {','.join(columns)}")
+            raise UserError(f"{where}: {len(values)} values for the {len(columns)} columns {','.join(columns)}")
         row = {column: value.strip() for column, value in zip(columns, values)}
         name = _name(where, row["name"], seen, line)
         if "video" in row:
@@ -96,15 +96,15 @@ def read_pairs(path: Path) -> list[PairRow]:
             if video not in counts:
                 try:
                     counts[video] = video_frame_count(video)
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from None
+                except UserError as error:
+                    raise UserError(f"{where}: {error}") from None
             indices = tuple(_index(where, c, row[c], video, counts[video]) for c in ("frame1", "frame2"))
             rows.append(PairRow(name, where, video=video, indices=indices))
         else:
             images = [_file(where, folder, c, row[c]) for c in ("image1", "image2")]
             rows.append(PairRow(name, where, images=images))
     if not rows:
-        raise ValueError(f"--pairs {path} lists no pair")
+        raise UserError(f"--pairs {path} lists no pair")
     return rows
 
 
@@ -124,7 +124,7 @@ def _check_table(table: Path, rows: list[PairRow], overwrite: bool) -> None:
     except (OSError, UnicodeDecodeError, csv.Error):
         lines = []
     if not (lines and PairMeasures.is_header(lines[0]) and [v[0] for v in lines[1:]] == [r.name for r in rows]):
-        raise ValueError(f"{table.name} in {table.parent}: not from a run on this pair list (--overwrite replaces)")
+        raise UserError(f"{table.name} in {table.parent}: not from a run on this pair list (--overwrite replaces)")
 
 
 def extract_pairs(
@@ -149,7 +149,7 @@ def extract_pairs(
             results.append(
                 extract_sequence(row, estimator, options, inputs=inputs, log=log, progress=False, strain_table=False)
             )
-        except (UserError, ValueError) as error:  # the rows before it are written
+        except UserError as error:  # the rows before it are written
             written = [name for result in results for name in result.names]
             written += error.written if isinstance(error, SequenceStopped) else []
             raise SequenceStopped(error, output=options.output, written=written) from error

@@ -44,15 +44,15 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.batch_size > 1 and self.warm_start:
-            raise ValueError("--warm_start starts each pair from the previous one: it needs --batch_size 1")
+            raise UserError("--warm_start starts each pair from the previous one: it needs --batch_size 1")
         if self.max_flow is not None and not (math.isfinite(self.max_flow) and self.max_flow > 0):
-            raise ValueError(f"--max_flow must be a positive number, got {self.max_flow}")
+            raise UserError(f"--max_flow must be a positive number, got {self.max_flow}")
         if self.save_format is not None and self.save_format not in SAVE_FORMATS:
-            raise ValueError(f"unknown flow format {self.save_format!r} (one of {', '.join(sorted(SAVE_FORMATS))})")
+            raise UserError(f"unknown flow format {self.save_format!r} (one of {', '.join(sorted(SAVE_FORMATS))})")
         if self.face is not None and self.face.paste_back and self.save_format is None:
-            raise ValueError("--paste_back writes flow files: give --save_format (or --save_flo)")
+            raise UserError("--paste_back writes flow files: give --save_format (or --save_flo)")
 
     @property
     def extension(self) -> str | None:
@@ -84,10 +84,9 @@ class SequenceResult:
         return [self.output / f"{name}_flow.png" for name in self.names]
 
 
-class SequenceStopped(UserError, ValueError):
+class SequenceStopped(UserError):
     """Bad input (a damaged frame, a flow that is not finite, a file in the way) stopped a sequence
-    after `written` pairs had been written to `output`; its message is the cause's. It is both a
-    UserError and a ValueError, so that callers catch it as they caught the cause."""
+    after `written` pairs had been written to `output`; its message is the cause's."""
 
     def __init__(self, cause: Exception, *, output: Path, written: list[str]) -> None:
         super().__init__(str(cause))
@@ -107,7 +106,7 @@ def _make_folder(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
+        raise UserError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
 
 
 def _shows_progress(source: FrameSource) -> bool:
@@ -140,7 +139,7 @@ def extract_sequence(
     strain_table: bool = True,
     on_pair: Callable[[], None] | None = None,
 ) -> SequenceResult:
-    """Estimate and write the flows of every pair of `source`; ValueError (one line) when an output
+    """Estimate and write the flows of every pair of `source`; UserError (one line) when an output
     would be an input (`inputs`: (what, path)), a file of another run is in the way, a flow is not
     finite, a file cannot be written, no sampled frame has a face (face crop), or the source gives
     no pair. `progress`: a bar over the pairs of a folder or video; `on_pair` is called after each
@@ -173,7 +172,7 @@ def extract_sequence(
                     bar.update(1)
                 if on_pair is not None:
                     on_pair()
-    except (UserError, ValueError) as error:
+    except UserError as error:
         raise SequenceStopped(error, output=options.output, written=list(writer.names)) from error
     finally:
         if bar is not None:
@@ -182,7 +181,7 @@ def extract_sequence(
     if not writer.names:
         if isinstance(source, VideoFrames) and not shortfall:
             shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
-        raise ValueError(shortfall or "no pair to process: the input has fewer than 2 frames")
+        raise UserError(shortfall or "no pair to process: the input has fewer than 2 frames")
     if kinds.table:
         write_strain_table(plan.sequence[-1], writer.measures, cropped=crop is not None)
     return SequenceResult(

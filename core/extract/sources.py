@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Union
 
+from core.errors import UserError
 from core.utils.frames import (
     Frame,
     ImageFiles,
@@ -57,7 +58,7 @@ class PairRow:
         decoded = decode_frames(self.video, set(self.indices))
         for k, index in enumerate(self.indices):
             if index not in decoded:
-                raise ValueError(f"{self.where}: video {self.video} decodes no frame {index} (truncated or damaged?)")
+                raise UserError(f"{self.where}: video {self.video} decodes no frame {index} (truncated or damaged?)")
             yield self.frame(k, decoded[index])
 
     def planned(self) -> Iterator[tuple[Frame, Frame]]:
@@ -77,11 +78,11 @@ FrameSource = Union[ImageFiles, VideoFrames, PairRow]
 
 
 def check_selection(*, stride: int, max_frames: int | None) -> None:
-    """ValueError naming `--stride` or `--max_frames` when they select no pair."""
+    """UserError naming `--stride` or `--max_frames` when they select no pair."""
     if stride < 1:
-        raise ValueError(f"--stride must be >= 1, got {stride}")
+        raise UserError(f"--stride must be >= 1, got {stride}")
     if max_frames is not None and max_frames < 2:
-        raise ValueError(f"--max_frames must be >= 2 (a pair needs two frames), got {max_frames}")
+        raise UserError(f"--max_frames must be >= 2 (a pair needs two frames), got {max_frames}")
 
 
 def open_source(
@@ -93,7 +94,7 @@ def open_source(
     stride: int = 1,
     max_frames: int | None = None,
 ) -> FrameSource:
-    """The one source given (the demo pair when none is); ValueError naming the option or file
+    """The one source given (the demo pair when none is); UserError naming the option or file
     when the options make no sense. A pair is read and size-checked here, before any model loads."""
     chosen = [
         name
@@ -101,20 +102,20 @@ def open_source(
         if value
     ]
     if len(chosen) > 1:
-        raise ValueError(f"give only one input: {' and '.join(chosen)} were both given")
+        raise UserError(f"give only one input: {' and '.join(chosen)} were both given")
     check_selection(stride=stride, max_frames=max_frames)
     if video:
         source = VideoFrames(Path(video), stride, max_frames)
         if source.pairs == 0:
-            raise ValueError(f"video {video} has fewer than 2 usable frames")
+            raise UserError(f"video {video} has fewer than 2 usable frames")
         return source
     if frames:
         return folder_frames(Path(frames), stride=stride, max_frames=max_frames)
     if bool(image1) != bool(image2):
-        raise ValueError("--image1 and --image2 go together: give both")
+        raise UserError("--image1 and --image2 go together: give both")
     paths = [Path(image1), Path(image2)] if image1 else list(DEMO_PAIR)
     if not image1 and not all(p.is_file() for p in paths):
-        raise ValueError(f"demo pair {paths[0]} / {paths[1]} missing: pass --image1/--image2, --frames or --video")
+        raise UserError(f"demo pair {paths[0]} / {paths[1]} missing: pass --image1/--image2, --frames or --video")
     first, second = (read_rgb(path, role) for path, role in zip(paths, ("image1", "image2")))
     check_same_size(str(paths[0]), first, str(paths[1]), second)
     return ImageFiles(paths, role="pair", decoded=[first, second])

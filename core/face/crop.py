@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from core.defaults import TRAIN_IMAGE_SIZE
+from core.errors import UserError
 from core.face.detect import Detection, FaceDetector
 
 # Default --face_margin: the crop adds a quarter of the face's side on each side, so a still face's
@@ -55,11 +56,11 @@ class FaceCropOptions:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.margin) and self.margin >= 0):
-            raise ValueError(f"--face_margin must be >= 0, got {self.margin}")
+            raise UserError(f"--face_margin must be >= 0, got {self.margin}")
         if self.size < 32:
-            raise ValueError(f"--face_size must be >= 32 px, got {self.size}")
+            raise UserError(f"--face_size must be >= 32 px, got {self.size}")
         if self.samples < 1:
-            raise ValueError(f"face samples must be >= 1, got {self.samples}")
+            raise UserError(f"face samples must be >= 1, got {self.samples}")
 
 
 def sample_positions(count: int, samples: int) -> list[int]:
@@ -177,7 +178,7 @@ class FaceCrop:
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         """The square of a frame, edge pixels repeated where it leaves the frame, as `[size, size, 3]`."""
         if rgb.shape[:2] != self.frame_size:
-            raise ValueError(
+            raise UserError(
                 f"frame of {rgb.shape[1]}x{rgb.shape[0]} px in a sequence of {self.frame_size[1]}x{self.frame_size[0]}"
             )
         rows, cols, _, _ = self._window()
@@ -230,7 +231,7 @@ def fit_square(centre: tuple[float, float], side: float, frame_size: tuple[int, 
 
 
 def plan_crop(frames: Sequence[tuple[str, np.ndarray]], options: FaceCropOptions, what: str) -> FaceCrop:
-    """The crop of a sequence from its sampled frames (label, RGB); ValueError naming `what` (the
+    """The crop of a sequence from its sampled frames (label, RGB); UserError naming `what` (the
     input) when no sampled frame has a face."""
     per_sample = [options.detector.detect(rgb) for _, rgb in frames]
     return crop_around_face(per_sample, [label for label, _ in frames], frames[0][1].shape[:2], options, what)
@@ -246,7 +247,7 @@ def crop_around_face(
     """The crop from each sampled frame's detections (`labels`: the frames, `frame_size`: (H, W))."""
     chosen = choose_face(per_sample)
     if chosen is None:
-        raise ValueError(
+        raise UserError(
             f"no face found in {what} ({options.detector.name.split(' ')[0]}, {len(labels)} frames sampled): "
             "run without --face_crop, or try another --face_detector"
         )

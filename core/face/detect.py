@@ -15,6 +15,8 @@ from typing import NamedTuple, Protocol
 import cv2
 import numpy as np
 
+from core.errors import UserError
+
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 # detectMultiScale's own defaults: pyramid step and neighbours a detection needs
 HAAR_SCALE_FACTOR = 1.1
@@ -51,7 +53,7 @@ class HaarDetector:
         folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
         path = Path(folder or "") / HAAR_CASCADE
         if not hasattr(cv2, "CascadeClassifier") or not path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"--face_detector haar: OpenCV {cv2.__version__} ships no {HAAR_CASCADE} "
                 "(install opencv-python-headless<5, or pass --face_detector yunet:PATH)"
             )
@@ -76,12 +78,12 @@ class YuNetDetector:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise ValueError(f"--face_detector yunet:{path}: no such file")
+            raise UserError(f"--face_detector yunet:{path}: no such file")
         try:
             self.model = cv2.FaceDetectorYN.create(str(path), "", (320, 320), YUNET_SCORE)
         except cv2.error as error:
             reason = (error.err or "").replace(str(path), path.name)[:60]
-            raise ValueError(
+            raise UserError(
                 f"--face_detector yunet:{path}: OpenCV cannot load it as a YuNet model ({reason})"
             ) from None
         self.name = f"yunet ({path.name}, OpenCV {cv2.__version__})"
@@ -100,10 +102,10 @@ class YuNetDetector:
 
 
 def make_detector(spec: str) -> FaceDetector:
-    """`haar`, or `yunet:PATH`; ValueError naming --face_detector otherwise."""
+    """`haar`, or `yunet:PATH`; UserError naming --face_detector otherwise."""
     if spec == "haar":
         return HaarDetector()
     kind, _, path = spec.partition(":")
     if kind == "yunet" and path:
         return YuNetDetector(Path(path))
-    raise ValueError(f"--face_detector must be haar or yunet:PATH (a YuNet ONNX file), got {spec!r}")
+    raise UserError(f"--face_detector must be haar or yunet:PATH (a YuNet ONNX file), got {spec!r}")

@@ -5,17 +5,17 @@ Supported formats:
 * Middlebury ``.flo``: float32 magic 202021.25, int32 width, int32 height, then
   ``height * width * 2`` float32 values (x, y interleaved), all little-endian.
   Unlike the reference reader, malformed files (truncated, wrong magic number,
-  impossible dimensions, trailing bytes) raise :class:`ValueError` naming the file.
+  impossible dimensions, trailing bytes) raise :class:`~core.errors.UserError` naming the file.
 * PFM (``.pfm``): greyscale (``Pf``) or colour (``PF``) float maps as used by
   FlyingThings3D; flow is stored in the first two channels.
 * KITTI 16-bit PNG flow: ``value = flow * 64 + 2**15`` in the R and G channels and a
   validity flag in B.
 * Frames (JPEG/PNG/...): read with Pillow, like the reference, and always returned
   as ``uint8`` ``HxWx3`` RGB arrays. A JPEG whose image data is damaged (which libjpeg
-  decodes into a wrong image with a mere warning) raises :class:`ValueError` naming it
+  decodes into a wrong image with a mere warning) raises :class:`~core.errors.UserError` naming it
   (:func:`core.utils.jpeg.jpeg_damage`; each file is checked once per process).
 * NumPy ``.npy`` arrays (masks): read without unpickling; an unreadable file raises
-  :class:`ValueError` naming it.
+  :class:`~core.errors.UserError` naming it.
 
 All flows are ``float32`` arrays of shape ``[H, W, 2]`` (channel 0 = x).
 """
@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import UserError
 from core.utils.atomic import atomic_path
 from core.utils.jpeg import jpeg_damage
 
@@ -65,27 +66,27 @@ def read_flo(path: PathLike) -> np.ndarray:
     """Read a Middlebury ``.flo`` file into a float32 ``[H, W, 2]`` array.
 
     Raises:
-        ValueError: if the file is shorter than its header or than the size the
+        UserError: if the file is shorter than its header or than the size the
             header announces, has a wrong magic number, non-positive dimensions, or
             bytes after the flow data.
     """
     data = Path(path).read_bytes()
     if len(data) < _FLO_HEADER_BYTES:
-        raise ValueError(f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs {_FLO_HEADER_BYTES})")
+        raise UserError(f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs {_FLO_HEADER_BYTES})")
     magic = np.frombuffer(data, dtype="<f4", count=1, offset=0)[0]
     if magic != np.float32(FLO_MAGIC):
-        raise ValueError(f"{path}: not a .flo file (magic number {magic!r}, expected {FLO_MAGIC})")
+        raise UserError(f"{path}: not a .flo file (magic number {magic!r}, expected {FLO_MAGIC})")
     width, height = (int(v) for v in np.frombuffer(data, dtype="<i4", count=2, offset=4))
     if width <= 0 or height <= 0:
-        raise ValueError(f"{path}: invalid .flo dimensions {width}x{height}")
+        raise UserError(f"{path}: invalid .flo dimensions {width}x{height}")
     expected = _FLO_HEADER_BYTES + width * height * 2 * 4
     if len(data) < expected:
-        raise ValueError(
+        raise UserError(
             f"{path}: truncated .flo file: header says {width}x{height} "
             f"({expected} bytes) but the file has {len(data)} bytes"
         )
     if len(data) > expected:
-        raise ValueError(f"{path}: {len(data) - expected} unexpected trailing bytes after {width}x{height} flow data")
+        raise UserError(f"{path}: {len(data) - expected} unexpected trailing bytes after {width}x{height} flow data")
     flow = np.frombuffer(data, dtype="<f4", count=width * height * 2, offset=_FLO_HEADER_BYTES)
     return flow.reshape(height, width, 2).astype(np.float32)
 
@@ -115,22 +116,22 @@ def read_pfm(path: PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         kind = f.readline().strip()
         if kind not in (b"PF", b"Pf"):
-            raise ValueError(f"{path}: not a PFM file (header {kind[:16]!r})")
+            raise UserError(f"{path}: not a PFM file (header {kind[:16]!r})")
         dims = re.fullmatch(rb"\s*(\d+)\s+(\d+)\s*", f.readline())
         if dims is None:
-            raise ValueError(f"{path}: malformed PFM dimension line")
+            raise UserError(f"{path}: malformed PFM dimension line")
         width, height = int(dims.group(1)), int(dims.group(2))
         try:
             scale = float(f.readline().strip())
         except ValueError as err:
-            raise ValueError(f"{path}: malformed PFM scale line") from err
+            raise UserError(f"{path}: malformed PFM scale line") from err
         payload = f.read()
     if width <= 0 or height <= 0 or scale == 0:
-        raise ValueError(f"{path}: invalid PFM header ({width}x{height}, scale {scale})")
+        raise UserError(f"{path}: invalid PFM header ({width}x{height}, scale {scale})")
     channels = 3 if kind == b"PF" else 1
     count = width * height * channels
     if len(payload) != count * 4:
-        raise ValueError(
+        raise UserError(
             f"{path}: PFM data has {len(payload)} bytes, expected {count * 4} for {width}x{height}x{channels}"
         )
     dtype = "<f4" if scale < 0 else ">f4"
@@ -145,7 +146,7 @@ def write_pfm(path: PathLike, data: np.ndarray) -> None:
     if data.ndim == 3 and data.shape[2] == 2:
         data = np.concatenate([data, np.zeros_like(data[..., :1])], axis=2)
     if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 3)):
-        raise ValueError(f"{path}: PFM data must be [H, W], [H, W, 2] or [H, W, 3], got {data.shape}")
+        raise UserError(f"{path}: PFM data must be [H, W], [H, W, 2] or [H, W, 3], got {data.shape}")
     height, width = data.shape[:2]
     kind = b"PF" if data.ndim == 3 else b"Pf"
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -161,9 +162,9 @@ def read_kitti_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     raw = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
     if raw is None:
-        raise ValueError(f"{path}: cannot read KITTI flow PNG (missing or not an image)")
+        raise UserError(f"{path}: cannot read KITTI flow PNG (missing or not an image)")
     if raw.dtype != np.uint16:
-        raise ValueError(f"{path}: KITTI flow PNG must be 16-bit, got {raw.dtype}")
+        raise UserError(f"{path}: KITTI flow PNG must be 16-bit, got {raw.dtype}")
     rgb = raw[:, :, ::-1].astype(np.float32)  # OpenCV decodes to BGR
     flow = (rgb[:, :, :2] - _KITTI_OFFSET) / _KITTI_SCALE
     valid = (rgb[:, :, 2] > 0).astype(np.float32)
@@ -178,12 +179,12 @@ def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: np.ndarray | None 
     flow = _check_flow_array(flow, path)
     encoded = np.round(flow * _KITTI_SCALE + _KITTI_OFFSET)
     if encoded.min() < 0 or encoded.max() > 65535:
-        raise ValueError(f"{path}: flow exceeds the KITTI PNG range of +-512 px")
+        raise UserError(f"{path}: flow exceeds the KITTI PNG range of +-512 px")
     valid_channel = np.ones(flow.shape[:2]) if valid is None else (np.asarray(valid) > 0)
     rgb = np.dstack([encoded, valid_channel]).astype(np.uint16)
     with atomic_path(path) as tmp:
         if not cv2.imwrite(os.fspath(tmp), rgb[:, :, ::-1]):
-            raise ValueError(f"{path}: could not write KITTI flow PNG")
+            raise UserError(f"{path}: could not write KITTI flow PNG")
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -198,7 +199,7 @@ def read_image(path: PathLike) -> np.ndarray:
                 stat = os.stat(path)
                 damage = _jpeg_damage_once(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
                 if damage:
-                    raise ValueError(
+                    raise UserError(
                         f"{path}: damaged JPEG image data ({damage}): the decoder would return a wrong image"
                     )
             img.load()
@@ -210,7 +211,7 @@ def read_image(path: PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from err
+        raise UserError(f"{path}: cannot read image ({err})") from err
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -225,7 +226,7 @@ def read_npy(path: PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: naming the file and what it is, if it is not a readable ``.npy`` array
+        UserError: naming the file and what it is, if it is not a readable ``.npy`` array
             of numbers (another format, an array of Python objects, a truncated file).
     """
     try:
@@ -234,15 +235,15 @@ def read_npy(path: PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise
     except OSError as err:
-        raise ValueError(f"{path}: cannot read .npy array ({err})") from err
+        raise UserError(f"{path}: cannot read .npy array ({err})") from err
     if not head.startswith(NPY_MAGIC):
-        raise ValueError(f"{path}: not a .npy array but {_file_kind(head)}")
+        raise UserError(f"{path}: not a .npy array but {_file_kind(head)}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         if "Object arrays" in str(err):  # numpy's words for an array of pickled Python objects
-            raise ValueError(f"{path}: a .npy array of Python objects, not of numbers (never unpickled)") from err
-        raise ValueError(f"{path}: cannot read .npy array ({err})") from err
+            raise UserError(f"{path}: a .npy array of Python objects, not of numbers (never unpickled)") from err
+        raise UserError(f"{path}: cannot read .npy array ({err})") from err
 
 
 def _file_kind(head: bytes) -> str:
@@ -272,4 +273,4 @@ def read_gen(path: PathLike) -> np.ndarray:
         return read_npy(path)
     if ext in (".png", ".jpg", ".jpeg", ".ppm", ".bmp"):
         return read_image(path)
-    raise ValueError(f"{path}: unsupported file extension {ext!r}")
+    raise UserError(f"{path}: unsupported file extension {ext!r}")

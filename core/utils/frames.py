@@ -1,5 +1,5 @@
 """Frame sources of get_flow.py: an image pair, a folder of frames, a video; frames are
-read one at a time. Problems raise ValueError with a one-line message naming the file."""
+read one at a time. Problems raise UserError with a one-line message naming the file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import UserError
 from core.utils.frame_utils import read_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
@@ -27,13 +28,13 @@ def natural_key(path: Path) -> list:
 def read_rgb(path: Path, role: str) -> np.ndarray:
     if path.is_dir():
         hint = " (use --frames for a folder of frames)" if role.startswith("image") else ""
-        raise ValueError(f"{role} {path} is a directory, not an image file{hint}")
+        raise UserError(f"{role} {path} is a directory, not an image file{hint}")
     if not path.is_file():
-        raise ValueError(f"{role} {path} not found")
+        raise UserError(f"{role} {path} not found")
     try:
         return read_image(path)
     except (ValueError, OSError) as error:
-        raise ValueError(f"cannot read {role} {path}: {str(error).splitlines()[0]}") from None
+        raise UserError(f"cannot read {role} {path}: {str(error).splitlines()[0]}") from None
 
 
 @dataclass
@@ -119,18 +120,18 @@ class VideoFrames:
 
     def __init__(self, path: Path, stride: int, max_frames: int | None) -> None:
         if path.is_dir():
-            raise ValueError(f"video {path} is a directory, not a video file")
+            raise UserError(f"video {path} is a directory, not a video file")
         if not path.is_file():
-            raise ValueError(f"video {path} not found")
+            raise UserError(f"video {path} not found")
         capture = cv2.VideoCapture(str(path))
         if not capture.isOpened():
-            raise ValueError(f"cannot open video {path} (not a video OpenCV can decode)")
+            raise UserError(f"cannot open video {path} (not a video OpenCV can decode)")
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = capture.get(cv2.CAP_PROP_FPS)
         readable, _ = capture.read()
         capture.release()
         if not readable:
-            raise ValueError(f"cannot open video {path} (OpenCV decodes no frame from it)")
+            raise UserError(f"cannot open video {path} (OpenCV decodes no frame from it)")
         self.path, self.stride, self.max_frames = path, stride, max_frames
         self.paths = [path]  # the input files
         self.announced = max(count, 0)  # frames in the container (0: unknown)
@@ -221,11 +222,11 @@ def decode_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
 
 
 def video_frame_count(path: Path) -> int:
-    """Frames a video's container announces (0: unknown); ValueError naming it when OpenCV cannot open it."""
+    """Frames a video's container announces (0: unknown); UserError naming it when OpenCV cannot open it."""
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            raise ValueError(f"cannot open video {path} (not a video OpenCV can decode)")
+            raise UserError(f"cannot open video {path} (not a video OpenCV can decode)")
         return max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
     finally:
         capture.release()
@@ -234,16 +235,16 @@ def video_frame_count(path: Path) -> int:
 def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = None) -> ImageFiles:
     """Every `stride`-th image of `folder` in natural order (frame2 before frame10), at most `max_frames`."""
     if folder.is_file():
-        raise ValueError(f"frames folder {folder} is a file, not a folder (use --video for a video file)")
+        raise UserError(f"frames folder {folder} is a file, not a folder (use --video for a video file)")
     if not folder.is_dir():
-        raise ValueError(f"frames folder {folder} not found")
+        raise UserError(f"frames folder {folder} not found")
     paths = sorted(
         (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS), key=natural_key
     )[::stride]
     if max_frames is not None:
         paths = paths[:max_frames]
     if len(paths) < 2:
-        raise ValueError(
+        raise UserError(
             f"frames folder {folder} has {len(paths)} usable image(s) "
             f"({', '.join(sorted(IMAGE_EXTENSIONS))}); a pair needs at least 2"
         )
@@ -252,7 +253,7 @@ def folder_frames(folder: Path, *, stride: int = 1, max_frames: int | None = Non
 
 def check_same_size(label1: str, rgb1: np.ndarray, label2: str, rgb2: np.ndarray) -> None:
     if rgb1.shape != rgb2.shape:
-        raise ValueError(
+        raise UserError(
             f"{label1} ({rgb1.shape[1]}x{rgb1.shape[0]} px) and {label2} ({rgb2.shape[1]}x{rgb2.shape[0]} px) "
             "differ in size; both images of a pair must have the same size"
         )
