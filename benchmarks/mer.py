@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
 
 from benchmarks.timing import interleaved_best
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
 from core.mer.models import STSTNet
+from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
 MEGC_SUBJECTS = 68  # 24 + 28 + 16 subjects
@@ -68,7 +68,7 @@ def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str
     one_epoch = dataclasses.replace(config, epochs=1)
 
     def at_once() -> None:
-        with tqdm(disable=True) as bar:
+        with progress_bar(disable=True) as bar:
             train_folds_at_once(inputs, targets, folds, num_classes=CLASSES, config=one_epoch, bar=bar)
 
     def one_at_a_time() -> None:
@@ -84,7 +84,7 @@ def heaviest_operators(inputs: torch.Tensor, targets: torch.Tensor, groups: list
     """The profiler's table of one epoch of `config.folds_at_once` folds trained at once."""
     folds = make_folds(groups, seed=config.seed)[: config.folds_at_once]
     one_epoch = dataclasses.replace(config, epochs=1)
-    with tqdm(disable=True) as bar, profile() as profiler:
+    with progress_bar(disable=True) as bar, profile() as profiler:
         train_folds_at_once(inputs, targets, folds, num_classes=CLASSES, config=one_epoch, bar=bar)
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=TOP_OPERATORS)
 

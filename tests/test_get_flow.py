@@ -26,7 +26,7 @@ HEADER = 22  # title strip above the panels
 
 @pytest.fixture(scope="module")
 def odd_frames() -> list[np.ndarray]:
-    """Four synthetic 250x333 RGB frames."""
+    """Four synthetic RGB frames, 250 rows by 333 columns (333x250 px)."""
     return render_sequence((250, 333), 4, seed=7, emotion="happy").facial_frames
 
 
@@ -248,7 +248,9 @@ def test_user_errors(odd_frames: list[np.ndarray], decflow_checkpoint: Path, tmp
     large = tmp_path / "large.png"
     Image.fromarray(odd_frames[1]).save(large)
     text = _error(*model, "--image1", str(small), "--image2", str(large))
-    assert "small.png" in text and "large.png" in text and "200x300" in text and "250x333" in text
+    assert (
+        "small.png" in text and "large.png" in text and "300x200 px" in text and "333x250 px" in text
+    )  # W x H (docs/outputs.md)
 
     assert "image2" in _error(*model, "--image1", str(small), "--image2", str(tmp_path / "missing.png"))
     assert "not found" in _error(*model, "--image1", str(small), "--image2", str(tmp_path / "missing.png"))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from core.errors import UserError
 from core.mer.models import FOLDED, MODELS, STREAMS, pool_side
+from core.utils.progress import progress_bar
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which STSTNet's code keeps
 ADAM_EPS = 1e-8
@@ -282,7 +283,7 @@ def train_loso(
     logits = torch.empty(len(targets), num_classes, device=inputs.device)
     states = {}
     trained = []
-    with tqdm(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
+    with progress_bar(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
         if config.model in FOLDED:
             for start in range(0, len(folds), config.folds_at_once):
                 chunk = folds[start : start + config.folds_at_once]

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from core.errors import UserError
 from core.mer.clips import CANONICAL_COLUMNS, Clip
@@ -45,6 +44,7 @@ from core.synthetic.sequence import SyntheticSubject
 from core.synthetic.texture import Array, FaceLayout, make_background, make_face_texture
 from core.utils import frame_utils
 from core.utils.atomic import atomic_path, write_text_atomic
+from core.utils.progress import progress_bar
 
 DATASET = "synthetic"
 CLASSES = ("negative", "positive", "surprise")  # the labels; the megc2019 protocol maps them to themselves
@@ -265,7 +265,7 @@ def write_synthetic_corpus(
     root.mkdir(parents=True, exist_ok=True)
     digits = max(2, len(str(max(subjects, *counts))))
     clips = []
-    with tqdm(total=sum(counts), desc="synthetic MER corpus", unit="clip", disable=not progress) as bar:
+    with progress_bar(total=sum(counts), desc="synthetic MER corpus", unit="clip", disable=not progress) as bar:
         for j, count in enumerate(counts):
             subject_rng = np.random.default_rng((seed, j))
             start = int(subject_rng.integers(len(CLASSES)))
