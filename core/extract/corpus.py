@@ -450,7 +450,8 @@ class CorpusSummary:
         )
 
 
-def _error_text(error: Exception) -> str:
+def error_text(error: Exception) -> str:
+    """One line for a failures file: a bad-input error's message, any other error's type too (a bug shows)."""
     text = str(error).splitlines()[0] if str(error) else ""
     return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}"
 
@@ -501,7 +502,7 @@ def extract_corpus(
         try:
             progress.sequence(extract_one(sequence, job, estimator, progress), sequence.relative)
         except Exception as error:  # noqa: BLE001 - any sequence's failure is recorded, the corpus goes on
-            progress.sequence("failed", sequence.relative, _error_text(error))
+            progress.sequence("failed", sequence.relative, error_text(error))
     tally = progress.finish()
     if shard.torchrun and not shard.leads:
         return None

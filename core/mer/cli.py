@@ -242,7 +242,7 @@ def face_options(args: argparse.Namespace) -> FaceCropOptions:
     try:
         detector = make_detector(args.face_detector)
         return FaceCropOptions(detector=detector, margin=args.face_margin, size=args.crop_size)
-    except ValueError as error:
+    except UserError as error:
         raise UserError(str(error).replace("--face_size", "--crop_size")) from None
 
 
@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         run_verb(args)
-    except (UserError, ValueError) as error:
+    except UserError as error:
         raise SystemExit(f"{PROG} {args.verb}: error: {str(error).splitlines()[0]}") from None
 
 

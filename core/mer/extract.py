@@ -39,6 +39,7 @@ from core.extract.corpus import (
     CorpusSummary,
     Progress,
     Shard,
+    error_text,
     fingerprint,
     is_complete,
     read_manifest,
@@ -292,12 +293,6 @@ def extract_clip(clip: Clip, copy: DatasetCopy, job: ExtractJob) -> str:
 
 
 # ---------------------------------------------------------------- the run
-def error_text(error: Exception) -> str:
-    """One line for the failures file (the type named unless it is a bad-input error)."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    return text if isinstance(error, (ValueError, UserError)) else f"{type(error).__name__}: {text}"
-
-
 def extract_clips(work: Sequence[tuple[Clip, DatasetCopy]], job: ExtractJob) -> CorpusSummary:
     """Each (clip, its copy) into the cache; a clip that fails is recorded in `failures.jsonl` and
     the run goes on. Returns the summary (its line: done, skipped, failed, time)."""
