@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.utils.frame_utils import read_image
+from core.utils.flow_io import read_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 # files a corpus (get_flow.py --corpus) takes for videos; any other format still works with --video
