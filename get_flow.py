@@ -101,12 +101,13 @@ from core.extract.corpus import (
 from core.extract.outputs import SAVE_FORMATS, describe_files, describe_written
 from core.extract.pairs import extract_pairs, read_pairs, table_path
 from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStopped, extract_sequence
-from core.extract.sources import FrameSource, check_selection, open_source
+from core.extract.sources import check_selection, open_source
 from core.face.crop import FACE_MARGIN, FACE_SIZE, FaceCropOptions
 from core.face.detect import make_detector
 from core.inference import Estimator
 from core.precision import precision_name
 from core.training.distributed import rank_device
+from core.utils.frames import FrameSource
 from core.weights import offline_requested, sha256_of
 
 

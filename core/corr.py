@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
-from core.chunking import row_blocks
 from core.precision import volume_dtype
 
 # Sizes of the published architecture's pyramid (the checkpoints depend on them).
@@ -91,6 +90,22 @@ def corr_levels_stored_from(
     if alternate_corr:
         return CORR_LEVELS  # memory-bounded: no volume at all
     return dense_from_level(batch, pixels, device, bytes_per_value=volume_dtype(device, amp_dtype).itemsize)
+
+
+def row_blocks(total: int, *, row_elements: int, budget: int) -> list[slice]:
+    """Slices over `total` rows of `row_elements` values each, about `budget` values per block;
+    `[slice(None)]` when one block holds them all. They bound the memory of one step: the
+    correlation volume and its lookups here, the attention of `core.gma`.
+
+    Always one block while torch.export traces: an exported graph serves every input size, so
+    it has no loop whose count depends on the size (its memory grows with the size instead).
+    """
+    if torch.compiler.is_exporting():
+        return [slice(None)]
+    rows = max(1, budget // row_elements)
+    if rows >= total:
+        return [slice(None)]
+    return [slice(start, start + rows) for start in range(0, total, rows)]
 
 
 def _centres(coords: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -39,7 +39,7 @@ from torch.utils import data
 
 from core.defaults import DATASET_ROOT
 from core.errors import UserError
-from core.utils import frame_utils
+from core.utils import flow_io
 from core.utils.augmentor import FacialFlowAugmentor
 
 logger = logging.getLogger(__name__)
@@ -278,11 +278,11 @@ class FacialFlow(data.Dataset):
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Read the raw arrays of pair ``index`` and check that their shapes agree."""
-        img1 = frame_utils.read_image(self.image_list[index][0])
-        img2 = frame_utils.read_image(self.image_list[index][1])
-        flow_facial = frame_utils.read_flo(self.flow_facial_list[index])
-        flow_head = frame_utils.read_flo(self.flow_head_list[index])
-        mask = frame_utils.read_npy(self.mask_list[index])
+        img1 = flow_io.read_image(self.image_list[index][0])
+        img2 = flow_io.read_image(self.image_list[index][1])
+        flow_facial = flow_io.read_flo(self.flow_facial_list[index])
+        flow_head = flow_io.read_flo(self.flow_head_list[index])
+        mask = flow_io.read_npy(self.mask_list[index])
         shape = img1.shape[:2]
         for path, arr in (
             (self.image_list[index][1], img2),

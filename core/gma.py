@@ -10,7 +10,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from core.chunking import row_blocks
+from core.corr import row_blocks
 from core.precision import inference_cast_dtype, under_autograd
 
 

@@ -32,7 +32,7 @@ from core.extract.corpus import (
     resolve_shard,
     staged_folder,
 )
-from core.utils.frame_utils import read_flo
+from core.utils.flow_io import read_flo
 from tests.face_helpers import astronaut_clip
 
 REPO = Path(__file__).resolve().parents[1]

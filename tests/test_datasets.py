@@ -11,7 +11,7 @@ import torch
 from core import synthetic
 from core.datasets import FacialFlow, SampleInfo, default_num_workers, nonfinite_ground_truth, seed_worker
 from core.training.data import build_train_loader
-from core.utils import frame_utils
+from core.utils import flow_io
 from core.utils.augmentor import FacialFlowAugmentor
 
 SEQ = Path("train") / "angry" / "subject001"
@@ -44,13 +44,13 @@ def test_sample_equals_files_read_directly(synthetic_root: Path) -> None:
 
     seq = synthetic_root / "image" / "facial" / "val" / "angry" / "subject001"
     labels = Path("val") / "angry" / "subject001"
-    np.testing.assert_array_equal(img1.permute(1, 2, 0).numpy(), frame_utils.read_image(seq / "0002.jpg"))
-    np.testing.assert_array_equal(img2.permute(1, 2, 0).numpy(), frame_utils.read_image(seq / "0003.jpg"))
+    np.testing.assert_array_equal(img1.permute(1, 2, 0).numpy(), flow_io.read_image(seq / "0002.jpg"))
+    np.testing.assert_array_equal(img2.permute(1, 2, 0).numpy(), flow_io.read_image(seq / "0003.jpg"))
     np.testing.assert_array_equal(
-        flow_f.permute(1, 2, 0).numpy(), frame_utils.read_flo(synthetic_root / "flow" / "facial" / labels / "0002.flo")
+        flow_f.permute(1, 2, 0).numpy(), flow_io.read_flo(synthetic_root / "flow" / "facial" / labels / "0002.flo")
     )
     np.testing.assert_array_equal(
-        flow_h.permute(1, 2, 0).numpy(), frame_utils.read_flo(synthetic_root / "flow" / "head" / labels / "0002.flo")
+        flow_h.permute(1, 2, 0).numpy(), flow_io.read_flo(synthetic_root / "flow" / "head" / labels / "0002.flo")
     )
     np.testing.assert_array_equal(
         mask.numpy(), np.load(synthetic_root / "mask" / labels / "0002.npy").astype(np.float32)
@@ -60,9 +60,9 @@ def test_sample_equals_files_read_directly(synthetic_root: Path) -> None:
 
 def test_valid_marks_huge_flow_values(damaged_root: Path) -> None:
     path = damaged_root / "flow" / "head" / SEQ / "0001.flo"
-    flow = frame_utils.read_flo(path)
+    flow = flow_io.read_flo(path)
     flow[5, 7, 1] = -1000.0
-    frame_utils.write_flo(path, flow)
+    flow_io.write_flo(path, flow)
     _, _, _, _, valid_f, valid_h, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
     assert valid_h[5, 7] == 0 and valid_h.sum() == 128 * 128 - 1
     assert valid_f.min() == 1
@@ -154,11 +154,11 @@ def test_named_labels_pair_by_name_without_warning(synthetic_root: Path, caplog)
 
 def test_non_finite_ground_truth_is_invalid_zeroed_and_found(damaged_root: Path) -> None:
     path = damaged_root / "flow" / "facial" / SEQ / "0001.flo"
-    flow = frame_utils.read_flo(path)
+    flow = flow_io.read_flo(path)
     flow[3, 4, 0] = np.nan
     flow[6, 2, 1] = np.inf
     flow[7, 7, 0] = -2000.0  # finite but invalid: not a non-finite pixel
-    frame_utils.write_flo(path, flow)
+    flow_io.write_flo(path, flow)
     _, _, flow_f, flow_h, valid_f, valid_h, _ = FacialFlow(split="train", dataset_root=damaged_root)[0]
     assert valid_f[3, 4] == 0 and valid_f[6, 2] == 0 and valid_f[7, 7] == 0 and valid_f.sum() == 128 * 128 - 3
     assert torch.isfinite(flow_f).all()
@@ -245,11 +245,11 @@ def test_augmentation_keeps_facial_and_head_samples_self_consistent(synthetic_ro
     """Augmented frame 2 warped by the augmented flow matches augmented frame 1 on the augmented mask."""
     aug = FacialFlowAugmentor((96, 96), min_scale=-0.2, max_scale=0.6, eraser_prob=0.0, asymmetric_color_prob=0.0)
     rel = Path("train") / "happy" / "subject002"
-    read = frame_utils.read_image
+    read = flow_io.read_image
     facial = [read(synthetic_root / "image" / "facial" / rel / n) for n in ("0001.jpg", "0002.jpg")]
     head = [read(synthetic_root / "image" / "head" / rel / n) for n in ("0001.jpg", "0002.jpg")]
-    flow_f = frame_utils.read_flo(synthetic_root / "flow" / "facial" / rel / "0001.flo")
-    flow_h = frame_utils.read_flo(synthetic_root / "flow" / "head" / rel / "0001.flo")
+    flow_f = flow_io.read_flo(synthetic_root / "flow" / "facial" / rel / "0001.flo")
+    flow_h = flow_io.read_flo(synthetic_root / "flow" / "head" / rel / "0001.flo")
     mask = np.load(synthetic_root / "mask" / rel / "0001.npy").astype(np.uint8)
 
     ratios = []

@@ -25,7 +25,7 @@ from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.datasets import FacialFlow
 from core.network import DecFlow
-from core.utils.frame_utils import read_flo, write_flo
+from core.utils.flow_io import read_flo, write_flo
 from tests.model_helpers import bf16_tolerance
 
 REPO = Path(__file__).resolve().parents[1]

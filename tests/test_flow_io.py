@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.utils import flow_viz, frame_utils
+from core.utils import flow_io, flow_viz
 
 
 @pytest.fixture
@@ -22,15 +22,15 @@ def _flo_bytes(width: int, height: int, n_values: int, magic: float = 202021.25)
 
 def test_flo_round_trip_is_exact_and_little_endian(tmp_path: Path, flow: np.ndarray) -> None:
     path = tmp_path / "a.flo"
-    frame_utils.write_flo(path, flow)
+    flow_io.write_flo(path, flow)
     assert path.stat().st_size == 12 + 7 * 11 * 2 * 4
     raw = path.read_bytes()
     assert np.frombuffer(raw[:4], "<f4")[0] == np.float32(202021.25)
     assert tuple(np.frombuffer(raw[4:12], "<i4")) == (11, 7)
-    back = frame_utils.read_flo(path)
+    back = flow_io.read_flo(path)
     assert back.dtype == np.float32 and back.shape == (7, 11, 2)
     np.testing.assert_array_equal(back, flow)
-    np.testing.assert_array_equal(frame_utils.read_gen(path), flow)
+    np.testing.assert_array_equal(flow_io.read_gen(path), flow)
 
 
 @pytest.mark.parametrize(
@@ -62,48 +62,48 @@ def test_malformed_flo_raises_naming_the_file(tmp_path: Path, content: bytes, me
     path = tmp_path / "broken.flo"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=message) as info:
-        frame_utils.read_flo(path)
+        flow_io.read_flo(path)
     assert str(path) in str(info.value)
 
 
 def test_write_flo_rejects_wrong_shape(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="H, W, 2"):
-        frame_utils.write_flo(tmp_path / "x.flo", np.zeros((2, 4, 5), np.float32))
+        flow_io.write_flo(tmp_path / "x.flo", np.zeros((2, 4, 5), np.float32))
 
 
 def test_pfm_round_trips(tmp_path: Path, flow: np.ndarray) -> None:
-    frame_utils.write_pfm(tmp_path / "f.pfm", flow)
-    colour = frame_utils.read_pfm(tmp_path / "f.pfm")
+    flow_io.write_pfm(tmp_path / "f.pfm", flow)
+    colour = flow_io.read_pfm(tmp_path / "f.pfm")
     assert colour.shape == (7, 11, 3)
     np.testing.assert_array_equal(colour[..., :2], flow)
     np.testing.assert_array_equal(colour[..., 2], 0)
-    np.testing.assert_array_equal(frame_utils.read_gen(tmp_path / "f.pfm"), flow)
+    np.testing.assert_array_equal(flow_io.read_gen(tmp_path / "f.pfm"), flow)
 
     grey = flow[..., 0]
-    frame_utils.write_pfm(tmp_path / "g.pfm", grey)
-    np.testing.assert_array_equal(frame_utils.read_pfm(tmp_path / "g.pfm"), grey)
+    flow_io.write_pfm(tmp_path / "g.pfm", grey)
+    np.testing.assert_array_equal(flow_io.read_pfm(tmp_path / "g.pfm"), grey)
 
 
 def test_pfm_big_endian_and_bottom_to_top(tmp_path: Path) -> None:
     data = np.arange(6, dtype=np.float32).reshape(2, 3)
     path = tmp_path / "be.pfm"
     path.write_bytes(b"Pf\n3 2\n1.0\n" + np.flipud(data).astype(">f4").tobytes())
-    np.testing.assert_array_equal(frame_utils.read_pfm(path), data)
+    np.testing.assert_array_equal(flow_io.read_pfm(path), data)
 
 
 def test_pfm_truncated_raises(tmp_path: Path) -> None:
     path = tmp_path / "t.pfm"
     path.write_bytes(b"PF\n3 2\n-1.0\n" + b"\0" * 10)
     with pytest.raises(ValueError, match=str(path)):
-        frame_utils.read_pfm(path)
+        flow_io.read_pfm(path)
 
 
 def test_kitti_round_trip_quantised_with_validity(tmp_path: Path, flow: np.ndarray) -> None:
     valid = np.ones(flow.shape[:2], bool)
     valid[2, 3] = False
     path = tmp_path / "k.png"
-    frame_utils.write_kitti_flow(path, flow, valid)
-    back, back_valid = frame_utils.read_kitti_flow(path)
+    flow_io.write_kitti_flow(path, flow, valid)
+    back, back_valid = flow_io.read_kitti_flow(path)
     assert back.dtype == np.float32 and back.shape == flow.shape
     np.testing.assert_allclose(back, flow, atol=0.5 / 64 + 1e-4)
     np.testing.assert_array_equal(back_valid, valid.astype(np.float32))
@@ -111,41 +111,41 @@ def test_kitti_round_trip_quantised_with_validity(tmp_path: Path, flow: np.ndarr
 
 def test_kitti_rejects_out_of_range(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="512"):
-        frame_utils.write_kitti_flow(tmp_path / "k.png", np.full((2, 2, 2), 600, np.float32))
+        flow_io.write_kitti_flow(tmp_path / "k.png", np.full((2, 2, 2), 600, np.float32))
 
 
 def test_read_image_grey_rgba_and_jpeg(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     grey = rng.integers(0, 256, (5, 6), dtype=np.uint8)
     Image.fromarray(grey).save(tmp_path / "g.png")
-    out = frame_utils.read_image(tmp_path / "g.png")
+    out = flow_io.read_image(tmp_path / "g.png")
     assert out.shape == (5, 6, 3) and out.dtype == np.uint8
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], grey)
 
     rgba = rng.integers(0, 256, (5, 6, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
-    np.testing.assert_array_equal(frame_utils.read_image(tmp_path / "c.png"), rgba[..., :3])
+    np.testing.assert_array_equal(flow_io.read_image(tmp_path / "c.png"), rgba[..., :3])
 
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=90)
     expected = np.array(Image.open(tmp_path / "c.jpg"))  # the reference reads frames with Pillow
-    np.testing.assert_array_equal(frame_utils.read_gen(tmp_path / "c.jpg"), expected)
+    np.testing.assert_array_equal(flow_io.read_gen(tmp_path / "c.jpg"), expected)
 
 
 def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="bad.jpg"):
-        frame_utils.read_image(bad)
+        flow_io.read_image(bad)
     with pytest.raises(FileNotFoundError):
-        frame_utils.read_image(tmp_path / "missing.jpg")
+        flow_io.read_image(tmp_path / "missing.jpg")
 
 
 def test_read_npy_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:
     mask = np.arange(12, dtype=np.uint16).reshape(3, 4)
     np.save(tmp_path / "mask.npy", mask)
-    for read in (frame_utils.read_npy, frame_utils.read_gen):
+    for read in (flow_io.read_npy, flow_io.read_gen):
         back = read(tmp_path / "mask.npy")
         assert back.dtype == np.uint16 and np.array_equal(back, mask)
     pickled = tmp_path / "pickled.npy"
@@ -155,12 +155,12 @@ def test_read_npy_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:
         (pickled, "a .npy array of Python objects, not of numbers"),
         (tmp_path / "text.npy", "not a .npy array but a file starting with b'not an a'"),
     ):
-        for read in (frame_utils.read_npy, frame_utils.read_gen):
+        for read in (flow_io.read_npy, flow_io.read_gen):
             with pytest.raises(ValueError, match=message) as info:
                 read(path)
             assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError):
-        frame_utils.read_npy(tmp_path / "missing.npy")
+        flow_io.read_npy(tmp_path / "missing.npy")
 
 
 def test_flow_to_image_basic_properties() -> None:

@@ -16,8 +16,8 @@ from PIL import Image
 import evaluate
 import get_flow
 from core.synthetic import render_sequence
-from core.utils import flow_viz, frame_utils
-from core.utils.frame_utils import read_flo
+from core.utils import flow_io, flow_viz
+from core.utils.flow_io import read_flo
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 2
@@ -368,9 +368,9 @@ def test_save_formats_hold_the_same_flows(decflow_checkpoint: Path, tmp_path: Pa
     model = ("--model", str(decflow_checkpoint), "--iters", "1", "--image1", str(first), "--image2", str(second))
     run(*model, "--save_flo", "--output", str(tmp_path / "flo"))
     readers = {
-        "pfm": lambda p: frame_utils.read_pfm(p)[..., :2],
+        "pfm": lambda p: flow_io.read_pfm(p)[..., :2],
         "npy": np.load,
-        "kitti": lambda p: frame_utils.read_kitti_flow(p)[0],
+        "kitti": lambda p: flow_io.read_kitti_flow(p)[0],
     }
     for fmt, extension in (("pfm", ".pfm"), ("npy", ".npy"), ("kitti", ".png")):
         run(*model, "--save_format", fmt, "--output", str(tmp_path / fmt))

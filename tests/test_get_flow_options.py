@@ -18,7 +18,7 @@ from core import synthetic
 from core.datasets import FacialFlow
 from core.inference import FlowEstimator, load_model
 from core.network import DecFlowConfig
-from core.utils.frame_utils import read_flo
+from core.utils.flow_io import read_flo
 
 SIZE = (40, 48)  # padded to 128 x 128 by the estimator: cheap, and the warm start's low flows have one size
 

@@ -10,7 +10,7 @@ import torch
 from benchmarks import learning
 from core.checkpoint import load_checkpoint
 from core.network import DecFlow
-from core.utils import frame_utils
+from core.utils import flow_io
 from tests.train_helpers import make_gma_checkpoint
 
 # two steps of batch 1 at 1 iteration on one subject's 2 pairs of 128x128 frames
@@ -148,7 +148,7 @@ def test_read_curves_takes_print_and_validation_lines(tmp_path):
     assert curves["test"]["facial_epe"] == [(10, 5.0)] and np.isnan(curves["test"]["head_epe"][0][1])
     assert "lr" not in curves["train"]
     learning.plot_curves({"fp32": curves}, {"facial": 6.0, "head": 6.0}, tmp_path / "c.png")
-    assert frame_utils.read_image(tmp_path / "c.png").shape[2] == 3
+    assert flow_io.read_image(tmp_path / "c.png").shape[2] == 3
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")

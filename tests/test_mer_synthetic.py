@@ -14,7 +14,7 @@ from core.mer.clips import CANONICAL_COLUMNS, Clip
 from core.mer.inputs import classifier_input
 from core.mer.synthetic import CLASSES, clip_counts, ground_truth_file, write_synthetic_corpus
 from core.synthetic.check import erode, warp_error
-from core.utils.frame_utils import read_image
+from core.utils.flow_io import read_image
 
 SUBJECTS, CLIPS = 6, 6
 

@@ -20,7 +20,7 @@ from core.network import DecFlow
 from core.reference import straightforward_forward
 from core.synthetic import generate
 from core.training import step as training_step
-from core.utils.frame_utils import write_flo
+from core.utils.flow_io import write_flo
 from tests.model_helpers import GMA_TSV, authors_state_dict
 from tests.train_helpers import make_dataset, run
 

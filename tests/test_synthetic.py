@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core import synthetic
-from core.utils import frame_utils
+from core.utils import flow_io
 
 
 @pytest.mark.parametrize("emotion", synthetic.EMOTIONS)
@@ -42,9 +42,9 @@ def test_written_ground_truth_warps_frame2_onto_frame1(synthetic_root: Path, kin
     errors, zero_errors = [], []
     for rel, next_name in _pairs(synthetic_root):
         frames = synthetic_root / "image" / kind / rel.parent
-        f1 = frame_utils.read_image(frames / rel.with_suffix(".jpg").name)
-        f2 = frame_utils.read_image(frames / next_name)
-        flow = frame_utils.read_flo(synthetic_root / "flow" / kind / rel)
+        f1 = flow_io.read_image(frames / rel.with_suffix(".jpg").name)
+        f2 = flow_io.read_image(frames / next_name)
+        flow = flow_io.read_flo(synthetic_root / "flow" / kind / rel)
         face = synthetic.erode(np.load(synthetic_root / "mask" / rel.with_suffix(".npy")), 2)
         errors.append(synthetic.warp_error(f1, f2, flow, face))
         zero_errors.append(synthetic.warp_error(f1, f2, np.zeros_like(flow), face))
@@ -87,12 +87,12 @@ def test_layout_counts_masks_and_head_sequence(synthetic_root: Path) -> None:
             assert 0.03 < mask.mean() < 0.6
         # head frame 1 is facial frame 1 (expression held at the first frame)
         np.testing.assert_array_equal(
-            frame_utils.read_image(seq / "0001.jpg"),
-            frame_utils.read_image(synthetic_root / "image" / "head" / rel / "0001.jpg"),
+            flow_io.read_image(seq / "0001.jpg"),
+            flow_io.read_image(synthetic_root / "image" / "head" / rel / "0001.jpg"),
         )
         for stem in ("0001", "0002"):
-            facial = frame_utils.read_flo(synthetic_root / "flow" / "facial" / rel / f"{stem}.flo")
-            head = frame_utils.read_flo(synthetic_root / "flow" / "head" / rel / f"{stem}.flo")
+            facial = flow_io.read_flo(synthetic_root / "flow" / "facial" / rel / f"{stem}.flo")
+            head = flow_io.read_flo(synthetic_root / "flow" / "head" / rel / f"{stem}.flo")
             expression_seen = max(expression_seen, float(np.abs(facial - head).max()))
     assert expression_seen > 0.1  # the expression actually moves the face
 
@@ -220,7 +220,7 @@ def test_cli_frame_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     synthetic.main(["--root", str(tmp_path / "a"), *argv])
     synthetic.main(["--root", str(tmp_path / "b"), *argv, "--frame_interval", "2.5"])
     rel = Path("flow", "facial", "val", "angry", "subject001", "0001.flo")
-    slow, fast = (frame_utils.read_flo(tmp_path / root / rel) for root in ("a", "b"))
+    slow, fast = (flow_io.read_flo(tmp_path / root / rel) for root in ("a", "b"))
     assert np.abs(fast).mean() > 1.5 * np.abs(slow).mean()
 
 

@@ -37,13 +37,12 @@ import numpy as np
 from core.cli import check_none_is_an_input
 from core.errors import UserError
 from core.extract.flows import FLOW_KINDS, PairFlow
-from core.extract.sources import FrameSource
 from core.face.crop import FaceCrop
 from core.strain import PairMeasures, measure_pair, strain_magnitude, strain_tensor
 from core.utils.atomic import atomic_path, write_text_atomic
+from core.utils.flow_io import write_flo, write_kitti_flow, write_npy, write_pfm
 from core.utils.flow_viz import read_png_text, render_flow_panels, write_png
-from core.utils.frame_utils import write_flo, write_kitti_flow, write_npy, write_pfm
-from core.utils.frames import Frame
+from core.utils.frames import Frame, FrameSource
 
 # --save_format: (file extension, writer of a [H, W, 2] float32 flow)
 SAVE_FORMATS = {

@@ -20,10 +20,9 @@ from core.cli import check_none_is_an_input
 from core.errors import UserError
 from core.extract.outputs import plan_outputs, write_strain_table
 from core.extract.sequence import ExtractOptions, SequenceResult, SequenceStopped, extract_sequence
-from core.extract.sources import PairRow
 from core.inference import Estimator
 from core.strain import PairMeasures
-from core.utils.frames import video_frame_count
+from core.utils.frames import PairRow, video_frame_count
 
 IMAGE_COLUMNS = ("name", "image1", "image2")
 VIDEO_COLUMNS = ("name", "video", "frame1", "frame2")

@@ -21,11 +21,10 @@ from core.extract.outputs import (
     write_face_files,
     write_strain_table,
 )
-from core.extract.sources import FrameSource
 from core.face.crop import FaceCrop, FaceCropOptions
 from core.inference import Estimator
 from core.strain import PairMeasures
-from core.utils.frames import Frame, ImageFiles, VideoFrames
+from core.utils.frames import Frame, FrameSource
 from core.utils.progress import progress_bar
 
 
@@ -109,10 +108,6 @@ def _make_folder(output: Path) -> None:
         raise UserError(f"--output {output}: cannot create the folder ({error.strerror or error})") from None
 
 
-def _shows_progress(source: FrameSource) -> bool:
-    return isinstance(source, VideoFrames) or (isinstance(source, ImageFiles) and source.role != "pair")
-
-
 def _cropped(
     source: FrameSource, options: ExtractOptions, plan: OutputPlan, log: Callable[[str], None]
 ) -> tuple[Iterator[Frame], FaceCrop | None]:
@@ -152,7 +147,7 @@ def extract_sequence(
     if (line := describe_replaced(plan)) is not None:
         log(line)
     frames, crop = _cropped(source, options, plan, log)
-    show = progress and _shows_progress(source)
+    show = progress and source.shows_progress()
     bar = progress_bar(total=source.pairs, desc="flow", unit="pair") if show else None
     writer = SequenceWriter(
         plan,
@@ -177,11 +172,9 @@ def extract_sequence(
     finally:
         if bar is not None:
             bar.close()
-    shortfall = source.shortfall() if isinstance(source, VideoFrames) else None
+    shortfall = source.shortfall()
     if not writer.names:
-        if isinstance(source, VideoFrames) and not shortfall:
-            shortfall = f"video {source.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
-        raise UserError(shortfall or "no pair to process: the input has fewer than 2 frames")
+        raise UserError(source.no_pair_reason())
     if kinds.table:
         write_strain_table(plan.sequence[-1], writer.measures, cropped=crop is not None)
     return SequenceResult(

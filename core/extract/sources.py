@@ -1,80 +1,15 @@
-"""The frame source a command line asks for: an image pair, a folder of frames, a video, or one row of a pair list."""
+"""The frame source (`core.utils.frames`) a command line asks for: an image pair, a folder of frames or a video
+(the rows of a pair list: `core.extract.pairs`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
 
 from core.errors import UserError
-from core.utils.frames import (
-    Frame,
-    ImageFiles,
-    VideoFrames,
-    check_same_size,
-    decode_frames,
-    folder_frames,
-    read_rgb,
-    video_frame,
-)
+from core.utils.frames import FrameSource, ImageFiles, VideoFrames, check_same_size, folder_frames, read_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_PAIR = (REPO / "assets" / "demo" / "frame1.jpg", REPO / "assets" / "demo" / "frame2.jpg")
-
-
-class PairRow:
-    """One row of a pair list (`--pairs`): two image files, or two frames of a video, named by the row.
-
-    `where` names the row in messages (`pairs.csv line 3`)."""
-
-    def __init__(
-        self,
-        name: str,
-        where: str,
-        *,
-        images: list[Path] | None = None,
-        video: Path | None = None,
-        indices: tuple[int, int] = (0, 1),
-    ) -> None:
-        self.name, self.where = name, where
-        self.video, self.indices = video, indices
-        self.paths = [video] if video is not None else list(images)
-        self.pairs = 1
-        self.fps = None
-        self.video_name = None
-        self.depth = self.max_depth = 0  # the row's name is the pair's name
-
-    def frame(self, k: int, rgb=None) -> Frame:
-        if self.video is not None:
-            return video_frame(self.video, self.indices[k], rgb)
-        path = self.paths[k]
-        return Frame(path.stem, str(path), rgb, str(path.resolve()))
-
-    def __iter__(self) -> Iterator[Frame]:
-        if self.video is None:
-            for k, path in enumerate(self.paths):
-                yield self.frame(k, read_rgb(path, f"{self.where}: image{k + 1}"))
-            return
-        decoded = decode_frames(self.video, set(self.indices))
-        for k, index in enumerate(self.indices):
-            if index not in decoded:
-                raise UserError(f"{self.where}: video {self.video} decodes no frame {index} (truncated or damaged?)")
-            yield self.frame(k, decoded[index])
-
-    def planned(self) -> Iterator[tuple[Frame, Frame]]:
-        yield self.frame(0), self.frame(1)
-
-    def pair_name(self, first: Frame, second: Frame) -> str:
-        return self.name
-
-    def output_stem(self) -> str | None:
-        return None
-
-    def sequence_name(self) -> str:
-        return self.name
-
-
-FrameSource = Union[ImageFiles, VideoFrames, PairRow]
 
 
 def check_selection(*, stride: int, max_frames: int | None) -> None:

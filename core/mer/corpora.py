@@ -48,7 +48,7 @@ from core.errors import UserError
 from core.mer.clips import CANONICAL_COLUMNS, Clip
 from core.mer.tables import csv_rows
 from core.utils.atomic import write_text_atomic
-from core.utils.frame_utils import read_image
+from core.utils.flow_io import read_image
 from core.utils.frames import IMAGE_EXTENSIONS, decode_frames, video_frame_count
 
 OPTIONAL_COLUMNS = ("offset", "cropped")  # canonical CSV columns that may be left out

@@ -52,7 +52,7 @@ from core.mer import inputs, synthetic
 from core.mer.clips import Clip
 from core.mer.corpora import DatasetCopy, frame_file, read_onset_apex
 from core.utils.atomic import atomic_path
-from core.utils.frame_utils import read_flo, read_image, read_npy
+from core.utils.flow_io import read_flo, read_image, read_npy
 
 CACHE_VERSION = 2  # raise when a cache's meaning changes (recipe, crop, layout): older clips are then redone
 INPUT_NAME = "input.npy"

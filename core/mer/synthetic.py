@@ -42,7 +42,7 @@ from core.mer.clips import CANONICAL_COLUMNS, Clip
 from core.synthetic.motion import ExpressionField, HeadMotion, Oscillation
 from core.synthetic.sequence import SyntheticSubject
 from core.synthetic.texture import Array, FaceLayout, make_background, make_face_texture
-from core.utils import frame_utils
+from core.utils import flow_io
 from core.utils.atomic import atomic_path, write_text_atomic
 from core.utils.progress import progress_bar
 
@@ -212,7 +212,7 @@ def _write_clip(clip: Clip, rendered: RenderedClip) -> None:
             if not cv2.imwrite(str(tmp), image[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
                 raise OSError(f"could not write {path}")
     for kind, flow in rendered.flows.items():
-        frame_utils.write_npy(ground_truth_file(clip, kind), flow)
+        flow_io.write_npy(ground_truth_file(clip, kind), flow)
 
 
 def _csv_text(root: Path, clips: Sequence[Clip]) -> str:

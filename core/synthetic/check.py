@@ -10,7 +10,7 @@ import numpy as np
 
 from core.synthetic.texture import Array
 from core.synthetic.writer import SPLITS
-from core.utils import frame_utils
+from core.utils import flow_io
 
 
 def backward_warp(image: Array, flow: Array) -> tuple[Array, Array]:
@@ -62,9 +62,9 @@ def verify(root: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, float]
             nxt = f"{int(rel.stem) + 1:04d}.jpg"
             for kind in ("facial", "head"):
                 img_dir = root / "image" / kind / rel.parent
-                f1 = frame_utils.read_image(img_dir / rel.with_suffix(".jpg").name)
-                f2 = frame_utils.read_image(img_dir / nxt)
-                flow = frame_utils.read_flo(root / "flow" / kind / rel)
+                f1 = flow_io.read_image(img_dir / rel.with_suffix(".jpg").name)
+                f2 = flow_io.read_image(img_dir / nxt)
+                flow = flow_io.read_flo(root / "flow" / kind / rel)
                 errors[kind].append(warp_error(f1, f2, flow, mask))
                 errors[f"{kind}_zero"].append(warp_error(f1, f2, np.zeros_like(flow), mask))
     if not errors["facial"]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from core.datasets import LABEL_FOLDERS
 from core.synthetic.sequence import FACE_SCALE, FRAME_INTERVAL, SyntheticSequence, render_sequence
-from core.utils import frame_utils
+from core.utils import flow_io
 from core.utils.atomic import atomic_path
 from core.utils.progress import progress_bar
 
@@ -46,8 +46,8 @@ def write_sequence(seq: SyntheticSequence, root: Path, split: str, emotion: str,
         with atomic_path(dirs["mask"] / f"{stem}.npy") as tmp:
             np.save(tmp, mask)
         if i < len(seq.flows_facial):
-            frame_utils.write_flo(dirs["flow/facial"] / f"{stem}.flo", seq.flows_facial[i])
-            frame_utils.write_flo(dirs["flow/head"] / f"{stem}.flo", seq.flows_head[i])
+            flow_io.write_flo(dirs["flow/facial"] / f"{stem}.flo", seq.flows_facial[i])
+            flow_io.write_flo(dirs["flow/head"] / f"{stem}.flo", seq.flows_head[i])
 
 
 def generate(

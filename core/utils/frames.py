@@ -1,11 +1,13 @@
-"""Frame sources of get_flow.py: an image pair, a folder of frames, a video; frames are
-read one at a time. Problems raise UserError with a one-line message naming the file."""
+"""Frame sources of get_flow.py behind one interface (`FrameSource`): an image pair or a folder of
+frames (`ImageFiles`), a video (`VideoFrames`), one row of a pair list (`PairRow`); frames are read
+one at a time. Problems raise UserError with a one-line message naming the file."""
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError
-from core.utils.frame_utils import read_image
+from core.utils.flow_io import read_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp"}
 # files a corpus (get_flow.py --corpus) takes for videos; any other format still works with --video
@@ -67,7 +69,67 @@ def video_frame(path: Path, index: int, rgb: np.ndarray | None = None) -> Frame:
     return Frame(f"{path.stem}_{index:06d}", f"{path} frame {index}", rgb, f"{path.resolve()} frame {index}")
 
 
-class ImageFiles:
+class FrameSource(ABC):
+    """A sequence of frames that extraction estimates flow on, pair by pair (`core.extract` uses
+    nothing else of a source)."""
+
+    paths: list[Path]  # the input files
+    pairs: int | None  # pairs an iteration gives (None: a video whose container announces no frame count)
+    fps: float | None  # frame rate of the flow video (None: the source writes none)
+    depth: int  # folders of the input in the output names (raised until no name is another input's)
+    max_depth: int
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Frame]:
+        """The frames, decoded one at a time."""
+
+    @abstractmethod
+    def planned(self) -> Iterator[tuple[Frame, Frame]]:
+        """The pairs an iteration gives, without decoding a frame."""
+
+    @abstractmethod
+    def pair_name(self, first: Frame, second: Frame) -> str:
+        """The output name of the pair (`first`, `second`)."""
+
+    @abstractmethod
+    def sequence_name(self) -> str:
+        """The name of the sequence's own files."""
+
+    @abstractmethod
+    def label(self) -> str:
+        """The input in messages."""
+
+    def output_stem(self) -> str | None:
+        """The name of the flow video, without `_flow.mp4` (None: the source writes no video)."""
+        return None
+
+    def shows_progress(self) -> bool:
+        """Whether a bar over the pairs tells anything (not for a single pair)."""
+        return False
+
+    def resolved_inputs(self) -> list[str]:
+        """The inputs, symlinks resolved (a face crop's JSON records them)."""
+        return [str(path.resolve()) for path in self.paths]
+
+    def frame_count(self) -> int:
+        """Frames an iteration gives (decoded to count them where the source does not know)."""
+        return self.pairs + 1 if self.pairs is not None else sum(1 for _ in self)
+
+    def sample(self, positions: Sequence[int]) -> list[Frame]:
+        """The frames at `positions` (0-based, sorted), decoded: here by decoding the sequence once."""
+        wanted = set(positions)
+        return [frame for k, frame in enumerate(self) if k in wanted]
+
+    def shortfall(self) -> str | None:
+        """One line when the last iteration gave fewer frames than the input announces."""
+        return None
+
+    def no_pair_reason(self) -> str:
+        """One line for an iteration that gave no pair."""
+        return "no pair to process: the input has fewer than 2 frames"
+
+
+class ImageFiles(FrameSource):
     """Frames from a list of image files (a pair, or a sorted folder), read lazily unless given decoded."""
 
     def __init__(self, paths: list[Path], role: str = "frame", decoded: list[np.ndarray] | None = None) -> None:
@@ -76,7 +138,6 @@ class ImageFiles:
         self.decoded = decoded  # images already read (and checked), in `paths` order
         self.pairs = len(paths) - 1
         self.fps = None
-        self.video_name = None
         self.depth = 1  # folders of the first file in the pair names (more tell inputs apart across runs)
         self.max_depth = max(len(paths[0].resolve().parent.parts) - 1, 1)
         self.tokens = frame_tokens(paths)
@@ -93,6 +154,10 @@ class ImageFiles:
     def frame(self, i: int, rgb: np.ndarray | None = None) -> Frame:
         return Frame(self.tokens[i], str(self.paths[i]), rgb, str(self.paths[i].resolve()))
 
+    def sample(self, positions: Sequence[int]) -> list[Frame]:
+        """The frames at `positions`, each file read alone."""
+        return [self.read(i) for i in positions]
+
     def planned(self) -> Iterator[tuple[Frame, Frame]]:
         """The pairs an iteration gives, without reading a frame."""
         for i in range(self.pairs):
@@ -101,17 +166,23 @@ class ImageFiles:
     def pair_name(self, first: Frame, second: Frame) -> str:
         return f"{folder_prefix(self.paths[0].parent, self.depth)}_{first.name}-{second.name}"
 
-    def output_stem(self) -> str | None:
-        return None
-
     def sequence_name(self) -> str:
         """The name of the sequence's own files: the pair's name, or the folder's."""
         if self.role == "pair":
             return self.pair_name(self.frame(0), self.frame(1))
         return folder_prefix(self.paths[0].parent, self.depth)
 
+    def label(self) -> str:
+        """The frames folder, or the pair's files."""
+        if self.role != "pair":
+            return f"frames folder {self.paths[0].parent}"
+        return " / ".join(map(str, self.paths))
 
-class VideoFrames:
+    def shows_progress(self) -> bool:
+        return self.role != "pair"
+
+
+class VideoFrames(FrameSource):
     """Frames decoded one at a time from a video file (every `stride`-th, at most `max_frames`).
 
     After iterating, `shortfall()` says whether fewer frames were decoded than the
@@ -189,6 +260,12 @@ class VideoFrames:
     def sequence_name(self) -> str:
         return self.output_stem()
 
+    def label(self) -> str:
+        return str(self.path)
+
+    def shows_progress(self) -> bool:
+        return True
+
     def shortfall(self) -> str | None:
         """One line when the last iteration decoded fewer frames than the container announces."""
         if self.expected is None or self.failed_at is None or self.used >= self.expected:
@@ -201,6 +278,64 @@ class VideoFrames:
             f"container announces (truncated or damaged file?): used {self.used} frames instead of {wanted}, "
             f"{max(self.used - 1, 0)} pairs instead of {self.expected - 1}"
         )
+
+    def no_pair_reason(self) -> str:
+        return self.shortfall() or f"video {self.path}: OpenCV decodes fewer than 2 frames from it (is it a video?)"
+
+
+class PairRow(FrameSource):
+    """One row of a pair list (`--pairs`): two image files, or two frames of a video, named by the row.
+
+    `where` names the row in messages (`pairs.csv line 3`)."""
+
+    def __init__(
+        self,
+        name: str,
+        where: str,
+        *,
+        images: list[Path] | None = None,
+        video: Path | None = None,
+        indices: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.name, self.where = name, where
+        self.video, self.indices = video, indices
+        self.paths = [video] if video is not None else list(images)
+        self.pairs = 1
+        self.fps = None
+        self.depth = self.max_depth = 0  # the row's name is the pair's name
+
+    def frame(self, k: int, rgb=None) -> Frame:
+        if self.video is not None:
+            return video_frame(self.video, self.indices[k], rgb)
+        path = self.paths[k]
+        return Frame(path.stem, str(path), rgb, str(path.resolve()))
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.video is None:
+            for k, path in enumerate(self.paths):
+                yield self.frame(k, read_rgb(path, f"{self.where}: image{k + 1}"))
+            return
+        decoded = decode_frames(self.video, set(self.indices))
+        for k, index in enumerate(self.indices):
+            if index not in decoded:
+                raise UserError(f"{self.where}: video {self.video} decodes no frame {index} (truncated or damaged?)")
+            yield self.frame(k, decoded[index])
+
+    def planned(self) -> Iterator[tuple[Frame, Frame]]:
+        yield self.frame(0), self.frame(1)
+
+    def pair_name(self, first: Frame, second: Frame) -> str:
+        return self.name
+
+    def sequence_name(self) -> str:
+        return self.name
+
+    def label(self) -> str:
+        return self.where
+
+    def resolved_inputs(self) -> list[str]:
+        """The two files, or the video's two frames."""
+        return [frame.source for frame in next(self.planned())]
 
 
 def decode_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
