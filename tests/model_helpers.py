@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,17 @@ def require_shared(path: Path, environ: Mapping[str, str] = os.environ) -> Path:
 # of the bf16 tolerances, for CPUs whose native bf16 kernels round otherwise than the AVX2
 # emulation the deviations were measured with.
 BF16_RELATIVE_STEP = 2**-8
+
+
+def assert_flows_close(actual: object, expected: object, names: Sequence[str], *, atol: float) -> None:
+    """`actual.<name>` within `atol` (absolute, px) of `expected.<name>` for each of `names`; a failure
+    names the field, the worst element and by how much (`torch.testing.assert_close`)."""
+    torch.testing.assert_close(
+        {name: getattr(actual, name) for name in names},
+        {name: getattr(expected, name) for name in names},
+        rtol=0,
+        atol=atol,
+    )
 
 
 def bf16_tolerance(measured: float) -> float:

@@ -25,28 +25,10 @@ from core.checkpoint import atomic_save, description_path, save_checkpoint
 from core.cli import exit_on_error
 from core.inference import FlowEstimator
 from core.network import DecFlow
-from core.synthetic import generate
-from tests.train_helpers import ROOT, make_dataset, run, subprocess_env
+from tests.train_helpers import ROOT, TRAIN_DATASET, run, subprocess_env, tiny_train_args
 
 SCRIPTS = {"train.py": train, "evaluate.py": evaluate, "get_flow.py": get_flow}
-TINY_TRAIN = [
-    "--image_size",
-    "128",
-    "128",
-    "--batch_size",
-    "1",
-    "--iters",
-    "1",
-    "--num_workers",
-    "0",
-    "--num_steps",
-    "1",
-    "--print_freq",
-    "1",
-    "--frozen",
-    "--device",
-    "cpu",
-]
+TINY_TRAIN = tiny_train_args(print_freq=1)
 
 
 def cli(script: str, *argv: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -75,10 +57,9 @@ def garble_jpeg(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
+def data(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("bad_input")
-    root = base / "FacialFlowNet"
-    generate(root, subjects=1, frames=3, size=(128, 128), seed=3, splits=("train", "test"))
+    root = synthetic_dataset(subjects=1, frames=3, size=(128, 128), seed=3, splits=("train", "test"))
     torch.manual_seed(0)
     model = DecFlow()
     weights = base / "model.pth"
@@ -94,12 +75,12 @@ def dataset_copy(data, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
     """One step of train.py on 160x160 frames at --image_size 160 160 (the frames get upscaled)."""
     base = tmp_path_factory.mktemp("trained")
-    root = make_dataset(base / "FacialFlowNet")
+    root = synthetic_dataset(**TRAIN_DATASET)
     out = base / "out"
-    argv = ["--name", "run", "--output", str(out), "--root", str(root), *TINY_TRAIN, "--image_size", "160", "160"]
+    argv = tiny_train_args(name="run", output=out, root=root, print_freq=1, image_size=(160, 160))
     run(argv)
     return {"root": root, "out": out, "argv": argv}
 

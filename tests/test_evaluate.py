@@ -20,7 +20,7 @@ import torch
 
 import evaluate
 import get_flow
-from core import evaluation, inference, synthetic
+from core import evaluation, inference
 from core import weights as weights_module
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.datasets import FacialFlow
@@ -454,9 +454,10 @@ def _poison(path: Path, rows: slice, cols: slice, value: float) -> None:
     write_flo(path, flow)
 
 
-def test_non_finite_ground_truth_is_counted_reported_and_left_out(tmp_path: Path, capsys) -> None:
-    root = tmp_path / "FacialFlowNet"
-    synthetic.generate(root, 2, 3, (64, 64), seed=5, splits=("test",))
+def test_non_finite_ground_truth_is_counted_reported_and_left_out(synthetic_dataset, tmp_path: Path, capsys) -> None:
+    root = synthetic_dataset.copy(
+        tmp_path / "FacialFlowNet", subjects=2, frames=3, size=(64, 64), seed=5, splits=("test",)
+    )
     dataset = FacialFlow(None, split="test", dataset_root=root)
     patch = dataset.flow_facial_list[0]
     _poison(patch, slice(20, 30), slice(10, 40), float("nan"))  # a NaN patch over part of the face

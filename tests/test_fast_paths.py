@@ -13,7 +13,7 @@ from benchmarks.op_count import count_step
 from core import corr, precision
 from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
-from tests.model_helpers import authors_state_dict, bf16_tolerance
+from tests.model_helpers import assert_flows_close, authors_state_dict, bf16_tolerance
 
 STATE = authors_state_dict(prefix="")
 
@@ -39,13 +39,11 @@ def test_fast_path_matches_straightforward_forward(options):
     flow_init = torch.full((2, 2, 17, 22), 0.7)
     expected = straightforward_forward(model, image1, image2, iters=4, flow_init=flow_init, test_mode=True)
     got = model(image1, image2, iters=4, flow_init=flow_init, test_mode=True)
-    for name in ("facial", "head", "expression", "facial_low", "head_low"):
-        assert (getattr(got, name) - getattr(expected, name)).abs().max() <= 1e-3, name
+    assert_flows_close(got, expected, ("facial", "head", "expression", "facial_low", "head_low"), atol=1e-3)
     # training mode: every prediction of both decoders
     facial, head = model(image1, image2, iters=3)
     facial_ref, head_ref = straightforward_forward(model, image1, image2, iters=3)
-    for a, b in zip(facial + head, facial_ref + head_ref):
-        assert (a - b).abs().max() <= 1e-3
+    torch.testing.assert_close([*facial, *head], [*facial_ref, *head_ref], rtol=0, atol=1e-3)
 
 
 def test_fast_path_gradients_match_straightforward_forward():
@@ -90,8 +88,7 @@ def test_alternate_corr_matches_default_mode(options):
     image1, image2 = _pair(height=144, width=160)
     default = _model(**options)(image1, image2, iters=3, test_mode=True)
     bounded = _model(**options)(image1, image2, iters=3, test_mode=True, alternate_corr=True)
-    for name in ("facial", "head", "facial_low", "head_low"):
-        assert (getattr(bounded, name) - getattr(default, name)).abs().max() <= 1e-3, name
+    assert_flows_close(bounded, default, ("facial", "head", "facial_low", "head_low"), atol=1e-3)
 
 
 @torch.no_grad()
@@ -102,8 +99,7 @@ def test_large_frames_compute_the_finest_correlation_level_on_the_fly(monkeypatc
     monkeypatch.setattr(corr, "MAX_DENSE_CORRELATION", 0)  # as if the frames were large
     assert corr.corr_levels_stored_from(1, 17 * 20, torch.device("cpu")) == 1
     on_the_fly = model(image1, image2, iters=3, test_mode=True)
-    for name in ("facial", "head"):
-        assert (getattr(on_the_fly, name) - getattr(dense, name)).abs().max() <= 1e-3, name
+    assert_flows_close(on_the_fly, dense, ("facial", "head"), atol=1e-3)
 
 
 @torch.no_grad()

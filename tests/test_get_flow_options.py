@@ -14,7 +14,6 @@ from torch.nn import functional as F
 
 import evaluate
 import get_flow
-from core import synthetic
 from core.datasets import FacialFlow
 from core.inference import FlowEstimator, load_model
 from core.network import DecFlowConfig
@@ -93,12 +92,11 @@ def test_script_defaults_are_the_references(decflow_checkpoint: Path):
     assert estimator.iters == 24 and details.startswith("24 iterations")
 
 
-def test_evaluation_pads_as_the_reference_bottom_and_both_sides(decflow_checkpoint: Path, tmp_path: Path):
+def test_evaluation_pads_as_the_reference_bottom_and_both_sides(decflow_checkpoint: Path, synthetic_dataset) -> None:
     """Frames that need padding (132 x 138): evaluate.py's EPE is the one of frames padded by hand as
     the reference's FacialFlowNet evaluation does (replicate; height at the bottom, width split
     evenly), not of the demo's symmetric padding, and meta says which mode ran."""
-    root = tmp_path / "FacialFlowNet"
-    synthetic.generate(root, 1, 2, (132, 138), seed=0, splits=("test",))
+    root = synthetic_dataset(subjects=1, frames=2, size=(132, 138), seed=0, splits=("test",))
     args = evaluate.get_args_parser().parse_args(
         ["--model", str(decflow_checkpoint), "--root", str(root), "--iters", "2", "--no_progress", "--device", "cpu"]
     )

@@ -14,7 +14,7 @@ from core.inference import FlowEstimator, GraphedEstimate, load_model
 from core.network import DecFlow, DecFlowConfig
 from core.reference import straightforward_forward
 from core.utils.padder import InputPadder
-from tests.model_helpers import authors_state_dict
+from tests.model_helpers import assert_flows_close, authors_state_dict
 
 STATE = authors_state_dict(prefix="")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -41,9 +41,10 @@ def test_estimator_pads_runs_and_crops_like_the_straightforward_forward():
     padder = InputPadder(image1.shape, mode="exp", min_side=128)
     expected = straightforward_forward(model, *padder.pad(image1, image2), iters=3, test_mode=True)
     assert flows.facial.shape == (1, 2, 130, 150) and flows.facial_low.shape == (1, 2, 17, 19)
-    for name in ("facial", "head", "expression"):
-        assert (getattr(flows, name) - padder.unpad(getattr(expected, name))).abs().max() <= 1e-3, name
-    assert (flows.facial_low - expected.facial_low).abs().max() <= 1e-3
+    names = ("facial", "head", "expression")
+    unpadded = {name: padder.unpad(getattr(expected, name)) for name in names}
+    torch.testing.assert_close({name: getattr(flows, name) for name in names}, unpadded, rtol=0, atol=1e-3)
+    torch.testing.assert_close(flows.facial_low, expected.facial_low, rtol=0, atol=1e-3)
 
 
 @torch.no_grad()
@@ -67,10 +68,15 @@ def test_a_batch_gives_the_flow_of_each_pair_alone():
     image1, image2 = _pair(130, 150, batch=3)  # three different pairs
     estimator = FlowEstimator(model, iters=3, device="cpu")
     batched = estimator(image1, image2)
+    names = ("facial", "head", "expression", "facial_low", "head_low")
     for k in range(3):
         alone = estimator(image1[k], image2[k])
-        for name in ("facial", "head", "expression", "facial_low", "head_low"):
-            assert (getattr(batched, name)[k] - getattr(alone, name)[0]).abs().max() <= 1e-4, (k, name)
+        torch.testing.assert_close(
+            {f"{name}[{k}]": getattr(batched, name)[k] for name in names},
+            {f"{name}[{k}]": getattr(alone, name)[0] for name in names},
+            rtol=0,
+            atol=1e-4,
+        )
 
 
 def test_estimator_rejects_bad_options():
@@ -101,7 +107,7 @@ def test_low_precision_correlation_matches_float32(stored_from):
     exact = CorrBlock(fmap1, fmap2, dense_from_level=stored_from)(coords)
     low = CorrBlock(fmap1, fmap2, dense_from_level=stored_from, dtype=torch.bfloat16)(coords)
     assert low.dtype == torch.float32
-    assert (low - exact).abs().max() <= 0.02 * exact.abs().max()
+    torch.testing.assert_close(low, exact, rtol=0, atol=0.02 * exact.abs().max().item())
     assert (low - exact).abs().mean() <= 0.005 * exact.abs().mean() + 1e-3
 
 
@@ -120,8 +126,7 @@ def test_cuda_graphs_give_the_eager_flow(amp_dtype):
         for _ in range(2):  # capture, then replay
             replayed = graphed(image1, image2, iters=5, flow_init=flow_init, amp_dtype=amp_dtype)
         tolerance = 1e-4 if amp_dtype is None else 1e-2
-        for name in ("facial", "head", "expression", "facial_low", "head_low"):
-            assert (getattr(replayed, name) - getattr(eager, name)).abs().max() <= tolerance, name
+        assert_flows_close(replayed, eager, ("facial", "head", "expression", "facial_low", "head_low"), atol=tolerance)
     assert not graphed.failed and len(graphed.graphs) == 2  # the two most recent of three
 
 
@@ -134,7 +139,7 @@ def test_cuda_graph_replays_new_inputs():
     for image1, image2 in pairs + pairs:
         got = estimator(image1, image2)
         expected = model(image1.to(CUDA), image2.to(CUDA), iters=4, test_mode=True)
-        assert (got.facial - expected.facial).abs().max() <= 1e-4
+        torch.testing.assert_close(got.facial, expected.facial, rtol=0, atol=1e-4)
     assert len(estimator.graphed.graphs) == 1
 
 

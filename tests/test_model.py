@@ -104,7 +104,7 @@ def test_correlation_lookup_equals_bilinear_sampling_of_the_pyramid(dense_from_l
     for field, got in zip(coords, lookups):
         expected = straightforward_lookup(pyramid, field)
         assert got.shape == expected.shape == (2, 324, 16, 24)
-        assert (got - expected).abs().max() <= 1e-5
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("whole_rows_up_to", [0, 8192], ids=["gather-windows", "whole-rows"])
@@ -143,7 +143,7 @@ def test_instance_norm_is_accurate_when_a_channels_mean_is_large_against_its_spr
     with torch.no_grad():
         out = InstanceNorm2d(32)(x)
     expected = torch.nn.functional.instance_norm(x.double().contiguous()).float()
-    assert (out - expected).abs().max() < 1e-4
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -18,11 +18,10 @@ from core.datasets import FacialFlow
 from core.loss import sequence_loss
 from core.network import DecFlow
 from core.reference import straightforward_forward
-from core.synthetic import generate
 from core.training import step as training_step
 from core.utils.flow_io import write_flo
 from tests.model_helpers import GMA_TSV, authors_state_dict
-from tests.train_helpers import make_dataset, run
+from tests.train_helpers import TRAIN_DATASET, run, tiny_train_args
 
 CPU = torch.device("cpu")
 FALLBACK = "no native bfloat16"
@@ -75,34 +74,10 @@ def no_native_bf16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda *args, **kwargs: False)
 
 
-def test_train_mixed_precision_without_native_bf16_runs_float32(tmp_path, no_native_bf16):
-    root = make_dataset(tmp_path / "FacialFlowNet")
+def test_train_mixed_precision_without_native_bf16_runs_float32(synthetic_dataset, tmp_path, no_native_bf16):
     out = tmp_path / "out"
-    run(
-        [
-            "--name",
-            "mp",
-            "--output",
-            str(out),
-            "--root",
-            str(root),
-            "--frozen",
-            "--image_size",
-            "128",
-            "128",
-            "--batch_size",
-            "1",
-            "--iters",
-            "2",
-            "--num_workers",
-            "0",
-            "--num_steps",
-            "1",
-            "--device",
-            "cpu",
-            "--mixed_precision",
-        ]
-    )
+    root = synthetic_dataset(**TRAIN_DATASET)
+    run(tiny_train_args(name="mp", output=out, root=root, iters=2, mixed_precision=True))
     log = (out / "mp.log").read_text()
     assert log.count(FALLBACK) == 1
     assert "on cpu, float32:" in log
@@ -170,10 +145,9 @@ def test_amp_dtype_keyword_selects_the_autocast_dtype():
 
 # ----------------------------------------------------------------------------- float16 gradients
 @pytest.fixture(scope="module")
-def gma_start_and_batch(tmp_path_factory):
+def gma_start_and_batch(synthetic_dataset):
     """A GMA start (deterministic weights) and a 2x3x128x160 batch of synthetic training pairs."""
-    root = tmp_path_factory.mktemp("fp16") / "FacialFlowNet"
-    generate(root, 2, 3, (128, 160), seed=0, splits=("train",), progress=False)
+    root = synthetic_dataset(subjects=2, frames=3, size=(128, 160), seed=0, splits=("train",))
     dataset = FacialFlow(None, split="train", dataset_root=root)
     samples = [dataset[i] for i in range(2)]
     batch = [torch.stack([sample[k] for sample in samples]) for k in range(7)]
@@ -244,7 +218,7 @@ def test_float16_training_gradients_are_as_safe_as_the_reference(gma_start_and_b
 
 
 # ----------------------------------------------------------------------------- GradScaler bookkeeping
-def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
+def test_gradscaler_skipped_steps_are_counted_and_warned(synthetic_dataset, tmp_path, monkeypatch):
     """Float16 training (emulated on CPU) with a loss that overflows float16 in step 1: the
     GradScaler skips that step, and the print line, TensorBoard and the summary say so."""
     original = training_step.sequence_loss
@@ -256,36 +230,19 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
         return (loss * 1e30, metrics) if len(calls) == 1 else (loss, metrics)
 
     monkeypatch.setattr(training_step, "sequence_loss", overflowing_first_loss)
-    root = make_dataset(tmp_path / "FacialFlowNet")
+    root = synthetic_dataset(**TRAIN_DATASET)
     out = tmp_path / "out"
     run(
-        [
-            "--name",
-            "fp16",
-            "--output",
-            str(out),
-            "--root",
-            str(root),
-            "--frozen",
-            "--image_size",
-            "128",
-            "128",
-            "--batch_size",
-            "1",
-            "--iters",
-            "2",
-            "--num_workers",
-            "0",
-            "--num_steps",
-            "2",
-            "--print_freq",
-            "2",
-            "--device",
-            "cpu",
-            "--mixed_precision",
-            "--amp_dtype",
-            "float16",
-        ]
+        tiny_train_args(
+            name="fp16",
+            output=out,
+            root=root,
+            iters=2,
+            num_steps=2,
+            print_freq=2,
+            mixed_precision=True,
+            amp_dtype="float16",
+        )
     )
     state = torch.load(out / "fp16_state.pth", weights_only=True)
     assert state["config"]["mixed_precision"] is True and state["config"]["amp_dtype"] == "float16"
@@ -301,40 +258,13 @@ def test_gradscaler_skipped_steps_are_counted_and_warned(tmp_path, monkeypatch):
     assert [e.value for e in events.Scalars("train/skipped_steps")] == [float(skipped)]
 
 
-def test_all_nan_ground_truth_stops_the_run(tmp_path):
-    root = make_dataset(tmp_path / "FacialFlowNet")
+def test_all_nan_ground_truth_stops_the_run(synthetic_dataset, tmp_path):
+    root = synthetic_dataset.copy(tmp_path / "FacialFlowNet", **TRAIN_DATASET)
     for flo in (root / "flow").rglob("*.flo"):
         write_flo(flo, np.full((160, 160, 2), np.nan, np.float32))
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        run(
-            [
-                "--name",
-                "nan",
-                "--output",
-                str(out),
-                "--root",
-                str(root),
-                "--frozen",
-                "--image_size",
-                "128",
-                "128",
-                "--batch_size",
-                "1",
-                "--iters",
-                "2",
-                "--num_workers",
-                "0",
-                "--num_steps",
-                "6",
-                "--print_freq",
-                "2",
-                "--max_nonfinite",
-                "10",
-                "--device",
-                "cpu",
-            ]
-        )
+        run(tiny_train_args(name="nan", output=out, root=root, iters=2, num_steps=6, print_freq=2, max_nonfinite=10))
     assert "stopping at step 2" in str(exc.value.code)
     log = (out / "nan.log").read_text()
     assert "step 1: no valid ground-truth pixel" in log and "done:" not in log
@@ -343,34 +273,22 @@ def test_all_nan_ground_truth_stops_the_run(tmp_path):
 
 # ----------------------------------------------------------------------------- CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_float16_training_steps_are_finite(tmp_path: Path):
-    root = make_dataset(tmp_path / "FacialFlowNet")
+def test_cuda_float16_training_steps_are_finite(synthetic_dataset, tmp_path: Path):
+    root = synthetic_dataset(**TRAIN_DATASET)
     out = tmp_path / "out"
     metrics = run(
-        [
-            "--name",
-            "cuda",
-            "--output",
-            str(out),
-            "--root",
-            str(root),
-            "--image_size",
-            "128",
-            "128",
-            "--batch_size",
-            "2",
-            "--iters",
-            "4",
-            "--num_workers",
-            "0",
-            "--num_steps",
-            "3",
-            "--print_freq",
-            "3",
-            "--device",
-            "cuda",
-            "--mixed_precision",
-        ]
+        tiny_train_args(
+            frozen=False,
+            name="cuda",
+            output=out,
+            root=root,
+            batch_size=2,
+            iters=4,
+            num_steps=3,
+            print_freq=3,
+            device="cuda",
+            mixed_precision=True,
+        )
     )
     assert np.isfinite(metrics["loss"])
     assert "float16 autocast with a GradScaler" in (out / "cuda.log").read_text()
@@ -389,5 +307,5 @@ def test_attention_is_float32_under_autograd_and_low_precision_at_inference():
             inferred = attention(inp)
     assert trained.dtype == torch.float32 and trained.requires_grad
     assert inferred.dtype == torch.bfloat16
-    assert (trained.detach() - inferred.float()).abs().max() <= 0.02 * trained.detach().max()
-    assert torch.allclose(trained.detach().sum(-1), torch.ones(1, 1, 320))
+    torch.testing.assert_close(inferred.float(), trained.detach(), rtol=0, atol=0.02 * trained.detach().max().item())
+    torch.testing.assert_close(trained.detach().sum(-1), torch.ones(1, 1, 320), rtol=1e-5, atol=1e-8)

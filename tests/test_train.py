@@ -30,12 +30,13 @@ from core.training.stages import set_trainable
 from core.training.state import plain_arguments
 from tests.train_helpers import (
     ROOT,
+    TRAIN_DATASET,
     free_port,
-    make_dataset,
     make_gma_checkpoint,
     run,
     scaled,
     subprocess_env,
+    tiny_train_args,
     train,
 )
 
@@ -63,27 +64,18 @@ SMALL = dict(
     device="cpu",
 )
 CPU = ["--device", "cpu"]
-# the cheapest run: stage 2 from initialisation, 128x128, one iteration
-TINY_STAGE_2 = [
-    "--frozen",
-    "--image_size",
-    "128",
-    "128",
-    "--batch_size",
-    "1",
-    "--iters",
-    "1",
-    "--num_workers",
-    "0",
-    *CPU,
-]
+
+
+def _as_double(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` in float64, compared as the resume tests always have."""
+    return {key: value.double() for key, value in weights.items()}
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, synthetic_dataset):
     base = tmp_path_factory.mktemp("train")
     return {
-        "root": make_dataset(base / "FacialFlowNet"),
+        "root": synthetic_dataset(**TRAIN_DATASET),
         "gma": make_gma_checkpoint(base / "gma-sintel.pth"),
         "base": base,
     }
@@ -157,9 +149,8 @@ def test_stage1_starts_from_gma_and_writes_outputs(files, stage1, capsys):
     gma = {k[len("module.") :]: v for k, v in torch.load(files["gma"], weights_only=True).items()}
     final = read_state_dict(out / f"{name}.pth")
     params = {n for n, _ in DecFlow().named_parameters()}
-    for key, value in gma.items():
-        if key in params:
-            assert (final[key] - value).abs().max() < 1e-3, key
+    trained = {key: value for key, value in gma.items() if key in params}
+    torch.testing.assert_close({key: final[key] for key in trained}, trained, rtol=0, atol=1e-3)
     step1 = read_state_dict(out / f"1_{name}.pth")
     assert not torch.equal(step1["fnet.conv1.weight"], gma["fnet.conv1.weight"])  # but it trained
 
@@ -206,32 +197,17 @@ def test_stage2_trains_exactly_the_frozen_set(files, stage1):
 
 
 def test_resume_reproduces_an_uninterrupted_run(files):
-    common = [
-        "--stage",
-        "facialflow",
-        "--root",
-        str(files["root"]),
-        "--restore_ckpt",
-        str(files["gma"]),
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "1",
-        "--iters",
-        "2",
-        "--num_workers",
-        "0",
-        "--num_steps",
-        "2",
-        "--val_freq",
-        "2",
-        "--print_freq",
-        "1",
-        "--lr",
-        "0.001",
-        *CPU,
-    ]
+    common = tiny_train_args(
+        frozen=False,
+        stage="facialflow",
+        root=files["root"],
+        restore_ckpt=files["gma"],
+        iters=2,
+        num_steps=2,
+        val_freq=2,
+        print_freq=1,
+        lr="0.001",
+    )
     out_a, out_b = files["base"] / "resume_a", files["base"] / "resume_b"
     run(common + ["--name", "a", "--output", str(out_a)])
     # slot 1: stop after step 1 (as a time-limited job would)
@@ -242,8 +218,7 @@ def test_resume_reproduces_an_uninterrupted_run(files):
     run(common + ["--name", "b", "--output", str(out_b), "--resume"])
     a, b = read_state_dict(out_a / "a.pth"), read_state_dict(out_b / "b.pth")
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
+    torch.testing.assert_close(_as_double(a), _as_double(b), rtol=0, atol=1e-6)
     state_a = torch.load(out_a / "a_state.pth", weights_only=True)
     state_b = torch.load(out_b / "b_state.pth", weights_only=True)
     assert state_a["step"] == state_b["step"] == 2
@@ -264,29 +239,7 @@ def test_sigint_saves_state_and_exits(files, monkeypatch):
     out = files["base"] / "sigint"
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs as a background job
     with pytest.raises(SystemExit) as exc:  # stage 2 from random weights: cheap steps
-        run(
-            [
-                "--name",
-                "s",
-                "--output",
-                str(out),
-                "--root",
-                str(files["root"]),
-                "--frozen",
-                "--image_size",
-                "128",
-                "128",
-                "--batch_size",
-                "1",
-                "--iters",
-                "2",
-                "--num_workers",
-                "0",
-                "--num_steps",
-                "3",
-                *CPU,
-            ]
-        )
+        run(tiny_train_args(name="s", output=out, root=files["root"], iters=2, num_steps=3))
     assert exc.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     assert torch.load(out / "s_state.pth", weights_only=True)["step"] == 1
@@ -304,31 +257,7 @@ def test_nonfinite_loss_skips_then_aborts(files, monkeypatch):
     monkeypatch.setattr(training_step, "sequence_loss", nan_loss)
     out = files["base"] / "nan"
     with pytest.raises(SystemExit) as exc:
-        run(
-            [
-                "--name",
-                "n",
-                "--output",
-                str(out),
-                "--root",
-                str(files["root"]),
-                "--frozen",
-                "--image_size",
-                "128",
-                "128",
-                "--batch_size",
-                "1",
-                "--iters",
-                "2",
-                "--num_workers",
-                "0",
-                "--num_steps",
-                "5",
-                "--max_nonfinite",
-                "2",
-                *CPU,
-            ]
-        )
+        run(tiny_train_args(name="n", output=out, root=files["root"], iters=2, num_steps=5, max_nonfinite=2))
     assert "aborting at step 2" in str(exc.value.code)
     assert "step 1: non-finite loss" in (out / "n.log").read_text()
     assert not (out / "n.pth").exists()
@@ -358,7 +287,7 @@ def test_resume_continues_this_run_and_resume_auto_may_start_fresh(files, tmp_pa
     """A bare --resume with a mistyped --name is a one-line error naming the missing state file;
     `--resume auto` (job scripts) starts fresh when there is none, and continues when there is."""
     out = tmp_path / "out"
-    argv = ["--root", str(files["root"]), "--output", str(out), *TINY_STAGE_2, "--num_steps", "2"]
+    argv = tiny_train_args(root=files["root"], output=out, num_steps=2)
     with pytest.raises(SystemExit) as exc:
         exit_on_error(lambda: run([*argv, "--name", "ghostt", "--resume"]))
     assert exc.value.code == 2
@@ -508,33 +437,19 @@ def _bn_stats(weights: dict) -> dict:
 @pytest.mark.parametrize("freeze_bn", [False, True])
 def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
     out = files["base"] / f"bn_{freeze_bn}"
-    argv = [
-        "--stage",
-        "facialflow",
-        "--root",
-        str(files["root"]),
-        "--restore_ckpt",
-        str(files["gma"]),
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "1",
-        "--iters",
-        "2",
-        "--num_workers",
-        "0",
-        "--num_steps",
-        "1",
-        "--val_freq",
-        "10",
-        "--name",
-        "bn",
-        "--output",
-        str(out),
-        *CPU,
-    ]
-    run(argv + (["--freeze_bn"] if freeze_bn else []))
+    run(
+        tiny_train_args(
+            frozen=False,
+            stage="facialflow",
+            root=files["root"],
+            restore_ckpt=files["gma"],
+            iters=2,
+            val_freq=10,
+            name="bn",
+            output=out,
+            freeze_bn=freeze_bn,
+        )
+    )
     before, after = _bn_stats(read_state_dict(files["gma"])), _bn_stats(read_state_dict(out / "bn.pth"))
     assert before and before.keys() == after.keys()
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
@@ -544,36 +459,19 @@ def test_batchnorm_statistics_follow_freeze_bn(files, freeze_bn):
 
 def test_optimiser_and_schedule_follow_the_recipe(files):
     out = files["base"] / "recipe"
-    argv = [
-        "--stage",
-        "facialflow",
-        "--root",
-        str(files["root"]),
-        "--restore_ckpt",
-        str(files["gma"]),
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "1",
-        "--iters",
-        "2",
-        "--num_workers",
-        "0",
-        "--num_steps",
-        "3",
-        "--val_freq",
-        "10",
-        "--name",
-        "recipe",
-        "--output",
-        str(out),
-        "--lr",
-        "0.000125",
-        "--wdecay",
-        "0.00001",
-        *CPU,
-    ]
+    argv = tiny_train_args(
+        frozen=False,
+        stage="facialflow",
+        root=files["root"],
+        restore_ckpt=files["gma"],
+        iters=2,
+        num_steps=3,
+        val_freq=10,
+        name="recipe",
+        output=out,
+        lr="0.000125",
+        wdecay="0.00001",
+    )
     run(argv)
     state = torch.load(out / "recipe_state.pth", weights_only=True)
     group = state["optimizer"]["param_groups"][0]
@@ -615,8 +513,7 @@ def test_seed_recipe_with_mixed_precision_and_validation_resumes(files):
     assert state["step"] == 1 and state["args"]["validation"] == ["facialflow"] and state["args"]["mixed_precision"]
     run(argv("b", out_b) + ["--resume"])
     a, b = read_state_dict(out_a / "a.pth"), read_state_dict(out_b / "b.pth")
-    for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), rtol=0, atol=1e-6), key
+    torch.testing.assert_close(_as_double(a), _as_double({key: b[key] for key in a}), rtol=0, atol=1e-6)
 
 
 def test_bad_optimiser_values_are_one_line_errors(tmp_path, capsys):
@@ -682,29 +579,7 @@ def test_stale_temporaries_of_a_killed_save_are_removed(files, tmp_path):
     out.mkdir()
     stale = out / ".s_state.pth.abc123xy.tmp"
     stale.write_bytes(b"\0" * 64)
-    run(
-        [
-            "--name",
-            "s",
-            "--output",
-            str(out),
-            "--root",
-            str(files["root"]),
-            "--frozen",
-            "--image_size",
-            "128",
-            "128",
-            "--batch_size",
-            "1",
-            "--iters",
-            "2",
-            "--num_workers",
-            "0",
-            "--num_steps",
-            "1",
-            *CPU,
-        ]
-    )
+    run(tiny_train_args(name="s", output=out, root=files["root"], iters=2))
     assert not stale.exists() and "left by an interrupted save" in (out / "s.log").read_text()
 
 
@@ -721,27 +596,7 @@ def test_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
 
 def test_damaged_training_state_is_refused(files, tmp_path):
     out = tmp_path / "damaged"
-    argv = [
-        "--name",
-        "d",
-        "--output",
-        str(out),
-        "--root",
-        str(files["root"]),
-        "--frozen",
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "1",
-        "--iters",
-        "2",
-        "--num_workers",
-        "0",
-        "--num_steps",
-        "2",
-        *CPU,
-    ]
+    argv = tiny_train_args(name="d", output=out, root=files["root"], iters=2, num_steps=2)
     run(argv + ["--stop_at", "1"])
     state_path = out / "d_state.pth"
     state = torch.load(state_path, weights_only=True)

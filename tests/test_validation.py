@@ -11,7 +11,6 @@ import torch.distributed as dist
 
 from core.datasets import FacialFlow
 from core.network import DecFlow
-from core.synthetic import generate
 from core.training.validation import validate
 from tests.train_helpers import free_port
 
@@ -39,11 +38,11 @@ def validate_in_process(rank: int, port: int, root: str, results: str) -> None:
     Path(results, f"rank{rank}.txt").write_text(outcome, encoding="utf-8")
 
 
-def test_a_damaged_pair_on_one_rank_stops_both(tmp_path):
+def test_a_damaged_pair_on_one_rank_stops_both(synthetic_dataset, tmp_path):
     """Two spawned gloo processes validating (about 10 s: each imports torch and builds the model); a
     damaged pair in rank 1's share stops both with its name."""
-    root = tmp_path / "FacialFlowNet"
-    generate(root, subjects=1, frames=4, size=(128, 128), seed=3, splits=("test",), progress=False)
+    geometry = {"subjects": 1, "frames": 4, "size": (128, 128), "seed": 3, "splits": ("test",)}
+    root = synthetic_dataset.copy(tmp_path / "FacialFlowNet", **geometry)
     flows = sorted((root / "flow" / "facial" / "test").rglob("*.flo"))
     damaged = flows[1]  # pair 1: rank 1's share (pairs 0 and 2 are rank 0's)
     damaged.write_bytes(damaged.read_bytes()[:100])

@@ -29,7 +29,7 @@ from core.checkpoint import read_state_dict
 from core.cli import exit_on_error
 from core.weights import Checksum, WeightsEntry, WeightsUnavailable, ensure, git_blob_id
 from tests.server_helpers import Route, Server
-from tests.train_helpers import free_port, make_dataset, make_gma_checkpoint, subprocess_env
+from tests.train_helpers import TRAIN_DATASET, free_port, make_gma_checkpoint, subprocess_env, tiny_train_args
 from tests.train_helpers import run as run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -423,23 +423,7 @@ def test_a_name_that_is_neither_registered_nor_a_file_lists_the_names(tmp_path, 
     assert "--restore_ckpt: file not found: gma-things" in err and "decflow-facialflownet, gma-sintel" in err
 
 
-TRAIN_ONE_STEP = [
-    "--num_steps",
-    "1",
-    "--val_freq",
-    "5",
-    "--batch_size",
-    "1",
-    "--image_size",
-    "128",
-    "128",
-    "--iters",
-    "1",
-    "--num_workers",
-    "0",
-    "--device",
-    "cpu",
-]
+TRAIN_ONE_STEP = tiny_train_args(frozen=False, val_freq=5)  # stage 1 (it reads the ImageNet weights)
 
 
 def imagenet_resnet50_stand_in() -> bytes:
@@ -473,7 +457,7 @@ def served_weights(online, tmp_path, monkeypatch):
 
 
 def test_train_fetches_gma_sintel_and_the_imagenet_resnet_for_stage_1(
-    served_weights, online, tmp_path, monkeypatch, capsys
+    served_weights, online, synthetic_dataset, tmp_path, monkeypatch, capsys
 ):
     """The seed stage-1 command's `--restore_ckpt checkpoints/gma-sintel.pth`, absent, and the
     semantic encoder's ResNet-50: downloaded, then loaded; the weights' .json says where the
@@ -481,7 +465,7 @@ def test_train_fetches_gma_sintel_and_the_imagenet_resnet_for_stage_1(
     monkeypatch.chdir(tmp_path)
     online.routes["/checkpoints/gma-sintel.pth"] = Route(served_weights["gma"])
     online.routes["/resnet50-0676ba61.pth"] = Route(served_weights["resnet"])
-    root = make_dataset(tmp_path / "FacialFlowNet")
+    root = synthetic_dataset(**TRAIN_DATASET)
     argv = ["--restore_ckpt", "checkpoints/gma-sintel.pth", "--root", str(root), "--output", "out", "--name", "s1"]
     run_train([*argv, *TRAIN_ONE_STEP])
     err = capsys.readouterr().err
@@ -496,7 +480,9 @@ def test_train_fetches_gma_sintel_and_the_imagenet_resnet_for_stage_1(
 
 
 @pytest.mark.parametrize("failure", ["semantic encoder, nothing listens", "semantic encoder, 404", "--restore_ckpt"])
-def test_a_failed_download_stops_train_before_any_step(failure, served_weights, online, tmp_path, monkeypatch, capsys):
+def test_a_failed_download_stops_train_before_any_step(
+    failure, served_weights, online, synthetic_dataset, tmp_path, monkeypatch, capsys
+):
     """Without --offline a download that fails is a one-line error naming the file and the fetch
     command (exit 2), before any step, and the run leaves no file."""
     monkeypatch.chdir(tmp_path)
@@ -507,7 +493,7 @@ def test_a_failed_download_stops_train_before_any_step(failure, served_weights, 
         monkeypatch.setitem(weights.REGISTRY, entry.name, unreachable)
     if failure != "--restore_ckpt":
         online.routes["/checkpoints/gma-sintel.pth"] = Route(served_weights["gma"])
-    root = make_dataset(tmp_path / "FacialFlowNet")
+    root = synthetic_dataset(**TRAIN_DATASET)
     argv = ["--restore_ckpt", "gma-sintel", "--root", str(root), "--output", "out", "--name", "s1", *TRAIN_ONE_STEP]
     with pytest.raises(SystemExit) as stop:
         exit_on_error(lambda: run_train(argv))
@@ -528,12 +514,12 @@ def test_a_failed_download_stops_train_before_any_step(failure, served_weights, 
     assert not Path("out").exists() and not hub.exists() and leftovers(hub.parent) == []
 
 
-def test_offline_training_without_the_imagenet_resnet_records_it(tmp_path, monkeypatch):
+def test_offline_training_without_the_imagenet_resnet_records_it(synthetic_dataset, tmp_path, monkeypatch):
     """--offline and no ResNet-50 in torch.hub's cache: stage 1 goes on with a random semantic
     encoder and says so in its log, its final line and the .json of its weights, also after a
     resume; stage 2 from those weights records it too."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    root = make_dataset(tmp_path / "FacialFlowNet")
+    root = synthetic_dataset(**TRAIN_DATASET)
     gma = make_gma_checkpoint(tmp_path / "gma.pth")
     out = tmp_path / "out"
     common = ["--root", str(root), "--output", str(out), "--offline", *TRAIN_ONE_STEP]

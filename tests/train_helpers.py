@@ -1,4 +1,4 @@
-"""Helpers for the train.py tests: a tiny synthetic dataset, a GMA-format checkpoint, runs."""
+"""Helpers for the train.py tests: the dataset geometry, the smallest arguments, a GMA checkpoint, runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 import train
-from core.synthetic import generate
 from tests.model_helpers import GMA_TSV, authors_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,10 +16,36 @@ ROOT = Path(__file__).resolve().parents[1]
 GMA_GROUPS = ("fnet.", "cnet.", "update_block.", "att.")
 
 
-def make_dataset(root: Path) -> Path:
-    """1 subject x 4 frames (3 pairs) at 160x160 in the train and test splits."""
-    generate(root, subjects=1, frames=4, size=(160, 160), seed=7, splits=("train", "test"))
-    return root
+#: The training tests' dataset (the `synthetic_dataset` fixture's keywords): 1 subject x 4 frames
+#: (3 pairs) at 160x160 in the train and test splits.
+TRAIN_DATASET = {"subjects": 1, "frames": 4, "size": (160, 160), "seed": 7, "splits": ("train", "test")}
+
+#: The smallest valid training run: stage 2 (--frozen) from initialisation, one step of one
+#: 128x128 pair with one recurrent iteration, in the main process, on CPU.
+TINY_TRAIN_ARGS = {
+    "frozen": True,
+    "image_size": (128, 128),
+    "batch_size": 1,
+    "iters": 1,
+    "num_workers": 0,
+    "num_steps": 1,
+    "device": "cpu",
+}
+
+
+def tiny_train_args(**overrides: object) -> list[str]:
+    """train.py's argv for `TINY_TRAIN_ARGS` updated by `overrides` (`name=value` is `--name value`;
+    True: the flag alone; None or False: left out; a tuple or list: one token per item)."""
+    argv = []
+    for flag, value in {**TINY_TRAIN_ARGS, **overrides}.items():
+        if value is None or value is False:
+            continue
+        argv.append(f"--{flag}")
+        if isinstance(value, (tuple, list)):
+            argv.extend(str(item) for item in value)
+        elif value is not True:
+            argv.append(str(value))
+    return argv
 
 
 def make_gma_checkpoint(path: Path) -> Path:
