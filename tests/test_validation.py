@@ -65,5 +65,5 @@ def test_a_damaged_pair_on_one_rank_stops_both(synthetic_dataset, tmp_path):
         file.read_text(encoding="utf-8") if file.is_file() else f"crashed (exit code {process.exitcode})"
         for file, process in zip(files, processes)
     ]  # without the shared failure count rank 0 crashes in the all-reduce (gloo) or waits (NCCL)
-    assert outcomes[1].startswith("ValueError") and damaged.name in outcomes[1], outcomes[1]
-    assert outcomes[0] == "ValueError: validation failed in 1 other process(es) of this run, which printed the error"
+    assert outcomes[1].startswith("UserError") and damaged.name in outcomes[1], outcomes[1]
+    assert outcomes[0] == "UserError: validation failed in 1 other process(es) of this run, which printed the error"

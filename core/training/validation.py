@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils import data
 
 from core.defaults import VAL_ITERS
+from core.errors import UserError
 from core.evaluation import evaluate_facialflow
 
 
@@ -30,8 +31,8 @@ def validate(
 
     `max_pairs` picks that many evenly spaced pairs. The pairs are shared among the
     processes of a distributed run and the means combined, so every rank must call this; an
-    error of one rank's pairs (ValueError, FileNotFoundError) is raised there and a ValueError
-    on every other rank, so that no rank is left waiting.
+    error of one rank's pairs (a UserError for a damaged file, FileNotFoundError) is raised there and a
+    UserError on every other rank, so that no rank is left waiting.
     The model runs autocast to `amp_dtype` (None: float32), the training run's precision.
     """
     indices = list(range(len(dataset)))
@@ -72,7 +73,7 @@ def validate(
     if error is not None:
         raise error
     if failed:
-        raise ValueError(f"validation failed in {failed:.0f} other process(es) of this run, which printed the error")
+        raise UserError(f"validation failed in {failed:.0f} other process(es) of this run, which printed the error")
     out = {}
     for k, (_, prefix) in enumerate(kinds):
         base = k * (len(metrics) + 1)
