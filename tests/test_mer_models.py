@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.mer.loso import TrainConfig, train_loso
-from core.mer.models import MODELS, FoldedSTSTNet, STSTNet
+from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, STSTNet
 
 # The public code's state dict (christy1206/STSTNet main.py), written out by hand: name -> shape
 PUBLIC_KEYS = {
@@ -115,6 +115,33 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
         fresh.load_state_dict(state, strict=True)
         for name, value in model.state_dict().items():
             torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradients():
+    """ConvReluNormPool (pool before the normalisation, a written-out backward) against PyTorch's modules in
+    training mode: outputs, the batch's statistics and every gradient, with batch-norm weights of both signs
+    (a negative weight turns the max-pool into a min-pool)."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 3, 13, 13, generator=generator)
+    conv_weight = 0.4 * torch.randn(16, 3, 3, 3, generator=generator)
+    conv_bias = 0.1 * torch.randn(16, generator=generator)
+    bn_weight = (torch.rand(16, generator=generator) + 0.2) * torch.tensor([1.0, -1.0]).repeat(8)  # both signs
+    bn_bias = torch.randn(16, generator=generator)
+    upstream = torch.randn(5, 16, 5, 5, generator=generator)  # [b, 16, P, P]: 13 + 4 - 2 = 15, pooled to 5
+    params = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
+    out, mean, var = ConvReluNormPool.apply(x, *params)
+    out.backward(upstream)
+    reference = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
+    running_mean, running_var = torch.zeros(16), torch.zeros(16)
+    h = torch.relu(F.conv2d(x, reference[0], reference[1], padding=2))
+    y = F.batch_norm(h, running_mean, running_var, reference[2], reference[3], training=True, momentum=1.0)
+    expected = F.max_pool2d(y, 3, stride=3, padding=1)
+    expected.backward(upstream)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean, running_mean, rtol=1e-5, atol=1e-6)  # momentum 1: the batch's own
+    torch.testing.assert_close(var, running_var, rtol=1e-5, atol=1e-6)  # unbiased, as nn.BatchNorm2d keeps
+    for name, got, want in zip(("conv weight", "conv bias", "bn weight", "bn bias"), params, reference, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_a_users_module_registers_and_trains(monkeypatch):
