@@ -7,7 +7,8 @@ The inputs are random tensors of the classifier's shape (`[N, 3, 28, 28]`, 3 cla
 taking turns), so the time is the protocol's alone (STSTNet, batch 256, TrainConfig's recipe).
 Printed: clips, folds, epochs, the measured seconds and those scaled to `--full_epochs`; the
 FLOP-bound time (the convolutions' and linear layer's forward + backward FLOPs of every sample of
-every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); one epoch of
+every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); the convolution floor (the
+same samples through the two convolutions alone, at oneDNN's measured rate for these shapes); one epoch of
 `--folds_at_once` folds trained at once against the same folds one at a time (`train_fold`), the
 two alternating so that the other load on the machine hits both alike; and the folded epoch's
 heaviest operators (where the time goes).
@@ -26,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.timing import interleaved_best
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
-from core.mer.models import STSTNet
+from core.mer.models import CONV_PADDING, KERNEL, STREAMS, STSTNet
 from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
@@ -59,6 +60,23 @@ def matmul_gflops() -> float:
     a, b = torch.randn(MATMUL_SIDE, MATMUL_SIDE), torch.randn(MATMUL_SIDE, MATMUL_SIDE)
     seconds = interleaved_best({"matmul": lambda: a @ b}, warmup=2, repeats=5)["matmul"]
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
+
+
+def convolution_seconds(size: int, batch: int) -> float:
+    """Seconds per sample of the two convolutions every training step needs (the 16-channel forward and
+    its weight gradient, channels-last fp32, a batch of `batch`) at oneDNN's rate for these shapes: the
+    floor of any fp32 implementation built on PyTorch's kernels (the 3 input channels make a poor matmul)."""
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(STREAMS, 3, KERNEL, KERNEL)
+    maps = F.conv2d(x, weight, padding=CONV_PADDING)
+
+    def both() -> None:
+        F.conv2d(x, weight, padding=CONV_PADDING)
+        torch.ops.aten.convolution_backward(
+            maps, x, weight, None, [1, 1], [CONV_PADDING] * 2, [1, 1], False, [0, 0], 1, [False, True, False]
+        )
+
+    return interleaved_best({"convolutions": both}, warmup=2, repeats=5)["convolutions"] / batch
 
 
 def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> dict:
@@ -131,6 +149,8 @@ def main(args: argparse.Namespace) -> None:
         f"FLOP-bound: {flops / 1e12:.1f} TFLOP (forward + backward, {flops / samples / 1e6:.2f} MFLOP per sample) "
         f"at {rate:.0f} GFLOP/s (fp32 matmul) = {flops / rate / 1e9:.0f} s"
     )
+    floor = convolution_seconds(args.size, config.batch_size) * samples
+    print(f"convolution floor: {floor:.0f} s (the forward and weight-gradient convolutions alone, at oneDNN's rate)")
     if not args.no_profile:
         print(heaviest_operators(inputs, targets, groups, config))
 

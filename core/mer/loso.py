@@ -220,6 +220,7 @@ def train_folds_at_once(
     orders = [torch.Generator().manual_seed(fold.order_seed) for fold in folds]
     drops = [torch.Generator().manual_seed(fold.dropout_seed) for fold in folds]
     side = pool_side(inputs.shape[-1])
+    inputs = inputs.contiguous(memory_format=torch.channels_last)  # batches gathered from it keep the layout
     net.train()
     for _ in range(config.epochs):
         for indices, mask in epoch_batches(folds, orders, config=config):
