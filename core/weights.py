@@ -100,8 +100,7 @@ class Checksum:
         """This kind of digest of the file at `path` (the full hex digest)."""
         path = Path(path)
         if self.kind == "git-blob":
-            digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-            return hash_file(digest, path)
+            return hash_file(git_blob_digest(path.stat().st_size), path)
         return sha256_of(path)
 
     def matches(self, digest: str) -> bool:
@@ -114,9 +113,16 @@ class Checksum:
         return f"{label} {shown}"
 
 
+def git_blob_digest(size: int):
+    """A hashlib object that, updated with `size` bytes of content, gives git's blob id of it."""
+    return hashlib.sha1(b"blob %d\0" % size)
+
+
 def git_blob_id(data: bytes) -> str:
     """The id git gives a file with content `data`."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    digest = git_blob_digest(len(data))
+    digest.update(data)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the registry

@@ -30,7 +30,6 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.checkpoint import sha256_of  # noqa: E402
 from core.cli import (  # noqa: E402
     DocstringHelpFormatter,
     HelpFormatter,
@@ -63,7 +62,7 @@ from core.mer.extract import (  # noqa: E402
     user_flow,
 )
 from core.utils.atomic import atomic_path, write_text_atomic  # noqa: E402
-from core.weights import offline_requested  # noqa: E402
+from core.weights import offline_requested, sha256_of  # noqa: E402
 
 PROG = "python -m core.mer"
 DEFAULT_FLOW = "expression"
