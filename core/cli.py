@@ -55,6 +55,27 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR_STATUS, f"{self.prog}: error: {message}\n")
 
 
+class AtLeastOne(argparse.Action):
+    """A whole-number option that must be >= 1 (`--iters`, `--batch_size`, `--stride`, ...): its
+    type and range declared once. `0` stops the parse with `{prog}: error: {flag} must be >= 1,
+    got 0`, a `SystemExit` message that exit_on_error prints on one line with exit code 2."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, type=int, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values < 1:
+            raise SystemExit(f"{parser.prog}: error: {option_string} must be >= 1, got {values}")
+        setattr(namespace, self.dest, values)
+
+
+def add_batch_size_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, help: str, default: int = 1
+) -> None:
+    """`--batch_size` (pairs per forward pass; train.py: per optimizer step), >= 1."""
+    parser.add_argument("--batch_size", action=AtLeastOne, default=default, help=help)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False) -> None:
     """The options that build the network (the fields of DecFlowConfig) and say how it runs, for
     train.py (`training`: adds `--dropout`) or for evaluate.py and get_flow.py (adds

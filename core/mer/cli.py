@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.cli import (  # noqa: E402
+    AtLeastOne,
     DocstringHelpFormatter,
     HelpFormatter,
     UserError,
@@ -117,7 +118,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="DecFlow checkpoint file or registered name (default: as get_flow.py's --model)",
     )
     add_offline_argument(parser)
-    parser.add_argument("--iters", type=int, default=DEMO_ITERS, help="DecFlow refinement iterations")
+    parser.add_argument("--iters", action=AtLeastOne, default=DEMO_ITERS, help="DecFlow refinement iterations")
     crop = parser.add_argument_group("face crop (copies whose frames are no face crops)")
     crop.add_argument("--face_detector", default="haar", help="haar (OpenCV's cascade) or yunet:PATH")
     crop.add_argument("--face_margin", type=float, default=FACE_MARGIN, help="margin on each side, in face sides")
@@ -222,8 +223,6 @@ def flow_method(args: argparse.Namespace) -> FlowMethod:
         return ground_truth_flow(detail)
     if kind == "files":
         return user_flow(Path(detail))
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
     checkpoint = resolve_checkpoint(args.weights, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
     sha256 = sha256_of(checkpoint)
