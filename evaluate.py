@@ -31,7 +31,7 @@ from core.cli import (
     UserError,
     add_batch_size_argument,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_not_an_input,
     check_output,
     device_and_precision,
@@ -71,14 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
         "of facial, head and expression flow over the face mask, plus the reference protocol.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="DecFlow checkpoint file or registered name (python -m core.weights list; default: the "
-        "authors' release, else stage 2 of the seed training, in checkpoints/, else the release, "
-        "downloaded; see checkpoints/README.md)",
-    )
-    add_offline_argument(parser)
+    add_weights_arguments(parser)
     parser.add_argument(
         "--method",
         choices=METHODS,

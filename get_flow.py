@@ -75,13 +75,12 @@ from pathlib import Path
 import torch
 
 from core import estimators
-from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.cli import (
     AtLeastOne,
     UserError,
     add_batch_size_argument,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_output,
     device_and_precision,
     estimator_spec,
@@ -120,13 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
         "Without an input option it runs on the demo pair in assets/demo/.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
-        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded)",
-    )
-    add_offline_argument(parser)
+    add_weights_arguments(parser)
     inputs = parser.add_argument_group("inputs (one of)")
     inputs.add_argument("--image1", default=None, help="first image of a pair")
     inputs.add_argument("--image2", default=None, help="second image of a pair")

@@ -40,6 +40,7 @@ from core.cli import (
     OneLineErrorParser,
     UserError,
     add_batch_size_argument,
+    add_device_argument,
     add_model_arguments,
     add_offline_argument,
     check_none_is_an_input,
@@ -100,9 +101,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "state file, else start fresh (preemptible jobs)",
     )
     run.add_argument("--seed", type=int, default=1234, help="seed of torch, numpy, random and the data order")
-    run.add_argument(
-        "--device",
-        default=None,
+    add_device_argument(
+        run,
         help="cpu, cuda or cuda:N (default: cuda if available, else cpu; torchrun: cuda:LOCAL_RANK)",
     )
     run.add_argument(

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import torch
 
-from core.checkpoint import default_checkpoint
+from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
 from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
 from core.errors import UserError
 from core.estimators import EstimatorSpec
@@ -118,9 +118,29 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""),
     )
     if not training:
-        group.add_argument(
-            "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
-        )
+        add_device_argument(group)
+
+
+def add_device_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    help: str = "torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+) -> None:
+    """`--device` (None: core.inference.resolve_device's choice)."""
+    parser.add_argument("--device", default=None, help=help)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model` (the weights: a file or a registered name, resolve_checkpoint) and `--offline`,
+    as evaluate.py, get_flow.py and core.export take them."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
+        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded; "
+        f"see {CHECKPOINTS_README})",
+    )
+    add_offline_argument(parser)
 
 
 def add_offline_argument(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from core.cli import (
     DocstringHelpFormatter,
     UserError,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_not_an_input,
     check_output,
     exit_on_error,
@@ -154,8 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="python -m core.export", description=__doc__, formatter_class=DocstringHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="checkpoint file or registered name (as get_flow.py)")
-    add_offline_argument(parser)
+    add_weights_arguments(parser)
     parser.add_argument("--iters", action=AtLeastOne, required=True, help="refinement iterations the file unrolls")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")

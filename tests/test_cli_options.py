@@ -4,12 +4,14 @@ every script, before anything is loaded (core.export's: tests/test_export.py, wh
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 import evaluate
 import get_flow
 import train
-from core.cli import exit_on_error
+from core.cli import add_device_argument, add_weights_arguments, exit_on_error
 from core.mer import cli as mer_cli
 
 SCRIPTS = {  # prog: (its parser, the arguments it requires besides the count)
@@ -49,3 +51,24 @@ def test_a_count_of_one_is_taken(prog, flag):
     build, required = SCRIPTS[prog]
     args = build().parse_args([*required, flag, "1"])
     assert getattr(args, flag.lstrip("-")) == 1
+
+
+def _action(parser, flag: str):
+    groups = [parser] + [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return next(a for g in groups for a in getattr(g, "_actions", []) if flag in a.option_strings)
+
+
+def test_model_and_device_are_declared_once():
+    """--model (evaluate.py, get_flow.py) and --device (those two and the MER harness) come from
+    core/cli.py: one name, default and help (train.py words its own help: one per torchrun process)."""
+    reference = argparse.ArgumentParser()
+    add_weights_arguments(reference)
+    add_device_argument(reference)
+    parsers = [evaluate.get_args_parser(), get_flow.get_args_parser()]
+    extract = mer_cli.build_parser()._subparsers._group_actions[0].choices["extract"]
+    for flag in ("--model", "--device"):
+        expected = _action(reference, flag)
+        for parser in parsers + ([extract] if flag == "--device" else []):
+            action = _action(parser, flag)
+            assert (action.default, action.help, action.type) == (expected.default, expected.help, expected.type)
+    assert _action(train.get_args_parser(), "--device").default is None

@@ -35,6 +35,7 @@ from core.cli import (  # noqa: E402
     DocstringHelpFormatter,
     HelpFormatter,
     UserError,
+    add_device_argument,
     add_model_arguments,
     add_offline_argument,
     check_output,
@@ -135,7 +136,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, device: bool) -> Non
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per fold (fixed in advance)")
     group.add_argument("--seeds", type=int, default=1, help="repeat the whole protocol with seeds 0..N-1")
     if device:
-        group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        add_device_argument(group)
 
 
 def add_verb(verbs: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
