@@ -27,9 +27,11 @@ import torch
 
 from core.checkpoint import description_path
 from core.cli import (
+    AtLeastOne,
     UserError,
+    add_batch_size_argument,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_not_an_input,
     check_output,
     device_and_precision,
@@ -65,17 +67,11 @@ def _finite_or_null(value: Any) -> Any:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
+        prog="evaluate.py",
         description="Evaluate DecFlow (or a classical baseline) on FacialFlowNet: EPE and 1/3/5 px accuracy "
         "of facial, head and expression flow over the face mask, plus the reference protocol.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="DecFlow checkpoint file or registered name (python -m core.weights list; default: the "
-        "authors' release, else stage 2 of the seed training, in checkpoints/, else the release, "
-        "downloaded; see checkpoints/README.md)",
-    )
-    add_offline_argument(parser)
+    add_weights_arguments(parser)
     parser.add_argument(
         "--method",
         choices=METHODS,
@@ -86,13 +82,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=SPLITS, default="test")
     parser.add_argument("--root", default=DATASET_ROOT, help=f"FacialFlowNet folder (default {DATASET_ROOT})")
     parser.add_argument(
-        "--iters", type=int, default=ITERS, help=f"refinement iterations (default {ITERS}, as the reference)"
+        "--iters", action=AtLeastOne, default=ITERS, help=f"refinement iterations (default {ITERS}, as the reference)"
     )
-    parser.add_argument("--max_pairs", type=int, default=None, help="evaluate only the first N pairs")
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=1,
+    parser.add_argument("--max_pairs", action=AtLeastOne, default=None, help="evaluate only the first N pairs")
+    add_batch_size_argument(
+        parser,
         help="pairs per forward pass (consecutive pairs of one size; default 1); the same numbers, "
         "more memory, higher throughput on GPUs",
     )
@@ -134,12 +128,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_arguments(args: argparse.Namespace) -> Path | None:
     """The numbers of the command line, and `--output_json` (as a Path, None without it)."""
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
-    if args.max_pairs is not None and args.max_pairs < 1:
-        raise UserError(f"--max_pairs must be >= 1, got {args.max_pairs}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     # the path itself before any work, so that no result is lost to a bad one (its inputs later)
     return check_output(args.output_json, "--output_json") if args.output_json else None
 

@@ -75,11 +75,12 @@ from pathlib import Path
 import torch
 
 from core import estimators
-from core.checkpoint import DEFAULT_CHECKPOINTS
 from core.cli import (
+    AtLeastOne,
     UserError,
+    add_batch_size_argument,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_output,
     device_and_precision,
     estimator_spec,
@@ -114,16 +115,11 @@ from core.weights import offline_requested, sha256_of
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
+        prog="get_flow.py",
         description="Estimate facial, head and expression flow with DecFlow and visualise it. "
         "Without an input option it runs on the demo pair in assets/demo/.",
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
-        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded)",
-    )
-    add_offline_argument(parser)
+    add_weights_arguments(parser)
     inputs = parser.add_argument_group("inputs (one of)")
     inputs.add_argument("--image1", default=None, help="first image of a pair")
     inputs.add_argument("--image2", default=None, help="second image of a pair")
@@ -135,8 +131,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="folder of sequences: every leaf folder of frames and every video file under it, written to the "
         "same relative paths under --output; a rerun skips the sequences already complete",
     )
-    inputs.add_argument("--stride", type=int, default=1, help="use every N-th frame of a video/folder (default 1)")
-    inputs.add_argument("--max_frames", type=int, default=None, help="use at most N frames of a video/folder")
+    inputs.add_argument(
+        "--stride", action=AtLeastOne, default=1, help="use every N-th frame of a video/folder (default 1)"
+    )
+    inputs.add_argument("--max_frames", action=AtLeastOne, default=None, help="use at most N frames of a video/folder")
     inputs.add_argument(
         "--pairs",
         default=None,
@@ -177,7 +175,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--iters",
-        type=int,
+        action=AtLeastOne,
         default=None,
         help=f"refinement iterations (default {DEMO_ITERS}, as the reference demo; with --onnx the file's)",
     )
@@ -192,10 +190,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="sequences: start each pair from the previous pair's low-resolution flows (facial and "
         "head decoder each from its own)",
     )
-    parser.add_argument(
-        "--batch_size",
-        type=int,
-        default=1,
+    add_batch_size_argument(
+        parser,
         help="frames and videos: pairs per forward pass (consecutive pairs of one size; default 1); "
         "the same flow, more memory, higher throughput on GPUs",
     )
@@ -298,8 +294,6 @@ def open_sources(args: argparse.Namespace) -> list[FrameSource]:
 
 def resolve_inputs(args: argparse.Namespace, *, sources: bool = True) -> tuple[ExtractOptions, list[FrameSource]]:
     """The options and (with `sources`) the frame sources, checked before any model loads."""
-    if args.iters is not None and args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
     options = ExtractOptions(
         output=check_output(args.output, "--output", folder=True),
         save_format=save_format(args),

@@ -34,10 +34,13 @@ import os
 from pathlib import Path
 
 from core.cli import (
+    AtLeastOne,
     FileInTheWay,
     HelpFormatter,
     OneLineErrorParser,
     UserError,
+    add_batch_size_argument,
+    add_device_argument,
     add_model_arguments,
     add_offline_argument,
     check_none_is_an_input,
@@ -57,6 +60,7 @@ from core.weights import registered_entry, registered_names
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         allow_abbrev=False,
+        prog="train.py",
         description="Train DecFlow (FacialFlowNet, ACM MM 2024). Defaults follow the paper's recipe; "
         "stage 1 restores the GMA checkpoint, stage 2 adds --frozen and restores stage 1.",
         formatter_class=HelpFormatter,
@@ -97,9 +101,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "state file, else start fresh (preemptible jobs)",
     )
     run.add_argument("--seed", type=int, default=1234, help="seed of torch, numpy, random and the data order")
-    run.add_argument(
-        "--device",
-        default=None,
+    add_device_argument(
+        run,
         help="cpu, cuda or cuda:N (default: cuda if available, else cpu; torchrun: cuda:LOCAL_RANK)",
     )
     run.add_argument(
@@ -129,9 +132,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="training crop (multiples of 8, >= 128)",
     )
-    data_group.add_argument(
-        "--batch_size",
-        type=int,
+    add_batch_size_argument(
+        data_group,
         default=6,
         help="total batch per step (split over DataParallel GPUs or torchrun processes)",
     )
@@ -148,16 +150,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
 
     optim_group = parser.add_argument_group("optimisation")
-    optim_group.add_argument("--num_steps", type=int, default=10000, help="optimizer steps of this stage")
+    optim_group.add_argument("--num_steps", action=AtLeastOne, default=10000, help="optimizer steps of this stage")
     optim_group.add_argument("--lr", type=float, default=0.000125, help="peak learning rate of OneCycleLR")
     optim_group.add_argument("--wdecay", type=float, default=0.00001, help="AdamW weight decay")
     optim_group.add_argument("--epsilon", type=float, default=1e-8, help="AdamW epsilon")
     optim_group.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (after unscaling)")
     optim_group.add_argument("--gamma", type=float, default=0.85, help="sequence-loss weight decay over iterations")
-    optim_group.add_argument("--iters", type=int, default=ITERS, help="recurrent iterations in training")
+    optim_group.add_argument("--iters", action=AtLeastOne, default=ITERS, help="recurrent iterations in training")
     optim_group.add_argument(
         "--max_nonfinite",
-        type=int,
+        action=AtLeastOne,
         default=5,
         help="abort after this many consecutive steps with a non-finite loss or gradient (such steps are skipped)",
     )
@@ -184,13 +186,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     log_group = parser.add_argument_group("validation and logging")
     log_group.add_argument(
         "--val_freq",
-        type=int,
+        action=AtLeastOne,
         default=1000,
         help="save {step}_{name}.pth and the training state, and validate, every N steps",
     )
     log_group.add_argument(
         "--print_freq",
-        type=int,
+        action=AtLeastOne,
         default=100,
         help="log averaged training metrics (log file, TensorBoard, curves) every N steps",
     )
@@ -206,7 +208,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         choices=["train", "val", "test"],
         help="split used by --validation facialflow (the reference uses test)",
     )
-    log_group.add_argument("--val_iters", type=int, default=VAL_ITERS, help="recurrent iterations in validation")
+    log_group.add_argument(
+        "--val_iters", action=AtLeastOne, default=VAL_ITERS, help="recurrent iterations in validation"
+    )
     log_group.add_argument(
         "--val_max_pairs", type=int, default=None, help="validate on at most N evenly spaced pairs (default: all)"
     )
@@ -215,9 +219,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject inconsistent arguments with parser.error (one line, exit code 2, no usage block)."""
-    for name in ("num_steps", "batch_size", "val_freq", "print_freq", "iters", "val_iters", "max_nonfinite"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if problem := image_size_problem(*args.image_size):
         parser.error(f"--image_size: {problem}, got {args.image_size}")
     for name in ("lr", "clip", "epsilon"):

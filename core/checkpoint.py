@@ -16,7 +16,6 @@ The default weights file of the scripts is the first of DEFAULT_CHECKPOINTS that
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -24,7 +23,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -40,6 +38,7 @@ from core.defaults import RELEASE_CHECKPOINT, SEED_CHECKPOINT
 from core.errors import UserError
 from core.parallel import unwrap
 from core.semantic import semantic_state_from_resnet50
+from core.utils.atomic import TEMPORARY_MARK, atomic_path, atomic_stream, remove_temporaries
 from core.weights import LFS_POINTER, REGISTRY, SEMANTIC, WeightsUnavailable, ensure, sha256_of
 
 DATA_PARALLEL_PREFIX = "module."
@@ -339,49 +338,23 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """`write` into `core.utils.atomic.atomic_stream` (durable, `.{name}.XXXXXXXX.tmp`); NoSpaceError on a full disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     had_previous = path.exists()
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give what open() would
-        with os.fdopen(handle, "wb") as stream:
+        with atomic_stream(path, mark=TEMPORARY_MARK, durable=True) as stream:
             write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(error, (OSError, RuntimeError)) and _out_of_space(error):
+    except (OSError, RuntimeError) as error:
+        if _out_of_space(error):
             raise NoSpaceError(path, had_previous) from error
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def stale_temporary_pattern(path: str | os.PathLike) -> re.Pattern:
-    """Names of the temporary files `atomic_save(obj, path)` creates (tempfile.mkstemp: 8 random characters)."""
-    return re.compile(rf"^\.{re.escape(Path(path).name)}\.[a-z0-9_]{{8}}\.tmp$")
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete the `.{name}.XXXXXXXX.tmp` files a killed `atomic_save(obj, path)` left next
     to `path`; returns the files removed. Call it at start-up, when no save of `path` runs."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    pattern = stale_temporary_pattern(path)
-    removed = []
-    for candidate in sorted(path.parent.iterdir()):
-        if pattern.match(candidate.name) and candidate.is_file() and not candidate.is_symlink():
-            candidate.unlink()
-            removed.append(candidate)
-    return removed
+    return remove_temporaries(path, TEMPORARY_MARK)
 
 
 def reference_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -408,19 +381,12 @@ def link_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -
     for src, dst in ((Path(source), Path(destination)), (description_path(source), description_path(destination))):
         if not src.is_file():
             continue
-        handle, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        os.close(handle)
-        os.unlink(tmp)
-        try:
+        with atomic_path(dst, mark=TEMPORARY_MARK) as tmp:
+            tmp.unlink()  # os.link makes the name itself
             try:
                 os.link(src, tmp)
             except OSError:  # no hard links here (some network and FAT file systems)
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
 
 
 def description_path(weights: str | os.PathLike) -> Path:

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import torch
 
-from core.checkpoint import default_checkpoint
+from core.checkpoint import DEFAULT_CHECKPOINTS, default_checkpoint
 from core.defaults import CHECKPOINTS_README, USAGE_ERROR_STATUS
 from core.errors import UserError
 from core.estimators import EstimatorSpec
@@ -53,6 +53,27 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR_STATUS, f"{self.prog}: error: {message}\n")
+
+
+class AtLeastOne(argparse.Action):
+    """A whole-number option that must be >= 1 (`--iters`, `--batch_size`, `--stride`, ...): its
+    type and range declared once. `0` stops the parse with `{prog}: error: {flag} must be >= 1,
+    got 0`, a `SystemExit` message that exit_on_error prints on one line with exit code 2."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, type=int, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values < 1:
+            raise SystemExit(f"{parser.prog}: error: {option_string} must be >= 1, got {values}")
+        setattr(namespace, self.dest, values)
+
+
+def add_batch_size_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, help: str, default: int = 1
+) -> None:
+    """`--batch_size` (pairs per forward pass; train.py: per optimizer step), >= 1."""
+    parser.add_argument("--batch_size", action=AtLeastOne, default=default, help=help)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, training: bool = False) -> None:
@@ -97,9 +118,29 @@ def add_model_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGrou
         + ("; float16 trains with a GradScaler, bfloat16 without" if training else ""),
     )
     if not training:
-        group.add_argument(
-            "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)"
-        )
+        add_device_argument(group)
+
+
+def add_device_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    help: str = "torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
+) -> None:
+    """`--device` (None: core.inference.resolve_device's choice)."""
+    parser.add_argument("--device", default=None, help=help)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model` (the weights: a file or a registered name, resolve_checkpoint) and `--offline`,
+    as evaluate.py, get_flow.py and core.export take them."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint file or registered name (python -m core.weights list; default: the first of "
+        f"{', '.join(DEFAULT_CHECKPOINTS)} that exists, else the authors' release, downloaded; "
+        f"see {CHECKPOINTS_README})",
+    )
+    add_offline_argument(parser)
 
 
 def add_offline_argument(parser: argparse.ArgumentParser) -> None:

@@ -30,10 +30,11 @@ from torch import nn
 from torch.export import Dim
 
 from core.cli import (
+    AtLeastOne,
     DocstringHelpFormatter,
     UserError,
     add_model_arguments,
-    add_offline_argument,
+    add_weights_arguments,
     check_not_an_input,
     check_output,
     exit_on_error,
@@ -153,9 +154,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         allow_abbrev=False, prog="python -m core.export", description=__doc__, formatter_class=DocstringHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="checkpoint file or registered name (as get_flow.py)")
-    add_offline_argument(parser)
-    parser.add_argument("--iters", type=int, required=True, help="refinement iterations the file unrolls")
+    add_weights_arguments(parser)
+    parser.add_argument("--iters", action=AtLeastOne, required=True, help="refinement iterations the file unrolls")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     parser.add_argument(
@@ -167,8 +167,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> Path:
     """The output path; UserError for what cannot be exported."""
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
     for flag, given in (("--alternate_corr", args.alternate_corr), ("--mixed_precision", args.mixed_precision)):
         if given:
             raise UserError(f"{flag}: an export is float32 with the whole correlation pyramid stored")

@@ -235,6 +235,8 @@ class Estimator(ABC):
     def __init__(
         self, *, iters: int, pad_mode: str, divisor: int = UPSAMPLE_FACTOR, min_side: int = MIN_IMAGE_SIDE
     ) -> None:
+        if iters < 1:
+            raise UserError(f"iters must be >= 1, got {iters}")
         self.iters = iters
         self.pad_mode = pad_mode
         self.divisor = divisor
@@ -323,8 +325,6 @@ class FlowEstimator(Estimator):
         pad_mode: str = "exp",
         cuda_graphs: bool | None = None,
     ) -> None:
-        if iters < 1:
-            raise UserError(f"iters must be >= 1, got {iters}")
         super().__init__(iters=iters, pad_mode=pad_mode)
         self.model = model
         self.device = torch.device(device)

@@ -26,7 +26,7 @@ except ImportError:
 from core.errors import UserError
 from core.inference import COMPARED_FIELDS, Estimator
 from core.network import DecFlowOutput
-from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR
+from core.utils.padder import MIN_IMAGE_SIDE, UPSAMPLE_FACTOR, image_size_problem
 
 INPUT_NAMES = ("image1", "image2")  # float32 [B, 3, H, W], RGB 0..255
 OUTPUT_NAMES = ("facial", "head", "expression")  # float32 [B, 2, H, W]
@@ -57,14 +57,10 @@ class SizeRule:
         return cls(**json.loads(text))
 
     def problem(self, height: int, width: int) -> str | None:
-        """What is wrong with sides `height` x `width` (None: nothing)."""
-        if height % self.multiple_of or width % self.multiple_of:
-            return f"image sides must be multiples of {self.multiple_of}"
-        if min(height, width) < self.min_side:
-            return f"image sides must be at least {self.min_side} px"
-        if self.max_side is not None and max(height, width) > self.max_side:
-            return f"image sides must be at most {self.max_side} px"
-        return None
+        """What is wrong with sides `height` x `width` (None: nothing): `image_size_problem` with this rule's bounds."""
+        return image_size_problem(
+            height, width, multiple_of=self.multiple_of, min_side=self.min_side, max_side=self.max_side
+        )
 
 
 def session_options() -> ort.SessionOptions:

@@ -20,14 +20,11 @@ path under it stays `checkpoints/<file>`); `DECFLOW_OFFLINE=1`, like the scripts
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import hashlib
 import http.client
 import os
-import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -38,6 +35,7 @@ import torch
 from torchvision.models import ResNet50_Weights
 
 from core.defaults import CHECKPOINTS_DIR, USAGE_ERROR_STATUS
+from core.utils.atomic import atomic_path, remove_temporaries
 from core.utils.progress import progress_bar
 
 AUTHORS_COMMIT = "b5f2442f7e0419d1c0941796b22a1815cdb4052e"
@@ -102,8 +100,7 @@ class Checksum:
         """This kind of digest of the file at `path` (the full hex digest)."""
         path = Path(path)
         if self.kind == "git-blob":
-            digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-            return hash_file(digest, path)
+            return hash_file(git_blob_digest(path.stat().st_size), path)
         return sha256_of(path)
 
     def matches(self, digest: str) -> bool:
@@ -116,9 +113,16 @@ class Checksum:
         return f"{label} {shown}"
 
 
+def git_blob_digest(size: int):
+    """A hashlib object that, updated with `size` bytes of content, gives git's blob id of it."""
+    return hashlib.sha1(b"blob %d\0" % size)
+
+
 def git_blob_id(data: bytes) -> str:
     """The id git gives a file with content `data`."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    digest = git_blob_digest(len(data))
+    digest.update(data)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the registry
@@ -230,19 +234,9 @@ def _refusal(head: bytes, content_type: str) -> str | None:
     return None
 
 
-def _partial_pattern(destination: Path) -> re.Pattern:
-    return re.compile(rf"^\.{re.escape(destination.name)}\.[a-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}$")
-
-
 def remove_partial_downloads(destination: Path) -> list[Path]:
     """Delete the `.{file}.XXXXXXXX.part` files that killed downloads of `destination` left."""
-    if not destination.parent.is_dir():
-        return []
-    pattern = _partial_pattern(destination)
-    removed = [p for p in sorted(destination.parent.iterdir()) if pattern.match(p.name) and p.is_file()]
-    for path in removed:
-        path.unlink()
-    return removed
+    return remove_temporaries(destination, PARTIAL_SUFFIX)
 
 
 def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int | None]:
@@ -286,30 +280,23 @@ def download(
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_partial_downloads(destination)
     print(f"downloading {entry.name} from {url} to {destination}", file=sys.stderr, flush=True)
-    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=PARTIAL_SUFFIX, dir=destination.parent)
-    partial = Path(name)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            received, expected = _download(url, stream, progress=progress, label=entry.file)
-            stream.flush()
-            os.fsync(stream.fileno())
-        problem = None
-        digest = entry.checksum.of(partial)
-        if expected is not None and received != expected:
-            problem = f"the transfer was cut short ({received} of {expected} bytes)"
-        elif not entry.checksum.matches(digest):
-            problem = (
-                f"checksum mismatch: expected {entry.checksum.describe()}, got "
-                f"{entry.checksum.describe(digest)} ({received} bytes)"
-            )
-        if problem:
-            raise ValueError(problem + "; deleted")
-        os.replace(partial, destination)
+        with atomic_path(destination, mark=PARTIAL_SUFFIX, durable=True) as partial:
+            with partial.open("wb") as stream:
+                received, expected = _download(url, stream, progress=progress, label=entry.file)
+            problem = None
+            digest = entry.checksum.of(partial)
+            if expected is not None and received != expected:
+                problem = f"the transfer was cut short ({received} of {expected} bytes)"
+            elif not entry.checksum.matches(digest):
+                problem = (
+                    f"checksum mismatch: expected {entry.checksum.describe()}, got "
+                    f"{entry.checksum.describe(digest)} ({received} bytes)"
+                )
+            if problem:
+                raise ValueError(problem + "; deleted")
     except (OSError, ValueError, http.client.HTTPException) as error:  # HTTP errors, refused, timeout, disk
         raise WeightsUnavailable(entry, _reason(error), url=url, destination=destination) from None
-    finally:
-        with contextlib.suppress(OSError):
-            partial.unlink()
     return destination
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("onnxscript", reason="onnxscript not installed (pip install 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -r requirements-export.txt)")
 
 from core import export  # noqa: E402
+from core.cli import exit_on_error  # noqa: E402
 from core.corr import CorrBlock, coords_grid  # noqa: E402
 from core.inference import FlowEstimator, load_model  # noqa: E402
 from core.network import DecFlowConfig  # noqa: E402
@@ -118,6 +119,14 @@ def test_export_refuses_an_existing_output_a_bad_checkpoint_and_zero_iterations(
         assert fragment in message and "\n" not in message and len(message) < 200, message
     assert existing.read_bytes() == b"keep me"
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
+
+
+def test_zero_iterations_is_the_shared_one_line_error(capsys):
+    """`--iters` is core.cli's AtLeastOne, as in every script (tests/test_cli_options.py)."""
+    with pytest.raises(SystemExit) as stop:
+        exit_on_error(lambda: export_args("--iters", "0", "--output", "x.onnx"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "python -m core.export: error: --iters must be >= 1, got 0\n"
 
 
 def test_estimator_names_a_file_that_is_not_a_decflow_export(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.utils.padder import InputPadder
+from core.onnx_runtime import SizeRule
+from core.utils.padder import InputPadder, check_inputs, image_size_problem
 
 
 @pytest.mark.parametrize(
@@ -52,3 +53,17 @@ def test_tiny_images_pad_up_to_the_minimum_and_back(size, padding):
     padded = padder.pad(image)[0]
     assert torch.equal(padder.unpad(padded), image)
     assert torch.equal(padded[..., 0, 0], image[..., 0, 0]) and torch.equal(padded[..., -1, -1], image[..., -1, -1])
+
+
+def test_one_size_rule_for_the_network_and_an_export():
+    """The network (check_inputs, train.py's --image_size) and an ONNX export (SizeRule) state
+    one rule: the same answer for the same sides; the export only adds its upper bound."""
+    assert image_size_problem(128, 136) is None and image_size_problem(1024, 128) is None
+    assert image_size_problem(130, 128) == "image sides must be multiples of 8"
+    assert image_size_problem(120, 128) == "image sides must be at least 128 px for the 4-level correlation pyramid"
+    export = SizeRule(max_side=1280)
+    for sides in [(128, 136), (130, 128), (128, 132), (120, 128), (64, 64), (1280, 128), (128, 1288), (2048, 2048)]:
+        expected = "image sides must be at most 1280 px" if max(sides) > 1280 and sides[0] % 8 == 0 else None
+        assert export.problem(*sides) == (image_size_problem(*sides) or expected), sides
+    with pytest.raises(ValueError, match="multiples of 8 .*InputPadder"):
+        check_inputs(torch.zeros(1, 3, 128, 132), torch.zeros(1, 3, 128, 132))

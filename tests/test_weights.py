@@ -25,7 +25,7 @@ from torchvision.models import resnet50
 import evaluate
 import get_flow
 from core import weights
-from core.checkpoint import read_state_dict
+from core.checkpoint import read_state_dict, save_checkpoint
 from core.cli import exit_on_error
 from core.weights import Checksum, WeightsEntry, WeightsUnavailable, ensure, git_blob_id
 from tests.server_helpers import Route, Server
@@ -108,6 +108,27 @@ def test_git_blob_id_is_gits(tmp_path):
             ["git", "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True
         ).stdout.strip() == git_blob_id(data)
     assert git_blob_id(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git's empty blob
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    width: int = 2
+
+
+def test_every_file_digest_reads_the_whole_file(tmp_path):
+    """The one file hash (weights.hash_file, chunk by chunk) behind sha256_of, the git blob
+    id and the checksum a weights description stores: equal to hashlib over all the bytes of
+    a file that spans several chunks."""
+    data = bytes(range(256)) * (2 * weights.CHUNK // 256) + b"tail!"
+    path = tmp_path / "big.pth"
+    path.write_bytes(data)
+    assert weights.sha256_of(path) == Checksum("sha256", "").of(path) == hashlib.sha256(data).hexdigest()
+    assert Checksum("git-blob", "").of(path) == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    model = torch.nn.Linear(2, 2)
+    model.config = ToyConfig()  # save_checkpoint describes the model's config
+    save_checkpoint(model, tmp_path / "w.pth", description={"step": 1})
+    document = json.loads((tmp_path / "w.json").read_text())
+    assert document["sha256"] == hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
 
 
 def test_a_name_or_the_usual_place_of_one_is_registered(tmp_path, monkeypatch):

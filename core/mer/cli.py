@@ -30,11 +30,12 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.checkpoint import sha256_of  # noqa: E402
 from core.cli import (  # noqa: E402
+    AtLeastOne,
     DocstringHelpFormatter,
     HelpFormatter,
     UserError,
+    add_device_argument,
     add_model_arguments,
     add_offline_argument,
     check_output,
@@ -63,7 +64,7 @@ from core.mer.extract import (  # noqa: E402
     user_flow,
 )
 from core.utils.atomic import atomic_path, write_text_atomic  # noqa: E402
-from core.weights import offline_requested  # noqa: E402
+from core.weights import offline_requested, sha256_of  # noqa: E402
 
 PROG = "python -m core.mer"
 DEFAULT_FLOW = "expression"
@@ -118,7 +119,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> None:
         help="DecFlow checkpoint file or registered name (default: as get_flow.py's --model)",
     )
     add_offline_argument(parser)
-    parser.add_argument("--iters", type=int, default=DEMO_ITERS, help="DecFlow refinement iterations")
+    parser.add_argument("--iters", action=AtLeastOne, default=DEMO_ITERS, help="DecFlow refinement iterations")
     crop = parser.add_argument_group("face crop (copies whose frames are no face crops)")
     crop.add_argument("--face_detector", default="haar", help="haar (OpenCV's cascade) or yunet:PATH")
     crop.add_argument("--face_margin", type=float, default=FACE_MARGIN, help="margin on each side, in face sides")
@@ -135,7 +136,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, *, device: bool) -> Non
     group.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per fold (fixed in advance)")
     group.add_argument("--seeds", type=int, default=1, help="repeat the whole protocol with seeds 0..N-1")
     if device:
-        group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        add_device_argument(group)
 
 
 def add_verb(verbs: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
@@ -223,8 +224,6 @@ def flow_method(args: argparse.Namespace) -> FlowMethod:
         return ground_truth_flow(detail)
     if kind == "files":
         return user_flow(Path(detail))
-    if args.iters < 1:
-        raise UserError(f"--iters must be >= 1, got {args.iters}")
     checkpoint = resolve_checkpoint(args.weights, offline=offline_requested(args.offline))
     device, amp_dtype = device_and_precision(args)
     sha256 = sha256_of(checkpoint)

@@ -13,13 +13,24 @@ UPSAMPLE_FACTOR = 8  # the network's recurrent work happens at 1/8 resolution
 MIN_IMAGE_SIDE = UPSAMPLE_FACTOR * 2 ** (CORR_LEVELS - 1) * 2  # 128 px: coarsest level >= 2x2
 
 
-def image_size_problem(height: int, width: int) -> str | None:
-    """What is wrong with image sides `height` x `width` for the network (None: nothing): each
-    must be a multiple of UPSAMPLE_FACTOR (8) and at least MIN_IMAGE_SIDE (128) px."""
-    if height % UPSAMPLE_FACTOR or width % UPSAMPLE_FACTOR:
-        return f"image sides must be multiples of {UPSAMPLE_FACTOR}"
-    if min(height, width) < MIN_IMAGE_SIDE:
-        return f"image sides must be at least {MIN_IMAGE_SIDE} px for the {CORR_LEVELS}-level correlation pyramid"
+def image_size_problem(
+    height: int,
+    width: int,
+    *,
+    multiple_of: int = UPSAMPLE_FACTOR,
+    min_side: int = MIN_IMAGE_SIDE,
+    max_side: int | None = None,
+) -> str | None:
+    """What is wrong with image sides `height` x `width` (None: nothing): each must be a
+    multiple of `multiple_of`, at least `min_side` px and at most `max_side` px (None: no
+    bound). The defaults are the network's rule (8, 128 px); an ONNX export's
+    (`core.onnx_runtime.SizeRule`) is the same rule with its fixed bounds."""
+    if height % multiple_of or width % multiple_of:
+        return f"image sides must be multiples of {multiple_of}"
+    if min(height, width) < min_side:
+        return f"image sides must be at least {min_side} px for the {CORR_LEVELS}-level correlation pyramid"
+    if max_side is not None and max(height, width) > max_side:
+        return f"image sides must be at most {max_side} px"
     return None
 
 
