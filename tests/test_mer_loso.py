@@ -10,6 +10,8 @@ from core.errors import UserError
 from core.mer.loso import (
     TrainConfig,
     dropout_keep,
+    fold_chunks,
+    intra_op_threads,
     make_folds,
     train_fold,
     train_folds_at_once,
@@ -53,6 +55,31 @@ def test_a_folds_model_does_not_depend_on_the_folds_beside_it():
     with tqdm(disable=True) as bar:
         [(_, alone)] = train_folds_at_once(inputs, targets, [fold], num_classes=3, config=TINY, bar=bar)
     torch.testing.assert_close(result.logits[fold.test], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_chunks_trained_on_threads_equal_chunks_trained_in_turn():
+    """Two threads each training its own chunk of folds (the CPU path when torch has 2 threads) give the
+    logits and weights of the chunks trained one after the other on one thread."""
+    inputs, targets, groups = tiny_data(2, clips=(5, 4, 6, 3, 4))
+    config = dataclasses.replace(TINY, folds_at_once=2)
+    with intra_op_threads(2):
+        threaded = train_loso(inputs, targets, groups, num_classes=3, config=config)
+    with intra_op_threads(1):
+        in_turn = train_loso(inputs, targets, groups, num_classes=3, config=config)
+    torch.testing.assert_close(threaded.logits, in_turn.logits, rtol=1e-4, atol=1e-5)
+    for group, state in in_turn.states.items():
+        for name, value in state.items():
+            torch.testing.assert_close(threaded.states[group][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("folds", "at_once", "workers", "sizes"),
+    [(68, 17, 2, [17] * 4), (24, 17, 2, [12, 12]), (68, 17, 1, [17] * 4), (5, 17, 2, [2, 3]), (1, 17, 2, [1])],
+)
+def test_fold_chunks_are_even_and_a_multiple_of_the_workers(folds, at_once, workers, sizes):
+    chunks = fold_chunks(list(range(folds)), at_once=at_once, workers=workers)
+    assert [len(chunk) for chunk in chunks] == sizes
+    assert [fold for chunk in chunks for fold in chunk] == list(range(folds))
 
 
 def test_the_held_out_labels_never_reach_training():

@@ -18,17 +18,22 @@ Seeds: fold f's initial weights, its epoch orders and its dropout masks each com
 seeded by (`TrainConfig.seed`, the held-out group's name), so a fold's model does not depend on which
 other folds are trained beside it.
 
-Speed: STSTNet's folds train all at once as one `FoldedSTSTNet` (`TrainConfig.folds_at_once` at a
-time): each step, every fold takes the next batch of its own epoch order. Other `MODELS` entries train
-one fold at a time with the same recipe (`train_fold`).
+Speed: STSTNet's folds train together as one `FoldedSTSTNet` (`TrainConfig.folds_at_once` at a
+time): each step, every fold takes the next batch of its own epoch order. On a CPU, torch's N threads
+train N such chunks at once, one thread each (`train_chunks`). Other `MODELS` entries train one fold at
+a time with the same recipe (`train_fold`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +62,7 @@ class TrainConfig:
     dropout: float = 0.5
     seed: int = 0
     shuffle: bool = True  # STSTNet's code keeps the listing order (see the module's docstring)
-    folds_at_once: int = 17  # folds trained together (speed only: results equal to float rounding)
+    folds_at_once: int = 17  # at most this many folds trained together (speed only: equal to float rounding)
 
 
 @dataclass
@@ -204,18 +209,24 @@ def dropout_keep(mask: torch.Tensor, generators: Sequence[torch.Generator], *, p
     return keep / (1 - p)
 
 
-def train_folds_at_once(
+def folded_model(folds: Sequence[Fold], *, num_classes: int, shape: torch.Size, config: TrainConfig) -> nn.Module:
+    """`folds`' freshly initialised models as one folded model (each from its own seed, through the global
+    generator: build it in one thread at a time)."""
+    models = [initial_model(fold, num_classes=num_classes, shape=shape, config=config) for fold in folds]
+    return FOLDED[config.model](models=models)
+
+
+def train_folded(
+    net: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     folds: Sequence[Fold],
     *,
-    num_classes: int,
     config: TrainConfig,
     bar: tqdm,
 ) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """Train `folds` together as one folded model: per fold (its state dict, logits of its test clips [n_test, K])."""
-    models = [initial_model(fold, num_classes=num_classes, shape=inputs.shape, config=config) for fold in folds]
-    net = FOLDED[config.model](models=models).to(inputs.device)
+    """Train `folds`' folded model `net` by the recipe: per fold (its state dict, logits of its test clips)."""
+    net = net.to(inputs.device)
     optimizer = FoldAdam(list(net.parameters()), lr=config.lr)
     orders = [torch.Generator().manual_seed(fold.order_seed) for fold in folds]
     drops = [torch.Generator().manual_seed(fold.dropout_seed) for fold in folds]
@@ -240,6 +251,65 @@ def train_folds_at_once(
     with torch.no_grad():
         logits = net(inputs[padded.T], torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
     return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
+
+
+def train_folds_at_once(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    folds: Sequence[Fold],
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    bar: tqdm,
+) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Train `folds` together as one folded model: per fold (its state dict, logits of its test clips [n_test, K])."""
+    net = folded_model(folds, num_classes=num_classes, shape=inputs.shape, config=config)
+    return train_folded(net, inputs, targets, folds, config=config, bar=bar)
+
+
+def fold_chunks(folds: Sequence[Fold], *, at_once: int, workers: int) -> list[Sequence[Fold]]:
+    """`folds` in chunks of at most `at_once`, as many as a multiple of `workers` and as even as can be
+    (68 folds, 17 at once, 2 workers: 4 chunks of 17; 24 folds: 2 of 12)."""
+    count = workers * math.ceil(len(folds) / (workers * at_once))
+    bounds = np.linspace(0, len(folds), count + 1).round().astype(int)
+    return [folds[start:stop] for start, stop in itertools.pairwise(bounds) if stop > start]
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` inside (a process-wide setting), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_chunks(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    folds: Sequence[Fold],
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    bar: tqdm,
+) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Every fold by its folded model, chunk by chunk. On a CPU with torch's N > 1 threads, N chunks train at
+    once, each on one thread of its own: the full-resolution maps' passes are too short to share well between
+    threads (and collapse when another process holds a core), whole chunks are not. The models are built
+    first, here, since their seeding goes through the global generator."""
+    workers = 1 if inputs.is_cuda else torch.get_num_threads()
+    chunks = fold_chunks(folds, at_once=config.folds_at_once, workers=workers)
+    nets = [folded_model(chunk, num_classes=num_classes, shape=inputs.shape, config=config) for chunk in chunks]
+    jobs = [
+        functools.partial(train_folded, net, inputs, targets, chunk, config=config, bar=bar)
+        for net, chunk in zip(nets, chunks, strict=True)
+    ]
+    if workers == 1 or len(jobs) == 1:
+        return [result for job in jobs for result in job()]
+    with intra_op_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        return [result for results in pool.map(lambda job: job(), jobs) for result in results]
 
 
 def check_config(config: TrainConfig) -> None:
@@ -286,9 +356,7 @@ def train_loso(
     trained = []
     with progress_bar(total=len(folds) * config.epochs, desc="LOSO", unit="fold-epoch", disable=not progress) as bar:
         if config.model in FOLDED:
-            for start in range(0, len(folds), config.folds_at_once):
-                chunk = folds[start : start + config.folds_at_once]
-                trained += train_folds_at_once(inputs, targets, chunk, num_classes=num_classes, config=config, bar=bar)
+            trained = train_chunks(inputs, targets, folds, num_classes=num_classes, config=config, bar=bar)
         else:
             for fold in folds:
                 model, fold_logits = train_fold(inputs, targets, fold, num_classes=num_classes, config=config)
