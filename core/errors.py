@@ -11,6 +11,6 @@ from __future__ import annotations
 class UserError(ValueError):
     """A mistake in the command line or the inputs: reported as one line, no traceback.
 
-    It is a ValueError (a bad value given by the user), so that code which catches ValueError
-    around a reader (training's data loading, say) catches it too; the converse does not hold:
-    only UserError is reported as one line."""
+    It is a ValueError (a bad value given by the user), so that a caller of `core` that expects
+    ValueError for bad values catches it too; the converse does not hold: only UserError is
+    reported as one line, and code in `core` catches UserError, never ValueError, around a reader."""

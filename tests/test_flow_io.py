@@ -1,11 +1,15 @@
 """Flow file formats, frame reading and flow visualisation."""
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from core.errors import UserError
 from core.utils import flow_io, flow_viz
 
 
@@ -140,6 +144,31 @@ def test_read_image_errors_name_the_file(tmp_path: Path) -> None:
         flow_io.read_image(bad)
     with pytest.raises(FileNotFoundError):
         flow_io.read_image(tmp_path / "missing.jpg")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_files_the_libraries_refuse_with_a_value_error_are_user_errors_naming_them(tmp_path: Path) -> None:
+    """Pillow says ValueError for a PNG whose text chunk inflates beyond its limit, the OS
+    IsADirectoryError for a folder read as a .flo: both are bad input, named, one line."""
+    stream = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(stream, format="PNG")
+    png = stream.getvalue()
+    header_end = 8 + 25  # the signature, then the IHDR chunk (13 bytes of data + 12 of framing)
+    text = zlib.compress(b"a" * (PngImagePlugin.MAX_TEXT_CHUNK + 1))
+    bomb = tmp_path / "frame.jpg"  # Pillow reads a PNG under a .jpg name as the frames' reader does
+    bomb.write_bytes(png[:header_end] + _png_chunk(b"zTXt", b"comment\x00\x00" + text) + png[header_end:])
+    with pytest.raises(ValueError, match="Decompressed data too large"):  # what Pillow itself says
+        with Image.open(bomb) as image:
+            image.load()
+    with pytest.raises(UserError, match=f"^{bomb}: cannot read image \\(Decompressed data too large"):
+        flow_io.read_image(bomb)
+    folder = tmp_path / "flow.flo"
+    folder.mkdir()
+    with pytest.raises(UserError, match=f"^{folder}: cannot read .flo file"):
+        flow_io.read_flo(folder)
 
 
 def test_read_npy_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils import data
 
 from core.datasets import seed_worker, training_dataset
+from core.errors import UserError
 from core.training.state import seed_everything
 from core.utils.augmentor import CROP_MARGIN
 
@@ -36,7 +37,7 @@ class ResumableSampler(data.Sampler):
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
         self.batches_per_epoch = (length // world_size) // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise UserError(
                 f"{length} training pairs are fewer than one batch of {batch_size} per process x {world_size} processes"
             )
 
@@ -54,7 +55,7 @@ class ResumableSampler(data.Sampler):
         return self.batches_per_epoch * self.batch_size
 
 
-class SampleError(ValueError):
+class SampleError(UserError):
     """A training sample that cannot be read (damaged or mismatched file, named in the message).
 
     A DataLoader worker's exception reaches the main process re-created from the worker's
@@ -87,7 +88,7 @@ class SeededSamples(data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 seed_everything(seed)
                 return self.dataset[index]
-        except (ValueError, OSError) as error:  # e.g. a truncated .flo, a damaged JPEG, a bad mask
+        except (UserError, OSError) as error:  # e.g. a truncated .flo, a damaged JPEG, a bad mask, a missing file
             raise SampleError(str(error)) from None
         finally:
             np.random.set_state(numpy_state)

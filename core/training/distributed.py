@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import UserError
+
 
 def rank_device(name: str | None, local_rank: int) -> torch.device:
     """The device of torchrun's process `local_rank` on this machine: its own GPU (cuda:LOCAL_RANK)
@@ -74,7 +76,7 @@ def wrap_model(
         )
     if device.type == "cuda" and gpus is not None and len(gpus) > 1:
         if device != torch.device(f"cuda:{gpus[0]}"):
-            raise ValueError(
+            raise UserError(
                 f"with --gpus {' '.join(map(str, gpus))} the model lives on "
                 f"cuda:{gpus[0]}; drop --device {device} or make it cuda:{gpus[0]}"
             )

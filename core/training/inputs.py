@@ -46,22 +46,19 @@ def resolve_inputs(config: TrainConfig, *, rank: int, world_size: int) -> Inputs
         raise UserError(f"--batch_size {config.batch_size} is not divisible by {world_size} processes")
     resume_path = resolve_resume(config)
     state = load_training_state(resume_path, config) if resume_path is not None else None
-    try:
-        loader = build_train_loader(
-            stage=config.stage,
-            image_size=config.image_size,
-            root=config.root,
-            per_process_batch=config.batch_size // world_size,
-            seed=config.seed,
-            num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
-            rank=rank,
-            world_size=world_size,
-            start_step=state["step"] if state else 0,
-        )
-        # the validation split now too, so that a damaged one fails at start-up, not at step val_freq
-        val_dataset = build_val_dataset(config)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    loader = build_train_loader(
+        stage=config.stage,
+        image_size=config.image_size,
+        root=config.root,
+        per_process_batch=config.batch_size // world_size,
+        seed=config.seed,
+        num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
+        rank=rank,
+        world_size=world_size,
+        start_step=state["step"] if state else 0,
+    )
+    # the validation split now too, so that a damaged one fails at start-up, not at step val_freq
+    val_dataset = build_val_dataset(config)
     offline = offline_requested(config.offline)
     try:  # a registered name, or its file when absent: downloaded once everything else is known to be right
         restore_ckpt = (
@@ -111,10 +108,7 @@ def load_training_state(path: Path, config: TrainConfig) -> dict:
     """The state file of `--resume`; UserError (one line naming the file) when it cannot continue
     this run: an option of RESUME_MUST_MATCH recorded with another value."""
     arguments = plain_arguments(config)
-    try:
-        return read_state(path, {k: arguments[k] for k in RESUME_MUST_MATCH})
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    return read_state(path, {k: arguments[k] for k in RESUME_MUST_MATCH})
 
 
 def build_val_dataset(config: TrainConfig) -> FacialFlow | None:

@@ -167,8 +167,8 @@ def stop_requested(run: Run, step: int, config: TrainConfig) -> bool:
 def next_batch(run: Run, batches, step: int, config: TrainConfig):
     try:
         return next(batches)
-    except SampleError as error:  # a damaged or mismatched file of the split, named in the message
-        raise UserError(str(error)) from None
+    except SampleError:  # bad input (a damaged or mismatched file of the split, named), not a stop
+        raise
     except Exception:
         # Ctrl-C also reaches the loader workers, which then die: save and stop, don't crash
         if run.stop.signum is None:
@@ -269,7 +269,7 @@ def run_validation(run: Run, config: TrainConfig, *, step: int) -> dict[str, flo
             rank=run.rank,
             world_size=run.world_size,
         )
-    except (ValueError, FileNotFoundError) as error:  # a damaged file of the split, or non-finite flow
+    except (UserError, FileNotFoundError) as error:  # a damaged or missing file of the split, or non-finite flow
         raise UserError(f"validation at step {step}: {error} (training state: {run.state_path})") from None
     run.log.scalars("val", step, results)
     run.log(

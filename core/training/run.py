@@ -199,7 +199,7 @@ def restore(model: DecFlow, config: TrainConfig, inputs: Inputs, log: RunLog) ->
             log=log,
             offline=inputs.offline,
         )
-    except (ValueError, FileNotFoundError) as error:  # a damaged or mismatched file, named
+    except (UserError, FileNotFoundError) as error:  # a damaged, mismatched or missing file, named
         raise UserError(" ".join(str(error).split())) from None
 
 
@@ -207,10 +207,7 @@ def wrap(model: DecFlow, config: TrainConfig, *, device: torch.device, distribut
     """What the steps call: DistributedDataParallel, DataParallel over `--gpus`, or the model itself."""
     # content-only attention leaves the (trainable in stage 1) relative-position tables unused
     unused = not config.frozen and not (config.position_only or config.position_and_content)
-    try:
-        return wrap_model(model, device=device, distributed=distributed, gpus=config.gpus, unused_parameters=unused)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    return wrap_model(model, device=device, distributed=distributed, gpus=config.gpus, unused_parameters=unused)
 
 
 def build_optimisation(

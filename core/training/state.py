@@ -19,6 +19,7 @@ from core.checkpoint import (
     reference_state_dict,
     verify_payload,
 )
+from core.errors import UserError
 from core.parallel import unwrap
 from core.precision import amp_dtype_name
 from core.training.config import TrainConfig
@@ -135,26 +136,26 @@ def save_state(
 
 
 def read_state(path: Path, expected: dict) -> dict:
-    """Read a training-state file for `--resume`; ValueError (one line naming the file) when
+    """Read a training-state file for `--resume`; UserError (one line naming the file) when
     it is unreadable, not a state file, damaged (its checksum differs, a non-finite value)
     or from another run (an argument in `expected` saved with another value)."""
     try:
         state = load_plain(path)
-    except ValueError as error:
-        raise ValueError(f"--resume: {error}") from None
+    except UserError as error:
+        raise UserError(f"--resume: {error}") from None
     if not (isinstance(state, dict) and all(key in state for key in ("step", "args", "optimizer", "model"))):
-        raise ValueError(f"--resume {path} is not a training-state file (no step, args, optimizer and model)")
+        raise UserError(f"--resume {path} is not a training-state file (no step, args, optimizer and model)")
     damaged = nonfinite_entries(state["model"]) + nonfinite_entries(state["optimizer"], "optimizer")
     if damaged:
-        raise ValueError(
+        raise UserError(
             f"--resume {path} is damaged: non-finite values in {', '.join(damaged[:5])}"
             + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
             + "; resume from an earlier {step}_{name}.pth with --restore_ckpt instead"
         )
     try:
         verify_payload(path, state)
-    except ValueError as error:
-        raise ValueError(f"--resume: {error}") from None
+    except UserError as error:
+        raise UserError(f"--resume: {error}") from None
     mismatched = [
         f"--{k} {state['args'].get(k)} (saved) vs {value}"
         for k, value in expected.items()
@@ -162,5 +163,5 @@ def read_state(path: Path, expected: dict) -> dict:
         and not (isinstance(state["args"].get(k), list) and list(value) == state["args"][k])
     ]
     if mismatched:
-        raise ValueError(f"cannot resume {path}: " + "; ".join(mismatched))
+        raise UserError(f"cannot resume {path}: " + "; ".join(mismatched))
     return state

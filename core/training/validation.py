@@ -42,7 +42,7 @@ def validate(
     metrics = ("epe", "1px", "3px", "5px")
     sums = torch.zeros(len(kinds) * (len(metrics) + 1), dtype=torch.float64)
     mine = indices[rank::world_size]
-    error: ValueError | FileNotFoundError | None = None
+    error: UserError | FileNotFoundError | None = None
     if mine:
         try:
             # its own progress bar (rank 0): validation takes a while on CPUs
@@ -54,7 +54,7 @@ def validate(
                 amp_dtype=amp_dtype,
                 progress=rank == 0,
             )
-        except (ValueError, FileNotFoundError) as caught:  # a damaged file of the split, or non-finite flow
+        except (UserError, FileNotFoundError) as caught:  # a damaged or missing file of the split, or non-finite flow
             error = caught
         else:
             for k, (kind, _) in enumerate(kinds):

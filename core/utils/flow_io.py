@@ -66,11 +66,17 @@ def read_flo(path: PathLike) -> np.ndarray:
     """Read a Middlebury ``.flo`` file into a float32 ``[H, W, 2]`` array.
 
     Raises:
-        UserError: if the file is shorter than its header or than the size the
-            header announces, has a wrong magic number, non-positive dimensions, or
+        FileNotFoundError: if the file does not exist.
+        UserError: if the file cannot be read, is shorter than its header or than the size
+            the header announces, has a wrong magic number, non-positive dimensions, or
             bytes after the flow data.
     """
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a folder, no permission, an I/O error
+        raise UserError(f"{path}: cannot read .flo file ({err})") from err
     if len(data) < _FLO_HEADER_BYTES:
         raise UserError(f"{path}: truncated .flo file ({len(data)} bytes, the header alone needs {_FLO_HEADER_BYTES})")
     magic = np.frombuffer(data, dtype="<f4", count=1, offset=0)[0]
@@ -208,9 +214,9 @@ def read_image(path: PathLike) -> np.ndarray:
                 grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
                 return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
             return np.array(img.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
+    except (FileNotFoundError, UserError):
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # Pillow's ways to say "damaged"
         raise UserError(f"{path}: cannot read image ({err})") from err
 
 
