@@ -35,6 +35,7 @@ import torch
 from torchvision.models import ResNet50_Weights
 
 from core.defaults import CHECKPOINTS_DIR, USAGE_ERROR_STATUS
+from core.errors import UserError
 from core.utils.atomic import atomic_path, remove_temporaries
 from core.utils.progress import progress_bar
 
@@ -240,9 +241,13 @@ def remove_partial_downloads(destination: Path) -> list[Path]:
 
 
 def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int | None]:
-    """Copy `url` into `stream`; (bytes received, Content-Length or None). ValueError when
-    the first bytes are not weights."""
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+    """Copy `url` into `stream`; (bytes received, Content-Length or None). UserError when
+    the URL is malformed or the first bytes are not weights."""
+    try:
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
+    except ValueError as error:  # urllib's word for a malformed URL (no scheme, say)
+        raise UserError(f"malformed URL ({error})") from None
+    with response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
         content_type = response.headers.get("Content-Type", "")
@@ -262,10 +267,10 @@ def _download(url: str, stream, *, progress: bool, label: str) -> tuple[int, int
 
 
 def _refuse(head: bytes, content_type: str, *, complete: bool) -> None:
-    """ValueError when the first bytes (all of HEAD_BYTES, or the whole body, once `complete`) are not weights."""
+    """UserError when the first bytes (all of HEAD_BYTES, or the whole body, once `complete`) are not weights."""
     refusal = _refusal(head, content_type) if complete or content_type.startswith("text/html") else None
     if refusal:
-        raise ValueError(refusal)
+        raise UserError(refusal)
 
 
 def download(
@@ -294,8 +299,8 @@ def download(
                     f"{entry.checksum.describe(digest)} ({received} bytes)"
                 )
             if problem:
-                raise ValueError(problem + "; deleted")
-    except (OSError, ValueError, http.client.HTTPException) as error:  # HTTP errors, refused, timeout, disk
+                raise UserError(problem + "; deleted")
+    except (OSError, UserError, http.client.HTTPException) as error:  # HTTP errors, refused, timeout, disk, not weights
         raise WeightsUnavailable(entry, _reason(error), url=url, destination=destination) from None
     return destination
 
@@ -305,7 +310,7 @@ def _reason(error: BaseException) -> str:
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
         return f"cannot connect ({getattr(error.reason, 'strerror', None) or error.reason})"
-    if isinstance(error, ValueError):
+    if isinstance(error, UserError):
         return f"the server sent {error}" if str(error).startswith(("a Git LFS", "an HTML")) else str(error)
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 

@@ -252,6 +252,26 @@ def test_connection_refused_and_offline_make_no_file(tmp_path, monkeypatch, serv
     assert not weights.offline_requested(False, {weights.OFFLINE_VARIABLE: "0"})
 
 
+def test_a_malformed_url_is_refused_and_a_bug_in_the_transfer_keeps_its_traceback(online, tmp_path, monkeypatch):
+    """A base URL without a scheme is said like any other failed download; a ValueError from inside the
+    transfer (a bug, planted) is not taken for a failed download: it passes as it is."""
+    monkeypatch.setenv(weights.BASE_URL_VARIABLE, "127.0.0.1/no-scheme")
+    with pytest.raises(WeightsUnavailable, match="malformed URL"):
+        ensure(entry_for(b"x"), folder=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setenv(weights.BASE_URL_VARIABLE, online.url)
+    online.routes["/checkpoints/tiny.pth"] = Route(b"x")
+
+    def planted(*args, **kwargs):
+        raise ValueError("planted")
+
+    monkeypatch.setattr(weights.Checksum, "of", planted)
+    with pytest.raises(ValueError, match="^planted$"):
+        ensure(entry_for(b"x"), folder=tmp_path, progress=False)
+    assert leftovers(tmp_path) == []
+
+
 def test_a_killed_download_is_never_taken_for_weights(online, tmp_path, monkeypatch):
     """`python -m core.weights fetch` killed mid-transfer leaves only a hidden `.part` file:
     the scripts still find no weights, and the next download removes it."""
