@@ -7,11 +7,10 @@ The inputs are random tensors of the classifier's shape (`[N, 3, 28, 28]`, 3 cla
 taking turns), so the time is the protocol's alone (STSTNet, batch 256, TrainConfig's recipe).
 Printed: clips, folds, epochs, the measured seconds and those scaled to `--full_epochs`; the
 FLOP-bound time (the convolutions' and linear layer's forward + backward FLOPs of every sample of
-every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); the convolution floor (the
-same samples through the two convolutions alone, at oneDNN's measured rate for these shapes); one epoch of
-`--folds_at_once` folds trained at once against the same folds one at a time (`train_fold`), the
-two alternating so that the other load on the machine hits both alike; and the folded epoch's
-heaviest operators (where the time goes).
+every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); one epoch of
+`--folds_at_once` folds trained at once (the training stage in the compiled kernel, `core.mer.kernel`,
+and on PyTorch's kernels) against the same folds one at a time (`train_fold`), the modes alternating
+so that the other load on the machine hits them alike; and the folded epoch's heaviest operators.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ from torch.profiler import profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.timing import interleaved_best
+from core.mer import kernel
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
-from core.mer.models import CONV_PADDING, KERNEL, STREAMS, STSTNet
+from core.mer.models import STSTNet
 from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
@@ -62,38 +62,25 @@ def matmul_gflops() -> float:
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
-def convolution_seconds(size: int, batch: int) -> float:
-    """Seconds per sample of the two convolutions every training step needs (the 16-channel forward and
-    its weight gradient, channels-last fp32, a batch of `batch`) at oneDNN's rate for these shapes: the
-    floor of any fp32 implementation built on PyTorch's kernels (the 3 input channels make a poor matmul)."""
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(STREAMS, 3, KERNEL, KERNEL)
-    maps = F.conv2d(x, weight, padding=CONV_PADDING)
-
-    def both() -> None:
-        F.conv2d(x, weight, padding=CONV_PADDING)
-        torch.ops.aten.convolution_backward(
-            maps, x, weight, None, [1, 1], [CONV_PADDING] * 2, [1, 1], False, [0, 0], 1, [False, True, False]
-        )
-
-    return interleaved_best({"convolutions": both}, warmup=2, repeats=5)["convolutions"] / batch
-
-
 def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> dict:
-    """Seconds per fold-epoch of `config.folds_at_once` folds trained at once and the same folds one at a
-    time (`train_fold`), one epoch each, the two modes alternating (best of `COMPARE_REPEATS`)."""
+    """Seconds per fold-epoch of `config.folds_at_once` folds trained at once (the stage compiled, and on
+    PyTorch's kernels) and the same folds one at a time (`train_fold`), one epoch each, on this thread's
+    torch threads, the modes alternating (best of `COMPARE_REPEATS`)."""
     folds = make_folds(groups, seed=config.seed)[: config.folds_at_once]
     one_epoch = dataclasses.replace(config, epochs=1)
 
-    def at_once() -> None:
+    def at_once(compiled: bool) -> None:
+        mode = dataclasses.replace(one_epoch, compiled=compiled)
         with progress_bar(disable=True) as bar:
-            train_folds_at_once(inputs, targets, folds, num_classes=CLASSES, config=one_epoch, bar=bar)
+            train_folds_at_once(inputs, targets, folds, num_classes=CLASSES, config=mode, bar=bar)
 
     def one_at_a_time() -> None:
         for fold in folds:
             train_fold(inputs, targets, fold, num_classes=CLASSES, config=one_epoch)
 
-    runs = {"at once": at_once, "one at a time": one_at_a_time}
+    runs = {"compiled": lambda: at_once(True), "pytorch": lambda: at_once(False), "one at a time": one_at_a_time}
+    if kernel.stage_library() is None:
+        del runs["compiled"]
     seconds = interleaved_best(runs, warmup=0, repeats=COMPARE_REPEATS)
     return {name: value / len(folds) for name, value in seconds.items()}
 
@@ -116,12 +103,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=28, help="input side")
     parser.add_argument("--folds_at_once", type=int, default=TrainConfig.folds_at_once)
     parser.add_argument("--no_profile", action="store_true", help="skip the operator table")
+    parser.add_argument("--no_kernel", action="store_true", help="LOSO on PyTorch's kernels (TrainConfig.compiled off)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     inputs, targets, groups = random_protocol(args.clips, args.subjects, args.size)
-    config = TrainConfig(epochs=args.epochs, folds_at_once=args.folds_at_once)
+    config = TrainConfig(epochs=args.epochs, folds_at_once=args.folds_at_once, compiled=not args.no_kernel)
     folds = make_folds(groups, seed=config.seed)
     started = time.perf_counter()
     train_loso(inputs, targets, groups, num_classes=CLASSES, config=config, progress=True)
@@ -136,21 +124,20 @@ def main(args: argparse.Namespace) -> None:
         f"clips {args.clips}, folds {len(folds)}, epochs {args.epochs} (scaled to {args.full_epochs}), "
         f"batch {config.batch_size}, {torch.get_num_threads()} threads"
     )
+    stage = "compiled kernel" if config.compiled and kernel.stage_library() else "PyTorch's kernels"
     print(
-        f"LOSO, {config.folds_at_once} folds at once: {seconds:.1f} s measured, {seconds * scale:.0f} s at "
-        f"{args.full_epochs} epochs"
+        f"LOSO, at most {config.folds_at_once} folds at once, stage on {stage}: {seconds:.1f} s measured, "
+        f"{seconds * scale:.0f} s at {args.full_epochs} epochs"
     )
     print(
-        f"one epoch of {config.folds_at_once} folds, alternating: at once {compared['at once']:.3f} s per fold-epoch "
-        f"({full['at once']:.0f} s at {args.full_epochs} epochs), one at a time {compared['one at a time']:.3f} s "
-        f"({full['one at a time']:.0f} s)"
+        f"one epoch of {config.folds_at_once} folds on {torch.get_num_threads()} torch threads, s per fold-epoch "
+        "(800-epoch total): "
+        + ", ".join(f"{name} {value:.3f} ({full[name]:.0f} s)" for name, value in compared.items())
     )
     print(
         f"FLOP-bound: {flops / 1e12:.1f} TFLOP (forward + backward, {flops / samples / 1e6:.2f} MFLOP per sample) "
         f"at {rate:.0f} GFLOP/s (fp32 matmul) = {flops / rate / 1e9:.0f} s"
     )
-    floor = convolution_seconds(args.size, config.batch_size) * samples
-    print(f"convolution floor: {floor:.0f} s (the forward and weight-gradient convolutions alone, at oneDNN's rate)")
     if not args.no_profile:
         print(heaviest_operators(inputs, targets, groups, config))
 

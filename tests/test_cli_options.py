@@ -61,7 +61,7 @@ def _action(parser, flag: str):
 def test_model_and_device_are_declared_once():
     """--model (evaluate.py, get_flow.py) and --device (those two and the MER harness) come from
     core/cli.py: one name, default and help (train.py words its own help: one per torchrun process)."""
-    reference = argparse.ArgumentParser()
+    reference = argparse.ArgumentParser(allow_abbrev=False)
     add_weights_arguments(reference)
     add_device_argument(reference)
     parsers = [evaluate.get_args_parser(), get_flow.get_args_parser()]

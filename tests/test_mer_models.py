@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.mer import kernel
 from core.mer.loso import TrainConfig, train_loso
 from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, STSTNet
 
@@ -100,9 +101,10 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
     untouched = {name: value.clone() for name, value in models[3].state_dict().items()}
     folded = FoldedSTSTNet(models=models).train()
     sizes = [6, 4, 1, 0]  # the last fold has no batch this step: nothing of it changes
-    x = torch.randn(4, 6, 3, 12, 12)  # [F, B, C, S, S]
+    x = torch.randn(4, 6, 3, 12, 12)  # [F, B, C, S, S]: fold f's batch, stored as inputs [F * B, C, S, S]
+    indices = torch.arange(24).view(4, 6).T  # [B, F]: sample b of fold f is inputs[6 f + b]
     mask = torch.arange(6)[:, None] < torch.tensor(sizes)  # [B, F]
-    logits = folded(x, mask)
+    logits = folded(x.flatten(0, 1), indices, mask)
     assert logits.shape == (6, 4, 3)
     for name, value in folded.fold_state(3).items():
         assert torch.equal(value, untouched[name]), name
@@ -117,10 +119,13 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
             torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradients():
-    """ConvReluNormPool (pool before the normalisation, a written-out backward) against PyTorch's modules in
-    training mode: outputs, the batch's statistics and every gradient, with batch-norm weights of both signs
-    (a negative weight turns the max-pool into a min-pool)."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled kernel", "pytorch kernels"])
+def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradients(compiled):
+    """ConvReluNormPool (pool before the normalisation, a written-out backward), through the compiled kernel
+    and through PyTorch's kernels, against PyTorch's modules in training mode: outputs, the batch's statistics
+    and every gradient, with batch-norm weights of both signs (a negative weight makes the max-pool a min-pool)."""
+    if compiled and kernel.stage_library() is None:
+        pytest.skip("no C++ compiler here")
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(5, 3, 13, 13, generator=generator)
     conv_weight = 0.4 * torch.randn(16, 3, 3, 3, generator=generator)
@@ -129,7 +134,7 @@ def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_
     bn_bias = torch.randn(16, generator=generator)
     upstream = torch.randn(5, 16, 5, 5, generator=generator)  # [b, 16, P, P]: 13 + 4 - 2 = 15, pooled to 5
     params = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
-    out, mean, var = ConvReluNormPool.apply(x, *params)
+    out, mean, var = ConvReluNormPool.apply(F.pad(x, (2, 2, 2, 2)), torch.arange(5), *params, compiled)
     out.backward(upstream)
     reference = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
     running_mean, running_var = torch.zeros(16), torch.zeros(16)

@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True  # STSTNet's code keeps the listing order (see the module's docstring)
     folds_at_once: int = 17  # at most this many folds trained together (speed only: equal to float rounding)
+    compiled: bool = True  # STSTNet's training stage in the compiled CPU kernel, where it builds (speed only)
 
 
 @dataclass
@@ -213,7 +214,7 @@ def folded_model(folds: Sequence[Fold], *, num_classes: int, shape: torch.Size, 
     """`folds`' freshly initialised models as one folded model (each from its own seed, through the global
     generator: build it in one thread at a time)."""
     models = [initial_model(fold, num_classes=num_classes, shape=shape, config=config) for fold in folds]
-    return FOLDED[config.model](models=models)
+    return FOLDED[config.model](models=models, compiled=config.compiled)
 
 
 def train_folded(
@@ -231,13 +232,12 @@ def train_folded(
     orders = [torch.Generator().manual_seed(fold.order_seed) for fold in folds]
     drops = [torch.Generator().manual_seed(fold.dropout_seed) for fold in folds]
     side = pool_side(inputs.shape[-1])
-    inputs = inputs.contiguous(memory_format=torch.channels_last)  # batches gathered from it keep the layout
     net.train()
     for _ in range(config.epochs):
         for indices, mask in epoch_batches(folds, orders, config=config):
             indices, mask = indices.to(inputs.device), mask.to(inputs.device)
             keep = dropout_keep(mask.cpu(), drops, p=config.dropout, side=side) if config.dropout else None
-            logits = net(inputs[indices.T], mask, None if keep is None else keep.to(inputs.device))  # [B, F, K]
+            logits = net(inputs, indices, mask, None if keep is None else keep.to(inputs.device))  # [B, F, K]
             losses = F.cross_entropy(logits.flatten(0, 1), targets[indices].flatten(), reduction="none")
             losses = losses.view(mask.shape)  # [B, F]
             per_fold = (losses * mask).sum(0) / mask.sum(0).clamp(min=1)  # [F]: each fold's mean over its batch
@@ -249,7 +249,7 @@ def train_folded(
     padded = torch.nn.utils.rnn.pad_sequence(tests).to(inputs.device)  # [T, F]
     counts = torch.tensor([len(test) for test in tests])
     with torch.no_grad():
-        logits = net(inputs[padded.T], torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
+        logits = net(inputs, padded, torch.arange(padded.shape[0])[:, None] < counts)  # [T, F, K]
     return [(net.fold_state(f), logits[: len(test), f]) for f, test in enumerate(tests)]
 
 

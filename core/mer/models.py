@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.mer import kernel
+
 STREAM_CHANNELS = (3, 5, 8)  # the three streams' widths, in their concatenation order
 STREAMS = sum(STREAM_CHANNELS)  # 16 channels after the concatenation
 KERNEL = 3  # every stream's convolution is 3x3
@@ -86,9 +88,10 @@ def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
 
 
 class ConvReluNormPool(torch.autograd.Function):
-    """One fold's full-resolution stage in training, `[b, C, S, S]` -> `[b, 16, P, P]`: the three streams'
-    convolution, ReLU, batch norm with the batch's statistics, and the 3x3 max-pool; also returns the batch's
-    mean and unbiased variance `[16]` for the caller's running statistics.
+    """One fold's full-resolution stage in training, on the batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`:
+    all inputs zero-padded by CONV_PADDING; `rows` `[b]` long) -> `[b, 16, P, P]`: the three streams'
+    convolution, ReLU, batch norm with the batch's statistics, and the 3x3 max-pool; also returns the
+    batch's mean and unbiased variance `[16]` for the caller's running statistics.
 
     What makes it cheaper than PyTorch's modules (memory passes over the `[b, 16, S + 2, S + 2]` maps,
     which are all the time on a CPU):
@@ -98,8 +101,8 @@ class ConvReluNormPool(torch.autograd.Function):
     - the backward is written out: through the pool, the gradient reaches the batch-norm input only at
       each window's chosen element, and through the batch's mean and variance every element as
       `c0 + c1 * h` (per-channel constants), both zero where the ReLU was off;
-    - the maps are channels-last, so that the pool, the sums and the convolution's backward run on
-      contiguous channels.
+    - with `compiled` on a CPU, the maps' part runs in the compiled kernel (`core.mer.kernel`: one pass per
+      sample, in cache); otherwise (a GPU, no compiler) in PyTorch's kernels on channels-last maps.
 
     Where a batch-norm weight is exactly 0 (never in training from PyTorch's initial 1), every element of a
     window is equal after the normalisation; its gradient is then the right-hand derivative (the window's
@@ -107,73 +110,109 @@ class ConvReluNormPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, conv_weight, conv_bias, bn_weight, bn_bias):  # noqa: ANN001, ANN205 (autograd's signature)
-        x = x.contiguous(memory_format=torch.channels_last)
-        h = F.conv2d(x, conv_weight, conv_bias, padding=CONV_PADDING).clamp_(min=0)  # [b, 16, S + 2, S + 2]
-        channels = h.shape[1]
-        flat = h.permute(0, 2, 3, 1).reshape(-1, channels)  # [M, 16]: the same memory, channels-last
-        ones = h.new_ones(flat.shape[0])
-        count = flat.shape[0]
-        mean = ones @ flat / count  # [16]; a matrix-vector product is the fastest sum over M on a CPU
-        var = (torch.linalg.vecdot(flat, flat, dim=0) / count - mean * mean).clamp_(min=0)  # biased, as it normalises
-        inv_std = (var + BN_EPS).rsqrt()
-        sign = torch.where(bn_weight < 0, -1.0, 1.0).to(h.dtype).view(1, channels, 1, 1)
-        flipped = bool((bn_weight < 0).any())
-        pooled, index = F.max_pool2d_with_indices(h * sign if flipped else h, POOL, stride=POOL, padding=POOL_PADDING)
-        chosen = pooled * sign if flipped else pooled  # [b, 16, P, P]: h at each window's chosen element
-        normalised = (chosen - mean.view(1, -1, 1, 1)) * inv_std.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, conv_weight, h, index, chosen, normalised, mean, inv_std, bn_weight)
-        unbiased = var * (count / (count - 1))
+    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, compiled):  # noqa: ANN001, ANN205
+        sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
+        ctx.compiled = compiled and kernel.usable(padded)
+        if ctx.compiled:
+            weights = kernel.tap_major(conv_weight)
+            pooled_side = pool_side(padded.shape[-1] - 2 * CONV_PADDING)
+            sums, pooled, index = kernel.forward(padded, rows, weights, conv_bias, sign, pooled_side=pooled_side)
+            chosen = (pooled * sign if bool((sign < 0).any()) else pooled).permute(0, 3, 1, 2)  # [b, 16, P, P]
+            ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
+            mean64 = sums[0] / ctx.count
+            mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
+            saved = (padded, rows, weights, conv_bias.detach(), sign, pooled, index)
+        else:
+            batch = padded[rows]  # [b, C, S + 4, S + 4]
+            h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
+            ctx.count = h.numel() // h.shape[1]
+            saved = (batch, conv_weight, h, index, chosen)
+        inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
+        # chosen is h at each window's chosen element; normalised = (chosen - mean) * inv_std
+        normalised = torch.addcmul((-mean * inv_std).view(1, -1, 1, 1), chosen, inv_std.view(1, -1, 1, 1))
+        ctx.save_for_backward(*saved, normalised, mean, inv_std, bn_weight)
+        unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
-        out = normalised * bn_weight.view(1, -1, 1, 1) + bn_bias.view(1, -1, 1, 1)
-        return out.contiguous(), mean, unbiased  # the small pooled maps in the usual layout
+        out = torch.addcmul(bn_bias.view(1, -1, 1, 1), normalised, bn_weight.view(1, -1, 1, 1))
+        return out, mean, unbiased
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
-        x, conv_weight, h, index, chosen, normalised, mean, inv_std, bn_weight = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)  # as the maps it goes back to
-        count = h.shape[0] * h.shape[2] * h.shape[3]
+        *saved, normalised, mean, inv_std, bn_weight = ctx.saved_tensors
         dims = (0, 2, 3)
         grad_bn_bias = grad.sum(dims)
         grad_bn_weight = (grad * normalised).sum(dims)
-        grad_normalised = grad * bn_weight.view(1, -1, 1, 1)  # [b, 16, P, P]
-        mean_grad = grad_normalised.sum(dims) / count  # [16]: the gradient through the batch's mean ...
-        mean_grad_x = (grad_normalised * normalised).sum(dims) / count  # ... and through its variance
-        c1 = (-mean_grad_x * inv_std * inv_std).view(1, -1, 1, 1)
-        c0 = (inv_std * (mean_grad_x * mean * inv_std - mean_grad)).view(1, -1, 1, 1)
-        at_chosen = (grad_normalised * inv_std.view(1, -1, 1, 1)).masked_fill_(chosen <= 0, 0)  # the ReLU's gate
-        grad_h = torch.ops.aten.max_pool2d_with_indices_backward(
-            at_chosen, h, [POOL, POOL], [POOL, POOL], [POOL_PADDING] * 2, [1, 1], False, index
-        )  # [b, 16, S + 2, S + 2], zero but at the chosen elements
-        grad_z = grad_h.addcmul_(h, c1).addcmul_(torch.sign(h), c0)  # sign(h): 1 where the ReLU was on, else 0
-        _, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
-            grad_z,
-            x,
-            conv_weight,
-            [conv_weight.shape[0]],
-            [1, 1],
-            [CONV_PADDING] * 2,
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [False, True, True],
-        )
-        return None, grad_conv_weight, grad_conv_bias, grad_bn_weight, grad_bn_bias
+        mean_grad = grad_bn_bias * bn_weight / ctx.count  # [16]: the gradient through the batch's mean ...
+        mean_grad_x = grad_bn_weight * bn_weight / ctx.count  # ... and through its variance
+        c1 = -mean_grad_x * inv_std * inv_std
+        c0 = inv_std * (mean_grad_x * mean * inv_std - mean_grad)
+        scale = bn_weight * inv_std  # [16]: the pooled gradient's factor at the chosen elements
+        if ctx.compiled:
+            padded, rows, weights, conv_bias, sign, pooled, index = saved
+            grads = kernel.backward(padded, rows, weights, conv_bias, c0, c1, grad, scale, sign, pooled, index)
+            grad_conv_weight = grads[0].view(padded.shape[1], KERNEL, KERNEL, -1).permute(3, 0, 1, 2)  # [16, C, 3, 3]
+            grad_conv_weight, grad_conv_bias = grad_conv_weight.float().contiguous(), grads[1].float()
+        else:
+            *saved, chosen = saved
+            at_chosen = (grad * scale.view(1, -1, 1, 1)).masked_fill_(chosen <= 0, 0)  # the ReLU's gate
+            grad_conv_weight, grad_conv_bias = _eager_conv_grads(*saved, c0, c1, at_chosen)
+        return None, None, grad_conv_weight, grad_conv_bias, grad_bn_weight, grad_bn_bias, None
+
+
+def _eager_maps(
+    padded: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, sign: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """ConvReluNormPool's forward maps of the padded batch in PyTorch's kernels: (h `[b, 16, S + 2, S + 2]`
+    channels-last, the batch's mean and biased variance `[16]`, h at each window's chosen element
+    `[b, 16, P, P]`, its index)."""
+    x = padded.contiguous(memory_format=torch.channels_last)
+    h = F.conv2d(x, conv_weight, conv_bias).clamp_(min=0)  # [b, 16, S + 2, S + 2]
+    flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])  # [M, 16]: the same memory, channels-last
+    mean = h.new_ones(flat.shape[0]) @ flat / flat.shape[0]  # a matrix-vector product: the fastest sum on a CPU
+    var = (torch.linalg.vecdot(flat, flat, dim=0) / flat.shape[0] - mean * mean).clamp_(min=0)
+    flipped = bool((sign < 0).any())
+    sign = sign.view(1, -1, 1, 1)
+    pooled, index = F.max_pool2d_with_indices(h * sign if flipped else h, POOL, stride=POOL, padding=POOL_PADDING)
+    return h, mean, var, pooled * sign if flipped else pooled, index
+
+
+def _eager_conv_grads(
+    padded: torch.Tensor,
+    conv_weight: torch.Tensor,
+    h: torch.Tensor,
+    index: torch.Tensor,
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    at_chosen: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ConvReluNormPool's convolution gradients in PyTorch's kernels: the gradient `[h > 0] (c0 + c1 h)`
+    everywhere plus `at_chosen` at the chosen elements, through the convolution."""
+    at_chosen = at_chosen.contiguous(memory_format=torch.channels_last)  # as the maps it goes back to
+    grad_h = torch.ops.aten.max_pool2d_with_indices_backward(
+        at_chosen, h, [POOL, POOL], [POOL, POOL], [POOL_PADDING] * 2, [1, 1], False, index
+    )  # [b, 16, S + 2, S + 2], zero but at the chosen elements
+    grad_z = grad_h.addcmul_(h, c1.view(1, -1, 1, 1)).addcmul_(torch.sign(h), c0.view(1, -1, 1, 1))  # sign: ReLU on
+    x = padded.contiguous(memory_format=torch.channels_last)
+    _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad_z, x, conv_weight, [conv_weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True]
+    )
+    return grad_weight, grad_bias
 
 
 class FoldedSTSTNet(nn.Module):
     """F STSTNets (one per fold) as stacked parameters `[F, ...]`, trained at once, each on its own batch.
 
-    Inputs are `[F, B, C, S, S]` (sample b of fold f's batch; fold-major, so that a fold's samples are
-    contiguous) with a mask `[B, F]` of the real samples, which come first in each fold's column (the
-    folds' batches differ in size; the rest is padding that no statistic, loss or gradient sees), and
+    Inputs are all the clips `[N, C, S, S]` and `indices` `[B, F]` (long: sample b of fold f's batch is
+    `inputs[indices[b, f]]`, so that no batch is copied out), with a mask `[B, F]` of the real samples,
+    which come first in each fold's column (the folds' batches differ in size; the rest is padding that no
+    statistic, loss or gradient sees), and
     in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by the
     caller from each fold's own generator. Logits are `[B, F, K]`.
     """
 
-    def __init__(self, *, models: list[STSTNet]):
+    def __init__(self, *, models: list[STSTNet], compiled: bool = True):
         super().__init__()
+        self.compiled = compiled  # the training stage in core.mer.kernel where it builds (speed only)
         # [F, 16, C, 3, 3]: one 16-channel convolution computes the three streams of a fold
         self.conv_weight = nn.Parameter(torch.stack([_streams(m, "conv", "weight") for m in models]))
         self.conv_bias = nn.Parameter(torch.stack([_streams(m, "conv", "bias") for m in models]))  # [F, 16]
@@ -185,17 +224,21 @@ class FoldedSTSTNet(nn.Module):
         self.register_buffer("running_var", torch.stack([_streams(m, "bn", "running_var") for m in models]))
         self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, inputs: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, folds = mask.shape
         counts = mask.sum(0).tolist()
         params = (self.conv_weight, self.conv_bias, self.bn_weight, self.bn_bias, self.running_mean, self.running_var)
-        width = STREAMS * feature_side(x.shape[-1]) ** 2
+        width = STREAMS * feature_side(inputs.shape[-1]) ** 2
+        if self.training:  # padded once for all folds
+            inputs = F.pad(inputs, (CONV_PADDING,) * 4).contiguous()  # [N, C, S + 4, S + 4]
         features = []
         for f, (count, *fold_params) in enumerate(zip(counts, *params, strict=True)):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
-                features.append(x.new_zeros(batch, width))
+                features.append(inputs.new_zeros(batch, width))
                 continue
-            maps = self._fold_maps(x[f, :count], *fold_params)  # [count, 16, P, P]
+            maps = self._fold_maps(inputs, indices[:count, f].contiguous(), *fold_params)  # [count, 16, P, P]
             if keep is not None:
                 maps = maps * keep[:count, f]
             pooled = F.avg_pool2d(maps, AVG_POOL).flatten(1)  # [count, 16 * side^2]
@@ -205,23 +248,23 @@ class FoldedSTSTNet(nn.Module):
         features = torch.stack(features, dim=1)  # [B, F, 16 * side^2]
         return torch.einsum("bfd,fkd->bfk", features, self.fc_weight) + self.fc_bias  # [B, F, K]
 
-    def _fold_maps(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        """One fold's three streams on its own real samples `[b, C, S, S]`, up to the max-pool: `[b, 16, P, P]`.
+    def _fold_maps(self, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        """One fold's three streams on its own real samples `inputs[rows]` (in training `inputs` is padded by
+        CONV_PADDING), up to the max-pool: `[b, 16, P, P]`.
 
         Each fold's full-resolution maps are computed on that fold's samples alone (batch norm's statistics
         and running-statistics update its own): in training by `ConvReluNormPool`, in evaluation by PyTorch's
-        kernels; only the small pooled maps are stacked. On CPU these maps are memory-bound and already large
-        (a batch of 256), so one call per fold costs nothing, while a grouped convolution's backward is
-        several times slower.
+        kernels; only the small pooled maps are stacked.
         """
         conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var = params
         if self.training:
-            pooled, mean, var = ConvReluNormPool.apply(x, conv_weight, conv_bias, bn_weight, bn_bias)
+            params = (conv_weight, conv_bias, bn_weight, bn_bias, self.compiled)
+            pooled, mean, var = ConvReluNormPool.apply(inputs, rows, *params)
             with torch.no_grad():  # nn.BatchNorm2d's update of the running statistics
                 running_mean.lerp_(mean, BN_MOMENTUM)
                 running_var.lerp_(var, BN_MOMENTUM)
             return pooled
-        z = torch.relu(F.conv2d(x, conv_weight, conv_bias, padding=CONV_PADDING))  # [b, 16, S + 2, S + 2]
+        z = torch.relu(F.conv2d(inputs[rows], conv_weight, conv_bias, padding=CONV_PADDING))  # [b, 16, S + 2, S + 2]
         z = F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, training=False, eps=BN_EPS)
         return F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)
 
