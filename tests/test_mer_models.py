@@ -7,7 +7,7 @@ from torch import nn
 
 from core.mer import kernel
 from core.mer.loso import TrainConfig, train_loso
-from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, STSTNet
+from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, STSTNet, pooled_fc_weight
 
 # The public code's state dict (christy1206/STSTNet main.py), written out by hand: name -> shape
 PUBLIC_KEYS = {
@@ -147,6 +147,18 @@ def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_
     torch.testing.assert_close(var, running_var, rtol=1e-5, atol=1e-6)  # unbiased, as nn.BatchNorm2d keeps
     for name, got, want in zip(("conv weight", "conv bias", "bn weight", "bn bias"), params, reference, strict=True):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("side", [10, 5, 2])
+def test_the_linear_layer_spread_over_the_pool_windows_equals_pool_then_linear(side):
+    """pooled_fc_weight: one linear map of the max-pooled maps equals the 2x2 average pool (which drops an odd
+    last row and column) followed by the linear layer."""
+    generator = torch.Generator().manual_seed(side)
+    maps = torch.randn(7, 16, side, side, generator=generator)
+    fc_weight = torch.randn(2, 3, 16 * (side // 2) ** 2, generator=generator)  # [F, K, 16 * s * s]
+    expected = torch.einsum("bd,fkd->bfk", F.avg_pool2d(maps, 2).flatten(1), fc_weight)
+    spread = pooled_fc_weight(fc_weight, side=side).flatten(2)
+    torch.testing.assert_close(torch.einsum("bd,fkd->bfk", maps.flatten(1), spread), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_users_module_registers_and_trains(monkeypatch):

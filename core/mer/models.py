@@ -199,6 +199,17 @@ def _eager_conv_grads(
     return grad_weight, grad_bias
 
 
+def pooled_fc_weight(fc_weight: torch.Tensor, *, side: int) -> torch.Tensor:
+    """`[F, K, 16 * s * s]` -> `[F, K, 16, side, side]`: the linear layer over the 2x2 average pool of the
+    `side` x `side` max-pooled maps, as one linear map of those maps (each weight spread over its window,
+    divided by 4; a last row and column that the pool drops get 0), so that no pool runs in training."""
+    folds, classes, _ = fc_weight.shape
+    half = side // AVG_POOL
+    spread = fc_weight.view(folds, classes, STREAMS, half, 1, half, 1) / AVG_POOL**2
+    spread = spread.expand(-1, -1, -1, -1, AVG_POOL, -1, AVG_POOL).reshape(folds, classes, STREAMS, 2 * half, 2 * half)
+    return F.pad(spread, (0, side - 2 * half, 0, side - 2 * half))
+
+
 class FoldedSTSTNet(nn.Module):
     """F STSTNets (one per fold) as stacked parameters `[F, ...]`, trained at once, each on its own batch.
 
@@ -230,23 +241,23 @@ class FoldedSTSTNet(nn.Module):
         batch, folds = mask.shape
         counts = mask.sum(0).tolist()
         params = (self.conv_weight, self.conv_bias, self.bn_weight, self.bn_bias, self.running_mean, self.running_var)
-        width = STREAMS * feature_side(inputs.shape[-1]) ** 2
+        side = pool_side(inputs.shape[-1])
         if self.training:  # padded once for all folds
             inputs = F.pad(inputs, (CONV_PADDING,) * 4).contiguous()  # [N, C, S + 4, S + 4]
         features = []
         for f, (count, *fold_params) in enumerate(zip(counts, *params, strict=True)):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
-                features.append(inputs.new_zeros(batch, width))
+                features.append(inputs.new_zeros(batch, STREAMS * side * side))
                 continue
             maps = self._fold_maps(inputs, indices[:count, f].contiguous(), *fold_params)  # [count, 16, P, P]
             if keep is not None:
                 maps = maps * keep[:count, f]
-            pooled = F.avg_pool2d(maps, AVG_POOL).flatten(1)  # [count, 16 * side^2]
-            features.append(F.pad(pooled, (0, 0, 0, batch - count)))
+            features.append(F.pad(maps.flatten(1), (0, 0, 0, batch - count)))  # [B, 16 * P * P]
         if self.training:
             self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
-        features = torch.stack(features, dim=1)  # [B, F, 16 * side^2]
-        return torch.einsum("bfd,fkd->bfk", features, self.fc_weight) + self.fc_bias  # [B, F, K]
+        features = torch.stack(features, dim=1)  # [B, F, 16 * P * P]
+        weight = pooled_fc_weight(self.fc_weight, side=side).flatten(2)  # [F, K, 16 * P * P]
+        return torch.einsum("bfd,fkd->bfk", features, weight) + self.fc_bias  # [B, F, K]
 
     def _fold_maps(self, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         """One fold's three streams on its own real samples `inputs[rows]` (in training `inputs` is padded by
