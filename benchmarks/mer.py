@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.timing import interleaved_best
 from core.mer import kernel
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
-from core.mer.models import STSTNet
+from core.mer.models import CONV_PADDING, STREAMS, ConvReluNormPool, STSTNet
 from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
@@ -60,6 +60,24 @@ def matmul_gflops() -> float:
     a, b = torch.randn(MATMUL_SIDE, MATMUL_SIDE), torch.randn(MATMUL_SIDE, MATMUL_SIDE)
     seconds = interleaved_best({"matmul": lambda: a @ b}, warmup=2, repeats=5)["matmul"]
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
+
+
+def stage_seconds(size: int, batch: int) -> float:
+    """Seconds per sample of the compiled training stage alone (ConvReluNormPool forward and backward, on
+    one of this process's threads: the kernel is single-threaded), a batch of `batch`."""
+    generator = torch.Generator().manual_seed(0)
+    padded = F.pad(torch.randn(batch, 3, size, size, generator=generator), (CONV_PADDING,) * 4)
+    params = [
+        p.requires_grad_() for p in (0.3 * torch.randn(STREAMS, 3, 3, 3, generator=generator), torch.zeros(STREAMS))
+    ]
+    params += [torch.ones(STREAMS, requires_grad=True), torch.zeros(STREAMS, requires_grad=True)]
+    rows = torch.arange(batch)
+
+    def step() -> None:
+        out, _, _ = ConvReluNormPool.apply(padded, rows, *params, True)
+        out.sum().backward()
+
+    return interleaved_best({"stage": step}, warmup=2, repeats=5)["stage"] / batch
 
 
 def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> dict:
@@ -138,6 +156,12 @@ def main(args: argparse.Namespace) -> None:
         f"FLOP-bound: {flops / 1e12:.1f} TFLOP (forward + backward, {flops / samples / 1e6:.2f} MFLOP per sample) "
         f"at {rate:.0f} GFLOP/s (fp32 matmul) = {flops / rate / 1e9:.0f} s"
     )
+    if kernel.stage_library() is not None:
+        per_sample = stage_seconds(args.size, config.batch_size)
+        print(
+            f"compiled stage alone: {per_sample * 1e6:.1f} us per sample (forward + backward) = "
+            f"{per_sample * samples:.0f} s on one thread for every sample of every fold's every epoch"
+        )
     if not args.no_profile:
         print(heaviest_operators(inputs, targets, groups, config))
 
