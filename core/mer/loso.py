@@ -51,6 +51,9 @@ ADAM_EPS = 1e-8
 DROPOUT_LEVELS = 2**16  # dropout draws uniform integers in [0, DROPOUT_LEVELS)
 
 
+FoldResult = tuple[dict[str, torch.Tensor], torch.Tensor]  # a trained fold: its state dict, its test clips' logits
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe (STSTNet's code's) and the seed; the speed knob changes no result."""
@@ -225,7 +228,7 @@ def train_folded(
     *,
     config: TrainConfig,
     bar: tqdm,
-) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+) -> list[FoldResult]:
     """Train `folds`' folded model `net` by the recipe: per fold (its state dict, logits of its test clips)."""
     net = net.to(inputs.device)
     optimizer = FoldAdam(list(net.parameters()), lr=config.lr)
@@ -261,7 +264,7 @@ def train_folds_at_once(
     num_classes: int,
     config: TrainConfig,
     bar: tqdm,
-) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+) -> list[FoldResult]:
     """Train `folds` together as one folded model: per fold (its state dict, logits of its test clips [n_test, K])."""
     net = folded_model(folds, num_classes=num_classes, shape=inputs.shape, config=config)
     return train_folded(net, inputs, targets, folds, config=config, bar=bar)
@@ -294,7 +297,7 @@ def train_chunks(
     num_classes: int,
     config: TrainConfig,
     bar: tqdm,
-) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+) -> list[FoldResult]:
     """Every fold by its folded model, chunk by chunk. On a CPU with torch's N > 1 threads, N chunks train at
     once, each on one thread of its own: the full-resolution maps' passes are too short to share well between
     threads (and collapse when another process holds a core), whole chunks are not. The models are built
