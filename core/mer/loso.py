@@ -43,6 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.mer import kernel
 from core.mer.models import FOLDED, MODELS, STREAMS, pool_side
 from core.utils.progress import progress_bar
 
@@ -303,6 +304,8 @@ def train_chunks(
     threads (and collapse when another process holds a core), whole chunks are not. The models are built
     first, here, since their seeding goes through the global generator."""
     workers = 1 if inputs.is_cuda else torch.get_num_threads()
+    if config.compiled and not inputs.is_cuda:
+        kernel.stage_library()  # compiled here, once, before any thread asks for it
     chunks = fold_chunks(folds, at_once=config.folds_at_once, workers=workers)
     nets = [folded_model(chunk, num_classes=num_classes, shape=inputs.shape, config=config) for chunk in chunks]
     jobs = [
