@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,13 +36,13 @@ _INT = ctypes.c_int
 def stage_library() -> ctypes.CDLL | None:
     """The compiled kernel (compiled at the first call of the process), or None with a note on stderr."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
+    if not compiler:
         print("core.mer: no C++ compiler (c++, $CXX): STSTNet trains on PyTorch's kernels", file=sys.stderr)
         return None
     folder = tempfile.mkdtemp(prefix="decflow-mer-")
     try:
         library = Path(folder) / "stage.so"
-        command = [compiler, *FLAGS, "-o", str(library), str(SOURCE)]
+        command = [*shlex.split(compiler), *FLAGS, "-o", str(library), str(SOURCE)]  # $CXX may be "ccache g++"
         done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False)
         if done.returncode != 0:
             reason = (done.stderr.strip().splitlines() or ["no message"])[0]
