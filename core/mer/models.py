@@ -22,7 +22,7 @@ plugs in by adding an entry (the protocol trains any entry, one fold at a time).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -217,8 +217,8 @@ class FoldedSTSTNet(nn.Module):
     `inputs[indices[b, f]]`, so that no batch is copied out), with a mask `[B, F]` of the real samples,
     which come first in each fold's column (the folds' batches differ in size; the rest is padding that no
     statistic, loss or gradient sees), and
-    in training the dropout keep-mask `[B, F, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by the
-    caller from each fold's own generator. Logits are `[B, F, K]`.
+    in training per fold its dropout keep-mask `[count, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by
+    the caller from the fold's own generator. Logits are `[B, F, K]`.
     """
 
     def __init__(self, *, models: list[STSTNet], compiled: bool = True):
@@ -236,7 +236,11 @@ class FoldedSTSTNet(nn.Module):
         self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
 
     def forward(
-        self, inputs: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        indices: torch.Tensor,
+        mask: torch.Tensor,
+        keep: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         batch, folds = mask.shape
         counts = mask.sum(0).tolist()
@@ -244,20 +248,20 @@ class FoldedSTSTNet(nn.Module):
         side = pool_side(inputs.shape[-1])
         if self.training:  # padded once for all folds
             inputs = F.pad(inputs, (CONV_PADDING,) * 4).contiguous()  # [N, C, S + 4, S + 4]
-        features = []
+        fc_weight = pooled_fc_weight(self.fc_weight, side=side).flatten(2)  # [F, K, 16 * P * P]
+        logits = []
         for f, (count, *fold_params) in enumerate(zip(counts, *params, strict=True)):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
-                features.append(inputs.new_zeros(batch, STREAMS * side * side))
+                logits.append(inputs.new_zeros(batch, fc_weight.shape[1]))
                 continue
             maps = self._fold_maps(inputs, indices[:count, f].contiguous(), *fold_params)  # [count, 16, P, P]
             if keep is not None:
-                maps = maps * keep[:count, f]
-            features.append(F.pad(maps.flatten(1), (0, 0, 0, batch - count)))  # [B, 16 * P * P]
+                maps = maps * keep[f]
+            fold_logits = torch.addmm(self.fc_bias[f], maps.flatten(1), fc_weight[f].T)  # [count, K]
+            logits.append(F.pad(fold_logits, (0, 0, 0, batch - count)))
         if self.training:
             self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
-        features = torch.stack(features, dim=1)  # [B, F, 16 * P * P]
-        weight = pooled_fc_weight(self.fc_weight, side=side).flatten(2)  # [F, K, 16 * P * P]
-        return torch.einsum("bfd,fkd->bfk", features, weight) + self.fc_bias  # [B, F, K]
+        return torch.stack(logits, dim=1)  # [B, F, K]
 
     def _fold_maps(self, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         """One fold's three streams on its own real samples `inputs[rows]` (in training `inputs` is padded by
