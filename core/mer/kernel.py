@@ -2,7 +2,7 @@
 
 `ConvReluNormPool` (core/mer/models.py) runs its heavy part here when it can: the 16-channel convolution,
 ReLU, batch-norm sums and max-pool of each sample in one pass, and the backward in two, without the
-`[b, 16, S + 2, S + 2]` maps ever leaving the cache (about 3x PyTorch's kernels on a CPU). The source is
+`[b, 16, S + 2, S + 2]` maps ever taking more than one pass (about 3x PyTorch's kernels on a CPU). The source is
 compiled once per process, for this machine (`c++ -O3 -march=native`, or `$CXX`), into a temporary
 folder removed at once (the loaded library stays mapped). Without a compiler, or where it fails, the
 stage runs on PyTorch's kernels with the same results to float rounding, and one line on stderr says so.
@@ -54,8 +54,8 @@ def stage_library() -> ctypes.CDLL | None:
         return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    loaded.stage_forward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 3 + [_INT] + [_POINTER] * 4
-    loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 9 + [_INT] + [_POINTER] * 3
+    loaded.stage_forward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 3 + [_INT] + [_POINTER] * 5
+    loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 8 + [_INT] + [_POINTER] * 3
     loaded.stage_forward.restype = loaded.stage_backward.restype = _INT
     return loaded
 
@@ -84,30 +84,31 @@ def forward(
     sign: torch.Tensor,
     *,
     pooled_side: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """The batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`: the inputs zero-padded by 2; `rows` `[b]`
     long), `weights` from `tap_major`, `bias` and `sign` (+1 or -1 per channel) `[16]` -> (`[2, 16]` float64:
     the ReLU output's sum and sum of squares, `[b, P, P, 16]`: per window the largest sign * h,
-    `[b, P, P, 16]` int32: where it is, i * (S + 2) + j)."""
+    `[b, P, P, 16]` int32: where it is, i * (S + 2) + j, and the ReLU output h `[b, S + 2, S + 2, 16]`, kept
+    for `backward`)."""
     _, channels, side, _ = padded.shape
     sums = torch.zeros(2, STREAMS, dtype=torch.float64)
     pooled = torch.empty(len(rows), pooled_side, pooled_side, STREAMS)
     index = torch.empty(len(rows), pooled_side, pooled_side, STREAMS, dtype=torch.int32)
+    relu = torch.empty(len(rows), side - 2, side - 2, STREAMS)
     vectors = (weights, bias.detach().contiguous(), sign.contiguous())
     status = stage_library().stage_forward(
         _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), pooled_side,
-        _address(sums[0]), _address(sums[1]), _address(pooled), _address(index),
+        _address(sums[0]), _address(sums[1]), _address(pooled), _address(index), _address(relu),
     )  # fmt: skip
     if status:
         raise RuntimeError(f"stage_forward has no instance for {channels} channels")
-    return sums, pooled, index
+    return sums, pooled, index, relu
 
 
 def backward(
     padded: torch.Tensor,
     rows: torch.Tensor,
-    weights: torch.Tensor,
-    bias: torch.Tensor,
+    relu: torch.Tensor,
     c0: torch.Tensor,
     c1: torch.Tensor,
     grad: torch.Tensor,
@@ -118,13 +119,13 @@ def backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The convolution's weight `[C * 9, 16]` and bias `[16]` gradients (float64) for the gradient
     `[h > 0] (c1 h + c0)` everywhere plus `scale * grad` (`grad` `[b, 16, P, P]`) at each window's chosen
-    element where h > 0 there (`pooled`, `index` from `forward`, with its `sign`)."""
+    element where h > 0 there (`relu`, `pooled`, `index` from `forward`, with its `sign`)."""
     _, channels, side, _ = padded.shape
     grad_weights = torch.zeros(channels * 9, STREAMS, dtype=torch.float64)
     grad_bias = torch.zeros(STREAMS, dtype=torch.float64)
     work = torch.empty((side - 2) ** 2, STREAMS)
-    vectors = (weights, bias.detach().contiguous(), c0.contiguous(), c1.contiguous(), grad.contiguous())
-    vectors += (scale.contiguous(), sign.contiguous(), pooled, index)
+    vectors = (relu, c0.contiguous(), c1.contiguous(), grad.contiguous(), scale.contiguous(), sign.contiguous())
+    vectors += (pooled, index)
     status = stage_library().stage_backward(
         _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), index.shape[1],
         _address(grad_weights), _address(grad_bias), _address(work),

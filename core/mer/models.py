@@ -116,12 +116,12 @@ class ConvReluNormPool(torch.autograd.Function):
         if ctx.compiled:
             weights = kernel.tap_major(conv_weight)
             pooled_side = pool_side(padded.shape[-1] - 2 * CONV_PADDING)
-            sums, pooled, index = kernel.forward(padded, rows, weights, conv_bias, sign, pooled_side=pooled_side)
+            sums, pooled, index, relu = kernel.forward(padded, rows, weights, conv_bias, sign, pooled_side=pooled_side)
             chosen = (pooled * sign if bool((sign < 0).any()) else pooled).permute(0, 3, 1, 2)  # [b, 16, P, P]
             ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
             mean64 = sums[0] / ctx.count
             mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
-            saved = (padded, rows, weights, conv_bias.detach(), sign, pooled, index)
+            saved = (padded, rows, relu, sign, pooled, index)
         else:
             batch = padded[rows]  # [b, C, S + 4, S + 4]
             h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
@@ -148,8 +148,8 @@ class ConvReluNormPool(torch.autograd.Function):
         c0 = inv_std * (mean_grad_x * mean * inv_std - mean_grad)
         scale = bn_weight * inv_std  # [16]: the pooled gradient's factor at the chosen elements
         if ctx.compiled:
-            padded, rows, weights, conv_bias, sign, pooled, index = saved
-            grads = kernel.backward(padded, rows, weights, conv_bias, c0, c1, grad, scale, sign, pooled, index)
+            padded, rows, relu, sign, pooled, index = saved
+            grads = kernel.backward(padded, rows, relu, c0, c1, grad, scale, sign, pooled, index)
             grad_conv_weight = grads[0].view(padded.shape[1], KERNEL, KERNEL, -1).permute(3, 0, 1, 2)  # [16, C, 3, 3]
             grad_conv_weight, grad_conv_bias = grad_conv_weight.float().contiguous(), grads[1].float()
         else:

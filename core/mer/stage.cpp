@@ -30,8 +30,9 @@ inline vec conv_at(const float *x, int side, int i, int j, const vec *w, vec bia
 
 template <int C>
 void forward(const float *x, const int64_t *rows, int batch, int side, const float *w, const float *bias,
-             const float *sign, int pooled_side, double *sums, double *squares, float *pooled, int32_t *index) {
-    const int out_side = side - 2, windows = pooled_side * pooled_side;
+             const float *sign, int pooled_side, double *sums, double *squares, float *pooled, int32_t *index,
+             float *relu) {
+    const int out_side = side - 2, positions = out_side * out_side, windows = pooled_side * pooled_side;
     vec weights[C * TAPS];
     for (int t = 0; t < C * TAPS; ++t) weights[t] = load(w + t * OUT);
     const vec b = load(bias), s = load(sign), zero = {};
@@ -40,12 +41,14 @@ void forward(const float *x, const int64_t *rows, int batch, int side, const flo
         float *pool = pooled + static_cast<size_t>(n) * windows * OUT;
         int32_t *where = index + static_cast<size_t>(n) * windows * OUT;
         for (int k = 0; k < windows * OUT; ++k) { pool[k] = -INFINITY; where[k] = -1; }
+        vec *hs = reinterpret_cast<vec *>(relu) + static_cast<size_t>(n) * positions;
         vec s1 = zero, s2 = zero;
         for (int i = 0; i < out_side; ++i) {
             const int wi = (i + 1) / 3;
             for (int j = 0; j < out_side; ++j) {
                 const vec z = conv_at<C>(xs, side, i, j, weights, b);
                 const vec h = z > zero ? z : zero;
+                hs[i * out_side + j] = h;  // kept for the backward, which then need not recompute it
                 s1 += h;
                 s2 += h * h;
                 const int wj = (j + 1) / 3;
@@ -66,23 +69,18 @@ void forward(const float *x, const int64_t *rows, int batch, int side, const flo
 }
 
 template <int C>
-void backward(const float *x, const int64_t *rows, int batch, int side, const float *w, const float *bias,
-              const float *c0, const float *c1, const float *grad, const float *scale, const float *sign,
-              const float *pooled, const int32_t *index, int pooled_side, double *dw, double *db, float *work) {
-    const int out_side = side - 2, windows = pooled_side * pooled_side;
-    vec weights[C * TAPS];
-    for (int t = 0; t < C * TAPS; ++t) weights[t] = load(w + t * OUT);
-    const vec b = load(bias), a0 = load(c0), a1 = load(c1), zero = {};
+void backward(const float *x, const int64_t *rows, int batch, int side, const float *relu, const float *c0,
+              const float *c1, const float *grad, const float *scale, const float *sign, const float *pooled,
+              const int32_t *index, int pooled_side, double *dw, double *db, float *work) {
+    const int out_side = side - 2, positions = out_side * out_side, windows = pooled_side * pooled_side;
+    const vec a0 = load(c0), a1 = load(c1), zero = {};
     vec *dz = reinterpret_cast<vec *>(work);
     vec grad_w[C * TAPS], grad_b = zero;
     for (int t = 0; t < C * TAPS; ++t) grad_w[t] = zero;
     for (int n = 0; n < batch; ++n) {
         const float *xs = x + static_cast<size_t>(rows[n]) * C * side * side;
-        for (int i = 0; i < out_side; ++i)
-            for (int j = 0; j < out_side; ++j) {
-                const vec z = conv_at<C>(xs, side, i, j, weights, b);
-                dz[i * out_side + j] = z > zero ? a1 * z + a0 : zero;
-            }
+        const vec *hs = reinterpret_cast<const vec *>(relu) + static_cast<size_t>(n) * positions;
+        for (int p = 0; p < positions; ++p) dz[p] = hs[p] > zero ? a1 * hs[p] + a0 : zero;
         const float *g = grad + static_cast<size_t>(n) * OUT * windows;
         const float *best = pooled + static_cast<size_t>(n) * windows * OUT;
         const int32_t *where = index + static_cast<size_t>(n) * windows * OUT;
@@ -123,9 +121,9 @@ extern "C" {
 // inputs padded by 2); `w`: [C * 9][OUT]. Returns 0, or -1 for a channel count without an instance.
 int stage_forward(const float *x, const int64_t *rows, int batch, int channels, int side, const float *w,
                   const float *bias, const float *sign, int pooled_side, double *sums, double *squares, float *pooled,
-                  int32_t *index) {
+                  int32_t *index, float *relu) {
     auto run = [&](auto instance) {
-        instance(x, rows, batch, side, w, bias, sign, pooled_side, sums, squares, pooled, index);
+        instance(x, rows, batch, side, w, bias, sign, pooled_side, sums, squares, pooled, index, relu);
         return 0;
     };
     switch (channels) {
@@ -140,12 +138,11 @@ int stage_forward(const float *x, const int64_t *rows, int batch, int channels, 
 // Backward: dz = [h > 0] (c1 h + c0), plus scale * `grad` ([batch][OUT][window], the gradient of the pooled
 // maps) at each window's chosen element where h > 0 there (`pooled`, `index`: stage_forward's); the convolution's
 // weight and bias gradients added to `dw` ([C * 9][OUT]) and `db`. `work`: (side - 2)^2 * OUT floats.
-int stage_backward(const float *x, const int64_t *rows, int batch, int channels, int side, const float *w,
-                   const float *bias, const float *c0, const float *c1, const float *grad, const float *scale,
-                   const float *sign, const float *pooled, const int32_t *index, int pooled_side, double *dw,
-                   double *db, float *work) {
+int stage_backward(const float *x, const int64_t *rows, int batch, int channels, int side, const float *relu,
+                   const float *c0, const float *c1, const float *grad, const float *scale, const float *sign,
+                   const float *pooled, const int32_t *index, int pooled_side, double *dw, double *db, float *work) {
     auto run = [&](auto instance) {
-        instance(x, rows, batch, side, w, bias, c0, c1, grad, scale, sign, pooled, index, pooled_side, dw, db, work);
+        instance(x, rows, batch, side, relu, c0, c1, grad, scale, sign, pooled, index, pooled_side, dw, db, work);
         return 0;
     };
     switch (channels) {
