@@ -211,8 +211,8 @@ def dropout_keep(
     threshold = round((1 - p) * DROPOUT_LEVELS)
     keep = []
     for count, generator in zip(mask.sum(0).tolist(), generators, strict=True):
-        draws = torch.randint(0, DROPOUT_LEVELS, (count, STREAMS, side, side), dtype=torch.int32, generator=generator)
-        keep.append((draws < threshold).float().mul_(1 / (1 - p)))
+        draws = torch.randint(0, DROPOUT_LEVELS, (count, side, side, STREAMS), dtype=torch.int32, generator=generator)
+        keep.append((draws < threshold).float().mul_(1 / (1 - p)).permute(0, 3, 1, 2))  # channels-last, as the maps
     return keep
 
 

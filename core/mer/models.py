@@ -248,7 +248,8 @@ class FoldedSTSTNet(nn.Module):
         side = pool_side(inputs.shape[-1])
         if self.training:  # padded once for all folds
             inputs = F.pad(inputs, (CONV_PADDING,) * 4).contiguous()  # [N, C, S + 4, S + 4]
-        fc_weight = pooled_fc_weight(self.fc_weight, side=side).flatten(2)  # [F, K, 16 * P * P]
+        # [F, K, P * P * 16]: in the maps' channels-last order, so that flattening them copies nothing
+        fc_weight = pooled_fc_weight(self.fc_weight, side=side).permute(0, 1, 3, 4, 2).flatten(2)
         logits = []
         for f, (count, *fold_params) in enumerate(zip(counts, *params, strict=True)):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
@@ -257,7 +258,8 @@ class FoldedSTSTNet(nn.Module):
             maps = self._fold_maps(inputs, indices[:count, f].contiguous(), *fold_params)  # [count, 16, P, P]
             if keep is not None:
                 maps = maps * keep[f]
-            fold_logits = torch.addmm(self.fc_bias[f], maps.flatten(1), fc_weight[f].T)  # [count, K]
+            features = maps.permute(0, 2, 3, 1).flatten(1)  # [count, P * P * 16]
+            fold_logits = torch.addmm(self.fc_bias[f], features, fc_weight[f].T)  # [count, K]
             logits.append(F.pad(fold_logits, (0, 0, 0, batch - count)))
         if self.training:
             self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
