@@ -32,28 +32,27 @@ _POINTER = ctypes.c_void_p
 _INT = ctypes.c_int
 
 
+def _without_kernel(reason: str) -> None:
+    """Say once, on stderr, why the stage runs on PyTorch's kernels."""
+    print(f"core.mer: {reason}: STSTNet trains on PyTorch's kernels", file=sys.stderr)
+
+
 @functools.cache
 def stage_library() -> ctypes.CDLL | None:
     """The compiled kernel (compiled at the first call of the process), or None with a note on stderr."""
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler:
-        print("core.mer: no C++ compiler (c++, $CXX): STSTNet trains on PyTorch's kernels", file=sys.stderr)
-        return None
-    folder = tempfile.mkdtemp(prefix="decflow-mer-")
-    try:
+        return _without_kernel("no C++ compiler (c++, $CXX)")
+    with tempfile.TemporaryDirectory(prefix="decflow-mer-", ignore_cleanup_errors=True) as folder:
         library = Path(folder) / "stage.so"
         command = [*shlex.split(compiler), *FLAGS, "-o", str(library), str(SOURCE)]  # $CXX may be "ccache g++"
-        done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or ["no message"])[0]
-            print(f"core.mer: {compiler} failed ({reason}): STSTNet trains on PyTorch's kernels", file=sys.stderr)
-            return None
-        loaded = ctypes.CDLL(str(library))  # calls release the GIL: chunks of folds train on threads
-    except (OSError, subprocess.SubprocessError) as error:
-        print(f"core.mer: cannot build {SOURCE.name} ({error}): STSTNet trains on PyTorch's kernels", file=sys.stderr)
-        return None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                return _without_kernel(f"{compiler} failed ({(done.stderr.strip().splitlines() or ['no message'])[0]})")
+            loaded = ctypes.CDLL(str(library))  # calls release the GIL: chunks of folds train on threads
+        except (OSError, subprocess.SubprocessError) as error:
+            return _without_kernel(f"cannot build {SOURCE.name} ({error})")
     loaded.stage_forward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 3 + [_INT] + [_POINTER] * 5
     loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 8 + [_INT] + [_POINTER] * 3
     loaded.stage_forward.restype = loaded.stage_backward.restype = _INT

@@ -242,8 +242,9 @@ def train_folded(
     for _ in range(config.epochs):
         for indices, mask in epoch_batches(folds, orders, config=config):
             indices, mask = indices.to(inputs.device), mask.to(inputs.device)
-            keep = dropout_keep(mask.cpu(), drops, p=config.dropout, side=side) if config.dropout else None
-            keep = None if keep is None else [fold_keep.to(inputs.device) for fold_keep in keep]
+            keep = None
+            if config.dropout:
+                keep = [k.to(inputs.device) for k in dropout_keep(mask.cpu(), drops, p=config.dropout, side=side)]
             logits = net(inputs, indices, mask, keep)  # [B, F, K]
             losses = F.cross_entropy(logits.flatten(0, 1), targets[indices].flatten(), reduction="none")
             losses = losses.view(mask.shape)  # [B, F]
