@@ -8,7 +8,7 @@ taking turns), so the time is the protocol's alone (STSTNet, batch 256, TrainCon
 Printed: clips, folds, epochs, the measured seconds and those scaled to `--full_epochs`; the
 FLOP-bound time (the convolutions' and linear layer's forward + backward FLOPs of every sample of
 every fold's every epoch, over this machine's measured fp32 matmul GFLOP/s); one epoch of
-`--folds_at_once` folds trained at once (the training stage in the compiled kernel, `core.mer.kernel`,
+`--folds_at_once` folds trained at once (the training steps in the compiled kernel, `core.mer.kernel`,
 and on PyTorch's kernels) against the same folds one at a time (`train_fold`), the modes alternating
 so that the other load on the machine hits them alike; and the folded epoch's heaviest operators.
 """
@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.timing import interleaved_best
 from core.mer import kernel
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
-from core.mer.models import CONV_PADDING, STREAMS, ConvReluNormPool, STSTNet
+from core.mer.models import CONV_PADDING, STREAMS, FusedFoldStep, STSTNet, pool_side
 from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
@@ -62,26 +62,29 @@ def matmul_gflops() -> float:
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
-def stage_seconds(size: int, batch: int) -> float:
-    """Seconds per sample of the compiled training stage alone (ConvReluNormPool forward and backward, on
-    one of this process's threads: the kernel is single-threaded), a batch of `batch`."""
+def step_seconds(size: int, batch: int) -> float:
+    """Seconds per sample of one fold's compiled training step alone (`FusedFoldStep` forward and backward with
+    dropout, 3 classes, on one of this process's threads: the kernel is single-threaded), a batch of `batch`."""
     generator = torch.Generator().manual_seed(0)
     padded = F.pad(torch.randn(batch, 3, size, size, generator=generator), (CONV_PADDING,) * 4)
-    params = [
-        p.requires_grad_() for p in (0.3 * torch.randn(STREAMS, 3, 3, 3, generator=generator), torch.zeros(STREAMS))
-    ]
-    params += [torch.ones(STREAMS, requires_grad=True), torch.zeros(STREAMS, requires_grad=True)]
+    side = pool_side(size)
+    params = [0.3 * torch.randn(STREAMS, 3, 3, 3, generator=generator), torch.zeros(STREAMS)]
+    params += [torch.ones(STREAMS), torch.zeros(STREAMS)]
+    params += [0.01 * torch.randn(CLASSES, side * side * STREAMS, generator=generator), torch.zeros(CLASSES)]
+    params = [p.requires_grad_() for p in params]
+    keep = 2 * torch.randint(0, 2, (batch, side, side, STREAMS), generator=generator).float()
     rows = torch.arange(batch)
+    relu = torch.empty(batch, size + 2, size + 2, STREAMS)  # reused, as FoldedSTSTNet does
 
     def step() -> None:
-        out, _, _ = ConvReluNormPool.apply(padded, rows, *params, True)
-        out.sum().backward()
+        logits, _, _ = FusedFoldStep.apply(padded, rows, *params, keep, relu)
+        logits.sum().backward()
 
-    return interleaved_best({"stage": step}, warmup=2, repeats=5)["stage"] / batch
+    return interleaved_best({"step": step}, warmup=2, repeats=5)["step"] / batch
 
 
 def per_fold_epoch(inputs: torch.Tensor, targets: torch.Tensor, groups: list[str], config: TrainConfig) -> dict:
-    """Seconds per fold-epoch of `config.folds_at_once` folds trained at once (the stage compiled, and on
+    """Seconds per fold-epoch of `config.folds_at_once` folds trained at once (the steps compiled, and on
     PyTorch's kernels) and the same folds one at a time (`train_fold`), one epoch each, on this thread's
     torch threads, the modes alternating (best of `COMPARE_REPEATS`)."""
     folds = make_folds(groups, seed=config.seed)[: config.folds_at_once]
@@ -142,9 +145,9 @@ def main(args: argparse.Namespace) -> None:
         f"clips {args.clips}, folds {len(folds)}, epochs {args.epochs} (scaled to {args.full_epochs}), "
         f"batch {config.batch_size}, {torch.get_num_threads()} threads"
     )
-    stage = "compiled kernel" if config.compiled and kernel.stage_library() else "PyTorch's kernels"
+    steps = "the compiled kernel" if config.compiled and kernel.stage_library() else "PyTorch's kernels"
     print(
-        f"LOSO, at most {config.folds_at_once} folds at once, stage on {stage}: {seconds:.1f} s measured, "
+        f"LOSO, at most {config.folds_at_once} folds at once, steps on {steps}: {seconds:.1f} s measured, "
         f"{seconds * scale:.0f} s at {args.full_epochs} epochs"
     )
     print(
@@ -157,9 +160,9 @@ def main(args: argparse.Namespace) -> None:
         f"at {rate:.0f} GFLOP/s (fp32 matmul) = {flops / rate / 1e9:.0f} s"
     )
     if kernel.stage_library() is not None:
-        per_sample = stage_seconds(args.size, config.batch_size)
+        per_sample = step_seconds(args.size, config.batch_size)
         print(
-            f"compiled stage alone: {per_sample * 1e6:.1f} us per sample (forward + backward) = "
+            f"compiled fold step alone: {per_sample * 1e6:.1f} us per sample (forward + backward) = "
             f"{per_sample * samples:.0f} s on one thread for every sample of every fold's every epoch"
         )
     if not args.no_profile:

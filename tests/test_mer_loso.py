@@ -168,6 +168,6 @@ def test_dropout_keeps_each_value_with_probability_one_minus_p():
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     mask = torch.arange(300)[:, None] < torch.tensor([300, 200, 0])  # [B, F]: fold 2 has no batch
     keep = dropout_keep(mask, generators, p=0.25, side=5)
-    assert [tuple(fold_keep.shape) for fold_keep in keep] == [(300, 16, 5, 5), (200, 16, 5, 5), (0, 16, 5, 5)]
+    assert [tuple(fold_keep.shape) for fold_keep in keep] == [(300, 5, 5, 16), (200, 5, 5, 16), (0, 5, 5, 16)]
     torch.testing.assert_close(keep[0].unique(), torch.tensor([0.0, 4 / 3]))
     assert abs((keep[0] > 0).float().mean().item() - 0.75) < 0.01

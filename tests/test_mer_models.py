@@ -7,7 +7,7 @@ from torch import nn
 
 from core.mer import kernel
 from core.mer.loso import TrainConfig, train_loso
-from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, STSTNet, pooled_fc_weight
+from core.mer.models import MODELS, ConvReluNormPool, FoldedSTSTNet, FusedFoldStep, STSTNet, pooled_fc_weight
 
 # The public code's state dict (christy1206/STSTNet main.py), written out by hand: name -> shape
 PUBLIC_KEYS = {
@@ -119,34 +119,94 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
             torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled kernel", "pytorch kernels"])
-def test_the_fused_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradients(compiled):
-    """ConvReluNormPool (pool before the normalisation, a written-out backward), through the compiled kernel
-    and through PyTorch's kernels, against PyTorch's modules in training mode: outputs, the batch's statistics
-    and every gradient, with batch-norm weights of both signs (a negative weight makes the max-pool a min-pool)."""
-    if compiled and kernel.stage_library() is None:
-        pytest.skip("no C++ compiler here")
-    generator = torch.Generator().manual_seed(6)
-    x = torch.randn(5, 3, 13, 13, generator=generator)
+BATCH = 21  # the kernel's float sums go into double every 16 samples: both paths run
+
+
+def random_stage(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Inputs `[BATCH, 3, 13, 13]` and a stage's parameters (convolution weight and bias, batch-norm weight and
+    bias), the batch-norm weights of both signs (a negative weight makes the max-pool a min-pool)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, 3, 13, 13, generator=generator)
     conv_weight = 0.4 * torch.randn(16, 3, 3, 3, generator=generator)
     conv_bias = 0.1 * torch.randn(16, generator=generator)
     bn_weight = (torch.rand(16, generator=generator) + 0.2) * torch.tensor([1.0, -1.0]).repeat(8)  # both signs
     bn_bias = torch.randn(16, generator=generator)
-    upstream = torch.randn(5, 16, 5, 5, generator=generator)  # [b, 16, P, P]: 13 + 4 - 2 = 15, pooled to 5
-    params = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
-    out, mean, var = ConvReluNormPool.apply(F.pad(x, (2, 2, 2, 2)), torch.arange(5), *params, compiled)
-    out.backward(upstream)
-    reference = [p.clone().requires_grad_() for p in (conv_weight, conv_bias, bn_weight, bn_bias)]
+    return x, [conv_weight, conv_bias, bn_weight, bn_bias]
+
+
+def reference_stage(x: torch.Tensor, params: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """PyTorch's modules in training mode: conv, ReLU, batch norm, max-pool -> (maps, batch mean, unbiased var)."""
     running_mean, running_var = torch.zeros(16), torch.zeros(16)
-    h = torch.relu(F.conv2d(x, reference[0], reference[1], padding=2))
-    y = F.batch_norm(h, running_mean, running_var, reference[2], reference[3], training=True, momentum=1.0)
-    expected = F.max_pool2d(y, 3, stride=3, padding=1)
+    h = torch.relu(F.conv2d(x, params[0], params[1], padding=2))
+    y = F.batch_norm(h, running_mean, running_var, params[2], params[3], training=True, momentum=1.0)
+    return F.max_pool2d(y, 3, stride=3, padding=1), running_mean, running_var  # momentum 1: the batch's own
+
+
+def test_the_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradients():
+    """ConvReluNormPool (pool before the normalisation, a written-out backward) against PyTorch's modules in
+    training mode: outputs, the batch's statistics and every gradient."""
+    x, values = random_stage(6)
+    upstream = torch.randn(BATCH, 16, 5, 5, generator=torch.Generator().manual_seed(7))  # 13 + 4 - 2 = 15, pooled to 5
+    params = [p.clone().requires_grad_() for p in values]
+    out, mean, var = ConvReluNormPool.apply(F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params)
+    out.backward(upstream)
+    reference = [p.clone().requires_grad_() for p in values]
+    expected, running_mean, running_var = reference_stage(x, reference)
     expected.backward(upstream)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(mean, running_mean, rtol=1e-5, atol=1e-6)  # momentum 1: the batch's own
+    torch.testing.assert_close(mean, running_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(var, running_var, rtol=1e-5, atol=1e-6)  # unbiased, as nn.BatchNorm2d keeps
     for name, got, want in zip(("conv weight", "conv bias", "bn weight", "bn bias"), params, reference, strict=True):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dropout", [True, False], ids=["dropout", "no dropout"])
+def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(dropout):
+    """FusedFoldStep (the compiled kernel: stage, batch norm of the pooled maps, dropout, linear layer) against
+    PyTorch's modules in training mode (conv, ReLU, batch norm, max-pool, dropout's mask, 2x2 average pool,
+    linear), 4 classes: logits, the batch's statistics and the gradient of every parameter."""
+    if kernel.stage_library() is None:
+        pytest.skip("no C++ compiler here")
+    x, values = random_stage(8)
+    generator = torch.Generator().manual_seed(9)
+    fc_weight, fc_bias = torch.randn(4, 16 * 2 * 2, generator=generator), torch.randn(4, generator=generator)
+    keep = (torch.rand(BATCH, 5, 5, 16, generator=generator) < 0.5).float() * 2 if dropout else None  # [b, P, P, 16]
+    upstream = torch.randn(BATCH, 4, generator=generator)
+    params = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
+    spread = pooled_fc_weight(params[4][None], side=5).permute(0, 1, 3, 4, 2).flatten(2)[0]  # [K, P * P * 16]
+    relu = torch.empty(BATCH, 15, 15, 16)  # [b, S + 2, S + 2, 16]: the ReLU maps kept for the backward
+    logits, mean, var = FusedFoldStep.apply(
+        F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], keep, relu
+    )
+    logits.backward(upstream)
+    reference = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
+    maps, running_mean, running_var = reference_stage(x, reference[:4])
+    maps = maps if keep is None else maps * keep.permute(0, 3, 1, 2)
+    expected = F.linear(F.avg_pool2d(maps, 2).flatten(1), reference[4], reference[5])
+    expected.backward(upstream)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean, running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, running_var, rtol=1e-5, atol=1e-6)
+    names = ("conv weight", "conv bias", "bn weight", "bn bias", "fc weight", "fc bias")
+    for name, got, want in zip(names, params, reference, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_graph_whose_relu_maps_were_reused_fails_in_backward():
+    """The compiled steps reuse each fold's ReLU-map buffer: the graph of an earlier forward, whose maps a later
+    forward overwrote, must fail in backward, not return wrong gradients; the latest graph still works."""
+    if kernel.stage_library() is None:
+        pytest.skip("no C++ compiler here")
+    torch.manual_seed(5)
+    folded = FoldedSTSTNet(models=[STSTNet(dropout=0.0, size=12) for _ in range(2)]).train()
+    inputs = torch.randn(8, 3, 12, 12)
+    indices, mask = torch.arange(8).view(2, 4).T, torch.ones(4, 2, dtype=torch.bool)  # [B, F]
+    first = folded(inputs, indices, mask).sum()
+    second = folded(inputs, indices, mask).sum()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()
+    second.backward()
+    assert folded.conv_weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("side", [10, 5, 2])

@@ -1,11 +1,12 @@
-"""The compiled CPU kernel of STSTNet's full-resolution training stage (`stage.cpp` beside this file).
+"""The compiled CPU kernel of an STSTNet fold's training step (`stage.cpp` beside this file).
 
-`ConvReluNormPool` (core/mer/models.py) runs its heavy part here when it can: the 16-channel convolution,
-ReLU, batch-norm sums and max-pool of each sample in one pass, and the backward in two, without the
-`[b, 16, S + 2, S + 2]` maps ever taking more than one pass (about 3x PyTorch's kernels on a CPU). The source is
+`FusedFoldStep` (core/mer/models.py) runs here: the stage (the 16-channel convolution, ReLU, batch-norm sums
+and max-pool of each sample in one pass, and the backward in two, without the `[b, 16, S + 2, S + 2]` maps
+ever taking more than one pass) and the head (batch norm of the pooled maps, dropout, the linear layer and
+their backward, each one pass over the small maps where PyTorch's kernels take a dozen). The source is
 compiled once per process, for this machine (`c++ -O3 -march=native`, or `$CXX`), into a temporary
 folder removed at once (the loaded library stays mapped). Without a compiler, or where it fails, the
-stage runs on PyTorch's kernels with the same results to float rounding, and one line on stderr says so.
+step runs on PyTorch's kernels with the same results to float rounding, and one line on stderr says so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -54,8 +56,12 @@ def stage_library() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError) as error:
             return _without_kernel(f"cannot build {SOURCE.name} ({error})")
     loaded.stage_forward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 3 + [_INT] + [_POINTER] * 5
-    loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 8 + [_INT] + [_POINTER] * 3
-    loaded.stage_forward.restype = loaded.stage_backward.restype = _INT
+    loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 6 + [_INT] + [_POINTER] * 2
+    head = [_POINTER, _INT, _INT, _INT] + [_POINTER] * 7  # pooled, batch, windows, classes, sign ... fc
+    loaded.head_forward.argtypes = head + [_POINTER] * 3
+    loaded.head_backward.argtypes = head + [_POINTER] * 7
+    for function in (loaded.stage_forward, loaded.stage_backward, loaded.head_forward, loaded.head_backward):
+        function.restype = _INT
     return loaded
 
 
@@ -81,19 +87,22 @@ def forward(
     weights: torch.Tensor,
     bias: torch.Tensor,
     sign: torch.Tensor,
+    relu: torch.Tensor,
     *,
     pooled_side: int,
 ) -> tuple[torch.Tensor, ...]:
     """The batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`: the inputs zero-padded by 2; `rows` `[b]`
     long), `weights` from `tap_major`, `bias` and `sign` (+1 or -1 per channel) `[16]` -> (`[2, 16]` float64:
     the ReLU output's sum and sum of squares, `[b, P, P, 16]`: per window the largest sign * h,
-    `[b, P, P, 16]` int32: where it is, i * (S + 2) + j, and the ReLU output h `[b, S + 2, S + 2, 16]`, kept
-    for `backward`)."""
+    `[b, P, P, 16]` int32: where it is, i * (S + 2) + j); the ReLU output h written into `relu`
+    `[b, S + 2, S + 2, 16]` float32 for `backward`."""
     _, channels, side, _ = padded.shape
+    if relu.shape != (len(rows), side - 2, side - 2, STREAMS) or relu.dtype != torch.float32:
+        wanted = f"float32 [{len(rows)}, {side - 2}, {side - 2}, {STREAMS}]"
+        raise ValueError(f"the ReLU maps need a {wanted} buffer, got {relu.dtype} {list(relu.shape)}")
     sums = torch.zeros(2, STREAMS, dtype=torch.float64)
     pooled = torch.empty(len(rows), pooled_side, pooled_side, STREAMS)
     index = torch.empty(len(rows), pooled_side, pooled_side, STREAMS, dtype=torch.int32)
-    relu = torch.empty(len(rows), side - 2, side - 2, STREAMS)
     vectors = (weights, bias.detach().contiguous(), sign.contiguous())
     status = stage_library().stage_forward(
         _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), pooled_side,
@@ -101,7 +110,7 @@ def forward(
     )  # fmt: skip
     if status:
         raise RuntimeError(f"stage_forward has no instance for {channels} channels")
-    return sums, pooled, index, relu
+    return sums, pooled, index
 
 
 def backward(
@@ -112,23 +121,65 @@ def backward(
     c1: torch.Tensor,
     grad: torch.Tensor,
     scale: torch.Tensor,
-    sign: torch.Tensor,
-    pooled: torch.Tensor,
     index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The convolution's weight `[C * 9, 16]` and bias `[16]` gradients (float64) for the gradient
-    `[h > 0] (c1 h + c0)` everywhere plus `scale * grad` (`grad` `[b, 16, P, P]`) at each window's chosen
-    element where h > 0 there (`relu`, `pooled`, `index` from `forward`, with its `sign`)."""
+    `[h > 0] (c1 h + c0)` everywhere plus `[h > 0] scale * grad` (`grad` `[b, P, P, 16]`) at each window's chosen
+    element (`relu`, `index` from `forward`)."""
     _, channels, side, _ = padded.shape
     grad_weights = torch.zeros(channels * 9, STREAMS, dtype=torch.float64)
     grad_bias = torch.zeros(STREAMS, dtype=torch.float64)
-    work = torch.empty((side - 2) ** 2, STREAMS)
-    vectors = (relu, c0.contiguous(), c1.contiguous(), grad.contiguous(), scale.contiguous(), sign.contiguous())
-    vectors += (pooled, index)
+    vectors = (relu, c0.contiguous(), c1.contiguous(), grad.contiguous(), scale.contiguous(), index)
     status = stage_library().stage_backward(
         _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), index.shape[1],
-        _address(grad_weights), _address(grad_bias), _address(work),
+        _address(grad_weights), _address(grad_bias),
     )  # fmt: skip
     if status:
         raise RuntimeError(f"stage_backward has no instance for {channels} channels")
     return grad_weights, grad_bias
+
+
+class Head(NamedTuple):
+    """What the head needs of a fold's batch: `pooled` `[b, P, P, 16]` and `sign` `[16]` from `forward`, the batch's
+    `mean` and `inv_std` `[16]`, the batch norm's `weight` and `bias` `[16]`, the dropout keep-mask `keep`
+    `[b, P, P, 16]` (scaled, or None) and the linear layer's `fc` `[K, P * P * 16]` (channels-last order)."""
+
+    pooled: torch.Tensor
+    sign: torch.Tensor
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    keep: torch.Tensor | None
+    fc: torch.Tensor
+
+    def arguments(self) -> list:
+        """The C arguments they give, from `pooled` to `fc`."""
+        batch, side, _, _ = self.pooled.shape
+        vectors = (self.sign, self.mean, self.inv_std, self.weight.detach(), self.bias.detach())
+        keep = ctypes.c_void_p(None) if self.keep is None else _address(self.keep)
+        head = [_address(self.pooled), batch, side * side, self.fc.shape[0]]
+        return head + [_address(v.contiguous()) for v in vectors] + [keep, _address(self.fc)]
+
+
+def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
+    """Logits `[b, K]`: `fc . keep * (weight * (pooled * sign - mean) * inv_std + bias) + fc_bias`."""
+    logits = torch.empty(head.pooled.shape[0], head.fc.shape[0])
+    work = torch.empty(head.pooled.shape[1] ** 2, STREAMS)
+    outputs = (fc_bias.detach().contiguous(), logits, work)
+    stage_library().head_forward(*head.arguments(), *map(_address, outputs))
+    return logits
+
+
+def head_backward(head: Head, grad_logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For `grad_logits` `[b, K]`: (the gradient of the batch norm's output before its affine map, `[b, P, P, 16]`
+    float32 (`keep * fc^T grad_logits`); float64 gradients of `fc` `[K, P * P * 16]`, of the linear bias `[K]`,
+    and of the batch norm's weight and bias `[16]`)."""
+    grad = torch.empty_like(head.pooled)
+    grad_fc = torch.zeros(head.fc.shape, dtype=torch.float64)
+    grad_fc_bias = torch.zeros(head.fc.shape[0], dtype=torch.float64)
+    grad_weight, grad_bias = torch.zeros(2, STREAMS, dtype=torch.float64)
+    work = torch.empty(head.fc.shape)
+    outputs = (grad_logits.contiguous(), grad, grad_fc, grad_fc_bias, grad_weight, grad_bias, work)
+    stage_library().head_backward(*head.arguments(), *map(_address, outputs))
+    return grad, grad_fc, grad_fc_bias, grad_weight, grad_bias

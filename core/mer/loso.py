@@ -204,15 +204,15 @@ def epoch_batches(
 def dropout_keep(
     mask: torch.Tensor, generators: Sequence[torch.Generator], *, p: float, side: int
 ) -> list[torch.Tensor]:
-    """Per fold its dropout keep-mask `[count, 16, side, side]` (count: its batch size this step, maybe 0),
-    scaled by 1 / (1 - p), drawn from its own generator. A value is kept when a uniform integer in
+    """Per fold its dropout keep-mask `[count, side, side, 16]` (channels-last; count: its batch size this step,
+    maybe 0), scaled by 1 / (1 - p), drawn from its own generator. A value is kept when a uniform integer in
     [0, 2^16) falls below round((1 - p) 2^16): exact for p = 0.5, and three times as fast on CPU as
     `bernoulli_`, which took a fifth of a training step."""
     threshold = round((1 - p) * DROPOUT_LEVELS)
     keep = []
     for count, generator in zip(mask.sum(0).tolist(), generators, strict=True):
         draws = torch.randint(0, DROPOUT_LEVELS, (count, side, side, STREAMS), dtype=torch.int32, generator=generator)
-        keep.append((draws < threshold).float().mul_(1 / (1 - p)).permute(0, 3, 1, 2))  # channels-last, as the maps
+        keep.append((draws < threshold).float().mul_(1 / (1 - p)))
     return keep
 
 

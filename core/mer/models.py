@@ -12,9 +12,10 @@ released per-subject weights load with `strict=True`. Input scaling belongs to t
 together by one optimiser: the three streams share their input, so one convolution with 16 output
 channels computes all three; each fold's full-resolution stage runs on its own batch (batch norm's
 statistics its own), and the small pooled maps, the linear layers and Adam are batched over folds.
-In training, that stage is `ConvReluNormPool`, one autograd function with a hand-written backward
-(about twice as fast on a CPU as the same stage through PyTorch's modules; the same numbers to float
-rounding).
+In training on a CPU with a C++ compiler, a fold's whole step is `FusedFoldStep`, one autograd function
+whose forward and backward run in the compiled kernel (`core.mer.kernel`); elsewhere its stage is
+`ConvReluNormPool`, one autograd function with a hand-written backward on PyTorch's kernels (about twice as
+fast as the same stage through PyTorch's modules). All give the same numbers to float rounding.
 
 `MODELS` maps a name to a builder `(num_classes, in_channels, size) -> nn.Module`; a user's module
 plugs in by adding an entry (the protocol trains any entry, one fold at a time).
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from core.mer import kernel
 
@@ -87,11 +89,26 @@ def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
     return torch.cat([getattr(model, f"{layer}{i}").state_dict()[name] for i in (1, 2, 3)])
 
 
+def _normalisation_backward(
+    grad_weight: torch.Tensor, grad_bias: torch.Tensor, bn_weight: torch.Tensor, moments: tuple, count: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch norm's backward in training, written out per channel `[16]`: for the gradients of its weight and bias
+    (the sums of its output's gradient g * normalised, and of g) and the batch's `moments` (mean, 1 / std) over
+    `count` values, (c0, c1, scale): the gradient of its input h is `c0 + c1 * h + scale * g`."""
+    mean, inv_std = moments
+    mean_grad = grad_bias * bn_weight / count  # the gradient through the batch's mean ...
+    mean_grad_x = grad_weight * bn_weight / count  # ... and through its variance
+    c1 = -mean_grad_x * inv_std * inv_std
+    c0 = inv_std * (mean_grad_x * mean * inv_std - mean_grad)
+    return c0, c1, bn_weight * inv_std
+
+
 class ConvReluNormPool(torch.autograd.Function):
-    """One fold's full-resolution stage in training, on the batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`:
-    all inputs zero-padded by CONV_PADDING; `rows` `[b]` long) -> `[b, 16, P, P]`: the three streams'
-    convolution, ReLU, batch norm with the batch's statistics, and the 3x3 max-pool; also returns the
-    batch's mean and unbiased variance `[16]` for the caller's running statistics.
+    """One fold's full-resolution stage in training on PyTorch's kernels (where `FusedFoldStep` cannot run: a GPU,
+    no compiler), on the batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`: all inputs zero-padded by
+    CONV_PADDING; `rows` `[b]` long) -> `[b, 16, P, P]`: the three streams' convolution, ReLU, batch norm with the
+    batch's statistics, and the 3x3 max-pool; also returns the batch's mean and unbiased variance `[16]` for the
+    caller's running statistics.
 
     What makes it cheaper than PyTorch's modules (memory passes over the `[b, 16, S + 2, S + 2]` maps,
     which are all the time on a CPU):
@@ -100,9 +117,7 @@ class ConvReluNormPool(torch.autograd.Function):
       the ReLU's output and only the pooled maps are normalised;
     - the backward is written out: through the pool, the gradient reaches the batch-norm input only at
       each window's chosen element, and through the batch's mean and variance every element as
-      `c0 + c1 * h` (per-channel constants), both zero where the ReLU was off;
-    - with `compiled` on a CPU, the maps' part runs in the compiled kernel (`core.mer.kernel`: one pass per
-      sample, in cache); otherwise (a GPU, no compiler) in PyTorch's kernels on channels-last maps.
+      `c0 + c1 * h` (per-channel constants), both zero where the ReLU was off.
 
     Where a batch-norm weight is exactly 0 (never in training from PyTorch's initial 1), every element of a
     window is equal after the normalisation; its gradient is then the right-hand derivative (the window's
@@ -110,27 +125,15 @@ class ConvReluNormPool(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, compiled):  # noqa: ANN001, ANN205
+    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias):  # noqa: ANN001, ANN205
         sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
-        ctx.compiled = compiled and kernel.usable(padded)
-        if ctx.compiled:
-            weights = kernel.tap_major(conv_weight)
-            pooled_side = pool_side(padded.shape[-1] - 2 * CONV_PADDING)
-            sums, pooled, index, relu = kernel.forward(padded, rows, weights, conv_bias, sign, pooled_side=pooled_side)
-            chosen = (pooled * sign if bool((sign < 0).any()) else pooled).permute(0, 3, 1, 2)  # [b, 16, P, P]
-            ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
-            mean64 = sums[0] / ctx.count
-            mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
-            saved = (padded, rows, relu, sign, pooled, index)
-        else:
-            batch = padded[rows]  # [b, C, S + 4, S + 4]
-            h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
-            ctx.count = h.numel() // h.shape[1]
-            saved = (batch, conv_weight, h, index, chosen)
+        batch = padded[rows]  # [b, C, S + 4, S + 4]
+        h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
+        ctx.count = h.numel() // h.shape[1]
         inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
         # chosen is h at each window's chosen element; normalised = (chosen - mean) * inv_std
         normalised = torch.addcmul((-mean * inv_std).view(1, -1, 1, 1), chosen, inv_std.view(1, -1, 1, 1))
-        ctx.save_for_backward(*saved, normalised, mean, inv_std, bn_weight)
+        ctx.save_for_backward(batch, conv_weight, h, index, chosen, normalised, mean, inv_std, bn_weight)
         unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
         out = torch.addcmul(bn_bias.view(1, -1, 1, 1), normalised, bn_weight.view(1, -1, 1, 1))
@@ -138,25 +141,54 @@ class ConvReluNormPool(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
-        *saved, normalised, mean, inv_std, bn_weight = ctx.saved_tensors
+        batch, conv_weight, h, index, chosen, normalised, mean, inv_std, bn_weight = ctx.saved_tensors
         dims = (0, 2, 3)
-        grad_bn_bias = grad.sum(dims)
-        grad_bn_weight = (grad * normalised).sum(dims)
-        mean_grad = grad_bn_bias * bn_weight / ctx.count  # [16]: the gradient through the batch's mean ...
-        mean_grad_x = grad_bn_weight * bn_weight / ctx.count  # ... and through its variance
-        c1 = -mean_grad_x * inv_std * inv_std
-        c0 = inv_std * (mean_grad_x * mean * inv_std - mean_grad)
-        scale = bn_weight * inv_std  # [16]: the pooled gradient's factor at the chosen elements
-        if ctx.compiled:
-            padded, rows, relu, sign, pooled, index = saved
-            grads = kernel.backward(padded, rows, relu, c0, c1, grad, scale, sign, pooled, index)
-            grad_conv_weight = grads[0].view(padded.shape[1], KERNEL, KERNEL, -1).permute(3, 0, 1, 2)  # [16, C, 3, 3]
-            grad_conv_weight, grad_conv_bias = grad_conv_weight.float().contiguous(), grads[1].float()
-        else:
-            *saved, chosen = saved
-            at_chosen = (grad * scale.view(1, -1, 1, 1)).masked_fill_(chosen <= 0, 0)  # the ReLU's gate
-            grad_conv_weight, grad_conv_bias = _eager_conv_grads(*saved, c0, c1, at_chosen)
-        return None, None, grad_conv_weight, grad_conv_bias, grad_bn_weight, grad_bn_bias, None
+        grad_bn_bias, grad_bn_weight = grad.sum(dims), (grad * normalised).sum(dims)
+        c0, c1, scale = _normalisation_backward(grad_bn_weight, grad_bn_bias, bn_weight, (mean, inv_std), ctx.count)
+        at_chosen = (grad * scale.view(1, -1, 1, 1)).masked_fill_(chosen <= 0, 0)  # the ReLU's gate
+        grad_conv_weight, grad_conv_bias = _eager_conv_grads(batch, conv_weight, h, index, c0, c1, at_chosen)
+        return None, None, grad_conv_weight, grad_conv_bias, grad_bn_weight, grad_bn_bias
+
+
+class FusedFoldStep(torch.autograd.Function):
+    """One fold's whole training forward in the compiled kernel (`core.mer.kernel`, a CPU), on the batch
+    `padded[rows]` (as `ConvReluNormPool`'s) -> logits `[b, K]`, and the batch's mean and unbiased variance
+    `[16]`: `ConvReluNormPool`'s stage, then its batch norm of the pooled maps, the dropout mask `keep`
+    `[b, P, P, 16]` (scaled; None: no dropout) and the linear layer `fc_weight` `[K, P * P * 16]` (the maps'
+    channels-last order), `fc_bias` `[K]`. The same numbers as that composition to float rounding, about 1.5x
+    as fast: the small maps take one pass each way instead of a dozen of PyTorch's kernels.
+
+    The ReLU maps that the backward reads are written into `relu` `[b, S + 2, S + 2, 16]`, a buffer the caller
+    reuses from step to step (`FoldedSTSTNet.relu_buffer`): its version must be bumped before each reuse, so that
+    a graph still holding it fails in backward instead of reading other maps.
+    """
+
+    @staticmethod
+    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, keep, relu):  # noqa: ANN001, ANN205
+        sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
+        weights, side = kernel.tap_major(conv_weight), pool_side(padded.shape[-1] - 2 * CONV_PADDING)
+        sums, pooled, index = kernel.forward(padded, rows, weights, conv_bias, sign, relu, pooled_side=side)
+        ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
+        mean64 = sums[0] / ctx.count
+        mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
+        inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
+        head = kernel.Head(pooled, sign, mean, inv_std, bn_weight, bn_bias, keep, fc_weight)
+        ctx.save_for_backward(padded, rows, relu, index, *head)
+        unbiased = var * (ctx.count / (ctx.count - 1))
+        ctx.mark_non_differentiable(mean, unbiased)
+        return kernel.head_forward(head, fc_bias), mean, unbiased
+
+    @staticmethod
+    def backward(ctx, grad_logits, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
+        padded, rows, relu, index, *saved = ctx.saved_tensors
+        head = kernel.Head(*saved)
+        grad, grad_fc, grad_fc_bias, grad_bn_weight, grad_bn_bias = kernel.head_backward(head, grad_logits)
+        grad_bn = (grad_bn_weight.float(), grad_bn_bias.float())
+        c0, c1, scale = _normalisation_backward(*grad_bn, head.weight, (head.mean, head.inv_std), ctx.count)
+        grads = kernel.backward(padded, rows, relu, c0, c1, grad, scale, index)
+        grad_conv_weight = grads[0].view(padded.shape[1], KERNEL, KERNEL, -1).permute(3, 0, 1, 2)  # [16, C, 3, 3]
+        grad_conv = (grad_conv_weight.float().contiguous(), grads[1].float())
+        return None, None, *grad_conv, *grad_bn, grad_fc.float(), grad_fc_bias.float(), None, None
 
 
 def _eager_maps(
@@ -216,14 +248,14 @@ class FoldedSTSTNet(nn.Module):
     Inputs are all the clips `[N, C, S, S]` and `indices` `[B, F]` (long: sample b of fold f's batch is
     `inputs[indices[b, f]]`, so that no batch is copied out), with a mask `[B, F]` of the real samples,
     which come first in each fold's column (the folds' batches differ in size; the rest is padding that no
-    statistic, loss or gradient sees), and
-    in training per fold its dropout keep-mask `[count, 16, P, P]` (already scaled by 1 / (1 - p)) drawn by
-    the caller from the fold's own generator. Logits are `[B, F, K]`.
+    statistic, loss or gradient sees), and in training per fold its dropout keep-mask `[count, P, P, 16]`
+    (channels-last, already scaled by 1 / (1 - p)) drawn by the caller from the fold's own generator. Logits
+    are `[B, F, K]`.
     """
 
     def __init__(self, *, models: list[STSTNet], compiled: bool = True):
         super().__init__()
-        self.compiled = compiled  # the training stage in core.mer.kernel where it builds (speed only)
+        self.compiled = compiled  # training steps in core.mer.kernel where it builds (speed only)
         # [F, 16, C, 3, 3]: one 16-channel convolution computes the three streams of a fold
         self.conv_weight = nn.Parameter(torch.stack([_streams(m, "conv", "weight") for m in models]))
         self.conv_bias = nn.Parameter(torch.stack([_streams(m, "conv", "bias") for m in models]))  # [F, 16]
@@ -234,6 +266,7 @@ class FoldedSTSTNet(nn.Module):
         self.register_buffer("running_mean", torch.stack([_streams(m, "bn", "running_mean") for m in models]))
         self.register_buffer("running_var", torch.stack([_streams(m, "bn", "running_var") for m in models]))
         self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
+        self.relu_buffers: dict[int, torch.Tensor] = {}  # fold -> its training steps' ReLU maps (relu_buffer)
 
     def forward(
         self,
@@ -255,35 +288,64 @@ class FoldedSTSTNet(nn.Module):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
                 logits.append(inputs.new_zeros(batch, fc_weight.shape[1]))
                 continue
-            maps = self._fold_maps(inputs, indices[:count, f].contiguous(), *fold_params)  # [count, 16, P, P]
-            if keep is not None:
-                maps = maps * keep[f]
-            features = maps.permute(0, 2, 3, 1).flatten(1)  # [count, P * P * 16]
-            fold_logits = torch.addmm(self.fc_bias[f], features, fc_weight[f].T)  # [count, K]
+            head = (None if keep is None else keep[f], fc_weight[f], self.fc_bias[f])
+            fold_logits = self._fold_logits(
+                f, inputs, indices[:count, f].contiguous(), *fold_params, *head
+            )  # [count, K]
             logits.append(F.pad(fold_logits, (0, 0, 0, batch - count)))
         if self.training:
             self.batches_tracked += (mask.sum(0) > 0).to(self.batches_tracked.device)
         return torch.stack(logits, dim=1)  # [B, F, K]
 
-    def _fold_maps(self, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        """One fold's three streams on its own real samples `inputs[rows]` (in training `inputs` is padded by
-        CONV_PADDING), up to the max-pool: `[b, 16, P, P]`.
+    def _fold_logits(
+        self, fold: int, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Fold `fold`'s logits `[b, K]` on its own real samples `inputs[rows]` (in training `inputs` is padded by
+        CONV_PADDING), with its dropout mask `keep` `[b, P, P, 16]` or None, and its linear layer over the
+        max-pooled maps (`pooled_fc_weight`, channels-last order).
 
         Each fold's full-resolution maps are computed on that fold's samples alone (batch norm's statistics
-        and running-statistics update its own): in training by `ConvReluNormPool`, in evaluation by PyTorch's
-        kernels; only the small pooled maps are stacked.
+        and running-statistics update its own): in training by `FusedFoldStep` where the compiled kernel runs
+        and by `ConvReluNormPool` otherwise, in evaluation by PyTorch's kernels.
         """
-        conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var = params
-        if self.training:
-            params = (conv_weight, conv_bias, bn_weight, bn_bias, self.compiled)
-            pooled, mean, var = ConvReluNormPool.apply(inputs, rows, *params)
-            with torch.no_grad():  # nn.BatchNorm2d's update of the running statistics
-                running_mean.lerp_(mean, BN_MOMENTUM)
-                running_var.lerp_(var, BN_MOMENTUM)
-            return pooled
-        z = torch.relu(F.conv2d(inputs[rows], conv_weight, conv_bias, padding=CONV_PADDING))  # [b, 16, S + 2, S + 2]
-        z = F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, training=False, eps=BN_EPS)
-        return F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)
+        conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, keep, fc_weight, fc_bias = params
+        if not self.training:
+            z = torch.relu(
+                F.conv2d(inputs[rows], conv_weight, conv_bias, padding=CONV_PADDING)
+            )  # [b, 16, S + 2, S + 2]
+            z = F.batch_norm(z, running_mean, running_var, bn_weight, bn_bias, training=False, eps=BN_EPS)
+            maps = F.max_pool2d(z, POOL, stride=POOL, padding=POOL_PADDING)  # [b, 16, P, P]
+            return torch.addmm(fc_bias, maps.permute(0, 2, 3, 1).flatten(1), fc_weight.T)
+        stage = (inputs, rows, conv_weight, conv_bias, bn_weight, bn_bias)
+        if self.compiled and kernel.usable(inputs):
+            relu = self.relu_buffer(fold, (len(rows), inputs.shape[-1] - KERNEL + 1, inputs.shape[-1] - KERNEL + 1))
+            logits, mean, var = FusedFoldStep.apply(*stage, fc_weight, fc_bias, keep, relu)
+        else:
+            maps, mean, var = ConvReluNormPool.apply(*stage)  # [b, 16, P, P], channels-last
+            features = maps.permute(0, 2, 3, 1)  # [b, P, P, 16]
+            features = (features if keep is None else features * keep).flatten(1)
+            logits = torch.addmm(fc_bias, features, fc_weight.T)
+        with torch.no_grad():  # nn.BatchNorm2d's update of the running statistics
+            running_mean.lerp_(mean, BN_MOMENTUM)
+            running_var.lerp_(var, BN_MOMENTUM)
+        return logits
+
+    def relu_buffer(self, fold: int, size: tuple[int, int, int]) -> torch.Tensor:
+        """Fold `fold`'s buffer `[b, S + 2, S + 2, 16]` (`size` the first three) for the ReLU maps that its training
+        step keeps for its backward, reused from step to step: a fresh 15 MB tensor per fold and step costs about a
+        tenth of the step in page faults. Its version is bumped, so that a graph of an earlier step still holding it
+        fails in backward ("modified by an inplace operation") instead of reading this step's maps."""
+        shape = (*size, STREAMS)
+        buffer = self.relu_buffers.get(fold)
+        if buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]:
+            buffer = self.relu_buffers[fold] = torch.empty(shape)
+        increment_version(buffer)
+        return buffer[: shape[0]]
+
+    def train(self, mode: bool = True) -> FoldedSTSTNet:
+        if not mode:
+            self.relu_buffers.clear()  # training's memory alone
+        return super().train(mode)
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
         """Fold `fold`'s weights as an `STSTNet` state dict (the public code's keys and shapes)."""
