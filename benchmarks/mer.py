@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.timing import interleaved_best
 from core.mer import kernel
 from core.mer.loso import TrainConfig, make_folds, train_fold, train_folds_at_once, train_loso
-from core.mer.models import CONV_PADDING, STREAMS, FusedFoldStep, STSTNet, pool_side
+from core.mer.models import CONV_PADDING, DROPOUT_LEVELS, STREAMS, FusedFoldStep, STSTNet, pool_side
 from core.utils.progress import progress_bar
 
 MEGC_CLIPS = 442  # the MEGC 2019 composite: CASME II 145 + SAMM 133 + SMIC-HS 164 clips
@@ -72,12 +72,12 @@ def step_seconds(size: int, batch: int) -> float:
     params += [torch.ones(STREAMS), torch.zeros(STREAMS)]
     params += [0.01 * torch.randn(CLASSES, side * side * STREAMS, generator=generator), torch.zeros(CLASSES)]
     params = [p.requires_grad_() for p in params]
-    keep = 2 * torch.randint(0, 2, (batch, side, side, STREAMS), generator=generator).float()
+    draws = torch.randint(0, DROPOUT_LEVELS, (batch, side, side, STREAMS), dtype=torch.int32, generator=generator)
     rows = torch.arange(batch)
     relu = torch.empty(batch, size + 2, size + 2, STREAMS)  # reused, as FoldedSTSTNet does
 
     def step() -> None:
-        logits, _, _ = FusedFoldStep.apply(padded, rows, *params, keep, relu)
+        logits, _, _ = FusedFoldStep.apply(padded, rows, *params, draws, TrainConfig.dropout, relu)
         logits.sum().backward()
 
     return interleaved_best({"step": step}, warmup=2, repeats=5)["step"] / batch

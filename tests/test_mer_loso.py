@@ -9,7 +9,7 @@ from tqdm import tqdm
 from core.errors import UserError
 from core.mer.loso import (
     TrainConfig,
-    dropout_keep,
+    dropout_draws,
     fold_chunks,
     intra_op_threads,
     make_folds,
@@ -18,6 +18,7 @@ from core.mer.loso import (
     train_loso,
     train_loso_seeds,
 )
+from core.mer.models import dropout_keep
 
 SIZE = 8  # tiny inputs: STSTNet's pooled maps are then 2x2
 # a few steps with a large learning rate; batches of 7 leave ragged last batches (folds differ in size)
@@ -163,11 +164,12 @@ def test_a_recipe_that_cannot_run_is_one_line(change):
 
 
 def test_dropout_keeps_each_value_with_probability_one_minus_p():
-    """Kept values are 1 / (1 - p), about 1 - p of them (within 1 % on 120k draws); a mask per fold, of its
+    """Kept values are 1 / (1 - p), about 1 - p of them (within 1 % on 120k draws); draws per fold, of its
     batch's size."""
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     mask = torch.arange(300)[:, None] < torch.tensor([300, 200, 0])  # [B, F]: fold 2 has no batch
-    keep = dropout_keep(mask, generators, p=0.25, side=5)
-    assert [tuple(fold_keep.shape) for fold_keep in keep] == [(300, 5, 5, 16), (200, 5, 5, 16), (0, 5, 5, 16)]
-    torch.testing.assert_close(keep[0].unique(), torch.tensor([0.0, 4 / 3]))
-    assert abs((keep[0] > 0).float().mean().item() - 0.75) < 0.01
+    draws = dropout_draws(mask, generators, side=5)
+    assert [tuple(fold_draws.shape) for fold_draws in draws] == [(300, 5, 5, 16), (200, 5, 5, 16), (0, 5, 5, 16)]
+    keep = dropout_keep(draws[0], 0.25)
+    torch.testing.assert_close(keep.unique(), torch.tensor([0.0, 4 / 3]))
+    assert abs((keep > 0).float().mean().item() - 0.75) < 0.01

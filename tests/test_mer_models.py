@@ -170,18 +170,19 @@ def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(drop
     x, values = random_stage(8)
     generator = torch.Generator().manual_seed(9)
     fc_weight, fc_bias = torch.randn(4, 16 * 2 * 2, generator=generator), torch.randn(4, generator=generator)
-    keep = (torch.rand(BATCH, 5, 5, 16, generator=generator) < 0.5).float() * 2 if dropout else None  # [b, P, P, 16]
+    draws = torch.randint(0, 2**16, (BATCH, 5, 5, 16), dtype=torch.int32, generator=generator) if dropout else None
     upstream = torch.randn(BATCH, 4, generator=generator)
     params = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
     spread = pooled_fc_weight(params[4][None], side=5).permute(0, 1, 3, 4, 2).flatten(2)[0]  # [K, P * P * 16]
     relu = torch.empty(BATCH, 15, 15, 16)  # [b, S + 2, S + 2, 16]: the ReLU maps kept for the backward
     logits, mean, var = FusedFoldStep.apply(
-        F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], keep, relu
+        F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], draws, 0.3, relu
     )
     logits.backward(upstream)
     reference = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
     maps, running_mean, running_var = reference_stage(x, reference[:4])
-    maps = maps if keep is None else maps * keep.permute(0, 3, 1, 2)
+    if dropout:  # p = 0.3: kept where the draw is below round(0.7 * 2^16) = 45875, times 1 / 0.7
+        maps = maps * torch.where(draws < 45875, 1 / 0.7, 0.0).permute(0, 3, 1, 2)
     expected = F.linear(F.avg_pool2d(maps, 2).flatten(1), reference[4], reference[5])
     expected.backward(upstream)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -57,7 +57,7 @@ def stage_library() -> ctypes.CDLL | None:
             return _without_kernel(f"cannot build {SOURCE.name} ({error})")
     loaded.stage_forward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 3 + [_INT] + [_POINTER] * 5
     loaded.stage_backward.argtypes = [_POINTER, _POINTER, _INT, _INT, _INT] + [_POINTER] * 6 + [_INT] + [_POINTER] * 2
-    head = [_POINTER, _INT, _INT, _INT] + [_POINTER] * 7  # pooled, batch, windows, classes, sign ... fc
+    head = [_POINTER, _INT, _INT, _INT] + [_POINTER] * 6 + [_INT, ctypes.c_float, _POINTER]  # Head.arguments
     loaded.head_forward.argtypes = head + [_POINTER] * 3
     loaded.head_backward.argtypes = head + [_POINTER] * 7
     for function in (loaded.stage_forward, loaded.stage_backward, loaded.head_forward, loaded.head_backward):
@@ -141,8 +141,9 @@ def backward(
 
 class Head(NamedTuple):
     """What the head needs of a fold's batch: `pooled` `[b, P, P, 16]` and `sign` `[16]` from `forward`, the batch's
-    `mean` and `inv_std` `[16]`, the batch norm's `weight` and `bias` `[16]`, the dropout keep-mask `keep`
-    `[b, P, P, 16]` (scaled, or None) and the linear layer's `fc` `[K, P * P * 16]` (channels-last order)."""
+    `mean` and `inv_std` `[16]`, the batch norm's `weight` and `bias` `[16]`, the dropout draws `draws`
+    `[b, P, P, 16]` int32 (None: no dropout) and the linear layer's `fc` `[K, P * P * 16]` (channels-last order);
+    a value is kept, times `keep_scale`, where its draw is below `keep_below`."""
 
     pooled: torch.Tensor
     sign: torch.Tensor
@@ -150,20 +151,27 @@ class Head(NamedTuple):
     inv_std: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor
-    keep: torch.Tensor | None
+    draws: torch.Tensor | None
     fc: torch.Tensor
+    keep_below: int = 0
+    keep_scale: float = 1.0
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """The tensors, for `save_for_backward`: `Head(*tensors, keep_below, keep_scale)` is this again."""
+        return tuple(self)[:8]
 
     def arguments(self) -> list:
         """The C arguments they give, from `pooled` to `fc`."""
         batch, side, _, _ = self.pooled.shape
         vectors = (self.sign, self.mean, self.inv_std, self.weight.detach(), self.bias.detach())
-        keep = ctypes.c_void_p(None) if self.keep is None else _address(self.keep)
+        draws = ctypes.c_void_p(None) if self.draws is None else _address(self.draws)
         head = [_address(self.pooled), batch, side * side, self.fc.shape[0]]
-        return head + [_address(v.contiguous()) for v in vectors] + [keep, _address(self.fc)]
+        dropout = [draws, self.keep_below, ctypes.c_float(self.keep_scale)]
+        return head + [_address(v.contiguous()) for v in vectors] + dropout + [_address(self.fc)]
 
 
 def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
-    """Logits `[b, K]`: `fc . keep * (weight * (pooled * sign - mean) * inv_std + bias) + fc_bias`."""
+    """Logits `[b, K]`: `fc . kept * (weight * (pooled * sign - mean) * inv_std + bias) + fc_bias`."""
     logits = torch.empty(head.pooled.shape[0], head.fc.shape[0])
     work = torch.empty(head.pooled.shape[1] ** 2, STREAMS)
     outputs = (fc_bias.detach().contiguous(), logits, work)
@@ -173,7 +181,7 @@ def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
 
 def head_backward(head: Head, grad_logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """For `grad_logits` `[b, K]`: (the gradient of the batch norm's output before its affine map, `[b, P, P, 16]`
-    float32 (`keep * fc^T grad_logits`); float64 gradients of `fc` `[K, P * P * 16]`, of the linear bias `[K]`,
+    float32 (`kept * fc^T grad_logits`); float64 gradients of `fc` `[K, P * P * 16]`, of the linear bias `[K]`,
     and of the batch norm's weight and bias `[16]`)."""
     grad = torch.empty_like(head.pooled)
     grad_fc = torch.zeros(head.fc.shape, dtype=torch.float64)

@@ -42,12 +42,25 @@ AVG_POOL = 2  # average pool: kernel and stride 2
 INPUT_SIZE = 28  # STSTNet's input side
 BN_EPS = 1e-5  # nn.BatchNorm2d's defaults, which the code keeps
 BN_MOMENTUM = 0.1
+DROPOUT_LEVELS = 2**16  # dropout draws uniform integers in [0, DROPOUT_LEVELS) (see dropout_keep)
 
 
 def pool_side(size: int) -> int:
     """Side of the max-pooled maps (where dropout acts) for a `size` x `size` input (10 for 28)."""
     conv = size + 2 * CONV_PADDING - KERNEL + 1
     return (conv + 2 * POOL_PADDING - POOL) // POOL + 1
+
+
+def dropout_threshold(p: float) -> int:
+    """A value is kept by dropout with probability `p` where its draw (uniform in [0, DROPOUT_LEVELS)) is below this."""
+    return round((1 - p) * DROPOUT_LEVELS)
+
+
+def dropout_keep(draws: torch.Tensor, p: float) -> torch.Tensor:
+    """The float keep-mask of these draws (any shape, int32): 1 / (1 - p) where a draw is below
+    `dropout_threshold(p)`, else 0. Uniform integers in [0, 2^16) are exact for p = 0.5 (STSTNet's) and
+    three times as fast to draw on a CPU as `bernoulli_`."""
+    return torch.where(draws < dropout_threshold(p), 1 / (1 - p), 0.0)
 
 
 def feature_side(size: int) -> int:
@@ -153,10 +166,10 @@ class ConvReluNormPool(torch.autograd.Function):
 class FusedFoldStep(torch.autograd.Function):
     """One fold's whole training forward in the compiled kernel (`core.mer.kernel`, a CPU), on the batch
     `padded[rows]` (as `ConvReluNormPool`'s) -> logits `[b, K]`, and the batch's mean and unbiased variance
-    `[16]`: `ConvReluNormPool`'s stage, then its batch norm of the pooled maps, the dropout mask `keep`
-    `[b, P, P, 16]` (scaled; None: no dropout) and the linear layer `fc_weight` `[K, P * P * 16]` (the maps'
-    channels-last order), `fc_bias` `[K]`. The same numbers as that composition to float rounding, about 1.5x
-    as fast: the small maps take one pass each way instead of a dozen of PyTorch's kernels.
+    `[16]`: `ConvReluNormPool`'s stage, then its batch norm of the pooled maps, dropout with probability `p` by
+    the `draws` `[b, P, P, 16]` (`dropout_keep`; None: no dropout) and the linear layer `fc_weight`
+    `[K, P * P * 16]` (the maps' channels-last order), `fc_bias` `[K]`. The same numbers as that composition to
+    float rounding, and faster: the small maps take one pass each way instead of a dozen of PyTorch's kernels.
 
     The ReLU maps that the backward reads are written into `relu` `[b, S + 2, S + 2, 16]`, a buffer the caller
     reuses from step to step (`FoldedSTSTNet.relu_buffer`): its version must be bumped before each reuse, so that
@@ -164,7 +177,7 @@ class FusedFoldStep(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, keep, relu):  # noqa: ANN001, ANN205
+    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, draws, p, relu):  # noqa: ANN001, ANN205
         sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
         weights, side = kernel.tap_major(conv_weight), pool_side(padded.shape[-1] - 2 * CONV_PADDING)
         sums, pooled, index = kernel.forward(padded, rows, weights, conv_bias, sign, relu, pooled_side=side)
@@ -172,8 +185,10 @@ class FusedFoldStep(torch.autograd.Function):
         mean64 = sums[0] / ctx.count
         mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
         inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
-        head = kernel.Head(pooled, sign, mean, inv_std, bn_weight, bn_bias, keep, fc_weight)
-        ctx.save_for_backward(padded, rows, relu, index, *head)
+        dropout = (dropout_threshold(p), 1 / (1 - p))
+        head = kernel.Head(pooled, sign, mean, inv_std, bn_weight, bn_bias, draws, fc_weight, *dropout)
+        ctx.save_for_backward(padded, rows, relu, index, *head.tensors())
+        ctx.dropout = dropout
         unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
         return kernel.head_forward(head, fc_bias), mean, unbiased
@@ -181,14 +196,14 @@ class FusedFoldStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logits, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
         padded, rows, relu, index, *saved = ctx.saved_tensors
-        head = kernel.Head(*saved)
+        head = kernel.Head(*saved, *ctx.dropout)
         grad, grad_fc, grad_fc_bias, grad_bn_weight, grad_bn_bias = kernel.head_backward(head, grad_logits)
         grad_bn = (grad_bn_weight.float(), grad_bn_bias.float())
         c0, c1, scale = _normalisation_backward(*grad_bn, head.weight, (head.mean, head.inv_std), ctx.count)
         grads = kernel.backward(padded, rows, relu, c0, c1, grad, scale, index)
         grad_conv_weight = grads[0].view(padded.shape[1], KERNEL, KERNEL, -1).permute(3, 0, 1, 2)  # [16, C, 3, 3]
         grad_conv = (grad_conv_weight.float().contiguous(), grads[1].float())
-        return None, None, *grad_conv, *grad_bn, grad_fc.float(), grad_fc_bias.float(), None, None
+        return None, None, *grad_conv, *grad_bn, grad_fc.float(), grad_fc_bias.float(), None, None, None
 
 
 def _eager_maps(
@@ -248,14 +263,18 @@ class FoldedSTSTNet(nn.Module):
     Inputs are all the clips `[N, C, S, S]` and `indices` `[B, F]` (long: sample b of fold f's batch is
     `inputs[indices[b, f]]`, so that no batch is copied out), with a mask `[B, F]` of the real samples,
     which come first in each fold's column (the folds' batches differ in size; the rest is padding that no
-    statistic, loss or gradient sees), and in training per fold its dropout keep-mask `[count, P, P, 16]`
-    (channels-last, already scaled by 1 / (1 - p)) drawn by the caller from the fold's own generator. Logits
-    are `[B, F, K]`.
+    statistic, loss or gradient sees), and in training per fold its dropout draws `[count, P, P, 16]` (int32,
+    channels-last, uniform in [0, DROPOUT_LEVELS): `dropout_keep`) drawn by the caller from the fold's own
+    generator. Logits are `[B, F, K]`.
     """
 
     def __init__(self, *, models: list[STSTNet], compiled: bool = True):
         super().__init__()
         self.compiled = compiled  # training steps in core.mer.kernel where it builds (speed only)
+        rates = {m.dropout.p for m in models}
+        if len(rates) != 1:
+            raise ValueError(f"the folds' models need one dropout probability, got {sorted(rates)}")
+        self.dropout = rates.pop()
         # [F, 16, C, 3, 3]: one 16-channel convolution computes the three streams of a fold
         self.conv_weight = nn.Parameter(torch.stack([_streams(m, "conv", "weight") for m in models]))
         self.conv_bias = nn.Parameter(torch.stack([_streams(m, "conv", "bias") for m in models]))  # [F, 16]
@@ -273,7 +292,7 @@ class FoldedSTSTNet(nn.Module):
         inputs: torch.Tensor,
         indices: torch.Tensor,
         mask: torch.Tensor,
-        keep: Sequence[torch.Tensor] | None = None,
+        draws: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         batch, folds = mask.shape
         counts = mask.sum(0).tolist()
@@ -288,7 +307,7 @@ class FoldedSTSTNet(nn.Module):
             if count == 0:  # no batch for this fold this step: nothing runs, nothing is updated
                 logits.append(inputs.new_zeros(batch, fc_weight.shape[1]))
                 continue
-            head = (None if keep is None else keep[f], fc_weight[f], self.fc_bias[f])
+            head = (None if draws is None else draws[f], fc_weight[f], self.fc_bias[f])
             fold_logits = self._fold_logits(
                 f, inputs, indices[:count, f].contiguous(), *fold_params, *head
             )  # [count, K]
@@ -301,14 +320,14 @@ class FoldedSTSTNet(nn.Module):
         self, fold: int, inputs: torch.Tensor, rows: torch.Tensor, *params: torch.Tensor | None
     ) -> torch.Tensor:
         """Fold `fold`'s logits `[b, K]` on its own real samples `inputs[rows]` (in training `inputs` is padded by
-        CONV_PADDING), with its dropout mask `keep` `[b, P, P, 16]` or None, and its linear layer over the
+        CONV_PADDING), with its dropout draws `[b, P, P, 16]` or None, and its linear layer over the
         max-pooled maps (`pooled_fc_weight`, channels-last order).
 
         Each fold's full-resolution maps are computed on that fold's samples alone (batch norm's statistics
         and running-statistics update its own): in training by `FusedFoldStep` where the compiled kernel runs
         and by `ConvReluNormPool` otherwise, in evaluation by PyTorch's kernels.
         """
-        conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, keep, fc_weight, fc_bias = params
+        conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var, draws, fc_weight, fc_bias = params
         if not self.training:
             z = torch.relu(
                 F.conv2d(inputs[rows], conv_weight, conv_bias, padding=CONV_PADDING)
@@ -319,11 +338,11 @@ class FoldedSTSTNet(nn.Module):
         stage = (inputs, rows, conv_weight, conv_bias, bn_weight, bn_bias)
         if self.compiled and kernel.usable(inputs):
             relu = self.relu_buffer(fold, (len(rows), inputs.shape[-1] - KERNEL + 1, inputs.shape[-1] - KERNEL + 1))
-            logits, mean, var = FusedFoldStep.apply(*stage, fc_weight, fc_bias, keep, relu)
+            logits, mean, var = FusedFoldStep.apply(*stage, fc_weight, fc_bias, draws, self.dropout, relu)
         else:
             maps, mean, var = ConvReluNormPool.apply(*stage)  # [b, 16, P, P], channels-last
             features = maps.permute(0, 2, 3, 1)  # [b, P, P, 16]
-            features = (features if keep is None else features * keep).flatten(1)
+            features = (features if draws is None else features * dropout_keep(draws, self.dropout)).flatten(1)
             logits = torch.addmm(fc_bias, features, fc_weight.T)
         with torch.no_grad():  # nn.BatchNorm2d's update of the running statistics
             running_mean.lerp_(mean, BN_MOMENTUM)

@@ -140,18 +140,27 @@ void backward(const float *x, const int64_t *rows, int batch, int side, const fl
 
 
 // The head's per-window values of one sample: the batch-normalised pooled maps `norm` ([window][OUT]) and the
-// dropped-out output `y` = keep * (weight * norm + bias); `keep` may be null (no dropout).
+// dropped-out output `y` = kept * (weight * norm + bias), where kept is `keep_scale` if the value's dropout draw is
+// below `keep_below`, else 0; `draws` ([batch][window][OUT]) null: no dropout, kept 1.
 struct Head {
-    const float *sign, *mean, *inv_std, *weight, *bias, *keep;
+    const float *sign, *mean, *inv_std, *weight, *bias;
+    const int32_t *draws;
+    int32_t keep_below;
+    float keep_scale;
     int windows;
 
     template <typename Visit>
     void each(const float *pooled, int n, Visit visit) const {
-        const vec s = load(sign), scale = load(inv_std), shift = -load(mean) * scale, w = load(weight), b = load(bias);
+        const vec s = load(sign), inv = load(inv_std), shift = -load(mean) * inv, w = load(weight), b = load(bias);
         const size_t first = static_cast<size_t>(n) * windows;
         for (int k = 0; k < windows; ++k) {
-            const vec norm = s * load(pooled + (first + k) * OUT) * scale + shift;  // pooled holds sign * h
-            const vec kept = keep ? load(keep + (first + k) * OUT) : vec{} + 1.0f;
+            const vec norm = s * load(pooled + (first + k) * OUT) * inv + shift;  // pooled holds sign * h
+            vec kept = vec{} + 1.0f;
+            if (draws) {
+                ivec draw;
+                __builtin_memcpy(&draw, draws + (first + k) * OUT, sizeof draw);
+                kept = draw < keep_below ? vec{} + keep_scale : vec{};
+            }
             visit(k, norm, kept, kept * (w * norm + b));
         }
     }
@@ -248,26 +257,27 @@ int stage_backward(const float *x, const int64_t *rows, int batch, int channels,
     }
 }
 
-// Head forward: per sample n, window k, channel o (pooled: stage_forward's, `keep` [batch][window][OUT] or null)
-// y = keep * (weight * (sign * pooled - mean) * inv_std + bias), and logits[n][c] = fc_bias[c] + fc[c] . y[n]
-// (`fc`: [classes][window * OUT], the maps' channels-last order). `work`: windows * OUT floats.
+// Head forward: per sample n, window k, channel o (pooled: stage_forward's; `draws` [batch][window][OUT] or null)
+// y = kept * (weight * (sign * pooled - mean) * inv_std + bias), kept = [draw < keep_below] * scale (1 without
+// draws), and logits[n][c] = fc_bias[c] + fc[c] . y[n] (`fc`: [classes][window * OUT], the maps' channels-last
+// order). `work`: windows * OUT floats.
 int head_forward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
-                 const float *inv_std, const float *weight, const float *bias, const float *keep, const float *fc,
-                 const float *fc_bias, float *logits, float *work) {
-    const Head head{sign, mean, inv_std, weight, bias, keep, windows};
+                 const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
+                 float scale, const float *fc, const float *fc_bias, float *logits, float *work) {
+    const Head head{sign, mean, inv_std, weight, bias, draws, keep_below, scale, windows};
     head_forward_(head, pooled, batch, classes, fc, fc_bias, logits, work);
     return 0;
 }
 
 // Head backward for `grad_logits` [batch][classes]: `grad` [batch][window][OUT] the gradient of the batch norm's
-// output (before its affine map: keep * fc^T grad_logits); added to the double sums: `grad_fc` [classes][window
+// output (before its affine map: kept * fc^T grad_logits); added to the double sums: `grad_fc` [classes][window
 // * OUT], `grad_fc_bias` [classes], the batch norm's `grad_weight` (grad . norm) and `grad_bias` [OUT].
 // `work`: classes * windows * OUT floats.
 int head_backward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
-                  const float *inv_std, const float *weight, const float *bias, const float *keep, const float *fc,
-                  const float *grad_logits, float *grad, double *grad_fc, double *grad_fc_bias, double *grad_weight,
+                  const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
+                  float scale, const float *fc, const float *grad_logits, float *grad, double *grad_fc, double *grad_fc_bias, double *grad_weight,
                   double *grad_bias, float *work) {
-    const Head head{sign, mean, inv_std, weight, bias, keep, windows};
+    const Head head{sign, mean, inv_std, weight, bias, draws, keep_below, scale, windows};
     head_backward_(head, pooled, batch, classes, fc, grad_logits, grad, grad_fc, grad_fc_bias, grad_weight, grad_bias,
                    work);
     return 0;
