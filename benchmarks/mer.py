@@ -74,10 +74,10 @@ def step_seconds(size: int, batch: int) -> float:
     params = [p.requires_grad_() for p in params]
     draws = torch.randint(0, DROPOUT_LEVELS, (batch, side, side, STREAMS), dtype=torch.int32, generator=generator)
     rows = torch.arange(batch)
-    relu = torch.empty(batch, size + 2, size + 2, STREAMS)  # reused, as FoldedSTSTNet does
+    buffers = kernel.Buffers.empty(batch, side=size, pooled_side=side)  # reused, as FoldedSTSTNet does
 
     def step() -> None:
-        logits, _, _ = FusedFoldStep.apply(padded, rows, *params, draws, TrainConfig.dropout, relu)
+        logits, _, _ = FusedFoldStep.apply(padded, rows, *params, draws, TrainConfig.dropout, buffers.first(batch))
         logits.sum().backward()
 
     return interleaved_best({"step": step}, warmup=2, repeats=5)["step"] / batch

@@ -8,8 +8,8 @@ from tqdm import tqdm
 
 from core.errors import UserError
 from core.mer.loso import (
+    DropoutDraws,
     TrainConfig,
-    dropout_draws,
     fold_chunks,
     intra_op_threads,
     make_folds,
@@ -168,7 +168,7 @@ def test_dropout_keeps_each_value_with_probability_one_minus_p():
     batch's size."""
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     mask = torch.arange(300)[:, None] < torch.tensor([300, 200, 0])  # [B, F]: fold 2 has no batch
-    draws = dropout_draws(mask, generators, side=5)
+    draws = DropoutDraws(generators, batch=300, side=5)(mask)
     assert [tuple(fold_draws.shape) for fold_draws in draws] == [(300, 5, 5, 16), (200, 5, 5, 16), (0, 5, 5, 16)]
     keep = dropout_keep(draws[0], 0.25)
     torch.testing.assert_close(keep.unique(), torch.tensor([0.0, 4 / 3]))

@@ -174,9 +174,9 @@ def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(drop
     upstream = torch.randn(BATCH, 4, generator=generator)
     params = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
     spread = pooled_fc_weight(params[4][None], side=5).permute(0, 1, 3, 4, 2).flatten(2)[0]  # [K, P * P * 16]
-    relu = torch.empty(BATCH, 15, 15, 16)  # [b, S + 2, S + 2, 16]: the ReLU maps kept for the backward
+    buffers = kernel.Buffers.empty(BATCH + 3, side=13, pooled_side=5).first(BATCH)  # as a reused buffer's views
     logits, mean, var = FusedFoldStep.apply(
-        F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], draws, 0.3, relu
+        F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], draws, 0.3, buffers
     )
     logits.backward(upstream)
     reference = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.autograd.graph import increment_version
 
 SOURCE = Path(__file__).with_name("stage.cpp")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")  # for the CPU it runs on: compiled where it runs
@@ -81,36 +82,55 @@ def tap_major(conv_weight: torch.Tensor) -> torch.Tensor:
     return conv_weight.detach().permute(1, 2, 3, 0).reshape(-1, STREAMS).contiguous()
 
 
+class Buffers(NamedTuple):
+    """A fold step's large tensors, which its caller reuses from step to step (a fresh tensor per step costs its
+    page faults): the ReLU maps `relu` `[b, S + 2, S + 2, 16]` and the pooled maps `pooled` `[b, P, P, 16]` with
+    their positions `index` (int32), written by `forward`, and the head's gradient `grad` `[b, P, P, 16]`."""
+
+    relu: torch.Tensor
+    pooled: torch.Tensor
+    index: torch.Tensor
+    grad: torch.Tensor
+
+    @staticmethod
+    def empty(batch: int, *, side: int, pooled_side: int) -> Buffers:
+        """Buffers for batches of up to `batch` inputs of side `side` (the ReLU maps' side `side + 2`)."""
+        pooled = (batch, pooled_side, pooled_side, STREAMS)
+        relu = torch.empty(batch, side + 2, side + 2, STREAMS)
+        return Buffers(relu, torch.empty(pooled), torch.empty(pooled, dtype=torch.int32), torch.empty(pooled))
+
+    def first(self, count: int) -> Buffers:
+        """Views of the first `count` samples' buffers, their version bumped: a graph of an earlier step still
+        holding them fails in backward ("modified by an inplace operation") instead of reading other maps."""
+        increment_version(list(self))
+        return Buffers(*(buffer[:count] for buffer in self))
+
+
 def forward(
     padded: torch.Tensor,
     rows: torch.Tensor,
     weights: torch.Tensor,
     bias: torch.Tensor,
     sign: torch.Tensor,
-    relu: torch.Tensor,
-    *,
-    pooled_side: int,
-) -> tuple[torch.Tensor, ...]:
+    buffers: Buffers,
+) -> torch.Tensor:
     """The batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`: the inputs zero-padded by 2; `rows` `[b]`
-    long), `weights` from `tap_major`, `bias` and `sign` (+1 or -1 per channel) `[16]` -> (`[2, 16]` float64:
-    the ReLU output's sum and sum of squares, `[b, P, P, 16]`: per window the largest sign * h,
-    `[b, P, P, 16]` int32: where it is, i * (S + 2) + j); the ReLU output h written into `relu`
-    `[b, S + 2, S + 2, 16]` float32 for `backward`."""
+    long), `weights` from `tap_major`, `bias` and `sign` (+1 or -1 per channel) `[16]` -> `[2, 16]` float64: the
+    ReLU output's sum and sum of squares; written into `buffers` (`[b, ...]`): the ReLU output h, per pooling
+    window the largest sign * h (`pooled`) and where it is, i * (S + 2) + j (`index`)."""
     _, channels, side, _ = padded.shape
-    if relu.shape != (len(rows), side - 2, side - 2, STREAMS) or relu.dtype != torch.float32:
-        wanted = f"float32 [{len(rows)}, {side - 2}, {side - 2}, {STREAMS}]"
-        raise ValueError(f"the ReLU maps need a {wanted} buffer, got {relu.dtype} {list(relu.shape)}")
+    if buffers.relu.shape != (len(rows), side - 2, side - 2, STREAMS):
+        raise ValueError(f"{len(rows)} inputs of side {side - 4} need buffers for them, got {list(buffers.relu.shape)}")
     sums = torch.zeros(2, STREAMS, dtype=torch.float64)
-    pooled = torch.empty(len(rows), pooled_side, pooled_side, STREAMS)
-    index = torch.empty(len(rows), pooled_side, pooled_side, STREAMS, dtype=torch.int32)
     vectors = (weights, bias.detach().contiguous(), sign.contiguous())
     status = stage_library().stage_forward(
-        _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), pooled_side,
-        _address(sums[0]), _address(sums[1]), _address(pooled), _address(index), _address(relu),
+        _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors),
+        buffers.pooled.shape[1], _address(sums[0]), _address(sums[1]), _address(buffers.pooled),
+        _address(buffers.index), _address(buffers.relu),
     )  # fmt: skip
     if status:
         raise RuntimeError(f"stage_forward has no instance for {channels} channels")
-    return sums, pooled, index
+    return sums
 
 
 def backward(
@@ -179,15 +199,14 @@ def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def head_backward(head: Head, grad_logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """For `grad_logits` `[b, K]`: (the gradient of the batch norm's output before its affine map, `[b, P, P, 16]`
-    float32 (`kept * fc^T grad_logits`); float64 gradients of `fc` `[K, P * P * 16]`, of the linear bias `[K]`,
-    and of the batch norm's weight and bias `[16]`)."""
-    grad = torch.empty_like(head.pooled)
+def head_backward(head: Head, grad_logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For `grad_logits` `[b, K]`: the gradient of the batch norm's output before its affine map written into
+    `grad` `[b, P, P, 16]` (`kept * fc^T grad_logits`) -> float64 gradients of `fc` `[K, P * P * 16]`, of the
+    linear bias `[K]`, and of the batch norm's weight and bias `[16]`."""
     grad_fc = torch.zeros(head.fc.shape, dtype=torch.float64)
     grad_fc_bias = torch.zeros(head.fc.shape[0], dtype=torch.float64)
     grad_weight, grad_bias = torch.zeros(2, STREAMS, dtype=torch.float64)
     work = torch.empty(head.fc.shape)
     outputs = (grad_logits.contiguous(), grad, grad_fc, grad_fc_bias, grad_weight, grad_bias, work)
     stage_library().head_backward(*head.arguments(), *map(_address, outputs))
-    return grad, grad_fc, grad_fc_bias, grad_weight, grad_bias
+    return grad_fc, grad_fc_bias, grad_weight, grad_bias

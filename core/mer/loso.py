@@ -200,14 +200,21 @@ def epoch_batches(
     return batches
 
 
-def dropout_draws(mask: torch.Tensor, generators: Sequence[torch.Generator], *, side: int) -> list[torch.Tensor]:
-    """Per fold its dropout draws `[count, side, side, 16]` (int32, uniform in [0, DROPOUT_LEVELS), channels-last;
-    count: its batch size this step, maybe 0), drawn from its own generator (`dropout_keep` makes them a mask)."""
-    shapes = [(count, side, side, STREAMS) for count in mask.sum(0).tolist()]
-    return [
-        torch.randint(0, DROPOUT_LEVELS, shape, dtype=torch.int32, generator=generator)
-        for shape, generator in zip(shapes, generators, strict=True)
-    ]
+class DropoutDraws:
+    """Each fold's dropout draws at every step: `[count, side, side, 16]` int32, uniform in [0, DROPOUT_LEVELS),
+    channels-last (count: the fold's batch size this step, maybe 0), from the fold's own generator
+    (`dropout_keep` makes them a mask). They are drawn in place into one buffer per fold: fresh tensors would
+    cost their page faults at every step, and refilling bumps the buffer's version, so that a graph of an
+    earlier step still holding it fails in backward."""
+
+    def __init__(self, generators: Sequence[torch.Generator], *, batch: int, side: int):
+        self.generators = generators
+        self.buffers = [torch.empty(batch, side, side, STREAMS, dtype=torch.int32) for _ in generators]
+
+    def __call__(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        """This step's draws for the batches of `mask` `[B, F]`."""
+        pairs = zip(self.buffers, mask.sum(0).tolist(), self.generators, strict=True)
+        return [buffer[:count].random_(0, DROPOUT_LEVELS, generator=generator) for buffer, count, generator in pairs]
 
 
 def folded_model(folds: Sequence[Fold], *, num_classes: int, shape: torch.Size, config: TrainConfig) -> nn.Module:
@@ -231,14 +238,14 @@ def train_folded(
     optimizer = FoldAdam(list(net.parameters()), lr=config.lr)
     orders = [torch.Generator().manual_seed(fold.order_seed) for fold in folds]
     drops = [torch.Generator().manual_seed(fold.dropout_seed) for fold in folds]
-    side = pool_side(inputs.shape[-1])
+    dropout_draws = DropoutDraws(drops, batch=config.batch_size, side=pool_side(inputs.shape[-1]))
     net.train()
     for _ in range(config.epochs):
         for indices, mask in epoch_batches(folds, orders, config=config):
             indices, mask = indices.to(inputs.device), mask.to(inputs.device)
             draws = None
             if config.dropout:
-                draws = [d.to(inputs.device) for d in dropout_draws(mask.cpu(), drops, side=side)]
+                draws = [d.to(inputs.device) for d in dropout_draws(mask.cpu())]
             logits = net(inputs, indices, mask, draws)  # [B, F, K]
             losses = F.cross_entropy(logits.flatten(0, 1), targets[indices].flatten(), reduction="none")
             losses = losses.view(mask.shape)  # [B, F]

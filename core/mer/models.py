@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.graph import increment_version
 
 from core.mer import kernel
 
@@ -171,23 +170,21 @@ class FusedFoldStep(torch.autograd.Function):
     `[K, P * P * 16]` (the maps' channels-last order), `fc_bias` `[K]`. The same numbers as that composition to
     float rounding, and faster: the small maps take one pass each way instead of a dozen of PyTorch's kernels.
 
-    The ReLU maps that the backward reads are written into `relu` `[b, S + 2, S + 2, 16]`, a buffer the caller
-    reuses from step to step (`FoldedSTSTNet.relu_buffer`): its version must be bumped before each reuse, so that
-    a graph still holding it fails in backward instead of reading other maps.
+    Its large tensors go to `buffers` (`kernel.Buffers`, for this batch), which the caller reuses from step to
+    step (`FoldedSTSTNet.step_buffers`).
     """
 
     @staticmethod
-    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, draws, p, relu):  # noqa: ANN001, ANN205
+    def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, draws, p, buffers):  # noqa: ANN001, ANN205
         sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
-        weights, side = kernel.tap_major(conv_weight), pool_side(padded.shape[-1] - 2 * CONV_PADDING)
-        sums, pooled, index = kernel.forward(padded, rows, weights, conv_bias, sign, relu, pooled_side=side)
+        sums = kernel.forward(padded, rows, kernel.tap_major(conv_weight), conv_bias, sign, buffers)
         ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
         mean64 = sums[0] / ctx.count
         mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
         inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
         dropout = (dropout_threshold(p), 1 / (1 - p))
-        head = kernel.Head(pooled, sign, mean, inv_std, bn_weight, bn_bias, draws, fc_weight, *dropout)
-        ctx.save_for_backward(padded, rows, relu, index, *head.tensors())
+        head = kernel.Head(buffers.pooled, sign, mean, inv_std, bn_weight, bn_bias, draws, fc_weight, *dropout)
+        ctx.save_for_backward(padded, rows, buffers.relu, buffers.index, buffers.grad, *head.tensors())
         ctx.dropout = dropout
         unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
@@ -195,9 +192,9 @@ class FusedFoldStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logits, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
-        padded, rows, relu, index, *saved = ctx.saved_tensors
+        padded, rows, relu, index, grad, *saved = ctx.saved_tensors
         head = kernel.Head(*saved, *ctx.dropout)
-        grad, grad_fc, grad_fc_bias, grad_bn_weight, grad_bn_bias = kernel.head_backward(head, grad_logits)
+        grad_fc, grad_fc_bias, grad_bn_weight, grad_bn_bias = kernel.head_backward(head, grad_logits, grad)
         grad_bn = (grad_bn_weight.float(), grad_bn_bias.float())
         c0, c1, scale = _normalisation_backward(*grad_bn, head.weight, (head.mean, head.inv_std), ctx.count)
         grads = kernel.backward(padded, rows, relu, c0, c1, grad, scale, index)
@@ -285,7 +282,7 @@ class FoldedSTSTNet(nn.Module):
         self.register_buffer("running_mean", torch.stack([_streams(m, "bn", "running_mean") for m in models]))
         self.register_buffer("running_var", torch.stack([_streams(m, "bn", "running_var") for m in models]))
         self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
-        self.relu_buffers: dict[int, torch.Tensor] = {}  # fold -> its training steps' ReLU maps (relu_buffer)
+        self.buffers: dict[int, kernel.Buffers] = {}  # fold -> its compiled training steps' buffers (step_buffers)
 
     def forward(
         self,
@@ -337,8 +334,8 @@ class FoldedSTSTNet(nn.Module):
             return torch.addmm(fc_bias, maps.permute(0, 2, 3, 1).flatten(1), fc_weight.T)
         stage = (inputs, rows, conv_weight, conv_bias, bn_weight, bn_bias)
         if self.compiled and kernel.usable(inputs):
-            relu = self.relu_buffer(fold, (len(rows), inputs.shape[-1] - KERNEL + 1, inputs.shape[-1] - KERNEL + 1))
-            logits, mean, var = FusedFoldStep.apply(*stage, fc_weight, fc_bias, draws, self.dropout, relu)
+            buffers = self.step_buffers(fold, len(rows), side=inputs.shape[-1] - 2 * CONV_PADDING)
+            logits, mean, var = FusedFoldStep.apply(*stage, fc_weight, fc_bias, draws, self.dropout, buffers)
         else:
             maps, mean, var = ConvReluNormPool.apply(*stage)  # [b, 16, P, P], channels-last
             features = maps.permute(0, 2, 3, 1)  # [b, P, P, 16]
@@ -349,21 +346,17 @@ class FoldedSTSTNet(nn.Module):
             running_var.lerp_(var, BN_MOMENTUM)
         return logits
 
-    def relu_buffer(self, fold: int, size: tuple[int, int, int]) -> torch.Tensor:
-        """Fold `fold`'s buffer `[b, S + 2, S + 2, 16]` (`size` the first three) for the ReLU maps that its training
-        step keeps for its backward, reused from step to step: a fresh 15 MB tensor per fold and step costs about a
-        tenth of the step in page faults. Its version is bumped, so that a graph of an earlier step still holding it
-        fails in backward ("modified by an inplace operation") instead of reading this step's maps."""
-        shape = (*size, STREAMS)
-        buffer = self.relu_buffers.get(fold)
-        if buffer is None or buffer.shape[0] < shape[0] or buffer.shape[1:] != shape[1:]:
-            buffer = self.relu_buffers[fold] = torch.empty(shape)
-        increment_version(buffer)
-        return buffer[: shape[0]]
+    def step_buffers(self, fold: int, batch: int, *, side: int) -> kernel.Buffers:
+        """Fold `fold`'s `kernel.Buffers` for a compiled training step on `batch` inputs of side `side`, reused
+        from step to step (fresh tensors cost about a tenth of the step in page faults), versions bumped."""
+        buffers = self.buffers.get(fold)
+        if buffers is None or len(buffers.relu) < batch or buffers.relu.shape[1] != side + 2:
+            buffers = self.buffers[fold] = kernel.Buffers.empty(batch, side=side, pooled_side=pool_side(side))
+        return buffers.first(batch)
 
     def train(self, mode: bool = True) -> FoldedSTSTNet:
         if not mode:
-            self.relu_buffers.clear()  # training's memory alone
+            self.buffers.clear()  # training's memory alone
         return super().train(mode)
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
