@@ -1,7 +1,7 @@
 """The compiled CPU kernel of an STSTNet fold's training step (`stage.cpp` beside this file).
 
 `FusedFoldStep` (core/mer/models.py) runs here: the stage (the 16-channel convolution, ReLU, batch-norm sums
-and max-pool of each sample in one pass, and the backward in two, without the `[b, 16, S + 2, S + 2]` maps
+and max-pool of each sample in one pass, and the backward in another, without the `[b, 16, S + 2, S + 2]` maps
 ever taking more than one pass) and the head (batch norm of the pooled maps, dropout, the linear layer and
 their backward, each one pass over the small maps where PyTorch's kernels take a dozen). The source is
 compiled once per process, for this machine (`c++ -O3 -march=native`, or `$CXX`), into a temporary

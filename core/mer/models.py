@@ -282,7 +282,7 @@ class FoldedSTSTNet(nn.Module):
         self.register_buffer("running_mean", torch.stack([_streams(m, "bn", "running_mean") for m in models]))
         self.register_buffer("running_var", torch.stack([_streams(m, "bn", "running_var") for m in models]))
         self.register_buffer("batches_tracked", torch.stack([m.bn1.num_batches_tracked for m in models]))  # [F]
-        self.buffers: dict[int, kernel.Buffers] = {}  # fold -> its compiled training steps' buffers (step_buffers)
+        self.scratch: dict[int, kernel.Buffers] = {}  # fold -> its compiled training steps' buffers (step_buffers)
 
     def forward(
         self,
@@ -348,15 +348,15 @@ class FoldedSTSTNet(nn.Module):
 
     def step_buffers(self, fold: int, batch: int, *, side: int) -> kernel.Buffers:
         """Fold `fold`'s `kernel.Buffers` for a compiled training step on `batch` inputs of side `side`, reused
-        from step to step (fresh tensors cost about a tenth of the step in page faults), versions bumped."""
-        buffers = self.buffers.get(fold)
+        from step to step (fresh tensors would cost their page faults at every step), versions bumped."""
+        buffers = self.scratch.get(fold)
         if buffers is None or len(buffers.relu) < batch or buffers.relu.shape[1] != side + 2:
-            buffers = self.buffers[fold] = kernel.Buffers.empty(batch, side=side, pooled_side=pool_side(side))
+            buffers = self.scratch[fold] = kernel.Buffers.empty(batch, side=side, pooled_side=pool_side(side))
         return buffers.first(batch)
 
     def train(self, mode: bool = True) -> FoldedSTSTNet:
         if not mode:
-            self.buffers.clear()  # training's memory alone
+            self.scratch.clear()  # training's memory alone
         return super().train(mode)
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 // One STSTNet fold's training step on a CPU (core/mer/kernel.py, core/mer/models.py:FusedFoldStep).
 // The stage: for the fold's batch, the 16-channel 3x3 convolution, ReLU, the batch-norm sums and the 3x3/3
-// max-pool in one pass over each sample, and its backward in two. The head: batch norm of the pooled maps,
+// max-pool in one pass over each sample, and its backward in another. The head: batch norm of the pooled maps,
 // dropout and the linear layer, forward and backward. The 16 channels are one vector of GCC's vector
 // extension (AVX-512, or two AVX2 registers), and a sample's maps stay in L1/L2.
 #include <cmath>
