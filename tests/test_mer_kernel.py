@@ -1,4 +1,4 @@
-"""core.mer.kernel: STSTNet's training stage compiled for this CPU, and the fallback without a compiler."""
+"""core.mer.kernel: STSTNet's training steps compiled for this CPU, and the fallback without a compiler."""
 
 import dataclasses
 
@@ -22,7 +22,7 @@ def tiny_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 def test_the_protocol_through_the_kernel_equals_it_through_pytorchs_kernels():
     """The whole leave-one-subject-out protocol (dropout on, several steps) gives the same held-out logits and
-    weights with the compiled stage as with PyTorch's kernels, to float rounding."""
+    weights with the compiled steps as with PyTorch's kernels, to float rounding."""
     if kernel.stage_library() is None:
         pytest.skip("no C++ compiler here")
     inputs, targets, groups = tiny_data(0)

@@ -122,13 +122,20 @@ def test_folded_model_is_each_folds_ststnet_on_its_own_batch():
 BATCH = 21  # the kernel's float sums go into double every 16 samples: both paths run
 
 
-def random_stage(seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Inputs `[BATCH, 3, 13, 13]` and a stage's parameters (convolution weight and bias, batch-norm weight and
-    bias), the batch-norm weights of both signs (a negative weight makes the max-pool a min-pool)."""
+def random_stage(seed: int, *, channels: int = 3, ties: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Inputs `[BATCH, channels, 13, 13]` and a stage's parameters (convolution weight and bias, batch-norm weight
+    and bias), the batch-norm weights of both signs (a negative weight makes the max-pool a min-pool). With
+    `ties`, small integers make the convolution's outputs integers, many equal within a pooling window (the
+    first one in row-major order is the chosen one)."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH, 3, 13, 13, generator=generator)
-    conv_weight = 0.4 * torch.randn(16, 3, 3, 3, generator=generator)
-    conv_bias = 0.1 * torch.randn(16, generator=generator)
+    if ties:
+        x = torch.randint(-2, 3, (BATCH, channels, 13, 13), generator=generator).float()
+        conv_weight = torch.randint(-1, 2, (16, channels, 3, 3), generator=generator).float()
+        conv_bias = torch.zeros(16)
+    else:
+        x = torch.randn(BATCH, channels, 13, 13, generator=generator)
+        conv_weight = 0.4 * torch.randn(16, channels, 3, 3, generator=generator)
+        conv_bias = 0.1 * torch.randn(16, generator=generator)
     bn_weight = (torch.rand(16, generator=generator) + 0.2) * torch.tensor([1.0, -1.0]).repeat(8)  # both signs
     bn_bias = torch.randn(16, generator=generator)
     return x, [conv_weight, conv_bias, bn_weight, bn_bias]
@@ -160,21 +167,26 @@ def test_the_training_stage_equals_conv_relu_batch_norm_max_pool_with_its_gradie
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("dropout", [True, False], ids=["dropout", "no dropout"])
-def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(dropout):
+@pytest.mark.parametrize(
+    ("dropout", "channels", "ties"),
+    [(True, 3, False), (False, 3, False), (True, 1, False), (True, 2, False), (True, 4, False), (True, 3, True)],
+    ids=["dropout", "no dropout", "1 channel", "2 channels", "4 channels", "ties in the pool"],
+)
+def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(dropout, channels, ties):
     """FusedFoldStep (the compiled kernel: stage, batch norm of the pooled maps, dropout, linear layer) against
     PyTorch's modules in training mode (conv, ReLU, batch norm, max-pool, dropout's mask, 2x2 average pool,
-    linear), 4 classes: logits, the batch's statistics and the gradient of every parameter."""
+    linear), 4 classes, each input channel count the kernel instantiates: logits, the batch's statistics and
+    the gradient of every parameter."""
     if kernel.stage_library() is None:
         pytest.skip("no C++ compiler here")
-    x, values = random_stage(8)
+    x, values = random_stage(8, channels=channels, ties=ties)
     generator = torch.Generator().manual_seed(9)
     fc_weight, fc_bias = torch.randn(4, 16 * 2 * 2, generator=generator), torch.randn(4, generator=generator)
     draws = torch.randint(0, 2**16, (BATCH, 5, 5, 16), dtype=torch.int32, generator=generator) if dropout else None
     upstream = torch.randn(BATCH, 4, generator=generator)
     params = [p.clone().requires_grad_() for p in (*values, fc_weight, fc_bias)]
     spread = pooled_fc_weight(params[4][None], side=5).permute(0, 1, 3, 4, 2).flatten(2)[0]  # [K, P * P * 16]
-    buffers = kernel.Buffers.empty(BATCH + 3, side=13, pooled_side=5).first(BATCH)  # as a reused buffer's views
+    buffers = kernel.Buffers.empty(BATCH + 3, side=13, pooled_side=5).first(BATCH)  # as reused buffers' views
     logits, mean, var = FusedFoldStep.apply(
         F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), *params[:4], spread, params[5], draws, 0.3, buffers
     )
@@ -191,6 +203,55 @@ def test_the_compiled_fold_step_equals_ststnets_modules_with_every_gradient(drop
     names = ("conv weight", "conv bias", "bn weight", "bn bias", "fc weight", "fc bias")
     for name, got, want in zip(names, params, reference, strict=True):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_folded_steps_compiled_equal_pytorchs_as_the_batch_grows():
+    """Two training steps of a folded model, batches of 3 then 5 per fold (the reused buffers grow), with dropout:
+    the compiled steps give PyTorch's kernels' logits and gradients."""
+    if kernel.stage_library() is None:
+        pytest.skip("no C++ compiler here")
+    torch.manual_seed(6)
+    models = [STSTNet(dropout=0.5, size=12) for _ in range(2)]
+    nets = [FoldedSTSTNet(models=models, compiled=compiled).train() for compiled in (True, False)]
+    inputs = torch.randn(10, 3, 12, 12)
+    generator = torch.Generator().manual_seed(7)
+    for batch in (3, 5):
+        indices = torch.randperm(10, generator=generator)[: 2 * batch].view(batch, 2)  # [B, F]
+        mask = torch.ones(batch, 2, dtype=torch.bool)
+        draws = [torch.randint(0, 2**16, (batch, 5, 5, 16), dtype=torch.int32, generator=generator) for _ in range(2)]
+        logits = [net(inputs, indices, mask, draws) for net in nets]
+        torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+        for net, fold_logits in zip(nets, logits, strict=True):
+            net.zero_grad()
+            fold_logits.square().sum().backward()
+        for (name, got), want in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-5, msg=f"{name}, batch {batch}")
+
+
+def test_the_kernel_refuses_what_it_cannot_read():
+    """Dropout draws of another type or shape, a linear layer of another width and int32 rows are refused
+    before the kernel reads them; strided batch-norm parameters give the contiguous ones' logits."""
+    if kernel.stage_library() is None:
+        pytest.skip("no C++ compiler here")
+    x, values = random_stage(9)
+    padded, rows, fc = F.pad(x, (2, 2, 2, 2)), torch.arange(BATCH), torch.randn(3, 5 * 5 * 16)
+    draws = torch.randint(0, 2**16, (BATCH, 5, 5, 16), dtype=torch.int32)
+
+    def step(*, rows=rows, bn=values[2:], draws=draws, fc=fc):  # noqa: ANN001, ANN202
+        buffers = kernel.Buffers.empty(BATCH, side=13, pooled_side=5).first(BATCH)
+        return FusedFoldStep.apply(padded, rows, *values[:2], *bn, fc, torch.zeros(3), draws, 0.5, buffers)[0]
+
+    for bad, message in (
+        ({"draws": draws.long()}, "dropout draws must be int32"),
+        ({"draws": draws[:-1]}, "dropout draws must be int32"),
+        ({"fc": fc[:, :-16]}, "the linear layer must be"),
+        ({"rows": rows.int()}, "the batch's rows must be int64"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            step(**bad)
+    strided = [torch.stack([value, -value], dim=1)[:, 0] for value in values[2:]]  # every other element
+    assert not strided[0].is_contiguous()
+    torch.testing.assert_close(step(bn=strided), step(), rtol=0, atol=0)
 
 
 def test_a_graph_whose_relu_maps_were_reused_fails_in_backward():

@@ -29,6 +29,7 @@ SOURCE = Path(__file__).with_name("stage.cpp")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")  # for the CPU it runs on: compiled where it runs
 CHANNELS = (1, 2, 3, 4)  # input channel counts the source instantiates
 STREAMS = 16  # the source's vector width: the three streams' channels together
+TAPS = 9  # a 3x3 convolution's taps per input channel
 COMPILE_TIMEOUT_S = 120
 
 _POINTER = ctypes.c_void_p
@@ -61,8 +62,8 @@ def stage_library() -> ctypes.CDLL | None:
     head = [_POINTER, _INT, _INT, _INT] + [_POINTER] * 6 + [_INT, ctypes.c_float, _POINTER]  # Head.arguments
     loaded.head_forward.argtypes = head + [_POINTER] * 3
     loaded.head_backward.argtypes = head + [_POINTER] * 7
-    for function in (loaded.stage_forward, loaded.stage_backward, loaded.head_forward, loaded.head_backward):
-        function.restype = _INT
+    loaded.stage_forward.restype = loaded.stage_backward.restype = _INT
+    loaded.head_forward.restype = loaded.head_backward.restype = None
     return loaded
 
 
@@ -72,13 +73,21 @@ def usable(x: torch.Tensor) -> bool:
 
 
 def _address(tensor: torch.Tensor) -> ctypes.c_void_p:
+    """The tensor's data pointer (ValueError where the kernel cannot read it: not contiguous)."""
     if not tensor.is_contiguous():
         raise ValueError(f"the kernel needs contiguous tensors, got strides {tensor.stride()}")
     return ctypes.c_void_p(tensor.data_ptr())
 
 
+def _rows(rows: torch.Tensor) -> ctypes.c_void_p:
+    """The batch's row numbers for the kernel, which reads them as int64."""
+    if rows.dtype != torch.long:
+        raise ValueError(f"the batch's rows must be int64, got {rows.dtype}")
+    return _address(rows)
+
+
 def tap_major(conv_weight: torch.Tensor) -> torch.Tensor:
-    """`[16, C, 3, 3]` -> `[C * 9, 16]`: the kernel's layout, one vector of the 16 channels per tap."""
+    """`[16, C, 3, 3]` -> `[C * TAPS, 16]`: the kernel's layout, one vector of the 16 channels per tap."""
     return conv_weight.detach().permute(1, 2, 3, 0).reshape(-1, STREAMS).contiguous()
 
 
@@ -102,7 +111,8 @@ class Buffers(NamedTuple):
     def first(self, count: int) -> Buffers:
         """Views of the first `count` samples' buffers, their version bumped: a graph of an earlier step still
         holding them fails in backward ("modified by an inplace operation") instead of reading other maps."""
-        increment_version(list(self))
+        for buffer in self:
+            increment_version(buffer)
         return Buffers(*(buffer[:count] for buffer in self))
 
 
@@ -124,7 +134,7 @@ def forward(
     sums = torch.zeros(2, STREAMS, dtype=torch.float64)
     vectors = (weights, bias.detach().contiguous(), sign.contiguous())
     status = stage_library().stage_forward(
-        _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors),
+        _address(padded), _rows(rows), len(rows), channels, side, *map(_address, vectors),
         buffers.pooled.shape[1], _address(sums[0]), _address(sums[1]), _address(buffers.pooled),
         _address(buffers.index), _address(buffers.relu),
     )  # fmt: skip
@@ -143,15 +153,15 @@ def backward(
     scale: torch.Tensor,
     index: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The convolution's weight `[C * 9, 16]` and bias `[16]` gradients (float64) for the gradient
+    """The convolution's weight `[C * TAPS, 16]` and bias `[16]` gradients (float64) for the gradient
     `[h > 0] (c1 h + c0)` everywhere plus `[h > 0] scale * grad` (`grad` `[b, P, P, 16]`) at each window's chosen
     element (`relu`, `index` from `forward`)."""
     _, channels, side, _ = padded.shape
-    grad_weights = torch.zeros(channels * 9, STREAMS, dtype=torch.float64)
+    grad_weights = torch.zeros(channels * TAPS, STREAMS, dtype=torch.float64)
     grad_bias = torch.zeros(STREAMS, dtype=torch.float64)
     vectors = (relu, c0.contiguous(), c1.contiguous(), grad.contiguous(), scale.contiguous(), index)
     status = stage_library().stage_backward(
-        _address(padded), _address(rows), len(rows), channels, side, *map(_address, vectors), index.shape[1],
+        _address(padded), _rows(rows), len(rows), channels, side, *map(_address, vectors), index.shape[1],
         _address(grad_weights), _address(grad_bias),
     )  # fmt: skip
     if status:
@@ -162,8 +172,8 @@ def backward(
 class Head(NamedTuple):
     """What the head needs of a fold's batch: `pooled` `[b, P, P, 16]` and `sign` `[16]` from `forward`, the batch's
     `mean` and `inv_std` `[16]`, the batch norm's `weight` and `bias` `[16]`, the dropout draws `draws`
-    `[b, P, P, 16]` int32 (None: no dropout) and the linear layer's `fc` `[K, P * P * 16]` (channels-last order);
-    a value is kept, times `keep_scale`, where its draw is below `keep_below`."""
+    `[b, P, P, 16]` int32 (None: no dropout) and the linear layer's `fc` `[K, P * P * 16]` (channels-last order),
+    all contiguous; a value is kept, times `keep_scale`, where its draw is below `keep_below`."""
 
     pooled: torch.Tensor
     sign: torch.Tensor
@@ -173,21 +183,28 @@ class Head(NamedTuple):
     bias: torch.Tensor
     draws: torch.Tensor | None
     fc: torch.Tensor
-    keep_below: int = 0
-    keep_scale: float = 1.0
+    keep_below: int
+    keep_scale: float
 
     def tensors(self) -> tuple[torch.Tensor | None, ...]:
         """The tensors, for `save_for_backward`: `Head(*tensors, keep_below, keep_scale)` is this again."""
-        return tuple(self)[:8]
+        return tuple(self)[: self._fields.index("keep_below")]
 
     def arguments(self) -> list:
-        """The C arguments they give, from `pooled` to `fc`."""
+        """The C arguments they give, from `pooled` to `fc` (ValueError for tensors the kernel cannot read)."""
         batch, side, _, _ = self.pooled.shape
-        vectors = (self.sign, self.mean, self.inv_std, self.weight.detach(), self.bias.detach())
-        draws = ctypes.c_void_p(None) if self.draws is None else _address(self.draws)
+        draws = self.draws
+        if draws is not None and (draws.dtype != torch.int32 or draws.shape != self.pooled.shape):
+            raise ValueError(
+                f"dropout draws must be int32 {list(self.pooled.shape)}, got {draws.dtype} {list(draws.shape)}"
+            )
+        if self.fc.dim() != 2 or self.fc.shape[1] != self.pooled[0].numel():
+            raise ValueError(f"the linear layer must be [K, {self.pooled[0].numel()}], got {list(self.fc.shape)}")
+        vectors = (self.sign, self.mean, self.inv_std, self.weight, self.bias)
+        draws = ctypes.c_void_p(None) if draws is None else _address(draws)
         head = [_address(self.pooled), batch, side * side, self.fc.shape[0]]
         dropout = [draws, self.keep_below, ctypes.c_float(self.keep_scale)]
-        return head + [_address(v.contiguous()) for v in vectors] + dropout + [_address(self.fc)]
+        return head + [_address(v) for v in vectors] + dropout + [_address(self.fc)]
 
 
 def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
@@ -200,9 +217,9 @@ def head_forward(head: Head, fc_bias: torch.Tensor) -> torch.Tensor:
 
 
 def head_backward(head: Head, grad_logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """For `grad_logits` `[b, K]`: the gradient of the batch norm's output before its affine map written into
-    `grad` `[b, P, P, 16]` (`kept * fc^T grad_logits`) -> float64 gradients of `fc` `[K, P * P * 16]`, of the
-    linear bias `[K]`, and of the batch norm's weight and bias `[16]`."""
+    """For `grad_logits` `[b, K]`: the gradient of the batch norm's output (after its affine map, before dropout)
+    written into `grad` `[b, P, P, 16]` (`kept * fc^T grad_logits`) -> float64 gradients of `fc`
+    `[K, P * P * 16]`, of the linear bias `[K]`, and of the batch norm's weight and bias `[16]`."""
     grad_fc = torch.zeros(head.fc.shape, dtype=torch.float64)
     grad_fc_bias = torch.zeros(head.fc.shape[0], dtype=torch.float64)
     grad_weight, grad_bias = torch.zeros(2, STREAMS, dtype=torch.float64)

@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True  # STSTNet's code keeps the listing order (see the module's docstring)
     folds_at_once: int = 17  # at most this many folds trained together (speed only: equal to float rounding)
-    compiled: bool = True  # STSTNet's training stage in the compiled CPU kernel, where it builds (speed only)
+    compiled: bool = True  # STSTNet's training steps in the compiled CPU kernel, where it builds (speed only)
 
 
 @dataclass
@@ -205,14 +205,16 @@ class DropoutDraws:
     channels-last (count: the fold's batch size this step, maybe 0), from the fold's own generator
     (`dropout_keep` makes them a mask). They are drawn in place into one buffer per fold: fresh tensors would
     cost their page faults at every step, and refilling bumps the buffer's version, so that a graph of an
-    earlier step still holding it fails in backward."""
+    earlier step that kept them (the compiled step does) fails in backward rather than reading new draws."""
 
     def __init__(self, generators: Sequence[torch.Generator], *, batch: int, side: int):
         self.generators = generators
         self.buffers = [torch.empty(batch, side, side, STREAMS, dtype=torch.int32) for _ in generators]
 
     def __call__(self, mask: torch.Tensor) -> list[torch.Tensor]:
-        """This step's draws for the batches of `mask` `[B, F]`."""
+        """This step's draws for the batches of `mask` `[B, F]` (at most `batch` samples each)."""
+        if mask.shape[0] > len(self.buffers[0]):
+            raise ValueError(f"dropout was set up for batches of {len(self.buffers[0])}, got {mask.shape[0]}")
         pairs = zip(self.buffers, mask.sum(0).tolist(), self.generators, strict=True)
         return [buffer[:count].random_(0, DROPOUT_LEVELS, generator=generator) for buffer, count, generator in pairs]
 

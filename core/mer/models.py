@@ -55,11 +55,16 @@ def dropout_threshold(p: float) -> int:
     return round((1 - p) * DROPOUT_LEVELS)
 
 
+def dropout_scale(p: float) -> float:
+    """What dropout with probability `p` multiplies the kept values by."""
+    return 1 / (1 - p)
+
+
 def dropout_keep(draws: torch.Tensor, p: float) -> torch.Tensor:
     """The float keep-mask of these draws (any shape, int32): 1 / (1 - p) where a draw is below
     `dropout_threshold(p)`, else 0. Uniform integers in [0, 2^16) are exact for p = 0.5 (STSTNet's) and
     three times as fast to draw on a CPU as `bernoulli_`."""
-    return torch.where(draws < dropout_threshold(p), 1 / (1 - p), 0.0)
+    return torch.where(draws < dropout_threshold(p), dropout_scale(p), 0.0)
 
 
 def feature_side(size: int) -> int:
@@ -115,12 +120,18 @@ def _normalisation_backward(
     return c0, c1, bn_weight * inv_std
 
 
+def _pool_sign(bn_weight: torch.Tensor) -> torch.Tensor:
+    """`[16]`: +1 where batch norm increases (its max-pool is a max-pool of its input), -1 where it decreases
+    (a min-pool)."""
+    return torch.where(bn_weight < 0, -1.0, 1.0).to(bn_weight.dtype)
+
+
 class ConvReluNormPool(torch.autograd.Function):
-    """One fold's full-resolution stage in training on PyTorch's kernels (where `FusedFoldStep` cannot run: a GPU,
-    no compiler), on the batch `padded[rows]` (`padded` `[N, C, S + 4, S + 4]`: all inputs zero-padded by
-    CONV_PADDING; `rows` `[b]` long) -> `[b, 16, P, P]`: the three streams' convolution, ReLU, batch norm with the
-    batch's statistics, and the 3x3 max-pool; also returns the batch's mean and unbiased variance `[16]` for the
-    caller's running statistics.
+    """One fold's full-resolution stage in training on PyTorch's kernels (where `FusedFoldStep` does not run: a
+    GPU, no compiler, `compiled=False`, inputs the kernel does not take), on the batch `padded[rows]` (`padded`
+    `[N, C, S + 4, S + 4]`: all inputs zero-padded by CONV_PADDING; `rows` `[b]` long) -> `[b, 16, P, P]`: the
+    three streams' convolution, ReLU, batch norm with the batch's statistics, and the 3x3 max-pool; also returns
+    the batch's mean and unbiased variance `[16]` for the caller's running statistics.
 
     What makes it cheaper than PyTorch's modules (memory passes over the `[b, 16, S + 2, S + 2]` maps,
     which are all the time on a CPU):
@@ -138,7 +149,7 @@ class ConvReluNormPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias):  # noqa: ANN001, ANN205
-        sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
+        sign = _pool_sign(bn_weight)
         batch = padded[rows]  # [b, C, S + 4, S + 4]
         h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
         ctx.count = h.numel() // h.shape[1]
@@ -176,14 +187,17 @@ class FusedFoldStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, padded, rows, conv_weight, conv_bias, bn_weight, bn_bias, fc_weight, fc_bias, draws, p, buffers):  # noqa: ANN001, ANN205
-        sign = torch.where(bn_weight < 0, -1.0, 1.0).to(padded.dtype)  # [16]: max-pool or min-pool
+        sign = _pool_sign(bn_weight)
         sums = kernel.forward(padded, rows, kernel.tap_major(conv_weight), conv_bias, sign, buffers)
         ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
         mean64 = sums[0] / ctx.count
         mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
         inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
-        dropout = (dropout_threshold(p), 1 / (1 - p))
-        head = kernel.Head(buffers.pooled, sign, mean, inv_std, bn_weight, bn_bias, draws, fc_weight, *dropout)
+        dropout = (dropout_threshold(p), dropout_scale(p))
+        affine = (bn_weight.detach().contiguous(), bn_bias.detach().contiguous())
+        head = kernel.Head(
+            buffers.pooled, sign, mean, inv_std, *affine, draws, fc_weight.detach().contiguous(), *dropout
+        )
         ctx.save_for_backward(padded, rows, buffers.relu, buffers.index, buffers.grad, *head.tensors())
         ctx.dropout = dropout
         unbiased = var * (ctx.count / (ctx.count - 1))

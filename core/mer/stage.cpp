@@ -47,6 +47,13 @@ inline void conv_block(const float *x, int side, int i, int j, const vec *w, vec
             }
 }
 
+// The pooling window (3x3, stride 3, padding 1) of ReLU-map position (i, j): its offset k * OUT in a sample's
+// [window][OUT] maps, or -1 where the pool leaves the position out (a last row or column).
+inline long window_of(int i, int j, int pooled_side) {
+    const int wi = (i + 1) / 3, wj = (j + 1) / 3;
+    return wi < pooled_side && wj < pooled_side ? static_cast<long>(wi * pooled_side + wj) * OUT : -1;
+}
+
 template <int C>
 void forward(const float *x, const int64_t *rows, int batch, int side, const float *w, const float *bias,
              const float *sign, int pooled_side, double *sums, double *squares, float *pooled, int32_t *index,
@@ -67,9 +74,8 @@ void forward(const float *x, const int64_t *rows, int batch, int side, const flo
             hs[i * out_side + j] = h;  // kept for the backward, which then need not recompute it
             s1 += h;
             s2 += h * h;
-            const int wi = (i + 1) / 3, wj = (j + 1) / 3;
-            if (wi < pooled_side && wj < pooled_side) {
-                const size_t k = static_cast<size_t>(wi * pooled_side + wj) * OUT;
+            const long k = window_of(i, j, pooled_side);
+            if (k >= 0) {
                 const vec best = load(pool + k), v = s * h;
                 ivec at;
                 __builtin_memcpy(&at, where + k, sizeof at);
@@ -107,13 +113,12 @@ void backward(const float *x, const int64_t *rows, int batch, int side, const fl
         const int32_t *where = index + static_cast<size_t>(n) * windows * OUT;
         for (int i = 0; i < out_side; ++i) {
             const float *corner = xs + static_cast<size_t>(i) * side;
-            const int wi = (i + 1) / 3;
             for (int j = 0; j < out_side; ++j) {
-                const int p = i * out_side + j, wj = (j + 1) / 3;
+                const int p = i * out_side + j;
                 const vec h = hs[p];
                 vec d = a1 * h + a0;
-                if (wi < pooled_side && wj < pooled_side) {  // in a pooling window: where it was chosen, its gradient
-                    const size_t k = static_cast<size_t>(wi * pooled_side + wj) * OUT;
+                const long k = window_of(i, j, pooled_side);
+                if (k >= 0) {  // in a pooling window: where it was chosen, its gradient
                     ivec at;
                     __builtin_memcpy(&at, where + k, sizeof at);
                     d = at == (ivec{} + p) ? d + s * load(g + k) : d;
@@ -201,7 +206,7 @@ void head_backward_(const Head &head, const float *pooled, int batch, int classe
                 store(fc_acc, load(fc_acc) + dl[c] * out);
                 g += dl[c] * load(fc + c * features + k * OUT);
             }
-            g *= kept;  // the gradient of the normalisation's output
+            g *= kept;  // the gradient of the batch norm's output (after its affine map)
             store(grad + (static_cast<size_t>(n) * head.windows + k) * OUT, g);
             sum_grad += g;
             sum_grad_norm += g * norm;
@@ -261,26 +266,24 @@ int stage_backward(const float *x, const int64_t *rows, int batch, int channels,
 // y = kept * (weight * (sign * pooled - mean) * inv_std + bias), kept = [draw < keep_below] * scale (1 without
 // draws), and logits[n][c] = fc_bias[c] + fc[c] . y[n] (`fc`: [classes][window * OUT], the maps' channels-last
 // order). `work`: windows * OUT floats.
-int head_forward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
-                 const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
-                 float scale, const float *fc, const float *fc_bias, float *logits, float *work) {
+void head_forward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
+                  const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
+                  float scale, const float *fc, const float *fc_bias, float *logits, float *work) {
     const Head head{sign, mean, inv_std, weight, bias, draws, keep_below, scale, windows};
     head_forward_(head, pooled, batch, classes, fc, fc_bias, logits, work);
-    return 0;
 }
 
 // Head backward for `grad_logits` [batch][classes]: `grad` [batch][window][OUT] the gradient of the batch norm's
-// output (before its affine map: kept * fc^T grad_logits); added to the double sums: `grad_fc` [classes][window
-// * OUT], `grad_fc_bias` [classes], the batch norm's `grad_weight` (grad . norm) and `grad_bias` [OUT].
-// `work`: classes * windows * OUT floats.
-int head_backward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
-                  const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
-                  float scale, const float *fc, const float *grad_logits, float *grad, double *grad_fc, double *grad_fc_bias, double *grad_weight,
-                  double *grad_bias, float *work) {
+// output (after its affine map, before dropout: kept * fc^T grad_logits); added to the double sums: `grad_fc`
+// [classes][window * OUT], `grad_fc_bias` [classes], the batch norm's `grad_weight` (grad . norm) and
+// `grad_bias` [OUT]. `work`: classes * windows * OUT floats.
+void head_backward(const float *pooled, int batch, int windows, int classes, const float *sign, const float *mean,
+                   const float *inv_std, const float *weight, const float *bias, const int32_t *draws, int keep_below,
+                   float scale, const float *fc, const float *grad_logits, float *grad, double *grad_fc,
+                   double *grad_fc_bias, double *grad_weight, double *grad_bias, float *work) {
     const Head head{sign, mean, inv_std, weight, bias, draws, keep_below, scale, windows};
     head_backward_(head, pooled, batch, classes, fc, grad_logits, grad, grad_fc, grad_fc_bias, grad_weight, grad_bias,
                    work);
-    return 0;
 }
 
 }  // extern "C"
