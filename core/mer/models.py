@@ -106,6 +106,12 @@ def _streams(model: STSTNet, layer: str, name: str) -> torch.Tensor:
     return torch.cat([getattr(model, f"{layer}{i}").state_dict()[name] for i in (1, 2, 3)])
 
 
+def _batch_moments(var: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch's biased variance `[16]` over `count` values: (1 / std as batch norm normalises with it, the
+    unbiased variance that nn.BatchNorm2d keeps in its running statistics)."""
+    return (var + BN_EPS).rsqrt(), var * (count / (count - 1))
+
+
 def _normalisation_backward(
     grad_weight: torch.Tensor, grad_bias: torch.Tensor, bn_weight: torch.Tensor, moments: tuple, count: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,11 +159,10 @@ class ConvReluNormPool(torch.autograd.Function):
         batch = padded[rows]  # [b, C, S + 4, S + 4]
         h, mean, var, chosen, index = _eager_maps(batch, conv_weight, conv_bias, sign)
         ctx.count = h.numel() // h.shape[1]
-        inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
+        inv_std, unbiased = _batch_moments(var, ctx.count)
         # chosen is h at each window's chosen element; normalised = (chosen - mean) * inv_std
         normalised = torch.addcmul((-mean * inv_std).view(1, -1, 1, 1), chosen, inv_std.view(1, -1, 1, 1))
         ctx.save_for_backward(batch, conv_weight, h, index, chosen, normalised, mean, inv_std, bn_weight)
-        unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
         out = torch.addcmul(bn_bias.view(1, -1, 1, 1), normalised, bn_weight.view(1, -1, 1, 1))
         return out, mean, unbiased
@@ -192,7 +197,7 @@ class FusedFoldStep(torch.autograd.Function):
         ctx.count = len(rows) * (padded.shape[-1] - KERNEL + 1) ** 2
         mean64 = sums[0] / ctx.count
         mean, var = mean64.float(), (sums[1] / ctx.count - mean64 * mean64).clamp(min=0).float()
-        inv_std = (var + BN_EPS).rsqrt()  # var is the biased one, as batch norm normalises
+        inv_std, unbiased = _batch_moments(var, ctx.count)
         dropout = (dropout_threshold(p), dropout_scale(p))
         affine = (bn_weight.detach().contiguous(), bn_bias.detach().contiguous())
         head = kernel.Head(
@@ -200,7 +205,6 @@ class FusedFoldStep(torch.autograd.Function):
         )
         ctx.save_for_backward(padded, rows, buffers.relu, buffers.index, buffers.grad, *head.tensors())
         ctx.dropout = dropout
-        unbiased = var * (ctx.count / (ctx.count - 1))
         ctx.mark_non_differentiable(mean, unbiased)
         return kernel.head_forward(head, fc_bias), mean, unbiased
 
